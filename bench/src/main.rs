@@ -1,0 +1,35 @@
+//! `flotilla-bench`: Flotilla's benchmarks. Each prints one JSON object per
+//! line with the keys its issue names.
+
+use clap::{Parser, Subcommand};
+
+mod msg_sizes;
+mod pack;
+mod sched;
+
+/// Flotilla's benchmarks. Each prints one JSON object per line on stdout;
+/// progress and notes go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Encoded size of the wire messages (heartbeats with 0, 4 and 16 replicas, ...).
+    MsgSizes,
+    /// Run the scheduler on bin-packing instances (BPPLIB 1-D or 2-D text files).
+    Pack(pack::PackArgs),
+    /// Scheduler throughput on a large mixed fleet.
+    Sched(sched::SchedArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::MsgSizes => msg_sizes::run(),
+        Bench::Pack(args) => pack::run(args),
+        Bench::Sched(args) => sched::run(args),
+    }
+}
