@@ -1,5 +1,34 @@
 #![no_std]
-//! Flotilla wire protocol.
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//! - [`msg`]: every message and its bounded fields (capacities are `pub const`s).
+//! - [`frame`]: the envelope (version, kind, body, authenticator) and the
+//!   only encode and decode functions.
+//! - [`bounded`]: identifiers, packed string lists and fixed byte arrays
+//!   that cap every field at compile time.
+//! - [`samples`]: representative messages for tests, benchmarks and size budgets.
+//! - [`wire_format`]: the written-down wire format (`WIRE.md`).
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod bounded;
+pub mod frame;
+pub mod msg;
+pub mod samples;
+
+#[doc = include_str!("../WIRE.md")]
+pub mod wire_format {}
+
+pub use bounded::{ByteList, Bytes, CapacityError, Name, NameError, TextList};
+pub use frame::{
+    DecodeError, Decoded, DesiredView, EncodeError, Items, MAC_LEN, MAX_FRAME_LEN, MessageKind,
+    NodeFrame, NodeMessage, PROTOCOL_VERSION, SIGNATURE_LEN, decode_desired_frame,
+    decode_node_frame, encode_desired_frame, encode_node_frame, peek_kind,
+};
+#[cfg(feature = "alloc")]
+pub use frame::{encode_desired_frame_to_vec, encode_node_frame_to_vec};
+pub use msg::*;

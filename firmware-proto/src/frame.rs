@@ -1,0 +1,603 @@
+//! The envelope around every message, and the only way to encode or decode one.
+//!
+//! ```text
+//! node frame:       [version][kind][body ...][seq: varint u64][mac: 16 bytes]
+//! controller frame: [version][kind][body ...][signature: 64 bytes]
+//! ```
+//!
+//! The authenticator (MAC or signature) covers every byte before it, so the
+//! version, kind, body and sequence number are all protected. Computing and
+//! checking it is left to the caller through closures and
+//! [`Decoded::authenticated`]: this crate stays free of key handling.
+
+use core::fmt;
+use core::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::msg::{
+    ConfigObject, DesiredHeader, DesiredRules, DesiredState, Event, Hello, MAX_CONFIG_OBJECTS,
+    MAX_REPLICAS, MacTag, NodeId, Presence, ReplicaSpec, Signature, Status,
+};
+
+/// The protocol version this crate speaks and writes in byte 0 of a frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// The largest frame any decoder accepts, and any encoder writes, in bytes.
+/// Larger input is refused before a single byte of it is parsed.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// Length of the per-node MAC that ends a node frame.
+pub const MAC_LEN: usize = 16;
+/// Length of the Ed25519 signature that ends a controller frame.
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes before the body: version and kind.
+pub const HEADER_LEN: usize = 2;
+
+/// Byte 1 of a frame: which message the body holds. Values never change
+/// meaning; new kinds take new values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// [`Hello`], node to controller.
+    Hello = 1,
+    /// [`Presence`], node to controller (also the Last Will).
+    Online = 2,
+    /// [`Status`] heartbeat, node to controller.
+    Status = 3,
+    /// [`Event`], node to controller.
+    Event = 4,
+    /// [`DesiredState`], controller to node.
+    Desired = 5,
+}
+
+impl MessageKind {
+    /// The kind for a byte, if it names one.
+    pub const fn from_byte(byte: u8) -> Option<MessageKind> {
+        Some(match byte {
+            1 => MessageKind::Hello,
+            2 => MessageKind::Online,
+            3 => MessageKind::Status,
+            4 => MessageKind::Event,
+            5 => MessageKind::Desired,
+            _ => return None,
+        })
+    }
+
+    /// Whether nodes send this kind (and so it ends with seq + MAC).
+    pub const fn is_from_node(self) -> bool {
+        !matches!(self, MessageKind::Desired)
+    }
+
+    /// The topic leaf this kind travels on (`nodes/{id}/<leaf>`).
+    pub const fn topic_leaf(self) -> &'static str {
+        match self {
+            MessageKind::Hello => "hello",
+            MessageKind::Online => "online",
+            MessageKind::Status => "status",
+            MessageKind::Event => "events",
+            MessageKind::Desired => "desired",
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.topic_leaf())
+    }
+}
+
+/// A message a node sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeMessage {
+    /// Registration.
+    Hello(Hello),
+    /// Connected or not.
+    Online(Presence),
+    /// Heartbeat.
+    Status(Status),
+    /// Something happened.
+    Event(Event),
+}
+
+impl NodeMessage {
+    /// The frame kind of this message.
+    pub const fn kind(&self) -> MessageKind {
+        match self {
+            NodeMessage::Hello(_) => MessageKind::Hello,
+            NodeMessage::Online(_) => MessageKind::Online,
+            NodeMessage::Status(_) => MessageKind::Status,
+            NodeMessage::Event(_) => MessageKind::Event,
+        }
+    }
+}
+
+/// A decoded node frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFrame {
+    /// The message.
+    pub message: NodeMessage,
+    /// The node's sequence number; strictly increasing per node, so the
+    /// controller refuses replays.
+    pub seq: u64,
+    /// The MAC over every byte before it.
+    pub mac: MacTag,
+}
+
+/// A decoded, validated desired-state document. The replicas and config
+/// objects stay encoded in the frame and are decoded one at a time by
+/// [`DesiredView::replicas`] and [`DesiredView::config`] (see
+/// [`DesiredState`] for why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredView<'a> {
+    /// The node this document is for; a node refuses any other.
+    pub node_id: NodeId,
+    /// Increases with every change; a node never applies an older one.
+    pub generation: u64,
+    /// The controller's signature over every byte before it.
+    pub signature: Signature,
+    replicas: Items<'a, ReplicaSpec>,
+    config: Items<'a, ConfigObject>,
+}
+
+impl<'a> DesiredView<'a> {
+    /// The replicas, decoded as the iterator advances. The decoder already
+    /// checked every one, so the iterator yields exactly `replica_count()`.
+    pub fn replicas(&self) -> Items<'a, ReplicaSpec> {
+        self.replicas.clone()
+    }
+
+    /// The ConfigMap/Secret objects, decoded as the iterator advances.
+    pub fn config(&self) -> Items<'a, ConfigObject> {
+        self.config.clone()
+    }
+
+    /// Number of replicas.
+    pub fn replica_count(&self) -> usize {
+        self.replicas.remaining
+    }
+}
+
+/// Items of a list that were validated when the frame was decoded and are
+/// decoded again, one at a time, as the iterator advances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Items<'a, T> {
+    bytes: &'a [u8],
+    remaining: usize,
+    item: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Iterator for Items<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.remaining == 0 {
+            return None;
+        }
+        // Cannot fail: the decoder parsed these same bytes successfully.
+        let (item, rest) = postcard::take_from_bytes(self.bytes).ok()?;
+        self.bytes = rest;
+        self.remaining -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl<T: DeserializeOwned> ExactSizeIterator for Items<'_, T> {}
+
+/// A decoded frame and the bytes its authenticator covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded<'a, T> {
+    /// What was decoded. Not yet authenticated: check the MAC or signature
+    /// over [`Decoded::authenticated`] before acting on it.
+    pub frame: T,
+    /// The bytes the MAC or signature covers.
+    pub authenticated: &'a [u8],
+}
+
+/// Why bytes are not a valid frame. Every decoder returns one of these for
+/// every bad input; none panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer than the two header bytes.
+    TooShort {
+        /// Bytes received.
+        len: usize,
+    },
+    /// Longer than [`MAX_FRAME_LEN`].
+    TooLarge {
+        /// Bytes received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Byte 0 is not a version this crate speaks.
+    UnsupportedVersion {
+        /// The version byte received.
+        found: u8,
+        /// The version this crate speaks.
+        supported: u8,
+    },
+    /// Byte 1 names no message kind.
+    UnknownKind {
+        /// The kind byte received.
+        found: u8,
+    },
+    /// A valid kind, but not one this decoder accepts (e.g. a desired
+    /// document handed to the node-frame decoder).
+    UnexpectedKind {
+        /// The kind received.
+        found: MessageKind,
+    },
+    /// The frame ends before the body and its authenticator are complete.
+    Truncated {
+        /// The kind being decoded.
+        kind: MessageKind,
+    },
+    /// Bytes left over after the authenticator.
+    TrailingBytes {
+        /// The kind being decoded.
+        kind: MessageKind,
+        /// How many extra bytes.
+        count: usize,
+    },
+    /// The body is not a valid encoding of its message.
+    Malformed {
+        /// The kind being decoded.
+        kind: MessageKind,
+        /// What was wrong, as far as the decoder can tell.
+        detail: &'static str,
+    },
+    /// The body decodes but breaks a rule of the message (see `validate`).
+    Invalid {
+        /// The kind being decoded.
+        kind: MessageKind,
+        /// The rule broken.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooShort { len } => {
+                write!(f, "frame of {len} bytes is shorter than its 2-byte header")
+            }
+            DecodeError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the {max}-byte limit")
+            }
+            DecodeError::UnsupportedVersion { found, supported } => {
+                write!(
+                    f,
+                    "protocol version {found} is not supported (this build speaks {supported})"
+                )
+            }
+            DecodeError::UnknownKind { found } => write!(f, "unknown message kind {found}"),
+            DecodeError::UnexpectedKind { found } => {
+                write!(f, "a {found} message is not expected here")
+            }
+            DecodeError::Truncated { kind } => write!(f, "{kind} frame is truncated"),
+            DecodeError::TrailingBytes { kind, count } => {
+                write!(
+                    f,
+                    "{kind} frame has {count} unexpected bytes after its authenticator"
+                )
+            }
+            DecodeError::Malformed { kind, detail } => {
+                write!(f, "malformed {kind} message: {detail}")
+            }
+            DecodeError::Invalid { kind, reason } => write!(f, "invalid {kind} message: {reason}"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The output buffer is too small (or the frame would exceed
+    /// [`MAX_FRAME_LEN`]).
+    BufferFull,
+    /// The message breaks a rule that decoders enforce, so it would be refused.
+    Invalid {
+        /// The rule broken.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::BufferFull => write!(
+                f,
+                "message does not fit the buffer or the {MAX_FRAME_LEN}-byte frame limit"
+            ),
+            EncodeError::Invalid { reason } => write!(f, "message would be refused: {reason}"),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Reads and checks the two header bytes.
+pub fn peek_kind(bytes: &[u8]) -> Result<MessageKind, DecodeError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let [version, kind, ..] = *bytes else {
+        return Err(DecodeError::TooShort { len: bytes.len() });
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    MessageKind::from_byte(kind).ok_or(DecodeError::UnknownKind { found: kind })
+}
+
+/// Encodes a node message with its sequence number; `mac` computes the tag
+/// over the bytes it is given (every byte before the tag).
+pub fn encode_node_frame<'b>(
+    message: &NodeMessage,
+    seq: u64,
+    mac: impl FnOnce(&[u8]) -> MacTag,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], EncodeError> {
+    let buf = limit(buf);
+    let kind = message.kind();
+    let mut len = write_header(kind, buf)?;
+    len += match message {
+        NodeMessage::Hello(m) => write_body(m, &mut buf[len..])?,
+        NodeMessage::Online(m) => write_body(m, &mut buf[len..])?,
+        NodeMessage::Status(m) => {
+            m.validate()
+                .map_err(|reason| EncodeError::Invalid { reason })?;
+            write_body(m, &mut buf[len..])?
+        }
+        NodeMessage::Event(m) => write_body(m, &mut buf[len..])?,
+    };
+    len += write_body(&seq, &mut buf[len..])?;
+    let tag = mac(&buf[..len]);
+    let end = len + MAC_LEN;
+    buf.get_mut(len..end)
+        .ok_or(EncodeError::BufferFull)?
+        .copy_from_slice(&tag.0);
+    Ok(&mut buf[..end])
+}
+
+/// Encodes a desired-state document; `sign` computes the signature over the
+/// bytes it is given (every byte before the signature).
+pub fn encode_desired_frame<'b>(
+    document: &DesiredState<'_>,
+    sign: impl FnOnce(&[u8]) -> Signature,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], EncodeError> {
+    document
+        .validate()
+        .map_err(|reason| EncodeError::Invalid { reason })?;
+    let buf = limit(buf);
+    let mut len = write_header(MessageKind::Desired, buf)?;
+    len += write_body(document, &mut buf[len..])?;
+    let signature = sign(&buf[..len]);
+    let end = len + SIGNATURE_LEN;
+    buf.get_mut(len..end)
+        .ok_or(EncodeError::BufferFull)?
+        .copy_from_slice(&signature.0);
+    Ok(&mut buf[..end])
+}
+
+/// Decodes a frame a node sent (hello, online, status, event).
+pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeError> {
+    let kind = peek_kind(bytes)?;
+    if !kind.is_from_node() {
+        return Err(DecodeError::UnexpectedKind { found: kind });
+    }
+    let (authenticated, mac) = split_authenticator(bytes, kind, MAC_LEN)?;
+    let body = &authenticated[HEADER_LEN..];
+    let (message, rest) = match kind {
+        MessageKind::Hello => read_body(kind, body).map(|(m, r)| (NodeMessage::Hello(m), r))?,
+        MessageKind::Online => read_body(kind, body).map(|(m, r)| (NodeMessage::Online(m), r))?,
+        MessageKind::Status => {
+            let (status, rest) = read_body::<Status>(kind, body)?;
+            status
+                .validate()
+                .map_err(|reason| DecodeError::Invalid { kind, reason })?;
+            (NodeMessage::Status(status), rest)
+        }
+        MessageKind::Event => read_body(kind, body).map(|(m, r)| (NodeMessage::Event(m), r))?,
+        MessageKind::Desired => return Err(DecodeError::UnexpectedKind { found: kind }),
+    };
+    let (seq, rest) = read_body::<u64>(kind, rest)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            kind,
+            count: rest.len(),
+        });
+    }
+    let mut tag = MacTag::default();
+    tag.0.copy_from_slice(mac);
+    Ok(Decoded {
+        frame: NodeFrame {
+            message,
+            seq,
+            mac: tag,
+        },
+        authenticated,
+    })
+}
+
+/// Decodes a frame the controller sent (a desired-state document), checking
+/// every replica and config object in it.
+pub fn decode_desired_frame(bytes: &[u8]) -> Result<Decoded<'_, DesiredView<'_>>, DecodeError> {
+    let kind = peek_kind(bytes)?;
+    if kind != MessageKind::Desired {
+        return Err(DecodeError::UnexpectedKind { found: kind });
+    }
+    let invalid = |reason| DecodeError::Invalid { kind, reason };
+    let (authenticated, sig) = split_authenticator(bytes, kind, SIGNATURE_LEN)?;
+    let (header, rest) = read_body::<DesiredHeader>(kind, &authenticated[HEADER_LEN..])?;
+    let mut rules = DesiredRules::new();
+    let (replicas, rest) =
+        read_list::<ReplicaSpec>(kind, rest, MAX_REPLICAS, |r| rules.replica(r))?;
+    let (config, rest) =
+        read_list::<ConfigObject>(kind, rest, MAX_CONFIG_OBJECTS, DesiredRules::config)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            kind,
+            count: rest.len(),
+        });
+    }
+    rules.finish(config.remaining).map_err(invalid)?;
+    let mut signature = Signature::default();
+    signature.0.copy_from_slice(sig);
+    let view = DesiredView {
+        node_id: header.node_id,
+        generation: header.generation,
+        signature,
+        replicas,
+        config,
+    };
+    Ok(Decoded {
+        frame: view,
+        authenticated,
+    })
+}
+
+/// Reads a postcard sequence of at most `max` items, checking each with
+/// `check`, and returns it as lazily decoded [`Items`].
+fn read_list<'a, T: DeserializeOwned>(
+    kind: MessageKind,
+    bytes: &'a [u8],
+    max: usize,
+    mut check: impl FnMut(&T) -> Result<(), &'static str>,
+) -> Result<(Items<'a, T>, &'a [u8]), DecodeError> {
+    let (count, mut rest) = read_body::<u64>(kind, bytes)?;
+    if count > max as u64 {
+        return Err(DecodeError::Malformed {
+            kind,
+            detail: "a list is longer than its capacity",
+        });
+    }
+    let start = rest;
+    for _ in 0..count {
+        let (item, after) = read_body::<T>(kind, rest)?;
+        check(&item).map_err(|reason| DecodeError::Invalid { kind, reason })?;
+        rest = after;
+    }
+    let used = start.len() - rest.len();
+    Ok((
+        Items {
+            bytes: &start[..used],
+            remaining: count as usize,
+            item: PhantomData,
+        },
+        rest,
+    ))
+}
+
+/// Splits off the fixed-length authenticator at the end of the frame.
+///
+/// Why from the end: the authenticator has a fixed length, so the body parser
+/// never sees it and a body that claims to be longer than the frame is
+/// caught as truncated, not misread as MAC bytes.
+fn split_authenticator(
+    bytes: &[u8],
+    kind: MessageKind,
+    len: usize,
+) -> Result<(&[u8], &[u8]), DecodeError> {
+    if bytes.len() < HEADER_LEN + len {
+        return Err(DecodeError::Truncated { kind });
+    }
+    Ok(bytes.split_at(bytes.len() - len))
+}
+
+fn limit(buf: &mut [u8]) -> &mut [u8] {
+    let len = buf.len().min(MAX_FRAME_LEN);
+    &mut buf[..len]
+}
+
+fn write_header(kind: MessageKind, buf: &mut [u8]) -> Result<usize, EncodeError> {
+    let header = buf.get_mut(..HEADER_LEN).ok_or(EncodeError::BufferFull)?;
+    header.copy_from_slice(&[PROTOCOL_VERSION, kind as u8]);
+    Ok(HEADER_LEN)
+}
+
+fn write_body<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
+    postcard::to_slice(value, buf)
+        .map(|used| used.len())
+        .map_err(|err| match err {
+            postcard::Error::SerializeBufferFull => EncodeError::BufferFull,
+            // Our types only serialize what they can also deserialize; anything
+            // else would be a bug caught by the round-trip tests.
+            _ => EncodeError::Invalid {
+                reason: "value cannot be serialized",
+            },
+        })
+}
+
+fn read_body<T: DeserializeOwned>(
+    kind: MessageKind,
+    bytes: &[u8],
+) -> Result<(T, &[u8]), DecodeError> {
+    postcard::take_from_bytes(bytes).map_err(|err| {
+        let detail = match err {
+            postcard::Error::DeserializeUnexpectedEnd => return DecodeError::Truncated { kind },
+            postcard::Error::DeserializeBadVarint => "bad varint",
+            postcard::Error::DeserializeBadBool => "bad bool",
+            postcard::Error::DeserializeBadChar => "bad char",
+            postcard::Error::DeserializeBadUtf8 => "invalid UTF-8 in a string",
+            postcard::Error::DeserializeBadOption => "bad option tag",
+            postcard::Error::DeserializeBadEnum => "unknown enum variant",
+            postcard::Error::DeserializeBadEncoding => "bad encoding",
+            // Raised by bounded types: a capacity exceeded or a bad identifier.
+            postcard::Error::SerdeDeCustom => {
+                "a field exceeds its capacity or is not a valid identifier"
+            }
+            _ => "undecodable",
+        };
+        DecodeError::Malformed { kind, detail }
+    })
+}
+
+#[cfg(feature = "alloc")]
+mod with_alloc {
+    extern crate alloc;
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    /// [`encode_node_frame`] into a fresh `Vec`.
+    pub fn encode_node_frame_to_vec(
+        message: &NodeMessage,
+        seq: u64,
+        mac: impl FnOnce(&[u8]) -> MacTag,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
+        let len = encode_node_frame(message, seq, mac, &mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// [`encode_desired_frame`] into a fresh `Vec`.
+    pub fn encode_desired_frame_to_vec(
+        document: &DesiredState<'_>,
+        sign: impl FnOnce(&[u8]) -> Signature,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
+        let len = encode_desired_frame(document, sign, &mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use with_alloc::{encode_desired_frame_to_vec, encode_node_frame_to_vec};

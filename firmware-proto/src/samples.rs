@@ -1,0 +1,205 @@
+//! Representative messages: what a Raspberry Pi-class node running a few
+//! sensor workloads sends and receives. The golden-bytes tests pin their
+//! encodings and `flotilla-bench msg-sizes` prints their sizes, so both talk
+//! about the same bytes.
+
+use crate::bounded::{Bytes, Name, TextList};
+use crate::msg::*;
+
+fn s<const N: usize>(text: &str) -> heapless::String<N> {
+    heapless::String::try_from(text).expect("sample text fits")
+}
+
+/// A 4-core, 1 GiB arm64 node with two labels, one taint and a serial port.
+pub fn hello() -> Hello {
+    let mut labels = heapless::Vec::new();
+    for (key, value) in [("flotilla.io/zone", "line-3"), ("camera", "")] {
+        labels
+            .push(Label {
+                key: s(key),
+                value: s(value),
+            })
+            .expect("fits");
+    }
+    let mut taints = heapless::Vec::new();
+    taints
+        .push(Taint {
+            key: s("zone"),
+            value: s("dmz"),
+            effect: TaintEffect::NoSchedule,
+        })
+        .expect("fits");
+    let mut devices = heapless::Vec::new();
+    devices
+        .push(DeviceClass {
+            resource: s("flotilla.io/serial"),
+            count: 1,
+            paths: TextList::from_strs(["/dev/ttyUSB0"]).expect("fits"),
+        })
+        .expect("fits");
+    Hello {
+        node_id: Name::new("pi-line3-07").expect("valid"),
+        arch: Arch::Arm64,
+        os: Os::Linux,
+        capacity: Capacity {
+            cpu_millis: 4000,
+            memory_bytes: 1 << 30,
+            max_workloads: 16,
+        },
+        allocatable: Capacity {
+            cpu_millis: 3800,
+            memory_bytes: 900 << 20,
+            max_workloads: 16,
+        },
+        labels,
+        taints,
+        devices,
+        agent_version: s("0.1.0"),
+        max_protocol_version: crate::frame::PROTOCOL_VERSION,
+    }
+}
+
+/// A heartbeat of an idle node whose `replicas` are all running, ready and
+/// using a little CPU and 12-20 MiB each: the common, steady-state heartbeat.
+pub fn status(replicas: usize) -> Status {
+    let mut entries = heapless::Vec::new();
+    for i in 0..replicas.min(MAX_REPLICAS) {
+        entries
+            .push(ReplicaStatus {
+                replica: ReplicaRef::Slot(i as u8),
+                phase: Phase::Running,
+                restarts: 0,
+                last_exit: None,
+                readiness: Readiness::Ready,
+                cpu_millis: 3 + i as u32,
+                memory_kib: 12_288 + 512 * i as u32,
+            })
+            .expect("bounded by MAX_REPLICAS");
+    }
+    Status {
+        generation: 42,
+        usage: NodeUsage {
+            cpu_millis: 120,
+            memory_kib: 310_000,
+            disk_free_mib: 5_800,
+        },
+        replicas: entries,
+    }
+}
+
+/// An OOM-kill event.
+pub fn event() -> Event {
+    Event {
+        at_unix_ms: 1_795_000_000_000,
+        replica: Some(Name::new("sensor-1a2b-0").expect("valid")),
+        kind: EventKind::OomKilled {
+            limit_bytes: 64 << 20,
+        },
+    }
+}
+
+/// A replica of a sensor workload with limits, a probe, a port, a volume and
+/// a device.
+pub fn replica(index: usize) -> ReplicaSpec {
+    let mut id = heapless::String::<REPLICA_ID_MAX>::new();
+    core::fmt::write(&mut id, format_args!("sensor-1a2b-{index}")).expect("fits");
+    let mut ports = heapless::Vec::new();
+    ports
+        .push(Port {
+            name: s("http"),
+            container_port: 8080,
+            host_port: None,
+            protocol: Protocol::Tcp,
+        })
+        .expect("fits");
+    let mut volumes = heapless::Vec::new();
+    volumes
+        .push(VolumeMount {
+            name: s("config"),
+            mount_path: s("/etc/sensor"),
+            read_only: true,
+            source: VolumeSource::Config { index: 0 },
+        })
+        .expect("fits");
+    let mut devices = heapless::Vec::new();
+    devices
+        .push(DeviceMapping {
+            host_path: s("/dev/ttyUSB0"),
+            container_path: s("/dev/ttyUSB0"),
+            access: 3,
+        })
+        .expect("fits");
+    ReplicaSpec {
+        id: Name::new(&id).expect("valid"),
+        image: ImageRef {
+            reference: s("registry.local:7441/sensor:1.2"),
+            digest: Bytes([0xab; 32]),
+        },
+        command: TextList::from_strs(["/bin/sensor"]).expect("fits"),
+        args: TextList::from_strs(["--period", "5s"]).expect("fits"),
+        env: TextList::from_strs(["LINE=3", "RUST_LOG=info"]).expect("fits"),
+        working_dir: heapless::String::new(),
+        user: Some(User {
+            uid: 1000,
+            gid: 1000,
+        }),
+        resources: Resources {
+            cpu_request_millis: 100,
+            memory_request_bytes: 32 << 20,
+            cpu_limit_millis: Some(500),
+            memory_limit_bytes: Some(64 << 20),
+            pids_limit: Some(64),
+        },
+        extended: heapless::Vec::new(),
+        devices,
+        ports,
+        volumes,
+        startup_probe: None,
+        readiness_probe: Some(Probe {
+            action: ProbeAction::HttpGet {
+                path: s("/healthz"),
+                port: 8080,
+                https: false,
+            },
+            initial_delay_s: 1,
+            period_s: 5,
+            timeout_s: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+        }),
+        liveness_probe: None,
+        restart_policy: RestartPolicy::Always,
+        read_only_rootfs: true,
+        seccomp: Seccomp::RuntimeDefault,
+        termination_grace_s: 10,
+    }
+}
+
+/// The node id of the samples.
+pub fn node_id() -> NodeId {
+    Name::new("pi-line3-07").expect("valid")
+}
+
+/// The config object the sample replicas mount.
+pub fn config() -> ConfigObject {
+    let mut contents = crate::bounded::ByteList::new();
+    contents.push(b"threshold = 40\n").expect("fits");
+    ConfigObject {
+        name: s("sensor-config"),
+        secret: false,
+        file_names: TextList::from_strs(["sensor.toml"]).expect("fits"),
+        contents,
+    }
+}
+
+/// A desired document (generation 42) with `replicas` sensor replicas and
+/// their config object.
+#[cfg(feature = "alloc")]
+pub fn desired(replicas: usize) -> DesiredDocument {
+    DesiredDocument {
+        node_id: node_id(),
+        generation: 42,
+        replicas: (0..replicas).map(replica).collect(),
+        config: alloc::vec![config()],
+    }
+}

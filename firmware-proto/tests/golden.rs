@@ -1,0 +1,143 @@
+//! Golden bytes: the exact encoding of representative messages. If one of
+//! these tests fails, the wire format changed: that needs a new protocol
+//! version (WIRE.md, "Versioning"), not a new constant here.
+
+use firmware_proto::*;
+
+const MAC: MacTag = Bytes([0x11; 16]);
+const SIGNATURE: Signature = Bytes([0x22; 64]);
+const SEQ: u64 = 1000;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Encodes `message`, compares with `golden`, and decodes `golden` back.
+fn check_node(message: NodeMessage, golden: &str) {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let encoded = encode_node_frame(&message, SEQ, |_| MAC, &mut buf).unwrap();
+    assert_eq!(
+        hex(encoded),
+        golden,
+        "encoding of {:?} changed",
+        message.kind()
+    );
+    let bytes = unhex(golden);
+    let decoded = decode_node_frame(&bytes).unwrap();
+    assert_eq!(
+        decoded.frame,
+        NodeFrame {
+            message,
+            seq: SEQ,
+            mac: MAC
+        }
+    );
+    assert_eq!(decoded.authenticated, &bytes[..bytes.len() - MAC_LEN]);
+}
+
+#[test]
+fn online_frame_is_header_presence_seq_and_mac() {
+    // 01 version, 02 kind Online, 00 Presence::Online, e8 07 = varint 1000, then the MAC.
+    check_node(
+        NodeMessage::Online(Presence::Online),
+        "010200e80711111111111111111111111111111111",
+    );
+}
+
+#[test]
+fn offline_last_will() {
+    check_node(
+        NodeMessage::Online(Presence::Offline),
+        "010201e80711111111111111111111111111111111",
+    );
+}
+
+#[test]
+fn empty_heartbeat_field_by_field() {
+    // 01 03 | 2a generation 42 | 78 cpu 120 | f0 f5 12 memory 310000 KiB |
+    // a8 2d disk 5800 MiB | 00 no replicas | e8 07 seq | MAC
+    check_node(
+        NodeMessage::Status(samples::status(0)),
+        "01032a78f0f512a82d00e80711111111111111111111111111111111",
+    );
+}
+
+#[test]
+fn heartbeat_with_two_replicas() {
+    // Each replica: 00 nn slot | 03 Running | 00 restarts | 00 no exit |
+    // 02 Ready | cpu varint | memory KiB varint
+    check_node(
+        NodeMessage::Status(samples::status(2)),
+        "01032a78f0f512a82d02000003000002038060000103000002048064e80711111111111111111111111111111111",
+    );
+}
+
+#[test]
+fn hello() {
+    check_node(
+        NodeMessage::Hello(samples::hello()),
+        concat!(
+            "01010b70692d6c696e65332d30370100a01f808080800410d81d808080c203100210666c6f74696c6c612e696f2f7a6f",
+            "6e65066c696e652d330663616d6572610001047a6f6e6503646d7a000112666c6f74696c6c612e696f2f73657269616c",
+            "01010c2f6465762f7474795553423005302e312e3001e80711111111111111111111111111111111",
+        ),
+    );
+}
+
+#[test]
+fn oom_event() {
+    check_node(
+        NodeMessage::Event(samples::event()),
+        "010480bcd9f29e34010d73656e736f722d316132622d300280808020e80711111111111111111111111111111111",
+    );
+}
+
+#[test]
+fn desired_document_with_one_replica() {
+    let golden = concat!(
+        "01050b70692d6c696e65332d30372a010d73656e736f722d316132622d301e72656769737472792e6c6f63616c3a3734",
+        "34312f73656e736f723a312e32abababababababababababababababababababababababababababababababab010b2f",
+        "62696e2f73656e736f7202082d2d706572696f6402357302064c494e453d330d525553545f4c4f473d696e666f0001e8",
+        "07e807648080801001f4030180808020014000010c2f6465762f747479555342300c2f6465762f747479555342300301",
+        "0468747470903f00000106636f6e6669670b2f6574632f73656e736f72010200000101082f6865616c74687a903f0001",
+        "05010103000001000a010d73656e736f722d636f6e66696700010b73656e736f722e746f6d6c010f7468726573686f6c",
+        "64203d2034300a2222222222222222222222222222222222222222222222222222222222222222222222222222222222",
+        "2222222222222222222222222222222222222222222222",
+    );
+    let document = samples::desired(1);
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let encoded = encode_desired_frame(&document.as_state(), |_| SIGNATURE, &mut buf).unwrap();
+    assert_eq!(
+        hex(encoded),
+        golden,
+        "encoding of the desired document changed"
+    );
+    let bytes = unhex(golden);
+    let decoded = decode_desired_frame(&bytes).unwrap();
+    assert_eq!(DesiredDocument::from(&decoded.frame), document);
+    assert_eq!(decoded.frame.signature, SIGNATURE);
+    assert_eq!(decoded.authenticated, &bytes[..bytes.len() - SIGNATURE_LEN]);
+}
+
+#[test]
+fn message_kind_bytes_never_change() {
+    let kinds = [
+        (MessageKind::Hello, 1),
+        (MessageKind::Online, 2),
+        (MessageKind::Status, 3),
+        (MessageKind::Event, 4),
+        (MessageKind::Desired, 5),
+    ];
+    for (kind, byte) in kinds {
+        assert_eq!(kind as u8, byte);
+        assert_eq!(MessageKind::from_byte(byte), Some(kind));
+    }
+    assert_eq!(PROTOCOL_VERSION, 1);
+}
