@@ -97,9 +97,11 @@ impl<const N: usize> Name<N> {
         if text.len() > N {
             return Err(NameError::TooLong { max: N });
         }
-        if let Some(at) = text.bytes().enumerate().position(|(i, b)| {
-            !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0))
-        }) {
+        if let Some(at) = text
+            .bytes()
+            .enumerate()
+            .position(|(i, b)| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0)))
+        {
             return Err(NameError::BadCharacter { at });
         }
         let mut inner = heapless::String::new();
@@ -168,19 +170,14 @@ impl<const BYTES: usize, const ITEMS: usize> Packed<BYTES, ITEMS> {
 
     const fn new() -> Self {
         let () = Self::FITS_U16;
-        Packed {
-            bytes: heapless::Vec::new(),
-            ends: heapless::Vec::new(),
-        }
+        Packed { bytes: heapless::Vec::new(), ends: heapless::Vec::new() }
     }
 
     fn push(&mut self, item: &[u8]) -> Result<(), CapacityError> {
         if self.ends.is_full() {
             return Err(CapacityError { what: "list items" });
         }
-        self.bytes
-            .extend_from_slice(item)
-            .map_err(|_| CapacityError { what: "list bytes" })?;
+        self.bytes.extend_from_slice(item).map_err(|_| CapacityError { what: "list bytes" })?;
         // Cannot fail: fullness was checked first, and BYTES <= u16::MAX (asserted at compile time).
         let _ = self.ends.push(self.bytes.len() as u16);
         Ok(())
@@ -188,11 +185,7 @@ impl<const BYTES: usize, const ITEMS: usize> Packed<BYTES, ITEMS> {
 
     fn get(&self, index: usize) -> Option<&[u8]> {
         let end = *self.ends.get(index)? as usize;
-        let start = if index == 0 {
-            0
-        } else {
-            self.ends[index - 1] as usize
-        };
+        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize };
         self.bytes.get(start..end)
     }
 
@@ -230,9 +223,7 @@ impl<const BYTES: usize, const ITEMS: usize> TextList<BYTES, ITEMS> {
     /// The string at `index`.
     pub fn get(&self, index: usize) -> Option<&str> {
         // Only whole `&str`s are ever pushed, so every item is valid UTF-8.
-        self.0
-            .get(index)
-            .map(|b| core::str::from_utf8(b).unwrap_or_default())
+        self.0.get(index).map(|b| core::str::from_utf8(b).unwrap_or_default())
     }
 
     /// The number of strings.
@@ -265,9 +256,7 @@ impl<const BYTES: usize, const ITEMS: usize> Serialize for TextList<BYTES, ITEMS
 
 impl<'de, const BYTES: usize, const ITEMS: usize> Deserialize<'de> for TextList<BYTES, ITEMS> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_seq(PackedVisitor::<BYTES, ITEMS, TextItems>(PhantomData))
-            .map(TextList)
+        deserializer.deserialize_seq(PackedVisitor::<BYTES, ITEMS, TextItems>(PhantomData)).map(TextList)
     }
 }
 
@@ -310,9 +299,7 @@ impl<const BYTES: usize, const ITEMS: usize> ByteList<BYTES, ITEMS> {
 
 impl<const BYTES: usize, const ITEMS: usize> fmt::Debug for ByteList<BYTES, ITEMS> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.iter().map(|b| b.len()))
-            .finish()
+        f.debug_list().entries(self.iter().map(|b| b.len())).finish()
     }
 }
 
@@ -324,9 +311,7 @@ impl<const BYTES: usize, const ITEMS: usize> Serialize for ByteList<BYTES, ITEMS
 
 impl<'de, const BYTES: usize, const ITEMS: usize> Deserialize<'de> for ByteList<BYTES, ITEMS> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_seq(PackedVisitor::<BYTES, ITEMS, ByteItems>(PhantomData))
-            .map(ByteList)
+        deserializer.deserialize_seq(PackedVisitor::<BYTES, ITEMS, ByteItems>(PhantomData)).map(ByteList)
     }
 }
 
@@ -340,35 +325,24 @@ impl Serialize for SerBytes<'_> {
 
 /// Whether a packed list holds strings or byte strings.
 trait ItemKind {
-    fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(
-        d: D,
-        v: V,
-    ) -> Result<V::Value, D::Error>;
+    fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(d: D, v: V) -> Result<V::Value, D::Error>;
 }
 struct TextItems;
 struct ByteItems;
 impl ItemKind for TextItems {
-    fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(
-        d: D,
-        v: V,
-    ) -> Result<V::Value, D::Error> {
+    fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(d: D, v: V) -> Result<V::Value, D::Error> {
         d.deserialize_str(v)
     }
 }
 impl ItemKind for ByteItems {
-    fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(
-        d: D,
-        v: V,
-    ) -> Result<V::Value, D::Error> {
+    fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(d: D, v: V) -> Result<V::Value, D::Error> {
         d.deserialize_bytes(v)
     }
 }
 
 struct PackedVisitor<const BYTES: usize, const ITEMS: usize, K>(PhantomData<K>);
 
-impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> Visitor<'de>
-    for PackedVisitor<BYTES, ITEMS, K>
-{
+impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> Visitor<'de> for PackedVisitor<BYTES, ITEMS, K> {
     type Value = Packed<BYTES, ITEMS>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -379,13 +353,8 @@ impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> Visitor<'de>
         let mut packed = Packed::new();
         // Each element is appended straight into `packed` by the seed, so the
         // decoder never holds an item anywhere else.
-        while seq
-            .next_element_seed(ItemSeed::<BYTES, ITEMS, K> {
-                packed: &mut packed,
-                kind: PhantomData,
-            })?
-            .is_some()
-        {}
+        while seq.next_element_seed(ItemSeed::<BYTES, ITEMS, K> { packed: &mut packed, kind: PhantomData })?.is_some() {
+        }
         Ok(packed)
     }
 }
@@ -395,9 +364,7 @@ struct ItemSeed<'p, const BYTES: usize, const ITEMS: usize, K> {
     kind: PhantomData<K>,
 }
 
-impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> DeserializeSeed<'de>
-    for ItemSeed<'_, BYTES, ITEMS, K>
-{
+impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> DeserializeSeed<'de> for ItemSeed<'_, BYTES, ITEMS, K> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -405,9 +372,7 @@ impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> DeserializeSeed<'
     }
 }
 
-impl<'de, const BYTES: usize, const ITEMS: usize, K> Visitor<'de>
-    for ItemSeed<'_, BYTES, ITEMS, K>
-{
+impl<'de, const BYTES: usize, const ITEMS: usize, K> Visitor<'de> for ItemSeed<'_, BYTES, ITEMS, K> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -470,9 +435,7 @@ impl<'de, const N: usize> Deserialize<'de> for Bytes<N> {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = [0u8; N];
                 for (i, slot) in out.iter_mut().enumerate() {
-                    *slot = seq
-                        .next_element()?
-                        .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                    *slot = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(i, &self))?;
                 }
                 Ok(Bytes(out))
             }
@@ -502,10 +465,7 @@ mod tests {
         list.push("ab").unwrap();
         list.push("").unwrap();
         list.push("cdef").unwrap();
-        assert_eq!(
-            list.iter().collect::<heapless::Vec<&str, 3>>(),
-            ["ab", "", "cdef"]
-        );
+        assert_eq!(list.iter().collect::<heapless::Vec<&str, 3>>(), ["ab", "", "cdef"]);
         assert_eq!(list.push("x"), Err(CapacityError { what: "list items" }));
         let mut list = TextList::<4, 3>::new();
         list.push("abc").unwrap();

@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::msg::{
-    ConfigObject, DesiredHeader, DesiredRules, DesiredState, Event, Hello, MAX_CONFIG_OBJECTS,
-    MAX_REPLICAS, MacTag, NodeId, Presence, ReplicaSpec, Signature, Status,
+    ConfigObject, DesiredHeader, DesiredRules, DesiredState, Event, Hello, MAX_CONFIG_OBJECTS, MAX_REPLICAS, MacTag,
+    NodeId, Presence, ReplicaSpec, Signature, Status,
 };
 
 /// The protocol version this crate speaks and writes in byte 0 of a frame.
@@ -270,10 +270,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "frame of {len} bytes exceeds the {max}-byte limit")
             }
             DecodeError::UnsupportedVersion { found, supported } => {
-                write!(
-                    f,
-                    "protocol version {found} is not supported (this build speaks {supported})"
-                )
+                write!(f, "protocol version {found} is not supported (this build speaks {supported})")
             }
             DecodeError::UnknownKind { found } => write!(f, "unknown message kind {found}"),
             DecodeError::UnexpectedKind { found } => {
@@ -281,10 +278,7 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::Truncated { kind } => write!(f, "{kind} frame is truncated"),
             DecodeError::TrailingBytes { kind, count } => {
-                write!(
-                    f,
-                    "{kind} frame has {count} unexpected bytes after its authenticator"
-                )
+                write!(f, "{kind} frame has {count} unexpected bytes after its authenticator")
             }
             DecodeError::Malformed { kind, detail } => {
                 write!(f, "malformed {kind} message: {detail}")
@@ -313,10 +307,9 @@ pub enum EncodeError {
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EncodeError::BufferFull => write!(
-                f,
-                "message does not fit the buffer or the {MAX_FRAME_LEN}-byte frame limit"
-            ),
+            EncodeError::BufferFull => {
+                write!(f, "message does not fit the buffer or the {MAX_FRAME_LEN}-byte frame limit")
+            }
             EncodeError::Invalid { reason } => write!(f, "message would be refused: {reason}"),
         }
     }
@@ -327,19 +320,13 @@ impl core::error::Error for EncodeError {}
 /// Reads and checks the two header bytes.
 pub fn peek_kind(bytes: &[u8]) -> Result<MessageKind, DecodeError> {
     if bytes.len() > MAX_FRAME_LEN {
-        return Err(DecodeError::TooLarge {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN,
-        });
+        return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_FRAME_LEN });
     }
     let [version, kind, ..] = *bytes else {
         return Err(DecodeError::TooShort { len: bytes.len() });
     };
     if version != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            found: version,
-            supported: PROTOCOL_VERSION,
-        });
+        return Err(DecodeError::UnsupportedVersion { found: version, supported: PROTOCOL_VERSION });
     }
     MessageKind::from_byte(kind).ok_or(DecodeError::UnknownKind { found: kind })
 }
@@ -359,8 +346,7 @@ pub fn encode_node_frame<'b>(
         NodeMessage::Hello(m) => write_body(m, &mut buf[len..])?,
         NodeMessage::Online(m) => write_body(m, &mut buf[len..])?,
         NodeMessage::Status(m) => {
-            m.validate()
-                .map_err(|reason| EncodeError::Invalid { reason })?;
+            m.validate().map_err(|reason| EncodeError::Invalid { reason })?;
             write_body(m, &mut buf[len..])?
         }
         NodeMessage::Event(m) => write_body(m, &mut buf[len..])?,
@@ -368,9 +354,7 @@ pub fn encode_node_frame<'b>(
     len += write_body(&seq, &mut buf[len..])?;
     let tag = mac(&buf[..len]);
     let end = len + MAC_LEN;
-    buf.get_mut(len..end)
-        .ok_or(EncodeError::BufferFull)?
-        .copy_from_slice(&tag.0);
+    buf.get_mut(len..end).ok_or(EncodeError::BufferFull)?.copy_from_slice(&tag.0);
     Ok(&mut buf[..end])
 }
 
@@ -381,17 +365,13 @@ pub fn encode_desired_frame<'b>(
     sign: impl FnOnce(&[u8]) -> Signature,
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], EncodeError> {
-    document
-        .validate()
-        .map_err(|reason| EncodeError::Invalid { reason })?;
+    document.validate().map_err(|reason| EncodeError::Invalid { reason })?;
     let buf = limit(buf);
     let mut len = write_header(MessageKind::Desired, buf)?;
     len += write_body(document, &mut buf[len..])?;
     let signature = sign(&buf[..len]);
     let end = len + SIGNATURE_LEN;
-    buf.get_mut(len..end)
-        .ok_or(EncodeError::BufferFull)?
-        .copy_from_slice(&signature.0);
+    buf.get_mut(len..end).ok_or(EncodeError::BufferFull)?.copy_from_slice(&signature.0);
     Ok(&mut buf[..end])
 }
 
@@ -408,9 +388,7 @@ pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeE
         MessageKind::Online => read_body(kind, body).map(|(m, r)| (NodeMessage::Online(m), r))?,
         MessageKind::Status => {
             let (status, rest) = read_body::<Status>(kind, body)?;
-            status
-                .validate()
-                .map_err(|reason| DecodeError::Invalid { kind, reason })?;
+            status.validate().map_err(|reason| DecodeError::Invalid { kind, reason })?;
             (NodeMessage::Status(status), rest)
         }
         MessageKind::Event => read_body(kind, body).map(|(m, r)| (NodeMessage::Event(m), r))?,
@@ -418,21 +396,11 @@ pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeE
     };
     let (seq, rest) = read_body::<u64>(kind, rest)?;
     if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes {
-            kind,
-            count: rest.len(),
-        });
+        return Err(DecodeError::TrailingBytes { kind, count: rest.len() });
     }
     let mut tag = MacTag::default();
     tag.0.copy_from_slice(mac);
-    Ok(Decoded {
-        frame: NodeFrame {
-            message,
-            seq,
-            mac: tag,
-        },
-        authenticated,
-    })
+    Ok(Decoded { frame: NodeFrame { message, seq, mac: tag }, authenticated })
 }
 
 /// Decodes a frame the controller sent (a desired-state document), checking
@@ -446,30 +414,16 @@ pub fn decode_desired_frame(bytes: &[u8]) -> Result<Decoded<'_, DesiredView<'_>>
     let (authenticated, sig) = split_authenticator(bytes, kind, SIGNATURE_LEN)?;
     let (header, rest) = read_body::<DesiredHeader>(kind, &authenticated[HEADER_LEN..])?;
     let mut rules = DesiredRules::new();
-    let (replicas, rest) =
-        read_list::<ReplicaSpec>(kind, rest, MAX_REPLICAS, |r| rules.replica(r))?;
-    let (config, rest) =
-        read_list::<ConfigObject>(kind, rest, MAX_CONFIG_OBJECTS, DesiredRules::config)?;
+    let (replicas, rest) = read_list::<ReplicaSpec>(kind, rest, MAX_REPLICAS, |r| rules.replica(r))?;
+    let (config, rest) = read_list::<ConfigObject>(kind, rest, MAX_CONFIG_OBJECTS, DesiredRules::config)?;
     if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes {
-            kind,
-            count: rest.len(),
-        });
+        return Err(DecodeError::TrailingBytes { kind, count: rest.len() });
     }
     rules.finish(config.remaining).map_err(invalid)?;
     let mut signature = Signature::default();
     signature.0.copy_from_slice(sig);
-    let view = DesiredView {
-        node_id: header.node_id,
-        generation: header.generation,
-        signature,
-        replicas,
-        config,
-    };
-    Ok(Decoded {
-        frame: view,
-        authenticated,
-    })
+    let view = DesiredView { node_id: header.node_id, generation: header.generation, signature, replicas, config };
+    Ok(Decoded { frame: view, authenticated })
 }
 
 /// Reads a postcard sequence of at most `max` items, checking each with
@@ -482,10 +436,7 @@ fn read_list<'a, T: DeserializeOwned>(
 ) -> Result<(Items<'a, T>, &'a [u8]), DecodeError> {
     let (count, mut rest) = read_body::<u64>(kind, bytes)?;
     if count > max as u64 {
-        return Err(DecodeError::Malformed {
-            kind,
-            detail: "a list is longer than its capacity",
-        });
+        return Err(DecodeError::Malformed { kind, detail: "a list is longer than its capacity" });
     }
     let start = rest;
     for _ in 0..count {
@@ -494,14 +445,7 @@ fn read_list<'a, T: DeserializeOwned>(
         rest = after;
     }
     let used = start.len() - rest.len();
-    Ok((
-        Items {
-            bytes: &start[..used],
-            remaining: count as usize,
-            item: PhantomData,
-        },
-        rest,
-    ))
+    Ok((Items { bytes: &start[..used], remaining: count as usize, item: PhantomData }, rest))
 }
 
 /// Splits off the fixed-length authenticator at the end of the frame.
@@ -509,11 +453,7 @@ fn read_list<'a, T: DeserializeOwned>(
 /// Why from the end: the authenticator has a fixed length, so the body parser
 /// never sees it and a body that claims to be longer than the frame is
 /// caught as truncated, not misread as MAC bytes.
-fn split_authenticator(
-    bytes: &[u8],
-    kind: MessageKind,
-    len: usize,
-) -> Result<(&[u8], &[u8]), DecodeError> {
+fn split_authenticator(bytes: &[u8], kind: MessageKind, len: usize) -> Result<(&[u8], &[u8]), DecodeError> {
     if bytes.len() < HEADER_LEN + len {
         return Err(DecodeError::Truncated { kind });
     }
@@ -532,22 +472,15 @@ fn write_header(kind: MessageKind, buf: &mut [u8]) -> Result<usize, EncodeError>
 }
 
 fn write_body<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
-    postcard::to_slice(value, buf)
-        .map(|used| used.len())
-        .map_err(|err| match err {
-            postcard::Error::SerializeBufferFull => EncodeError::BufferFull,
-            // Our types only serialize what they can also deserialize; anything
-            // else would be a bug caught by the round-trip tests.
-            _ => EncodeError::Invalid {
-                reason: "value cannot be serialized",
-            },
-        })
+    postcard::to_slice(value, buf).map(|used| used.len()).map_err(|err| match err {
+        postcard::Error::SerializeBufferFull => EncodeError::BufferFull,
+        // Our types only serialize what they can also deserialize; anything
+        // else would be a bug caught by the round-trip tests.
+        _ => EncodeError::Invalid { reason: "value cannot be serialized" },
+    })
 }
 
-fn read_body<T: DeserializeOwned>(
-    kind: MessageKind,
-    bytes: &[u8],
-) -> Result<(T, &[u8]), DecodeError> {
+fn read_body<T: DeserializeOwned>(kind: MessageKind, bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
     postcard::take_from_bytes(bytes).map_err(|err| {
         let detail = match err {
             postcard::Error::DeserializeUnexpectedEnd => return DecodeError::Truncated { kind },
@@ -558,9 +491,11 @@ fn read_body<T: DeserializeOwned>(
             postcard::Error::DeserializeBadOption => "bad option tag",
             postcard::Error::DeserializeBadEnum => "unknown enum variant",
             postcard::Error::DeserializeBadEncoding => "bad encoding",
-            // Raised by bounded types: a capacity exceeded or a bad identifier.
+            // serde's own errors (an unknown enum variant) and those of the
+            // bounded types (capacity exceeded, bad identifier) all arrive
+            // here: postcard keeps no message.
             postcard::Error::SerdeDeCustom => {
-                "a field exceeds its capacity or is not a valid identifier"
+                "a field value is out of range (unknown variant, over capacity or bad identifier)"
             }
             _ => "undecodable",
         };

@@ -732,19 +732,14 @@ pub(crate) struct DesiredRules {
 
 impl DesiredRules {
     pub(crate) const fn new() -> Self {
-        DesiredRules {
-            ids: heapless::Vec::new(),
-            max_config_index: None,
-        }
+        DesiredRules { ids: heapless::Vec::new(), max_config_index: None }
     }
 
     pub(crate) fn replica(&mut self, replica: &ReplicaSpec) -> Result<(), &'static str> {
         if self.ids.contains(&replica.id) {
             return Err("two replicas share an id");
         }
-        self.ids
-            .push(replica.id.clone())
-            .map_err(|_| "more replicas than MAX_REPLICAS")?;
+        self.ids.push(replica.id.clone()).map_err(|_| "more replicas than MAX_REPLICAS")?;
         for volume in &replica.volumes {
             if let VolumeSource::Config { index } = volume.source {
                 self.max_config_index = self.max_config_index.max(Some(index));
@@ -757,11 +752,7 @@ impl DesiredRules {
         if object.file_names.len() != object.contents.len() {
             return Err("a config object has a different number of file names and contents");
         }
-        if object
-            .file_names
-            .iter()
-            .any(|n| n.is_empty() || n.contains('/') || n == "." || n == "..")
-        {
+        if object.file_names.iter().any(|n| n.is_empty() || n.contains('/') || n == "." || n == "..") {
             return Err("a config file name is empty or a path");
         }
         Ok(())
@@ -798,10 +789,7 @@ impl Status {
     /// Checks what the types cannot: slots are unique.
     pub fn validate(&self) -> Result<(), &'static str> {
         for (i, entry) in self.replicas.iter().enumerate() {
-            if self.replicas[..i]
-                .iter()
-                .any(|r| r.replica == entry.replica)
-            {
+            if self.replicas[..i].iter().any(|r| r.replica == entry.replica) {
                 return Err("two status entries are about the same replica");
             }
         }

@@ -14,21 +14,10 @@ fn s<const N: usize>(text: &str) -> heapless::String<N> {
 pub fn hello() -> Hello {
     let mut labels = heapless::Vec::new();
     for (key, value) in [("flotilla.io/zone", "line-3"), ("camera", "")] {
-        labels
-            .push(Label {
-                key: s(key),
-                value: s(value),
-            })
-            .expect("fits");
+        labels.push(Label { key: s(key), value: s(value) }).expect("fits");
     }
     let mut taints = heapless::Vec::new();
-    taints
-        .push(Taint {
-            key: s("zone"),
-            value: s("dmz"),
-            effect: TaintEffect::NoSchedule,
-        })
-        .expect("fits");
+    taints.push(Taint { key: s("zone"), value: s("dmz"), effect: TaintEffect::NoSchedule }).expect("fits");
     let mut devices = heapless::Vec::new();
     devices
         .push(DeviceClass {
@@ -41,16 +30,8 @@ pub fn hello() -> Hello {
         node_id: Name::new("pi-line3-07").expect("valid"),
         arch: Arch::Arm64,
         os: Os::Linux,
-        capacity: Capacity {
-            cpu_millis: 4000,
-            memory_bytes: 1 << 30,
-            max_workloads: 16,
-        },
-        allocatable: Capacity {
-            cpu_millis: 3800,
-            memory_bytes: 900 << 20,
-            max_workloads: 16,
-        },
+        capacity: Capacity { cpu_millis: 4000, memory_bytes: 1 << 30, max_workloads: 16 },
+        allocatable: Capacity { cpu_millis: 3800, memory_bytes: 900 << 20, max_workloads: 16 },
         labels,
         taints,
         devices,
@@ -78,11 +59,7 @@ pub fn status(replicas: usize) -> Status {
     }
     Status {
         generation: 42,
-        usage: NodeUsage {
-            cpu_millis: 120,
-            memory_kib: 310_000,
-            disk_free_mib: 5_800,
-        },
+        usage: NodeUsage { cpu_millis: 120, memory_kib: 310_000, disk_free_mib: 5_800 },
         replicas: entries,
     }
 }
@@ -92,9 +69,7 @@ pub fn event() -> Event {
     Event {
         at_unix_ms: 1_795_000_000_000,
         replica: Some(Name::new("sensor-1a2b-0").expect("valid")),
-        kind: EventKind::OomKilled {
-            limit_bytes: 64 << 20,
-        },
+        kind: EventKind::OomKilled { limit_bytes: 64 << 20 },
     }
 }
 
@@ -104,14 +79,7 @@ pub fn replica(index: usize) -> ReplicaSpec {
     let mut id = heapless::String::<REPLICA_ID_MAX>::new();
     core::fmt::write(&mut id, format_args!("sensor-1a2b-{index}")).expect("fits");
     let mut ports = heapless::Vec::new();
-    ports
-        .push(Port {
-            name: s("http"),
-            container_port: 8080,
-            host_port: None,
-            protocol: Protocol::Tcp,
-        })
-        .expect("fits");
+    ports.push(Port { name: s("http"), container_port: 8080, host_port: None, protocol: Protocol::Tcp }).expect("fits");
     let mut volumes = heapless::Vec::new();
     volumes
         .push(VolumeMount {
@@ -123,26 +91,16 @@ pub fn replica(index: usize) -> ReplicaSpec {
         .expect("fits");
     let mut devices = heapless::Vec::new();
     devices
-        .push(DeviceMapping {
-            host_path: s("/dev/ttyUSB0"),
-            container_path: s("/dev/ttyUSB0"),
-            access: 3,
-        })
+        .push(DeviceMapping { host_path: s("/dev/ttyUSB0"), container_path: s("/dev/ttyUSB0"), access: 3 })
         .expect("fits");
     ReplicaSpec {
         id: Name::new(&id).expect("valid"),
-        image: ImageRef {
-            reference: s("registry.local:7441/sensor:1.2"),
-            digest: Bytes([0xab; 32]),
-        },
+        image: ImageRef { reference: s("registry.local:7441/sensor:1.2"), digest: Bytes([0xab; 32]) },
         command: TextList::from_strs(["/bin/sensor"]).expect("fits"),
         args: TextList::from_strs(["--period", "5s"]).expect("fits"),
         env: TextList::from_strs(["LINE=3", "RUST_LOG=info"]).expect("fits"),
         working_dir: heapless::String::new(),
-        user: Some(User {
-            uid: 1000,
-            gid: 1000,
-        }),
+        user: Some(User { uid: 1000, gid: 1000 }),
         resources: Resources {
             cpu_request_millis: 100,
             memory_request_bytes: 32 << 20,
@@ -156,11 +114,7 @@ pub fn replica(index: usize) -> ReplicaSpec {
         volumes,
         startup_probe: None,
         readiness_probe: Some(Probe {
-            action: ProbeAction::HttpGet {
-                path: s("/healthz"),
-                port: 8080,
-                https: false,
-            },
+            action: ProbeAction::HttpGet { path: s("/healthz"), port: 8080, https: false },
             initial_delay_s: 1,
             period_s: 5,
             timeout_s: 1,

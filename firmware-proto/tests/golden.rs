@@ -13,60 +13,36 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
 }
 
 /// Encodes `message`, compares with `golden`, and decodes `golden` back.
 fn check_node(message: NodeMessage, golden: &str) {
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     let encoded = encode_node_frame(&message, SEQ, |_| MAC, &mut buf).unwrap();
-    assert_eq!(
-        hex(encoded),
-        golden,
-        "encoding of {:?} changed",
-        message.kind()
-    );
+    assert_eq!(hex(encoded), golden, "encoding of {:?} changed", message.kind());
     let bytes = unhex(golden);
     let decoded = decode_node_frame(&bytes).unwrap();
-    assert_eq!(
-        decoded.frame,
-        NodeFrame {
-            message,
-            seq: SEQ,
-            mac: MAC
-        }
-    );
+    assert_eq!(decoded.frame, NodeFrame { message, seq: SEQ, mac: MAC });
     assert_eq!(decoded.authenticated, &bytes[..bytes.len() - MAC_LEN]);
 }
 
 #[test]
 fn online_frame_is_header_presence_seq_and_mac() {
     // 01 version, 02 kind Online, 00 Presence::Online, e8 07 = varint 1000, then the MAC.
-    check_node(
-        NodeMessage::Online(Presence::Online),
-        "010200e80711111111111111111111111111111111",
-    );
+    check_node(NodeMessage::Online(Presence::Online), "010200e80711111111111111111111111111111111");
 }
 
 #[test]
 fn offline_last_will() {
-    check_node(
-        NodeMessage::Online(Presence::Offline),
-        "010201e80711111111111111111111111111111111",
-    );
+    check_node(NodeMessage::Online(Presence::Offline), "010201e80711111111111111111111111111111111");
 }
 
 #[test]
 fn empty_heartbeat_field_by_field() {
     // 01 03 | 2a generation 42 | 78 cpu 120 | f0 f5 12 memory 310000 KiB |
     // a8 2d disk 5800 MiB | 00 no replicas | e8 07 seq | MAC
-    check_node(
-        NodeMessage::Status(samples::status(0)),
-        "01032a78f0f512a82d00e80711111111111111111111111111111111",
-    );
+    check_node(NodeMessage::Status(samples::status(0)), "01032a78f0f512a82d00e80711111111111111111111111111111111");
 }
 
 #[test]
@@ -114,11 +90,7 @@ fn desired_document_with_one_replica() {
     let document = samples::desired(1);
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     let encoded = encode_desired_frame(&document.as_state(), |_| SIGNATURE, &mut buf).unwrap();
-    assert_eq!(
-        hex(encoded),
-        golden,
-        "encoding of the desired document changed"
-    );
+    assert_eq!(hex(encoded), golden, "encoding of the desired document changed");
     let bytes = unhex(golden);
     let decoded = decode_desired_frame(&bytes).unwrap();
     assert_eq!(DesiredDocument::from(&decoded.frame), document);

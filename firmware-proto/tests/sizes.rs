@@ -1,15 +1,11 @@
 //! Encoded sizes of the messages that cross paid links, printed so a change
 //! in size is seen, and held to the heartbeat budget.
 
-use firmware_proto::{
-    MAX_FRAME_LEN, MacTag, NodeMessage, Signature, encode_desired_frame, encode_node_frame, samples,
-};
+use firmware_proto::{MAX_FRAME_LEN, MacTag, NodeMessage, Signature, encode_desired_frame, encode_node_frame, samples};
 
 fn node_frame_len(message: NodeMessage) -> usize {
     let mut buf = [0u8; MAX_FRAME_LEN];
-    encode_node_frame(&message, 1_000, |_| MacTag::default(), &mut buf)
-        .unwrap()
-        .len()
+    encode_node_frame(&message, 1_000, |_| MacTag::default(), &mut buf).unwrap().len()
 }
 
 #[test]
@@ -17,9 +13,7 @@ fn heartbeat_sizes_fit_the_idle_budget() {
     let mut sizes = Vec::new();
     for replicas in [0, 4, 16] {
         let len = node_frame_len(NodeMessage::Status(samples::status(replicas)));
-        println!(
-            "heartbeat with {replicas:>2} replicas: {len} bytes (frame: header, body, seq, 16-byte MAC)"
-        );
+        println!("heartbeat with {replicas:>2} replicas: {len} bytes (frame: header, body, seq, 16-byte MAC)");
         sizes.push(len);
     }
     // DESIGN.md budgets 20 KB per idle node per hour for everything; a
@@ -32,23 +26,13 @@ fn heartbeat_sizes_fit_the_idle_budget() {
 
 #[test]
 fn other_message_sizes_are_printed() {
-    println!(
-        "hello: {} bytes",
-        node_frame_len(NodeMessage::Hello(samples::hello()))
-    );
-    println!(
-        "event (OOM): {} bytes",
-        node_frame_len(NodeMessage::Event(samples::event()))
-    );
+    println!("hello: {} bytes", node_frame_len(NodeMessage::Hello(samples::hello())));
+    println!("event (OOM): {} bytes", node_frame_len(NodeMessage::Event(samples::event())));
     for replicas in [1, 4, 16] {
         let mut buf = vec![0u8; MAX_FRAME_LEN];
-        let len = encode_desired_frame(
-            &samples::desired(replicas).as_state(),
-            |_| Signature::default(),
-            &mut buf,
-        )
-        .unwrap()
-        .len();
+        let len = encode_desired_frame(&samples::desired(replicas).as_state(), |_| Signature::default(), &mut buf)
+            .unwrap()
+            .len();
         println!("desired document with {replicas:>2} replicas: {len} bytes");
     }
     println!(
