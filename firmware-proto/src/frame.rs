@@ -87,6 +87,10 @@ impl fmt::Display for MessageKind {
 }
 
 /// A message a node sends.
+///
+/// `Hello` makes this ~7 KB whatever the variant; boxing it would need an
+/// allocator, which microcontroller nodes do not have.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeMessage {
     /// Registration.

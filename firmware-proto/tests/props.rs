@@ -166,22 +166,21 @@ fn probe_kind() -> impl Strategy<Value = ProbeKind> {
 }
 
 fn event() -> impl Strategy<Value = Event> {
-    let kind =
-        prop_oneof![
-            Just(EventKind::Started),
-            exit().prop_map(EventKind::Exited),
-            any::<u64>().prop_map(|limit_bytes| EventKind::OomKilled { limit_bytes }),
-            (probe_kind(), any::<u16>(), text()).prop_map(|(probe, failures, reason)| EventKind::ProbeFailed {
-                probe,
-                failures,
-                reason
-            }),
-            (digest(), any::<u64>(), any::<u64>()).prop_map(|(image, done_bytes, total_bytes)| {
-                EventKind::PullProgress { image, done_bytes, total_bytes }
-            }),
-            (digest(), text()).prop_map(|(image, reason)| EventKind::PullFailed { image, reason }),
-            (any::<u64>(), text()).prop_map(|(generation, reason)| EventKind::Rejected { generation, reason }),
-        ];
+    let kind = prop_oneof![
+        Just(EventKind::Started),
+        exit().prop_map(EventKind::Exited),
+        any::<u64>().prop_map(|limit_bytes| EventKind::OomKilled { limit_bytes }),
+        (probe_kind(), any::<u16>(), text()).prop_map(|(probe, failures, reason)| EventKind::ProbeFailed {
+            probe,
+            failures,
+            reason
+        }),
+        (digest(), any::<u64>(), any::<u64>()).prop_map(|(image, done_bytes, total_bytes)| {
+            EventKind::PullProgress { image, done_bytes, total_bytes }
+        }),
+        (digest(), text()).prop_map(|(image, reason)| EventKind::PullFailed { image, reason }),
+        (any::<u64>(), text()).prop_map(|(generation, reason)| EventKind::Rejected { generation, reason }),
+    ];
     (any::<u64>(), prop::option::of(name()), kind).prop_map(|(at_unix_ms, replica, kind)| Event {
         at_unix_ms,
         replica,

@@ -21,9 +21,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
             exe.parent()
                 .and_then(|deps| deps.parent())
                 .map(PathBuf::from)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("cannot locate the target directory from {}", exe.display())
-                })?
+                .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory from {}", exe.display()))?
         }
     };
     let path = dir.join(name);

@@ -1,0 +1,19 @@
+//! Every decoder on arbitrary bytes: none may panic, and whatever decodes
+//! must survive a re-encode unchanged.
+#![no_main]
+
+use firmware_proto::{decode_desired_frame, decode_node_frame, encode_node_frame_to_vec, peek_kind};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = peek_kind(data);
+    if let Ok(node) = decode_node_frame(data) {
+        let again = encode_node_frame_to_vec(&node.frame.message, node.frame.seq, |_| node.frame.mac)
+            .expect("a decoded message encodes");
+        assert_eq!(decode_node_frame(&again).expect("re-encoded frame decodes").frame, node.frame);
+    }
+    if let Ok(desired) = decode_desired_frame(data) {
+        assert_eq!(desired.frame.replicas().count(), desired.frame.replica_count());
+        let _ = desired.frame.config().count();
+    }
+});
