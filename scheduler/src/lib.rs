@@ -1,4 +1,136 @@
-//! # Flotilla scheduler
+#![doc = include_str!("../README.md")]
 //!
-//! A pure function from cluster state to placements (issue #5). No I/O, no
-//! clock, no tokio: it is tested and benchmarked alone.
+//! # Layout
+//!
+//! - [`model`]: input and output types (nodes, replicas, the plan).
+//! - [`reason`]: why a replica stayed pending, as data and as text.
+//! - `filter`: one type per feasibility concern (static and dynamic).
+//! - `score`: one type per ranking concern (bin-packing, spread, soft taints).
+//! - `engine`: pools, classes, the capacity grid, best-fit decreasing.
+//! - `improve`: the bounded repacking step.
+
+use std::collections::HashSet;
+
+pub mod model;
+pub mod reason;
+
+mod engine;
+mod filter;
+mod improve;
+mod score;
+
+pub use model::{
+    BoundReplica, ClusterView, Node, NodeId, Placement, Plan, Replica, ReplicaId, Resources, ScoreMode, Taint,
+    TaintEffect, Toleration, TolerationOperator, TopologySpread, Unplaced, WorkloadId,
+};
+pub use reason::{Rejection, RejectionGroup, Resource, Unplaceable, UnplacedReason};
+
+/// Tuning of [`schedule_with`]. The defaults are what [`schedule`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Run the improvement step after best-fit decreasing.
+    pub improve: bool,
+    /// Work allowed to the improvement step, in candidate evaluations per
+    /// pending replica (the total is this times the batch size, capped by
+    /// `improve_budget_max`). Counted in work, not time, so the result does
+    /// not depend on the machine.
+    pub improve_budget_per_replica: u64,
+    /// Upper bound on the improvement step's total work.
+    pub improve_budget_max: u64,
+    /// Nodes tried as the one to empty per round of the improvement step.
+    pub improve_targets: usize,
+    /// Random kicks per attempt to empty a node.
+    pub improve_kicks: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            improve: true,
+            improve_budget_per_replica: 20_000,
+            improve_budget_max: 1_000_000,
+            improve_targets: 4,
+            improve_kicks: 200,
+        }
+    }
+}
+
+/// Places `pending` replicas on `view`'s nodes with the default [`Options`].
+///
+/// A pure function: no I/O, no clock, and the only randomness is derived
+/// from `seed` (derive it from the plan generation so a plan can be
+/// replayed). The same input and seed always give the same plan.
+///
+/// - Replicas are considered by priority (highest first), then by size
+///   (largest first), then by id.
+/// - Each goes to the best node that passes every filter: the fullest
+///   (bin-packing) or the emptiest (spread), see the crate README.
+/// - A replica that is already bound (its id is in `view.bound`) or repeated
+///   in `pending` is skipped: placing it again is a no-op.
+/// - Bound replicas are never moved; those on nodes missing from the view
+///   are ignored (use [`release_lost_nodes`] to make them pending).
+/// - Every replica left unplaced comes with an [`UnplacedReason`].
+pub fn schedule(view: &ClusterView, pending: &[Replica], seed: u64) -> Plan {
+    schedule_with(view, pending, seed, &Options::default())
+}
+
+/// [`schedule`] with explicit [`Options`].
+pub fn schedule_with(view: &ClusterView, pending: &[Replica], seed: u64, opts: &Options) -> Plan {
+    let (mut st, reqs) = engine::compile(view, pending);
+
+    // Priority first (preemption is a later issue), then largest first:
+    // the "decreasing" of best-fit decreasing. Ids break ties so the order
+    // does not depend on the input order of equal replicas.
+    let mut order: Vec<usize> = (0..reqs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&pending[reqs[a].pending], &pending[reqs[b].pending]);
+        rb.priority.cmp(&ra.priority).then(reqs[b].size.total_cmp(&reqs[a].size)).then_with(|| ra.id.cmp(&rb.id))
+    });
+
+    let mut assign: Vec<Option<u32>> = vec![None; reqs.len()];
+    let mut reasons = engine::ReasonCache::default();
+    let mut unplaced = Vec::new();
+    for &i in &order {
+        let req = &reqs[i];
+        match engine::best_node(&st, req) {
+            Some(n) => {
+                st.account(n, req, true);
+                assign[i] = Some(n as u32);
+            }
+            None => {
+                let replica = &pending[req.pending];
+                unplaced.push(Unplaced { replica: replica.id.clone(), reason: reasons.get(&st, replica, req) });
+            }
+        }
+    }
+
+    if opts.improve {
+        let limits = improve::ImproveLimits {
+            budget: opts.improve_budget_per_replica.saturating_mul(reqs.len() as u64).min(opts.improve_budget_max),
+            targets: opts.improve_targets,
+            kicks: opts.improve_kicks,
+        };
+        improve::improve(&mut st, &reqs, &mut assign, limits, seed);
+    }
+
+    let placements = order
+        .iter()
+        .filter_map(|&i| {
+            assign[i].map(|n| Placement {
+                replica: pending[reqs[i].pending].id.clone(),
+                node: view.nodes[n as usize].id.clone(),
+            })
+        })
+        .collect();
+    Plan { placements, unplaced }
+}
+
+/// Frees the replicas of nodes that left the view: returns the view with
+/// those bindings removed, and their replicas, which are pending again.
+/// Replicas on nodes still in the view are untouched.
+pub fn release_lost_nodes(view: &ClusterView) -> (ClusterView, Vec<Replica>) {
+    let present: HashSet<&NodeId> = view.nodes.iter().map(|n| &n.id).collect();
+    let (kept, lost): (Vec<BoundReplica>, Vec<BoundReplica>) =
+        view.bound.iter().cloned().partition(|b| present.contains(&b.node));
+    (ClusterView { nodes: view.nodes.clone(), bound: kept }, lost.into_iter().map(|b| b.replica).collect())
+}
