@@ -1,0 +1,454 @@
+//! Rules a parsed object must meet before it is stored: Kubernetes' own
+//! (names, ports, selectors) and Flotilla's (one container per replica, and
+//! the wire protocol's capacities, so that whatever is stored can reach a
+//! node).
+
+use std::collections::BTreeMap;
+
+use firmware_proto as wire;
+
+use super::types::*;
+use super::{Body, Object, Quantity};
+
+/// A broken rule, with the path of the field that breaks it.
+#[derive(Debug)]
+pub(super) struct RuleError {
+    pub(super) path: String,
+    pub(super) reason: String,
+}
+
+type Result<T = ()> = std::result::Result<T, RuleError>;
+
+fn fail(path: impl Into<String>, reason: impl Into<String>) -> Result {
+    Err(RuleError { path: path.into(), reason: reason.into() })
+}
+
+/// Checks one object.
+pub(super) fn object(object: &Object) -> Result {
+    name("metadata.name", &object.metadata.name, 63)?;
+    if object.kind.is_namespaced() {
+        name("metadata.namespace", &object.metadata.namespace, 63)?;
+    }
+    for (key, value) in &object.metadata.labels {
+        label("metadata.labels", key, value)?;
+    }
+    match &object.body {
+        Body::Deployment(spec) => {
+            non_negative("spec.replicas", spec.replicas)?;
+            selector_matches("spec", &spec.selector, &spec.template)?;
+            strategy("spec.strategy", spec.strategy.as_ref(), &["RollingUpdate", "Recreate"])?;
+            non_negative("spec.minReadySeconds", spec.min_ready_seconds)?;
+            non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)?;
+            non_negative("spec.progressDeadlineSeconds", spec.progress_deadline_seconds)?;
+            pod("spec.template.spec", &spec.template.spec, &["Always"])
+        }
+        Body::DaemonSet(spec) => {
+            selector_matches("spec", &spec.selector, &spec.template)?;
+            strategy("spec.updateStrategy", spec.update_strategy.as_ref(), &["RollingUpdate", "OnDelete"])?;
+            pod("spec.template.spec", &spec.template.spec, &["Always"])
+        }
+        Body::Job(spec) => {
+            non_negative("spec.completions", spec.completions)?;
+            non_negative("spec.parallelism", spec.parallelism)?;
+            non_negative("spec.backoffLimit", spec.backoff_limit)?;
+            if spec.template.spec.restart_policy.is_none() {
+                return fail("spec.template.spec.restartPolicy", "a Job needs restartPolicy OnFailure or Never");
+            }
+            pod("spec.template.spec", &spec.template.spec, &["OnFailure", "Never"])
+        }
+        Body::Pod(spec) => pod("spec", spec, &["Always", "OnFailure", "Never"]),
+        Body::Service(spec) => service(spec),
+        Body::ConfigMap(data) => {
+            for key in data.data.keys().chain(data.binary_data.keys()) {
+                config_key("data", key)?;
+            }
+            Ok(())
+        }
+        Body::Secret(data) => data.data.keys().try_for_each(|key| config_key("data", key)),
+        Body::Node(spec) => spec.taints.iter().enumerate().try_for_each(|(i, t)| {
+            label(&format!("spec.taints[{i}]"), &t.key, &t.value)?;
+            taint_effect(&format!("spec.taints[{i}].effect"), &t.effect, false)
+        }),
+        Body::Namespace => Ok(()),
+    }
+}
+
+/// DNS-1123 label: lowercase alphanumerics and `-`, alphanumeric at both ends.
+fn name(path: &str, value: &str, max: usize) -> Result {
+    if value.is_empty() {
+        return fail(path, "required");
+    }
+    let ok = value.len() <= max
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        fail(
+            path,
+            format!(
+                "{value:?} must be at most {max} lowercase letters, digits or '-', starting and ending with a letter or digit"
+            ),
+        )
+    }
+}
+
+fn label(path: &str, key: &str, value: &str) -> Result {
+    let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let valid_part = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if !valid_part(name, 63) || (!prefix.is_empty() && !valid_part(prefix, 253)) || key.len() > wire::LABEL_KEY_MAX {
+        return fail(format!("{path}.{key}"), format!("invalid label key (at most {} bytes)", wire::LABEL_KEY_MAX));
+    }
+    if !value.is_empty() && !valid_part(value, wire::LABEL_VALUE_MAX) {
+        return fail(format!("{path}.{key}"), format!("invalid label value {value:?}"));
+    }
+    Ok(())
+}
+
+fn non_negative(path: &str, value: Option<i64>) -> Result {
+    match value {
+        Some(v) if v < 0 => fail(path, format!("must not be negative, got {v}")),
+        _ => Ok(()),
+    }
+}
+
+fn selector_matches(path: &str, selector: &LabelSelector, template: &PodTemplate) -> Result {
+    if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
+        return fail(format!("{path}.selector"), "required: a selector matching spec.template.metadata.labels");
+    }
+    if !selector.match_expressions.is_empty() {
+        return fail(format!("{path}.selector.matchExpressions"), "not supported yet; use matchLabels");
+    }
+    for (key, value) in &selector.match_labels {
+        if template.metadata.labels.get(key) != Some(value) {
+            return fail(
+                format!("{path}.selector.matchLabels.{key}"),
+                "does not match spec.template.metadata.labels (the replicas would not belong to their workload)",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn strategy(path: &str, strategy: Option<&UpdateStrategy>, allowed: &[&str]) -> Result {
+    let Some(strategy) = strategy else { return Ok(()) };
+    if let Some(t) = &strategy.strategy_type
+        && !allowed.contains(&t.as_str())
+    {
+        return fail(format!("{path}.type"), format!("{t:?} is not one of {allowed:?}"));
+    }
+    if let Some(rolling) = &strategy.rolling_update {
+        int_or_percent(&format!("{path}.rollingUpdate.maxSurge"), rolling.max_surge.as_ref())?;
+        int_or_percent(&format!("{path}.rollingUpdate.maxUnavailable"), rolling.max_unavailable.as_ref())?;
+    }
+    Ok(())
+}
+
+fn int_or_percent(path: &str, value: Option<&IntOrString>) -> Result {
+    match value {
+        None => Ok(()),
+        Some(IntOrString::Int(n)) if *n >= 0 => Ok(()),
+        Some(IntOrString::String(s))
+            if s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n <= 100) =>
+        {
+            Ok(())
+        }
+        Some(other) => fail(path, format!("{other:?} must be a non-negative number or a percentage like 25%")),
+    }
+}
+
+fn pod(path: &str, spec: &PodSpec, policies: &[&str]) -> Result {
+    match spec.containers.len() {
+        0 => return fail(format!("{path}.containers"), "at least one container is required"),
+        1 => {}
+        _ => {
+            return fail(
+                format!("{path}.containers[1]"),
+                "not supported yet: Flotilla runs one container per replica (split sidecars into their own workload)",
+            );
+        }
+    }
+    if let Some(policy) = &spec.restart_policy
+        && !policies.contains(&policy.as_str())
+    {
+        return fail(
+            format!("{path}.restartPolicy"),
+            format!("{policy:?} is not allowed here; use one of {policies:?}"),
+        );
+    }
+    for (key, value) in &spec.node_selector {
+        label(&format!("{path}.nodeSelector"), key, value)?;
+    }
+    for (i, toleration) in spec.tolerations.iter().enumerate() {
+        let at = format!("{path}.tolerations[{i}]");
+        match toleration.operator.as_deref() {
+            None | Some("Equal") => {}
+            Some("Exists") if toleration.value.is_empty() => {}
+            Some("Exists") => return fail(format!("{at}.value"), "must be empty with operator Exists"),
+            Some(other) => return fail(format!("{at}.operator"), format!("{other:?} is not Equal or Exists")),
+        }
+        taint_effect(&format!("{at}.effect"), &toleration.effect, true)?;
+    }
+    for (i, c) in spec.topology_spread_constraints.iter().enumerate() {
+        if c.max_skew == 0 {
+            return fail(format!("{path}.topologySpreadConstraints[{i}].maxSkew"), "must be at least 1");
+        }
+    }
+    let mut volume_names = Vec::new();
+    for (i, volume) in spec.volumes.iter().enumerate() {
+        let at = format!("{path}.volumes[{i}]");
+        name(&format!("{at}.name"), &volume.name, wire::OBJECT_NAME_MAX)?;
+        let sources = [
+            volume.empty_dir.is_some(),
+            volume.host_path.is_some(),
+            volume.config_map.is_some(),
+            volume.secret.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return fail(at, "needs exactly one supported source: emptyDir, hostPath, configMap or secret");
+        }
+        if let Some(limit) = volume.empty_dir.as_ref().and_then(|d| d.size_limit.as_ref()) {
+            quantity(&format!("{at}.emptyDir.sizeLimit"), limit)?;
+        }
+        if let Some(host) = &volume.host_path {
+            absolute_path(&format!("{at}.hostPath.path"), &host.path)?;
+        }
+        volume_names.push(volume.name.as_str());
+    }
+    container(&format!("{path}.containers[0]"), &spec.containers[0], &volume_names)
+}
+
+fn container(path: &str, c: &Container, volumes: &[&str]) -> Result {
+    name(&format!("{path}.name"), &c.name, 63)?;
+    if c.image.trim().is_empty() {
+        return fail(format!("{path}.image"), "required");
+    }
+    if c.image.len() > wire::IMAGE_REF_MAX {
+        return fail(format!("{path}.image"), format!("longer than {} bytes", wire::IMAGE_REF_MAX));
+    }
+    wire_list(&format!("{path}.command"), c.command.iter().map(String::len), wire::COMMAND_ITEMS, wire::COMMAND_BYTES)?;
+    wire_list(&format!("{path}.args"), c.args.iter().map(String::len), wire::ARGS_ITEMS, wire::ARGS_BYTES)?;
+    for (i, env) in c.env.iter().enumerate() {
+        let at = format!("{path}.env[{i}]");
+        if env.name.is_empty() || env.name.contains('=') {
+            return fail(format!("{at}.name"), "must be non-empty and contain no '='");
+        }
+        match (&env.value, &env.value_from) {
+            (Some(_), Some(_)) => return fail(at, "set value or valueFrom, not both"),
+            (_, Some(from)) if from.config_map_key_ref.is_some() == from.secret_key_ref.is_some() => {
+                return fail(format!("{at}.valueFrom"), "needs exactly one of configMapKeyRef or secretKeyRef");
+            }
+            _ => {}
+        }
+    }
+    if c.env.len() > wire::ENV_ITEMS {
+        return fail(
+            format!("{path}.env"),
+            format!("at most {} variables fit a device's desired state", wire::ENV_ITEMS),
+        );
+    }
+    for (i, from) in c.env_from.iter().enumerate() {
+        if from.config_map_ref.is_some() == from.secret_ref.is_some() {
+            return fail(format!("{path}.envFrom[{i}]"), "needs exactly one of configMapRef or secretRef");
+        }
+    }
+    if c.ports.len() > wire::MAX_PORTS {
+        return fail(format!("{path}.ports"), format!("at most {} ports", wire::MAX_PORTS));
+    }
+    for (i, port) in c.ports.iter().enumerate() {
+        let at = format!("{path}.ports[{i}]");
+        port_number(&format!("{at}.containerPort"), port.container_port)?;
+        if let Some(host) = port.host_port {
+            port_number(&format!("{at}.hostPort"), host)?;
+        }
+        protocol(&format!("{at}.protocol"), port.protocol.as_deref())?;
+        if port.name.len() > wire::PORT_NAME_MAX {
+            return fail(format!("{at}.name"), format!("longer than {} bytes", wire::PORT_NAME_MAX));
+        }
+    }
+    resources(&format!("{path}.resources"), &c.resources)?;
+    if c.volume_mounts.len() > wire::MAX_VOLUMES {
+        return fail(format!("{path}.volumeMounts"), format!("at most {} volume mounts", wire::MAX_VOLUMES));
+    }
+    for (i, mount) in c.volume_mounts.iter().enumerate() {
+        let at = format!("{path}.volumeMounts[{i}]");
+        if !volumes.contains(&mount.name.as_str()) {
+            return fail(format!("{at}.name"), format!("no volume named {:?} in the pod's volumes", mount.name));
+        }
+        absolute_path(&format!("{at}.mountPath"), &mount.mount_path)?;
+    }
+    for (field, probe) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        if let Some(probe) = probe {
+            self::probe(&format!("{path}.{field}"), probe)?;
+        }
+    }
+    if let Some(security) = &c.security_context {
+        if let Some(profile) = &security.seccomp_profile
+            && !matches!(profile.profile_type.as_str(), "RuntimeDefault" | "Unconfined")
+        {
+            return fail(
+                format!("{path}.securityContext.seccompProfile.type"),
+                format!("{:?} is not supported; use RuntimeDefault or Unconfined", profile.profile_type),
+            );
+        }
+        for (field, id) in [("runAsUser", security.run_as_user), ("runAsGroup", security.run_as_group)] {
+            if id.is_some_and(|id| !(0..=i64::from(u32::MAX)).contains(&id)) {
+                return fail(format!("{path}.securityContext.{field}"), "must be a uid/gid between 0 and 4294967295");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wire_list(path: &str, lengths: impl Iterator<Item = usize>, max_items: usize, max_bytes: usize) -> Result {
+    let (count, bytes) = lengths.fold((0, 0), |(n, b), len| (n + 1, b + len));
+    if count > max_items || bytes > max_bytes {
+        return fail(path, format!("at most {max_items} entries and {max_bytes} bytes fit a device's desired state"));
+    }
+    Ok(())
+}
+
+fn resources(path: &str, resources: &ResourceRequirements) -> Result {
+    let mut parsed = BTreeMap::new();
+    for (section, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+        for (name, text) in map {
+            let at = format!("{path}.{section}.{name}");
+            let known = matches!(name.as_str(), "cpu" | "memory" | "ephemeral-storage") || name.contains('/');
+            if !known {
+                return fail(
+                    at,
+                    "unknown resource (cpu, memory, ephemeral-storage or an extended resource like flotilla.io/serial)",
+                );
+            }
+            let q = quantity(&at, text)?;
+            parsed.insert((section, name.as_str()), q);
+        }
+    }
+    for ((section, name), request) in &parsed {
+        if *section == "requests"
+            && let Some(limit) = parsed.get(&("limits", name))
+            && request > limit
+        {
+            return fail(format!("{path}.requests.{name}"), format!("request {request} is above the limit {limit}"));
+        }
+    }
+    Ok(())
+}
+
+fn quantity(path: &str, text: &QuantityText) -> Result<Quantity> {
+    Quantity::parse(&text.text()).map_err(|e| RuleError { path: path.to_owned(), reason: e.to_string() })
+}
+
+fn probe(path: &str, probe: &Probe) -> Result {
+    let actions = [probe.exec.is_some(), probe.http_get.is_some(), probe.tcp_socket.is_some()];
+    if actions.iter().filter(|a| **a).count() != 1 {
+        return fail(path, "needs exactly one of exec, httpGet or tcpSocket");
+    }
+    if let Some(exec) = &probe.exec
+        && exec.command.is_empty()
+    {
+        return fail(format!("{path}.exec.command"), "required");
+    }
+    if let Some(http) = &probe.http_get {
+        probe_port(&format!("{path}.httpGet.port"), &http.port)?;
+        if let Some(scheme) = &http.scheme
+            && scheme != "HTTP"
+            && scheme != "HTTPS"
+        {
+            return fail(format!("{path}.httpGet.scheme"), format!("{scheme:?} is not HTTP or HTTPS"));
+        }
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        probe_port(&format!("{path}.tcpSocket.port"), &tcp.port)?;
+    }
+    for (field, value, min) in [
+        ("initialDelaySeconds", probe.initial_delay_seconds, 0),
+        ("periodSeconds", probe.period_seconds, 1),
+        ("timeoutSeconds", probe.timeout_seconds, 1),
+        ("successThreshold", probe.success_threshold, 1),
+        ("failureThreshold", probe.failure_threshold, 1),
+    ] {
+        if let Some(v) = value {
+            let max = if field.ends_with("Threshold") { i64::from(u8::MAX) } else { i64::from(u16::MAX) };
+            if v < min || v > max {
+                return fail(format!("{path}.{field}"), format!("must be between {min} and {max}, got {v}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn probe_port(path: &str, port: &IntOrString) -> Result {
+    match port {
+        IntOrString::Int(n) => port_number(path, *n),
+        IntOrString::String(s) if !s.is_empty() => Ok(()),
+        IntOrString::String(_) => fail(path, "required"),
+    }
+}
+
+fn port_number(path: &str, port: i64) -> Result {
+    if (1..=65535).contains(&port) { Ok(()) } else { fail(path, format!("{port} is not a port between 1 and 65535")) }
+}
+
+fn protocol(path: &str, protocol: Option<&str>) -> Result {
+    match protocol {
+        None | Some("TCP" | "UDP") => Ok(()),
+        Some(other) => fail(path, format!("{other:?} is not TCP or UDP")),
+    }
+}
+
+fn absolute_path(path: &str, value: &str) -> Result {
+    if !value.starts_with('/') || value.split('/').any(|part| part == "..") {
+        return fail(path, format!("{value:?} must be an absolute path without '..'"));
+    }
+    if value.len() > wire::PATH_MAX {
+        return fail(path, format!("longer than {} bytes", wire::PATH_MAX));
+    }
+    Ok(())
+}
+
+fn taint_effect(path: &str, effect: &str, may_be_empty: bool) -> Result {
+    match effect {
+        "NoSchedule" | "PreferNoSchedule" | "NoExecute" => Ok(()),
+        "" if may_be_empty => Ok(()),
+        other => fail(path, format!("{other:?} is not NoSchedule, PreferNoSchedule or NoExecute")),
+    }
+}
+
+fn config_key(path: &str, key: &str) -> Result {
+    let ok = !key.is_empty()
+        && key.len() <= 253
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && key != "."
+        && key != "..";
+    if ok { Ok(()) } else { fail(format!("{path}.{key}"), "keys are letters, digits, '-', '_' or '.'") }
+}
+
+fn service(spec: &ServiceSpec) -> Result {
+    match spec.service_type.as_deref() {
+        None | Some("ClusterIP" | "NodePort") => {}
+        Some(other) => {
+            return fail("spec.type", format!("{other:?} is not supported yet; use ClusterIP or NodePort"));
+        }
+    }
+    for (i, port) in spec.ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        port_number(&format!("{at}.port"), port.port)?;
+        if let Some(target) = &port.target_port {
+            probe_port(&format!("{at}.targetPort"), target)?;
+        }
+        protocol(&format!("{at}.protocol"), port.protocol.as_deref())?;
+    }
+    Ok(())
+}

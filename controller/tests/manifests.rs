@@ -1,0 +1,101 @@
+//! The manifests in `tests/manifests/` apply with exactly the expected
+//! warnings, and every file in `tests/manifests/invalid/` is refused with an
+//! error naming the field (each file's first line says which).
+
+use std::path::{Path, PathBuf};
+
+use flotilla_controller::manifest::{Body, Kind, ManifestError, load};
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/manifests")
+}
+
+#[test]
+fn realistic_manifests_apply_with_the_expected_warnings() {
+    let parsed = load(&[corpus()]).unwrap();
+    let kinds: Vec<(Kind, String)> =
+        parsed.objects.iter().map(|o| (o.kind, format!("{}/{}", o.metadata.namespace, o.metadata.name))).collect();
+    let expected = [
+        (Kind::Job, "line-3/calibrate"),
+        (Kind::DaemonSet, "default/collector"),
+        (Kind::Node, "/pi-line3-07"),
+        (Kind::Secret, "default/uplink"),
+        (Kind::Pod, "default/uplink-probe"),
+        (Kind::ConfigMap, "line-3/sensor-config"),
+        (Kind::Deployment, "line-3/sensor"),
+        (Kind::Namespace, "/shop"),
+        (Kind::Deployment, "shop/web"),
+        (Kind::Service, "shop/web"),
+    ];
+    assert_eq!(kinds, expected.map(|(k, n)| (k, n.to_owned())));
+    let warnings: Vec<String> = parsed
+        .warnings
+        .iter()
+        .map(|w| {
+            let file = Path::new(&w.location.source).file_name().unwrap().to_string_lossy().into_owned();
+            let path = if w.path.is_empty() { String::new() } else { format!("{}: ", w.path) };
+            format!("{file}#{}: {path}{}", w.location.document, w.message)
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "web-app-from-kubernetes.yaml#2: kind ServiceAccount (v1) has no meaning in Flotilla, skipped",
+            "web-app-from-kubernetes.yaml#3: spec.template.spec.serviceAccountName: not supported, ignored",
+            "web-app-from-kubernetes.yaml#3: spec.template.spec.affinity: not supported, ignored",
+            "web-app-from-kubernetes.yaml#3: spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation: not supported, ignored",
+            "web-app-from-kubernetes.yaml#4: spec.sessionAffinity: not supported, ignored",
+            "web-app-from-kubernetes.yaml#5: kind Ingress (networking.k8s.io/v1) has no meaning in Flotilla, skipped",
+            "web-app-from-kubernetes.yaml#6: kind HorizontalPodAutoscaler (autoscaling/v2) has no meaning in Flotilla, skipped",
+        ]
+    );
+}
+
+#[test]
+fn secrets_are_decoded_and_never_shown_by_debug() {
+    let parsed = load(&[corpus().join("secret-and-pod.yaml")]).unwrap();
+    let Body::Secret(secret) = &parsed.objects[0].body else { panic!("first object is the Secret") };
+    assert_eq!(secret.data["password"], b"hunter2");
+    assert_eq!(secret.data["user"], b"plc-gateway");
+    assert!(!format!("{secret:?}").contains("hunter2"), "secrets never reach Debug output");
+}
+
+#[test]
+fn strict_mode_turns_the_first_warning_into_an_error() {
+    let parsed = load(&[corpus().join("web-app-from-kubernetes.yaml")]).unwrap();
+    let err = parsed.strict().unwrap_err();
+    assert!(matches!(err, ManifestError::Strict(_)));
+    assert!(err.to_string().contains("ServiceAccount"), "{err}");
+    assert!(load(&[corpus().join("sensor.yaml")]).unwrap().strict().is_ok());
+}
+
+#[test]
+fn every_invalid_manifest_is_refused_naming_its_field() {
+    let dir = corpus().join("invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 10);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} must start with '# expect: <field path or text>'", file.display()));
+        let err = match load(std::slice::from_ref(&file)) {
+            Ok(parsed) => panic!("{} was accepted: {parsed:?}", file.display()),
+            Err(err) => err.to_string(),
+        };
+        let name = file.file_name().unwrap().to_string_lossy();
+        assert!(err.contains(&*name), "error does not name the file: {err}");
+        assert!(err.contains(expected), "{name}: expected {expected:?} in: {err}");
+        println!("{err}");
+    }
+}
+
+#[test]
+fn a_bad_document_anywhere_means_nothing_is_returned() {
+    // Good files first, then a bad one: the whole load fails.
+    let result = load(&[corpus().join("sensor.yaml"), corpus().join("invalid/bad-name.yaml")]);
+    assert!(result.is_err());
+}
