@@ -39,6 +39,41 @@ pub(crate) struct ImproveLimits {
     pub targets: usize,
     /// Kicks per attempt.
     pub kicks: u32,
+    /// Evaluations per node of the MBS' construction.
+    pub mbs_node_work: u64,
+}
+
+/// The batch's items when it alone fills identical idle nodes: the case
+/// where whole-batch constructions (MBS', bin completion) apply.
+struct Homogeneous {
+    /// Movable items, largest first (normalised sum, then sizes, then index).
+    ids: Vec<u32>,
+    /// Their (cpu, memory) requests, parallel to `ids`.
+    items: Vec<[u64; 2]>,
+    /// Node capacity.
+    cap: [u64; 2],
+    /// Workload slots per node.
+    slots: usize,
+}
+
+/// Seeded MBS' restarts aiming at the lower bound.
+const MBS_RESTARTS: u32 = 1000;
+
+/// Distinct alpha values tried by the L2 bound (keeps it O(n) per batch).
+const L2_ALPHAS: usize = 256;
+
+impl Homogeneous {
+    /// Max over dimensions of the Martello-Toth L2 bound: no packing of
+    /// these items into these nodes uses fewer.
+    fn l2_lower(&self) -> usize {
+        (0..2)
+            .map(|d| {
+                let sizes: Vec<u64> = self.items.iter().map(|it| it[d]).collect();
+                crate::mbs::l2_bound(&sizes, self.cap[d], L2_ALPHAS)
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// A small deterministic generator (SplitMix64): the only randomness, and
@@ -149,6 +184,15 @@ pub(crate) fn improve(st: &mut State<'_>, reqs: &[Req], assign: &mut [Option<u32
         rng: SplitMix::new(seed ^ 0x5EED_F10A_7111_A5ED),
         log: Vec::new(),
     };
+    // Identical idle nodes holding only this batch: a tighter bound (L2
+    // per dimension) and the MBS' construction, kept if it beats BFD.
+    let mut lower = lower;
+    if let Some(h) = ls.homogeneous() {
+        lower = lower.max(h.l2_lower());
+        if ls.bins_in_use() > lower {
+            ls.construct_mbs(&h, lower, limits.mbs_node_work);
+        }
+    }
     // Cheap descent first (no kicks), then bin completion for the
     // homogeneous case with half of what is left, then kicks.
     ls.rounds(lower, limits.targets, 0);
@@ -534,17 +578,17 @@ impl Completion<'_> {
 }
 
 impl Ls<'_, '_> {
-    /// When the batch alone fills identical, otherwise idle nodes, searches
-    /// for a packing into `target` nodes by bin completion and applies it.
-    fn complete_bins(&mut self, target: usize) {
-        let Some(&first) = self.bins.first() else { return };
+    /// The batch's movable items if they alone fill identical, otherwise
+    /// idle nodes (one pool, nothing bound, nothing unmovable).
+    fn homogeneous(&self) -> Option<Homogeneous> {
+        let &first = self.bins.first()?;
         let pool = self.st.nodes[first as usize].pool;
         let homogeneous = self.bins.iter().all(|&b| {
             let n = &self.st.nodes[b as usize];
             n.pool == pool && n.workloads_before == 0 && n.workloads as usize == self.items[b as usize].len()
         }) && self.st.nodes.iter().filter(|n| n.workloads > 0).count() == self.bins_in_use();
-        if !homogeneous || self.bins_in_use() <= target {
-            return;
+        if !homogeneous {
+            return None;
         }
         let node = &self.st.nodes[first as usize];
         let (cap, slots) = ([node.alloc_cpu, node.alloc_mem], node.max_workloads as usize);
@@ -558,46 +602,112 @@ impl Ls<'_, '_> {
             rb.size.total_cmp(&ra.size).then(key(b).cmp(&key(a))).then(a.cmp(&b))
         });
         let items: Vec<[u64; 2]> = ids.iter().map(|&i| key(i)).collect();
+        Some(Homogeneous { ids, items, cap, slots })
+    }
+
+    /// Runs MBS' on the batch and applies it if it uses fewer nodes than
+    /// the current packing (ties keep the current one). Short of `lower`,
+    /// seeded restarts aim at exactly `lower` nodes, each abandoned as soon
+    /// as its slack rules that out. The construction may use half of the
+    /// budget, restarts a quarter; what it does
+    /// not use is returned.
+    fn construct_mbs(&mut self, h: &Homogeneous, lower: usize, node_work: u64) {
+        let mut best = self.bins_in_use();
+        let mut budget = self.budget * 3 / 4;
+        let reserve = self.budget - budget;
+        let mut winner = None;
+        let packed =
+            crate::mbs::pack(&h.items, h.cap, h.slots, node_work, best - 1, None, None, None, &mut budget, &mut None);
+        if let Some(bins) = packed
+            && bins.len() < best
+        {
+            best = bins.len();
+            winner = Some(bins);
+        }
+        // Restarts may spend at most a quarter of the whole budget. Each
+        // aims at exactly `lower` nodes; the item whose node could not be
+        // filled well enough starts the next run earlier (squeaky wheel).
+        let floor = budget.saturating_sub((reserve + budget) / 2);
+        // A restart only needs (near-)exact fills: a node that has none
+        // ends the run, so it is searched briefly.
+        let restart_work = node_work.min(4 * h.items.len() as u64);
+        let mut order: Vec<usize> = (0..h.items.len()).collect();
+        let mut restarts = 0;
+        while best > lower && budget > floor && restarts < MBS_RESTARTS {
+            restarts += 1;
+            let mut failed = None;
+            let packed = crate::mbs::pack(
+                &h.items,
+                h.cap,
+                h.slots,
+                restart_work,
+                best - 1,
+                Some(lower),
+                Some(&order),
+                Some(&mut self.rng),
+                &mut budget,
+                &mut failed,
+            );
+            if let Some(bins) = packed
+                && bins.len() < best
+            {
+                best = bins.len();
+                winner = Some(bins);
+            }
+            if let Some(i) = failed {
+                let pos = order.iter().position(|&x| x == i).expect("a permutation");
+                order[..=pos].rotate_right(1);
+            }
+        }
+        self.budget = reserve + budget;
+        if let Some(bins) = winner {
+            self.apply(h, &bins);
+        }
+    }
+
+    /// Replaces the packing of the batch by `bins` (indices into `h.ids`),
+    /// reusing the nodes already in use in node order.
+    fn apply(&mut self, h: &Homogeneous, bins: &[Vec<usize>]) {
+        let nodes: Vec<u32> = self.bins.iter().copied().filter(|&b| self.st.nodes[b as usize].workloads > 0).collect();
+        debug_assert!(bins.len() <= nodes.len());
+        for &i in &h.ids {
+            self.move_item(i, FREE);
+        }
+        for (bin, &node) in bins.iter().zip(&nodes) {
+            for &k in bin {
+                self.move_item(h.ids[k], node);
+            }
+        }
+        self.log.clear();
+    }
+
+    /// When the batch alone fills identical, otherwise idle nodes, searches
+    /// for a packing into `target` nodes by bin completion and applies it.
+    fn complete_bins(&mut self, target: usize) {
+        let Some(h) = self.homogeneous() else { return };
+        if self.bins_in_use() <= target {
+            return;
+        }
         let mut budget = self.budget;
         let mut search = Completion {
-            items: &items,
-            cap,
-            slots,
-            used: vec![false; items.len()],
+            items: &h.items,
+            cap: h.cap,
+            slots: h.slots,
+            used: vec![false; h.items.len()],
             bins: Vec::new(),
             budget: &mut budget,
         };
         let solved = search.solve(target);
         let bins = std::mem::take(&mut search.bins);
         self.budget = budget;
-        if !solved {
-            return;
+        if solved {
+            self.apply(&h, &bins);
         }
-        // Reuse the nodes already in use, in node order, for the new bins.
-        let nodes: Vec<u32> = self.bins.iter().copied().filter(|&b| self.st.nodes[b as usize].workloads > 0).collect();
-        for &i in &ids {
-            self.move_item(i, FREE);
-        }
-        for (bin, &node) in bins.iter().zip(&nodes) {
-            for &k in bin {
-                let i = ids[k];
-                self.free.retain(|&x| x != i);
-                self.free.push(i);
-                self.move_item_unchecked(i, node);
-            }
-        }
-        self.log.clear();
     }
 
     /// Nodes currently holding movable items.
     fn bins_in_use(&self) -> usize {
         self.bins.iter().filter(|&&b| !self.items[b as usize].is_empty()).count()
-    }
-
-    /// Moves a free item onto node `to` without static checks (the caller
-    /// has established they hold).
-    fn move_item_unchecked(&mut self, i: u32, to: u32) {
-        self.move_item(i, to);
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `score`: one type per ranking concern (bin-packing, spread, soft taints).
 //! - `engine`: pools, classes, the capacity grid, best-fit decreasing.
 //! - `improve`: the bounded repacking step.
+//! - `mbs`: the Minimum Bin Slack construction and the L2 lower bound.
 
 use std::collections::HashSet;
 
@@ -17,6 +18,7 @@ pub mod reason;
 mod engine;
 mod filter;
 mod improve;
+mod mbs;
 mod score;
 
 pub use model::{
@@ -41,6 +43,10 @@ pub struct Options {
     pub improve_targets: usize,
     /// Random kicks per attempt to empty a node.
     pub improve_kicks: u32,
+    /// Work allowed per node to the Minimum Bin Slack construction (subset
+    /// evaluations while searching one node's fill), within the
+    /// improvement step's budget.
+    pub mbs_node_work: u64,
 }
 
 impl Default for Options {
@@ -51,6 +57,7 @@ impl Default for Options {
             improve_budget_max: 1_000_000,
             improve_targets: 4,
             improve_kicks: 200,
+            mbs_node_work: 2_000,
         }
     }
 }
@@ -109,6 +116,7 @@ pub fn schedule_with(view: &ClusterView, pending: &[Replica], seed: u64, opts: &
             budget: opts.improve_budget_per_replica.saturating_mul(reqs.len() as u64).min(opts.improve_budget_max),
             targets: opts.improve_targets,
             kicks: opts.improve_kicks,
+            mbs_node_work: opts.mbs_node_work,
         };
         improve::improve(&mut st, &reqs, &mut assign, limits, seed);
     }
