@@ -22,6 +22,25 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller: store, API, scheduler and reconcilers.
     Server(ServerArgs),
+    /// Apply manifests (Kubernetes-style YAML or JSON).
+    ///
+    /// Every document is checked first; fields Flotilla does not support are
+    /// listed as warnings, and one invalid document refuses the whole apply.
+    Apply(ApplyArgs),
+}
+
+/// Options of `flotilla apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Manifest files, directories (their .yaml, .yml and .json files) or `-` for stdin.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Treat every warning (ignored field, skipped kind) as an error.
+    #[arg(long)]
+    pub strict: bool,
+    /// Only check the manifests and print what would be applied.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of `flotilla server`.

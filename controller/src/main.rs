@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_controller::cli::{Cli, Command, ServerArgs};
+use flotilla_controller::cli::{ApplyArgs, Cli, Command, ServerArgs};
+use flotilla_controller::manifest;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -13,6 +14,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(args) => server(args),
+        Command::Apply(args) => apply(args),
     }
 }
 
@@ -36,4 +38,28 @@ fn server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!("stopping");
         anyhow::Ok(())
     })
+}
+
+fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let mut parsed = manifest::load(&args.files)?;
+    for warning in &parsed.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if args.strict {
+        parsed = parsed.strict()?;
+    }
+    if !args.dry_run {
+        anyhow::bail!(
+            "not supported yet: storing objects needs the controller's API (issue #4); \
+             use --dry-run to check manifests"
+        );
+    }
+    for object in &parsed.objects {
+        let name = &object.metadata.name;
+        match object.metadata.namespace.as_str() {
+            "" => println!("{}/{name} checked (dry run)", object.kind),
+            ns => println!("{}/{name} in {ns} checked (dry run)", object.kind),
+        }
+    }
+    Ok(())
 }

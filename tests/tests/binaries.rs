@@ -68,3 +68,59 @@ fn controller_starts_creates_its_data_dir_and_stops_on_sigint() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "controller should exit 0 on Ctrl-C, got {exit}");
 }
+
+fn manifests() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests")
+}
+
+#[test]
+fn apply_dry_run_checks_manifests_and_lists_warnings() {
+    let out = Command::new(binary("flotilla").unwrap())
+        .args(["apply", "--dry-run", "-f"])
+        .arg(manifests().join("web-app-from-kubernetes.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stdout.contains("Deployment/web in shop checked (dry run)"), "{stdout}");
+    assert!(stderr.contains("spec.template.spec.affinity: not supported, ignored"), "{stderr}");
+    assert!(stderr.contains("kind ServiceAccount (v1) has no meaning in Flotilla, skipped"), "{stderr}");
+}
+
+#[test]
+fn apply_refuses_invalid_input_from_stdin_naming_the_field() {
+    use std::io::Write;
+    let mut child = Command::new(binary("flotilla").unwrap())
+        .args(["apply", "--dry-run", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bad = std::fs::read(manifests().join("invalid/bad-quantity.yaml")).unwrap();
+    child.stdin.take().unwrap().write_all(&bad).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("-, document 1: spec.template.spec.containers[0].resources.limits.memory"), "{stderr}");
+}
+
+#[test]
+fn apply_strict_and_apply_without_the_api_fail_clearly() {
+    let out = Command::new(binary("flotilla").unwrap())
+        .args(["apply", "--dry-run", "--strict", "-f"])
+        .arg(manifests().join("web-app-from-kubernetes.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--strict turns warnings into errors"));
+
+    let out = Command::new(binary("flotilla").unwrap())
+        .args(["apply", "-f"])
+        .arg(manifests().join("sensor.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "apply without a store must not pretend to work");
+    assert!(String::from_utf8(out.stderr).unwrap().contains("not supported yet"));
+}
