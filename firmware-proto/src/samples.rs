@@ -27,7 +27,7 @@ pub fn hello() -> Hello {
         })
         .expect("fits");
     Hello {
-        node_id: Name::new("pi-line3-07").expect("valid"),
+        node_id: node_id(),
         arch: Arch::Arm64,
         os: Os::Linux,
         capacity: Capacity { cpu_millis: 4000, memory_bytes: 1 << 30, max_workloads: 16 },
