@@ -1,0 +1,171 @@
+//! The durable object store, behind a small trait.
+//!
+//! [`Store`] is what the API and the reconcilers need: read, list, commit a
+//! batch atomically with optimistic concurrency, and watch from a
+//! resourceVersion. [`RedbStore`] implements it on redb (an embedded,
+//! crash-safe, copy-on-write B-tree database: one file, fsync on commit, no
+//! C dependency). A replicated backend such as etcd can implement the same
+//! trait for an HA controller later.
+
+mod cipher;
+mod redb_store;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use cipher::SecretCipher;
+pub use redb_store::RedbStore;
+
+use crate::manifest::Kind;
+use crate::object::{ApiObject, ObjectKey};
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Server-side apply: create, or replace labels, annotations and content
+    /// (keeping `status`). A non-empty `metadata.resourceVersion` is a
+    /// precondition. Writing what is already stored is a no-op.
+    Apply(ApiObject),
+    /// Create; fails if the object exists.
+    Create(ApiObject),
+    /// Replace `status` only; a non-empty resourceVersion is a precondition.
+    UpdateStatus(ApiObject),
+    /// Delete; `Some(rv)` is a precondition.
+    Delete(ObjectKey, Option<u64>),
+}
+
+/// What a write did, with the object as stored (for deletes: as it was).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// It did not exist.
+    Created(ApiObject),
+    /// It changed.
+    Configured(ApiObject),
+    /// Nothing to change; nothing written.
+    Unchanged(ApiObject),
+    /// It is gone.
+    Deleted(ApiObject),
+}
+
+impl Outcome {
+    /// The object.
+    pub fn object(&self) -> &ApiObject {
+        match self {
+            Outcome::Created(o) | Outcome::Configured(o) | Outcome::Unchanged(o) | Outcome::Deleted(o) => o,
+        }
+    }
+
+    /// kubectl's word for it.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Outcome::Created(_) => "created",
+            Outcome::Configured(_) => "configured",
+            Outcome::Unchanged(_) => "unchanged",
+            Outcome::Deleted(_) => "deleted",
+        }
+    }
+}
+
+/// What a watcher sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Deleted; the object is its last state.
+    Deleted,
+}
+
+/// One change, in commit order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The object after the change (before, for deletes, with the deletion's
+    /// resourceVersion).
+    pub object: ApiObject,
+}
+
+impl WatchEvent {
+    /// The resourceVersion of this change.
+    pub fn resource_version(&self) -> u64 {
+        self.object.resource_version()
+    }
+}
+
+/// A list and the store's resourceVersion at the time: watch from there.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Objects in key order.
+    pub items: Vec<ApiObject>,
+    /// The store's resourceVersion when listed.
+    pub resource_version: u64,
+}
+
+/// Changes after a resourceVersion: first the ones already committed, then
+/// live ones.
+pub struct Subscription {
+    /// Committed changes after the requested version, in order.
+    pub backlog: Vec<Arc<WatchEvent>>,
+    /// Live changes. A lagging receiver means the watcher must re-list.
+    pub live: tokio::sync::broadcast::Receiver<Arc<WatchEvent>>,
+    /// The version of the last event in `backlog` (or the requested one): live
+    /// events at or below it are duplicates.
+    pub after: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Optimistic concurrency: the object changed since it was read.
+    #[error("conflict: {key} was modified (resourceVersion {current}, the request had {requested}); get it again and retry")]
+    Conflict {
+        /// The object.
+        key: ObjectKey,
+        /// What is stored.
+        current: u64,
+        /// What the writer read.
+        requested: u64,
+    },
+    /// No such object.
+    #[error("{0} not found")]
+    NotFound(ObjectKey),
+    /// Create of an existing object.
+    #[error("{0} already exists")]
+    AlreadyExists(ObjectKey),
+    /// A watch from a version the store no longer remembers: list again.
+    #[error("resourceVersion {requested} is too old (the oldest change kept is {oldest}); list again")]
+    Gone {
+        /// Requested.
+        requested: u64,
+        /// Oldest kept.
+        oldest: u64,
+    },
+    /// The object is not acceptable (e.g. no name).
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    /// The database failed (disk full, I/O error, corruption).
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// The store the API and reconcilers use.
+pub trait Store: Send + Sync + 'static {
+    /// One object.
+    fn get(&self, key: &ObjectKey) -> Option<ApiObject>;
+    /// Objects of a kind, in one namespace or all (`None`).
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Listing;
+    /// Applies every op or none; durable on disk when it returns `Ok`.
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError>;
+    /// Changes after `resource_version` (0: only live ones).
+    fn subscribe(&self, resource_version: u64) -> Result<Subscription, StoreError>;
+    /// The latest resourceVersion.
+    fn resource_version(&self) -> u64;
+    /// Object count per kind (for metrics).
+    fn counts(&self) -> Vec<(Kind, usize)>;
+}
