@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use cipher::SecretCipher;
+pub use cipher::{SecretCipher, random_bytes, write_private};
 pub use redb_store::RedbStore;
 
 use crate::manifest::Kind;

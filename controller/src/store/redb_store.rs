@@ -161,7 +161,7 @@ impl Store for RedbStore {
                 None => state.objects.get(key).cloned(),
             };
             match op {
-                Op::Apply(object) | Op::Create(object) if !object.metadata.uid.is_empty() => {
+                Op::Create(object) if !object.metadata.uid.is_empty() => {
                     return Err(StoreError::Invalid(format!("{} carries a uid; uids are set by the server", object.key())));
                 }
                 Op::Create(object) if current(&object.key(), &staged).is_some() => {
@@ -172,6 +172,17 @@ impl Store for RedbStore {
                     let key = object.key();
                     let existing = current(&key, &staged);
                     check_precondition(&key, object.resource_version(), existing.as_ref())?;
+                    // A uid, when given, must be the stored one: a re-created
+                    // object is another object.
+                    if !object.metadata.uid.is_empty()
+                        && existing.as_ref().is_none_or(|e| e.metadata.uid != object.metadata.uid)
+                    {
+                        return Err(StoreError::Conflict {
+                            key,
+                            current: existing.map_or(0, |e| e.resource_version()),
+                            requested: object.resource_version(),
+                        });
+                    }
                     let outcome = apply_one(object, existing, &mut rv, &now);
                     if !matches!(outcome, Outcome::Unchanged(_)) {
                         staged.insert(key, Some(outcome.object().clone()));

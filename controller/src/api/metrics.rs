@@ -1,0 +1,80 @@
+//! Prometheus metrics of the API and the store.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::Shared;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// The controller's metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Histogram,
+    apply_seconds: Histogram,
+    objects: Family<KindLabels, Gauge>,
+    resource_version: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("flotilla");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "API requests by method, route and status code", requests.clone());
+        let request_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register("http_request_duration_seconds", "API request latency", request_seconds.clone());
+        let apply_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register("apply_duration_seconds", "Server-side apply latency, durable write included", apply_seconds.clone());
+        let objects = Family::<KindLabels, Gauge>::default();
+        registry.register("store_objects", "Objects in the store by kind", objects.clone());
+        let resource_version = Gauge::default();
+        registry.register("store_resource_version", "The store's latest resourceVersion", resource_version.clone());
+        Metrics { registry: Mutex::new(registry), requests, request_seconds, apply_seconds, objects, resource_version }
+    }
+}
+
+impl Metrics {
+    pub(super) fn observe_request(&self, method: &str, route: &str, code: u16, elapsed: Duration) {
+        let labels = RequestLabels { method: method.to_owned(), route: route.to_owned(), code };
+        self.requests.get_or_create(&labels).inc();
+        self.request_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub(super) fn observe_apply(&self, elapsed: Duration) {
+        self.apply_seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
+pub(super) async fn render(State(state): State<Shared>) -> Response {
+    for (kind, count) in state.store.counts() {
+        state.metrics.objects.get_or_create(&KindLabels { kind: kind.to_string() }).set(count as i64);
+    }
+    state.metrics.resource_version.set(state.store.resource_version() as i64);
+    let mut text = String::new();
+    let registry = state.metrics.registry.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}

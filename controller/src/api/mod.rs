@@ -1,0 +1,533 @@
+//! The HTTP/JSON API of `flotilla server` (axum).
+//!
+//! Routes (all JSON; everything under `/api` needs `Authorization: Bearer
+//! <token>`; the route table is also served at `GET /api/v1`):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | process is up (no token) |
+//! | GET | `/readyz` | store open and reconcilers running (no token) |
+//! | GET | `/metrics` | Prometheus text format |
+//! | POST | `/api/v1/apply` | server-side apply of manifest documents, atomic |
+//! | GET | `/api/v1/{resource}` | list in all namespaces (`?labelSelector=`, `?watch=true&resourceVersion=N`) |
+//! | GET | `/api/v1/namespaces/{ns}/{resource}` | list in one namespace (same query) |
+//! | GET/PUT/DELETE | `/api/v1/namespaces/{ns}/{resource}/{name}` | one namespaced object |
+//! | PUT | `/api/v1/namespaces/{ns}/{resource}/{name}/status` | replace status |
+//! | GET/PUT/DELETE | `/api/v1/{resource}/{name}` | one cluster-scoped object (nodes, namespaces) |
+//! | PUT | `/api/v1/{resource}/{name}/status` | replace a node's status |
+//!
+//! Errors are `{"error": "...", "reason": "NotFound"|"Conflict"|...}` with
+//! 400, 401, 404, 409, 410, 422 or 500.
+
+mod metrics;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+pub use metrics::Metrics;
+
+use crate::manifest::{self, Kind, ManifestError};
+use crate::object::{ApiObject, ObjectKey, kind_from_resource, resource_of};
+use crate::selector::Selector;
+use crate::store::{Op, Store, StoreError, WatchEvent};
+
+/// What every handler shares.
+pub struct ApiState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The bearer token clients must present.
+    pub token: String,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    /// Set once the reconcilers run.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+type Shared = Arc<ApiState>;
+
+/// The router with every route.
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/api/v1", get(route_table))
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/namespaces/{ns}/{resource}", get(list_namespaced))
+        .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(get_namespaced).put(put_namespaced).delete(delete_namespaced))
+        .route("/api/v1/namespaces/{ns}/{resource}/{name}/status", put(put_status_namespaced))
+        .route("/api/v1/{resource}", get(list_all))
+        .route("/api/v1/{resource}/{name}", get(get_cluster).put(put_cluster).delete(delete_cluster))
+        .route("/api/v1/{resource}/{name}/status", put(put_status_cluster))
+        .route("/metrics", get(metrics::render))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route; see GET /api/v1") })
+        .with_state(state)
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+/// The JSON body of an error.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable.
+    pub error: String,
+    /// Machine-readable, Kubernetes' names.
+    pub reason: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, reason, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.message, reason: self.reason.to_owned() })).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let (status, reason) = match &e {
+            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
+            StoreError::Gone { .. } => (StatusCode::GONE, "Expired"),
+            StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "store failure");
+        }
+        ApiError::new(status, reason, e.to_string())
+    }
+}
+
+impl From<ManifestError> for ApiError {
+    fn from(e: ManifestError) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the bearer token is wrong").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing `Authorization: Bearer <token>` (the token is in the server's data directory, file `token`)",
+        )
+        .into_response(),
+    }
+}
+
+async fn count_requests(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_request(&method, &route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    if state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+async fn route_table() -> Json<serde_json::Value> {
+    let routes: Vec<&str> = include_str!("routes.txt").lines().filter(|l| !l.is_empty()).collect();
+    let resources: Vec<&str> = crate::object::RESOURCES.iter().map(|(r, _)| *r).collect();
+    Json(serde_json::json!({ "routes": routes, "resources": resources }))
+}
+
+/// Body of `POST /api/v1/apply`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyRequest {
+    /// Manifest sources as read by the client.
+    pub documents: Vec<SourceText>,
+    /// Refuse the apply if anything would be ignored.
+    #[serde(default)]
+    pub strict: bool,
+    /// Check and report, store nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One manifest file (or stdin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceText {
+    /// File name, for messages.
+    pub source: String,
+    /// Its YAML or JSON text.
+    pub text: String,
+}
+
+/// Answer of `POST /api/v1/apply`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// Everything ignored or skipped, with file, document and field path.
+    pub warnings: Vec<String>,
+    /// One entry per object.
+    pub results: Vec<ApplyResult>,
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace (empty for cluster-scoped).
+    #[serde(default)]
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `created`, `configured`, `unchanged`, or `checked` (dry run).
+    pub action: String,
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
+}
+
+async fn apply(State(state): State<Shared>, Json(request): Json<ApplyRequest>) -> Result<Json<ApplyResponse>, ApiError> {
+    let started = Instant::now();
+    let mut parsed = manifest::Parsed::default();
+    for document in &request.documents {
+        let one = manifest::parse_str(&document.source, &document.text)?;
+        parsed.objects.extend(one.objects);
+        parsed.warnings.extend(one.warnings);
+    }
+    if request.strict {
+        parsed = parsed.strict()?;
+    }
+    let warnings = parsed.warnings.iter().map(ToString::to_string).collect();
+    let objects: Vec<ApiObject> = parsed.objects.iter().map(ApiObject::from_manifest).collect();
+    if request.dry_run {
+        let results = objects.iter().map(|o| result_of(o, "checked")).collect();
+        return Ok(Json(ApplyResponse { warnings, results }));
+    }
+    let store = state.store.clone();
+    let outcomes = blocking(move || store.commit(objects.into_iter().map(Op::Apply).collect())).await??;
+    state.metrics.observe_apply(started.elapsed());
+    let results = outcomes.iter().map(|o| result_of(o.object(), o.verb())).collect();
+    Ok(Json(ApplyResponse { warnings, results }))
+}
+
+fn result_of(object: &ApiObject, action: &str) -> ApplyResult {
+    ApplyResult {
+        kind: object.kind,
+        namespace: object.metadata.namespace.clone(),
+        name: object.metadata.name.clone(),
+        action: action.to_owned(),
+    }
+}
+
+fn kind_of(resource: &str) -> Result<Kind, ApiError> {
+    kind_from_resource(resource).ok_or_else(|| {
+        let known: Vec<&str> = crate::object::RESOURCES.iter().map(|(r, _)| *r).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("unknown resource {resource:?}; known: {}", known.join(", ")),
+        )
+    })
+}
+
+/// Query of list and watch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    /// Label selector.
+    #[serde(default)]
+    pub label_selector: String,
+    /// Stream changes instead of listing.
+    #[serde(default)]
+    pub watch: bool,
+    /// Watch from this version (from a list's `resourceVersion`).
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+/// A list answer, like Kubernetes' `*List`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectList {
+    /// `List`.
+    pub kind: String,
+    /// Watch from here to see every later change.
+    pub resource_version: String,
+    /// The objects.
+    pub items: Vec<ApiObject>,
+}
+
+async fn list_all(
+    State(state): State<Shared>,
+    Path(resource): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    list(state, resource, None, query).await
+}
+
+async fn list_namespaced(
+    State(state): State<Shared>,
+    Path((ns, resource)): Path<(String, String)>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    list(state, resource, Some(ns), query).await
+}
+
+async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQuery) -> Result<Response, ApiError> {
+    let kind = kind_of(&resource)?;
+    let selector = Selector::parse(&query.label_selector).map_err(ApiError::bad_request)?;
+    let ns = ns.filter(|_| kind.is_namespaced());
+    if query.watch {
+        let from = match query.resource_version.as_deref() {
+            None | Some("") => 0,
+            Some(v) => v.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} is not a number")))?,
+        };
+        return watch(state, kind, ns, selector, from);
+    }
+    let store = state.store.clone();
+    let listing = blocking(move || store.list(kind, ns.as_deref())).await?;
+    let items = listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
+    Ok(Json(ObjectList { kind: "List".to_owned(), resource_version: listing.resource_version.to_string(), items })
+        .into_response())
+}
+
+/// Newline-delimited JSON watch events. A watcher that falls behind gets an
+/// `ERROR` event and the stream ends: it lists again, like kubectl.
+fn watch(state: Shared, kind: Kind, ns: Option<String>, selector: Selector, from: u64) -> Result<Response, ApiError> {
+    let subscription = state.store.subscribe(from)?;
+    let matches = move |event: &WatchEvent| {
+        event.object.kind == kind
+            && ns.as_ref().is_none_or(|ns| &event.object.metadata.namespace == ns)
+            && selector.matches(&event.object.metadata.labels)
+    };
+    let line = |event: &WatchEvent| {
+        let mut bytes = serde_json::to_vec(event).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes)
+    };
+    let backlog: Vec<_> = subscription.backlog.iter().filter(|e| matches(e)).map(|e| line(e)).collect();
+    let after = subscription.after;
+    let live = futures_util::stream::unfold(
+        (subscription.live, matches, false),
+        move |(mut live, matches, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(event) if event.resource_version() <= after || !matches(&event) => continue,
+                    Ok(event) => return Some((line(&event), (live, matches, false))),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let message = format!("watch fell {n} changes behind; list again");
+                        let error = serde_json::json!({"type": "ERROR", "object": {"message": message}});
+                        let mut bytes = error.to_string().into_bytes();
+                        bytes.push(b'\n');
+                        return Some((Ok(bytes), (live, matches, true)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(backlog), live);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, "application/x-ndjson".parse().expect("static header"));
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+async fn get_one(state: Shared, key: ObjectKey) -> Result<Json<ApiObject>, ApiError> {
+    let store = state.store.clone();
+    let lookup = key.clone();
+    blocking(move || store.get(&lookup)).await?.map(Json).ok_or_else(|| StoreError::NotFound(key).into())
+}
+
+async fn get_namespaced(
+    State(state): State<Shared>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    get_one(state, ObjectKey::new(kind, &ns, &name)).await
+}
+
+async fn get_cluster(
+    State(state): State<Shared>,
+    Path((resource, name)): Path<(String, String)>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    if kind.is_namespaced() {
+        return Err(ApiError::bad_request(format!(
+            "{resource} are namespaced: use /api/v1/namespaces/<namespace>/{resource}/{name}"
+        )));
+    }
+    get_one(state, ObjectKey::new(kind, "", &name)).await
+}
+
+/// Checks a PUT body against the URL and validates it like a manifest.
+fn checked_put_body(key: &ObjectKey, body: serde_json::Value) -> Result<ApiObject, ApiError> {
+    let requested_rv = body
+        .pointer("/metadata/resourceVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let mut manifest_value = body;
+    // Server-owned metadata is not part of a manifest; keep only what an operator sets.
+    if let Some(meta) = manifest_value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations"));
+    }
+    let text = manifest_value.to_string();
+    let parsed = manifest::parse_str("request body", &text)?;
+    let [object] = parsed.objects.as_slice() else {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "the body must be exactly one object"));
+    };
+    let mut object = ApiObject::from_manifest(object);
+    if object.key() != *key {
+        return Err(ApiError::bad_request(format!("the body is {}, the URL names {key}", object.key())));
+    }
+    object.metadata.resource_version = requested_rv;
+    Ok(object)
+}
+
+async fn put_one(state: Shared, key: ObjectKey, body: serde_json::Value) -> Result<Json<ApiObject>, ApiError> {
+    let object = checked_put_body(&key, body)?;
+    let store = state.store.clone();
+    let outcome = blocking(move || store.commit(vec![Op::Apply(object)])).await??;
+    Ok(Json(outcome[0].object().clone()))
+}
+
+async fn put_namespaced(
+    State(state): State<Shared>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    put_one(state, ObjectKey::new(kind, &ns, &name), body).await
+}
+
+async fn put_cluster(
+    State(state): State<Shared>,
+    Path((resource, name)): Path<(String, String)>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    put_one(state, ObjectKey::new(kind, "", &name), body).await
+}
+
+async fn put_status(state: Shared, key: ObjectKey, body: serde_json::Value) -> Result<Json<ApiObject>, ApiError> {
+    let mut object = ApiObject::new(key.kind, &key.namespace, &key.name);
+    object.metadata.resource_version =
+        body.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let status = body.get("status").cloned().ok_or_else(|| ApiError::bad_request("the body has no `status`"))?;
+    object.content.insert("status".to_owned(), status);
+    let store = state.store.clone();
+    let outcome = blocking(move || store.commit(vec![Op::UpdateStatus(object)])).await??;
+    Ok(Json(outcome[0].object().clone()))
+}
+
+async fn put_status_namespaced(
+    State(state): State<Shared>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    put_status(state, ObjectKey::new(kind, &ns, &name), body).await
+}
+
+async fn put_status_cluster(
+    State(state): State<Shared>,
+    Path((resource, name)): Path<(String, String)>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    put_status(state, ObjectKey::new(kind, "", &name), body).await
+}
+
+/// Query of delete.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteQuery {
+    /// Only delete if still at this version.
+    #[serde(default)]
+    pub resource_version: Option<u64>,
+}
+
+async fn delete_one(state: Shared, key: ObjectKey, query: DeleteQuery) -> Result<Json<ApiObject>, ApiError> {
+    let store = state.store.clone();
+    let outcome = blocking(move || store.commit(vec![Op::Delete(key, query.resource_version)])).await??;
+    Ok(Json(outcome[0].object().clone()))
+}
+
+async fn delete_namespaced(
+    State(state): State<Shared>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    delete_one(state, ObjectKey::new(kind, &ns, &name), query).await
+}
+
+async fn delete_cluster(
+    State(state): State<Shared>,
+    Path((resource, name)): Path<(String, String)>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<Json<ApiObject>, ApiError> {
+    let kind = kind_of(&resource)?;
+    delete_one(state, ObjectKey::new(kind, "", &name), query).await
+}
+
+/// Where an object lives in the API.
+pub fn object_path(key: &ObjectKey) -> String {
+    if key.kind.is_namespaced() {
+        format!("/api/v1/namespaces/{}/{}/{}", key.namespace, resource_of(key.kind), key.name)
+    } else {
+        format!("/api/v1/{}/{}", resource_of(key.kind), key.name)
+    }
+}

@@ -1,0 +1,204 @@
+//! Tests of the reconcilers, on a real store in a temporary directory.
+
+use serde_json::json;
+
+use super::*;
+use crate::manifest::parse_str;
+use crate::store::{RedbStore, SecretCipher};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: RedbStore,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb"), SecretCipher::from_key([3; 32])).unwrap();
+        Fixture { _dir: dir, store }
+    }
+
+    fn apply(&self, yaml: &str) {
+        let parsed = parse_str("test.yaml", yaml).unwrap();
+        self.store.commit(parsed.objects.iter().map(|o| Op::Apply(ApiObject::from_manifest(o))).collect()).unwrap();
+    }
+
+    /// Passes until nothing changes (level-triggered: converges).
+    fn settle(&self) {
+        for _ in 0..10 {
+            if reconcile_once(&self.store).unwrap() == 0 {
+                return;
+            }
+        }
+        panic!("reconcilers did not converge in 10 passes");
+    }
+
+    fn pods(&self) -> Vec<ApiObject> {
+        self.store.list(Kind::Pod, None).items
+    }
+
+    fn node(&self, name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) {
+        let mut node = ApiObject::new(Kind::Node, "", name);
+        node.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.store.commit(vec![Op::Apply(node.clone())]).unwrap();
+        node.content.insert(
+            "status".into(),
+            json!({"capacity": {"cpu": cpu, "memory": memory, "pods": "16"},
+                   "nodeInfo": {"architecture": "arm64", "operatingSystem": "linux"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+        self.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
+    }
+
+    fn set_pod_phase(&self, name: &str, phase: &str) {
+        let mut pod = self.store.get(&ObjectKey::new(Kind::Pod, "default", name)).unwrap();
+        let mut status: PodStatus = pod.status();
+        status.phase = phase.into();
+        pod.set_status(&status);
+        self.store.commit(vec![Op::UpdateStatus(pod)]).unwrap();
+    }
+}
+
+fn deployment(replicas: u32, memory: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  \
+         selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      \
+         containers:\n      - name: web\n        image: registry.local/web:1\n        \
+         resources: {{requests: {{cpu: 250m, memory: {memory}}}}}\n"
+    )
+}
+
+fn names(pods: &[ApiObject]) -> Vec<String> {
+    pods.iter().map(|p| p.metadata.name.clone()).collect()
+}
+
+#[test]
+fn deployment_replicas_have_stable_names_and_follow_scaling() {
+    let f = Fixture::new();
+    f.apply(&deployment(3, "64Mi"));
+    f.settle();
+    let pods = f.pods();
+    let hash = pods[0].metadata.labels[TEMPLATE_HASH_LABEL].clone();
+    assert_eq!(names(&pods), [0, 1, 2].map(|i| format!("web-{hash}-{i}")));
+    assert_eq!(pods[0].metadata.owner_references[0].kind, Kind::Deployment);
+    // Another pass changes nothing: the names are stable.
+    let uids: Vec<_> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
+    f.settle();
+    assert_eq!(f.pods().iter().map(|p| p.metadata.uid.clone()).collect::<Vec<_>>(), uids);
+    f.apply(&deployment(1, "64Mi"));
+    f.settle();
+    assert_eq!(names(&f.pods()), [format!("web-{hash}-0")]);
+    let status: DeploymentStatus =
+        f.store.get(&ObjectKey::new(Kind::Deployment, "default", "web")).unwrap().status();
+    assert_eq!((status.replicas, status.updated_replicas, status.observed_generation), (1, 1, 2));
+}
+
+#[test]
+fn a_template_change_replaces_replicas_and_deleting_the_owner_collects_them() {
+    let f = Fixture::new();
+    f.apply(&deployment(2, "64Mi"));
+    f.settle();
+    let before = names(&f.pods());
+    f.apply(&deployment(2, "128Mi"));
+    f.settle();
+    let after = names(&f.pods());
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|n| !before.contains(n)), "{before:?} -> {after:?}");
+    f.store.commit(vec![Op::Delete(ObjectKey::new(Kind::Deployment, "default", "web"), None)]).unwrap();
+    f.settle();
+    assert!(f.pods().is_empty());
+}
+
+#[test]
+fn pending_replicas_are_packed_onto_ready_nodes_with_reasons_for_the_rest() {
+    let f = Fixture::new();
+    f.node("pi-1", "1", "256Mi", &[]);
+    f.node("pi-2", "1", "256Mi", &[]);
+    f.apply(&deployment(5, "100Mi"));
+    f.settle();
+    let pods = f.pods();
+    let bound: Vec<_> = pods.iter().filter_map(node_name).collect();
+    // 100Mi each: two fit per 256Mi node, the fifth fits nowhere.
+    assert_eq!(bound.len(), 4);
+    assert_eq!(bound.iter().filter(|n| *n == "pi-1").count(), 2);
+    let pending: Vec<PodStatus> = pods.iter().filter(|p| node_name(p).is_none()).map(|p| p.status()).collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].reason, "Unschedulable");
+    assert!(pending[0].message.starts_with("0/2 nodes available"), "{}", pending[0].message);
+    assert!(pending[0].message.contains("memory"), "{}", pending[0].message);
+    let scheduled: Vec<PodStatus> = pods.iter().filter(|p| node_name(p).is_some()).map(|p| p.status()).collect();
+    assert!(scheduled.iter().all(|s| condition(&s.conditions, "PodScheduled").unwrap().status == "True"));
+}
+
+#[test]
+fn a_missing_config_map_is_a_readable_condition_until_it_appears() {
+    let f = Fixture::new();
+    f.node("pi-1", "2", "1Gi", &[]);
+    f.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: sensor}\nspec:\n  containers:\n  - name: s\n    image: s:1\n    \
+         env:\n    - name: MODE\n      valueFrom: {configMapKeyRef: {name: sensor-config, key: mode}}\n",
+    );
+    f.settle();
+    let pod = &f.pods()[0];
+    let status: PodStatus = pod.status();
+    assert_eq!(status.reason, "MissingReference");
+    assert_eq!(status.message, "configmap \"sensor-config\" not found (env MODE)");
+    assert!(node_name(pod).is_none());
+    f.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sensor-config}\ndata: {other: x}\n");
+    f.settle();
+    let status: PodStatus = f.pods()[0].status();
+    assert_eq!(status.message, "configmap \"sensor-config\" has no key \"mode\" (env MODE)");
+    f.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sensor-config}\ndata: {mode: fast}\n");
+    f.settle();
+    assert_eq!(node_name(&f.pods()[0]).as_deref(), Some("pi-1"));
+}
+
+#[test]
+fn daemon_sets_run_one_replica_per_matching_node() {
+    let f = Fixture::new();
+    f.node("cam-1", "1", "512Mi", &[("role", "camera")]);
+    f.node("cam-2", "1", "512Mi", &[("role", "camera")]);
+    f.node("gw-1", "1", "512Mi", &[("role", "gateway")]);
+    f.apply(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: collector}\nspec:\n  \
+         selector: {matchLabels: {app: c}}\n  template:\n    metadata: {labels: {app: c}}\n    spec:\n      \
+         nodeSelector: {role: camera}\n      containers: [{name: c, image: c:1}]\n",
+    );
+    f.settle();
+    let mut on: Vec<_> = f.pods().iter().filter_map(node_name).collect();
+    on.sort();
+    assert_eq!(on, ["cam-1", "cam-2"]);
+    assert!(f.pods().iter().all(|p| p.metadata.name.starts_with("collector-") && p.metadata.name.contains("-cam-")));
+}
+
+#[test]
+fn jobs_run_to_completions_with_parallelism_and_give_up_after_the_backoff_limit() {
+    let f = Fixture::new();
+    f.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: calib}\nspec:\n  completions: 3\n  parallelism: 2\n  \
+         backoffLimit: 1\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: c:1}]\n",
+    );
+    f.settle();
+    let pods = names(&f.pods());
+    assert_eq!(pods.len(), 2, "parallelism 2");
+    f.set_pod_phase(&pods[0], "Succeeded");
+    f.settle();
+    assert_eq!(f.pods().len(), 3, "a third run starts when one succeeds");
+    let job = || f.store.get(&ObjectKey::new(Kind::Job, "default", "calib")).unwrap().status::<JobStatus>();
+    assert_eq!((job().succeeded, job().active), (1, 2));
+    let running: Vec<_> = names(&f.pods()).into_iter().filter(|n| n != &pods[0]).collect();
+    f.set_pod_phase(&running[0], "Failed");
+    f.set_pod_phase(&running[1], "Failed");
+    f.settle();
+    let status = job();
+    assert_eq!(status.failed, 2);
+    assert_eq!(status.conditions[0].reason, "BackoffLimitExceeded");
+    assert_eq!(status.active, 0);
+}
+
+#[test]
+fn template_hashes_are_stable_and_short() {
+    let template = PodTemplate::default();
+    assert_eq!(template_hash(&template), template_hash(&template.clone()));
+    assert_eq!(template_hash(&template).len(), 4);
+}
