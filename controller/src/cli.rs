@@ -1,14 +1,17 @@
-//! The `flotilla` command line.
+//! The `flotilla` command line (definitions; the commands are in [`crate::commands`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Flotilla: a container orchestrator for fleets of ARM and bare-metal edge devices.
 ///
-/// One binary, like k3s: `flotilla server` runs the control plane; the other
-/// subcommands talk to it.
+/// One binary, like k3s: `flotilla server` runs the control plane (store,
+/// API, reconcilers, scheduler); the other subcommands talk to it with
+/// kubectl's habits. They find the server with --server / FLOTILLA_SERVER
+/// and authenticate with the token the server wrote to its data directory
+/// (--token-file, or the token itself in FLOTILLA_TOKEN).
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, long_about)]
 pub struct Cli {
@@ -22,11 +25,40 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller: store, API, scheduler and reconcilers.
     Server(ServerArgs),
-    /// Apply manifests (Kubernetes-style YAML or JSON).
+    /// Apply manifests (Kubernetes-style YAML or JSON), atomically.
     ///
     /// Every document is checked first; fields Flotilla does not support are
     /// listed as warnings, and one invalid document refuses the whole apply.
     Apply(ApplyArgs),
+    /// List objects, or show one, as a table, YAML or JSON.
+    ///
+    /// Examples: `flotilla get pods -A`, `flotilla get nodes -o wide`,
+    /// `flotilla get deploy web -o yaml`, `flotilla get pods -l app=web -w`.
+    Get(GetArgs),
+    /// Show one object in detail, with its scheduling reason and conditions.
+    Describe(DescribeArgs),
+    /// Delete objects by name, or those of manifest files.
+    Delete(DeleteArgs),
+    /// Print a shell completion script (e.g. `flotilla completion bash > /etc/bash_completion.d/flotilla`).
+    Completion(CompletionArgs),
+}
+
+/// How client commands reach the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's API URL.
+    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:7440", global = true)]
+    pub server: String,
+    /// File holding the API token [default: <data dir>/token, see `flotilla server --help`].
+    #[arg(long, env = "FLOTILLA_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The token file to read.
+    pub fn token_file(&self) -> PathBuf {
+        self.token_file.clone().unwrap_or_else(|| crate::server::default_data_dir().join(crate::server::TOKEN_FILE))
+    }
 }
 
 /// Options of `flotilla apply`.
@@ -38,17 +70,114 @@ pub struct ApplyArgs {
     /// Treat every warning (ignored field, skipped kind) as an error.
     #[arg(long)]
     pub strict: bool,
-    /// Only check the manifests and print what would be applied.
+    /// Only check the manifests locally and print what would be applied (no server needed).
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as JSON (warnings and one entry per object).
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<ApplyOutput>,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Output of `apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApplyOutput {
+    /// The server's answer as JSON.
+    Json,
+}
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// More columns.
+    Wide,
+    /// YAML (Secrets show base64 data).
+    Yaml,
+    /// JSON, stable for scripts: a `List` with `items`, or the object.
+    Json,
+    /// `kind/name` per line.
+    Name,
+}
+
+/// Options of `flotilla get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Resource: pods (po, replicas), nodes (no), deployments (deploy), daemonsets (ds), jobs,
+    /// services (svc), configmaps (cm), secrets, namespaces (ns).
+    pub resource: String,
+    /// Only this object.
+    pub name: Option<String>,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// All namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Label selector, e.g. `app=web,tier!=db`.
+    #[arg(short = 'l', long, default_value = "")]
+    pub selector: String,
+    /// Output format (default: a table).
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<OutputFormat>,
+    /// After listing, print changes as they happen (Ctrl-C to stop).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `flotilla describe`.
+#[derive(Debug, clap::Args)]
+pub struct DescribeArgs {
+    /// Resource (as for `get`).
+    pub resource: String,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `flotilla delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Resource (as for `get`), then names.
+    #[arg(required_unless_present = "files")]
+    pub resource: Option<String>,
+    /// Names.
+    pub names: Vec<String>,
+    /// Delete the objects of these manifests instead.
+    #[arg(short = 'f', long = "filename", conflicts_with = "resource")]
+    pub files: Vec<PathBuf>,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `flotilla completion`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// Options of `flotilla server`.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Directory for the controller's durable state (store, keys, token).
-    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "/var/lib/flotilla")]
-    pub data_dir: PathBuf,
+    /// Directory for the controller's durable state: the store (store.redb), the Secret key
+    /// (secrets.key) and the API token (token) [default: /var/lib/flotilla as root, else
+    /// ~/.local/share/flotilla].
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Address the HTTP API listens on.
     #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:7440")]
     pub api_addr: SocketAddr,

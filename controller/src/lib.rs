@@ -3,7 +3,8 @@
 //! The control plane behind the `flotilla` binary.
 //!
 //! # Layout
-//! - [`cli`]: the command line; [`client`]: its HTTP client.
+//! - [`cli`]: the command line; [`commands`]: what its client commands do;
+//!   [`client`]: their HTTP client.
 //! - [`manifest`]: Kubernetes-style manifests: parsing, warnings, validation.
 //! - [`object`]: objects as stored and served (Kubernetes' shape);
 //!   [`status`]: their status fields; [`selector`]: label selectors.
@@ -13,6 +14,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod manifest;
 pub mod object;
 pub mod reconcile;

@@ -1,65 +1,50 @@
 //! `flotilla`: the controller and operator CLI.
 
 use anyhow::Context;
-use clap::Parser;
-use flotilla_controller::cli::{ApplyArgs, Cli, Command, ServerArgs};
-use flotilla_controller::manifest;
+use clap::{CommandFactory, Parser};
+use flotilla_controller::cli::{Cli, Command, ServerArgs};
+use flotilla_controller::{commands, server};
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Server(args) => server(args),
-        Command::Apply(args) => apply(args),
+    let result = match cli.command {
+        Command::Server(args) => run_server(args),
+        Command::Apply(args) => commands::apply(args),
+        Command::Get(args) => commands::get(args),
+        Command::Describe(args) => commands::describe(args),
+        Command::Delete(args) => commands::delete(args),
+        Command::Completion(args) => {
+            clap_complete::generate(args.shell, &mut Cli::command(), "flotilla", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }
 
-fn server(args: ServerArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = server::ServerConfig {
+        data_dir: args.data_dir.unwrap_or_else(server::default_data_dir),
+        api_addr: args.api_addr,
+    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
-    runtime.block_on(async {
-        tracing::info!(
-            data_dir = %args.data_dir.display(),
-            api_addr = %args.api_addr,
-            protocol_version = firmware_proto::PROTOCOL_VERSION,
-            "flotilla controller started"
-        );
-        tracing::warn!(
-            "nothing to do yet: the store, API, broker and scheduler loop are not built \
-             (issues #4-#8); press Ctrl-C to stop"
-        );
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        tracing::info!("stopping");
-        anyhow::Ok(())
-    })
+    runtime.block_on(server::run(config, shutdown_signal()))
 }
 
-fn apply(args: ApplyArgs) -> anyhow::Result<()> {
-    let mut parsed = manifest::load(&args.files)?;
-    for warning in &parsed.warnings {
-        eprintln!("warning: {warning}");
+/// Ctrl-C or SIGTERM (systemd's stop).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
-    if args.strict {
-        parsed = parsed.strict()?;
-    }
-    if !args.dry_run {
-        anyhow::bail!(
-            "not supported yet: storing objects needs the controller's API (issue #4); \
-             use --dry-run to check manifests"
-        );
-    }
-    for object in &parsed.objects {
-        let name = &object.metadata.name;
-        match object.metadata.namespace.as_str() {
-            "" => println!("{}/{name} checked (dry run)", object.kind),
-            ns => println!("{}/{name} in {ns} checked (dry run)", object.kind),
-        }
-    }
-    Ok(())
+    tracing::info!("shutting down");
 }

@@ -263,7 +263,8 @@ fn reconcile_daemon_set(daemon_set: &ApiObject, pods: &[ApiObject], nodes: &[Api
     let owned = owned_by(daemon_set, pods);
     let mut desired = BTreeMap::new();
     for node in nodes.iter().filter(|n| daemon_eligible(n, &spec.template.spec)) {
-        desired.insert(format!("{}-{hash}-{}", daemon_set.metadata.name, node.metadata.name), node.metadata.name.clone());
+        desired
+            .insert(format!("{}-{hash}-{}", daemon_set.metadata.name, node.metadata.name), node.metadata.name.clone());
     }
     for pod in &owned {
         if !desired.contains_key(&pod.metadata.name) {
@@ -369,8 +370,12 @@ fn requests(spec: &PodSpec) -> sched::Resources {
         let mut names: BTreeSet<&String> = container.resources.requests.keys().collect();
         names.extend(container.resources.limits.keys());
         for name in names {
-            let text =
-                container.resources.requests.get(name).or_else(|| container.resources.limits.get(name)).map(|q| q.text());
+            let text = container
+                .resources
+                .requests
+                .get(name)
+                .or_else(|| container.resources.limits.get(name))
+                .map(|q| q.text());
             let Some(q) = text.as_deref().and_then(quantity) else { continue };
             match name.as_str() {
                 "cpu" => total.cpu_millis += q.as_millis() as u64,

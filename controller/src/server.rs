@@ -18,10 +18,14 @@ pub const SECRETS_KEY_FILE: &str = "secrets.key";
 /// The redb database.
 pub const STORE_FILE: &str = "store.redb";
 
-/// Where state lives unless `--data-dir` says otherwise: `/var/lib/flotilla`
+/// Where state lives unless `--data-dir` says otherwise: `$FLOTILLA_DATA_DIR`,
+/// else `/var/lib/flotilla`
 /// for root (a device or server install), else `$XDG_DATA_HOME/flotilla` or
 /// `~/.local/share/flotilla`.
 pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLOTILLA_DATA_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let root = std::env::var_os("USER").is_some_and(|u| u == "root")
         || std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
     if root {
@@ -76,7 +80,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
             .await
             .context("opening the store")??,
     );
-    let state = Arc::new(ApiState { store: store.clone(), token, metrics: Metrics::default(), ready: AtomicBool::new(false) });
+    let state =
+        Arc::new(ApiState { store: store.clone(), token, metrics: Metrics::default(), ready: AtomicBool::new(false) });
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;

@@ -32,3 +32,102 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     );
     Ok(path)
 }
+
+/// A `flotilla server` process on a free loopback port with its own data
+/// directory; stopped (SIGTERM, then waited for) when dropped.
+pub struct ControllerProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    /// The server's stderr log.
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts a server on `data_dir` and waits until `/readyz` answers.
+    pub fn start(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let child = std::process::Command::new(binary("flotilla")?)
+            .args(["server", "--api-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let mut process =
+            ControllerProcess { child, url: format!("http://127.0.0.1:{port}"), data_dir: data_dir.to_owned(), log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                    return Ok(process);
+                }
+            }
+            if let Some(status) = process.child.try_wait()? {
+                anyhow::bail!("flotilla server exited with {status}: {}", process.log_text());
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "server not ready in 30 s: {}", process.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The API token the server generated.
+    pub fn token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.join("token"))?.trim().to_owned())
+    }
+
+    /// A `flotilla` client command pointed at this server.
+    pub fn cli(&self) -> anyhow::Result<std::process::Command> {
+        let mut command = std::process::Command::new(binary("flotilla")?);
+        command
+            .env("FLOTILLA_SERVER", &self.url)
+            .env("FLOTILLA_TOKEN_FILE", self.data_dir.join("token"))
+            .env_remove("FLOTILLA_TOKEN");
+        Ok(command)
+    }
+
+    /// Stops the server with SIGTERM and waits for it (a clean shutdown).
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// Kills the server with SIGKILL: no clean shutdown, like a power cut.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate();
+        }
+    }
+}

@@ -45,7 +45,11 @@ impl Default for Metrics {
         let request_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register("http_request_duration_seconds", "API request latency", request_seconds.clone());
         let apply_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        registry.register("apply_duration_seconds", "Server-side apply latency, durable write included", apply_seconds.clone());
+        registry.register(
+            "apply_duration_seconds",
+            "Server-side apply latency, durable write included",
+            apply_seconds.clone(),
+        );
         let objects = Family::<KindLabels, Gauge>::default();
         registry.register("store_objects", "Objects in the store by kind", objects.clone());
         let resource_version = Gauge::default();

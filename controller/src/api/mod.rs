@@ -60,7 +60,10 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1", get(route_table))
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/namespaces/{ns}/{resource}", get(list_namespaced))
-        .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(get_namespaced).put(put_namespaced).delete(delete_namespaced))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}/{name}",
+            get(get_namespaced).put(put_namespaced).delete(delete_namespaced),
+        )
         .route("/api/v1/namespaces/{ns}/{resource}/{name}/status", put(put_status_namespaced))
         .route("/api/v1/{resource}", get(list_all))
         .route("/api/v1/{resource}/{name}", get(get_cluster).put(put_cluster).delete(delete_cluster))
@@ -235,7 +238,10 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
 }
 
-async fn apply(State(state): State<Shared>, Json(request): Json<ApplyRequest>) -> Result<Json<ApplyResponse>, ApiError> {
+async fn apply(
+    State(state): State<Shared>,
+    Json(request): Json<ApplyRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
     let started = Instant::now();
     let mut parsed = manifest::Parsed::default();
     for document in &request.documents {
@@ -329,7 +335,9 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
     if query.watch {
         let from = match query.resource_version.as_deref() {
             None | Some("") => 0,
-            Some(v) => v.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} is not a number")))?,
+            Some(v) => {
+                v.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} is not a number")))?
+            }
         };
         return watch(state, kind, ns, selector, from);
     }
@@ -413,11 +421,7 @@ async fn get_cluster(
 
 /// Checks a PUT body against the URL and validates it like a manifest.
 fn checked_put_body(key: &ObjectKey, body: serde_json::Value) -> Result<ApiObject, ApiError> {
-    let requested_rv = body
-        .pointer("/metadata/resourceVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_owned();
+    let requested_rv = body.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or("").to_owned();
     let mut manifest_value = body;
     // Server-owned metadata is not part of a manifest; keep only what an operator sets.
     if let Some(meta) = manifest_value.get_mut("metadata").and_then(|m| m.as_object_mut()) {

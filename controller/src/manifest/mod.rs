@@ -279,6 +279,15 @@ pub fn load(paths: &[PathBuf]) -> Result<Parsed, ManifestError> {
     Ok(parsed)
 }
 
+/// The text of every source `load` would read, with its name.
+pub fn read_all(paths: &[PathBuf]) -> Result<Vec<(String, String)>, ManifestError> {
+    let mut all = Vec::new();
+    for path in paths {
+        all.extend(read_sources(path)?);
+    }
+    Ok(all)
+}
+
 fn read_sources(path: &Path) -> Result<Vec<(String, String)>, ManifestError> {
     let read_err = |e: std::io::Error| ManifestError::Read { path: path.display().to_string(), reason: e.to_string() };
     if path == Path::new("-") {

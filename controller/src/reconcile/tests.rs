@@ -88,8 +88,7 @@ fn deployment_replicas_have_stable_names_and_follow_scaling() {
     f.apply(&deployment(1, "64Mi"));
     f.settle();
     assert_eq!(names(&f.pods()), [format!("web-{hash}-0")]);
-    let status: DeploymentStatus =
-        f.store.get(&ObjectKey::new(Kind::Deployment, "default", "web")).unwrap().status();
+    let status: DeploymentStatus = f.store.get(&ObjectKey::new(Kind::Deployment, "default", "web")).unwrap().status();
     assert_eq!((status.replicas, status.updated_replicas, status.observed_generation), (1, 1, 2));
 }
 

@@ -123,7 +123,9 @@ pub struct Subscription {
 #[non_exhaustive]
 pub enum StoreError {
     /// Optimistic concurrency: the object changed since it was read.
-    #[error("conflict: {key} was modified (resourceVersion {current}, the request had {requested}); get it again and retry")]
+    #[error(
+        "conflict: {key} was modified (resourceVersion {current}, the request had {requested}); get it again and retry"
+    )]
     Conflict {
         /// The object.
         key: ObjectKey,

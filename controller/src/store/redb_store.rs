@@ -162,7 +162,10 @@ impl Store for RedbStore {
             };
             match op {
                 Op::Create(object) if !object.metadata.uid.is_empty() => {
-                    return Err(StoreError::Invalid(format!("{} carries a uid; uids are set by the server", object.key())));
+                    return Err(StoreError::Invalid(format!(
+                        "{} carries a uid; uids are set by the server",
+                        object.key()
+                    )));
                 }
                 Op::Create(object) if current(&object.key(), &staged).is_some() => {
                     return Err(StoreError::AlreadyExists(object.key()));
@@ -315,8 +318,8 @@ fn apply_one(mut object: ApiObject, existing: Option<ApiObject>, rv: &mut u64, n
     };
     let new_content = object.content_without_status();
     let content_changed = old.content_without_status() != new_content;
-    let owners_changed =
-        !object.metadata.owner_references.is_empty() && object.metadata.owner_references != old.metadata.owner_references;
+    let owners_changed = !object.metadata.owner_references.is_empty()
+        && object.metadata.owner_references != old.metadata.owner_references;
     let metadata_changed =
         old.metadata.labels != object.metadata.labels || old.metadata.annotations != object.metadata.annotations;
     if !content_changed && !owners_changed && !metadata_changed {

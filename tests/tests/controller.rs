@@ -1,0 +1,233 @@
+//! End-to-end tests of `flotilla server` and the CLI: real processes, real
+//! files, real HTTP.
+
+use std::path::Path;
+use std::process::Output;
+
+use flotilla_e2e::ControllerProcess;
+use serde_json::{Value, json};
+
+fn manifests() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests"))
+}
+
+fn run(mut command: std::process::Command) -> Output {
+    command.output().expect("running flotilla")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn cli(server: &ControllerProcess, args: &[&str]) -> Output {
+    let mut command = server.cli().unwrap();
+    command.args(args);
+    run(command)
+}
+
+fn ok(server: &ControllerProcess, args: &[&str]) -> String {
+    let output = cli(server, args);
+    assert!(
+        output.status.success(),
+        "flotilla {args:?} failed: {}\nserver log:\n{}",
+        stderr(&output),
+        server.log_text()
+    );
+    stdout(&output)
+}
+
+fn json_of(server: &ControllerProcess, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(server, args)).expect("JSON output")
+}
+
+/// (kind/namespace/name, uid, resourceVersion) of every object, sorted.
+fn identities(server: &ControllerProcess) -> Vec<(String, String, String)> {
+    let mut all = Vec::new();
+    for resource in ["deployments", "daemonsets", "jobs", "services", "configmaps", "secrets", "nodes", "namespaces"] {
+        let list = json_of(server, &["get", resource, "-A", "-o", "json"]);
+        for item in list["items"].as_array().unwrap() {
+            let m = &item["metadata"];
+            all.push((
+                format!("{}/{}/{}", item["kind"], m["namespace"], m["name"]),
+                m["uid"].as_str().unwrap().to_owned(),
+                m["resourceVersion"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn applied_objects_survive_a_restart_with_the_same_uid_and_resource_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ControllerProcess::start(&data).unwrap();
+    let applied = ok(&server, &["apply", "-f", manifests().to_str().unwrap()]);
+    assert!(applied.contains("deployment/web (namespace shop) created"), "{applied}");
+    // Let the reconcilers settle: the pods they derive are part of the state.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = identities(&server);
+    assert!(before.len() >= 9, "{before:?}");
+    let pods_before = json_of(&server, &["get", "pods", "-A", "-o", "json"]);
+    // SIGKILL: durability must not depend on a clean shutdown.
+    server.kill().unwrap();
+    let server = ControllerProcess::start(&data).unwrap();
+    assert_eq!(identities(&server), before);
+    let pods_after = json_of(&server, &["get", "pods", "-A", "-o", "json"]);
+    let names = |list: &Value| -> Vec<(String, String)> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["metadata"]["name"].as_str().unwrap().into(), p["metadata"]["uid"].as_str().unwrap().into()))
+            .collect()
+    };
+    assert_eq!(names(&pods_after), names(&pods_before));
+    // Applying the same files again changes nothing.
+    let again = ok(&server, &["apply", "-f", manifests().to_str().unwrap()]);
+    assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
+    assert_eq!(identities(&server), before);
+}
+
+#[test]
+fn an_apply_with_one_bad_document_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    let bad = manifests().join("invalid/second-document-bad.yaml");
+    let output =
+        cli(&server, &["apply", "-f", manifests().join("sensor.yaml").to_str().unwrap(), "-f", bad.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("second-document-bad.yaml, document 2"), "{message}");
+    for resource in ["deployments", "configmaps", "pods"] {
+        let list = json_of(&server, &["get", resource, "-A", "-o", "json"]);
+        assert_eq!(list["items"], json!([]), "{resource} stored by a refused apply");
+    }
+}
+
+fn http(server: &ControllerProcess, token: Option<&str>) -> (ureq::Agent, String, Option<String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    (agent, server.url.clone(), token.map(|t| format!("Bearer {t}")))
+}
+
+#[test]
+fn the_api_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    let (agent, url, _) = http(&server, None);
+    let without = agent.get(format!("{url}/api/v1/pods")).call().unwrap();
+    assert_eq!(without.status(), 401);
+    let wrong = agent.get(format!("{url}/api/v1/pods")).header("Authorization", "Bearer nope").call().unwrap();
+    assert_eq!(wrong.status(), 401);
+    let metrics = agent.get(format!("{url}/metrics")).call().unwrap();
+    assert_eq!(metrics.status(), 401);
+    // Health needs no token (load balancers, systemd watchdogs).
+    assert_eq!(agent.get(format!("{url}/healthz")).call().unwrap().status(), 200);
+    let token = server.token().unwrap();
+    let with =
+        agent.get(format!("{url}/api/v1/pods")).header("Authorization", format!("Bearer {token}")).call().unwrap();
+    assert_eq!(with.status(), 200);
+    // The token file is owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(server.data_dir.join("token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The CLI says what is wrong with a bad token.
+    let mut command = server.cli().unwrap();
+    command.env("FLOTILLA_TOKEN", "wrong").args(["get", "pods"]);
+    let output = run(command);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("refused the token from $FLOTILLA_TOKEN"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_stale_update_gets_409_and_a_fresh_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    ok(&server, &["apply", "-f", manifests().join("sensor.yaml").to_str().unwrap()]);
+    let (agent, url, auth) = http(&server, Some(&server.token().unwrap()));
+    let auth = auth.unwrap();
+    let path = format!("{url}/api/v1/namespaces/line-3/configmaps/sensor-config");
+    let mut first: Value =
+        agent.get(&path).header("Authorization", &auth).call().unwrap().body_mut().read_json().unwrap();
+    let stale = first.clone();
+    first["data"]["interval"] = json!("9s");
+    let mut response = agent.put(&path).header("Authorization", &auth).send_json(&first).unwrap();
+    assert_eq!(response.status(), 200, "{}", response.body_mut().read_to_string().unwrap());
+    let mut second = stale;
+    second["data"]["interval"] = json!("1s");
+    let mut conflict = agent.put(&path).header("Authorization", &auth).send_json(&second).unwrap();
+    assert_eq!(conflict.status(), 409);
+    let body: Value = conflict.body_mut().read_json().unwrap();
+    assert_eq!(body["reason"], "Conflict");
+    let now: Value = agent.get(&path).header("Authorization", &auth).call().unwrap().body_mut().read_json().unwrap();
+    assert_eq!(now["data"]["interval"], "9s");
+    assert_eq!(now["metadata"]["generation"], 2);
+}
+
+#[test]
+fn get_pods_json_is_a_stable_list_and_describe_shows_the_scheduling_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    ok(&server, &["apply", "-f", manifests().join("sensor.yaml").to_str().unwrap()]);
+    // A node with capacity but no agent yet: it is not ready, which is the reason.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let list = json_of(&server, &["get", "pods", "-n", "line-3", "-o", "json"]);
+    assert_eq!(list["kind"], "List");
+    assert!(list["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().is_ok());
+    let items = list["items"].as_array().unwrap();
+    assert!(!items.is_empty());
+    for pod in items {
+        assert_eq!(pod["kind"], "Pod");
+        for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+            assert!(pod["metadata"][field].is_string(), "metadata.{field} missing: {pod}");
+        }
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+        assert_eq!(pod["status"]["phase"], "Pending");
+        assert_eq!(pod["status"]["reason"], "Unschedulable");
+        assert!(pod["spec"]["containers"][0]["image"].is_string());
+    }
+    let name = items[0]["metadata"]["name"].as_str().unwrap();
+    let described = ok(&server, &["describe", "pod", name, "-n", "line-3"]);
+    assert!(described.contains("Message:           0/0 nodes available"), "{described}");
+    let table = ok(&server, &["get", "pods", "-n", "line-3"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("Unschedulable"), "{table}");
+    let missing = cli(&server, &["get", "pod", "nope", "-n", "line-3"]);
+    assert!(stderr(&missing).contains("pods/nope in namespace line-3 not found"), "{}", stderr(&missing));
+}
+
+#[test]
+fn the_cli_says_when_the_server_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t\n").unwrap();
+    let mut command = std::process::Command::new(flotilla_e2e::binary("flotilla").unwrap());
+    command
+        .args(["get", "pods", "--server", "http://127.0.0.1:9", "--token-file"])
+        .arg(dir.path().join("token"))
+        .env_remove("FLOTILLA_TOKEN");
+    let output = run(command);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("cannot reach the Flotilla server at http://127.0.0.1:9"), "{}", stderr(&output));
+}
+
+#[test]
+fn get_watch_prints_changes_as_they_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    let mut command = server.cli().unwrap();
+    command.args(["get", "configmaps", "-A", "--watch", "-o", "name"]).stdout(std::process::Stdio::piped());
+    let mut watcher = command.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ok(&server, &["apply", "-f", manifests().join("sensor.yaml").to_str().unwrap()]);
+    let mut stdout = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "configmap/sensor-config");
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+}
