@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod msg_sizes;
 mod pack;
 mod sched;
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Controller API: apply latency, bulk load and listing 10,000 objects, on a real server process.
+    Api(api::ApiArgs),
     /// Encoded size of the wire messages (heartbeats with 0, 4 and 16 replicas, ...).
     MsgSizes,
     /// Run the scheduler on bin-packing instances (BPPLIB 1-D or 2-D text files).
@@ -28,6 +31,7 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
+        Bench::Api(args) => api::run(args),
         Bench::MsgSizes => msg_sizes::run(),
         Bench::Pack(args) => pack::run(args),
         Bench::Sched(args) => sched::run(args),
