@@ -29,8 +29,15 @@ fn client_for(args: &crate::cli::ClientArgs) -> anyhow::Result<Client> {
 
 /// `flotilla apply`.
 pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
-    // Parse locally first: file errors and warnings appear even without a server.
-    let mut parsed = manifest::load(&args.files)?;
+    // Read once (stdin cannot be read twice), parse locally first: file
+    // errors and warnings appear even without a server.
+    let sources = manifest::read_all(&args.files)?;
+    let mut parsed = manifest::Parsed::default();
+    for (source, text) in &sources {
+        let one = manifest::parse_str(source, text)?;
+        parsed.objects.extend(one.objects);
+        parsed.warnings.extend(one.warnings);
+    }
     if args.strict {
         parsed = parsed.strict()?;
     }
@@ -44,8 +51,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let documents =
-        manifest::read_all(&args.files)?.into_iter().map(|(source, text)| SourceText { source, text }).collect();
+    let documents = sources.into_iter().map(|(source, text)| SourceText { source, text }).collect();
     let request = ApplyRequest { documents, strict: args.strict, dry_run: false };
     let client = client_for(&args.client)?;
     let response: ApplyResponse = client.send_json("POST", "/api/v1/apply", &request, "apply refused")?;

@@ -231,3 +231,33 @@ fn get_watch_prints_changes_as_they_happen() {
     watcher.kill().unwrap();
     watcher.wait().unwrap();
 }
+
+#[test]
+fn apply_reads_stdin_and_delete_removes_objects_and_their_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    let mut command = server.cli().unwrap();
+    command.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let yaml = std::fs::read(manifests().join("sensor.yaml")).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &yaml).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("deployment/sensor (namespace line-3) created"), "{}", stdout(&output));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!json_of(&server, &["get", "pods", "-n", "line-3", "-o", "json"])["items"].as_array().unwrap().is_empty());
+    ok(&server, &["delete", "deployment", "sensor", "-n", "line-3"]);
+    // The reconciler collects the replicas of a deleted workload.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pods = json_of(&server, &["get", "pods", "-n", "line-3", "-o", "json"]);
+        if pods["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "replicas not collected: {pods}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let missing = cli(&server, &["delete", "deployment", "sensor", "-n", "line-3"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("not found"), "{}", stderr(&missing));
+}
