@@ -189,11 +189,8 @@ pub(crate) fn improve(st: &mut State<'_>, reqs: &[Req], assign: &mut [Option<u32
     let mut lower = lower;
     if let Some(h) = ls.homogeneous() {
         lower = lower.max(h.l2_lower());
-        if ls.bins_in_use() > lower && std::env::var("NO_MBS").is_err() {
-            ls.construct_mbs(&h, lower, limits.mbs_node_work);
-        }
         if ls.bins_in_use() > lower {
-            ls.squeeze(&h, lower);
+            ls.construct_mbs(&h, lower, limits.mbs_node_work);
         }
     }
     // Cheap descent first (no kicks), then bin completion for the
@@ -705,39 +702,6 @@ impl Ls<'_, '_> {
         self.budget = budget;
         if solved {
             self.apply(&h, &bins);
-        }
-    }
-
-    /// The current packing of the homogeneous batch, as bins of indices
-    /// into `h.ids`.
-    fn current_bins(&self, h: &Homogeneous) -> Vec<Vec<usize>> {
-        let mut pos = vec![usize::MAX; self.bin_of.len()];
-        for (k, &i) in h.ids.iter().enumerate() {
-            pos[i as usize] = k;
-        }
-        self.bins
-            .iter()
-            .filter(|&&b| !self.items[b as usize].is_empty())
-            .map(|&b| self.items[b as usize].iter().map(|&i| pos[i as usize]).collect())
-            .collect()
-    }
-
-    /// Tabu search for packings one node smaller at a time, down to `lower`.
-    fn squeeze(&mut self, h: &Homogeneous, lower: usize) {
-        let mut bins = self.current_bins(h);
-        let mut budget: u64 = std::env::var("TABU_WORK").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
-        let mut improved = false;
-        while bins.len() > lower && budget > 0 {
-            match crate::tabu::reduce(&h.items, h.cap, h.slots, &bins, bins.len() - 1, &mut self.rng, &mut budget) {
-                Some(b) => {
-                    bins = b;
-                    improved = true;
-                }
-                None => break,
-            }
-        }
-        if improved {
-            self.apply(h, &bins);
         }
     }
 

@@ -20,7 +20,6 @@ mod filter;
 mod improve;
 mod mbs;
 mod score;
-mod tabu;
 
 pub use model::{
     BoundReplica, ClusterView, Node, NodeId, Placement, Plan, Replica, ReplicaId, Resources, ScoreMode, Taint,
