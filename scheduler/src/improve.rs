@@ -7,7 +7,15 @@
 //! this batch are shuffled, and only between nodes the batch already uses
 //! and that their static filters allow without a soft-taint penalty.
 //!
-//! One attempt (after Levine & Ducatelle's local search for bin packing, and
+//! When the batch alone fills identical idle nodes (the homogeneous case:
+//! one pool, nothing bound there), the whole batch is repacked: first-fit
+//! decreasing and MBS' (`mbs.rs`) replace best-fit decreasing if they use
+//! fewer nodes, then the tabu search of `tabu.rs` asks for one node fewer
+//! at a time, down to the L2 lower bound or until the budget runs out.
+//!
+//! Otherwise, and with whatever budget is left (at most
+//! `DESCENT_WORK_MAX`), a descent tries to empty nodes one at a time. One
+//! attempt (after Levine & Ducatelle's local search for bin packing, and
 //! the "remove a bin, repair" scheme of consistent neighbourhood search):
 //!
 //! 1. take a node that holds only movable replicas and lift them all out
@@ -56,8 +64,10 @@ struct Homogeneous {
     slots: usize,
 }
 
-/// Seeded MBS' restarts aiming at the lower bound.
-const MBS_RESTARTS: u32 = 1000;
+/// Work the descent may use: its moves cost more than the tabu search's
+/// evaluations, and large mixed batches (where only the descent runs) must
+/// stay fast.
+const DESCENT_WORK_MAX: u64 = 1_000_000;
 
 /// Distinct alpha values tried by the L2 bound (keeps it O(n) per batch).
 const L2_ALPHAS: usize = 256;
@@ -185,24 +195,28 @@ pub(crate) fn improve(st: &mut State<'_>, reqs: &[Req], assign: &mut [Option<u32
         log: Vec::new(),
     };
     // Identical idle nodes holding only this batch: a tighter bound (L2
-    // per dimension) and the MBS' construction, kept if it beats BFD.
+    // per dimension), constructions that beat BFD on hard batches, then
+    // the tabu search, one node fewer at a time down to the bound.
     let mut lower = lower;
     if let Some(h) = ls.homogeneous() {
         lower = lower.max(h.l2_lower());
         if ls.bins_in_use() > lower {
-            ls.construct_mbs(&h, lower, limits.mbs_node_work);
+            ls.construct_ffd(&h);
+        }
+        if ls.bins_in_use() > lower {
+            ls.construct_mbs(&h, limits.mbs_node_work);
+        }
+        if ls.bins_in_use() > lower {
+            ls.squeeze(&h, lower);
         }
     }
-    // Cheap descent first (no kicks), then bin completion for the
-    // homogeneous case with half of what is left, then kicks.
+    // Descent for the rest (nodes shared with bound replicas, several
+    // pools): cheap moves first, then with kicks, within its own cap.
+    let spare = ls.budget.saturating_sub(DESCENT_WORK_MAX);
+    ls.budget -= spare;
     ls.rounds(lower, limits.targets, 0);
-    if ls.used() > lower && ls.budget > 0 {
-        let reserve = ls.budget / 2;
-        ls.budget -= reserve;
-        ls.complete_bins(lower);
-        ls.budget += reserve;
-    }
     ls.rounds(lower, limits.targets, limits.kicks);
+    ls.budget += spare;
     for (i, &b) in ls.bin_of.iter().enumerate() {
         if b != FREE {
             assign[i] = Some(b);
@@ -460,123 +474,6 @@ impl Ls<'_, '_> {
     }
 }
 
-/// Completions enumerated per search node of the bin-completion search.
-const MAX_COMPLETIONS: usize = 4;
-
-/// Depth-first bin completion (after Korf's bin-completion algorithm): fill
-/// bins one at a time, each starting with the largest item left, trying
-/// fullest completions first, and prune any branch whose waste exceeds what
-/// `k` bins can afford. With zero slack (the triplet case) only exact fills
-/// survive the pruning, which is where local search struggles.
-struct Completion<'b> {
-    items: &'b [[u64; 2]],
-    cap: [u64; 2],
-    slots: usize,
-    used: Vec<bool>,
-    bins: Vec<Vec<usize>>,
-    budget: &'b mut u64,
-}
-
-impl Completion<'_> {
-    fn solve(&mut self, bins_left: usize) -> bool {
-        let Some(first) = self.used.iter().position(|u| !u) else { return true };
-        if bins_left == 0 || *self.budget == 0 {
-            return false;
-        }
-        // Suffix sums of unused items, for the "can still reach" prune.
-        let n = self.items.len();
-        *self.budget = self.budget.saturating_sub(n as u64);
-        let mut suffix = vec![[0u64; 2]; n + 1];
-        for k in (0..n).rev() {
-            suffix[k] = suffix[k + 1];
-            if !self.used[k] {
-                suffix[k][0] += self.items[k][0];
-                suffix[k][1] += self.items[k][1];
-            }
-        }
-        let remaining = suffix[0];
-        // Each bin may waste at most what the k bins have beyond the demand.
-        let mut need = [0u64; 2];
-        for d in 0..2 {
-            let slack = (bins_left as u64 * self.cap[d]).checked_sub(remaining[d]);
-            let Some(slack) = slack else { return false };
-            need[d] = self.cap[d].saturating_sub(slack);
-        }
-        self.used[first] = true;
-        let mut out = Vec::new();
-        let mut chosen = vec![first];
-        self.enumerate(first + 1, self.items[first], &mut chosen, &mut out, &suffix, need);
-        // Fullest first: least normalised waste.
-        let waste = |c: &Vec<usize>| {
-            (0..2)
-                .map(|d| {
-                    let load: u64 = c.iter().map(|&i| self.items[i][d]).sum();
-                    frac(self.cap[d] - load, self.cap[d])
-                })
-                .sum::<f64>()
-        };
-        let mut ranked: Vec<(f64, Vec<usize>)> = out.into_iter().map(|c| (waste(&c), c)).collect();
-        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        for (_, comp) in ranked {
-            for &i in &comp[1..] {
-                self.used[i] = true;
-            }
-            self.bins.push(comp);
-            if self.solve(bins_left - 1) {
-                return true;
-            }
-            let comp = self.bins.pop().expect("pushed above");
-            for &i in &comp[1..] {
-                self.used[i] = false;
-            }
-            if *self.budget == 0 {
-                break;
-            }
-        }
-        self.used[first] = false;
-        false
-    }
-
-    fn enumerate(
-        &mut self,
-        from: usize,
-        load: [u64; 2],
-        chosen: &mut Vec<usize>,
-        out: &mut Vec<Vec<usize>>,
-        suffix: &[[u64; 2]],
-        need: [u64; 2],
-    ) {
-        *self.budget = self.budget.saturating_sub(1);
-        if out.len() >= MAX_COMPLETIONS || *self.budget == 0 {
-            return;
-        }
-        if (0..2).any(|d| load[d] + suffix[from][d] < need[d]) {
-            return;
-        }
-        if (0..2).all(|d| load[d] >= need[d]) {
-            out.push(chosen.clone());
-        }
-        if chosen.len() >= self.slots {
-            return;
-        }
-        let mut k = from;
-        while k < self.items.len() {
-            if !self.used[k] && (0..2).all(|d| load[d] + self.items[k][d] <= self.cap[d]) {
-                let it = self.items[k];
-                chosen.push(k);
-                let next = [load[0] + it[0], load[1] + it[1]];
-                self.enumerate(k + 1, next, chosen, out, suffix, need);
-                chosen.pop();
-                // Equal items give equal subtrees: try one of them only.
-                while k + 1 < self.items.len() && self.items[k + 1] == it {
-                    k += 1;
-                }
-            }
-            k += 1;
-        }
-    }
-}
-
 impl Ls<'_, '_> {
     /// The batch's movable items if they alone fill identical, otherwise
     /// idle nodes (one pool, nothing bound, nothing unmovable).
@@ -606,61 +503,44 @@ impl Ls<'_, '_> {
     }
 
     /// Runs MBS' on the batch and applies it if it uses fewer nodes than
-    /// the current packing (ties keep the current one). Short of `lower`,
-    /// seeded restarts aim at exactly `lower` nodes, each abandoned as soon
-    /// as its slack rules that out. The construction may use half of the
-    /// budget, restarts a quarter; what it does
-    /// not use is returned.
-    fn construct_mbs(&mut self, h: &Homogeneous, lower: usize, node_work: u64) {
-        let mut best = self.bins_in_use();
-        let mut budget = self.budget * 3 / 4;
+    /// the current packing (ties keep the current one). It may use half of
+    /// the budget; what it does not use is returned.
+    fn construct_mbs(&mut self, h: &Homogeneous, node_work: u64) {
+        let best = self.bins_in_use();
+        let mut budget = self.budget / 2;
         let reserve = self.budget - budget;
-        let mut winner = None;
-        let packed =
-            crate::mbs::pack(&h.items, h.cap, h.slots, node_work, best - 1, None, None, None, &mut budget, &mut None);
+        let packed = crate::mbs::pack(&h.items, h.cap, h.slots, node_work, best - 1, &mut budget);
+        self.budget = reserve + budget;
         if let Some(bins) = packed
             && bins.len() < best
         {
-            best = bins.len();
-            winner = Some(bins);
+            self.apply(h, &bins);
         }
-        // Restarts may spend at most a quarter of the whole budget. Each
-        // aims at exactly `lower` nodes; the item whose node could not be
-        // filled well enough starts the next run earlier (squeaky wheel).
-        let floor = budget.saturating_sub((reserve + budget) / 2);
-        // A restart only needs (near-)exact fills: a node that has none
-        // ends the run, so it is searched briefly.
-        let restart_work = node_work.min(4 * h.items.len() as u64);
-        let mut order: Vec<usize> = (0..h.items.len()).collect();
-        let mut restarts = 0;
-        while best > lower && budget > floor && restarts < MBS_RESTARTS {
-            restarts += 1;
-            let mut failed = None;
-            let packed = crate::mbs::pack(
-                &h.items,
-                h.cap,
-                h.slots,
-                restart_work,
-                best - 1,
-                Some(lower),
-                Some(&order),
-                Some(&mut self.rng),
-                &mut budget,
-                &mut failed,
-            );
-            if let Some(bins) = packed
-                && bins.len() < best
-            {
-                best = bins.len();
-                winner = Some(bins);
-            }
-            if let Some(i) = failed {
-                let pos = order.iter().position(|&x| x == i).expect("a permutation");
-                order[..=pos].rotate_right(1);
+    }
+
+    /// First-fit decreasing (largest normalised size first) on the batch,
+    /// applied if it uses fewer nodes than the current packing: a cheap
+    /// guarantee never to end up behind it.
+    fn construct_ffd(&mut self, h: &Homogeneous) {
+        let best = self.bins_in_use();
+        let mut bins: Vec<Vec<usize>> = Vec::new();
+        let mut load: Vec<[u64; 2]> = Vec::new();
+        for (k, it) in h.items.iter().enumerate() {
+            self.budget = self.budget.saturating_sub(bins.len() as u64 + 1);
+            let fit = (0..bins.len())
+                .find(|&b| bins[b].len() < h.slots && load[b][0] + it[0] <= h.cap[0] && load[b][1] + it[1] <= h.cap[1]);
+            match fit {
+                Some(b) => {
+                    bins[b].push(k);
+                    load[b] = [load[b][0] + it[0], load[b][1] + it[1]];
+                }
+                None => {
+                    bins.push(vec![k]);
+                    load.push(*it);
+                }
             }
         }
-        self.budget = reserve + budget;
-        if let Some(bins) = winner {
+        if bins.len() < best {
             self.apply(h, &bins);
         }
     }
@@ -681,27 +561,37 @@ impl Ls<'_, '_> {
         self.log.clear();
     }
 
-    /// When the batch alone fills identical, otherwise idle nodes, searches
-    /// for a packing into `target` nodes by bin completion and applies it.
-    fn complete_bins(&mut self, target: usize) {
-        let Some(h) = self.homogeneous() else { return };
-        if self.bins_in_use() <= target {
-            return;
+    /// The current packing of the homogeneous batch, as bins of indices
+    /// into `h.ids`.
+    fn current_bins(&self, h: &Homogeneous) -> Vec<Vec<usize>> {
+        let mut pos = vec![usize::MAX; self.bin_of.len()];
+        for (k, &i) in h.ids.iter().enumerate() {
+            pos[i as usize] = k;
         }
+        self.bins
+            .iter()
+            .filter(|&&b| !self.items[b as usize].is_empty())
+            .map(|&b| self.items[b as usize].iter().map(|&i| pos[i as usize]).collect())
+            .collect()
+    }
+
+    /// Tabu search for packings one node smaller at a time, down to `lower`.
+    fn squeeze(&mut self, h: &Homogeneous, lower: usize) {
+        let mut bins = self.current_bins(h);
         let mut budget = self.budget;
-        let mut search = Completion {
-            items: &h.items,
-            cap: h.cap,
-            slots: h.slots,
-            used: vec![false; h.items.len()],
-            bins: Vec::new(),
-            budget: &mut budget,
-        };
-        let solved = search.solve(target);
-        let bins = std::mem::take(&mut search.bins);
+        let mut improved = false;
+        while bins.len() > lower && budget > 0 {
+            match crate::tabu::reduce(&h.items, h.cap, h.slots, &bins, bins.len() - 1, &mut self.rng, &mut budget) {
+                Some(b) => {
+                    bins = b;
+                    improved = true;
+                }
+                None => break,
+            }
+        }
         self.budget = budget;
-        if solved {
-            self.apply(&h, &bins);
+        if improved {
+            self.apply(h, &bins);
         }
     }
 

@@ -9,6 +9,7 @@
 //! - `engine`: pools, classes, the capacity grid, best-fit decreasing.
 //! - `improve`: the bounded repacking step.
 //! - `mbs`: the Minimum Bin Slack construction and the L2 lower bound.
+//! - `tabu`: the tabu search on partial packings (one node fewer at a time).
 
 use std::collections::HashSet;
 
@@ -20,6 +21,7 @@ mod filter;
 mod improve;
 mod mbs;
 mod score;
+mod tabu;
 
 pub use model::{
     BoundReplica, ClusterView, Node, NodeId, Placement, Plan, Replica, ReplicaId, Resources, ScoreMode, Taint,
@@ -33,10 +35,13 @@ pub struct Options {
     /// Run the improvement step after best-fit decreasing.
     pub improve: bool,
     /// Work allowed to the improvement step, in candidate evaluations per
-    /// pending replica (the total is this times the batch size, capped by
-    /// `improve_budget_max`). Counted in work, not time, so the result does
-    /// not depend on the machine.
+    /// pending replica, on top of `improve_budget_base` (the total is
+    /// capped by `improve_budget_max`). Counted in work, not time, so the
+    /// result does not depend on the machine.
     pub improve_budget_per_replica: u64,
+    /// Work allowed to the improvement step whatever the batch size (small
+    /// hard batches need a minimum of search to find their optimum).
+    pub improve_budget_base: u64,
     /// Upper bound on the improvement step's total work.
     pub improve_budget_max: u64,
     /// Nodes tried as the one to empty per round of the improvement step.
@@ -53,8 +58,9 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             improve: true,
-            improve_budget_per_replica: 20_000,
-            improve_budget_max: 1_000_000,
+            improve_budget_per_replica: 3_000,
+            improve_budget_base: 2_000_000,
+            improve_budget_max: 6_000_000,
             improve_targets: 4,
             improve_kicks: 200,
             mbs_node_work: 2_000,
@@ -113,7 +119,11 @@ pub fn schedule_with(view: &ClusterView, pending: &[Replica], seed: u64, opts: &
 
     if opts.improve {
         let limits = improve::ImproveLimits {
-            budget: opts.improve_budget_per_replica.saturating_mul(reqs.len() as u64).min(opts.improve_budget_max),
+            budget: opts
+                .improve_budget_per_replica
+                .saturating_mul(reqs.len() as u64)
+                .saturating_add(opts.improve_budget_base)
+                .min(opts.improve_budget_max),
             targets: opts.improve_targets,
             kicks: opts.improve_kicks,
             mbs_node_work: opts.mbs_node_work,

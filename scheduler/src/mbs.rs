@@ -24,12 +24,6 @@
 
 use std::collections::HashMap;
 
-use crate::improve::SplitMix;
-
-/// A restart deviates from the deterministic order at one search node in
-/// this many.
-const DEVIATE: usize = 4;
-
 /// One item's size per dimension (cpu, memory).
 pub(crate) type Size = [u64; 2];
 
@@ -86,8 +80,6 @@ struct Mbs<'a> {
     /// Evaluations left for the current node.
     node_work: u64,
     budget: &'a mut u64,
-    /// Randomises the order of the second item of a node (restarts).
-    rng: Option<&'a mut SplitMix>,
 }
 
 impl Mbs<'_> {
@@ -129,23 +121,11 @@ impl Mbs<'_> {
             return;
         }
         let n = self.rem.len();
-        // A restart tries candidates from a random place on (wrapping
-        // around): the same subsets, another order.
-        let mut rot = 0;
-        if let Some(rng) = &mut self.rng
-            && n > pos
-        {
-            let deviate = rng.below(DEVIATE) == 0;
-            if deviate {
-                rot = rng.below(n - pos);
-            }
-        }
         // Two items that complete the node exactly? One pass with the
         // lookup finds them in O(n), before the search enumerates pairs.
         if self.chosen.len() + 2 <= self.slots {
             self.charge((n - pos) as u64);
-            for step in 0..n - pos {
-                let i = self.rem[pos + (step + rot) % (n - pos)];
+            for &i in &self.rem[pos..] {
                 let it = self.items[i];
                 if it[0] > residual[0] || it[1] > residual[1] {
                     continue;
@@ -173,9 +153,8 @@ impl Mbs<'_> {
         if reach >= self.best_slack {
             return;
         }
-        let mut step = 0;
-        while step < n - pos {
-            let k = pos + (step + rot) % (n - pos);
+        let mut k = pos;
+        while k < n {
             let i = self.rem[k];
             let it = self.items[i];
             if load[0] + it[0] <= self.cap[0] && load[1] + it[1] <= self.cap[1] {
@@ -188,15 +167,11 @@ impl Mbs<'_> {
                     return;
                 }
                 // Equal items give equal subtrees.
-                while step + 1 < n - pos {
-                    let next = pos + (step + 1 + rot) % (n - pos);
-                    if self.items[self.rem[next]] != it {
-                        break;
-                    }
-                    step += 1;
+                while k + 1 < n && self.items[self.rem[k + 1]] == it {
+                    k += 1;
                 }
             }
-            step += 1;
+            k += 1;
             if !self.charge(1) {
                 return;
             }
@@ -208,26 +183,15 @@ impl Mbs<'_> {
 /// capacity `cap` holding at most `slots` items, spending at most
 /// `node_work` evaluations per bin and `budget` in total. Returns the bins
 /// (indices into `items`), or `None` if the budget ran out before every
-/// item was packed. Gives up early (also `None`) once more than `give_up`
-/// bins would be needed, or once the slack of the closed bins shows that
-/// `target` bins are out of reach (when given). `rng` randomises the
-/// search order (restarts). Each bin is started with the largest item
-/// left, or with the first item left in `first_order` (a permutation of
-/// the items) if given. When `target` is ruled out, `failed` names the
-/// item whose bin could not be filled well enough. Every item must fit an
-/// empty bin on its own.
-#[allow(clippy::too_many_arguments)]
+/// item was packed or more than `give_up` bins would be needed. Every item
+/// must fit an empty bin on its own.
 pub(crate) fn pack(
     items: &[Size],
     cap: Size,
     slots: usize,
     node_work: u64,
     give_up: usize,
-    target: Option<usize>,
-    first_order: Option<&[usize]>,
-    rng: Option<&mut SplitMix>,
     budget: &mut u64,
-    failed: &mut Option<usize>,
 ) -> Option<Vec<Vec<usize>>> {
     if slots == 0 || items.iter().any(|it| it[0] > cap[0] || it[1] > cap[1]) {
         return None;
@@ -249,39 +213,15 @@ pub(crate) fn pack(
         exact: false,
         node_work,
         budget,
-        rng,
-    };
-    // Slack the closed bins may still leave per dimension, if `target`
-    // bins are to suffice.
-    let mut allowance: Option<[u128; 2]> = match target {
-        Some(t) => {
-            let mut a = [0u128; 2];
-            for d in 0..2 {
-                let sum: u128 = items.iter().map(|it| u128::from(it[d])).sum();
-                a[d] = (t as u128 * u128::from(cap[d])).checked_sub(sum)?;
-            }
-            Some(a)
-        }
-        None => None,
     };
     let mut bins = Vec::new();
     let mut packed = vec![false; items.len()];
-    let mut next = 0;
     while !m.rem.is_empty() {
         if bins.len() >= give_up || *m.budget == 0 {
             return None;
         }
-        // The fixed item: the largest left, or the first left in `first`.
-        let first = match first_order {
-            Some(order) => {
-                while packed[order[next]] {
-                    next += 1;
-                }
-                order[next]
-            }
-            None => m.rem[0],
-        };
-        m.rem.retain(|&i| i != first);
+        // The fixed item: the largest left.
+        let first = m.rem.remove(0);
         // Suffix sums of what is left, for the reachability prune.
         let n = m.rem.len();
         *m.budget = m.budget.saturating_sub(2 * n as u64);
@@ -301,18 +241,6 @@ pub(crate) fn pack(
         m.node_work = node_work;
         m.search(0, items[first]);
         let bin = std::mem::take(&mut m.best);
-        if let Some(a) = &mut allowance {
-            for d in 0..2 {
-                let load: u64 = bin.iter().map(|&i| items[i][d]).sum();
-                match a[d].checked_sub(u128::from(cap[d] - load)) {
-                    Some(x) => a[d] = x,
-                    None => {
-                        *failed = Some(first);
-                        return None;
-                    }
-                }
-            }
-        }
         for &i in &bin[1..] {
             remove(&mut m.by_size, items[i], i);
         }
@@ -343,6 +271,7 @@ fn frac(part: u64, whole: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::improve::SplitMix;
 
     /// `bins` triplets filling `cap` exactly in every dimension with a
     /// positive capacity, shuffled, sorted largest first (normalised sum).
@@ -402,8 +331,7 @@ mod tests {
                 }
             }
             let mut budget = u64::MAX;
-            let got = pack(&items, cap, usize::MAX, 2_000, usize::MAX, None, None, None, &mut budget, &mut None)
-                .expect("budget is unlimited");
+            let got = pack(&items, cap, usize::MAX, 2_000, usize::MAX, &mut budget).expect("budget is unlimited");
             check(&items, cap, &got);
             assert!(got.len() <= bins + slack, "seed {seed}: {} bins for {bins} exact triplets", got.len());
             optimal += usize::from(got.len() == bins);
@@ -432,13 +360,12 @@ mod tests {
         let cap = [0, 100];
         let items = vec![[0, 10]; 30];
         let mut budget = u64::MAX;
-        let bins = pack(&items, cap, 4, 1000, usize::MAX, None, None, None, &mut budget, &mut None)
-            .expect("budget is unlimited");
+        let bins = pack(&items, cap, 4, 1000, usize::MAX, &mut budget).expect("budget is unlimited");
         check(&items, cap, &bins);
         assert!(bins.iter().all(|b| b.len() <= 4));
         assert_eq!(bins.len(), 8);
         let mut tiny = 5;
-        assert!(pack(&items, cap, 4, 1000, usize::MAX, None, None, None, &mut tiny, &mut None).is_none());
+        assert!(pack(&items, cap, 4, 1000, usize::MAX, &mut tiny).is_none());
     }
 
     #[test]

@@ -309,3 +309,36 @@ fn the_improvement_step_beats_plain_best_fit_decreasing() {
     let improved = schedule(&view, &pending, 5).nodes_receiving();
     assert!(improved < bfd, "improved {improved}, bfd {bfd}");
 }
+
+/// Triplet batches the size of Falkenauer's t120 (40 nodes, every node
+/// filled exactly by three replicas): the tabu search finds the optimum on
+/// almost every one, and never needs more than one extra node.
+#[test]
+fn forty_node_triplets_are_packed_optimally() {
+    let mut optimal = 0;
+    for seed in 200..210u64 {
+        let (view, pending) = triplets(40, seed, false);
+        let plan = schedule(&view, &pending, seed);
+        assert!(plan.unplaced.is_empty());
+        assert_eq!(overcommit(&view, &pending, &plan), None);
+        let used = plan.nodes_receiving();
+        assert!(used <= 41, "seed {seed}: {used} nodes, optimum 40");
+        optimal += usize::from(used == 40);
+    }
+    assert!(optimal >= 9, "only {optimal}/10 optimal");
+}
+
+/// A batch whose lower bound is out of reach (three replicas of 34 % never
+/// share a node, so the sum bound is far too low) spends its whole budget
+/// and still returns a valid plan no worse than first-fit decreasing.
+#[test]
+fn an_unreachable_bound_costs_only_the_budget() {
+    let nodes: Vec<Node> = (0..300).map(|i| Node::new(&format!("n{i:03}"), Resources::new(0, 100), 64)).collect();
+    let pending: Vec<Replica> =
+        (0..300).map(|i| Replica::new(&format!("r{i:03}"), "w", Resources::new(0, 34))).collect();
+    let view = ClusterView { nodes, bound: Vec::new() };
+    let plan = schedule(&view, &pending, 1);
+    assert!(plan.unplaced.is_empty());
+    assert_eq!(overcommit(&view, &pending, &plan), None);
+    assert_eq!(plan.nodes_receiving(), 150);
+}
