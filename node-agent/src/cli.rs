@@ -1,5 +1,7 @@
 //! The `flotilla-agent` command line.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 /// Flotilla node agent: runs this device's workloads in containers and keeps
@@ -19,4 +21,19 @@ pub enum Command {
     Run,
     /// Print the wire protocol version and build facts, then exit.
     Info,
+    /// Internal: the single-threaded process that runs libcontainer for the
+    /// agent (started by the agent itself; requests on stdin, answers on stdout).
+    #[command(hide = true)]
+    RuntimeHelper(RuntimeHelperArgs),
+}
+
+/// Options of the runtime helper.
+#[derive(Debug, clap::Args)]
+pub struct RuntimeHelperArgs {
+    /// libcontainer's state directory.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Where container bundles are written.
+    #[arg(long)]
+    pub bundles_dir: PathBuf,
 }

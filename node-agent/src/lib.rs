@@ -5,5 +5,10 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line.
+//! - [`runtime`]: the container runtime trait, its libcontainer
+//!   implementation (in a helper process) and a fake for tests.
+//! - [`persist`]: crash-safe files.
 
 pub mod cli;
+pub mod persist;
+pub mod runtime;

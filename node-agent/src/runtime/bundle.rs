@@ -1,0 +1,230 @@
+//! OCI bundles: the `config.json` a container is created from.
+//!
+//! Starts from oci-spec's defaults (the runc spec: /proc, /dev, /sys and
+//! cgroup mounts, masked and read-only kernel paths, rlimits) and sets what
+//! the replica asks for. Deliberate choices:
+//! - namespaces: pid, mount, uts, ipc; no network namespace, so workloads
+//!   share the device's network like Kubernetes `hostNetwork` (edge devices
+//!   talk to field buses and local brokers; HTTP probes reach them);
+//! - Docker's default capability set, `noNewPrivileges` on;
+//! - the cgroup path `/flotilla/<id>` so the agent finds usage counters.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{ContainerConfig, RuntimeError, cgroup_path};
+
+/// Docker's default capabilities (moby `oci/caps/defaults.go`).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// CFS period used for cpu limits (the kernel's and Kubernetes' default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Kubernetes' conversion of a cpu request to cgroup v1 shares.
+pub fn cpu_shares(request_millis: u64) -> u64 {
+    (request_millis * 1024 / 1000).max(2)
+}
+
+fn device_numbers(rdev: u64) -> (i64, i64) {
+    // glibc's gnu_dev_major / gnu_dev_minor.
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major as i64, minor as i64)
+}
+
+/// The OCI runtime spec for a container, as JSON.
+pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
+    let bundle_err = |reason: String| RuntimeError::Bundle { id: config.id.clone(), reason };
+    let mut spec = serde_json::to_value(oci_spec::runtime::Spec::default()).map_err(|e| bundle_err(e.to_string()))?;
+    let mut env = config.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+    env.push(format!("HOSTNAME={}", config.hostname));
+    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    spec["process"] = json!({
+        "terminal": false,
+        "user": { "uid": config.uid, "gid": config.gid },
+        "args": config.args,
+        "env": env,
+        "cwd": if config.cwd.is_empty() { "/" } else { &config.cwd },
+        "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
+        "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
+        "noNewPrivileges": true,
+    });
+    let rootfs = std::path::absolute(&config.rootfs).map_err(|e| bundle_err(e.to_string()))?;
+    spec["root"] = json!({ "path": rootfs, "readonly": config.read_only_rootfs });
+    spec["hostname"] = json!(config.hostname);
+
+    let mounts = spec["mounts"].as_array_mut().ok_or_else(|| bundle_err("default spec has no mounts".into()))?;
+    for mount in &config.mounts {
+        let mut options = vec!["rbind", "nosuid", "nodev"];
+        options.push(if mount.read_only { "ro" } else { "rw" });
+        if mount.tmpfs {
+            mounts.push(json!({
+                "destination": mount.destination, "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"],
+            }));
+        } else {
+            mounts.push(json!({
+                "destination": mount.destination, "type": "bind", "source": mount.source, "options": options,
+            }));
+        }
+    }
+
+    let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
+    let mut devices = Vec::new();
+    for device in &config.devices {
+        let meta = std::fs::metadata(&device.host_path)
+            .map_err(|e| bundle_err(format!("device {}: {e}", device.host_path)))?;
+        let kind = if meta.file_type().is_char_device() {
+            "c"
+        } else if meta.file_type().is_block_device() {
+            "b"
+        } else {
+            return Err(bundle_err(format!("{} is not a device node", device.host_path)));
+        };
+        let (major, minor) = device_numbers(meta.rdev());
+        devices.push(json!({
+            "path": device.container_path, "type": kind, "major": major, "minor": minor,
+            "fileMode": meta.mode() & 0o777, "uid": 0, "gid": 0,
+        }));
+        resources["devices"]
+            .as_array_mut()
+            .expect("built above")
+            .push(json!({ "allow": true, "type": kind, "major": major, "minor": minor, "access": "rwm" }));
+    }
+    if let Some(limit) = config.memory_limit_bytes {
+        resources["memory"] = json!({ "limit": limit });
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(limit) = config.cpu_limit_millis {
+        cpu.insert("quota".into(), json!((limit * CPU_PERIOD_US / 1000).max(1000)));
+        cpu.insert("period".into(), json!(CPU_PERIOD_US));
+    }
+    if let Some(request) = config.cpu_request_millis {
+        cpu.insert("shares".into(), json!(cpu_shares(request)));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if let Some(limit) = config.pids_limit {
+        resources["pids"] = json!({ "limit": limit });
+    }
+    let linux = spec["linux"].as_object_mut().ok_or_else(|| bundle_err("default spec has no linux".into()))?;
+    linux.insert("resources".into(), resources);
+    linux.insert("devices".into(), Value::Array(devices));
+    linux.insert("cgroupsPath".into(), json!(cgroup_path(&config.id)));
+    linux.insert(
+        "namespaces".into(),
+        json!([{ "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" }]),
+    );
+    // Validate against the typed spec: a field of the wrong shape fails here,
+    // not inside the container's init.
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
+        .map_err(|e| bundle_err(format!("invalid runtime spec: {e}")))?;
+    Ok(spec)
+}
+
+/// Writes `config.json` into `bundle` atomically (temp file, fsync, rename).
+pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<(), RuntimeError> {
+    let bundle_err = |reason: String| RuntimeError::Bundle { id: config.id.clone(), reason };
+    let spec = spec(config)?;
+    std::fs::create_dir_all(bundle).map_err(|e| bundle_err(format!("creating {}: {e}", bundle.display())))?;
+    let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| bundle_err(e.to_string()))?;
+    crate::persist::write_atomic(&bundle.join("config.json"), &bytes).map_err(|e| bundle_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::MountSpec;
+
+    pub(crate) fn config() -> ContainerConfig {
+        ContainerConfig {
+            id: "default_web-7f3a-0".into(),
+            hostname: "web-7f3a-0".into(),
+            rootfs: "/var/lib/flotilla/rootfs/web".into(),
+            args: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["MODE=fast".into()],
+            cwd: String::new(),
+            uid: 1000,
+            gid: 1000,
+            memory_limit_bytes: Some(64 << 20),
+            cpu_limit_millis: Some(500),
+            cpu_request_millis: Some(250),
+            pids_limit: Some(64),
+            read_only_rootfs: true,
+            mounts: vec![MountSpec {
+                source: "/var/lib/flotilla/volumes/cfg".into(),
+                destination: "/etc/app".into(),
+                read_only: true,
+                tmpfs: false,
+            }],
+            devices: vec![],
+            log_path: "/tmp/x.log".into(),
+        }
+    }
+
+    #[test]
+    fn limits_namespaces_and_privileges_are_in_the_spec() {
+        let spec = spec(&config()).unwrap();
+        let r = &spec["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 64 << 20);
+        assert_eq!(r["cpu"]["quota"], 50_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["cpu"]["shares"], 256);
+        assert_eq!(r["pids"]["limit"], 64);
+        assert_eq!(spec["linux"]["cgroupsPath"], "/flotilla/default_web-7f3a-0");
+        let namespaces: Vec<&str> =
+            spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert_eq!(namespaces, ["pid", "mount", "uts", "ipc"]);
+        assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
+        assert_eq!(spec["process"]["user"]["uid"], 1000);
+        assert_eq!(spec["root"]["readonly"], true);
+        assert_eq!(spec["hostname"], "web-7f3a-0");
+        assert!(spec["process"]["env"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().starts_with("PATH=")));
+        let volume = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/app").unwrap();
+        assert!(volume["options"].as_array().unwrap().contains(&json!("ro")));
+    }
+
+    #[test]
+    fn requested_devices_are_created_and_allowed() {
+        let mut config = config();
+        config
+            .devices
+            .push(crate::runtime::DeviceSpec { host_path: "/dev/null".into(), container_path: "/dev/sensor".into() });
+        let spec = spec(&config).unwrap();
+        let device = &spec["linux"]["devices"][0];
+        assert_eq!((device["path"].as_str(), device["type"].as_str()), (Some("/dev/sensor"), Some("c")));
+        assert_eq!((device["major"].as_i64(), device["minor"].as_i64()), (Some(1), Some(3)));
+        config.devices[0].host_path = "/etc/hostname".into();
+        assert!(matches!(super::spec(&config), Err(RuntimeError::Bundle { .. })));
+    }
+
+    #[test]
+    fn cpu_shares_follow_kubernetes() {
+        assert_eq!(cpu_shares(1000), 1024);
+        assert_eq!(cpu_shares(1), 2);
+    }
+}

@@ -1,0 +1,73 @@
+//! A recording runtime for reconciler tests (youki's `syscall/test.rs` idea):
+//! containers are entries in a map, processes "run" until told to exit.
+
+use std::collections::BTreeMap;
+
+use super::{ContainerConfig, ContainerState, ExitInfo, Runtime, RuntimeError, Status};
+
+/// The fake.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    /// Containers by id.
+    pub containers: BTreeMap<String, (ContainerConfig, ContainerState)>,
+    /// Every call, as `op id`.
+    pub calls: Vec<String>,
+    next_pid: i32,
+}
+
+impl FakeRuntime {
+    /// Makes a running container exit.
+    pub fn exit(&mut self, id: &str, exit: ExitInfo) {
+        if let Some((_, state)) = self.containers.get_mut(id) {
+            state.status = Status::Stopped;
+            state.pid = None;
+            state.exit = Some(exit);
+        }
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn create(&mut self, config: &ContainerConfig) -> Result<(), RuntimeError> {
+        self.calls.push(format!("create {}", config.id));
+        if self.containers.contains_key(&config.id) {
+            return Err(RuntimeError::AlreadyExists(config.id.clone()));
+        }
+        let state = ContainerState { id: config.id.clone(), status: Status::Created, pid: None, exit: None };
+        self.containers.insert(config.id.clone(), (config.clone(), state));
+        Ok(())
+    }
+
+    fn start(&mut self, id: &str) -> Result<i32, RuntimeError> {
+        self.calls.push(format!("start {id}"));
+        self.next_pid += 1;
+        let pid = 1000 + self.next_pid;
+        let (_, state) = self.containers.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        state.status = Status::Running;
+        state.pid = Some(pid);
+        Ok(pid)
+    }
+
+    fn kill(&mut self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        self.calls.push(format!("kill {id} {signal}"));
+        let (_, state) = self.containers.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if state.status == Status::Running {
+            state.status = Status::Stopped;
+            state.pid = None;
+            state.exit = Some(ExitInfo { code: Some(128 + signal), signal: Some(signal), oom_killed: false });
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, id: &str, _force: bool) -> Result<(), RuntimeError> {
+        self.calls.push(format!("delete {id}"));
+        self.containers.remove(id).map(|_| ()).ok_or_else(|| RuntimeError::NotFound(id.to_owned()))
+    }
+
+    fn state(&mut self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        Ok(self.containers.get(id).map(|(_, s)| s.clone()))
+    }
+
+    fn list(&mut self) -> Result<Vec<ContainerState>, RuntimeError> {
+        Ok(self.containers.values().map(|(_, s)| s.clone()).collect())
+    }
+}
