@@ -8,7 +8,12 @@
 //! - [`runtime`]: the container runtime trait, its libcontainer
 //!   implementation (in a helper process) and a fake for tests.
 //! - [`persist`]: crash-safe files.
+//! - [`workload`]: desired replicas -> container configs, volumes.
+//! - [`agent`]: the core: desired documents, reconcile, restart policy,
+//!   local state.
 
+pub mod agent;
 pub mod cli;
 pub mod persist;
 pub mod runtime;
+pub mod workload;

@@ -1,0 +1,475 @@
+//! The agent's core: accept desired-state documents, keep the containers
+//! matching them, restart by policy with back-off, and remember everything
+//! on local storage so that a reboot without network brings the same
+//! workloads back.
+//!
+//! Synchronous and clock-free (the caller passes `now_ms`), over any
+//! [`Runtime`]: the reconciler tests run on the fake runtime, the real agent
+//! on the libcontainer helper.
+//!
+//! Level-triggered: [`Agent::reconcile`] compares the whole desired
+//! document with what the runtime reports and moves one step. Nothing
+//! unchanged is restarted, because a container is identified by its replica
+//! id and replaced only when the hash of its spec changes.
+
+use std::collections::BTreeMap;
+
+use firmware_proto::{
+    DecodeError, DesiredDocument, Event, EventKind, Exit, ExitReason, NodeId, Phase, Readiness, ReplicaRef,
+    ReplicaStatus, RestartPolicy, Signature,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{ContainerState, ExitInfo, Runtime, RuntimeError, Status};
+use crate::workload::{Paths, WorkloadError, container_config, spec_hash};
+
+/// CrashLoopBackOff: the delay before restart n is `initial * 2^(n-1)`,
+/// capped; a container that ran for `reset_after_ms` starts over.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub initial_ms: u64,
+    /// Cap (Kubernetes: 5 minutes).
+    pub max_ms: u64,
+    /// Running this long resets the count (Kubernetes: 10 minutes).
+    pub reset_after_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial_ms: 1_000, max_ms: 300_000, reset_after_ms: 600_000 }
+    }
+}
+
+impl Backoff {
+    /// Delay before the `restarts`-th restart (1-based).
+    pub fn delay_ms(&self, restarts: u32) -> u64 {
+        let exp = restarts.saturating_sub(1).min(30);
+        self.initial_ms.saturating_mul(1 << exp).min(self.max_ms)
+    }
+}
+
+/// What the agent remembers about one replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Hash of the spec the container was created from.
+    pub spec_hash: u64,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// How the last run ended.
+    pub last_exit: Option<ExitInfo>,
+    /// Why the last run was ended by the agent, if it was (liveness).
+    pub ended_by_agent: Option<ExitReasonCode>,
+    /// When the current run started.
+    pub started_at_ms: u64,
+    /// Not before this time will it be started again.
+    pub backoff_until_ms: u64,
+    /// It ended and its policy says it stays ended.
+    pub finished: bool,
+    /// Last error preventing it from running (image missing...).
+    pub blocked: Option<String>,
+}
+
+/// Serializable mirror of [`ExitReason`] for the agent's own records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReasonCode {
+    /// A failing liveness probe.
+    LivenessFailed,
+}
+
+/// What is kept on disk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Persisted {
+    /// The last applied desired frame, verbatim (verified again on load).
+    desired_frame: Vec<u8>,
+    records: BTreeMap<String, Record>,
+}
+
+/// Why a desired document was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    /// Not a valid frame.
+    #[error("malformed desired document: {0}")]
+    Malformed(#[from] DecodeError),
+    /// For another node.
+    #[error("desired document for node {found}, this node is {expected}")]
+    WrongNode {
+        /// This node.
+        expected: String,
+        /// In the document.
+        found: String,
+    },
+    /// Signature does not verify with the pinned controller key.
+    #[error("desired document signature does not verify with the controller key: forged or corrupted")]
+    BadSignature,
+    /// Older than the one applied (a replay, or a stale retained message).
+    #[error("desired document generation {found} is older than the applied generation {applied}")]
+    Stale {
+        /// Applied.
+        applied: u64,
+        /// Offered.
+        found: u64,
+    },
+    /// Saving it failed (disk full).
+    #[error("saving the desired document: {0}")]
+    Storage(String),
+}
+
+/// Checks a controller signature over the authenticated bytes.
+pub type Verifier = Box<dyn Fn(&[u8], &Signature) -> bool + Send>;
+
+/// The agent.
+pub struct Agent<R: Runtime> {
+    runtime: R,
+    paths: Paths,
+    node_id: NodeId,
+    verify: Verifier,
+    backoff: Backoff,
+    desired: Option<DesiredDocument>,
+    persisted: Persisted,
+    /// Containers being stopped: id -> when to SIGKILL.
+    stopping: BTreeMap<String, u64>,
+    /// Events not yet sent.
+    outbox: Vec<Event>,
+}
+
+fn exit_of(info: &ExitInfo, by_agent: Option<ExitReasonCode>) -> Exit {
+    let reason = if by_agent == Some(ExitReasonCode::LivenessFailed) {
+        ExitReason::LivenessFailed
+    } else if info.oom_killed {
+        ExitReason::OomKilled
+    } else if info.signal.is_some() {
+        ExitReason::Signaled
+    } else {
+        ExitReason::Exited
+    };
+    Exit { code: info.code.unwrap_or(-1), reason }
+}
+
+impl<R: Runtime> Agent<R> {
+    /// An agent; loads the last applied document and records from disk.
+    pub fn new(runtime: R, paths: Paths, node_id: NodeId, verify: Verifier, backoff: Backoff) -> Self {
+        let mut agent = Agent {
+            runtime,
+            paths,
+            node_id,
+            verify,
+            backoff,
+            desired: None,
+            persisted: Persisted::default(),
+            stopping: BTreeMap::new(),
+            outbox: Vec::new(),
+        };
+        agent.load();
+        agent
+    }
+
+    fn load(&mut self) {
+        let path = self.paths.state_file();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read local state; starting empty");
+                return;
+            }
+        };
+        match postcard::from_bytes::<Persisted>(&bytes) {
+            Ok(persisted) => {
+                match self.check(&persisted.desired_frame) {
+                    Ok(document) => {
+                        tracing::info!(
+                            generation = document.generation,
+                            replicas = document.replicas.len(),
+                            "restored the last desired document from local state"
+                        );
+                        self.desired = Some(document);
+                    }
+                    Err(e) => tracing::error!(error = %e, "the stored desired document does not verify; ignoring it"),
+                }
+                self.persisted = persisted;
+            }
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "local state unreadable; starting empty"),
+        }
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let bytes = postcard::to_stdvec(&self.persisted).map_err(|e| e.to_string())?;
+        crate::persist::write_atomic(&self.paths.state_file(), &bytes).map_err(|e| e.to_string())
+    }
+
+    fn save_logged(&self) {
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "saving local state failed (disk full?); running on");
+        }
+    }
+
+    /// Decodes and verifies a frame without applying it.
+    fn check(&self, frame: &[u8]) -> Result<DesiredDocument, Rejected> {
+        let decoded = firmware_proto::decode_desired_frame(frame)?;
+        let view = decoded.frame;
+        if view.node_id != self.node_id {
+            return Err(Rejected::WrongNode { expected: self.node_id.to_string(), found: view.node_id.to_string() });
+        }
+        if !(self.verify)(decoded.authenticated, &view.signature) {
+            return Err(Rejected::BadSignature);
+        }
+        Ok(DesiredDocument::from(&view))
+    }
+
+    /// The generation applied, 0 if none.
+    pub fn generation(&self) -> u64 {
+        self.desired.as_ref().map_or(0, |d| d.generation)
+    }
+
+    /// Offers a desired-state frame (from MQTT or a file). Returns whether it
+    /// changed anything; a document equal to the applied one is accepted
+    /// and ignored (retained messages are redelivered on every reconnect).
+    pub fn offer_desired(&mut self, frame: &[u8]) -> Result<bool, Rejected> {
+        let document = self.check(frame)?;
+        let applied = self.generation();
+        if document.generation < applied || (document.generation == applied && frame != self.persisted.desired_frame) {
+            return Err(Rejected::Stale { applied, found: document.generation });
+        }
+        if document.generation == applied {
+            return Ok(false);
+        }
+        self.persisted.desired_frame = frame.to_vec();
+        self.save().map_err(Rejected::Storage)?;
+        tracing::info!(
+            generation = document.generation,
+            replicas = document.replicas.len(),
+            "applying desired document"
+        );
+        self.desired = Some(document);
+        Ok(true)
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The runtime (tests and benchmarks look inside).
+    pub fn runtime(&mut self) -> &mut R {
+        &mut self.runtime
+    }
+
+    fn event(&mut self, now_ms: u64, replica: &str, kind: EventKind) {
+        self.outbox.push(Event { at_unix_ms: now_ms, replica: firmware_proto::Name::new(replica).ok(), kind });
+    }
+
+    /// One step towards the desired document. Returns the number of runtime
+    /// actions taken.
+    pub fn reconcile(&mut self, now_ms: u64) -> Result<usize, RuntimeError> {
+        let mut actions = 0;
+        let running: BTreeMap<String, ContainerState> =
+            self.runtime.list()?.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let desired = self.desired.clone();
+        let replicas = desired.as_ref().map(|d| d.replicas.as_slice()).unwrap_or_default();
+        let config = desired.as_ref().map(|d| d.config.as_slice()).unwrap_or_default();
+        let mut changed = false;
+
+        // Stop what is no longer desired: SIGTERM, then SIGKILL after the grace period.
+        for (id, state) in &running {
+            if replicas.iter().any(|r| r.id.as_str() == id) {
+                continue;
+            }
+            actions += self.stop_step(id, state, now_ms, 10)?;
+            if state.status == Status::Stopped {
+                self.persisted.records.remove(id);
+                changed = true;
+            }
+        }
+
+        for spec in replicas {
+            let id = spec.id.as_str().to_owned();
+            let hash = spec_hash(spec, config);
+            let mut record = self.persisted.records.get(&id).cloned().unwrap_or_default();
+            let state = running.get(&id);
+
+            // A changed spec replaces the container (and starts a fresh history).
+            if let Some(state) = state
+                && record.spec_hash != hash
+                && record.spec_hash != 0
+            {
+                actions += self.stop_step(&id, state, now_ms, spec.termination_grace_s)?;
+                if state.status == Status::Stopped {
+                    self.persisted.records.insert(id.clone(), Record::default());
+                    changed = true;
+                }
+                continue;
+            }
+
+            match state.map(|s| s.status) {
+                Some(Status::Running) => {
+                    if record.spec_hash == 0 {
+                        // Re-adopted (agent restarted with a lost record): keep it.
+                        record.spec_hash = hash;
+                        record.started_at_ms = now_ms;
+                    }
+                    if record.restarts > 0 && now_ms.saturating_sub(record.started_at_ms) > self.backoff.reset_after_ms
+                    {
+                        record.restarts = 0;
+                    }
+                }
+                Some(Status::Created) => {
+                    self.runtime.start(&id)?;
+                    actions += 1;
+                    record.started_at_ms = now_ms;
+                    self.event(now_ms, &id, EventKind::Started);
+                }
+                Some(Status::Stopped) => {
+                    let state = state.expect("matched Some");
+                    let info = state.exit.unwrap_or(ExitInfo { code: None, signal: None, oom_killed: false });
+                    let exit = exit_of(&info, record.ended_by_agent.take());
+                    tracing::info!(replica = %id, code = exit.code, reason = ?exit.reason, "container exited");
+                    if exit.reason == ExitReason::OomKilled {
+                        let limit_bytes = spec.resources.memory_limit_bytes.unwrap_or(0);
+                        self.event(now_ms, &id, EventKind::OomKilled { limit_bytes });
+                    }
+                    self.event(now_ms, &id, EventKind::Exited(exit));
+                    record.last_exit = Some(info);
+                    let succeeded = exit.code == 0 && exit.reason == ExitReason::Exited;
+                    let restart = match spec.restart_policy {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => !succeeded,
+                        RestartPolicy::Never => false,
+                    };
+                    self.runtime.delete(&id, true)?;
+                    actions += 1;
+                    if restart {
+                        record.restarts += 1;
+                        record.backoff_until_ms = now_ms + self.backoff.delay_ms(record.restarts);
+                    } else {
+                        record.finished = true;
+                    }
+                }
+                None if record.finished && record.spec_hash == hash => {}
+                None if record.backoff_until_ms > now_ms => {}
+                None => match container_config(&self.paths, spec, config) {
+                    Err(e) => {
+                        let reason = e.to_string();
+                        if record.blocked.as_deref() != Some(&reason) {
+                            tracing::warn!(replica = %id, error = %reason, "cannot run replica");
+                            record.blocked = Some(reason);
+                            changed = true;
+                        }
+                        if matches!(e, WorkloadError::ImageMissing { .. }) {
+                            // Retried every pass: an image may arrive.
+                        }
+                    }
+                    Ok(container) => {
+                        if record.spec_hash != hash {
+                            record = Record { spec_hash: hash, ..Record::default() };
+                        }
+                        record.blocked = None;
+                        record.finished = false;
+                        match self.runtime.create(&container) {
+                            Ok(()) | Err(RuntimeError::AlreadyExists(_)) => {}
+                            Err(e) => {
+                                record.blocked = Some(e.to_string());
+                                self.persisted.records.insert(id.clone(), record);
+                                self.save_logged();
+                                return Err(e);
+                            }
+                        }
+                        self.runtime.start(&id)?;
+                        actions += 2;
+                        record.started_at_ms = now_ms;
+                        self.event(now_ms, &id, EventKind::Started);
+                        tracing::info!(replica = %id, restarts = record.restarts, "container started");
+                    }
+                },
+            }
+            if self.persisted.records.get(&id) != Some(&record) {
+                self.persisted.records.insert(id, record);
+                changed = true;
+            }
+        }
+        if changed || actions > 0 {
+            self.save_logged();
+        }
+        Ok(actions)
+    }
+
+    /// Moves a container towards stopped and deleted. Returns actions taken.
+    fn stop_step(
+        &mut self,
+        id: &str,
+        state: &ContainerState,
+        now_ms: u64,
+        grace_s: u16,
+    ) -> Result<usize, RuntimeError> {
+        match state.status {
+            Status::Stopped | Status::Created => {
+                self.stopping.remove(id);
+                match self.runtime.delete(id, true) {
+                    Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                tracing::info!(replica = %id, "container removed");
+                Ok(1)
+            }
+            Status::Running => match self.stopping.get(id) {
+                None => {
+                    self.runtime.kill(id, nix::sys::signal::Signal::SIGTERM as i32)?;
+                    self.stopping.insert(id.to_owned(), now_ms + u64::from(grace_s) * 1000);
+                    Ok(1)
+                }
+                Some(deadline) if *deadline <= now_ms => {
+                    self.runtime.kill(id, nix::sys::signal::Signal::SIGKILL as i32)?;
+                    Ok(1)
+                }
+                Some(_) => Ok(0),
+            },
+        }
+    }
+
+    /// Ends a running replica because its liveness probe failed; the restart
+    /// policy then applies on the next pass.
+    pub fn kill_for_liveness(&mut self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(record) = self.persisted.records.get_mut(id) {
+            record.ended_by_agent = Some(ExitReasonCode::LivenessFailed);
+        }
+        self.runtime.kill(id, nix::sys::signal::Signal::SIGKILL as i32)
+    }
+
+    /// Per-replica status for the heartbeat, in desired-document order.
+    pub fn replica_statuses(&mut self, now_ms: u64) -> Vec<ReplicaStatus> {
+        let running: BTreeMap<String, ContainerState> =
+            self.runtime.list().unwrap_or_default().into_iter().map(|s| (s.id.clone(), s)).collect();
+        let Some(desired) = &self.desired else { return Vec::new() };
+        desired
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(slot, spec)| {
+                let id = spec.id.as_str();
+                let record = self.persisted.records.get(id).cloned().unwrap_or_default();
+                let phase = match running.get(id).map(|s| s.status) {
+                    Some(Status::Running) => Phase::Running,
+                    Some(Status::Created) => Phase::Creating,
+                    _ if record.finished => match record.last_exit {
+                        Some(ExitInfo { code: Some(0), signal: None, .. }) => Phase::Succeeded,
+                        _ => Phase::Failed,
+                    },
+                    _ if record.backoff_until_ms > now_ms => Phase::CrashLoopBackOff,
+                    _ => Phase::Pending,
+                };
+                ReplicaStatus {
+                    replica: ReplicaRef::Slot(slot as u8),
+                    phase,
+                    restarts: record.restarts,
+                    last_exit: record.last_exit.map(|e| exit_of(&e, None)),
+                    readiness: Readiness::NoProbe,
+                    cpu_millis: 0,
+                    memory_kib: 0,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! The agent core on the fake runtime.
+
+use firmware_proto::samples;
+
+use super::*;
+use crate::runtime::fake::FakeRuntime;
+
+const GOOD: [u8; 64] = [9; 64];
+
+fn verifier() -> Verifier {
+    Box::new(|_, signature| signature.0 == GOOD)
+}
+
+fn frame(document: &DesiredDocument, signature: [u8; 64]) -> Vec<u8> {
+    firmware_proto::encode_desired_frame_to_vec(&document.as_state(), |_| firmware_proto::Bytes(signature)).unwrap()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths { data_dir: dir.path().to_owned() };
+        std::fs::create_dir_all(paths.image_rootfs(&samples::replica(0).image.digest.0)).unwrap();
+        Fixture { dir }
+    }
+
+    fn agent(&self, runtime: FakeRuntime) -> Agent<FakeRuntime> {
+        let paths = Paths { data_dir: self.dir.path().to_owned() };
+        let backoff = Backoff { initial_ms: 1_000, max_ms: 8_000, reset_after_ms: 60_000 };
+        Agent::new(runtime, paths, samples::node_id(), verifier(), backoff)
+    }
+}
+
+fn document(generation: u64, replicas: usize, policy: RestartPolicy) -> DesiredDocument {
+    let mut document = samples::desired(replicas);
+    document.generation = generation;
+    for replica in &mut document.replicas {
+        replica.restart_policy = policy;
+    }
+    document
+}
+
+#[test]
+fn a_document_starts_its_replicas_and_a_second_pass_changes_nothing() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    assert!(agent.offer_desired(&frame(&document(1, 3, RestartPolicy::Always), GOOD)).unwrap());
+    assert_eq!(agent.reconcile(0).unwrap(), 6, "create + start for each of 3");
+    assert_eq!(agent.reconcile(100).unwrap(), 0);
+    let started = agent.take_events().iter().filter(|e| e.kind == EventKind::Started).count();
+    assert_eq!(started, 3);
+    // The same document again (a retained redelivery) is a no-op.
+    assert!(!agent.offer_desired(&frame(&document(1, 3, RestartPolicy::Always), GOOD)).unwrap());
+    assert_eq!(agent.reconcile(200).unwrap(), 0);
+}
+
+#[test]
+fn forged_replayed_and_misaddressed_documents_are_rejected_and_change_nothing() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    agent.offer_desired(&frame(&document(5, 1, RestartPolicy::Always), GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    let forged = agent.offer_desired(&frame(&document(6, 0, RestartPolicy::Always), [1; 64]));
+    assert!(matches!(forged, Err(Rejected::BadSignature)), "{forged:?}");
+    let replay = agent.offer_desired(&frame(&document(4, 0, RestartPolicy::Always), GOOD));
+    assert!(matches!(replay, Err(Rejected::Stale { applied: 5, found: 4 })), "{replay:?}");
+    let mut other = document(7, 0, RestartPolicy::Always);
+    other.node_id = firmware_proto::Name::new("someone-else").unwrap();
+    assert!(matches!(agent.offer_desired(&frame(&other, GOOD)), Err(Rejected::WrongNode { .. })));
+    assert!(matches!(agent.offer_desired(b"\x01\x05garbage"), Err(Rejected::Malformed(_))));
+    assert!(matches!(agent.offer_desired(&[]), Err(Rejected::Malformed(_))));
+    // Still running generation 5's replica.
+    assert_eq!(agent.generation(), 5);
+    assert_eq!(agent.reconcile(10).unwrap(), 0);
+    assert_eq!(agent.runtime().containers.len(), 1);
+}
+
+#[test]
+fn always_restarts_with_exponential_back_off_and_never_leaves_it_stopped() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    let id = samples::replica(0).id.to_string();
+    let mut restarts_at = Vec::new();
+    let mut now = 0;
+    for _ in 0..5 {
+        agent.runtime().exit(&id, ExitInfo { code: Some(1), signal: None, oom_killed: false });
+        agent.reconcile(now).unwrap(); // sees the exit, schedules the restart
+        loop {
+            now += 250;
+            agent.reconcile(now).unwrap();
+            if agent.runtime().containers.contains_key(&id) {
+                restarts_at.push(now);
+                break;
+            }
+        }
+    }
+    let gaps: Vec<u64> = restarts_at.windows(2).map(|w| w[1] - w[0]).collect();
+    // Each run exits at once: restart n waits 1 s, 2 s, 4 s, then the cap (8 s here).
+    assert_eq!(restarts_at[0], 1_000);
+    assert_eq!(gaps, vec![2_000, 4_000, 8_000, 8_000], "{restarts_at:?}");
+    let status = &agent.replica_statuses(now)[0];
+    assert_eq!(status.restarts, 5);
+    assert_eq!(status.phase, Phase::Running);
+    let exits = agent.take_events().into_iter().filter(|e| matches!(e.kind, EventKind::Exited(_))).count();
+    assert_eq!(exits, 5);
+}
+
+#[test]
+fn on_failure_and_never_follow_their_policies_and_oom_is_reported() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let mut doc = document(1, 3, RestartPolicy::OnFailure);
+    doc.replicas[2].restart_policy = RestartPolicy::Never;
+    agent.offer_desired(&frame(&doc, GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    let ids: Vec<String> = doc.replicas.iter().map(|r| r.id.to_string()).collect();
+    agent.runtime().exit(&ids[0], ExitInfo { code: Some(0), signal: None, oom_killed: false });
+    agent.runtime().exit(&ids[1], ExitInfo { code: Some(137), signal: Some(9), oom_killed: true });
+    agent.runtime().exit(&ids[2], ExitInfo { code: Some(3), signal: None, oom_killed: false });
+    agent.reconcile(10).unwrap();
+    agent.reconcile(5_000).unwrap();
+    let running: Vec<&String> = agent.runtime().containers.keys().collect();
+    assert_eq!(running, vec![&ids[1]], "only the OOM-killed OnFailure replica restarts");
+    let statuses = agent.replica_statuses(5_000);
+    assert_eq!(statuses[0].phase, Phase::Succeeded);
+    assert_eq!(statuses[2].phase, Phase::Failed);
+    assert_eq!(statuses[1].last_exit.unwrap().reason, ExitReason::OomKilled);
+    let events = agent.take_events();
+    assert!(events.iter().any(|e| matches!(e.kind, EventKind::OomKilled { limit_bytes } if limit_bytes == 64 << 20)));
+}
+
+#[test]
+fn a_changed_replica_is_replaced_gracefully_and_a_removed_one_is_stopped() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    agent.offer_desired(&frame(&document(1, 2, RestartPolicy::Always), GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    let mut next = document(2, 1, RestartPolicy::Always);
+    next.replicas[0].env = firmware_proto::TextList::from_strs(["LINE=4"]).unwrap();
+    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    let calls_before = agent.runtime().calls.len();
+    agent.reconcile(1_000).unwrap();
+    let calls: Vec<String> = agent.runtime().calls[calls_before..].to_vec();
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-1 15")), "SIGTERM first: {calls:?}");
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0 15")), "{calls:?}");
+    // The fake stops on SIGTERM: the next pass deletes, the one after creates the new one.
+    agent.reconcile(1_100).unwrap();
+    agent.reconcile(1_200).unwrap();
+    let containers = &agent.runtime().containers;
+    assert_eq!(containers.keys().collect::<Vec<_>>(), ["sensor-1a2b-0"]);
+    assert_eq!(containers["sensor-1a2b-0"].0.env, vec!["LINE=4".to_owned()]);
+}
+
+#[test]
+fn after_a_restart_the_agent_keeps_running_containers_and_brings_back_missing_ones_from_disk() {
+    let f = Fixture::new();
+    let mut first = f.agent(FakeRuntime::default());
+    first.offer_desired(&frame(&document(3, 2, RestartPolicy::Always), GOOD)).unwrap();
+    first.reconcile(0).unwrap();
+    // Reboot: one container survived (re-adopted), the other is gone.
+    let mut runtime = std::mem::take(first.runtime());
+    drop(first);
+    runtime.containers.remove("sensor-1a2b-1");
+    runtime.calls.clear();
+    let mut second = f.agent(runtime);
+    assert_eq!(second.generation(), 3, "document restored without any network");
+    second.reconcile(10).unwrap();
+    let calls = &second.runtime().calls;
+    assert_eq!(calls, &vec!["create sensor-1a2b-1".to_owned(), "start sensor-1a2b-1".to_owned()]);
+}
+
+#[test]
+fn a_missing_image_blocks_only_its_replica_with_a_reason() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let mut doc = document(1, 2, RestartPolicy::Always);
+    doc.replicas[1].image.digest = firmware_proto::Bytes([1; 32]);
+    agent.offer_desired(&frame(&doc, GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    assert_eq!(agent.runtime().containers.len(), 1);
+    let blocked = agent.persisted.records["sensor-1a2b-1"].blocked.clone().unwrap();
+    assert!(blocked.contains("is not on this node"), "{blocked}");
+    assert_eq!(agent.replica_statuses(0)[1].phase, Phase::Pending);
+}
+
+#[test]
+fn back_off_doubles_and_caps() {
+    let b = Backoff { initial_ms: 1_000, max_ms: 300_000, reset_after_ms: 1 };
+    assert_eq!([1, 2, 3, 4].map(|n| b.delay_ms(n)), [1_000, 2_000, 4_000, 8_000]);
+    assert_eq!(b.delay_ms(20), 300_000);
+    assert_eq!(b.delay_ms(u32::MAX), 300_000);
+}
