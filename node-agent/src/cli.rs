@@ -17,8 +17,9 @@ pub struct Cli {
 /// The subcommands of `flotilla-agent`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Connect to the controller and run this node's workloads.
-    Run,
+    /// Run this node's workloads: apply signed desired documents, keep the
+    /// containers running, bring them back after a reboot from local state.
+    Run(crate::run::RunArgs),
     /// Print the wire protocol version and build facts, then exit.
     Info,
     /// Internal: the single-threaded process that runs libcontainer for the

@@ -4,7 +4,7 @@
 //! document with real containers and reports status.
 //!
 //! # Layout
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`run`]: the main loop.
 //! - [`runtime`]: the container runtime trait, its libcontainer
 //!   implementation (in a helper process) and a fake for tests.
 //! - [`persist`]: crash-safe files.
@@ -15,5 +15,6 @@
 pub mod agent;
 pub mod cli;
 pub mod persist;
+pub mod run;
 pub mod runtime;
 pub mod workload;

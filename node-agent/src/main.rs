@@ -25,8 +25,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::RuntimeHelper(args)) => {
             flotilla_agent::runtime::helper::serve(&args.state_dir, &args.bundles_dir)
         }
-        Some(Command::Run) | None => anyhow::bail!(
-            "not supported yet: the agent's control channel arrives with issue #8 (the container runtime is in place)"
-        ),
+        Some(Command::Run(args)) => flotilla_agent::run::run(args),
+        None => anyhow::bail!("no command given; see `flotilla-agent --help`"),
     }
 }

@@ -15,6 +15,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(target_pointer_width = "64")]
 use super::libcontainer::LibcontainerRuntime;
 use super::{ContainerConfig, ContainerState, Runtime, RuntimeError};
 
@@ -64,7 +65,17 @@ fn decode<T: for<'de> Deserialize<'de>>(mut frame: Vec<u8>) -> std::io::Result<T
     postcard::from_bytes_cobs(&mut frame).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Without libcontainer (32-bit builds) the helper refuses to start.
+#[cfg(not(target_pointer_width = "64"))]
+pub fn serve(_state_dir: &Path, _bundles_dir: &Path) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "not supported yet: running containers on 32-bit targets (libcontainer 0.7 does not build for them); \
+         use an aarch64 build of the agent"
+    )
+}
+
 /// The helper's main loop: serve requests until stdin closes.
+#[cfg(target_pointer_width = "64")]
 pub fn serve(state_dir: &Path, bundles_dir: &Path) -> anyhow::Result<()> {
     let mut runtime = LibcontainerRuntime::new(state_dir, bundles_dir)?;
     let stdin = std::io::stdin();

@@ -13,6 +13,7 @@
 pub mod bundle;
 pub mod fake;
 pub mod helper;
+#[cfg(target_pointer_width = "64")]
 pub mod libcontainer;
 
 use std::path::PathBuf;
