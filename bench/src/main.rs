@@ -7,6 +7,7 @@ mod api;
 mod msg_sizes;
 mod pack;
 mod sched;
+mod start;
 
 /// Flotilla's benchmarks. Each prints one JSON object per line on stdout;
 /// progress and notes go to stderr.
@@ -27,6 +28,8 @@ enum Bench {
     Pack(pack::PackArgs),
     /// Scheduler throughput on a large mixed fleet.
     Sched(sched::SchedArgs),
+    /// Time from a desired document to the container's process running, beside runc and an unshare floor (root).
+    Start(start::StartArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Bench::MsgSizes => msg_sizes::run(),
         Bench::Pack(args) => pack::run(args),
         Bench::Sched(args) => sched::run(args),
+        Bench::Start(args) => start::run(args),
     }
 }

@@ -185,24 +185,27 @@ impl Runtime for LibcontainerRuntime {
     }
 
     fn state(&mut self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
-        self.reap();
+        // Load, then reap: a process that ends in between is then both seen
+        // stopped and has its exit status recorded.
         match self.load(id) {
-            Ok(container) => Ok(Some(self.state_of(&container))),
+            Ok(container) => {
+                self.reap();
+                Ok(Some(self.state_of(&container)))
+            }
             Err(RuntimeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     fn list(&mut self) -> Result<Vec<ContainerState>, RuntimeError> {
-        self.reap();
         let entries = std::fs::read_dir(&self.state_dir).map_err(|e| RuntimeError::Helper(e.to_string()))?;
-        let mut states = Vec::new();
-        for entry in entries.flatten() {
-            let Some(id) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            if let Ok(container) = self.load(&id) {
-                states.push(self.state_of(&container));
-            }
-        }
+        let containers: Vec<Container> = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+            .filter_map(|id| self.load(&id).ok())
+            .collect();
+        self.reap(); // after loading, as in `state`
+        let mut states: Vec<ContainerState> = containers.iter().map(|c| self.state_of(c)).collect();
         states.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(states)
     }

@@ -1,0 +1,209 @@
+//! The real `flotilla-agent run` with real containers: it applies a signed
+//! desired document, survives `kill -9` without restarting its containers,
+//! and brings workloads back from local state with no controller.
+//!
+//! Needs root (CI runs as root); see node-agent/tests/containers.rs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey};
+use firmware_proto::{Bytes, DesiredDocument, Name, RestartPolicy, TextList, samples};
+use flotilla_agent::runtime::helper::HelperRuntime;
+use flotilla_agent::runtime::{ContainerState, Runtime, Status};
+use flotilla_e2e::binary;
+
+const NODE: &str = "e2e-node";
+const IMAGE: [u8; 32] = [0x5a; 32];
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    key_file: PathBuf,
+    desired_file: PathBuf,
+    signing: SigningKey,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn setup() -> Setup {
+    assert!(nix::unistd::geteuid().is_root(), "agent e2e tests need root (namespaces, cgroups)");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    // The image store's place for an unpacked image (pulls arrive with issue #7).
+    let rootfs = data.join("images").join(hex(&IMAGE)).join("rootfs");
+    for sub in ["bin", "proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("/bin/busybox (apt busybox-static)");
+    for applet in ["sh", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let signing = SigningKey::from_bytes(&[42; 32]);
+    let key_file = dir.path().join("controller.pub");
+    std::fs::write(&key_file, hex(signing.verifying_key().as_bytes())).unwrap();
+    let desired_file = dir.path().join("desired.bin");
+    Setup { data, key_file, desired_file, signing, _dir: dir }
+}
+
+fn document(generation: u64, replicas: usize) -> DesiredDocument {
+    let mut document = samples::desired(replicas);
+    document.node_id = Name::new(NODE).unwrap();
+    document.generation = generation;
+    for (i, replica) in document.replicas.iter_mut().enumerate() {
+        replica.id = Name::new(&format!("e2e-{}-{i}", std::process::id())).unwrap();
+        replica.image.digest = Bytes(IMAGE);
+        replica.command = TextList::from_strs(["/bin/sh", "-c"]).unwrap();
+        replica.args = TextList::from_strs(["cat /etc/sensor/sensor.toml; exec sleep 1000"]).unwrap();
+        replica.user = None;
+        replica.devices.clear();
+        replica.read_only_rootfs = false;
+        replica.readiness_probe = None;
+        replica.restart_policy = RestartPolicy::Always;
+    }
+    document
+}
+
+fn write_desired(setup: &Setup, document: &DesiredDocument) {
+    let frame = firmware_proto::encode_desired_frame_to_vec(&document.as_state(), |bytes| {
+        Bytes(setup.signing.sign(bytes).to_bytes())
+    })
+    .unwrap();
+    std::fs::write(&setup.desired_file, frame).unwrap();
+}
+
+/// Kills the agent when the test ends, even when it fails.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(setup: &Setup, with_desired_file: bool) -> AgentProcess {
+    let mut command = Command::new(binary("flotilla-agent").unwrap());
+    command
+        .args(["run", "--node-id", NODE, "--tick-ms", "100", "--data-dir"])
+        .arg(&setup.data)
+        .arg("--controller-key")
+        .arg(&setup.key_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if with_desired_file {
+        command.arg("--desired-file").arg(&setup.desired_file);
+    }
+    AgentProcess(command.spawn().unwrap())
+}
+
+fn observer(setup: &Setup) -> HelperRuntime {
+    let data = &setup.data;
+    HelperRuntime::new(&binary("flotilla-agent").unwrap(), &data.join("runtime"), &data.join("bundles"))
+}
+
+fn wait_running(runtime: &mut HelperRuntime, ids: &[String]) -> Vec<ContainerState> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let states = runtime.list().unwrap();
+        let running: Vec<ContainerState> = ids
+            .iter()
+            .filter_map(|id| states.iter().find(|s| &s.id == id && s.status == Status::Running).cloned())
+            .collect();
+        if running.len() == ids.len() {
+            return running;
+        }
+        assert!(Instant::now() < deadline, "not all running after 30 s: {states:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill9(agent: &mut AgentProcess) {
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+}
+
+fn cleanup(runtime: &mut HelperRuntime, ids: &[String]) {
+    for id in ids {
+        let _ = runtime.delete(id, true);
+    }
+}
+
+fn log_of(data: &Path, id: &str) -> String {
+    std::fs::read_to_string(data.join("logs").join(format!("{id}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn kill_9_and_restart_re_adopts_running_containers_and_an_offline_restart_brings_them_back() {
+    let setup = setup();
+    let document = document(1, 2);
+    let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
+    write_desired(&setup, &document);
+    let mut agent = start_agent(&setup, true);
+    let mut runtime = observer(&setup);
+    let first = wait_running(&mut runtime, &ids);
+    // The ConfigMap file from the document is mounted.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(log_of(&setup.data, &ids[0]).contains("threshold = 40"), "{}", log_of(&setup.data, &ids[0]));
+
+    // kill -9 of the agent, then a new agent with no controller and no file:
+    // the same processes keep running, nothing restarts.
+    kill9(&mut agent);
+    let mut agent = start_agent(&setup, false);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let after = wait_running(&mut runtime, &ids);
+    assert_eq!(
+        first.iter().map(|s| s.pid).collect::<Vec<_>>(),
+        after.iter().map(|s| s.pid).collect::<Vec<_>>(),
+        "re-adopted, not restarted"
+    );
+
+    // A "reboot": the agent and every container die; the agent comes back
+    // with the controller unreachable and restores the workloads from disk.
+    kill9(&mut agent);
+    for state in &after {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(state.pid.unwrap()), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime.list().unwrap().iter().any(|s| ids.contains(&s.id) && s.status == Status::Running) {
+        assert!(Instant::now() < deadline, "killed containers still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut agent = start_agent(&setup, false);
+    let back = wait_running(&mut runtime, &ids);
+    assert!(back.iter().zip(&after).all(|(b, a)| b.pid != a.pid), "new processes after the reboot");
+    kill9(&mut agent);
+    cleanup(&mut runtime, &ids);
+}
+
+#[test]
+fn forged_documents_are_refused_and_the_running_workloads_stay() {
+    let setup = setup();
+    let document = document(1, 1);
+    let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
+    write_desired(&setup, &document);
+    let mut agent = start_agent(&setup, true);
+    let mut runtime = observer(&setup);
+    let first = wait_running(&mut runtime, &ids);
+    // A document with no replicas, signed by someone else.
+    let mut forged = self::document(2, 0);
+    forged.replicas.clear();
+    let frame = firmware_proto::encode_desired_frame_to_vec(&forged.as_state(), |bytes| {
+        Bytes(SigningKey::from_bytes(&[7; 32]).sign(bytes).to_bytes())
+    })
+    .unwrap();
+    std::fs::write(&setup.desired_file, frame).unwrap();
+    // Garbage too: it must not crash the agent.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&setup.desired_file, b"\x01\x05 not a frame").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.0.try_wait().unwrap().is_none(), "the agent must keep running");
+    let still = wait_running(&mut runtime, &ids);
+    assert_eq!(still[0].pid, first[0].pid);
+    kill9(&mut agent);
+    cleanup(&mut runtime, &ids);
+}
