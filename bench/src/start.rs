@@ -455,33 +455,18 @@ fn desired_document(node: &firmware_proto::NodeId, id: &str, command: &[String])
     Ok(DesiredDocument { node_id: node.clone(), generation: 1, replicas: vec![replica], config: vec![] })
 }
 
-/// Replica -> container config. A stand-in for the agent's own mapping
-/// (image store, volumes, devices, defaults), which replaces this function
-/// when it lands; `rootfs` is the image, already unpacked on disk.
+/// Replica -> container config with the agent's own mapping
+/// (`flotilla_agent::workload`); `rootfs` is the image, already unpacked on
+/// disk, linked where the agent's image store keeps it.
 fn container_config(replica: &ReplicaSpec, rootfs: &Path, dir: &Path) -> anyhow::Result<ContainerConfig> {
-    let id = replica.id.as_str().to_owned();
-    let args: Vec<String> = replica.command.iter().chain(replica.args.iter()).map(str::to_owned).collect();
-    ensure!(!args.is_empty(), "replica {id}: no command (image entrypoints are not read by this benchmark)");
-    let user = replica.user.unwrap_or(User { uid: 0, gid: 0 });
-    let limits = replica.resources;
-    Ok(ContainerConfig {
-        hostname: id.clone(),
-        rootfs: rootfs.to_owned(),
-        args,
-        env: replica.env.iter().map(str::to_owned).collect(),
-        cwd: if replica.working_dir.is_empty() { "/".into() } else { replica.working_dir.as_str().into() },
-        uid: user.uid,
-        gid: user.gid,
-        memory_limit_bytes: limits.memory_limit_bytes,
-        cpu_limit_millis: limits.cpu_limit_millis.map(u64::from),
-        cpu_request_millis: Some(u64::from(limits.cpu_request_millis)),
-        pids_limit: limits.pids_limit.map(i64::from),
-        read_only_rootfs: replica.read_only_rootfs,
-        mounts: vec![],
-        devices: vec![],
-        log_path: dir.join("logs").join(format!("{id}.log")),
-        id,
-    })
+    let paths = flotilla_agent::workload::Paths { data_dir: dir.to_owned() };
+    let store = paths.image_rootfs(&replica.image.digest.0);
+    if !store.exists() {
+        std::fs::create_dir_all(store.parent().expect("rootfs has a parent"))?;
+        std::os::unix::fs::symlink(rootfs, &store)?;
+    }
+    flotilla_agent::workload::container_config(&paths, replica, &[])
+        .map_err(|e| anyhow::anyhow!("replica {}: {e}", replica.id))
 }
 
 /// Waits until the container writes `token` into the FIFO; returns the time

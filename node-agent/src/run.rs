@@ -86,7 +86,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
     let runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());
     let mut agent = Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default());
-    tracing::info!(node = %node_id, generation = agent.generation(), data_dir = %args.data_dir.display(), "agent started");
+    tracing::info!(
+        node = %node_id,
+        generation = agent.generation(),
+        data_dir = %args.data_dir.display(),
+        seccomp = crate::runtime::SECCOMP_AVAILABLE,
+        "agent started"
+    );
+    if !crate::runtime::SECCOMP_AVAILABLE {
+        tracing::warn!("built without seccomp: workloads asking for a seccomp profile will be refused");
+    }
     let mut seen_file: Option<(SystemTime, u64)> = None;
     loop {
         if let Some(file) = &args.desired_file

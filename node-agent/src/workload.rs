@@ -68,6 +68,9 @@ pub enum WorkloadError {
     /// A volume refers to a config object the document does not carry.
     #[error("volume {0} refers to a ConfigMap/Secret missing from the desired document")]
     MissingConfig(String),
+    /// The replica asks for a seccomp profile and this build cannot apply one.
+    #[error("the replica asks for the default seccomp profile but this agent was built without seccomp")]
+    SeccompUnavailable,
     /// A config file name tries to leave its directory.
     #[error("config file name {0:?} is not a plain file name")]
     BadFileName(String),
@@ -115,6 +118,10 @@ pub fn container_config(
     args.extend(spec.args.iter().map(str::to_owned));
     if spec.command.iter().next().is_none() {
         return Err(WorkloadError::NoCommand);
+    }
+    let seccomp = spec.seccomp == firmware_proto::Seccomp::RuntimeDefault;
+    if seccomp && !crate::runtime::SECCOMP_AVAILABLE {
+        return Err(WorkloadError::SeccompUnavailable);
     }
     let mut mounts = Vec::new();
     for volume in &spec.volumes {
@@ -177,6 +184,7 @@ pub fn container_config(
             .map(|d| DeviceSpec { host_path: d.host_path.to_string(), container_path: d.container_path.to_string() })
             .collect(),
         log_path: paths.log(&id),
+        seccomp,
     })
 }
 

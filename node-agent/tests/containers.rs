@@ -31,7 +31,7 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(rootfs.join(sub)).unwrap();
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "echo", "cat", "dd", "hostname", "ls", "true"] {
+    for applet in ["sh", "sleep", "echo", "cat", "dd", "hostname", "ls", "true", "grep"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     rootfs
@@ -75,6 +75,7 @@ impl Fixture {
             mounts: vec![],
             devices: vec![],
             log_path: self.dir.path().join("logs").join(format!("{id}.log")),
+            seccomp: true,
         }
     }
 
@@ -192,4 +193,22 @@ fn kill_delivers_signals_and_the_way_it_ended_is_reported() {
     let exit = f.wait_stopped(&stubborn.id).exit.unwrap();
     assert_eq!((exit.code, exit.signal, exit.oom_killed), (Some(128 + 9), Some(9), false));
     f.runtime.delete(&stubborn.id, false).unwrap();
+}
+
+#[test]
+fn the_default_seccomp_profile_is_applied_unless_the_replica_opts_out() {
+    if !can_run_containers() {
+        return;
+    }
+    let mut f = Fixture::new();
+    for (name, seccomp, expected) in [("seccomp", true, "Seccomp:\t2"), ("unconfined", false, "Seccomp:\t0")] {
+        let mut config = f.config(name, "grep Seccomp: /proc/self/status");
+        config.seccomp = seccomp;
+        f.run(&config);
+        let exit = f.wait_stopped(&config.id).exit.unwrap();
+        assert_eq!(exit.code, Some(0));
+        let log = std::fs::read_to_string(&config.log_path).unwrap();
+        assert!(log.contains(expected), "{name}: {log}");
+        f.runtime.delete(&config.id, false).unwrap();
+    }
 }

@@ -34,6 +34,61 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// Syscalls the default profile refuses with EPERM: those Docker's default
+/// profile leaves out of its allowlist (kernel modules, kexec, reboot,
+/// clock setting, mount namespaces, tracing other processes, keyrings, BPF,
+/// NUMA policy, swap...). Written as a denylist over a default of allow, so
+/// it does not need per-kernel maintenance; names that exist on both x86_64
+/// and aarch64 (libcontainer skips unknown names with a warning).
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "delete_module",
+    "finit_module",
+    "get_mempolicy",
+    "init_module",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "umount2",
+    "unshare",
+    "userfaultfd",
+];
+
+/// The default seccomp profile (OCI `linux.seccomp`).
+pub fn default_seccomp() -> Value {
+    let arch = if cfg!(target_arch = "aarch64") { "SCMP_ARCH_AARCH64" } else { "SCMP_ARCH_X86_64" };
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": [arch],
+        "syscalls": [{ "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
+    })
+}
+
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// CFS period used for cpu limits (the kernel's and Kubernetes' default).
@@ -134,6 +189,12 @@ pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
     linux.insert("resources".into(), resources);
     linux.insert("devices".into(), Value::Array(devices));
     linux.insert("cgroupsPath".into(), json!(cgroup_path(&config.id)));
+    if config.seccomp {
+        if !super::SECCOMP_AVAILABLE {
+            return Err(bundle_err("a seccomp profile is required but this agent was built without seccomp".into()));
+        }
+        linux.insert("seccomp".into(), default_seccomp());
+    }
     linux.insert(
         "namespaces".into(),
         json!([{ "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" }]),
@@ -186,6 +247,7 @@ mod tests {
             }],
             devices: vec![],
             log_path: "/tmp/x.log".into(),
+            seccomp: true,
         }
     }
 
@@ -207,6 +269,7 @@ mod tests {
         assert_eq!(spec["process"]["user"]["uid"], 1000);
         assert_eq!(spec["root"]["readonly"], true);
         assert_eq!(spec["hostname"], "web-7f3a-0");
+        assert_eq!(spec["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap().len(), DENIED_SYSCALLS.len());
         assert!(spec["process"]["env"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().starts_with("PATH=")));
         let volume = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/app").unwrap();
         assert!(volume["options"].as_array().unwrap().contains(&json!("ro")));

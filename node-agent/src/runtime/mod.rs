@@ -77,7 +77,13 @@ pub struct ContainerConfig {
     pub devices: Vec<DeviceSpec>,
     /// File receiving stdout and stderr (appended).
     pub log_path: PathBuf,
+    /// Apply the default seccomp profile ([`bundle::default_seccomp`]).
+    pub seccomp: bool,
 }
+
+/// Whether this build can apply seccomp profiles. When it cannot, workloads
+/// asking for one are refused: libcontainer would silently ignore it.
+pub const SECCOMP_AVAILABLE: bool = cfg!(all(feature = "seccomp", target_pointer_width = "64"));
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
