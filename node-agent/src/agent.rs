@@ -131,6 +131,8 @@ pub struct Agent<R: Runtime> {
     stopping: BTreeMap<String, u64>,
     /// Events not yet sent.
     outbox: Vec<Event>,
+    /// cgroup and node usage.
+    usage: crate::telemetry::UsageSampler,
 }
 
 fn exit_of(info: &ExitInfo, by_agent: Option<ExitReasonCode>) -> Exit {
@@ -159,6 +161,7 @@ impl<R: Runtime> Agent<R> {
             persisted: Persisted::default(),
             stopping: BTreeMap::new(),
             outbox: Vec::new(),
+            usage: crate::telemetry::UsageSampler::default(),
         };
         agent.load();
         agent
@@ -435,17 +438,47 @@ impl<R: Runtime> Agent<R> {
         self.runtime.kill(id, nix::sys::signal::Signal::SIGKILL as i32)
     }
 
+    /// The heartbeat: generation, node usage and every replica's status.
+    pub fn heartbeat(&mut self, now_ms: u64) -> firmware_proto::Status {
+        let node = self.usage.node();
+        let disk_free_mib = nix::sys::statvfs::statvfs(&self.paths.data_dir)
+            .map(|s| (s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20)) as u32)
+            .unwrap_or(0);
+        let mut replicas = heapless::Vec::new();
+        for status in self.replica_statuses(now_ms) {
+            // The document holds at most MAX_REPLICAS, so this always fits.
+            let _ = replicas.push(status);
+        }
+        firmware_proto::Status {
+            generation: self.generation(),
+            usage: firmware_proto::NodeUsage {
+                cpu_millis: node.cpu_millis,
+                memory_kib: u32::try_from(node.memory_bytes / 1024).unwrap_or(u32::MAX),
+                disk_free_mib,
+            },
+            replicas,
+        }
+    }
+
     /// Per-replica status for the heartbeat, in desired-document order.
     pub fn replica_statuses(&mut self, now_ms: u64) -> Vec<ReplicaStatus> {
         let running: BTreeMap<String, ContainerState> =
             self.runtime.list().unwrap_or_default().into_iter().map(|s| (s.id.clone(), s)).collect();
         let Some(desired) = &self.desired else { return Vec::new() };
+        let usage = &mut self.usage;
         desired
             .replicas
             .iter()
             .enumerate()
             .map(|(slot, spec)| {
                 let id = spec.id.as_str();
+                let sample = match running.get(id).map(|s| s.status) {
+                    Some(Status::Running) => usage.sample(id).unwrap_or_default(),
+                    _ => {
+                        usage.forget(id);
+                        crate::telemetry::Usage::default()
+                    }
+                };
                 let record = self.persisted.records.get(id).cloned().unwrap_or_default();
                 let phase = match running.get(id).map(|s| s.status) {
                     Some(Status::Running) => Phase::Running,
@@ -463,8 +496,8 @@ impl<R: Runtime> Agent<R> {
                     restarts: record.restarts,
                     last_exit: record.last_exit.map(|e| exit_of(&e, None)),
                     readiness: Readiness::NoProbe,
-                    cpu_millis: 0,
-                    memory_kib: 0,
+                    cpu_millis: sample.cpu_millis,
+                    memory_kib: u32::try_from(sample.memory_bytes / 1024).unwrap_or(u32::MAX),
                 }
             })
             .collect()

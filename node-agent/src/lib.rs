@@ -9,6 +9,7 @@
 //!   implementation (in a helper process) and a fake for tests.
 //! - [`persist`]: crash-safe files.
 //! - [`workload`]: desired replicas -> container configs, volumes.
+//! - [`telemetry`]: cgroup and node usage for heartbeats.
 //! - [`agent`]: the core: desired documents, reconcile, restart policy,
 //!   local state.
 
@@ -17,4 +18,5 @@ pub mod cli;
 pub mod persist;
 pub mod run;
 pub mod runtime;
+pub mod telemetry;
 pub mod workload;

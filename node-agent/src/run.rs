@@ -97,6 +97,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("built without seccomp: workloads asking for a seccomp profile will be refused");
     }
     let mut seen_file: Option<(SystemTime, u64)> = None;
+    let mut next_heartbeat = 0;
     loop {
         if let Some(file) = &args.desired_file
             && let Ok(meta) = std::fs::metadata(file)
@@ -116,6 +117,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if let Err(e) = agent.reconcile(now_ms()) {
             tracing::warn!(error = %e, "reconcile step failed; retrying");
+        }
+        let now = now_ms();
+        if now >= next_heartbeat {
+            // Published on nodes/{id}/status once the control channel exists (#8).
+            let heartbeat = agent.heartbeat(now);
+            tracing::debug!(?heartbeat, "heartbeat");
+            next_heartbeat = now + 10_000;
         }
         for event in agent.take_events() {
             // Published on nodes/{id}/events once the control channel exists (#8).

@@ -212,3 +212,25 @@ fn the_default_seccomp_profile_is_applied_unless_the_replica_opts_out() {
         f.runtime.delete(&config.id, false).unwrap();
     }
 }
+
+#[test]
+fn cgroup_usage_shows_a_busy_container_in_millicores_and_its_memory() {
+    if !can_run_containers() {
+        return;
+    }
+    let mut f = Fixture::new();
+    // One busy loop, capped at half a core by the cpu limit.
+    let mut config = f.config("busy", "while :; do :; done");
+    config.cpu_limit_millis = Some(500);
+    config.memory_limit_bytes = Some(64 << 20);
+    f.run(&config);
+    let mut sampler = flotilla_agent::telemetry::UsageSampler::default();
+    sampler.sample(&config.id).expect("cgroup readable");
+    std::thread::sleep(Duration::from_millis(1_000));
+    let usage = sampler.sample(&config.id).expect("cgroup readable");
+    assert!((300..=600).contains(&usage.cpu_millis), "expected ~500m under a 500m limit, got {usage:?}");
+    assert!(usage.memory_bytes > 0 && usage.memory_bytes < 64 << 20, "{usage:?}");
+    let node = sampler.node();
+    assert!(node.memory_bytes > 0, "{node:?}");
+    f.runtime.delete(&config.id, true).unwrap();
+}
