@@ -441,6 +441,8 @@ impl<R: Runtime> Agent<R> {
     /// The heartbeat: generation, node usage and every replica's status.
     pub fn heartbeat(&mut self, now_ms: u64) -> firmware_proto::Status {
         let node = self.usage.node();
+        // The statvfs field types are u32 on some 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
         let disk_free_mib = nix::sys::statvfs::statvfs(&self.paths.data_dir)
             .map(|s| (s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20)) as u32)
             .unwrap_or(0);

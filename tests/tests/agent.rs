@@ -49,12 +49,13 @@ fn setup() -> Setup {
     Setup { data, key_file, desired_file, signing, _dir: dir }
 }
 
-fn document(generation: u64, replicas: usize) -> DesiredDocument {
+/// Container ids are host-wide (cgroups are): each test uses its own.
+fn document(tag: &str, generation: u64, replicas: usize) -> DesiredDocument {
     let mut document = samples::desired(replicas);
     document.node_id = Name::new(NODE).unwrap();
     document.generation = generation;
     for (i, replica) in document.replicas.iter_mut().enumerate() {
-        replica.id = Name::new(&format!("e2e-{}-{i}", std::process::id())).unwrap();
+        replica.id = Name::new(&format!("e2e-{tag}-{}-{i}", std::process::id())).unwrap();
         replica.image.digest = Bytes(IMAGE);
         replica.command = TextList::from_strs(["/bin/sh", "-c"]).unwrap();
         replica.args = TextList::from_strs(["cat /etc/sensor/sensor.toml; exec sleep 1000"]).unwrap();
@@ -139,7 +140,7 @@ fn log_of(data: &Path, id: &str) -> String {
 #[test]
 fn kill_9_and_restart_re_adopts_running_containers_and_an_offline_restart_brings_them_back() {
     let setup = setup();
-    let document = document(1, 2);
+    let document = document("adopt", 1, 2);
     let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
     write_desired(&setup, &document);
     let mut agent = start_agent(&setup, true);
@@ -183,14 +184,14 @@ fn kill_9_and_restart_re_adopts_running_containers_and_an_offline_restart_brings
 #[test]
 fn forged_documents_are_refused_and_the_running_workloads_stay() {
     let setup = setup();
-    let document = document(1, 1);
+    let document = document("forged", 1, 1);
     let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
     write_desired(&setup, &document);
     let mut agent = start_agent(&setup, true);
     let mut runtime = observer(&setup);
     let first = wait_running(&mut runtime, &ids);
     // A document with no replicas, signed by someone else.
-    let mut forged = self::document(2, 0);
+    let mut forged = self::document("forged", 2, 0);
     forged.replicas.clear();
     let frame = firmware_proto::encode_desired_frame_to_vec(&forged.as_state(), |bytes| {
         Bytes(SigningKey::from_bytes(&[7; 32]).sign(bytes).to_bytes())
