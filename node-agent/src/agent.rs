@@ -20,6 +20,7 @@ use firmware_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::probe::ProbeTally;
 use crate::runtime::{ContainerState, ExitInfo, Runtime, RuntimeError, Status};
 use crate::workload::{Paths, WorkloadError, container_config, spec_hash};
 
@@ -58,8 +59,10 @@ pub struct Record {
     pub restarts: u32,
     /// How the last run ended.
     pub last_exit: Option<ExitInfo>,
-    /// Why the last run was ended by the agent, if it was (liveness).
+    /// Why the current run is being ended by the agent, if it is (liveness).
     pub ended_by_agent: Option<ExitReasonCode>,
+    /// Why the last run was ended by the agent, if it was.
+    pub last_ended_by_agent: Option<ExitReasonCode>,
     /// When the current run started.
     pub started_at_ms: u64,
     /// Not before this time will it be started again.
@@ -133,6 +136,16 @@ pub struct Agent<R: Runtime> {
     outbox: Vec<Event>,
     /// cgroup and node usage.
     usage: crate::telemetry::UsageSampler,
+    /// Probe tallies of running replicas, reset when a container starts.
+    probes: BTreeMap<String, Probes>,
+}
+
+/// The three probes of one running replica.
+#[derive(Debug, Clone, Default)]
+struct Probes {
+    startup: ProbeTally,
+    readiness: ProbeTally,
+    liveness: ProbeTally,
 }
 
 fn exit_of(info: &ExitInfo, by_agent: Option<ExitReasonCode>) -> Exit {
@@ -162,6 +175,7 @@ impl<R: Runtime> Agent<R> {
             stopping: BTreeMap::new(),
             outbox: Vec::new(),
             usage: crate::telemetry::UsageSampler::default(),
+            probes: BTreeMap::new(),
         };
         agent.load();
         agent
@@ -306,6 +320,8 @@ impl<R: Runtime> Agent<R> {
 
             match state.map(|s| s.status) {
                 Some(Status::Running) => {
+                    // Re-adopted after an agent restart: probes count from now.
+                    self.probes.entry(id.clone()).or_insert_with(|| Probes::started(now_ms));
                     if record.spec_hash == 0 {
                         // Re-adopted (agent restarted with a lost record): keep it.
                         record.spec_hash = hash;
@@ -320,12 +336,14 @@ impl<R: Runtime> Agent<R> {
                     self.runtime.start(&id)?;
                     actions += 1;
                     record.started_at_ms = now_ms;
+                    self.probes.insert(id.clone(), Probes::started(now_ms));
                     self.event(now_ms, &id, EventKind::Started);
                 }
                 Some(Status::Stopped) => {
                     let state = state.expect("matched Some");
                     let info = state.exit.unwrap_or(ExitInfo { code: None, signal: None, oom_killed: false });
-                    let exit = exit_of(&info, record.ended_by_agent.take());
+                    record.last_ended_by_agent = record.ended_by_agent.take();
+                    let exit = exit_of(&info, record.last_ended_by_agent);
                     tracing::info!(replica = %id, code = exit.code, reason = ?exit.reason, "container exited");
                     if exit.reason == ExitReason::OomKilled {
                         let limit_bytes = spec.resources.memory_limit_bytes.unwrap_or(0);
@@ -380,6 +398,7 @@ impl<R: Runtime> Agent<R> {
                         self.runtime.start(&id)?;
                         actions += 2;
                         record.started_at_ms = now_ms;
+                        self.probes.insert(id.clone(), Probes::started(now_ms));
                         self.event(now_ms, &id, EventKind::Started);
                         tracing::info!(replica = %id, restarts = record.restarts, "container started");
                     }
@@ -462,6 +481,66 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
+    /// Runs the probes that are due. A failed startup or liveness probe ends
+    /// the container (the restart policy then applies); readiness is
+    /// reported in the status. Returns the number of probes run.
+    pub fn probe(&mut self, now_ms: u64) -> usize {
+        let Some(desired) = self.desired.clone() else { return 0 };
+        let mut ran = 0;
+        for spec in &desired.replicas {
+            let id = spec.id.as_str();
+            let Some(mut tallies) = self.probes.get(id).cloned() else { continue };
+            let started = spec.startup_probe.as_ref().is_none_or(|_| tallies.startup.passing == Some(true));
+            let mut failed: Option<(firmware_proto::ProbeKind, u32)> = None;
+            if let Some(probe) = spec.startup_probe.as_ref().filter(|_| !started)
+                && tallies.startup.due(probe, now_ms)
+            {
+                ran += 1;
+                let ok = crate::probe::run(probe, id, &mut self.runtime);
+                if tallies.startup.record(probe, now_ms, ok) == Some(false) {
+                    failed = Some((firmware_proto::ProbeKind::Startup, tallies.startup.failures));
+                }
+            }
+            if started {
+                if let Some(probe) = &spec.readiness_probe
+                    && tallies.readiness.due(probe, now_ms)
+                {
+                    ran += 1;
+                    let ok = crate::probe::run(probe, id, &mut self.runtime);
+                    let before = tallies.readiness.passing;
+                    if tallies.readiness.record(probe, now_ms, ok) == Some(false) && before != Some(false) {
+                        let kind = firmware_proto::ProbeKind::Readiness;
+                        let failures = u16::try_from(tallies.readiness.failures).unwrap_or(u16::MAX);
+                        let reason = "readiness probe failed".try_into().unwrap_or_default();
+                        self.event(now_ms, id, EventKind::ProbeFailed { probe: kind, failures, reason });
+                    }
+                }
+                if let Some(probe) = &spec.liveness_probe
+                    && tallies.liveness.due(probe, now_ms)
+                {
+                    ran += 1;
+                    let ok = crate::probe::run(probe, id, &mut self.runtime);
+                    if tallies.liveness.record(probe, now_ms, ok) == Some(false) {
+                        failed = Some((firmware_proto::ProbeKind::Liveness, tallies.liveness.failures));
+                    }
+                }
+            }
+            if let Some((kind, failures)) = failed {
+                tracing::warn!(replica = %id, probe = ?kind, failures, "probe failed; restarting the container");
+                let failures = u16::try_from(failures).unwrap_or(u16::MAX);
+                let reason = "probe failed; container killed".try_into().unwrap_or_default();
+                self.event(now_ms, id, EventKind::ProbeFailed { probe: kind, failures, reason });
+                if let Err(e) = self.kill_for_liveness(id) {
+                    tracing::warn!(replica = %id, error = %e, "killing after a failed probe");
+                }
+                self.probes.remove(id);
+            } else {
+                self.probes.insert(id.to_owned(), tallies);
+            }
+        }
+        ran
+    }
+
     /// Per-replica status for the heartbeat, in desired-document order.
     pub fn replica_statuses(&mut self, now_ms: u64) -> Vec<ReplicaStatus> {
         let running: BTreeMap<String, ContainerState> =
@@ -496,13 +575,28 @@ impl<R: Runtime> Agent<R> {
                     replica: ReplicaRef::Slot(slot as u8),
                     phase,
                     restarts: record.restarts,
-                    last_exit: record.last_exit.map(|e| exit_of(&e, None)),
-                    readiness: Readiness::NoProbe,
+                    last_exit: record.last_exit.map(|e| exit_of(&e, record.last_ended_by_agent)),
+                    readiness: match (&spec.readiness_probe, self.probes.get(id)) {
+                        (None, _) => Readiness::NoProbe,
+                        (Some(_), Some(p)) if p.readiness.passing == Some(true) => Readiness::Ready,
+                        (Some(_), Some(p)) if p.readiness.passing == Some(false) => Readiness::NotReady,
+                        (Some(_), _) => Readiness::Starting,
+                    },
                     cpu_millis: sample.cpu_millis,
                     memory_kib: u32::try_from(sample.memory_bytes / 1024).unwrap_or(u32::MAX),
                 }
             })
             .collect()
+    }
+}
+
+impl Probes {
+    fn started(now_ms: u64) -> Self {
+        Probes {
+            startup: ProbeTally::new(now_ms),
+            readiness: ProbeTally::new(now_ms),
+            liveness: ProbeTally::new(now_ms),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //!   implementation (in a helper process) and a fake for tests.
 //! - [`persist`]: crash-safe files.
 //! - [`workload`]: desired replicas -> container configs, volumes.
+//! - [`probe`]: startup, readiness and liveness probes.
 //! - [`telemetry`]: cgroup and node usage for heartbeats.
 //! - [`agent`]: the core: desired documents, reconcile, restart policy,
 //!   local state.
@@ -16,6 +17,7 @@
 pub mod agent;
 pub mod cli;
 pub mod persist;
+pub mod probe;
 pub mod run;
 pub mod runtime;
 pub mod telemetry;

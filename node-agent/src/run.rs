@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// MQTT broker of the controller (not supported yet: issue #8).
     #[arg(long, env = "FLOTILLA_MQTT_URL")]
     pub mqtt_url: Option<String>,
+    /// Where the latest status (the heartbeat, as JSON) is written for local
+    /// tools; tmpfs by default so that flash storage is not worn.
+    #[arg(long, default_value = "/run/flotilla-agent/status.json")]
+    pub status_file: PathBuf,
     /// How often the containers are compared with the desired state.
     #[arg(long, default_value_t = 500)]
     pub tick_ms: u64,
@@ -73,6 +77,20 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+fn write_status(path: &Path, status: &firmware_proto::Status) {
+    let result = serde_json::to_vec_pretty(status).map_err(std::io::Error::other).and_then(|json| {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let temp = path.with_extension("json.tmp");
+        std::fs::write(&temp, json)?;
+        std::fs::rename(&temp, path)
+    });
+    if let Err(e) = result {
+        tracing::debug!(path = %path.display(), error = %e, "cannot write the status file");
+    }
+}
+
 /// Runs until killed. Containers keep running when the agent stops.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.mqtt_url {
@@ -98,6 +116,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut seen_file: Option<(SystemTime, u64)> = None;
     let mut next_heartbeat = 0;
+    let mut last_phases = Vec::new();
     loop {
         if let Some(file) = &args.desired_file
             && let Ok(meta) = std::fs::metadata(file)
@@ -118,12 +137,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Err(e) = agent.reconcile(now_ms()) {
             tracing::warn!(error = %e, "reconcile step failed; retrying");
         }
+        agent.probe(now_ms());
         let now = now_ms();
-        if now >= next_heartbeat {
+        let phases: Vec<_> =
+            agent.replica_statuses(now).into_iter().map(|r| (r.phase, r.restarts, r.readiness)).collect();
+        if now >= next_heartbeat || phases != last_phases {
             // Published on nodes/{id}/status once the control channel exists (#8).
             let heartbeat = agent.heartbeat(now);
             tracing::debug!(?heartbeat, "heartbeat");
+            write_status(&args.status_file, &heartbeat);
             next_heartbeat = now + 10_000;
+            last_phases = phases;
         }
         for event in agent.take_events() {
             // Published on nodes/{id}/events once the control channel exists (#8).

@@ -91,6 +91,8 @@ fn start_agent(setup: &Setup, with_desired_file: bool) -> AgentProcess {
     command
         .args(["run", "--node-id", NODE, "--tick-ms", "100", "--data-dir"])
         .arg(&setup.data)
+        .arg("--status-file")
+        .arg(setup.data.join("status.json"))
         .arg("--controller-key")
         .arg(&setup.key_file)
         .stdout(Stdio::null())
@@ -206,5 +208,42 @@ fn forged_documents_are_refused_and_the_running_workloads_stay() {
     let still = wait_running(&mut runtime, &ids);
     assert_eq!(still[0].pid, first[0].pid);
     kill9(&mut agent);
+    cleanup(&mut runtime, &ids);
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_the_container_and_the_status_says_why() {
+    let setup = setup();
+    let mut document = document("liveness", 1, 1);
+    // Healthy for about a second, then the probe's file disappears.
+    document.replicas[0].args =
+        TextList::from_strs(["touch /tmp/healthy; sleep 1; rm /tmp/healthy; exec sleep 1000"]).unwrap();
+    document.replicas[0].liveness_probe = Some(firmware_proto::Probe {
+        action: firmware_proto::ProbeAction::Exec { command: TextList::from_strs(["cat", "/tmp/healthy"]).unwrap() },
+        initial_delay_s: 0,
+        period_s: 1,
+        timeout_s: 1,
+        success_threshold: 1,
+        failure_threshold: 1,
+    });
+    let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
+    write_desired(&setup, &document);
+    let _agent = start_agent(&setup, true);
+    let mut runtime = observer(&setup);
+    let first = wait_running(&mut runtime, &ids);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let text = std::fs::read_to_string(setup.data.join("status.json")).unwrap_or_default();
+        if let Ok(status) = serde_json::from_str::<serde_json::Value>(&text)
+            && status["replicas"][0]["restarts"].as_u64() >= Some(1)
+        {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no restart after the liveness probe failed: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["replicas"][0]["last_exit"]["reason"], "LivenessFailed", "{status}");
+    let again = wait_running(&mut runtime, &ids);
+    assert_ne!(again[0].pid, first[0].pid, "a new process");
     cleanup(&mut runtime, &ids);
 }

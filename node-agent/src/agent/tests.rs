@@ -195,3 +195,39 @@ fn back_off_doubles_and_caps() {
     assert_eq!(b.delay_ms(20), 300_000);
     assert_eq!(b.delay_ms(u32::MAX), 300_000);
 }
+
+#[test]
+fn a_failing_liveness_probe_kills_and_restarts_the_container_and_says_why() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let mut doc = document(1, 1, RestartPolicy::Always);
+    doc.replicas[0].readiness_probe = None;
+    doc.replicas[0].liveness_probe = Some(firmware_proto::Probe {
+        action: firmware_proto::ProbeAction::Exec {
+            command: firmware_proto::TextList::from_strs(["cat", "/tmp/healthy"]).unwrap(),
+        },
+        initial_delay_s: 0,
+        period_s: 1,
+        timeout_s: 1,
+        success_threshold: 1,
+        failure_threshold: 2,
+    });
+    agent.offer_desired(&frame(&doc, GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    let id = doc.replicas[0].id.to_string();
+    assert_eq!(agent.probe(0), 1);
+    agent.runtime().exec_results.insert(id.clone(), Some(1));
+    assert_eq!(agent.probe(500), 0, "not due before the period");
+    agent.probe(1_000);
+    assert!(agent.runtime().calls.iter().all(|c| !c.starts_with("kill")), "one failure is below the threshold");
+    agent.probe(2_000);
+    assert!(agent.runtime().calls.iter().any(|c| c == &format!("kill {id} 9")), "{:?}", agent.runtime().calls);
+    agent.reconcile(2_100).unwrap();
+    agent.reconcile(3_200).unwrap();
+    let status = &agent.replica_statuses(3_200)[0];
+    assert_eq!(status.restarts, 1);
+    assert_eq!(status.last_exit.unwrap().reason, ExitReason::LivenessFailed);
+    assert_eq!(status.phase, Phase::Running);
+    let events = agent.take_events();
+    assert!(events.iter().any(|e| matches!(e.kind, EventKind::ProbeFailed { .. })));
+}

@@ -12,6 +12,8 @@ pub struct FakeRuntime {
     pub containers: BTreeMap<String, (ContainerConfig, ContainerState)>,
     /// Every call, as `op id`.
     pub calls: Vec<String>,
+    /// Exit code exec returns per container (default 0).
+    pub exec_results: BTreeMap<String, Option<i32>>,
     next_pid: i32,
 }
 
@@ -69,5 +71,10 @@ impl Runtime for FakeRuntime {
 
     fn list(&mut self) -> Result<Vec<ContainerState>, RuntimeError> {
         Ok(self.containers.values().map(|(_, s)| s.clone()).collect())
+    }
+
+    fn exec(&mut self, id: &str, args: &[String], _timeout_ms: u64) -> Result<Option<i32>, RuntimeError> {
+        self.calls.push(format!("exec {id} {}", args.join(" ")));
+        Ok(self.exec_results.get(id).copied().unwrap_or(Some(0)))
     }
 }

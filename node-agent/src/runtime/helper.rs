@@ -31,6 +31,7 @@ enum Request {
     Delete(String, bool),
     State(String),
     List,
+    Exec(String, Vec<String>, u64),
 }
 
 /// The helper's answer.
@@ -40,6 +41,7 @@ enum Response {
     Started(i32),
     State(Option<ContainerState>),
     List(Vec<ContainerState>),
+    Exited(Option<i32>),
     Failed(RuntimeError),
 }
 
@@ -94,6 +96,7 @@ pub fn serve(state_dir: &Path, bundles_dir: &Path) -> anyhow::Result<()> {
                     Request::Delete(id, force) => runtime.delete(&id, force).map(|()| Response::Done),
                     Request::State(id) => runtime.state(&id).map(Response::State),
                     Request::List => runtime.list().map(Response::List),
+                    Request::Exec(id, args, timeout_ms) => runtime.exec(&id, &args, timeout_ms).map(Response::Exited),
                 };
                 result.unwrap_or_else(Response::Failed)
             }
@@ -240,6 +243,19 @@ impl Runtime for HelperRuntime {
     fn list(&mut self) -> Result<Vec<ContainerState>, RuntimeError> {
         match self.call(Request::List)? {
             Response::List(states) => Ok(states),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn exec(&mut self, id: &str, args: &[String], timeout_ms: u64) -> Result<Option<i32>, RuntimeError> {
+        self.exec_call(id, args, timeout_ms)
+    }
+}
+
+impl HelperRuntime {
+    fn exec_call(&mut self, id: &str, args: &[String], timeout_ms: u64) -> Result<Option<i32>, RuntimeError> {
+        match self.call(Request::Exec(id.to_owned(), args.to_vec(), timeout_ms))? {
+            Response::Exited(code) => Ok(code),
             other => Err(unexpected(other)),
         }
     }

@@ -168,6 +168,10 @@ pub trait Runtime {
     fn state(&mut self, id: &str) -> Result<Option<ContainerState>, RuntimeError>;
     /// Every container in the state directory (re-adoption after a restart).
     fn list(&mut self) -> Result<Vec<ContainerState>, RuntimeError>;
+    /// Runs a command inside a running container's namespaces and cgroup
+    /// (exec probes). Returns its exit code, or `None` if it was killed at
+    /// the timeout.
+    fn exec(&mut self, id: &str, args: &[String], timeout_ms: u64) -> Result<Option<i32>, RuntimeError>;
 }
 
 /// Where cgroups live: the agent's containers are grouped under one parent.
