@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod api;
+mod footprint;
 mod msg_sizes;
 mod pack;
 mod sched;
@@ -22,6 +23,8 @@ struct Cli {
 enum Bench {
     /// Controller API: apply latency, bulk load and listing 10,000 objects, on a real server process.
     Api(api::ApiArgs),
+    /// The agent's binary size (aarch64) and idle RSS with 5 running containers.
+    Footprint(footprint::FootprintArgs),
     /// Encoded size of the wire messages (heartbeats with 0, 4 and 16 replicas, ...).
     MsgSizes,
     /// Run the scheduler on bin-packing instances (BPPLIB 1-D or 2-D text files).
@@ -35,6 +38,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(args) => api::run(args),
+        Bench::Footprint(args) => footprint::run(args),
         Bench::MsgSizes => msg_sizes::run(),
         Bench::Pack(args) => pack::run(args),
         Bench::Sched(args) => sched::run(args),

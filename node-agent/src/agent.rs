@@ -541,6 +541,17 @@ impl<R: Runtime> Agent<R> {
         ran
     }
 
+    /// Keeps every desired replica's log file within its limits.
+    pub fn rotate_logs(&self, limits: crate::logs::LogLimits) {
+        let Some(desired) = &self.desired else { return };
+        for spec in &desired.replicas {
+            let path = self.paths.log(spec.id.as_str());
+            if let Err(e) = crate::logs::rotate_if_needed(&path, limits) {
+                tracing::warn!(log = %path.display(), error = %e, "rotating a container log failed");
+            }
+        }
+    }
+
     /// Per-replica status for the heartbeat, in desired-document order.
     pub fn replica_statuses(&mut self, now_ms: u64) -> Vec<ReplicaStatus> {
         let running: BTreeMap<String, ContainerState> =

@@ -7,7 +7,7 @@
 //! - [`cli`]: the command line; [`run`]: the main loop.
 //! - [`runtime`]: the container runtime trait, its libcontainer
 //!   implementation (in a helper process) and a fake for tests.
-//! - [`persist`]: crash-safe files.
+//! - [`persist`]: crash-safe files; [`logs`]: bounded container logs.
 //! - [`workload`]: desired replicas -> container configs, volumes.
 //! - [`probe`]: startup, readiness and liveness probes.
 //! - [`telemetry`]: cgroup and node usage for heartbeats.
@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod logs;
 pub mod persist;
 pub mod probe;
 pub mod run;

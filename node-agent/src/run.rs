@@ -146,6 +146,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let heartbeat = agent.heartbeat(now);
             tracing::debug!(?heartbeat, "heartbeat");
             write_status(&args.status_file, &heartbeat);
+            agent.rotate_logs(crate::logs::LogLimits::default());
             next_heartbeat = now + 10_000;
             last_phases = phases;
         }
