@@ -64,7 +64,7 @@ mod tests {
         let mut writer = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
         let limits = LogLimits { max_bytes: 100, keep: 2 };
         for round in 0..3 {
-            writer.write_all(&vec![b'a' + round; 150]).unwrap();
+            writer.write_all(&[b'a' + round; 150]).unwrap();
             assert!(rotate_if_needed(&path, limits).unwrap());
         }
         writer.write_all(b"after").unwrap();
