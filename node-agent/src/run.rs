@@ -109,6 +109,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         generation = agent.generation(),
         data_dir = %args.data_dir.display(),
         seccomp = crate::runtime::SECCOMP_AVAILABLE,
+        cgroups = if cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode() { "v2" } else { "v1 (hybrid or legacy)" },
         "agent started"
     );
     if !crate::runtime::SECCOMP_AVAILABLE {
