@@ -216,29 +216,45 @@ fn status_op<T: serde::Serialize + PartialEq + serde::de::DeserializeOwned + Def
     }
 }
 
+/// Makes the replicas of `owner` exactly `desired` (name -> node it is bound
+/// to, if preset): deletes the others, creates the missing. Returns the
+/// desired replicas that exist and how many of them are ready.
+fn converge(
+    owner: &ApiObject,
+    template: &PodTemplate,
+    hash: &str,
+    owned: &[&ApiObject],
+    desired: &BTreeMap<String, Option<String>>,
+    ops: &mut Vec<Op>,
+) -> (u32, u32) {
+    for pod in owned {
+        if !desired.contains_key(&pod.metadata.name) {
+            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
+        }
+    }
+    let existing: BTreeSet<&str> = owned.iter().map(|p| p.metadata.name.as_str()).collect();
+    for (name, node) in desired {
+        if !existing.contains(name.as_str()) {
+            ops.push(Op::Create(replica(owner, template, hash, name.clone(), node.as_deref())));
+        }
+    }
+    let current: Vec<_> = owned.iter().filter(|p| desired.contains_key(&p.metadata.name)).collect();
+    let ready = current.iter().filter(|p| p.status::<PodStatus>().is_ready()).count();
+    (current.len() as u32, ready as u32)
+}
+
 fn reconcile_deployment(deployment: &ApiObject, pods: &[ApiObject], ops: &mut Vec<Op>) {
     let Some(spec) = deployment.spec::<DeploymentSpec>() else { return };
     let hash = template_hash(&spec.template);
     let wanted = spec.replicas.unwrap_or(1).max(0) as u32;
     let owned = owned_by(deployment, pods);
-    let desired: BTreeSet<String> = (0..wanted).map(|i| format!("{}-{hash}-{i}", deployment.metadata.name)).collect();
-    for pod in &owned {
-        if !desired.contains(&pod.metadata.name) {
-            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
-        }
-    }
-    let existing: BTreeSet<&str> = owned.iter().map(|p| p.metadata.name.as_str()).collect();
-    for name in &desired {
-        if !existing.contains(name.as_str()) {
-            ops.push(Op::Create(replica(deployment, &spec.template, &hash, name.clone(), None)));
-        }
-    }
-    let current: Vec<_> = owned.iter().filter(|p| desired.contains(&p.metadata.name)).collect();
+    let desired = (0..wanted).map(|i| (format!("{}-{hash}-{i}", deployment.metadata.name), None)).collect();
+    let (updated, ready) = converge(deployment, &spec.template, &hash, &owned, &desired, ops);
     let status = DeploymentStatus {
         observed_generation: deployment.metadata.generation,
         replicas: owned.len() as u32,
-        updated_replicas: current.len() as u32,
-        ready_replicas: current.iter().filter(|p| p.status::<PodStatus>().is_ready()).count() as u32,
+        updated_replicas: updated,
+        ready_replicas: ready,
     };
     status_op(deployment, &status, ops);
 }
@@ -261,28 +277,17 @@ fn reconcile_daemon_set(daemon_set: &ApiObject, pods: &[ApiObject], nodes: &[Api
     let Some(spec) = daemon_set.spec::<DaemonSetSpec>() else { return };
     let hash = template_hash(&spec.template);
     let owned = owned_by(daemon_set, pods);
-    let mut desired = BTreeMap::new();
-    for node in nodes.iter().filter(|n| daemon_eligible(n, &spec.template.spec)) {
-        desired
-            .insert(format!("{}-{hash}-{}", daemon_set.metadata.name, node.metadata.name), node.metadata.name.clone());
-    }
-    for pod in &owned {
-        if !desired.contains_key(&pod.metadata.name) {
-            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
-        }
-    }
-    let existing: BTreeSet<&str> = owned.iter().map(|p| p.metadata.name.as_str()).collect();
-    for (name, node) in &desired {
-        if !existing.contains(name.as_str()) {
-            ops.push(Op::Create(replica(daemon_set, &spec.template, &hash, name.clone(), Some(node))));
-        }
-    }
-    let current: Vec<_> = owned.iter().filter(|p| desired.contains_key(&p.metadata.name)).collect();
+    let desired: BTreeMap<String, Option<String>> = nodes
+        .iter()
+        .filter(|n| daemon_eligible(n, &spec.template.spec))
+        .map(|n| (format!("{}-{hash}-{}", daemon_set.metadata.name, n.metadata.name), Some(n.metadata.name.clone())))
+        .collect();
+    let (current, ready) = converge(daemon_set, &spec.template, &hash, &owned, &desired, ops);
     let status = DaemonSetStatus {
         observed_generation: daemon_set.metadata.generation,
         desired_number_scheduled: desired.len() as u32,
-        current_number_scheduled: current.len() as u32,
-        number_ready: current.iter().filter(|p| p.status::<PodStatus>().is_ready()).count() as u32,
+        current_number_scheduled: current,
+        number_ready: ready,
     };
     status_op(daemon_set, &status, ops);
 }
