@@ -36,15 +36,19 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
-    runtime.block_on(server::run(config, shutdown_signal()))
-}
-
-/// Ctrl-C or SIGTERM (systemd's stop).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-    tracing::info!("shutting down");
+    runtime.block_on(async {
+        // Install the handlers before anything says "ready": a signal that
+        // arrives early must still mean a clean shutdown.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        server::run(config, shutdown).await
+    })
 }

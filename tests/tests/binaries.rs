@@ -19,8 +19,11 @@ fn agent_reports_its_version_and_protocol() {
 }
 
 #[test]
-fn agent_says_plainly_that_running_workloads_is_not_built_yet() {
-    let out = Command::new(binary("flotilla-agent").unwrap()).arg("run").output().unwrap();
+fn agent_says_plainly_that_the_mqtt_channel_is_not_built_yet() {
+    let out = Command::new(binary("flotilla-agent").unwrap())
+        .args(["run", "--controller-key", "/nonexistent", "--mqtt-url", "mqtt://127.0.0.1:1883"])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "an unfinished feature must not pretend to work");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("not supported yet"), "{stderr}");
