@@ -168,13 +168,11 @@ fn watch(client: &Client, kind: Kind, namespace: Option<&str>, args: &GetArgs, m
                 }
                 _ => {
                     let mut object = event.object.clone();
-                    if event.event_type == EventType::Deleted {
+                    if event.event_type == EventType::Deleted && kind == Kind::Pod {
                         let mut status: PodStatus = object.status();
                         status.phase = "Terminating".into();
                         status.reason.clear();
-                        if kind == Kind::Pod {
-                            object.set_status(&status);
-                        }
+                        object.set_status(&status);
                     }
                     table.print(&mut out, &[object], false)?;
                 }

@@ -26,8 +26,8 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FLOTILLA_DATA_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir);
     }
-    let root = std::env::var_os("USER").is_some_and(|u| u == "root")
-        || std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    // /proc/self is owned by the process's effective uid.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
     if root {
         return PathBuf::from("/var/lib/flotilla");
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::probe::ProbeTally;
 use crate::runtime::{ContainerState, ExitInfo, Runtime, RuntimeError, Status};
-use crate::workload::{Paths, WorkloadError, container_config, spec_hash};
+use crate::workload::{Paths, container_config, spec_hash};
 
 /// CrashLoopBackOff: the delay before restart n is `initial * 2^(n-1)`,
 /// capped; a container that ran for `reset_after_ms` starts over.
@@ -60,9 +60,9 @@ pub struct Record {
     /// How the last run ended.
     pub last_exit: Option<ExitInfo>,
     /// Why the current run is being ended by the agent, if it is (liveness).
-    pub ended_by_agent: Option<ExitReasonCode>,
+    pub ended_by_agent: Option<ExitReason>,
     /// Why the last run was ended by the agent, if it was.
-    pub last_ended_by_agent: Option<ExitReasonCode>,
+    pub last_ended_by_agent: Option<ExitReason>,
     /// When the current run started.
     pub started_at_ms: u64,
     /// Not before this time will it be started again.
@@ -71,13 +71,6 @@ pub struct Record {
     pub finished: bool,
     /// Last error preventing it from running (image missing...).
     pub blocked: Option<String>,
-}
-
-/// Serializable mirror of [`ExitReason`] for the agent's own records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ExitReasonCode {
-    /// A failing liveness probe.
-    LivenessFailed,
 }
 
 /// What is kept on disk.
@@ -148,8 +141,8 @@ struct Probes {
     liveness: ProbeTally,
 }
 
-fn exit_of(info: &ExitInfo, by_agent: Option<ExitReasonCode>) -> Exit {
-    let reason = if by_agent == Some(ExitReasonCode::LivenessFailed) {
+fn exit_of(info: &ExitInfo, by_agent: Option<ExitReason>) -> Exit {
+    let reason = if by_agent == Some(ExitReason::LivenessFailed) {
         ExitReason::LivenessFailed
     } else if info.oom_killed {
         ExitReason::OomKilled
@@ -376,9 +369,6 @@ impl<R: Runtime> Agent<R> {
                             record.blocked = Some(reason);
                             changed = true;
                         }
-                        if matches!(e, WorkloadError::ImageMissing { .. }) {
-                            // Retried every pass: an image may arrive.
-                        }
                     }
                     Ok(container) => {
                         if record.spec_hash != hash {
@@ -452,7 +442,7 @@ impl<R: Runtime> Agent<R> {
     /// policy then applies on the next pass.
     pub fn kill_for_liveness(&mut self, id: &str) -> Result<(), RuntimeError> {
         if let Some(record) = self.persisted.records.get_mut(id) {
-            record.ended_by_agent = Some(ExitReasonCode::LivenessFailed);
+            record.ended_by_agent = Some(ExitReason::LivenessFailed);
         }
         self.runtime.kill(id, nix::sys::signal::Signal::SIGKILL as i32)
     }
@@ -465,8 +455,17 @@ impl<R: Runtime> Agent<R> {
         let disk_free_mib = nix::sys::statvfs::statvfs(&self.paths.data_dir)
             .map(|s| (s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20)) as u32)
             .unwrap_or(0);
+        let ids: Vec<String> = self.desired.iter().flat_map(|d| d.replicas.iter().map(|r| r.id.to_string())).collect();
         let mut replicas = heapless::Vec::new();
-        for status in self.replica_statuses(now_ms) {
+        for (mut status, id) in self.replica_statuses(now_ms).into_iter().zip(&ids) {
+            // Usage only here: cgroup reads every heartbeat, not every tick.
+            if status.phase == Phase::Running {
+                let sample = self.usage.sample(id).unwrap_or_default();
+                status.cpu_millis = sample.cpu_millis;
+                status.memory_kib = u32::try_from(sample.memory_bytes / 1024).unwrap_or(u32::MAX);
+            } else {
+                self.usage.forget(id);
+            }
             // The document holds at most MAX_REPLICAS, so this always fits.
             let _ = replicas.push(status);
         }
@@ -552,25 +551,18 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
-    /// Per-replica status for the heartbeat, in desired-document order.
+    /// Per-replica status in desired-document order, without usage (that
+    /// is sampled by [`Agent::heartbeat`]).
     pub fn replica_statuses(&mut self, now_ms: u64) -> Vec<ReplicaStatus> {
         let running: BTreeMap<String, ContainerState> =
             self.runtime.list().unwrap_or_default().into_iter().map(|s| (s.id.clone(), s)).collect();
         let Some(desired) = &self.desired else { return Vec::new() };
-        let usage = &mut self.usage;
         desired
             .replicas
             .iter()
             .enumerate()
             .map(|(slot, spec)| {
                 let id = spec.id.as_str();
-                let sample = match running.get(id).map(|s| s.status) {
-                    Some(Status::Running) => usage.sample(id).unwrap_or_default(),
-                    _ => {
-                        usage.forget(id);
-                        crate::telemetry::Usage::default()
-                    }
-                };
                 let record = self.persisted.records.get(id).cloned().unwrap_or_default();
                 let phase = match running.get(id).map(|s| s.status) {
                     Some(Status::Running) => Phase::Running,
@@ -593,8 +585,8 @@ impl<R: Runtime> Agent<R> {
                         (Some(_), Some(p)) if p.readiness.passing == Some(false) => Readiness::NotReady,
                         (Some(_), _) => Readiness::Starting,
                     },
-                    cpu_millis: sample.cpu_millis,
-                    memory_kib: u32::try_from(sample.memory_bytes / 1024).unwrap_or(u32::MAX),
+                    cpu_millis: 0,
+                    memory_kib: 0,
                 }
             })
             .collect()

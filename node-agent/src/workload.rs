@@ -114,11 +114,10 @@ pub fn container_config(
             digest: hex(&spec.image.digest.0),
         });
     }
-    let mut args: Vec<String> = spec.command.iter().map(str::to_owned).collect();
-    args.extend(spec.args.iter().map(str::to_owned));
-    if spec.command.iter().next().is_none() {
+    if spec.command.is_empty() {
         return Err(WorkloadError::NoCommand);
     }
+    let args: Vec<String> = spec.command.iter().chain(spec.args.iter()).map(str::to_owned).collect();
     let seccomp = spec.seccomp == firmware_proto::Seccomp::RuntimeDefault;
     if seccomp && !crate::runtime::SECCOMP_AVAILABLE {
         return Err(WorkloadError::SeccompUnavailable);

@@ -250,7 +250,8 @@ impl Store for RedbStore {
                 None => _ = state.objects.remove(&key),
             }
         }
-        let mut changes: Vec<Arc<WatchEvent>> = outcomes
+        // Outcomes are in op order, which is resourceVersion order.
+        let changes: Vec<Arc<WatchEvent>> = outcomes
             .iter()
             .filter_map(|outcome| {
                 let event_type = match outcome {
@@ -262,8 +263,6 @@ impl Store for RedbStore {
                 Some(Arc::new(WatchEvent { event_type, object: outcome.object().clone() }))
             })
             .collect();
-        // An object changed twice in one batch: watchers see both, in order.
-        changes.sort_by_key(|e| e.resource_version());
         for event in changes {
             if state.history.len() == HISTORY
                 && let Some(old) = state.history.pop_front()

@@ -248,12 +248,6 @@ impl Runtime for HelperRuntime {
     }
 
     fn exec(&mut self, id: &str, args: &[String], timeout_ms: u64) -> Result<Option<i32>, RuntimeError> {
-        self.exec_call(id, args, timeout_ms)
-    }
-}
-
-impl HelperRuntime {
-    fn exec_call(&mut self, id: &str, args: &[String], timeout_ms: u64) -> Result<Option<i32>, RuntimeError> {
         match self.call(Request::Exec(id.to_owned(), args.to_vec(), timeout_ms))? {
             Response::Exited(code) => Ok(code),
             other => Err(unexpected(other)),
