@@ -39,6 +39,8 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete objects by name, or those of manifest files.
     Delete(DeleteArgs),
+    /// Enrol devices: `flotilla node token create`.
+    Node(NodeArgs),
     /// Print a shell completion script (e.g. `flotilla completion bash > /etc/bash_completion.d/flotilla`).
     Completion(CompletionArgs),
 }
@@ -178,7 +180,72 @@ pub struct ServerArgs {
     /// ~/.local/share/flotilla].
     #[arg(long, env = "FLOTILLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address the HTTP API listens on.
+    /// Address the HTTP API (and the image registry, /v2/) listens on. Use 0.0.0.0:7440 when
+    /// devices must enrol and pull images over the network.
     #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:7440")]
     pub api_addr: SocketAddr,
+    /// Address the embedded MQTT broker listens on (ignored with --mqtt-url).
+    #[arg(long, env = "FLOTILLA_MQTT_LISTEN", default_value = "0.0.0.0:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// Use this external MQTT broker (mqtt://host:port, e.g. Mosquitto for large fleets) instead
+    /// of the embedded one. Create its password and ACL files with `flotilla mosquitto-config`.
+    #[arg(long, env = "FLOTILLA_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+    /// Host name or address devices use to reach this controller (broker and registry); it is
+    /// handed to agents at enrolment [default: the API address, or 127.0.0.1 if that is 0.0.0.0].
+    #[arg(long, env = "FLOTILLA_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// MQTT topic prefix.
+    #[arg(long, default_value = crate::fleet::DEFAULT_PREFIX)]
+    pub mqtt_prefix: String,
+    /// How long a node whose connection dropped keeps its replicas before they are placed
+    /// elsewhere (e.g. 1s, 30s).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub eviction_grace: std::time::Duration,
+    /// A connected node that sends no heartbeat for this long counts as lost. Agents send one
+    /// every --heartbeat (default 60s), so keep this above twice that.
+    #[arg(long, default_value = "150s", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+/// `flotilla node ...`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+/// Subcommands of `flotilla node`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Join tokens for new devices: `flotilla node token create`.
+    Token(NodeTokenArgs),
+}
+
+/// `flotilla node token ...`.
+#[derive(Debug, clap::Args)]
+pub struct NodeTokenArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: NodeTokenCommand,
+}
+
+/// Subcommands of `flotilla node token`.
+#[derive(Debug, Subcommand)]
+pub enum NodeTokenCommand {
+    /// Print a one-time join token. On the device:
+    /// `flotilla-agent run --join http://<controller>:7440 --token <token>`.
+    Create(TokenCreateArgs),
+}
+
+/// Options of `flotilla node token create`.
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    /// How long the token stays valid (e.g. 10m, 24h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }

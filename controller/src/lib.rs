@@ -11,14 +11,18 @@
 //! - [`store`]: the durable store trait and its redb implementation.
 //! - [`api`]: the HTTP API; [`server`]: `flotilla server` start-up.
 //! - [`reconcile`]: workloads -> replicas -> placements.
+//! - [`fleet`]: the MQTT control channel to the nodes.
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod fleet;
+pub mod image_cmd;
 pub mod manifest;
 pub mod object;
 pub mod reconcile;
+pub mod registry;
 pub mod selector;
 pub mod server;
 pub mod status;

@@ -2,13 +2,13 @@
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use flotilla_controller::cli::{Cli, Command, ServerArgs};
+use flotilla_controller::cli::{Cli, Command, NodeCommand, NodeTokenCommand, ServerArgs};
 use flotilla_controller::{commands, server};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -18,6 +18,11 @@ fn main() {
         Command::Get(args) => commands::get(args),
         Command::Describe(args) => commands::describe(args),
         Command::Delete(args) => commands::delete(args),
+        Command::Node(args) => match args.command {
+            NodeCommand::Token(token) => match token.command {
+                NodeTokenCommand::Create(create) => commands::node_token_create(create),
+            },
+        },
         Command::Completion(args) => {
             clap_complete::generate(args.shell, &mut Cli::command(), "flotilla", &mut std::io::stdout());
             Ok(())
@@ -30,10 +35,7 @@ fn main() {
 }
 
 fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let config = server::ServerConfig {
-        data_dir: args.data_dir.unwrap_or_else(server::default_data_dir),
-        api_addr: args.api_addr,
-    };
+    let config = server::ServerConfig::from_args(args)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     runtime.block_on(async {

@@ -1,13 +1,18 @@
-//! `flotilla server`: opens the store, starts the reconcilers and serves the API.
+//! `flotilla server`: opens the store, starts the broker, the control
+//! channel and the reconcilers, and serves the API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::api::{self, ApiState, Metrics};
+use crate::fleet::credentials::{ControllerKey, Enrolment};
+use crate::fleet::enrol_api::{self, EnrolState};
+use crate::fleet::{self, FleetConfig, broker};
 use crate::reconcile;
 use crate::store::{RedbStore, SecretCipher, Store};
 
@@ -67,6 +72,64 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// API listen address.
     pub api_addr: SocketAddr,
+    /// Where the embedded broker listens; `None` with an external broker.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// The control channel.
+    pub fleet: FleetConfig,
+}
+
+impl ServerConfig {
+    /// The configuration `flotilla server` runs with.
+    pub fn from_args(args: crate::cli::ServerArgs) -> anyhow::Result<Self> {
+        let advertise = args.advertise.clone().unwrap_or_else(|| {
+            if args.api_addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { args.api_addr.ip().to_string() }
+        });
+        let (mqtt_listen, mqtt_host, mqtt_port, advertised_mqtt_url) = match &args.mqtt_url {
+            Some(url) => {
+                let (host, port) = parse_mqtt_url(url)?;
+                (None, host.clone(), port, url.clone())
+            }
+            None => {
+                let port = args.mqtt_listen.port();
+                let host = if args.mqtt_listen.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    args.mqtt_listen.ip().to_string()
+                };
+                (Some(args.mqtt_listen), host, port, format!("mqtt://{advertise}:{port}"))
+            }
+        };
+        Ok(ServerConfig {
+            data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+            api_addr: args.api_addr,
+            mqtt_listen,
+            fleet: FleetConfig {
+                prefix: args.mqtt_prefix,
+                mqtt_host,
+                mqtt_port,
+                advertised_mqtt_url,
+                default_registry: format!("{advertise}:{}", args.api_addr.port()),
+                keep_alive: Duration::from_secs(30),
+                eviction_grace: args.eviction_grace,
+                lease: args.lease,
+            },
+        })
+    }
+}
+
+/// `mqtt://host:port` (or `tcp://`, or bare `host:port`) -> host and port.
+pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
+    if rest.contains("://") {
+        anyhow::bail!("{url}: only mqtt:// (plain TCP) brokers are supported yet");
+    }
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().with_context(|| format!("{url}: bad port {port:?}"))?),
+        None => (rest, 1883),
+    };
+    anyhow::ensure!(!host.is_empty(), "{url}: no host");
+    Ok((host.to_owned(), port))
 }
 
 /// Runs until `shutdown` completes.
@@ -85,15 +148,33 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;
+    let enrolment = Enrolment::load_or_create(&config.data_dir)?;
+    let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
+    if let Some(listen) = config.mqtt_listen {
+        broker::start(listen, enrolment.clone(), 20_000)?;
+    }
+    let enrol_state = Arc::new(EnrolState {
+        enrolment: enrolment.clone(),
+        api_token: state.token.clone(),
+        controller_key: controller_key.public_key(),
+        mqtt_url: config.fleet.advertised_mqtt_url.clone(),
+        prefix: config.fleet.prefix.clone(),
+    });
+    fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
     let reconciler = tokio::spawn(reconcile::run(store.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         api = %format!("http://{}", listener.local_addr()?),
         data_dir = %config.data_dir.display(),
         token_file = %config.data_dir.join(TOKEN_FILE).display(),
+        mqtt = %match config.mqtt_listen {
+            Some(listen) => format!("embedded broker on {listen}"),
+            None => config.fleet.advertised_mqtt_url.clone(),
+        },
         "flotilla controller ready"
     );
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+    let app = api::router(state).merge(enrol_api::router(enrol_state));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
     reconciler.abort();
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,104 @@
+//! The controller's MQTT connection. One task owns the rumqttc event loop
+//! (it must be polled continuously); everything else talks to it through
+//! the cloned [`AsyncClient`] and a channel of incoming messages.
+//!
+//! rumqttc neither replays subscriptions after a reconnect (rumqtt#250) nor
+//! keeps unacknowledged QoS 1 publishes when the broker lost the session, so
+//! every ConnAck re-subscribes and asks the publisher to republish every
+//! desired document (they are level state, republishing is harmless).
+
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use super::credentials::{CONTROLLER_USER, Enrolment};
+use super::{FleetConfig, Topics};
+
+/// A message a node published.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: bytes::Bytes,
+    /// Delivered because it was retained (on subscription), not live.
+    pub retained: bool,
+}
+
+/// Connects and starts the event loop task; returns the client handle.
+pub fn spawn(
+    config: &FleetConfig,
+    enrolment: &Enrolment,
+    topics: Topics,
+    incoming: SyncSender<Incoming>,
+    republish: Arc<tokio::sync::Notify>,
+) -> AsyncClient {
+    let client_id = format!("{CONTROLLER_USER}-{}", std::process::id());
+    let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
+    options.set_keep_alive(config.keep_alive);
+    options.set_credentials(CONTROLLER_USER, enrolment.controller_password());
+    options.set_max_packet_size(super::broker::MAX_PAYLOAD, super::broker::MAX_PAYLOAD);
+    options.set_clean_session(true);
+    let (client, mut event_loop) = AsyncClient::new(options, 1024);
+    let subscriber = client.clone();
+    let broker = format!("{}:{}", config.mqtt_host, config.mqtt_port);
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            match event_loop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    tracing::info!(%broker, "connected to the MQTT broker");
+                    for filter in topics.controller_filters() {
+                        if let Err(e) = subscriber.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "cannot queue a subscription");
+                        }
+                    }
+                    republish.notify_one();
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let message = Incoming { topic: publish.topic, payload: publish.payload, retained: publish.retain };
+                    if incoming.try_send(message).is_err() {
+                        tracing::warn!("node messages arrive faster than they are handled; one dropped");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(failures);
+                    tracing::warn!(%broker, error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    });
+    client
+}
+
+/// Exponential back-off with jitter, 100 ms doubling to 10 s, so a fleet
+/// does not reconnect in lockstep after a broker restart.
+pub fn backoff(failures: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << failures.min(7)).min(10_000);
+    let mut noise = [0u8; 2];
+    let _ = getrandom::fill(&mut noise);
+    let jitter = u64::from(u16::from_le_bytes(noise)) % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for failures in 0..40 {
+            let d = backoff(failures).as_millis();
+            assert!(d <= 10_000, "{d}");
+            assert!(d >= 50, "{d}");
+        }
+        assert!(backoff(1) < Duration::from_millis(300));
+        assert!(backoff(20) >= Duration::from_secs(5));
+    }
+}

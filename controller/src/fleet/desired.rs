@@ -1,0 +1,324 @@
+//! Desired-state publication: level-triggered, one retained QoS 1 document
+//! per node, signed, republished only when its content changes (and after
+//! every reconnect to the broker).
+//!
+//! The generation is the store's resourceVersion when the document was
+//! built: it increases across controller restarts without any state of its
+//! own, and a node never applies an older one (fencing).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+
+use super::credentials::{ControllerKey, hex_decode, hex_encode};
+use super::replica_spec::{self, ConfigTable, References};
+use super::{FleetConfig, Topics};
+use crate::manifest::types::PodSpec;
+use crate::object::{ApiObject, ObjectKey};
+use crate::reconcile::Snapshot;
+use crate::status::PodStatus;
+use crate::store::{Op, Store};
+
+/// Annotation holding the image digest a replica was pinned to.
+pub const IMAGE_DIGEST_ANNOTATION: &str = "flotilla.io/image-digest";
+
+/// What was last published for one node.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Its generation.
+    pub generation: u64,
+    /// Hash of the content (everything but the generation).
+    fingerprint: u64,
+    /// The signed frame.
+    frame: Vec<u8>,
+    /// Replica ids in document order, with the pod each stands for: status
+    /// messages name replicas by slot or id.
+    pub replicas: Vec<(String, ObjectKey)>,
+}
+
+/// The documents last published, shared with the inbox.
+#[derive(Debug, Clone, Default)]
+pub struct PublishedDocuments(Arc<Mutex<HashMap<String, Published>>>);
+
+impl PublishedDocuments {
+    /// The document last published for `node`.
+    pub fn get(&self, node: &str) -> Option<Published> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Published>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs the publisher until the runtime stops.
+pub async fn run(
+    store: Arc<dyn Store>,
+    config: FleetConfig,
+    key: Arc<ControllerKey>,
+    topics: Topics,
+    client: AsyncClient,
+    published: PublishedDocuments,
+    republish: Arc<tokio::sync::Notify>,
+) {
+    let mut live = match store.subscribe(0) {
+        Ok(subscription) => subscription.live,
+        Err(e) => {
+            tracing::error!(error = %e, "desired-state publisher cannot watch the store");
+            return;
+        }
+    };
+    let resolver = Arc::new(Resolver::new(&config.default_registry));
+    let mut publish_all = false;
+    loop {
+        let pass = {
+            let (store, key, published, resolver) = (store.clone(), key.clone(), published.clone(), resolver.clone());
+            tokio::task::spawn_blocking(move || build_all(store.as_ref(), &key, &published, &resolver, publish_all))
+        };
+        match pass.await {
+            Ok(frames) => {
+                for (node, frame) in frames {
+                    // `publish` waits for room in the client's queue rather
+                    // than dropping a document.
+                    if let Err(e) = client.publish(topics.node(&node, "desired"), QoS::AtLeastOnce, true, frame).await {
+                        tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "desired-state pass panicked"),
+        }
+        tokio::select! {
+            _ = republish.notified() => publish_all = true,
+            _ = live.recv() => publish_all = false,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => publish_all = false,
+        }
+        // Let a burst of changes settle into one pass.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while live.try_recv().is_ok() {}
+    }
+}
+
+/// Builds every node's document; returns the frames to publish: changed
+/// ones, or all of them when `all`.
+fn build_all(
+    store: &dyn Store,
+    key: &ControllerKey,
+    published: &PublishedDocuments,
+    resolver: &Resolver,
+    all: bool,
+) -> Vec<(String, Vec<u8>)> {
+    let snapshot = Snapshot::read(store);
+    let generation = store.resource_version();
+    let mut by_node: BTreeMap<String, Vec<&ApiObject>> = BTreeMap::new();
+    for node in &snapshot.nodes {
+        by_node.entry(node.metadata.name.clone()).or_default();
+    }
+    for pod in &snapshot.pods {
+        let status: PodStatus = pod.status();
+        if status.is_finished() {
+            continue;
+        }
+        if let Some(node) = pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) {
+            by_node.entry(node.to_owned()).or_default().push(pod);
+        }
+    }
+    let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
+    let mut writes = Vec::new();
+    let mut out = Vec::new();
+    let mut documents = published.lock();
+    for (node, mut pods) in by_node {
+        let Ok(node_id) = firmware_proto::NodeId::new(&node) else {
+            tracing::warn!(node, "node name is not a valid node id; no document");
+            continue;
+        };
+        pods.sort_by_key(|p| replica_spec::replica_id(p));
+        let mut table = ConfigTable::default();
+        let mut replicas = Vec::new();
+        let mut keys = Vec::new();
+        for pod in pods {
+            match replica_of(pod, resolver, &refs, &mut table, &mut writes) {
+                Ok(replica) if replicas.len() < firmware_proto::MAX_REPLICAS => {
+                    keys.push((replica.id.as_str().to_owned(), pod.key()));
+                    replicas.push(replica);
+                }
+                Ok(_) => failed(
+                    pod,
+                    "TooManyReplicas",
+                    "the node already runs the most replicas a document holds",
+                    &mut writes,
+                ),
+                Err(reason) => failed(pod, "InvalidReplica", &reason, &mut writes),
+            }
+        }
+        let fingerprint = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            replicas.hash(&mut hasher);
+            table.objects.hash(&mut hasher);
+            hasher.finish()
+        };
+        let previous = documents.get(&node);
+        if let Some(previous) = previous
+            && previous.fingerprint == fingerprint
+        {
+            if all {
+                out.push((node.clone(), previous.frame.clone()));
+            }
+            continue;
+        }
+        let document =
+            firmware_proto::DesiredState { node_id: &node_id, generation, replicas: &replicas, config: &table.objects };
+        match firmware_proto::encode_desired_frame_to_vec(&document, |bytes| key.sign(bytes)) {
+            Ok(frame) => {
+                tracing::info!(
+                    node,
+                    generation,
+                    replicas = replicas.len(),
+                    bytes = frame.len(),
+                    "desired state changed"
+                );
+                out.push((node.clone(), frame.clone()));
+                documents.insert(node, Published { generation, fingerprint, frame, replicas: keys });
+            }
+            Err(e) => tracing::error!(node, error = %e, "cannot encode the desired document"),
+        }
+    }
+    drop(documents);
+    for op in writes {
+        if let Err(e) = store.commit(vec![op]) {
+            tracing::debug!(error = %e, "pod update skipped; the next pass retries");
+        }
+    }
+    out
+}
+
+fn replica_of(
+    pod: &ApiObject,
+    resolver: &Resolver,
+    refs: &References<'_>,
+    table: &mut ConfigTable,
+    writes: &mut Vec<Op>,
+) -> Result<firmware_proto::ReplicaSpec, String> {
+    let spec: PodSpec = pod.spec().ok_or("the pod's spec is unreadable")?;
+    let image = spec.containers.first().map(|c| c.image.clone()).unwrap_or_default();
+    let digest = match pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION).and_then(|d| parse_digest(d)) {
+        Some(digest) => digest,
+        None => {
+            let digest = resolver.resolve(&image).map_err(|e| format!("cannot pin image {image:?}: {e}"))?;
+            let mut pinned = pod.clone();
+            pinned
+                .metadata
+                .annotations
+                .insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex_encode(&digest)));
+            writes.push(Op::Apply(pinned));
+            digest
+        }
+    };
+    replica_spec::build(pod, &spec, digest, refs, table)
+}
+
+fn failed(pod: &ApiObject, reason: &str, message: &str, writes: &mut Vec<Op>) {
+    let mut status: PodStatus = pod.status();
+    if status.reason == reason && status.message == message {
+        return;
+    }
+    tracing::warn!(pod = %pod.metadata.name, reason, message, "replica left out of its node's document");
+    status.reason = reason.to_owned();
+    status.message = message.to_owned();
+    let mut updated = pod.clone();
+    updated.set_status(&status);
+    updated.metadata.resource_version.clear();
+    writes.push(Op::UpdateStatus(updated));
+}
+
+/// `sha256:<64 hex>` -> bytes.
+pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    (hex.len() == 64).then(|| hex_decode(hex)).flatten()?.try_into().ok()
+}
+
+/// Resolves image tags to digests over the OCI distribution API, so every
+/// node runs the same bytes. Images named with `@sha256:` are taken as is.
+pub struct Resolver {
+    default_registry: String,
+    agent: ureq::Agent,
+}
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+impl Resolver {
+    /// A resolver using `default_registry` for names without a registry.
+    pub fn new(default_registry: &str) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        Resolver { default_registry: default_registry.to_owned(), agent }
+    }
+
+    /// The digest `image` points to now.
+    pub fn resolve(&self, image: &str) -> Result<[u8; 32], String> {
+        if let Some((_, digest)) = image.split_once('@') {
+            return parse_digest(digest).ok_or_else(|| format!("{digest:?} is not a sha256 digest"));
+        }
+        let (registry, name, tag) = split_reference(image, &self.default_registry);
+        let url = format!("http://{registry}/v2/{name}/manifests/{tag}");
+        let response = self
+            .agent
+            .head(&url)
+            .header("Accept", MANIFEST_TYPES)
+            .call()
+            .map_err(|e| format!("registry {registry} unreachable: {e}"))?;
+        match response.status().as_u16() {
+            200 => {}
+            404 => return Err(format!("{name}:{tag} not found in registry {registry}")),
+            code => return Err(format!("registry {registry} answered {code} for {name}:{tag}")),
+        }
+        let digest = response
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("registry {registry} gave no Docker-Content-Digest for {name}:{tag}"))?;
+        parse_digest(digest).ok_or_else(|| format!("registry {registry} gave an unreadable digest {digest:?}"))
+    }
+}
+
+/// `(registry, repository, tag)` of a reference; the first path component
+/// is a registry when it looks like a host (`.`, `:` or `localhost`).
+pub fn split_reference<'a>(image: &'a str, default_registry: &'a str) -> (&'a str, &'a str, &'a str) {
+    let (registry, rest) = match image.split_once('/') {
+        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => (first, rest),
+        _ => (default_registry, image),
+    };
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[slash..].rfind(':') {
+        Some(colon) => (registry, &rest[..slash + colon], &rest[slash + colon + 1..]),
+        None => (registry, rest, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_registry_name_and_tag() {
+        assert_eq!(split_reference("busybox:1.35", "reg:7440"), ("reg:7440", "busybox", "1.35"));
+        assert_eq!(split_reference("library/busybox", "reg:7440"), ("reg:7440", "library/busybox", "latest"));
+        assert_eq!(split_reference("10.0.0.1:5000/a/b:2", "x"), ("10.0.0.1:5000", "a/b", "2"));
+        assert_eq!(split_reference("localhost/web", "x"), ("localhost", "web", "latest"));
+    }
+
+    #[test]
+    fn pinned_images_need_no_registry() {
+        let resolver = Resolver::new("127.0.0.1:1");
+        let hex = "ab".repeat(32);
+        assert_eq!(resolver.resolve(&format!("web:1@sha256:{hex}")), Ok([0xab; 32]));
+        assert!(resolver.resolve("web:1@sha256:abc").is_err());
+        assert!(resolver.resolve("web:1").unwrap_err().contains("unreachable"));
+    }
+}

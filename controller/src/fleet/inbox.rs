@@ -1,0 +1,432 @@
+//! Messages from nodes -> the store: registration (Node objects), presence
+//! and leases, replica status and usage, events. Also evicts the replicas
+//! of lost nodes so the scheduler places them elsewhere in one batch.
+//!
+//! Every message is checked before it is believed: its topic names an
+//! enrolled node, its MAC was made with that node's key and its sequence
+//! number is newer than the last one seen, so a node (or anyone holding a
+//! broker login) cannot speak for another or replay an old message, even
+//! through a broker without topic ACLs. What fails a check is logged with
+//! the reason and dropped; nothing here panics on bytes from the network.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use firmware_proto::{
+    EventKind, Exit, ExitReason, NodeMessage, Phase, Presence, Readiness, ReplicaRef, decode_node_frame,
+};
+
+use super::channel::Incoming;
+use super::credentials::{Enrolment, verify_node_mac};
+use super::desired::PublishedDocuments;
+use super::{FleetConfig, Topics};
+use crate::manifest::Kind;
+use crate::object::{ApiObject, ObjectKey};
+use crate::status::{Condition, NodeInfo, NodeStatus, PodStatus, Usage, condition, set_condition};
+use crate::store::{Op, Store};
+
+/// Reasons of a node's `Ready=False` that make its replicas move.
+const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"];
+
+/// What the controller tracks per node between messages.
+#[derive(Debug, Clone)]
+struct NodeTrack {
+    last_seq: u64,
+    last_seen: Instant,
+    lost_since: Option<Instant>,
+}
+
+/// Handles node messages and leases.
+pub struct Inbox {
+    store: Arc<dyn Store>,
+    config: FleetConfig,
+    enrolment: Enrolment,
+    topics: Topics,
+    published: PublishedDocuments,
+    nodes: HashMap<String, NodeTrack>,
+    started: Instant,
+}
+
+/// Starts the inbox thread.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    config: FleetConfig,
+    enrolment: Enrolment,
+    topics: Topics,
+    published: PublishedDocuments,
+    incoming: Receiver<Incoming>,
+) -> anyhow::Result<()> {
+    let mut inbox = Inbox::new(store, config, enrolment, topics, published);
+    std::thread::Builder::new().name("fleet-inbox".into()).spawn(move || {
+        let tick = Duration::from_millis(100);
+        let mut last_tick = Instant::now();
+        loop {
+            match incoming.recv_timeout(tick) {
+                Ok(message) => inbox.handle(&message.topic, &message.payload, message.retained),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if last_tick.elapsed() >= tick {
+                inbox.tick(Instant::now());
+                last_tick = Instant::now();
+            }
+        }
+    })?;
+    Ok(())
+}
+
+impl Inbox {
+    /// An inbox writing to `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: FleetConfig,
+        enrolment: Enrolment,
+        topics: Topics,
+        published: PublishedDocuments,
+    ) -> Self {
+        Inbox { store, config, enrolment, topics, published, nodes: HashMap::new(), started: Instant::now() }
+    }
+
+    /// Handles one message. `retained` marks a retained message delivered
+    /// on subscription: it may be older than what was already seen.
+    pub fn handle(&mut self, topic: &str, payload: &[u8], retained: bool) {
+        match self.check(topic, payload, retained) {
+            Ok((node, message)) => self.apply(&node, message),
+            Err(reason) => tracing::warn!(topic, bytes = payload.len(), reason, "node message refused"),
+        }
+    }
+
+    fn check(&mut self, topic: &str, payload: &[u8], retained: bool) -> Result<(String, NodeMessage), String> {
+        let (node, leaf) = self.topics.parse(topic).ok_or("not a node topic")?;
+        if payload.is_empty() {
+            // A cleared retained message (e.g. a node being removed).
+            return Err("empty payload".into());
+        }
+        let decoded = decode_node_frame(payload).map_err(|e| format!("malformed payload: {e}"))?;
+        let expected = match decoded.frame.message {
+            NodeMessage::Hello(_) => "hello",
+            NodeMessage::Online(_) => "online",
+            NodeMessage::Status(_) => "status",
+            NodeMessage::Event(_) => "events",
+        };
+        if leaf != expected {
+            return Err(format!("a {expected} message on the {leaf} topic"));
+        }
+        let credential = self.enrolment.node(node).ok_or_else(|| format!("node {node:?} is not enrolled"))?;
+        let key = credential.mac_key_bytes().ok_or("the node's stored MAC key is unreadable")?;
+        if !verify_node_mac(&key, decoded.authenticated, &decoded.frame.mac.0) {
+            return Err(format!("bad MAC: not made with {node}'s key (forged, or another node's message)"));
+        }
+        if let NodeMessage::Hello(hello) = &decoded.frame.message
+            && hello.node_id.as_str() != node
+        {
+            return Err(format!("hello for {:?} on {node}'s topic", hello.node_id.as_str()));
+        }
+        let track = self.track(node);
+        let seq = decoded.frame.seq;
+        if seq <= track.last_seq && !retained {
+            return Err(format!("replayed or reordered: sequence {seq} after {}", track.last_seq));
+        }
+        track.last_seq = track.last_seq.max(seq);
+        Ok((node.to_owned(), decoded.frame.message))
+    }
+
+    fn track(&mut self, node: &str) -> &mut NodeTrack {
+        let started = self.started;
+        self.nodes.entry(node.to_owned()).or_insert(NodeTrack { last_seq: 0, last_seen: started, lost_since: None })
+    }
+
+    fn apply(&mut self, node: &str, message: NodeMessage) {
+        let now = Instant::now();
+        match message {
+            NodeMessage::Hello(hello) => {
+                self.seen(node, now);
+                self.register(node, &hello);
+            }
+            NodeMessage::Online(Presence::Online) => {
+                self.seen(node, now);
+                self.set_ready(node, true, "AgentConnected", "");
+            }
+            NodeMessage::Online(presence) => {
+                let (reason, message) = match presence {
+                    Presence::ShuttingDown => ("AgentShutdown", "the agent is shutting down"),
+                    _ => ("Unreachable", "connection to the broker lost (last will)"),
+                };
+                self.track(node).lost_since = Some(now);
+                self.set_ready(node, false, reason, message);
+            }
+            NodeMessage::Status(status) => {
+                self.seen(node, now);
+                self.set_ready(node, true, "AgentReporting", "");
+                self.update_replicas(node, &status);
+            }
+            NodeMessage::Event(event) => self.event(node, &event),
+        }
+    }
+
+    fn seen(&mut self, node: &str, now: Instant) {
+        let track = self.track(node);
+        track.last_seen = now;
+        track.lost_since = None;
+    }
+
+    fn register(&self, node: &str, hello: &firmware_proto::Hello) {
+        let key = ObjectKey::new(Kind::Node, "", node);
+        let existing = self.store.get(&key);
+        let mut object = existing.clone().unwrap_or_else(|| ApiObject::new(Kind::Node, "", node));
+        for label in &hello.labels {
+            object.metadata.labels.insert(label.key.to_string(), label.value.to_string());
+        }
+        object.metadata.labels.insert("kubernetes.io/hostname".into(), node.to_owned());
+        object.metadata.labels.insert("kubernetes.io/arch".into(), arch_name(hello.arch).into());
+        if !object.content.contains_key("spec") {
+            object.content.insert("spec".into(), serde_json::json!({}));
+        }
+        let mut status: NodeStatus = object.status();
+        status.capacity = capacity_map(&hello.capacity, &hello.devices);
+        status.allocatable = capacity_map(&hello.allocatable, &hello.devices);
+        status.node_info = NodeInfo {
+            architecture: arch_name(hello.arch).into(),
+            operating_system: match hello.os {
+                firmware_proto::Os::Linux => "linux",
+                firmware_proto::Os::BareMetal => "none",
+            }
+            .into(),
+            agent_version: hello.agent_version.to_string(),
+        };
+        set_condition(&mut status.conditions, Condition::new("Ready", true, "AgentHello", ""));
+        let mut ops = Vec::new();
+        if existing.as_ref().is_none_or(|e| e.metadata.labels != object.metadata.labels) || existing.is_none() {
+            object.metadata.resource_version.clear();
+            ops.push(Op::Apply(object.clone()));
+        }
+        object.set_status(&status);
+        object.metadata.resource_version.clear();
+        ops.push(Op::UpdateStatus(object));
+        match self.store.commit(ops) {
+            Ok(_) => {
+                tracing::info!(node, arch = arch_name(hello.arch), agent = %hello.agent_version, "node registered")
+            }
+            Err(e) => tracing::warn!(node, error = %e, "cannot register the node"),
+        }
+    }
+
+    fn set_ready(&self, node: &str, ready: bool, reason: &str, message: &str) {
+        let key = ObjectKey::new(Kind::Node, "", node);
+        let Some(mut object) = self.store.get(&key) else { return };
+        let mut status: NodeStatus = object.status();
+        let was = condition(&status.conditions, "Ready").cloned();
+        if was.as_ref().is_some_and(|c| (c.status == "True") == ready && (ready || c.reason == reason)) {
+            return;
+        }
+        set_condition(&mut status.conditions, Condition::new("Ready", ready, reason, message));
+        object.set_status(&status);
+        object.metadata.resource_version.clear();
+        match self.store.commit(vec![Op::UpdateStatus(object)]) {
+            Ok(_) if ready => tracing::info!(node, reason, "node ready"),
+            Ok(_) => tracing::warn!(node, reason, message, "node not ready"),
+            Err(e) => tracing::warn!(node, error = %e, "cannot update the node"),
+        }
+    }
+
+    fn update_replicas(&self, node: &str, status: &firmware_proto::Status) {
+        let Some(document) = self.published.get(node) else { return };
+        let mut ops = Vec::new();
+        for replica in &status.replicas {
+            let key = match &replica.replica {
+                ReplicaRef::Slot(slot) => document.replicas.get(usize::from(*slot)).map(|(_, key)| key),
+                ReplicaRef::Id(id) => document.replicas.iter().find(|(r, _)| r == id.as_str()).map(|(_, key)| key),
+            };
+            // A replica the node no longer holds (moved, deleted) is not its
+            // to report on.
+            let Some(key) = key else { continue };
+            let Some(pod) = self.store.get(key) else { continue };
+            if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) != Some(node) {
+                continue;
+            }
+            let old: PodStatus = pod.status();
+            let mut new = old.clone();
+            let (phase, reason) = match replica.phase {
+                Phase::Pending => ("Pending", "ContainerCreating"),
+                Phase::Pulling => ("Pending", "Pulling"),
+                Phase::Creating => ("Pending", "ContainerCreating"),
+                Phase::Running => ("Running", ""),
+                Phase::Succeeded => ("Succeeded", "Completed"),
+                Phase::Failed => ("Failed", "Error"),
+                Phase::CrashLoopBackOff => ("Running", "CrashLoopBackOff"),
+                Phase::Terminating => ("Running", "Terminating"),
+                Phase::Unknown => ("Unknown", ""),
+            };
+            new.phase = phase.into();
+            if new.reason != reason {
+                new.reason = reason.into();
+                if reason != "Pulling" {
+                    new.message.clear();
+                }
+            }
+            if let Some(Exit { code, reason: exit_reason }) = replica.last_exit {
+                new.exit_code = Some(code);
+                if exit_reason == ExitReason::OomKilled && phase != "Running" {
+                    new.reason = "OOMKilled".into();
+                }
+            }
+            new.restart_count = replica.restarts;
+            let ready =
+                replica.phase == Phase::Running && matches!(replica.readiness, Readiness::Ready | Readiness::NoProbe);
+            set_condition(&mut new.conditions, Condition::new("Ready", ready, if ready { "" } else { "NotReady" }, ""));
+            new.usage = Some(Usage {
+                cpu_millis: u64::from(replica.cpu_millis),
+                memory_bytes: u64::from(replica.memory_kib) * 1024,
+            });
+            if new != old {
+                let mut updated = pod;
+                updated.set_status(&new);
+                updated.metadata.resource_version.clear();
+                ops.push(Op::UpdateStatus(updated));
+            }
+        }
+        if let Some(mut object) = self.store.get(&ObjectKey::new(Kind::Node, "", node)) {
+            let mut node_status: NodeStatus = object.status();
+            let usage = Some(Usage {
+                cpu_millis: u64::from(status.usage.cpu_millis),
+                memory_bytes: u64::from(status.usage.memory_kib) * 1024,
+            });
+            if node_status.usage != usage {
+                node_status.usage = usage;
+                object.set_status(&node_status);
+                object.metadata.resource_version.clear();
+                ops.push(Op::UpdateStatus(object));
+            }
+        }
+        if !ops.is_empty()
+            && let Err(e) = self.store.commit(ops)
+        {
+            tracing::warn!(node, error = %e, "cannot record the node's status");
+        }
+    }
+
+    fn event(&self, node: &str, event: &firmware_proto::Event) {
+        let replica = event.replica.as_ref().map(|r| r.as_str().to_owned()).unwrap_or_default();
+        match &event.kind {
+            EventKind::PullProgress { done_bytes, total_bytes, .. } => {
+                let percent = if *total_bytes > 0 { done_bytes * 100 / total_bytes } else { 0 };
+                let message = format!("pulling: {percent}% ({done_bytes} of {total_bytes} bytes)");
+                self.pod_message(node, &replica, "Pulling", &message);
+            }
+            EventKind::PullFailed { reason, .. } => {
+                tracing::warn!(node, replica, reason = %reason, "image pull failed");
+                self.pod_message(node, &replica, "ImagePullFailed", reason);
+            }
+            EventKind::Rejected { generation, reason } => {
+                tracing::warn!(node, generation, reason = %reason, "the node refused its desired document");
+            }
+            other => tracing::info!(node, replica, event = ?other, "node event"),
+        }
+    }
+
+    fn pod_message(&self, node: &str, replica: &str, reason: &str, message: &str) {
+        let Some(document) = self.published.get(node) else { return };
+        let Some((_, key)) = document.replicas.iter().find(|(r, _)| r == replica) else { return };
+        let Some(mut pod) = self.store.get(key) else { return };
+        let mut status: PodStatus = pod.status();
+        if status.reason == reason && status.message == message {
+            return;
+        }
+        status.reason = reason.into();
+        status.message = message.into();
+        pod.set_status(&status);
+        pod.metadata.resource_version.clear();
+        if let Err(e) = self.store.commit(vec![Op::UpdateStatus(pod)]) {
+            tracing::debug!(error = %e, "pod message not recorded");
+        }
+    }
+
+    /// Leases and evictions; called every ~100 ms.
+    pub fn tick(&mut self, now: Instant) {
+        let nodes = self.store.list(Kind::Node, None).items;
+        for node in nodes {
+            let name = node.metadata.name.clone();
+            let status: NodeStatus = node.status();
+            let Some(ready) = condition(&status.conditions, "Ready").cloned() else { continue };
+            let (lease, grace) = (self.config.lease, self.config.eviction_grace);
+            let track = self.track(&name);
+            if ready.status == "True" {
+                if now.duration_since(track.last_seen) > lease {
+                    track.lost_since = Some(now);
+                    let message = format!("no heartbeat for {} s", lease.as_secs());
+                    self.set_ready(&name, false, "LeaseExpired", &message);
+                }
+                continue;
+            }
+            if !LOST_REASONS.contains(&ready.reason.as_str()) {
+                continue;
+            }
+            let lost_since = *track.lost_since.get_or_insert(now);
+            if now.duration_since(lost_since) >= grace {
+                self.evict(&name, &ready.reason);
+            }
+        }
+    }
+
+    /// Unbinds the node's unfinished replicas; the scheduler places them
+    /// again in its next pass.
+    fn evict(&self, node: &str, why: &str) {
+        let mut ops = Vec::new();
+        for pod in self.store.list(Kind::Pod, None).items {
+            if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) != Some(node) {
+                continue;
+            }
+            let mut status: PodStatus = pod.status();
+            if status.is_finished() {
+                continue;
+            }
+            let mut unbound = pod.clone();
+            if let Some(serde_json::Value::Object(spec)) = unbound.content.get_mut("spec") {
+                spec.remove("nodeName");
+            }
+            status.phase = "Pending".into();
+            status.reason = "NodeLost".into();
+            status.message = format!("node {node} lost ({why}); placing it elsewhere");
+            status.usage = None;
+            set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+            set_condition(&mut status.conditions, Condition::new("PodScheduled", false, "NodeLost", ""));
+            ops.push(Op::Apply(unbound.clone()));
+            unbound.set_status(&status);
+            unbound.metadata.resource_version.clear();
+            ops.push(Op::UpdateStatus(unbound));
+        }
+        if ops.is_empty() {
+            return;
+        }
+        let count = ops.len() / 2;
+        match self.store.commit(ops) {
+            Ok(_) => tracing::warn!(node, replicas = count, reason = why, "node lost: its replicas move"),
+            Err(e) => tracing::warn!(node, error = %e, "eviction deferred"),
+        }
+    }
+}
+
+fn arch_name(arch: firmware_proto::Arch) -> &'static str {
+    match arch {
+        firmware_proto::Arch::Amd64 => "amd64",
+        firmware_proto::Arch::Arm64 => "arm64",
+        firmware_proto::Arch::Arm => "arm",
+        _ => "riscv64",
+    }
+}
+
+fn capacity_map(
+    capacity: &firmware_proto::Capacity,
+    devices: &[firmware_proto::DeviceClass],
+) -> std::collections::BTreeMap<String, String> {
+    let mut map = std::collections::BTreeMap::new();
+    map.insert("cpu".to_owned(), format!("{}m", capacity.cpu_millis));
+    map.insert("memory".to_owned(), capacity.memory_bytes.to_string());
+    map.insert("pods".to_owned(), capacity.max_workloads.to_string());
+    for device in devices {
+        map.insert(device.resource.to_string(), device.count.to_string());
+    }
+    map
+}

@@ -1,0 +1,112 @@
+//! The control channel: the embedded MQTT broker, the controller's MQTT
+//! connection, node registration and leases, and the signed desired-state
+//! documents. DESIGN.md "Wire protocol" and `firmware-proto/WIRE.md` are the
+//! reference.
+//!
+//! - [`credentials`]: controller key, join tokens, node credentials, MACs.
+//! - [`broker`]: the embedded broker.
+//! - [`channel`]: the one task that owns the rumqttc event loop.
+//! - [`inbox`]: node messages -> Node and Pod status, leases, eviction.
+//! - [`desired`]: bound Pods -> one signed document per node.
+//! - [`enrol_api`]: join tokens and enrolment over HTTP.
+//! - [`replica_spec`]: one Pod -> the replica its node runs.
+
+pub mod broker;
+pub mod channel;
+pub mod credentials;
+pub mod desired;
+pub mod enrol_api;
+pub mod inbox;
+pub mod replica_spec;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::Store;
+
+/// Default topic prefix.
+pub const DEFAULT_PREFIX: &str = "flotilla/v1";
+
+/// How the controller runs the channel.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Topic prefix, `flotilla/v1`.
+    pub prefix: String,
+    /// Broker host the controller connects to.
+    pub mqtt_host: String,
+    /// Broker port.
+    pub mqtt_port: u16,
+    /// The URL agents are told at enrolment (`mqtt://host:port`).
+    pub advertised_mqtt_url: String,
+    /// Registry used for images named without one (`busybox:1.35`).
+    pub default_registry: String,
+    /// MQTT keep-alive of the controller's own connection.
+    pub keep_alive: Duration,
+    /// How long a node whose connection dropped (Last Will) keeps its
+    /// replicas before they are placed elsewhere.
+    pub eviction_grace: Duration,
+    /// A connected node that sends no heartbeat for this long is treated
+    /// as lost too.
+    pub lease: Duration,
+}
+
+/// Topic names under a prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// Topics under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Topics { prefix: prefix.trim_end_matches('/').to_owned() }
+    }
+
+    /// `prefix/nodes/{id}/{leaf}`.
+    pub fn node(&self, node: &str, leaf: &str) -> String {
+        format!("{}/nodes/{node}/{leaf}", self.prefix)
+    }
+
+    /// What the controller subscribes to: every node's messages.
+    pub fn controller_filters(&self) -> Vec<String> {
+        ["hello", "online", "status", "events"].iter().map(|leaf| format!("{}/nodes/+/{leaf}", self.prefix)).collect()
+    }
+
+    /// `(node id, leaf)` of a node topic, or `None` for anything else.
+    pub fn parse<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic.strip_prefix(self.prefix.as_str())?.strip_prefix("/nodes/")?;
+        let (node, leaf) = rest.split_once('/')?;
+        (!leaf.contains('/')).then_some((node, leaf))
+    }
+}
+
+/// Starts the channel's tasks; they run until the runtime shuts down.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    config: FleetConfig,
+    enrolment: credentials::Enrolment,
+    key: Arc<credentials::ControllerKey>,
+) -> anyhow::Result<()> {
+    let topics = Topics::new(&config.prefix);
+    let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(4096);
+    let republish = Arc::new(tokio::sync::Notify::new());
+    let client = channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone());
+    let published = desired::PublishedDocuments::default();
+    inbox::spawn(store.clone(), config.clone(), enrolment, topics.clone(), published.clone(), incoming_rx)?;
+    tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_parse_only_single_level_node_topics() {
+        let topics = Topics::new("flotilla/v1/");
+        assert_eq!(topics.node("edge-1", "desired"), "flotilla/v1/nodes/edge-1/desired");
+        assert_eq!(topics.parse("flotilla/v1/nodes/edge-1/status"), Some(("edge-1", "status")));
+        assert_eq!(topics.parse("flotilla/v1/nodes/edge-1/status/x"), None);
+        assert_eq!(topics.parse("other/v1/nodes/edge-1/status"), None);
+    }
+}
