@@ -41,6 +41,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Enrol devices: `flotilla node token create`.
     Node(NodeArgs),
+    /// Write password, ACL and config files for an external Mosquitto broker
+    /// (`flotilla server --mqtt-url`); run it again after enrolling nodes, then reload
+    /// Mosquitto (SIGHUP).
+    MosquittoConfig(MosquittoConfigArgs),
     /// Print a shell completion script (e.g. `flotilla completion bash > /etc/bash_completion.d/flotilla`).
     Completion(CompletionArgs),
 }
@@ -248,4 +252,21 @@ pub struct TokenCreateArgs {
     /// Server and token.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Options of `flotilla mosquitto-config`.
+#[derive(Debug, clap::Args)]
+pub struct MosquittoConfigArgs {
+    /// The controller's data directory (its enrolled nodes and broker password).
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where to write passwd, acl and mosquitto.conf.
+    #[arg(long, default_value = "mosquitto")]
+    pub out: PathBuf,
+    /// The port Mosquitto listens on.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// MQTT topic prefix (as given to `flotilla server`).
+    #[arg(long, default_value = crate::fleet::DEFAULT_PREFIX)]
+    pub mqtt_prefix: String,
 }

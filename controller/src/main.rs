@@ -23,6 +23,12 @@ fn main() {
                 NodeTokenCommand::Create(create) => commands::node_token_create(create),
             },
         },
+        Command::MosquittoConfig(args) => {
+            let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
+            flotilla_controller::fleet::mosquitto::write(&data_dir, &args.out, &args.mqtt_prefix, args.port).map(
+                |nodes| eprintln!("wrote {}/{{passwd,acl,mosquitto.conf}} for the controller and {nodes} node(s); start with: mosquitto -c {}/mosquitto.conf", args.out.display(), args.out.display()),
+            )
+        }
         Command::Completion(args) => {
             clap_complete::generate(args.shell, &mut Cli::command(), "flotilla", &mut std::io::stdout());
             Ok(())

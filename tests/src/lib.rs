@@ -33,12 +33,19 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A free loopback TCP port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// A `flotilla server` process on a free loopback port with its own data
 /// directory; stopped (SIGTERM, then waited for) when dropped.
 pub struct ControllerProcess {
     child: std::process::Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// Port of its embedded MQTT broker (loopback).
+    pub mqtt_port: u16,
     /// The data directory (kept across restarts).
     pub data_dir: PathBuf,
     /// The server's stderr log.
@@ -48,17 +55,35 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// Starts a server on `data_dir` and waits until `/readyz` answers.
     pub fn start(data_dir: &std::path::Path) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts a server with extra `flotilla server` arguments.
+    pub fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mqtt_port = free_port()?;
+        Self::start_on(data_dir, port, mqtt_port, extra)
+    }
+
+    /// Starts a server on given ports (a restart keeps its ports).
+    pub fn start_on(data_dir: &std::path::Path, port: u16, mqtt_port: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let log = data_dir.with_extension(format!("{port}.log"));
         let child = std::process::Command::new(binary("flotilla")?)
-            .args(["server", "--api-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args(["server", "--api-addr", &format!("127.0.0.1:{port}")])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}"), "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        let mut process =
-            ControllerProcess { child, url: format!("http://127.0.0.1:{port}"), data_dir: data_dir.to_owned(), log };
+        let mut process = ControllerProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            mqtt_port,
+            data_dir: data_dir.to_owned(),
+            log,
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {

@@ -216,7 +216,9 @@ fn replica_of(
             digest
         }
     };
-    replica_spec::build(pod, &spec, digest, refs, table)
+    let (registry, name, tag) =
+        split_reference(image.split('@').next().unwrap_or_default(), &resolver.default_registry);
+    replica_spec::build(pod, &spec, &format!("{registry}/{name}:{tag}"), digest, refs, table)
 }
 
 fn failed(pod: &ApiObject, reason: &str, message: &str, writes: &mut Vec<Op>) {

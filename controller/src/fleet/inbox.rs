@@ -236,6 +236,9 @@ impl Inbox {
         let mut ops = Vec::new();
         for replica in &status.replicas {
             let key = match &replica.replica {
+                // Slots index the document the node applied: only the one
+                // published last is known here.
+                ReplicaRef::Slot(_) if status.generation != document.generation => None,
                 ReplicaRef::Slot(slot) => document.replicas.get(usize::from(*slot)).map(|(_, key)| key),
                 ReplicaRef::Id(id) => document.replicas.iter().find(|(r, _)| r == id.as_str()).map(|(_, key)| key),
             };

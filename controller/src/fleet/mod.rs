@@ -10,6 +10,7 @@
 //! - [`desired`]: bound Pods -> one signed document per node.
 //! - [`enrol_api`]: join tokens and enrolment over HTTP.
 //! - [`replica_spec`]: one Pod -> the replica its node runs.
+//! - [`mosquitto`]: password and ACL files for an external Mosquitto.
 
 pub mod broker;
 pub mod channel;
@@ -17,6 +18,7 @@ pub mod credentials;
 pub mod desired;
 pub mod enrol_api;
 pub mod inbox;
+pub mod mosquitto;
 pub mod replica_spec;
 
 use std::sync::Arc;

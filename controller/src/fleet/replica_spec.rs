@@ -77,10 +77,12 @@ pub fn replica_id(pod: &ApiObject) -> String {
     }
 }
 
-/// Converts a pod. `digest` is the image digest the controller pinned.
+/// Converts a pod. `image` is its image reference with the registry
+/// spelled out; `digest` the digest the controller pinned.
 pub fn build(
     pod: &ApiObject,
     spec: &PodSpec,
+    image: &str,
     digest: [u8; 32],
     refs: &References<'_>,
     table: &mut ConfigTable,
@@ -93,10 +95,7 @@ pub fn build(
     let namespace = pod.metadata.namespace.as_str();
     let mut replica = ReplicaSpec {
         id: firmware_proto::ReplicaId::new(&replica_id(pod)).map_err(|e| format!("replica id: {e}"))?,
-        image: ImageRef {
-            reference: bounded(image_without_digest(&container.image), "image")?,
-            digest: firmware_proto::Bytes(digest),
-        },
+        image: ImageRef { reference: bounded(image, "image")?, digest: firmware_proto::Bytes(digest) },
         command: text_list(&container.command, "command")?,
         args: text_list(&container.args, "args")?,
         env: text_list(&env_of(container, namespace, refs)?, "env")?,
@@ -185,12 +184,6 @@ pub fn build(
     }
     replica.termination_grace_s = spec.termination_grace_period_seconds.unwrap_or(30).min(u16::MAX as u32) as u16;
     Ok(replica)
-}
-
-/// `reg:5000/app:1@sha256:...` -> `reg:5000/app:1`: the digest travels in
-/// its own field.
-pub fn image_without_digest(image: &str) -> &str {
-    image.split_once('@').map_or(image, |(name, _)| name)
 }
 
 fn env_of(container: &Container, namespace: &str, refs: &References<'_>) -> Result<Vec<String>, String> {
