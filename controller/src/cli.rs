@@ -41,6 +41,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Enrol devices: `flotilla node token create`.
     Node(NodeArgs),
+    /// OCI images: build them, push them into a registry, list a registry.
+    Image(ImageArgs),
     /// Write password, ACL and config files for an external Mosquitto broker
     /// (`flotilla server --mqtt-url`); run it again after enrolling nodes, then reload
     /// Mosquitto (SIGHUP).
@@ -269,4 +271,23 @@ pub struct MosquittoConfigArgs {
     /// MQTT topic prefix (as given to `flotilla server`).
     #[arg(long, default_value = crate::fleet::DEFAULT_PREFIX)]
     pub mqtt_prefix: String,
+}
+
+/// `flotilla image ...`.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// Subcommands of `flotilla image`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an OCI image layout from static binaries or root filesystems, per architecture.
+    Build(flotilla_images::cli::BuildArgs),
+    /// Push an image from an OCI layout into a registry (the built-in one by default).
+    Push(crate::image_cmd::PushArgs),
+    /// List a registry's repositories, tags and digests.
+    Ls(crate::image_cmd::LsArgs),
 }

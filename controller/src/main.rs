@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use flotilla_controller::cli::{Cli, Command, NodeCommand, NodeTokenCommand, ServerArgs};
+use flotilla_controller::cli::{Cli, Command, ImageCommand, NodeCommand, NodeTokenCommand, ServerArgs};
 use flotilla_controller::{commands, server};
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +22,11 @@ fn main() {
             NodeCommand::Token(token) => match token.command {
                 NodeTokenCommand::Create(create) => commands::node_token_create(create),
             },
+        },
+        Command::Image(args) => match args.command {
+            ImageCommand::Build(build) => flotilla_images::cli::run_build(&build),
+            ImageCommand::Push(push) => flotilla_controller::image_cmd::run_push(push),
+            ImageCommand::Ls(ls) => flotilla_controller::image_cmd::run_ls(ls),
         },
         Command::MosquittoConfig(args) => {
             let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);

@@ -173,9 +173,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         },
         "flotilla controller ready"
     );
-    let app = api::router(state).merge(enrol_api::router(enrol_state));
+    let registry_dir = config.data_dir.join("registry");
+    let registry = Arc::new(
+        crate::registry::Registry::open(&registry_dir)
+            .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?,
+    );
+    let gc = tokio::spawn(registry.clone().run_gc(Duration::from_secs(3600), std::future::pending()));
+    let app = api::router_with_registry(state, registry).merge(enrol_api::router(enrol_state));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
     reconciler.abort();
+    gc.abort();
     tracing::info!("stopped");
     Ok(())
 }

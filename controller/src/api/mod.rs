@@ -56,6 +56,16 @@ type Shared = Arc<ApiState>;
 
 /// The router with every route.
 pub fn router(state: Shared) -> Router {
+    router_with(state, None)
+}
+
+/// The router with every route plus the built-in OCI registry under `/v2/`
+/// (reads anonymous, writes with the same token; see [`crate::registry`]).
+pub fn router_with_registry(state: Shared, registry: Arc<crate::registry::Registry>) -> Router {
+    router_with(state, Some(registry))
+}
+
+fn router_with(state: Shared, registry: Option<Arc<crate::registry::Registry>>) -> Router {
     let api = Router::new()
         .route("/api/v1", get(route_table))
         .route("/api/v1/apply", post(apply))
@@ -70,10 +80,11 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/{resource}/{name}/status", put(put_status_cluster))
         .route("/metrics", get(metrics::render))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .merge(api)
+    let mut routes = Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).merge(api);
+    if let Some(registry) = registry {
+        routes = routes.merge(crate::registry::router(registry, state.token.clone()));
+    }
+    routes
         .route_layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route; see GET /api/v1") })
         .with_state(state)
@@ -135,7 +146,8 @@ impl From<ManifestError> for ApiError {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

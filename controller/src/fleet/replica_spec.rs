@@ -136,7 +136,7 @@ pub fn build(
         let source = if let Some(empty) = &volume.empty_dir {
             VolumeSource::EmptyDir {
                 in_memory: empty.medium.as_deref() == Some("Memory"),
-                size_limit_bytes: empty.size_limit.as_ref().and_then(|q| quantity(q)).map(|q| q.as_units() as u64),
+                size_limit_bytes: empty.size_limit.as_ref().and_then(quantity).map(|q| q.as_units() as u64),
             }
         } else if let Some(host) = &volume.host_path {
             VolumeSource::HostPath { path: bounded(&host.path, "hostPath")? }
