@@ -20,9 +20,10 @@ use firmware_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::image::{ImageSettings, Images};
 use crate::probe::ProbeTally;
 use crate::runtime::{ContainerState, ExitInfo, Runtime, RuntimeError, Status};
-use crate::workload::{Paths, container_config, spec_hash};
+use crate::workload::{Paths, spec_hash};
 
 /// CrashLoopBackOff: the delay before restart n is `initial * 2^(n-1)`,
 /// capped; a container that ran for `reset_after_ms` starts over.
@@ -131,6 +132,8 @@ pub struct Agent<R: Runtime> {
     usage: crate::telemetry::UsageSampler,
     /// Probe tallies of running replicas, reset when a container starts.
     probes: BTreeMap<String, Probes>,
+    /// Image pulls, the layer store and container root filesystems.
+    images: Images,
 }
 
 /// The three probes of one running replica.
@@ -157,6 +160,7 @@ fn exit_of(info: &ExitInfo, by_agent: Option<ExitReason>) -> Exit {
 impl<R: Runtime> Agent<R> {
     /// An agent; loads the last applied document and records from disk.
     pub fn new(runtime: R, paths: Paths, node_id: NodeId, verify: Verifier, backoff: Backoff) -> Self {
+        let images = Images::new(&paths.data_dir, ImageSettings::default());
         let mut agent = Agent {
             runtime,
             paths,
@@ -169,9 +173,21 @@ impl<R: Runtime> Agent<R> {
             outbox: Vec::new(),
             usage: crate::telemetry::UsageSampler::default(),
             probes: BTreeMap::new(),
+            images,
         };
         agent.load();
         agent
+    }
+
+    /// Replaces the default image settings (disk budget, root filesystem mode).
+    pub fn with_image_settings(mut self, settings: ImageSettings) -> Self {
+        self.images = Images::new(&self.paths.data_dir, settings);
+        self
+    }
+
+    /// The images (tests and benchmarks look inside).
+    pub fn images(&mut self) -> &mut Images {
+        &mut self.images
     }
 
     fn load(&mut self) {
@@ -279,6 +295,10 @@ impl<R: Runtime> Agent<R> {
         let replicas = desired.as_ref().map(|d| d.replicas.as_slice()).unwrap_or_default();
         let config = desired.as_ref().map(|d| d.config.as_slice()).unwrap_or_default();
         let mut changed = false;
+        self.images.retain(replicas, running.keys().map(String::as_str));
+        for kind in self.images.take_events(now_ms) {
+            self.outbox.push(Event { at_unix_ms: now_ms, replica: None, kind });
+        }
 
         // Stop what is no longer desired: SIGTERM, then SIGKILL after the grace period.
         for (id, state) in &running {
@@ -303,6 +323,13 @@ impl<R: Runtime> Agent<R> {
                 && record.spec_hash != hash
                 && record.spec_hash != 0
             {
+                // The new version's image first: a running old container runs
+                // on until it is here (and on, if its pull fails).
+                if state.status == Status::Running
+                    && !matches!(self.images.availability(&spec.image, now_ms), crate::image::Availability::Ready(_))
+                {
+                    continue;
+                }
                 actions += self.stop_step(&id, state, now_ms, spec.termination_grace_s)?;
                 if state.status == Status::Stopped {
                     self.persisted.records.insert(id.clone(), Record::default());
@@ -351,6 +378,7 @@ impl<R: Runtime> Agent<R> {
                         RestartPolicy::Never => false,
                     };
                     self.runtime.delete(&id, true)?;
+                    self.images.release_rootfs(&id);
                     actions += 1;
                     if restart {
                         record.restarts += 1;
@@ -361,7 +389,7 @@ impl<R: Runtime> Agent<R> {
                 }
                 None if record.finished && record.spec_hash == hash => {}
                 None if record.backoff_until_ms > now_ms => {}
-                None => match container_config(&self.paths, spec, config) {
+                None => match crate::workload::prepare(&self.paths, &mut self.images, spec, config, now_ms) {
                     Err(e) => {
                         let reason = e.to_string();
                         if record.blocked.as_deref() != Some(&reason) {
@@ -420,6 +448,7 @@ impl<R: Runtime> Agent<R> {
                     Ok(()) | Err(RuntimeError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
+                self.images.release_rootfs(id);
                 tracing::info!(replica = %id, "container removed");
                 Ok(1)
             }
@@ -572,6 +601,7 @@ impl<R: Runtime> Agent<R> {
                         _ => Phase::Failed,
                     },
                     _ if record.backoff_until_ms > now_ms => Phase::CrashLoopBackOff,
+                    _ if self.images.is_pulling(&spec.image) => Phase::Pulling,
                     _ => Phase::Pending,
                 };
                 ReplicaStatus {

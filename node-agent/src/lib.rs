@@ -9,13 +9,18 @@
 //!   implementation (in a helper process) and a fake for tests.
 //! - [`persist`]: crash-safe files; [`logs`]: bounded container logs.
 //! - [`workload`]: desired replicas -> container configs, volumes.
+//! - [`image`]: image pulls, the shared layer store, container root
+//!   filesystems, garbage collection under a disk budget.
 //! - [`probe`]: startup, readiness and liveness probes.
 //! - [`telemetry`]: cgroup and node usage for heartbeats.
 //! - [`agent`]: the core: desired documents, reconcile, restart policy,
 //!   local state.
 
 pub mod agent;
+pub mod channel;
 pub mod cli;
+pub mod enrolment;
+pub mod image;
 pub mod logs;
 pub mod persist;
 pub mod probe;

@@ -1,9 +1,10 @@
 //! `flotilla-agent run`: the agent's main loop.
 //!
-//! Until the MQTT control channel lands (issue #8), desired documents come
-//! from a signed file (`--desired-file`, also how an air-gapped device is
-//! updated from a USB stick) and from local state: after a reboot the agent
-//! brings back the last applied document's workloads with no network at all.
+//! Desired documents come from the controller over MQTT (once enrolled:
+//! `--join URL --token T`), from a signed file (`--desired-file`, how an
+//! air-gapped device is updated from a USB stick) and from local state:
+//! after a reboot the agent brings back the last applied document's
+//! workloads with no network at all.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,8 @@ use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 
 use crate::agent::{Agent, Backoff, Verifier};
+use crate::channel::{Channel, ChannelConfig};
+use crate::enrolment::Enrolment;
 use crate::runtime::helper::HelperRuntime;
 use crate::workload::Paths;
 
@@ -24,16 +27,33 @@ pub struct RunArgs {
     /// This node's id [default: the hostname].
     #[arg(long, env = "FLOTILLA_NODE_ID")]
     pub node_id: Option<String>,
-    /// The controller's Ed25519 public key (32 bytes raw or 64 hex characters),
-    /// pinned at enrolment: documents not signed by it are refused.
+    /// The controller's Ed25519 public key (32 bytes raw or 64 hex characters):
+    /// documents not signed by it are refused. Enrolled agents pin the key they
+    /// received at enrolment and need not give it.
     #[arg(long, env = "FLOTILLA_CONTROLLER_KEY")]
-    pub controller_key: PathBuf,
+    pub controller_key: Option<PathBuf>,
+    /// Enrol with the controller at this API URL (e.g. http://10.0.0.1:7440) using
+    /// --token, then connect. Ignored once enrolled (credentials are kept in the data dir).
+    #[arg(long, env = "FLOTILLA_JOIN", requires = "token")]
+    pub join: Option<String>,
+    /// One-time join token from `flotilla node token create`.
+    #[arg(long, env = "FLOTILLA_JOIN_TOKEN")]
+    pub token: Option<String>,
     /// A signed desired-state document to apply (re-read when it changes).
     #[arg(long)]
     pub desired_file: Option<PathBuf>,
-    /// MQTT broker of the controller (not supported yet: issue #8).
-    #[arg(long, env = "FLOTILLA_MQTT_URL")]
-    pub mqtt_url: Option<String>,
+    /// Labels this node reports (repeat: --label zone=line-3 --label camera=yes).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// MQTT keep-alive. The broker declares the node lost (its Last Will) after 1.5x this
+    /// without traffic: shorter detects a silent partition sooner, longer costs fewer bytes.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub keep_alive: Duration,
+    /// Heartbeat period (status with usage; a change is sent at once regardless).
+    /// Heartbeats are QoS 0 and stand in for MQTT pings, so matching the keep-alive keeps an
+    /// idle node near 10 KB/hour.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
     /// Where the latest status (the heartbeat, as JSON) is written for local
     /// tools; tmpfs by default so that flash storage is not worn.
     #[arg(long, default_value = "/run/flotilla-agent/status.json")]
@@ -69,8 +89,71 @@ pub fn verifier(key: VerifyingKey) -> Verifier {
     })
 }
 
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?}: expected key=value"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// This device's registration: arch, capacity, labels.
+fn hello(node_id: &firmware_proto::NodeId, labels: &[(String, String)]) -> anyhow::Result<firmware_proto::Hello> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let memory = sysinfo::System::new()
+        .map(|mut system| {
+            system.refresh_memory();
+            system.total_memory()
+        })
+        .context("reading the device's memory size")?;
+    let capacity = firmware_proto::Capacity {
+        cpu_millis: cpus * 1000,
+        memory_bytes: memory,
+        max_workloads: firmware_proto::MAX_REPLICAS as u16,
+    };
+    // Keep some of the device for the system and the agent itself.
+    let allocatable = firmware_proto::Capacity {
+        cpu_millis: capacity.cpu_millis.saturating_sub(100),
+        memory_bytes: memory - memory / 10,
+        ..capacity
+    };
+    let mut label_list = heapless::Vec::new();
+    for (key, value) in labels {
+        let label = firmware_proto::Label {
+            key: firmware_proto::bounded::bounded(key).map_err(|_| anyhow::anyhow!("label key {key:?} too long"))?,
+            value: firmware_proto::bounded::bounded(value)
+                .map_err(|_| anyhow::anyhow!("label value {value:?} too long"))?,
+        };
+        label_list.push(label).map_err(|_| anyhow::anyhow!("at most {} labels", firmware_proto::MAX_LABELS))?;
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => firmware_proto::Arch::Amd64,
+        "aarch64" => firmware_proto::Arch::Arm64,
+        "arm" => firmware_proto::Arch::Arm,
+        _ => firmware_proto::Arch::Riscv64,
+    };
+    Ok(firmware_proto::Hello {
+        node_id: node_id.clone(),
+        arch,
+        os: firmware_proto::Os::Linux,
+        capacity,
+        allocatable,
+        labels: label_list,
+        taints: heapless::Vec::new(),
+        devices: heapless::Vec::new(),
+        agent_version: firmware_proto::bounded::truncated(env!("CARGO_PKG_VERSION")),
+        max_protocol_version: firmware_proto::PROTOCOL_VERSION,
+    })
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 fn now_ms() -> u64 {
@@ -93,14 +176,26 @@ fn write_status(path: &Path, status: &firmware_proto::Status) {
 
 /// Runs until killed. Containers keep running when the agent stops.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    if let Some(url) = &args.mqtt_url {
-        anyhow::bail!("not supported yet: the MQTT control channel ({url}) arrives with issue #8; use --desired-file");
+    create_private_dir(&args.data_dir)?;
+    let mut enrolment = Enrolment::load(&args.data_dir)?;
+    let node_name = args.node_id.clone().unwrap_or_else(hostname);
+    if let (None, Some(server), Some(token)) = (&enrolment, &args.join, &args.token) {
+        tracing::info!(server, node = node_name, "enrolling");
+        enrolment = Some(Enrolment::join(server, token, &node_name, &args.data_dir)?);
     }
-    let node_id = args.node_id.clone().unwrap_or_else(hostname);
-    let node_id = firmware_proto::Name::new(&node_id).map_err(|e| anyhow::anyhow!("node id {node_id:?}: {e}"))?;
-    let key = read_public_key(&args.controller_key)?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let node_name = enrolment.as_ref().map_or(node_name, |e| e.node_name.clone());
+    let node_id = firmware_proto::Name::new(&node_name).map_err(|e| anyhow::anyhow!("node id {node_name:?}: {e}"))?;
+    let key = match (&enrolment, &args.controller_key) {
+        (_, Some(path)) => read_public_key(path)?,
+        (Some(enrolment), None) => VerifyingKey::from_bytes(&enrolment.controller_key_bytes()?)
+            .map_err(|e| anyhow::anyhow!("the pinned controller key is not an Ed25519 key: {e}"))?,
+        (None, None) => anyhow::bail!(
+            "not enrolled: give --join <controller URL> --token <token from `flotilla node token create`>, \
+             or --controller-key with --desired-file"
+        ),
+    };
     let paths = Paths { data_dir: args.data_dir.clone() };
+    crate::runtime::set_cgroup_parent(&format!("{}/{node_id}", crate::runtime::CGROUP_PARENT));
     let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
     let runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());
     let mut agent = Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default());
@@ -115,10 +210,47 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !crate::runtime::SECCOMP_AVAILABLE {
         tracing::warn!("built without seccomp: workloads asking for a seccomp profile will be refused");
     }
+    let channel = match &enrolment {
+        Some(enrolment) => {
+            let config =
+                ChannelConfig { keep_alive: args.keep_alive, epoch_file: args.data_dir.join("sequence-epoch") };
+            let channel = Channel::start(enrolment, config)?;
+            channel.set_hello(hello(&node_id, &args.labels)?);
+            tracing::info!(broker = enrolment.mqtt_url, "control channel starting");
+            Some(channel)
+        }
+        None => None,
+    };
     let mut seen_file: Option<(SystemTime, u64)> = None;
     let mut next_heartbeat = 0;
     let mut last_phases = Vec::new();
+    let heartbeat_ms = args.heartbeat.as_millis() as u64;
     loop {
+        if let Some(channel) = &channel {
+            for frame in channel.wait_desired(Duration::from_millis(args.tick_ms)) {
+                match agent.offer_desired(&frame) {
+                    Ok(true) => tracing::info!(generation = agent.generation(), "desired document applied"),
+                    Ok(false) => tracing::debug!("desired document unchanged"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "desired document rejected");
+                        channel.send_event(firmware_proto::Event {
+                            at_unix_ms: now_ms(),
+                            replica: None,
+                            kind: firmware_proto::EventKind::Rejected {
+                                generation: 0,
+                                reason: firmware_proto::bounded::truncated(&e.to_string()),
+                            },
+                        });
+                    }
+                }
+            }
+            if channel.take_connected() {
+                // A new connection: send full state now (level-triggered).
+                next_heartbeat = 0;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(args.tick_ms));
+        }
         if let Some(file) = &args.desired_file
             && let Ok(meta) = std::fs::metadata(file)
         {
@@ -143,18 +275,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let phases: Vec<_> =
             agent.replica_statuses(now).into_iter().map(|r| (r.phase, r.restarts, r.readiness)).collect();
         if now >= next_heartbeat || phases != last_phases {
-            // Published on nodes/{id}/status once the control channel exists (#8).
             let heartbeat = agent.heartbeat(now);
             tracing::debug!(?heartbeat, "heartbeat");
             write_status(&args.status_file, &heartbeat);
+            if let Some(channel) = &channel {
+                channel.send_status(heartbeat);
+            }
             agent.rotate_logs(crate::logs::LogLimits::default());
-            next_heartbeat = now + 10_000;
+            next_heartbeat = now + heartbeat_ms;
             last_phases = phases;
         }
         for event in agent.take_events() {
-            // Published on nodes/{id}/events once the control channel exists (#8).
             tracing::debug!(?event, "event");
+            if let Some(channel) = &channel {
+                channel.send_event(event);
+            }
         }
-        std::thread::sleep(Duration::from_millis(args.tick_ms));
     }
 }

@@ -33,7 +33,7 @@ fn setup() -> Setup {
     assert!(nix::unistd::geteuid().is_root(), "agent e2e tests need root (namespaces, cgroups)");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("agent");
-    // The image store's place for an unpacked image (pulls arrive with issue #7).
+    // A preloaded image (flotilla_agent::image::store): used as is, no pull.
     let rootfs = data.join("images").join(hex(&IMAGE)).join("rootfs");
     for sub in ["bin", "proc", "dev", "sys", "tmp"] {
         std::fs::create_dir_all(rootfs.join(sub)).unwrap();

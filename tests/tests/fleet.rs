@@ -25,7 +25,6 @@ use serde_json::Value;
 /// An agent process, killed when the test ends.
 struct AgentProcess {
     child: Option<Child>,
-    name: String,
     data: PathBuf,
 }
 
@@ -45,7 +44,7 @@ impl AgentProcess {
         if let Some(token) = token {
             command.args(["--join", &controller.url, "--token", &token]);
         }
-        AgentProcess { child: Some(command.spawn().unwrap()), name: name.to_owned(), data: data.to_owned() }
+        AgentProcess { child: Some(command.spawn().unwrap()), data: data.to_owned() }
     }
 
     fn kill9(&mut self) {
@@ -60,9 +59,9 @@ impl AgentProcess {
     }
 
     /// Running containers: id -> pid.
-    fn running(&self) -> Vec<(String, u32)> {
+    fn running(&self) -> Vec<(String, i32)> {
         let mut runtime = self.runtime();
-        let mut out: Vec<(String, u32)> = runtime
+        let mut out: Vec<(String, i32)> = runtime
             .list()
             .unwrap_or_default()
             .into_iter()
@@ -119,8 +118,14 @@ fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
 }
 
 fn apply(controller: &ControllerProcess, manifest: &str) {
-    let mut child =
-        controller.cli().unwrap().args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = controller
+        .cli()
+        .unwrap()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success(), "apply failed");
@@ -174,7 +179,11 @@ fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
-fn all_running_on(controller: &ControllerProcess, count: usize, nodes: &[&str]) -> Option<Vec<(String, String, String)>> {
+fn all_running_on(
+    controller: &ControllerProcess,
+    count: usize,
+    nodes: &[&str],
+) -> Option<Vec<(String, String, String)>> {
     let pods = pods(controller);
     (pods.len() == count && pods.iter().all(|(_, phase, node)| phase == "Running" && nodes.contains(&node.as_str())))
         .then_some(pods)
@@ -241,24 +250,144 @@ fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
     let enrolment: Value = serde_json::from_slice(&std::fs::read(b.data.join("enrolment.json")).unwrap()).unwrap();
     let password = enrolment["mqttPassword"].as_str().unwrap();
     let topic = "flotilla/v1/nodes/fleet-b/status";
-    let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string(), "-i", "fleet-b-probe", "-u", "fleet-b"])
-            .args(["-P", password, "-t", topic, "-m", payload])
+    // A well-formed status with a MAC from the wrong key and a huge
+    // sequence number: what a node holding only a broker login could forge.
+    let forged = firmware_proto::encode_node_frame_to_vec(
+        &firmware_proto::NodeMessage::Status(firmware_proto::samples::status(1)),
+        u64::MAX - 1,
+        |_| firmware_proto::Bytes([7; 16]),
+    )
+    .unwrap();
+    let forged_file = dir.path().join("forged.bin");
+    std::fs::write(&forged_file, forged).unwrap();
+    let publish = |payload: &[&str]| {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string(), "-i", "fleet-b:probe", "-u", "fleet-b"])
+            .args(["-P", password, "-t", topic])
+            .args(payload)
             .status()
             .expect("mosquitto_pub is installed by scripts/setup");
-        // The embedded broker insists that the client id is the user name.
-        assert!(!status.success() || true);
-    }
-    let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string(), "-i", "fleet-b/probe", "-u", "fleet-b"])
-        .args(["-P", password, "-t", topic, "-m", "not a frame"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    wait_until("the malformed payload logged", Duration::from_secs(10), || {
-        controller.log_text().contains("malformed payload").then_some(())
+        assert!(status.success());
+    };
+    publish(&["-m", "not a frame"]);
+    publish(&["-f", forged_file.to_str().unwrap()]);
+    wait_until("both refusals logged", Duration::from_secs(10), || {
+        let log = controller.log_text();
+        (log.contains("malformed payload") && log.contains("bad MAC")).then_some(())
     });
+    // The node's own messages still count: the forged sequence number was not taken.
+    std::thread::sleep(Duration::from_secs(6));
+    let log = controller.log_text();
+    let after_forgery = &log[log.find("bad MAC").unwrap()..];
+    assert!(!after_forgery.contains("replayed"), "the forged frame moved the sequence: {after_forgery}");
     assert!(all_running_on(&controller, 4, &["fleet-b"]).is_some());
     drop(b);
     drop(a);
+}
+
+/// A Mosquitto broker on a free port, with the files `flotilla
+/// mosquitto-config` wrote; killed when dropped.
+struct Mosquitto {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mosquitto {
+    fn start(config_dir: &Path) -> Mosquitto {
+        let log = config_dir.join("mosquitto.log");
+        let conf = config_dir.join("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("mosquitto is installed by scripts/setup");
+        Mosquitto { child, log }
+    }
+
+    fn reload(&self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGHUP)
+            .unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto_config(controller_data: &Path, out: &Path, port: u16) {
+    let status = Command::new(binary("flotilla").unwrap())
+        .args(["mosquitto-config", "--port", &port.to_string(), "--data-dir"])
+        .arg(controller_data)
+        .arg("--out")
+        .arg(out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto-config failed");
+    // Log denied publishes too (the test checks that the broker refused
+    // one); root keeps root (the files live in a private temporary dir).
+    let conf = out.join("mosquitto.conf");
+    let text = std::fs::read_to_string(&conf).unwrap() + "log_type all\nlog_dest stderr\nuser root\n";
+    std::fs::write(&conf, text).unwrap();
+}
+
+#[test]
+fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("controller");
+    std::fs::create_dir_all(&data).unwrap();
+    let broker_dir = dir.path().join("mosquitto");
+    let mqtt_port = flotilla_e2e::free_port().unwrap();
+    // The controller's own broker login exists before the controller runs.
+    mosquitto_config(&data, &broker_dir, mqtt_port);
+    let mosquitto = Mosquitto::start(&broker_dir);
+    let url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let controller = ControllerProcess::start_with(&data, &["--mqtt-url", &url]).unwrap();
+    let image = push_busybox(&controller, dir.path());
+    let a = AgentProcess::start(&controller, "mosq-a", &dir.path().join("a"));
+    let b = AgentProcess::start(&controller, "mosq-b", &dir.path().join("b"));
+    wait_until("both agents enrolled", Duration::from_secs(20), || {
+        (a.data.join("enrolment.json").exists() && b.data.join("enrolment.json").exists()).then_some(())
+    });
+    // New nodes: write the files again and reload Mosquitto; the agents'
+    // reconnect loop then gets in.
+    mosquitto_config(&data, &broker_dir, mqtt_port);
+    mosquitto.reload();
+    wait_until("both nodes Ready through Mosquitto", Duration::from_secs(60), || {
+        let output = controller.cli().unwrap().args(["get", "nodes"]).output().unwrap();
+        (String::from_utf8_lossy(&output.stdout).matches(" Ready ").count() == 2).then_some(())
+    });
+    apply(&controller, &deployment("mosqrun", &image, 2));
+    wait_until("2 replicas Running", Duration::from_secs(60), || all_running_on(&controller, 2, &["mosq-a", "mosq-b"]));
+
+    // mosq-a's login on mosq-b's status topic: Mosquitto's ACL denies it
+    // (and still PUBACKs under MQTT 3.1.1, so mosquitto_pub succeeds).
+    let enrolment: Value = serde_json::from_slice(&std::fs::read(a.data.join("enrolment.json")).unwrap()).unwrap();
+    let refused_before = controller.log_text().matches("node message refused").count();
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string(), "-i", "mosq-a:probe", "-u", "mosq-a", "-q", "1"])
+        .args(["-P", enrolment["mqttPassword"].as_str().unwrap()])
+        .args(["-t", "flotilla/v1/nodes/mosq-b/status", "-m", "impersonation"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("Mosquitto's denial logged", Duration::from_secs(10), || {
+        mosquitto.log().contains("Denied PUBLISH from mosq-a:probe").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        controller.log_text().matches("node message refused").count(),
+        refused_before,
+        "the denied message reached the controller"
+    );
+    assert!(all_running_on(&controller, 2, &["mosq-a", "mosq-b"]).is_some());
 }

@@ -216,7 +216,7 @@ impl Enrolment {
     }
 
     /// The broker's check: the controller, or an enrolled node with its own
-    /// password. The client id must be the user name or start with `name/`
+    /// password. The client id must be the user name or start with `name:`
     /// (never a node id), so a node cannot take over another node's session.
     pub fn check_broker_login(&self, client_id: &str, user: &str, password: &str) -> bool {
         let state = self.read();
@@ -226,7 +226,7 @@ impl Enrolment {
             state.nodes.get(user).map(|c| &c.password)
         };
         let id_ok = client_id == user
-            || client_id.strip_prefix(user).is_some_and(|rest| rest.starts_with('/'))
+            || client_id.strip_prefix(user).is_some_and(|rest| rest.starts_with(':'))
             || (user == CONTROLLER_USER && client_id.starts_with(CONTROLLER_USER));
         id_ok && expected.is_some_and(|p| constant_time_eq(p.as_bytes(), password.as_bytes()))
     }
@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(enrolment.enrol(&token, "edge-2"), Err(EnrolError::BadToken));
         assert!(enrolment.check_broker_login("edge-1", "edge-1", &credential.password));
         assert!(!enrolment.check_broker_login("edge-2", "edge-1", &credential.password), "client id must match");
-        assert!(enrolment.check_broker_login("edge-1/tool", "edge-1", &credential.password));
+        assert!(enrolment.check_broker_login("edge-1:tool", "edge-1", &credential.password));
         assert!(!enrolment.check_broker_login("edge-10", "edge-1", &credential.password));
         assert!(!enrolment.check_broker_login("edge-1", "edge-1", "wrong"));
         // Survives a restart.

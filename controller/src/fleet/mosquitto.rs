@@ -48,6 +48,8 @@ pub fn acl(prefix: &str) -> String {
 pub fn write(data_dir: &Path, out_dir: &Path, prefix: &str, listener: u16) -> anyhow::Result<usize> {
     let enrolment = Enrolment::load_or_create(data_dir)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    // Mosquitto resolves relative paths from its own working directory.
+    let out_dir = &out_dir.canonicalize().with_context(|| format!("resolving {}", out_dir.display()))?;
     let mut passwd = password_line(CONTROLLER_USER, &enrolment.controller_password())? + "\n";
     let nodes = enrolment.nodes();
     for (name, credential) in &nodes {
@@ -57,7 +59,9 @@ pub fn write(data_dir: &Path, out_dir: &Path, prefix: &str, listener: u16) -> an
         use std::os::unix::fs::PermissionsExt;
         let path = out_dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        // Mosquitto drops privileges to its own user and must still read it.
+        // Readable by the owner and group only: started as root, Mosquitto
+        // drops to its own user, so give the files (and their directory) to
+        // group `mosquitto`, or run it as that user.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
             .with_context(|| format!("restricting {}", path.display()))
     };

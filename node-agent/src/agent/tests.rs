@@ -174,18 +174,65 @@ fn after_a_restart_the_agent_keeps_running_containers_and_brings_back_missing_on
     assert_eq!(calls, &vec!["create sensor-1a2b-1".to_owned(), "start sensor-1a2b-1".to_owned()]);
 }
 
+/// A registry that accepts connections and never answers: pulls from it
+/// stay in progress for the length of a test.
+fn silent_registry() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    (listener, format!("{address}/silent:1"))
+}
+
 #[test]
-fn a_missing_image_blocks_only_its_replica_with_a_reason() {
+fn a_missing_image_is_pulled_and_blocks_only_its_replica() {
     let f = Fixture::new();
+    let (_registry, reference) = silent_registry();
     let mut agent = f.agent(FakeRuntime::default());
     let mut doc = document(1, 2, RestartPolicy::Always);
     doc.replicas[1].image.digest = firmware_proto::Bytes([1; 32]);
+    doc.replicas[1].image.reference = reference.as_str().try_into().unwrap();
     agent.offer_desired(&frame(&doc, GOOD)).unwrap();
     agent.reconcile(0).unwrap();
     assert_eq!(agent.runtime().containers.len(), 1);
     let blocked = agent.persisted.records["sensor-1a2b-1"].blocked.clone().unwrap();
-    assert!(blocked.contains("is not on this node"), "{blocked}");
-    assert_eq!(agent.replica_statuses(0)[1].phase, Phase::Pending);
+    assert_eq!(blocked, format!("pulling image {reference}"));
+    assert_eq!(agent.replica_statuses(0)[1].phase, Phase::Pulling);
+}
+
+#[test]
+fn a_new_image_is_pulled_while_the_old_container_keeps_running() {
+    let f = Fixture::new();
+    let (_registry, reference) = silent_registry();
+    let mut agent = f.agent(FakeRuntime::default());
+    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    let mut next = document(2, 1, RestartPolicy::Always);
+    next.replicas[0].image.digest = firmware_proto::Bytes([2; 32]);
+    next.replicas[0].image.reference = reference.as_str().try_into().unwrap();
+    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    let calls_before = agent.runtime().calls.len();
+    for now in [1_000, 2_000, 3_000] {
+        agent.reconcile(now).unwrap();
+    }
+    assert_eq!(agent.runtime().calls.len(), calls_before, "the old container is left alone while pulling");
+    assert_eq!(agent.replica_statuses(3_000)[0].phase, Phase::Running);
+    // The image arrives (here: preloaded): now the old container is replaced.
+    std::fs::create_dir_all(Paths { data_dir: f.dir.path().to_owned() }.image_rootfs(&[2; 32])).unwrap();
+    agent.reconcile(4_000).unwrap();
+    let calls: Vec<String> = agent.runtime().calls[calls_before..].to_vec();
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0 15")), "{calls:?}");
+}
+
+#[test]
+fn root_filesystems_of_replicas_that_are_gone_are_removed() {
+    let f = Fixture::new();
+    let containers = f.dir.path().join("containers");
+    std::fs::create_dir_all(containers.join("gone-replica/rootfs")).unwrap();
+    std::fs::create_dir_all(containers.join("sensor-1a2b-0/rootfs")).unwrap();
+    let mut agent = f.agent(FakeRuntime::default());
+    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    assert!(!containers.join("gone-replica").exists());
+    assert!(containers.join("sensor-1a2b-0").exists(), "a desired replica's stays");
 }
 
 #[test]

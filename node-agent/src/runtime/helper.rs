@@ -157,6 +157,7 @@ impl HelperRuntime {
         }
         let mut child = Command::new(&self.program)
             .args(&self.args)
+            .env(super::CGROUP_PARENT_ENV, super::cgroup_parent())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

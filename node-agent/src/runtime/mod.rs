@@ -174,10 +174,35 @@ pub trait Runtime {
     fn exec(&mut self, id: &str, args: &[String], timeout_ms: u64) -> Result<Option<i32>, RuntimeError>;
 }
 
-/// Where cgroups live: the agent's containers are grouped under one parent.
+/// Where cgroups live by default: the agent's containers are grouped under
+/// one parent.
 pub const CGROUP_PARENT: &str = "flotilla";
+
+/// Environment variable that hands the parent to the runtime helper.
+pub const CGROUP_PARENT_ENV: &str = "FLOTILLA_CGROUP_PARENT";
+
+static CGROUP_PARENT_IN_USE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets this process's cgroup parent (before any container is touched).
+/// `flotilla-agent run` uses `flotilla/<node>`, so that agents sharing one
+/// kernel (the demo's simulated devices, tests) never share a cgroup even
+/// when the same replica briefly exists on two of them.
+pub fn set_cgroup_parent(parent: &str) {
+    let _ = CGROUP_PARENT_IN_USE.set(parent.trim_matches('/').to_owned());
+}
+
+/// The cgroup parent in use: set by [`set_cgroup_parent`], else inherited
+/// from the agent through [`CGROUP_PARENT_ENV`], else [`CGROUP_PARENT`].
+pub fn cgroup_parent() -> &'static str {
+    CGROUP_PARENT_IN_USE.get_or_init(|| {
+        std::env::var(CGROUP_PARENT_ENV)
+            .ok()
+            .filter(|p| !p.is_empty() && !p.contains(".."))
+            .unwrap_or_else(|| CGROUP_PARENT.to_owned())
+    })
+}
 
 /// A container's cgroup path relative to each hierarchy's root.
 pub fn cgroup_path(id: &str) -> String {
-    format!("/{CGROUP_PARENT}/{id}")
+    format!("/{}/{id}", cgroup_parent())
 }

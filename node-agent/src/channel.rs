@@ -1,0 +1,314 @@
+//! The agent's MQTT connection to the controller.
+//!
+//! One thread runs a single-threaded tokio runtime that owns the rumqttc
+//! event loop; the agent's synchronous main loop publishes through the
+//! client's non-blocking `try_publish` and receives desired documents over
+//! a channel, so a slow or absent broker never stalls the containers.
+//!
+//! Every frame carries a MAC (HMAC-SHA256 with the enrolment key, cut to 16
+//! bytes) and a sequence number the controller requires to increase. The
+//! sequence is `epoch << 32 | counter`: the epoch is persisted and bumped
+//! on every (re)connection, and the connection's Last Will ("offline")
+//! takes the largest sequence of its epoch, so it is newer than everything
+//! sent on that connection and older than everything after it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use firmware_proto::{NodeMessage, Presence, encode_node_frame_to_vec};
+use hmac::{KeyInit, Mac};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+
+use crate::enrolment::Enrolment;
+
+/// Largest payload accepted or sent: one frame plus room for the header.
+const MAX_PACKET: usize = firmware_proto::frame::MAX_FRAME_LEN + 1024;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// MQTT keep-alive; the broker declares the node gone (Last Will) after
+    /// 1.5 times this without traffic.
+    pub keep_alive: Duration,
+    /// Where the sequence epoch is kept.
+    pub epoch_file: PathBuf,
+}
+
+/// Sequence numbers and MACs of this node's frames.
+struct Signer {
+    key: [u8; 32],
+    next: AtomicU64,
+}
+
+impl Signer {
+    fn seal(&self, message: &NodeMessage, seq: u64) -> Option<Vec<u8>> {
+        let key = self.key;
+        let frame = encode_node_frame_to_vec(message, seq, |bytes| {
+            let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).expect("any key length");
+            mac.update(bytes);
+            let full = mac.finalize().into_bytes();
+            let mut tag = firmware_proto::Bytes([0; 16]);
+            tag.0.copy_from_slice(&full[..16]);
+            tag
+        });
+        match frame {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a frame");
+                None
+            }
+        }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A connected (or connecting) control channel.
+pub struct Channel {
+    client: AsyncClient,
+    signer: Arc<Signer>,
+    topics: Topics,
+    desired: Receiver<Vec<u8>>,
+    /// The registration, sealed afresh and resent (retained) on every
+    /// connection.
+    hello: Arc<Mutex<Option<firmware_proto::Hello>>>,
+    /// Set when a connection came up: the main loop then sends full state.
+    connected: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, Clone)]
+struct Topics {
+    prefix: String,
+    node: String,
+}
+
+impl Topics {
+    fn leaf(&self, leaf: &str) -> String {
+        format!("{}/nodes/{}/{leaf}", self.prefix, self.node)
+    }
+}
+
+impl Channel {
+    /// Starts connecting; returns at once.
+    pub fn start(enrolment: &Enrolment, config: ChannelConfig) -> anyhow::Result<Self> {
+        let (host, port) = parse_mqtt_url(&enrolment.mqtt_url)?;
+        let topics = Topics {
+            prefix: enrolment.topic_prefix.trim_end_matches('/').to_owned(),
+            node: enrolment.node_name.clone(),
+        };
+        let epoch = read_epoch(&config.epoch_file);
+        let signer = Arc::new(Signer { key: enrolment.mac_key_bytes()?, next: AtomicU64::new(epoch << 32 | 1) });
+        let mut options = MqttOptions::new(enrolment.node_name.clone(), host.clone(), port);
+        options.set_keep_alive(config.keep_alive);
+        options.set_credentials(enrolment.mqtt_username.clone(), enrolment.mqtt_password.clone());
+        options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        options.set_clean_session(true);
+        let (client, mut event_loop) = AsyncClient::new(options, 64);
+        let (desired_tx, desired) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let hello: Arc<Mutex<Option<firmware_proto::Hello>>> = Arc::default();
+        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let channel = Channel {
+            client: client.clone(),
+            signer: signer.clone(),
+            topics: topics.clone(),
+            desired,
+            hello: hello.clone(),
+            connected: connected.clone(),
+        };
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the MQTT runtime")?;
+        let broker = format!("{host}:{port}");
+        std::thread::Builder::new().name("mqtt".into()).spawn(move || {
+            runtime.block_on(async move {
+                let mut epoch = epoch;
+                let mut failures = 0u32;
+                // The first connection's epoch and will.
+                epoch = next_epoch(&config.epoch_file, epoch);
+                arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
+                loop {
+                    match event_loop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            failures = 0;
+                            tracing::info!(%broker, "connected to the controller's broker");
+                            on_connect(&client, &signer, &topics, &hello);
+                            connected.store(true, Ordering::Release);
+                        }
+                        Ok(Event::Incoming(Packet::Publish(publish))) => {
+                            if publish.topic == topics.leaf("desired") {
+                                deliver(&desired_tx, publish.payload.to_vec());
+                            } else {
+                                tracing::warn!(topic = publish.topic, "message on a topic this node did not ask for; ignored");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            failures += 1;
+                            let delay = backoff(failures);
+                            tracing::warn!(%broker, error = %e, retry_in_ms = delay.as_millis() as u64, "control channel down; workloads keep running");
+                            // The broker published (or will publish) this
+                            // connection's will: the next one is a new epoch.
+                            epoch = next_epoch(&config.epoch_file, epoch);
+                            arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+            })
+        }).context("starting the MQTT thread")?;
+        Ok(channel)
+    }
+
+    /// Desired documents received, waiting up to `timeout` for the first
+    /// (the newest last): a document is applied as soon as it arrives.
+    pub fn wait_desired(&self, timeout: Duration) -> Vec<Vec<u8>> {
+        let mut frames: Vec<Vec<u8>> = self.desired.recv_timeout(timeout).into_iter().collect();
+        frames.extend(self.desired.try_iter());
+        frames
+    }
+
+    /// Whether a connection came up since the last call: the caller then
+    /// sends its full state (level-triggered, nothing is lost across a
+    /// broker restart).
+    pub fn take_connected(&self) -> bool {
+        self.connected.swap(false, Ordering::AcqRel)
+    }
+
+    /// Sets the registration message, published (retained) on every
+    /// connection.
+    pub fn set_hello(&self, hello: firmware_proto::Hello) {
+        *self.hello.lock().unwrap_or_else(|p| p.into_inner()) = Some(hello);
+    }
+
+    /// Sends a heartbeat. QoS 0: it carries full state and the next one
+    /// replaces a lost one, so it costs no PUBACK on a paid link.
+    pub fn send_status(&self, status: firmware_proto::Status) {
+        let message = NodeMessage::Status(status);
+        if let Some(frame) = self.signer.seal(&message, self.signer.next_seq()) {
+            self.publish("status", QoS::AtMostOnce, false, frame);
+        }
+    }
+
+    /// Sends an event (QoS 1).
+    pub fn send_event(&self, event: firmware_proto::Event) {
+        let message = NodeMessage::Event(event);
+        if let Some(frame) = self.signer.seal(&message, self.signer.next_seq()) {
+            self.publish("events", QoS::AtLeastOnce, false, frame);
+        }
+    }
+
+    fn publish(&self, leaf: &str, qos: QoS, retain: bool, frame: Vec<u8>) {
+        if let Err(e) = self.client.try_publish(self.topics.leaf(leaf), qos, retain, frame) {
+            tracing::debug!(leaf, error = %e, "not sent (channel down or busy); full state is resent on reconnect");
+        }
+    }
+}
+
+fn deliver(desired: &SyncSender<Vec<u8>>, frame: Vec<u8>) {
+    if desired.try_send(frame).is_err() {
+        tracing::warn!(
+            "desired documents arrive faster than they are applied; the retained latest comes again on reconnect"
+        );
+    }
+}
+
+/// On every ConnAck: subscribe again (rumqttc does not replay
+/// subscriptions) and publish presence and registration (retained).
+fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
+    if let Err(e) = client.try_subscribe(topics.leaf("desired"), QoS::AtLeastOnce) {
+        tracing::warn!(error = %e, "cannot queue the desired subscription");
+    }
+    let hello = hello.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(frame) = hello.and_then(|h| signer.seal(&NodeMessage::Hello(h), signer.next_seq())) {
+        let _ = client.try_publish(topics.leaf("hello"), QoS::AtLeastOnce, true, frame);
+    }
+    if let Some(frame) = signer.seal(&NodeMessage::Online(Presence::Online), signer.next_seq()) {
+        let _ = client.try_publish(topics.leaf("online"), QoS::AtLeastOnce, true, frame);
+    }
+}
+
+/// Sets the next connection's Last Will (sequence: the top of `epoch`) and
+/// moves the counter to the start of `epoch`.
+fn arm(options: &mut MqttOptions, signer: &Signer, topics: &Topics, epoch: u64) {
+    signer.next.store(epoch << 32 | 1, Ordering::Relaxed);
+    if let Some(will) = signer.seal(&NodeMessage::Online(Presence::Offline), epoch << 32 | 0xFFFF_FFFF) {
+        options.set_last_will(LastWill::new(topics.leaf("online"), will, QoS::AtLeastOnce, true));
+    }
+}
+
+fn read_epoch(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Persists and returns the epoch after `current`. If it cannot be
+/// persisted the agent still moves on (in memory); a restart would then
+/// reuse sequence numbers and the controller drops those messages until
+/// the counter passes them, which is logged there.
+fn next_epoch(path: &std::path::Path, current: u64) -> u64 {
+    let next = current.max(read_epoch(path)) + 1;
+    if let Err(e) = crate::persist::write_atomic(path, next.to_string().as_bytes()) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot persist the sequence epoch");
+    }
+    next
+}
+
+/// Back-off with jitter: 100 ms doubling to 30 s.
+fn backoff(failures: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << failures.min(9)).min(30_000);
+    let mut noise = [0u8; 2];
+    let _ = getrandom::fill(&mut noise);
+    Duration::from_millis(base / 2 + u64::from(u16::from_le_bytes(noise)) % (base / 2 + 1))
+}
+
+/// `mqtt://host:port` -> host and port.
+pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
+    anyhow::ensure!(!rest.contains("://"), "{url}: only mqtt:// brokers are supported yet (no TLS in the agent yet)");
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((host, port)) => Ok((host.to_owned(), port.parse().with_context(|| format!("{url}: bad port"))?)),
+        None => Ok((rest.to_owned(), 1883)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(parse_mqtt_url("mqtt://10.0.0.1:1884").unwrap(), ("10.0.0.1".into(), 1884));
+        assert_eq!(parse_mqtt_url("broker").unwrap(), ("broker".into(), 1883));
+        assert!(parse_mqtt_url("mqtts://broker:8883").is_err());
+    }
+
+    #[test]
+    fn epochs_increase_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("epoch");
+        assert_eq!(next_epoch(&path, 0), 1);
+        assert_eq!(next_epoch(&path, 1), 2);
+        // A restart reads the stored one and moves past it.
+        assert_eq!(next_epoch(&path, read_epoch(&path)), 3);
+    }
+
+    #[test]
+    fn the_will_outranks_its_connection_and_not_the_next() {
+        let signer = Signer { key: [1; 32], next: AtomicU64::new(0) };
+        let topics = Topics { prefix: "p".into(), node: "n".into() };
+        let mut options = MqttOptions::new("n", "h", 1);
+        arm(&mut options, &signer, &topics, 5);
+        let first = signer.next_seq();
+        assert_eq!(first, 5 << 32 | 1);
+        let will = options.last_will().expect("will set");
+        let decoded = firmware_proto::decode_node_frame(&will.message).unwrap();
+        assert!(decoded.frame.seq > first);
+        arm(&mut options, &signer, &topics, 6);
+        assert!(signer.next_seq() > decoded.frame.seq);
+    }
+}

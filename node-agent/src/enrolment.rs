@@ -1,0 +1,112 @@
+//! This node's credentials: enrolment with a one-time join token, and the
+//! file that keeps the result (`<data>/enrolment.json`, mode 0600).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::image::http;
+use crate::image::registry::Timeouts;
+
+/// File name inside the agent's data directory.
+pub const ENROLMENT_FILE: &str = "enrolment.json";
+
+/// What the controller handed out at enrolment (the controller's
+/// `EnrolResponse`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enrolment {
+    /// The node's name, its id on the wire.
+    pub node_name: String,
+    /// `mqtt://host:port`.
+    pub mqtt_url: String,
+    /// Broker user.
+    pub mqtt_username: String,
+    /// Broker password.
+    pub mqtt_password: String,
+    /// MAC key, hex.
+    pub mac_key: String,
+    /// The controller's Ed25519 public key, hex: pinned here.
+    pub controller_key: String,
+    /// Topic prefix.
+    pub topic_prefix: String,
+}
+
+impl Enrolment {
+    /// The file's path under `data_dir`.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(ENROLMENT_FILE)
+    }
+
+    /// Reads the stored enrolment, if any.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Enrols with the controller at `server` (its API URL) using a join
+    /// token, and stores the credentials.
+    pub fn join(server: &str, token: &str, node_name: &str, data_dir: &Path) -> anyhow::Result<Self> {
+        let url = format!("{}/api/v1/enrol", server.trim_end_matches('/'));
+        anyhow::ensure!(url.starts_with("http://"), "{server}: only http:// controller URLs are supported yet");
+        let body = serde_json::json!({ "token": token, "nodeName": node_name }).to_string();
+        let timeouts = Timeouts { connect: Duration::from_secs(10), read: Duration::from_secs(15) };
+        let mut response = http::post(&url, &[("Content-Type", "application/json")], body.as_bytes(), timeouts)
+            .with_context(|| format!("cannot reach the controller at {server}"))?;
+        let bytes = http::read_limited(&mut response.body, 64 * 1024)
+            .with_context(|| format!("reading the enrolment answer from {server}"))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if response.status != 200 {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or(text);
+            anyhow::bail!("enrolment refused ({}): {message}", response.status);
+        }
+        let enrolment: Enrolment = serde_json::from_str(&text).context("unreadable enrolment answer")?;
+        anyhow::ensure!(enrolment.node_name == node_name, "the controller enrolled another name");
+        enrolment.mac_key_bytes()?;
+        enrolment.controller_key_bytes()?;
+        enrolment.save(data_dir)?;
+        Ok(enrolment)
+    }
+
+    /// Stores it (atomic, 0600).
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = Self::path(data_dir);
+        crate::persist::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))
+    }
+
+    /// The MAC key.
+    pub fn mac_key_bytes(&self) -> anyhow::Result<[u8; 32]> {
+        hex32(&self.mac_key).context("the stored MAC key is not 64 hex characters")
+    }
+
+    /// The pinned controller key.
+    pub fn controller_key_bytes(&self) -> anyhow::Result<[u8; 32]> {
+        hex32(&self.controller_key).context("the stored controller key is not 64 hex characters")
+    }
+}
+
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
