@@ -101,9 +101,16 @@ fn load_token(client: &ClientArgs) -> Option<String> {
     Some(token.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
-/// `DIR:TAG` or `DIR`. A `:` followed by something with a `/` is part of
-/// the path.
+/// `DIR:TAG` or `DIR`. Tags hold a `:` themselves (`busybox:1.35`), so the
+/// first split whose left side is an OCI layout wins; otherwise a `:`
+/// followed by something with a `/` is part of the path.
 fn parse_layout_ref(text: &str) -> (PathBuf, Option<&str>) {
+    for (at, _) in text.match_indices(':') {
+        let (dir, tag) = (&text[..at], &text[at + 1..]);
+        if !tag.is_empty() && std::path::Path::new(dir).join("index.json").is_file() {
+            return (PathBuf::from(dir), Some(tag));
+        }
+    }
     match text.rsplit_once(':') {
         Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => (PathBuf::from(dir), Some(tag)),
         _ => (PathBuf::from(text), None),

@@ -188,7 +188,7 @@ fn build_images(dir: &Path) -> Layout {
             &[
                 "--config.entrypoint=/bin/sh",
                 "--config.cmd=-c",
-                "--config.cmd=cat hello.txt; echo GREETING=$GREETING ORIGIN=$ORIGIN; pwd; touch /written; exec sleep 1000",
+                "--config.cmd=touch /written; cat hello.txt; echo GREETING=$GREETING ORIGIN=$ORIGIN; pwd; exec sleep 1000",
                 "--config.env=GREETING=from-image",
                 "--config.env=ORIGIN=image",
                 "--config.workingdir=/app",
@@ -380,6 +380,19 @@ fn wait_pulled(images: &mut Images, image: &ImageRef) -> Result<Ready, String> {
     }
 }
 
+/// The counters of a finished pull (the record is on disk a moment before
+/// the worker marks the pull ready).
+fn counters_when_ready(images: &Images, image: &ImageRef) -> flotilla_agent::image::Counters {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match images.pull_state(image) {
+            Some(PullState::Ready(counters)) => return counters,
+            state => assert!(Instant::now() < deadline, "pull of {} not marked ready: {state:?}", image.reference),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn pulled(ready: Ready) -> flotilla_agent::image::ImageRecord {
     match ready {
         Ready::Pulled(record) => record,
@@ -413,7 +426,7 @@ fn a_pull_cut_at_half_resumes_and_transfers_only_the_rest() {
 
     let mut images = Images::new(&dir.path().join("agent"), settings(RootfsMode::Auto));
     let record = pulled(wait_pulled(&mut images, &through_proxy).expect("the pull completes after the cut"));
-    let Some(PullState::Ready(counters)) = images.pull_state(&through_proxy) else { panic!("pull state") };
+    let counters = counters_when_ready(&images, &through_proxy);
 
     assert!(proxy.stats.cut.load(Ordering::SeqCst), "the proxy cut the transfer");
     let ranges = proxy.stats.ranges.lock().unwrap().clone();
@@ -457,7 +470,7 @@ fn two_images_sharing_a_base_layer_store_it_once() {
     let mut images = Images::new(&dir.path().join("agent"), settings(RootfsMode::Auto));
     let first = pulled(wait_pulled(&mut images, &a).unwrap());
     let second = pulled(wait_pulled(&mut images, &b).unwrap());
-    let Some(PullState::Ready(counters)) = images.pull_state(&b) else { panic!("pull state") };
+    let counters = counters_when_ready(&images, &b);
 
     assert_eq!(first.layers[0], second.layers[0], "the same base layer");
     assert_ne!(first.layers[1].digest, second.layers[1].digest);

@@ -68,13 +68,6 @@ pub struct ImageRecord {
     pub run: RunConfig,
 }
 
-impl ImageRecord {
-    /// Bytes it takes on disk (layers and metadata, approximately).
-    pub fn bytes(&self) -> u64 {
-        self.layers.iter().map(|l| l.unpacked_bytes).sum::<u64>() + 4096 * self.metadata_blobs.len() as u64
-    }
-}
-
 /// The store's directories.
 #[derive(Debug, Clone)]
 pub struct Store {
