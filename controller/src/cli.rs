@@ -285,7 +285,7 @@ pub struct ImageArgs {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Build an OCI image layout from static binaries or root filesystems, per architecture.
-    Build(flotilla_images::cli::BuildArgs),
+    Build(Box<flotilla_images::cli::BuildArgs>),
     /// Push an image from an OCI layout into a registry (the built-in one by default).
     Push(crate::image_cmd::PushArgs),
     /// List a registry's repositories, tags and digests.

@@ -428,6 +428,14 @@ fn scheduler_replica(pod: &ApiObject, spec: &PodSpec) -> sched::Replica {
     let id = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
     let mut replica = sched::Replica::new(&id, &workload, requests(spec));
     replica.priority = spec.priority.unwrap_or(0);
+    // Pinned by the desired-state publisher: a single-arch image runs only
+    // on nodes of that arch.
+    if let Some(archs) = pod.metadata.annotations.get(crate::fleet::desired::IMAGE_ARCHS_ANNOTATION)
+        && !archs.is_empty()
+        && !archs.contains(',')
+    {
+        replica.arch = Some(archs.clone());
+    }
     replica.node_selector = spec.node_selector.clone();
     replica.tolerations = spec.tolerations.iter().filter_map(toleration).collect();
     if let Some(spread) = spec.topology_spread_constraints.first() {

@@ -22,6 +22,9 @@ pub enum Command {
     Run(crate::run::RunArgs),
     /// Print the wire protocol version and build facts, then exit.
     Info,
+    /// Stop and remove every container of this agent (decommissioning a device, or
+    /// cleaning up after a demo). The agent itself must not be running.
+    StopAll(StopAllArgs),
     /// Internal: the single-threaded process that runs libcontainer for the
     /// agent (started by the agent itself; requests on stdin, answers on stdout).
     #[command(hide = true)]
@@ -37,4 +40,12 @@ pub struct RuntimeHelperArgs {
     /// Where container bundles are written.
     #[arg(long)]
     pub bundles_dir: PathBuf,
+}
+
+/// Options of `flotilla-agent stop-all`.
+#[derive(Debug, clap::Args)]
+pub struct StopAllArgs {
+    /// The agent's data directory.
+    #[arg(long, env = "FLOTILLA_AGENT_DATA_DIR", default_value = "/var/lib/flotilla-agent")]
+    pub data_dir: PathBuf,
 }

@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             flotilla_agent::runtime::helper::serve(&args.state_dir, &args.bundles_dir)
         }
         Some(Command::Run(args)) => flotilla_agent::run::run(args),
+        Some(Command::StopAll(args)) => flotilla_agent::run::stop_all(&args.data_dir),
         None => anyhow::bail!("no command given; see `flotilla-agent --help`"),
     }
 }

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// idle node near 10 KB/hour.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// Disk budget for images (blobs, unpacked layers), MiB: above it, images no replica
+    /// uses are removed, least recently used first.
+    #[arg(long, default_value_t = 1024)]
+    pub image_budget_mib: u64,
     /// Where the latest status (the heartbeat, as JSON) is written for local
     /// tools; tmpfs by default so that flash storage is not worn.
     #[arg(long, default_value = "/run/flotilla-agent/status.json")]
@@ -198,7 +202,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::runtime::set_cgroup_parent(&format!("{}/{node_id}", crate::runtime::CGROUP_PARENT));
     let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
     let runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());
-    let mut agent = Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default());
+    let images = crate::image::ImageSettings { budget_mib: args.image_budget_mib, ..Default::default() };
+    let mut agent =
+        Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default()).with_image_settings(images);
     tracing::info!(
         node = %node_id,
         generation = agent.generation(),
@@ -292,4 +298,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `flotilla-agent stop-all`: kills and removes every container this
+/// agent's runtime state knows.
+pub fn stop_all(data_dir: &Path) -> anyhow::Result<()> {
+    use crate::runtime::Runtime;
+    let paths = Paths { data_dir: data_dir.to_owned() };
+    let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
+    let mut runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());
+    let containers = runtime.list().context("listing containers")?;
+    for container in &containers {
+        match runtime.delete(&container.id, true) {
+            Ok(()) => tracing::info!(container = container.id, "stopped and removed"),
+            Err(e) => tracing::warn!(container = container.id, error = %e, "cannot remove"),
+        }
+    }
+    eprintln!("{} container(s) stopped", containers.len());
+    Ok(())
 }

@@ -19,11 +19,14 @@ use super::{FleetConfig, Topics};
 use crate::manifest::types::PodSpec;
 use crate::object::{ApiObject, ObjectKey};
 use crate::reconcile::Snapshot;
-use crate::status::PodStatus;
+use crate::status::{NodeStatus, PodStatus};
 use crate::store::{Op, Store};
 
 /// Annotation holding the image digest a replica was pinned to.
 pub const IMAGE_DIGEST_ANNOTATION: &str = "flotilla.io/image-digest";
+/// Annotation holding the architectures that image exists for
+/// (`amd64,arm64`); the scheduler places the replica only on those.
+pub const IMAGE_ARCHS_ANNOTATION: &str = "flotilla.io/image-archs";
 
 /// What was last published for one node.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct Published {
     /// Replica ids in document order, with the pod each stands for: status
     /// messages name replicas by slot or id.
     pub replicas: Vec<(String, ObjectKey)>,
+    /// Each replica's image digest (pull events name images, not replicas).
+    pub images: Vec<[u8; 32]>,
 }
 
 /// The documents last published, shared with the inbox.
@@ -116,17 +121,41 @@ fn build_all(
     for node in &snapshot.nodes {
         by_node.entry(node.metadata.name.clone()).or_default();
     }
+    let mut writes = Vec::new();
+    let node_arch: HashMap<&str, String> = snapshot
+        .nodes
+        .iter()
+        .map(|n| (n.metadata.name.as_str(), n.status::<NodeStatus>().node_info.architecture))
+        .collect();
     for pod in &snapshot.pods {
         let status: PodStatus = pod.status();
         if status.is_finished() {
             continue;
         }
-        if let Some(node) = pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) {
-            by_node.entry(node.to_owned()).or_default().push(pod);
+        match pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) {
+            Some(node) => {
+                let archs = pod.metadata.annotations.get(IMAGE_ARCHS_ANNOTATION);
+                let arch = node_arch.get(node).map(String::as_str).unwrap_or("");
+                if let Some(archs) = archs
+                    && !archs.is_empty()
+                    && !arch.is_empty()
+                    && !archs.split(',').any(|a| a == arch)
+                {
+                    unbind_for_arch(pod, node, arch, archs, &mut writes);
+                    continue;
+                }
+                by_node.entry(node.to_owned()).or_default().push(pod);
+            }
+            // Pin before the scheduler places it, so it knows the archs.
+            None if !pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION) => {
+                if let Err(reason) = pin(pod, resolver, &mut writes) {
+                    failed(pod, "ImagePinFailed", &reason, &mut writes);
+                }
+            }
+            None => {}
         }
     }
     let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
-    let mut writes = Vec::new();
     let mut out = Vec::new();
     let mut documents = published.lock();
     for (node, mut pods) in by_node {
@@ -138,10 +167,12 @@ fn build_all(
         let mut table = ConfigTable::default();
         let mut replicas = Vec::new();
         let mut keys = Vec::new();
+        let mut images = Vec::new();
         for pod in pods {
             match replica_of(pod, resolver, &refs, &mut table, &mut writes) {
                 Ok(replica) if replicas.len() < firmware_proto::MAX_REPLICAS => {
                     keys.push((replica.id.as_str().to_owned(), pod.key()));
+                    images.push(replica.image.digest.0);
                     replicas.push(replica);
                 }
                 Ok(_) => failed(
@@ -180,7 +211,7 @@ fn build_all(
                     "desired state changed"
                 );
                 out.push((node.clone(), frame.clone()));
-                documents.insert(node, Published { generation, fingerprint, frame, replicas: keys });
+                documents.insert(node, Published { generation, fingerprint, frame, replicas: keys, images });
             }
             Err(e) => tracing::error!(node, error = %e, "cannot encode the desired document"),
         }
@@ -205,20 +236,43 @@ fn replica_of(
     let image = spec.containers.first().map(|c| c.image.clone()).unwrap_or_default();
     let digest = match pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION).and_then(|d| parse_digest(d)) {
         Some(digest) => digest,
-        None => {
-            let digest = resolver.resolve(&image).map_err(|e| format!("cannot pin image {image:?}: {e}"))?;
-            let mut pinned = pod.clone();
-            pinned
-                .metadata
-                .annotations
-                .insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex_encode(&digest)));
-            writes.push(Op::Apply(pinned));
-            digest
-        }
+        None => pin(pod, resolver, writes)?,
     };
     let (registry, name, tag) =
         split_reference(image.split('@').next().unwrap_or_default(), &resolver.default_registry);
     replica_spec::build(pod, &spec, &format!("{registry}/{name}:{tag}"), digest, refs, table)
+}
+
+/// Resolves the pod's image and records digest and archs on it.
+fn pin(pod: &ApiObject, resolver: &Resolver, writes: &mut Vec<Op>) -> Result<[u8; 32], String> {
+    let spec: PodSpec = pod.spec().ok_or("the pod's spec is unreadable")?;
+    let image = spec.containers.first().map(|c| c.image.clone()).unwrap_or_default();
+    let pinned_image = resolver.resolve(&image).map_err(|e| format!("cannot pin image {image:?}: {e}"))?;
+    let mut pinned = pod.clone();
+    let annotations = &mut pinned.metadata.annotations;
+    annotations.insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex_encode(&pinned_image.digest)));
+    if !pinned_image.archs.is_empty() {
+        annotations.insert(IMAGE_ARCHS_ANNOTATION.to_owned(), pinned_image.archs.join(","));
+    }
+    writes.push(Op::Apply(pinned));
+    Ok(pinned_image.digest)
+}
+
+/// A replica bound to a node its image has no variant for (bound before
+/// the image was pinned): back to the scheduler, which now knows.
+fn unbind_for_arch(pod: &ApiObject, node: &str, arch: &str, archs: &str, writes: &mut Vec<Op>) {
+    let mut unbound = pod.clone();
+    if let Some(serde_json::Value::Object(spec)) = unbound.content.get_mut("spec") {
+        spec.remove("nodeName");
+    }
+    writes.push(Op::Apply(unbound.clone()));
+    let mut status: PodStatus = pod.status();
+    status.phase = "Pending".into();
+    status.reason = "ArchMismatch".into();
+    status.message = format!("the image has no linux/{arch} variant for node {node} (has {archs}); placing it again");
+    unbound.set_status(&status);
+    unbound.metadata.resource_version.clear();
+    writes.push(Op::UpdateStatus(unbound));
 }
 
 fn failed(pod: &ApiObject, reason: &str, message: &str, writes: &mut Vec<Op>) {
@@ -262,31 +316,85 @@ impl Resolver {
         Resolver { default_registry: default_registry.to_owned(), agent }
     }
 
-    /// The digest `image` points to now.
-    pub fn resolve(&self, image: &str) -> Result<[u8; 32], String> {
-        if let Some((_, digest)) = image.split_once('@') {
-            return parse_digest(digest).ok_or_else(|| format!("{digest:?} is not a sha256 digest"));
-        }
-        let (registry, name, tag) = split_reference(image, &self.default_registry);
-        let url = format!("http://{registry}/v2/{name}/manifests/{tag}");
-        let response = self
+    /// The digest `image` points to now, and the architectures it exists
+    /// for (empty when the registry does not say).
+    pub fn resolve(&self, image: &str) -> Result<PinnedImage, String> {
+        let (name_part, pinned) = match image.split_once('@') {
+            Some((name, digest)) => {
+                (name, Some(parse_digest(digest).ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?))
+            }
+            None => (image, None),
+        };
+        let (registry, name, tag) = split_reference(name_part, &self.default_registry);
+        let reference = pinned.map_or_else(|| tag.to_owned(), |d| format!("sha256:{}", hex_encode(&d)));
+        let (digest, body) = match self.get_json(registry, &format!("{name}/manifests/{reference}")) {
+            Ok(found) => found,
+            // A digest given in the manifest is enough to run; the archs
+            // stay unknown when its registry cannot be asked now.
+            Err(_) if pinned.is_some() => {
+                return Ok(PinnedImage { digest: pinned.unwrap_or_default(), archs: Vec::new() });
+            }
+            Err(e) => return Err(e),
+        };
+        let digest = match (pinned, digest) {
+            (Some(pinned), _) => pinned,
+            (None, Some(digest)) => digest,
+            (None, None) => return Err(format!("registry {registry} gave no Docker-Content-Digest for {name}:{tag}")),
+        };
+        let mut archs: Vec<String> = match body.get("manifests").and_then(|m| m.as_array()) {
+            Some(manifests) => manifests
+                .iter()
+                .filter_map(|m| m.pointer("/platform/architecture").and_then(|a| a.as_str()))
+                .filter(|a| *a != "unknown")
+                .map(str::to_owned)
+                .collect(),
+            None => body
+                .pointer("/config/digest")
+                .and_then(|d| d.as_str())
+                .and_then(|config| self.get_json(registry, &format!("{name}/blobs/{config}")).ok())
+                .and_then(|(_, config)| config.get("architecture").and_then(|a| a.as_str()).map(str::to_owned))
+                .into_iter()
+                .collect(),
+        };
+        archs.sort();
+        archs.dedup();
+        Ok(PinnedImage { digest, archs })
+    }
+
+    /// GETs a JSON document under `/v2/`: its digest header and body.
+    fn get_json(&self, registry: &str, path: &str) -> Result<(Option<[u8; 32]>, serde_json::Value), String> {
+        let url = format!("http://{registry}/v2/{path}");
+        let mut response = self
             .agent
-            .head(&url)
+            .get(&url)
             .header("Accept", MANIFEST_TYPES)
             .call()
             .map_err(|e| format!("registry {registry} unreachable: {e}"))?;
         match response.status().as_u16() {
             200 => {}
-            404 => return Err(format!("{name}:{tag} not found in registry {registry}")),
-            code => return Err(format!("registry {registry} answered {code} for {name}:{tag}")),
+            404 => return Err(format!("{path} not found in registry {registry}")),
+            code => return Err(format!("registry {registry} answered {code} for {path}")),
         }
-        let digest = response
-            .headers()
-            .get("Docker-Content-Digest")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| format!("registry {registry} gave no Docker-Content-Digest for {name}:{tag}"))?;
-        parse_digest(digest).ok_or_else(|| format!("registry {registry} gave an unreadable digest {digest:?}"))
+        let digest =
+            response.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok()).and_then(parse_digest);
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(4 << 20)
+            .read_to_vec()
+            .map_err(|e| format!("reading {path} from {registry}: {e}"))?;
+        let json = serde_json::from_slice(&body).map_err(|e| format!("{path} from {registry} is not JSON: {e}"))?;
+        Ok((digest, json))
     }
+}
+
+/// What an image reference resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedImage {
+    /// Manifest or index digest.
+    pub digest: [u8; 32],
+    /// Architectures it has (`amd64`, `arm64`), sorted; empty if unknown.
+    pub archs: Vec<String>,
 }
 
 /// `(registry, repository, tag)` of a reference; the first path component
@@ -319,7 +427,7 @@ mod tests {
     fn pinned_images_need_no_registry() {
         let resolver = Resolver::new("127.0.0.1:1");
         let hex = "ab".repeat(32);
-        assert_eq!(resolver.resolve(&format!("web:1@sha256:{hex}")), Ok([0xab; 32]));
+        assert_eq!(resolver.resolve(&format!("web:1@sha256:{hex}")).map(|p| p.digest), Ok([0xab; 32]));
         assert!(resolver.resolve("web:1@sha256:abc").is_err());
         assert!(resolver.resolve("web:1").unwrap_err().contains("unreachable"));
     }

@@ -313,14 +313,14 @@ impl Inbox {
     fn event(&self, node: &str, event: &firmware_proto::Event) {
         let replica = event.replica.as_ref().map(|r| r.as_str().to_owned()).unwrap_or_default();
         match &event.kind {
-            EventKind::PullProgress { done_bytes, total_bytes, .. } => {
+            EventKind::PullProgress { image, done_bytes, total_bytes } => {
                 let percent = if *total_bytes > 0 { done_bytes * 100 / total_bytes } else { 0 };
                 let message = format!("pulling: {percent}% ({done_bytes} of {total_bytes} bytes)");
-                self.pod_message(node, &replica, "Pulling", &message);
+                self.pod_message(node, &replica, &image.0, "Pulling", &message);
             }
-            EventKind::PullFailed { reason, .. } => {
+            EventKind::PullFailed { image, reason } => {
                 tracing::warn!(node, replica, reason = %reason, "image pull failed");
-                self.pod_message(node, &replica, "ImagePullFailed", reason);
+                self.pod_message(node, &replica, &image.0, "ImagePullFailed", reason);
             }
             EventKind::Rejected { generation, reason } => {
                 tracing::warn!(node, generation, reason = %reason, "the node refused its desired document");
@@ -329,20 +329,30 @@ impl Inbox {
         }
     }
 
-    fn pod_message(&self, node: &str, replica: &str, reason: &str, message: &str) {
+    /// Puts a pull's progress or failure on the replicas it concerns: the
+    /// one named, or every replica of the node using that image.
+    fn pod_message(&self, node: &str, replica: &str, image: &[u8; 32], reason: &str, message: &str) {
         let Some(document) = self.published.get(node) else { return };
-        let Some((_, key)) = document.replicas.iter().find(|(r, _)| r == replica) else { return };
-        let Some(mut pod) = self.store.get(key) else { return };
-        let mut status: PodStatus = pod.status();
-        if status.reason == reason && status.message == message {
-            return;
+        let mut ops = Vec::new();
+        for ((id, key), digest) in document.replicas.iter().zip(&document.images) {
+            if !(id == replica || (replica.is_empty() && digest == image)) {
+                continue;
+            }
+            let Some(mut pod) = self.store.get(key) else { continue };
+            let mut status: PodStatus = pod.status();
+            if status.phase == "Running" || (status.reason == reason && status.message == message) {
+                continue;
+            }
+            status.reason = reason.into();
+            status.message = message.into();
+            pod.set_status(&status);
+            pod.metadata.resource_version.clear();
+            ops.push(Op::UpdateStatus(pod));
         }
-        status.reason = reason.into();
-        status.message = message.into();
-        pod.set_status(&status);
-        pod.metadata.resource_version.clear();
-        if let Err(e) = self.store.commit(vec![Op::UpdateStatus(pod)]) {
-            tracing::debug!(error = %e, "pod message not recorded");
+        if !ops.is_empty()
+            && let Err(e) = self.store.commit(ops)
+        {
+            tracing::debug!(error = %e, "pull progress not recorded");
         }
     }
 
@@ -385,6 +395,20 @@ impl Inbox {
             if status.is_finished() {
                 continue;
             }
+            // A DaemonSet's replica belongs to its node: it waits there.
+            if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
+                if status.reason != "NodeLost" {
+                    status.phase = "Unknown".into();
+                    status.reason = "NodeLost".into();
+                    status.message = format!("node {node} lost ({why}); it runs again when the node is back");
+                    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+                    let mut marked = pod.clone();
+                    marked.set_status(&status);
+                    marked.metadata.resource_version.clear();
+                    ops.push(Op::UpdateStatus(marked));
+                }
+                continue;
+            }
             let mut unbound = pod.clone();
             if let Some(serde_json::Value::Object(spec)) = unbound.content.get_mut("spec") {
                 spec.remove("nodeName");
@@ -403,9 +427,9 @@ impl Inbox {
         if ops.is_empty() {
             return;
         }
-        let count = ops.len() / 2;
+        let count = ops.len();
         match self.store.commit(ops) {
-            Ok(_) => tracing::warn!(node, replicas = count, reason = why, "node lost: its replicas move"),
+            Ok(_) => tracing::warn!(node, writes = count, reason = why, "node lost: its replicas move"),
             Err(e) => tracing::warn!(node, error = %e, "eviction deferred"),
         }
     }
