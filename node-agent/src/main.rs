@@ -2,12 +2,19 @@
 
 use clap::Parser;
 use flotilla_agent::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,libcgroups=error")))
-        .with_writer(std::io::stderr)
+    // RUST_LOG as `level` or `target=level,...` lists (no regex matching).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse::<Targets>().ok())
+        .unwrap_or_else(|| "info,libcgroups=error".parse().expect("a valid default filter"));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let cli = Cli::parse();
     match cli.command {

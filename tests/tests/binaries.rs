@@ -19,14 +19,28 @@ fn agent_reports_its_version_and_protocol() {
 }
 
 #[test]
-fn agent_says_plainly_that_the_mqtt_channel_is_not_built_yet() {
+fn an_agent_that_is_not_enrolled_says_how_to_enrol() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out =
+        Command::new(binary("flotilla-agent").unwrap()).args(["run", "--data-dir"]).arg(tmp.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("not enrolled") && stderr.contains("--join"), "{stderr}");
+}
+
+#[test]
+fn an_agent_with_a_bad_join_token_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let controller = flotilla_e2e::ControllerProcess::start(&tmp.path().join("controller")).unwrap();
     let out = Command::new(binary("flotilla-agent").unwrap())
-        .args(["run", "--controller-key", "/nonexistent", "--mqtt-url", "mqtt://127.0.0.1:1883"])
+        .args(["run", "--node-id", "bad-token", "--join", &controller.url, "--token", "0123", "--data-dir"])
+        .arg(tmp.path().join("agent"))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "an unfinished feature must not pretend to work");
+    assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("not supported yet"), "{stderr}");
+    assert!(stderr.contains("enrolment refused (403)") && stderr.contains("flotilla node token create"), "{stderr}");
+    assert!(!tmp.path().join("agent/enrolment.json").exists());
 }
 
 #[test]
