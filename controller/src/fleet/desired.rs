@@ -147,9 +147,11 @@ fn build_all(
                 by_node.entry(node.to_owned()).or_default().push(pod);
             }
             // Pin before the scheduler places it, so it knows the archs.
+            // A failure here stays quiet: the scheduler's reason is the one
+            // to show, and pinning is tried again once it is bound.
             None if !pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION) => {
                 if let Err(reason) = pin(pod, resolver, &mut writes) {
-                    failed(pod, "ImagePinFailed", &reason, &mut writes);
+                    tracing::debug!(pod = %pod.metadata.name, reason, "image not pinned yet");
                 }
             }
             None => {}
@@ -300,7 +302,13 @@ pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
 pub struct Resolver {
     default_registry: String,
     agent: ureq::Agent,
+    /// Recent failures per image: not asked again for a while, so an
+    /// unreachable registry does not stall every pass on its timeout.
+    failures: Mutex<HashMap<String, (std::time::Instant, String)>>,
 }
+
+/// How long a failed resolution is remembered.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15);
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -313,12 +321,27 @@ impl Resolver {
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
             .into();
-        Resolver { default_registry: default_registry.to_owned(), agent }
+        Resolver { default_registry: default_registry.to_owned(), agent, failures: Mutex::default() }
     }
 
     /// The digest `image` points to now, and the architectures it exists
     /// for (empty when the registry does not say).
     pub fn resolve(&self, image: &str) -> Result<PinnedImage, String> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMORY);
+        if let Some((_, reason)) = failures.get(image) {
+            return Err(reason.clone());
+        }
+        drop(failures);
+        let result = self.resolve_now(image);
+        if let Err(reason) = &result {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            failures.insert(image.to_owned(), (std::time::Instant::now(), reason.clone()));
+        }
+        result
+    }
+
+    fn resolve_now(&self, image: &str) -> Result<PinnedImage, String> {
         let (name_part, pinned) = match image.split_once('@') {
             Some((name, digest)) => {
                 (name, Some(parse_digest(digest).ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?))

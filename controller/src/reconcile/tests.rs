@@ -201,3 +201,27 @@ fn template_hashes_are_stable_and_short() {
     assert_eq!(template_hash(&template), template_hash(&template.clone()));
     assert_eq!(template_hash(&template).len(), 4);
 }
+
+#[test]
+fn a_pinned_single_arch_image_is_placed_only_on_nodes_of_that_arch() {
+    let f = Fixture::new();
+    f.node("pi-1", "1", "256Mi", &[]); // arm64, see Fixture::node
+    let pod = |name: &str, archs: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {{flotilla.io/image-archs: \"{archs}\"}}\n\
+             spec:\n  containers:\n  - name: c\n    image: registry.local/c:1\n"
+        )
+    };
+    f.apply(&pod("amd64-only", "amd64"));
+    f.apply(&pod("multi", "amd64,arm64"));
+    f.apply(&pod("arm64-only", "arm64"));
+    f.settle();
+    let pods = f.pods();
+    let node_of = |name: &str| pods.iter().find(|p| p.metadata.name == name).and_then(node_name);
+    assert_eq!(node_of("arm64-only").as_deref(), Some("pi-1"));
+    assert_eq!(node_of("multi").as_deref(), Some("pi-1"));
+    assert_eq!(node_of("amd64-only"), None);
+    let status: PodStatus = pods.iter().find(|p| p.metadata.name == "amd64-only").unwrap().status();
+    assert_eq!(status.reason, "Unschedulable");
+    assert!(status.message.contains("1 node(s) not amd64"), "{}", status.message);
+}
