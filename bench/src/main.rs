@@ -4,11 +4,14 @@
 use clap::{Parser, Subcommand};
 
 mod api;
+mod failover;
+mod fleet;
 mod footprint;
 mod msg_sizes;
 mod pack;
 mod sched;
 mod start;
+mod wire;
 
 /// Flotilla's benchmarks. Each prints one JSON object per line on stdout;
 /// progress and notes go to stderr.
@@ -23,6 +26,8 @@ struct Cli {
 enum Bench {
     /// Controller API: apply latency, bulk load and listing 10,000 objects, on a real server process.
     Api(api::ApiArgs),
+    /// Node loss -> replicas running elsewhere, after kill -9 and after a silent partition (root).
+    Failover(failover::FailoverArgs),
     /// The agent's binary size (aarch64) and idle RSS with 5 running containers.
     Footprint(footprint::FootprintArgs),
     /// Encoded size of the wire messages (heartbeats with 0, 4 and 16 replicas, ...).
@@ -33,15 +38,19 @@ enum Bench {
     Sched(sched::SchedArgs),
     /// Time from a desired document to the container's process running, beside runc and an unshare floor (root).
     Start(start::StartArgs),
+    /// MQTT bytes per hour of an idle node with running replicas, through a counting proxy (root).
+    Wire(wire::WireArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(args) => api::run(args),
+        Bench::Failover(args) => failover::run(args),
         Bench::Footprint(args) => footprint::run(args),
         Bench::MsgSizes => msg_sizes::run(),
         Bench::Pack(args) => pack::run(args),
         Bench::Sched(args) => sched::run(args),
         Bench::Start(args) => start::run(args),
+        Bench::Wire(args) => wire::run(args),
     }
 }

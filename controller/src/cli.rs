@@ -208,9 +208,10 @@ pub struct ServerArgs {
     /// elsewhere (e.g. 1s, 30s).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub eviction_grace: std::time::Duration,
-    /// A connected node that sends no heartbeat for this long counts as lost. Agents send one
-    /// every --heartbeat (default 60s), so keep this above twice that.
-    #[arg(long, default_value = "150s", value_parser = humantime::parse_duration)]
+    /// A node that stays connected but sends no heartbeat for this long (a hung agent)
+    /// counts as lost. Agents send one every --heartbeat (default 5m), so keep this above
+    /// twice that. A dropped connection is noticed much sooner, by the MQTT Last Will.
+    #[arg(long, default_value = "11m", value_parser = humantime::parse_duration)]
     pub lease: std::time::Duration,
 }
 

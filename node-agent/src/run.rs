@@ -49,10 +49,11 @@ pub struct RunArgs {
     /// without traffic: shorter detects a silent partition sooner, longer costs fewer bytes.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub keep_alive: Duration,
-    /// Heartbeat period (status with usage; a change is sent at once regardless).
-    /// Heartbeats are QoS 0 and stand in for MQTT pings, so matching the keep-alive keeps an
-    /// idle node near 10 KB/hour.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// Heartbeat period: full status with usage, QoS 0 (any change is sent at once
+    /// regardless). rumqttc pings every keep-alive whatever else is sent, so liveness comes
+    /// from those pings and the heartbeat only refreshes usage: every 5 minutes keeps an idle
+    /// node near 15 KB/hour with TCP/IP headers (see README, "Wire budget").
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// Disk budget for images (blobs, unpacked layers), MiB: above it, images no replica
     /// uses are removed, least recently used first.
@@ -314,6 +315,22 @@ pub fn stop_all(data_dir: &Path) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(container = container.id, error = %e, "cannot remove"),
         }
     }
-    eprintln!("{} container(s) stopped", containers.len());
+    // Container root filesystems (overlay mounts) are the agent's to
+    // release; with the agent gone, do it here.
+    let mut unmounted = 0;
+    let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_owned());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        if Path::new(point).starts_with(&data_dir) {
+            match nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => unmounted += 1,
+                Err(e) => tracing::warn!(mount = point, error = %e, "cannot unmount"),
+            }
+        }
+    }
+    eprintln!("{} container(s) stopped, {unmounted} mount(s) released", containers.len());
     Ok(())
 }

@@ -80,10 +80,12 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill9();
-        let mut runtime = self.runtime();
-        for state in runtime.list().unwrap_or_default() {
-            let _ = runtime.delete(&state.id, true);
-        }
+        // Containers and their overlay root filesystems outlive the agent.
+        let _ = Command::new(binary("flotilla-agent").unwrap())
+            .args(["stop-all", "--data-dir"])
+            .arg(&self.data)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
