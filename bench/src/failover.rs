@@ -49,8 +49,8 @@ pub struct FailoverArgs {
     /// after 1.5 x this.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub keep_alive: Duration,
-    /// The controller's `--eviction-grace`.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// The controller's `--eviction-grace` (its default).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub eviction_grace: Duration,
     /// Directory of the flotilla, flotilla-agent and flotilla-image binaries
     /// [default: next to this benchmark].

@@ -204,9 +204,10 @@ pub struct ServerArgs {
     /// MQTT topic prefix.
     #[arg(long, default_value = crate::fleet::DEFAULT_PREFIX)]
     pub mqtt_prefix: String,
-    /// How long a node whose connection dropped keeps its replicas before they are placed
-    /// elsewhere (e.g. 1s, 30s).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// How long a node whose connection dropped (its MQTT Last Will) keeps its replicas before
+    /// they are placed elsewhere. Long enough for an agent restart to reconnect, short enough
+    /// that a silent partition is handled within 1.5 x keep-alive + 1 s.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub eviction_grace: std::time::Duration,
     /// A node that stays connected but sends no heartbeat for this long (a hung agent)
     /// counts as lost. Agents send one every --heartbeat (default 5m), so keep this above
