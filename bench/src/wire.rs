@@ -2,7 +2,7 @@
 //! (issue #8; target <= 20 KB/hour, since devices on cellular pay for them).
 //!
 //! One real agent with `--replicas` running containers and, by default, the
-//! agent's default settings (keep-alive 60 s, heartbeat 60 s) talks to a
+//! agent's default settings (keep-alive 60 s, heartbeat 300 s) talks to a
 //! real `flotilla server` through a byte-counting TCP proxy
 //! ([`proxy::CountingProxy`]). Once the replicas run and the link has been
 //! quiet for `--quiet`, the proxy's counters are read over `--seconds`.
@@ -38,7 +38,7 @@ use proxy::CountingProxy;
 #[derive(Debug, clap::Args)]
 pub struct WireArgs {
     /// Seconds of idle traffic counted.
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, default_value_t = 300)]
     pub seconds: u64,
     /// Running replicas on the node.
     #[arg(long, default_value_t = 4)]
@@ -46,8 +46,8 @@ pub struct WireArgs {
     /// The agent's `--keep-alive` (its default: 60s).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub keep_alive: Duration,
-    /// The agent's `--heartbeat` (its default: 60s).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// The agent's `--heartbeat` (its default: 300s).
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// How long the link must carry nothing before the node counts as idle
     /// and the measurement starts.
