@@ -55,7 +55,7 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = crate::store::random_bytes::<32>()?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let token = hex::encode(bytes);
             crate::store::write_private(path, format!("{token}\n").as_bytes())
                 .with_context(|| format!("writing the API token to {}", path.display()))?;
             tracing::info!(path = %path.display(), "generated a new API token");

@@ -15,6 +15,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
+use crate::store::{random_bytes, write_private};
+
 /// File holding the controller's Ed25519 signing key (32 raw bytes).
 pub const CONTROLLER_KEY_FILE: &str = "controller.key";
 /// File holding its public key (32 raw bytes), what agents pin.
@@ -62,10 +64,8 @@ impl ControllerKey {
                 bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut secret = [0; 32];
-                getrandom::fill(&mut secret)
-                    .map_err(|e| anyhow::anyhow!("no randomness for the controller key: {e}"))?;
-                write_private(&path, &secret)?;
+                let secret = random_bytes::<32>()?;
+                write_file(&path, &secret)?;
                 secret
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -101,7 +101,7 @@ pub struct NodeCredential {
 impl NodeCredential {
     /// The MAC key as bytes.
     pub fn mac_key_bytes(&self) -> Option<[u8; 32]> {
-        hex_decode(&self.mac_key)?.try_into().ok()
+        hex::decode(&self.mac_key).ok()?.try_into().ok()
     }
 }
 
@@ -153,7 +153,7 @@ impl Enrolment {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let state = EnrolmentFile { controller_password: random_text()?, ..EnrolmentFile::default() };
-                write_private(&path, &serde_json::to_vec_pretty(&state)?)?;
+                write_file(&path, &serde_json::to_vec_pretty(&state)?)?;
                 state
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -190,7 +190,7 @@ impl Enrolment {
         }
         let credential = NodeCredential {
             password: random_text().map_err(|e| EnrolError::Io(e.to_string()))?,
-            mac_key: hex_encode(&random_bytes::<32>().map_err(|e| EnrolError::Io(e.to_string()))?),
+            mac_key: hex::encode(random_bytes::<32>().map_err(|e| EnrolError::Io(e.to_string()))?),
         };
         let hash = sha256_hex(token.as_bytes());
         let mut refused = false;
@@ -228,7 +228,7 @@ impl Enrolment {
         let id_ok = client_id == user
             || client_id.strip_prefix(user).is_some_and(|rest| rest.starts_with(':'))
             || (user == CONTROLLER_USER && client_id.starts_with(CONTROLLER_USER));
-        id_ok && expected.is_some_and(|p| constant_time_eq(p.as_bytes(), password.as_bytes()))
+        id_ok && expected.is_some_and(|p| crate::api::constant_time_eq(p.as_bytes(), password.as_bytes()))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, EnrolmentFile> {
@@ -240,63 +240,27 @@ impl Enrolment {
         let mut next = state.clone();
         change(&mut next);
         let bytes = serde_json::to_vec_pretty(&next).map_err(|e| EnrolError::Io(e.to_string()))?;
-        write_private(&self.path, &bytes).map_err(|e| EnrolError::Io(format!("{e:#}")))?;
+        write_file(&self.path, &bytes).map_err(|e| EnrolError::Io(format!("{e:#}")))?;
         *state = next;
         Ok(())
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
-    let mut bytes = [0; N];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    Ok(bytes)
-}
-
 fn random_text() -> anyhow::Result<String> {
-    Ok(hex_encode(&random_bytes::<24>()?))
+    Ok(hex::encode(random_bytes::<24>()?))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    hex_encode(&sha2::Sha256::digest(bytes))
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Lower-case hex.
-pub fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses lower- or upper-case hex.
-pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// Writes a file only its owner can read, atomically (temp file + fsync +
-/// rename), so a crash never leaves half a key.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_private(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
 
-use super::credentials::{ControllerKey, hex_decode, hex_encode};
+use super::credentials::ControllerKey;
 use super::replica_spec::{self, ConfigTable, References};
 use super::{FleetConfig, Topics};
 use crate::manifest::types::PodSpec;
@@ -252,7 +252,7 @@ fn pin(pod: &ApiObject, resolver: &Resolver, writes: &mut Vec<Op>) -> Result<[u8
     let pinned_image = resolver.resolve(&image).map_err(|e| format!("cannot pin image {image:?}: {e}"))?;
     let mut pinned = pod.clone();
     let annotations = &mut pinned.metadata.annotations;
-    annotations.insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex_encode(&pinned_image.digest)));
+    annotations.insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex::encode(pinned_image.digest)));
     if !pinned_image.archs.is_empty() {
         annotations.insert(IMAGE_ARCHS_ANNOTATION.to_owned(), pinned_image.archs.join(","));
     }
@@ -294,7 +294,7 @@ fn failed(pod: &ApiObject, reason: &str, message: &str, writes: &mut Vec<Op>) {
 /// `sha256:<64 hex>` -> bytes.
 pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
     let hex = text.strip_prefix("sha256:")?;
-    (hex.len() == 64).then(|| hex_decode(hex)).flatten()?.try_into().ok()
+    hex::decode(hex).ok()?.try_into().ok()
 }
 
 /// Resolves image tags to digests over the OCI distribution API, so every
@@ -349,7 +349,7 @@ impl Resolver {
             None => (image, None),
         };
         let (registry, name, tag) = split_reference(name_part, &self.default_registry);
-        let reference = pinned.map_or_else(|| tag.to_owned(), |d| format!("sha256:{}", hex_encode(&d)));
+        let reference = pinned.map_or_else(|| tag.to_owned(), |d| format!("sha256:{}", hex::encode(d)));
         let (digest, body) = match self.get_json(registry, &format!("{name}/manifests/{reference}")) {
             Ok(found) => found,
             // A digest given in the manifest is enough to run; the archs

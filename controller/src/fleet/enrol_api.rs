@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::credentials::{EnrolError, Enrolment, hex_encode};
+use super::credentials::{EnrolError, Enrolment};
 
 /// What the routes need.
 pub struct EnrolState {
@@ -99,9 +99,7 @@ async fn create_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok = presented.len() == state.api_token.len()
-        && presented.bytes().zip(state.api_token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if !ok {
+    if !crate::api::constant_time_eq(presented.as_bytes(), state.api_token.as_bytes()) {
         return error(StatusCode::UNAUTHORIZED, "a valid API token is needed (Authorization: Bearer <token>)");
     }
     let ttl = body.and_then(|b| b.ttl_seconds).unwrap_or(3600);
@@ -121,7 +119,7 @@ async fn enrol(State(state): State<Arc<EnrolState>>, Json(request): Json<EnrolRe
                 mqtt_username: request.node_name,
                 mqtt_password: credential.password,
                 mac_key: credential.mac_key,
-                controller_key: hex_encode(&state.controller_key),
+                controller_key: hex::encode(state.controller_key),
                 topic_prefix: state.prefix.clone(),
             })
             .into_response()

@@ -20,8 +20,7 @@ const ITERATIONS: u32 = 101;
 
 /// A `user:$7$...` password line, as `mosquitto_passwd` writes them.
 pub fn password_line(user: &str, password: &str) -> anyhow::Result<String> {
-    let mut salt = [0u8; 12];
-    getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let salt = crate::store::random_bytes::<12>()?;
     let mut hash = [0u8; 64];
     pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, ITERATIONS, &mut hash);
     let b64 = base64::engine::general_purpose::STANDARD;
