@@ -36,6 +36,9 @@ struct NodeTrack {
     last_seq: u64,
     last_seen: Instant,
     lost_since: Option<Instant>,
+    /// Its replicas were moved for this loss: later ticks skip the scan of
+    /// every pod until the node is seen again.
+    evicted: bool,
 }
 
 /// Handles node messages and leases.
@@ -135,7 +138,12 @@ impl Inbox {
 
     fn track(&mut self, node: &str) -> &mut NodeTrack {
         let started = self.started;
-        self.nodes.entry(node.to_owned()).or_insert(NodeTrack { last_seq: 0, last_seen: started, lost_since: None })
+        self.nodes.entry(node.to_owned()).or_insert(NodeTrack {
+            last_seq: 0,
+            last_seen: started,
+            lost_since: None,
+            evicted: false,
+        })
     }
 
     fn apply(&mut self, node: &str, message: NodeMessage) {
@@ -170,6 +178,7 @@ impl Inbox {
         let track = self.track(node);
         track.last_seen = now;
         track.lost_since = None;
+        track.evicted = false;
     }
 
     fn register(&self, node: &str, hello: &firmware_proto::Hello) {
@@ -377,15 +386,16 @@ impl Inbox {
                 continue;
             }
             let lost_since = *track.lost_since.get_or_insert(now);
-            if now.duration_since(lost_since) >= grace {
-                self.evict(&name, &ready.reason);
+            if !track.evicted && now.duration_since(lost_since) >= grace {
+                let evicted = self.evict(&name, &ready.reason);
+                self.track(&name).evicted = evicted;
             }
         }
     }
 
     /// Unbinds the node's unfinished replicas; the scheduler places them
-    /// again in its next pass.
-    fn evict(&self, node: &str, why: &str) {
+    /// again in its next pass. Returns whether that is done (false: retry).
+    fn evict(&self, node: &str, why: &str) -> bool {
         let mut ops = Vec::new();
         for pod in self.store.list(Kind::Pod, None).items {
             if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) != Some(node) {
@@ -425,12 +435,18 @@ impl Inbox {
             ops.push(Op::UpdateStatus(unbound));
         }
         if ops.is_empty() {
-            return;
+            return true;
         }
         let count = ops.len();
         match self.store.commit(ops) {
-            Ok(_) => tracing::warn!(node, writes = count, reason = why, "node lost: its replicas move"),
-            Err(e) => tracing::warn!(node, error = %e, "eviction deferred"),
+            Ok(_) => {
+                tracing::warn!(node, writes = count, reason = why, "node lost: its replicas move");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(node, error = %e, "eviction deferred");
+                false
+            }
         }
     }
 }
