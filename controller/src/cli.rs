@@ -39,6 +39,12 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete objects by name, or those of manifest files.
     Delete(DeleteArgs),
+    /// Print a pod's container output (stdout and stderr), fetched from its device.
+    ///
+    /// Output stays on the device (bounded, rotated files) until asked for, so
+    /// the device must be connected. Examples: `flotilla logs web-7f3a-0`,
+    /// `flotilla logs sensor-bc97-1 --tail 20 -f`.
+    Logs(LogsArgs),
     /// Enrol devices: `flotilla node token create`.
     Node(NodeArgs),
     /// OCI images: build them, push them into a registry, list a registry.
@@ -147,6 +153,28 @@ pub struct DescribeArgs {
     /// Namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `flotilla logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The pod (replica) name, as `flotilla get pods` shows it.
+    pub name: String,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u32>,
+    /// At most this many bytes (the device keeps about 3 MiB per replica).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub limit_bytes: u32,
+    /// Keep printing new output as it is written (polls the device every second; Ctrl-C stops).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
     /// Server and token.
     #[command(flatten)]
     pub client: ClientArgs,

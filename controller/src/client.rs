@@ -93,6 +93,26 @@ impl Client {
         body.with_config().limit(BODY_LIMIT).read_json().with_context(|| format!("{what}: unreadable answer"))
     }
 
+    /// GET a pod's container output: the bytes and the offset a follow-up
+    /// continues at.
+    pub fn pod_log(&self, namespace: &str, name: &str, query: &str) -> anyhow::Result<(Vec<u8>, Option<u64>)> {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/log?{query}");
+        let response = self
+            .agent
+            .get(self.url(&path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        let offset = response
+            .headers()
+            .get(crate::fleet::logs::OFFSET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let mut body = self.check(response, &format!("logs of {name}"))?;
+        let data = body.with_config().limit(BODY_LIMIT).read_to_vec().context("reading the log output")?;
+        Ok((data, offset))
+    }
+
     /// Sends JSON with a method and decodes the JSON answer.
     pub fn send_json<B: Serialize, T: DeserializeOwned>(
         &self,

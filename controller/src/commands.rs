@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::api::{ApplyRequest, ApplyResponse, ObjectList, SourceText};
-use crate::cli::{ApplyArgs, ApplyOutput, DeleteArgs, DescribeArgs, GetArgs, OutputFormat};
+use crate::cli::{ApplyArgs, ApplyOutput, DeleteArgs, DescribeArgs, GetArgs, LogsArgs, OutputFormat};
 use crate::client::Client;
 use crate::manifest::{self, Kind};
 use crate::object::{ApiObject, ObjectKey, age, kind_from_resource, resource_of};
@@ -398,6 +398,35 @@ fn bytes_text(bytes: u64) -> String {
         }
     }
     bytes.to_string()
+}
+
+/// `flotilla logs`: prints what the pod's device answers, then (with
+/// `-f`) what was written since, every second.
+pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = Client::new(&args.client.server, &args.client.token_file())?;
+    let mut query = format!("limitBytes={}", args.limit_bytes);
+    if let Some(tail) = args.tail {
+        query.push_str(&format!("&tailLines={tail}"));
+    }
+    let (data, mut offset) = client.pod_log(&args.namespace, &args.name, &query)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&data)?;
+    out.flush()?;
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let Some(from) = offset else {
+            anyhow::bail!("the server gave no offset to follow from");
+        };
+        let (data, next) =
+            client.pod_log(&args.namespace, &args.name, &format!("limitBytes={}&offset={from}", args.limit_bytes))?;
+        out.write_all(&data)?;
+        out.flush()?;
+        offset = next;
+    }
 }
 
 /// `flotilla describe`.

@@ -18,6 +18,7 @@ fn main() {
         Command::Get(args) => commands::get(args),
         Command::Describe(args) => commands::describe(args),
         Command::Delete(args) => commands::delete(args),
+        Command::Logs(args) => commands::logs(args),
         Command::Node(args) => match args.command {
             NodeCommand::Token(token) => match token.command {
                 NodeTokenCommand::Create(create) => commands::node_token_create(create),

@@ -160,7 +160,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         mqtt_url: config.fleet.advertised_mqtt_url.clone(),
         prefix: config.fleet.prefix.clone(),
     });
-    fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
+    let log_requests = fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
+    let logs_api = fleet::logs::router(fleet::logs::LogsApi { store: store.clone(), requests: log_requests })
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::require_token));
     let reconciler = tokio::spawn(reconcile::run(store.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
@@ -179,7 +181,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
             .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?,
     );
     let gc = tokio::spawn(registry.clone().run_gc(Duration::from_secs(3600), std::future::pending()));
-    let app = api::router_with_registry(state, registry).merge(enrol_api::router(enrol_state));
+    let app = api::router_with_registry(state, registry).merge(enrol_api::router(enrol_state)).merge(logs_api);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
     reconciler.abort();
     gc.abort();

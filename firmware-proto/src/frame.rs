@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::msg::{
-    ConfigObject, DesiredHeader, DesiredRules, DesiredState, Event, Hello, MAX_CONFIG_OBJECTS, MAX_REPLICAS, MacTag,
-    NodeId, Presence, ReplicaSpec, Signature, Status,
+    ConfigObject, DesiredHeader, DesiredRules, DesiredState, Event, Hello, LogChunk, LogRequest, MAX_CONFIG_OBJECTS,
+    MAX_REPLICAS, MacTag, NodeId, Presence, ReplicaSpec, Signature, Status,
 };
 
 /// The protocol version this crate speaks and writes in byte 0 of a frame.
@@ -48,9 +48,19 @@ pub enum MessageKind {
     Event = 4,
     /// [`DesiredState`], controller to node.
     Desired = 5,
+    /// [`LogRequest`], controller to node.
+    LogRequest = 6,
+    /// [`LogChunk`], node to controller.
+    Logs = 7,
 }
 
 impl MessageKind {
+    /// Every kind a node sends, each on its own topic leaf.
+    pub const FROM_NODE: [MessageKind; 5] =
+        [MessageKind::Hello, MessageKind::Online, MessageKind::Status, MessageKind::Event, MessageKind::Logs];
+    /// Every kind the controller sends.
+    pub const TO_NODE: [MessageKind; 2] = [MessageKind::Desired, MessageKind::LogRequest];
+
     /// The kind for a byte, if it names one.
     pub const fn from_byte(byte: u8) -> Option<MessageKind> {
         Some(match byte {
@@ -59,13 +69,15 @@ impl MessageKind {
             3 => MessageKind::Status,
             4 => MessageKind::Event,
             5 => MessageKind::Desired,
+            6 => MessageKind::LogRequest,
+            7 => MessageKind::Logs,
             _ => return None,
         })
     }
 
     /// Whether nodes send this kind (and so it ends with seq + MAC).
     pub const fn is_from_node(self) -> bool {
-        !matches!(self, MessageKind::Desired)
+        !matches!(self, MessageKind::Desired | MessageKind::LogRequest)
     }
 
     /// The topic leaf this kind travels on (`nodes/{id}/<leaf>`).
@@ -76,6 +88,8 @@ impl MessageKind {
             MessageKind::Status => "status",
             MessageKind::Event => "events",
             MessageKind::Desired => "desired",
+            MessageKind::LogRequest => "logreq",
+            MessageKind::Logs => "logs",
         }
     }
 }
@@ -101,6 +115,8 @@ pub enum NodeMessage {
     Status(Status),
     /// Something happened.
     Event(Event),
+    /// Part of an answer to a [`LogRequest`].
+    Logs(LogChunk),
 }
 
 impl NodeMessage {
@@ -111,6 +127,7 @@ impl NodeMessage {
             NodeMessage::Online(_) => MessageKind::Online,
             NodeMessage::Status(_) => MessageKind::Status,
             NodeMessage::Event(_) => MessageKind::Event,
+            NodeMessage::Logs(_) => MessageKind::Logs,
         }
     }
 }
@@ -354,6 +371,7 @@ pub fn encode_node_frame<'b>(
             write_body(m, &mut buf[len..])?
         }
         NodeMessage::Event(m) => write_body(m, &mut buf[len..])?,
+        NodeMessage::Logs(m) => write_body(m, &mut buf[len..])?,
     };
     len += write_body(&seq, &mut buf[len..])?;
     let tag = mac(&buf[..len]);
@@ -379,7 +397,40 @@ pub fn encode_desired_frame<'b>(
     Ok(&mut buf[..end])
 }
 
-/// Decodes a frame a node sent (hello, online, status, event).
+/// Encodes a log request; `sign` computes the signature over the bytes it
+/// is given (every byte before the signature).
+pub fn encode_log_request_frame<'b>(
+    request: &LogRequest,
+    sign: impl FnOnce(&[u8]) -> Signature,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], EncodeError> {
+    let buf = limit(buf);
+    let mut len = write_header(MessageKind::LogRequest, buf)?;
+    len += write_body(request, &mut buf[len..])?;
+    let signature = sign(&buf[..len]);
+    let end = len + SIGNATURE_LEN;
+    buf.get_mut(len..end).ok_or(EncodeError::BufferFull)?.copy_from_slice(&signature.0);
+    Ok(&mut buf[..end])
+}
+
+/// Decodes a log request the controller sent. The signature is returned
+/// with the bytes it covers; check it before answering.
+pub fn decode_log_request_frame(bytes: &[u8]) -> Result<Decoded<'_, (LogRequest, Signature)>, DecodeError> {
+    let kind = peek_kind(bytes)?;
+    if kind != MessageKind::LogRequest {
+        return Err(DecodeError::UnexpectedKind { found: kind });
+    }
+    let (authenticated, sig) = split_authenticator(bytes, kind, SIGNATURE_LEN)?;
+    let (request, rest) = read_body::<LogRequest>(kind, &authenticated[HEADER_LEN..])?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes { kind, count: rest.len() });
+    }
+    let mut signature = Signature::default();
+    signature.0.copy_from_slice(sig);
+    Ok(Decoded { frame: (request, signature), authenticated })
+}
+
+/// Decodes a frame a node sent (hello, online, status, event, logs).
 pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeError> {
     let kind = peek_kind(bytes)?;
     if !kind.is_from_node() {
@@ -396,7 +447,8 @@ pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeE
             (NodeMessage::Status(status), rest)
         }
         MessageKind::Event => read_body(kind, body).map(|(m, r)| (NodeMessage::Event(m), r))?,
-        MessageKind::Desired => return Err(DecodeError::UnexpectedKind { found: kind }),
+        MessageKind::Logs => read_body(kind, body).map(|(m, r)| (NodeMessage::Logs(m), r))?,
+        MessageKind::Desired | MessageKind::LogRequest => return Err(DecodeError::UnexpectedKind { found: kind }),
     };
     let (seq, rest) = read_body::<u64>(kind, rest)?;
     if !rest.is_empty() {
@@ -526,6 +578,17 @@ mod with_alloc {
         Ok(buf)
     }
 
+    /// [`encode_log_request_frame`] into a fresh `Vec`.
+    pub fn encode_log_request_frame_to_vec(
+        request: &LogRequest,
+        sign: impl FnOnce(&[u8]) -> Signature,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
+        let len = encode_log_request_frame(request, sign, &mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
     /// [`encode_desired_frame`] into a fresh `Vec`.
     pub fn encode_desired_frame_to_vec(
         document: &DesiredState<'_>,
@@ -539,4 +602,4 @@ mod with_alloc {
 }
 
 #[cfg(feature = "alloc")]
-pub use with_alloc::{encode_desired_frame_to_vec, encode_node_frame_to_vec};
+pub use with_alloc::{encode_desired_frame_to_vec, encode_log_request_frame_to_vec, encode_node_frame_to_vec};

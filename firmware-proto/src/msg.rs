@@ -79,6 +79,9 @@ pub const CONFIG_NAMES_BYTES: usize = 256;
 pub const CONFIG_DATA_BYTES: usize = 4096;
 /// Maximum bytes in a human-readable reason carried by an event.
 pub const REASON_MAX: usize = 96;
+/// Maximum bytes of container output in one [`LogChunk`]: a larger answer
+/// travels as several chunks, so no frame nears [`crate::MAX_FRAME_LEN`].
+pub const LOG_CHUNK_MAX: usize = 4096;
 
 // ---------------------------------------------------------------------------
 // Identifiers and small shared types
@@ -721,6 +724,55 @@ impl From<&crate::frame::DesiredView<'_>> for DesiredDocument {
 pub(crate) struct DesiredHeader {
     pub(crate) node_id: NodeId,
     pub(crate) generation: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Container logs (`flotilla logs`): a request from the controller, answered
+// by the node in chunks. Logs stay on the device until asked for: shipping
+// them unasked would cost paid bytes for output nobody reads.
+
+/// Controller -> node on `nodes/{id}/logreq` (not retained), signed: send
+/// one replica's container output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// The node asked; a node refuses a request for another.
+    pub node_id: NodeId,
+    /// Chosen by the controller; every chunk of the answer carries it.
+    pub request_id: u64,
+    /// Whose output.
+    pub replica: ReplicaId,
+    /// `Some(offset)`: continue the live log at this byte offset (the
+    /// `next_offset` of the previous answer, for following); `None`: the
+    /// most recent output.
+    pub offset: Option<u64>,
+    /// With no offset: only the last this many lines (0: no line limit).
+    pub tail_lines: u32,
+    /// At most this many bytes of output in the whole answer.
+    pub max_bytes: u32,
+}
+
+/// Node -> controller on `nodes/{id}/logs`: one piece of the answer to a
+/// [`LogRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The request answered.
+    pub request_id: u64,
+    /// Position of this chunk in the answer, from 0, so a gap shows.
+    pub index: u32,
+    /// Container output (stdout and stderr interleaved, as written).
+    pub data: heapless::Vec<u8, LOG_CHUNK_MAX>,
+    /// Set on the last chunk only.
+    pub end: Option<LogEnd>,
+}
+
+/// How an answer to a [`LogRequest`] ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogEnd {
+    /// Offset in the live log after the last byte sent: where a follow-up
+    /// request continues.
+    pub next_offset: u64,
+    /// Why there is no (or not all) output, e.g. no such replica here.
+    pub error: Option<Reason>,
 }
 
 /// Checks of a desired document that the types cannot express. Both the

@@ -73,6 +73,28 @@ pub fn event() -> Event {
     }
 }
 
+/// A request for the last 100 lines of a replica's output.
+pub fn log_request() -> LogRequest {
+    LogRequest {
+        node_id: node_id(),
+        request_id: 7,
+        replica: Name::new("sensor-1a2b-0").expect("valid"),
+        offset: None,
+        tail_lines: 100,
+        max_bytes: 65_536,
+    }
+}
+
+/// The last chunk of an answer: two lines of output.
+pub fn log_chunk() -> LogChunk {
+    LogChunk {
+        request_id: 7,
+        index: 0,
+        data: heapless::Vec::from_slice(b"t=21.5\nt=21.6\n").expect("fits"),
+        end: Some(LogEnd { next_offset: 14, error: None }),
+    }
+}
+
 /// A replica of a sensor workload with limits, a probe, a port, a volume and
 /// a device.
 pub fn replica(index: usize) -> ReplicaSpec {

@@ -76,6 +76,32 @@ fn oom_event() {
 }
 
 #[test]
+fn log_chunk() {
+    // 01 07 | 07 request | 00 index | 0e 14 data bytes | 01 end: 0e next_offset 14, 00 no error | seq | MAC
+    check_node(
+        NodeMessage::Logs(samples::log_chunk()),
+        "010707000e743d32312e350a743d32312e360a010e00e80711111111111111111111111111111111",
+    );
+}
+
+#[test]
+fn log_request() {
+    // 01 06 | node id | 07 request | replica id | 00 no offset | 64 tail 100 | 80 80 04 max 65536 | signature
+    let golden = concat!(
+        "01060b70692d6c696e65332d3037070d73656e736f722d316132622d300064808004",
+        "22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
+    );
+    let request = samples::log_request();
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let encoded = encode_log_request_frame(&request, |_| SIGNATURE, &mut buf).unwrap();
+    assert_eq!(hex(encoded), golden, "encoding of the log request changed");
+    let bytes = unhex(golden);
+    let decoded = decode_log_request_frame(&bytes).unwrap();
+    assert_eq!(decoded.frame, (request, SIGNATURE));
+    assert_eq!(decoded.authenticated, &bytes[..bytes.len() - SIGNATURE_LEN]);
+}
+
+#[test]
 fn desired_document_with_one_replica() {
     let golden = concat!(
         "01050b70692d6c696e65332d30372a010d73656e736f722d316132622d301e72656769737472792e6c6f63616c3a3734",
@@ -106,10 +132,18 @@ fn message_kind_bytes_never_change() {
         (MessageKind::Status, 3),
         (MessageKind::Event, 4),
         (MessageKind::Desired, 5),
+        (MessageKind::LogRequest, 6),
+        (MessageKind::Logs, 7),
     ];
     for (kind, byte) in kinds {
         assert_eq!(kind as u8, byte);
         assert_eq!(MessageKind::from_byte(byte), Some(kind));
     }
     assert_eq!(PROTOCOL_VERSION, 1);
+    for kind in MessageKind::FROM_NODE {
+        assert!(kind.is_from_node(), "{kind}");
+    }
+    for kind in MessageKind::TO_NODE {
+        assert!(!kind.is_from_node(), "{kind}");
+    }
 }

@@ -11,6 +11,9 @@
 //! on every (re)connection, and the connection's Last Will ("offline")
 //! takes the largest sequence of its epoch, so it is newer than everything
 //! sent on that connection and older than everything after it.
+//!
+//! Log requests (`flotilla logs`) are answered on this thread: reading a
+//! log file takes milliseconds and needs nothing from the main loop.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,7 @@ use hmac::{KeyInit, Mac};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
 use crate::enrolment::Enrolment;
+use crate::logs::LogService;
 
 /// Largest payload accepted or sent: one frame plus room for the header.
 const MAX_PACKET: usize = firmware_proto::frame::MAX_FRAME_LEN + 1024;
@@ -96,7 +100,7 @@ impl Topics {
 
 impl Channel {
     /// Starts connecting; returns at once.
-    pub fn start(enrolment: &Enrolment, config: ChannelConfig) -> anyhow::Result<Self> {
+    pub fn start(enrolment: &Enrolment, config: ChannelConfig, logs: LogService) -> anyhow::Result<Self> {
         let (host, port) = parse_mqtt_url(&enrolment.mqtt_url)?;
         let topics = Topics {
             prefix: enrolment.topic_prefix.trim_end_matches('/').to_owned(),
@@ -142,6 +146,8 @@ impl Channel {
                         Ok(Event::Incoming(Packet::Publish(publish))) => {
                             if publish.topic == topics.leaf("desired") {
                                 deliver(&desired_tx, publish.payload.to_vec());
+                            } else if publish.topic == topics.leaf("logreq") {
+                                answer_logs(&logs, &publish.payload, &client, &signer, &topics);
                             } else {
                                 tracing::warn!(topic = publish.topic, "message on a topic this node did not ask for; ignored");
                             }
@@ -209,6 +215,29 @@ impl Channel {
     }
 }
 
+/// Answers a log request. The chunks are queued from a task of their own:
+/// an answer can outnumber the client's request queue, which only drains
+/// while the event loop is polled.
+fn answer_logs(logs: &LogService, frame: &[u8], client: &AsyncClient, signer: &Arc<Signer>, topics: &Topics) {
+    let chunks = match logs.answer(frame) {
+        Ok(chunks) => chunks,
+        Err(reason) => {
+            tracing::warn!(reason, "log request refused");
+            return;
+        }
+    };
+    let (client, signer, topic) = (client.clone(), signer.clone(), topics.leaf("logs"));
+    tokio::spawn(async move {
+        for chunk in chunks {
+            let Some(frame) = signer.seal(&NodeMessage::Logs(chunk), signer.next_seq()) else { return };
+            if let Err(e) = client.publish(topic.as_str(), QoS::AtLeastOnce, false, frame).await {
+                tracing::debug!(error = %e, "log answer cut short: the channel closed");
+                return;
+            }
+        }
+    });
+}
+
 fn deliver(desired: &SyncSender<Vec<u8>>, frame: Vec<u8>) {
     if desired.try_send(frame).is_err() {
         tracing::warn!(
@@ -220,8 +249,10 @@ fn deliver(desired: &SyncSender<Vec<u8>>, frame: Vec<u8>) {
 /// On every ConnAck: subscribe again (rumqttc does not replay
 /// subscriptions) and publish presence and registration (retained).
 fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
-    if let Err(e) = client.try_subscribe(topics.leaf("desired"), QoS::AtLeastOnce) {
-        tracing::warn!(error = %e, "cannot queue the desired subscription");
+    for leaf in ["desired", "logreq"] {
+        if let Err(e) = client.try_subscribe(topics.leaf(leaf), QoS::AtLeastOnce) {
+            tracing::warn!(leaf, error = %e, "cannot queue a subscription");
+        }
     }
     let hello = hello.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(frame) = hello.and_then(|h| signer.seal(&NodeMessage::Hello(h), signer.next_seq())) {

@@ -221,7 +221,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(enrolment) => {
             let config =
                 ChannelConfig { keep_alive: args.keep_alive, epoch_file: args.data_dir.join("sequence-epoch") };
-            let channel = Channel::start(enrolment, config)?;
+            let logs =
+                crate::logs::LogService::new(node_id.clone(), verifier(key), Paths { data_dir: args.data_dir.clone() });
+            let channel = Channel::start(enrolment, config, logs)?;
             channel.set_hello(hello(&node_id, &args.labels)?);
             tracing::info!(broker = enrolment.mqtt_url, "control channel starting");
             Some(channel)

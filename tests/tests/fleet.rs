@@ -133,7 +133,8 @@ fn apply(controller: &ControllerProcess, manifest: &str) {
     assert!(child.wait().unwrap().success(), "apply failed");
 }
 
-fn deployment(name: &str, image: &str, replicas: u32) -> String {
+/// A Deployment of `replicas` busybox containers running `script` (sh -c).
+fn deployment(name: &str, image: &str, replicas: u32, script: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -147,7 +148,7 @@ spec:
       containers:
       - name: main
         image: {image}
-        args: ["sleep", "3600"]
+        args: ["sh", "-c", "{script}"]
         resources: {{requests: {{cpu: 100m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}
 "#
     )
@@ -208,7 +209,7 @@ fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
     });
 
     // Apply: four replicas, real containers on the two agents.
-    apply(&controller, &deployment("fleetmove", &image, 4));
+    apply(&controller, &deployment("fleetmove", &image, 4, "sleep 3600"));
     let placed = wait_until("4 replicas Running", Duration::from_secs(60), || {
         all_running_on(&controller, 4, &["fleet-a", "fleet-b"])
     });
@@ -368,8 +369,12 @@ fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
         let output = controller.cli().unwrap().args(["get", "nodes"]).output().unwrap();
         (String::from_utf8_lossy(&output.stdout).matches(" Ready ").count() == 2).then_some(())
     });
-    apply(&controller, &deployment("mosqrun", &image, 2));
-    wait_until("2 replicas Running", Duration::from_secs(60), || all_running_on(&controller, 2, &["mosq-a", "mosq-b"]));
+    let ticker = "echo hello from $(hostname); i=0; while true; do i=$((i+1)); echo tick-$i; sleep 1; done";
+    apply(&controller, &deployment("mosqrun", &image, 2, ticker));
+    let placed = wait_until("2 replicas Running", Duration::from_secs(60), || {
+        all_running_on(&controller, 2, &["mosq-a", "mosq-b"])
+    });
+    logs_come_from_the_device(&controller, &placed[0].0);
 
     // mosq-a's login on mosq-b's status topic: Mosquitto's ACL denies it
     // (and still PUBACKs under MQTT 3.1.1, so mosquitto_pub succeeds).
@@ -392,4 +397,52 @@ fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
         "the denied message reached the controller"
     );
     assert!(all_running_on(&controller, 2, &["mosq-a", "mosq-b"]).is_some());
+}
+
+/// `flotilla logs`: the output the container wrote on its device, asked for
+/// over MQTT (through Mosquitto's ACL here): all of it, the last line, and
+/// followed as it grows.
+fn logs_come_from_the_device(controller: &ControllerProcess, pod: &str) {
+    let logs = |args: &[&str]| {
+        let output = controller.cli().unwrap().arg("logs").arg(pod).args(args).output().unwrap();
+        assert!(output.status.success(), "flotilla logs {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let all = wait_until("two ticks of output", Duration::from_secs(20), || {
+        let all = logs(&[]);
+        all.contains("tick-2").then_some(all)
+    });
+    assert!(all.starts_with(&format!("hello from {pod}\ntick-1\n")), "{all:?}");
+    let last = logs(&["--tail", "1"]);
+    assert_eq!(last.lines().count(), 1, "{last:?}");
+    assert!(last.starts_with("tick-"), "{last:?}");
+
+    // Following: new ticks arrive without asking again.
+    let mut follow =
+        controller.cli().unwrap().args(["logs", pod, "--tail", "1", "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let tick = |line: &str| line.strip_prefix("tick-").and_then(|n| n.parse::<u32>().ok());
+    let first = tick(&lines.recv_timeout(Duration::from_secs(15)).unwrap()).expect("a tick line");
+    let mut seen = vec![first];
+    while seen.len() < 4 {
+        let line = lines.recv_timeout(Duration::from_secs(15)).expect("followed output keeps coming");
+        seen.push(tick(&line).unwrap_or_else(|| panic!("unexpected line {line:?}")));
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let expected: Vec<u32> = (first..first + 4).collect();
+    assert_eq!(seen, expected, "every tick once, in order");
+
+    // A pod that does not exist: a clear error.
+    let output = controller.cli().unwrap().args(["logs", "no-such-pod"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"no-such-pod\" not found"), "{stderr}");
 }

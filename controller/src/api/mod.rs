@@ -108,7 +108,8 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    /// An error with its HTTP status, Kubernetes-style reason and message.
+    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, reason, message: message.into() }
     }
 
@@ -151,7 +152,8 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
+/// Middleware: refuses a request without the API token (bearer).
+pub async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)

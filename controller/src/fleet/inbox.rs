@@ -21,6 +21,7 @@ use firmware_proto::{
 use super::channel::Incoming;
 use super::credentials::{Enrolment, verify_node_mac};
 use super::desired::PublishedDocuments;
+use super::logs::LogRequests;
 use super::{FleetConfig, Topics};
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey};
@@ -48,20 +49,13 @@ pub struct Inbox {
     enrolment: Enrolment,
     topics: Topics,
     published: PublishedDocuments,
+    log_requests: Option<LogRequests>,
     nodes: HashMap<String, NodeTrack>,
     started: Instant,
 }
 
 /// Starts the inbox thread.
-pub fn spawn(
-    store: Arc<dyn Store>,
-    config: FleetConfig,
-    enrolment: Enrolment,
-    topics: Topics,
-    published: PublishedDocuments,
-    incoming: Receiver<Incoming>,
-) -> anyhow::Result<()> {
-    let mut inbox = Inbox::new(store, config, enrolment, topics, published);
+pub fn spawn(mut inbox: Inbox, incoming: Receiver<Incoming>) -> anyhow::Result<()> {
     std::thread::Builder::new().name("fleet-inbox".into()).spawn(move || {
         let tick = Duration::from_millis(100);
         let mut last_tick = Instant::now();
@@ -89,7 +83,22 @@ impl Inbox {
         topics: Topics,
         published: PublishedDocuments,
     ) -> Self {
-        Inbox { store, config, enrolment, topics, published, nodes: HashMap::new(), started: Instant::now() }
+        Inbox {
+            store,
+            config,
+            enrolment,
+            topics,
+            published,
+            log_requests: None,
+            nodes: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Log chunks from nodes go to `requests`; without, they are dropped.
+    pub fn with_log_requests(mut self, requests: LogRequests) -> Self {
+        self.log_requests = Some(requests);
+        self
     }
 
     /// Handles one message. `retained` marks a retained message delivered
@@ -108,12 +117,7 @@ impl Inbox {
             return Err("empty payload".into());
         }
         let decoded = decode_node_frame(payload).map_err(|e| format!("malformed payload: {e}"))?;
-        let expected = match decoded.frame.message {
-            NodeMessage::Hello(_) => "hello",
-            NodeMessage::Online(_) => "online",
-            NodeMessage::Status(_) => "status",
-            NodeMessage::Event(_) => "events",
-        };
+        let expected = decoded.frame.message.kind().topic_leaf();
         if leaf != expected {
             return Err(format!("a {expected} message on the {leaf} topic"));
         }
@@ -171,6 +175,10 @@ impl Inbox {
                 self.update_replicas(node, &status);
             }
             NodeMessage::Event(event) => self.event(node, &event),
+            NodeMessage::Logs(chunk) => match &self.log_requests {
+                Some(requests) => requests.deliver(node, chunk),
+                None => tracing::debug!(node, "log chunk with no log service; dropped"),
+            },
         }
     }
 

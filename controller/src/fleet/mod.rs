@@ -10,6 +10,7 @@
 //! - [`desired`]: bound Pods -> one signed document per node.
 //! - [`enrol_api`]: join tokens and enrolment over HTTP.
 //! - [`replica_spec`]: one Pod -> the replica its node runs.
+//! - [`logs`]: `flotilla logs`, asked of the node over MQTT.
 //! - [`mosquitto`]: password and ACL files for an external Mosquitto.
 
 pub mod broker;
@@ -18,11 +19,14 @@ pub mod credentials;
 pub mod desired;
 pub mod enrol_api;
 pub mod inbox;
+pub mod logs;
 pub mod mosquitto;
 pub mod replica_spec;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use firmware_proto::MessageKind;
 
 use crate::store::Store;
 
@@ -71,7 +75,7 @@ impl Topics {
 
     /// What the controller subscribes to: every node's messages.
     pub fn controller_filters(&self) -> Vec<String> {
-        ["hello", "online", "status", "events"].iter().map(|leaf| format!("{}/nodes/+/{leaf}", self.prefix)).collect()
+        MessageKind::FROM_NODE.iter().map(|kind| format!("{}/nodes/+/{}", self.prefix, kind.topic_leaf())).collect()
     }
 
     /// `(node id, leaf)` of a node topic, or `None` for anything else.
@@ -83,20 +87,24 @@ impl Topics {
 }
 
 /// Starts the channel's tasks; they run until the runtime shuts down.
+/// Returns what asks nodes for container logs.
 pub fn spawn(
     store: Arc<dyn Store>,
     config: FleetConfig,
     enrolment: credentials::Enrolment,
     key: Arc<credentials::ControllerKey>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<logs::LogRequests> {
     let topics = Topics::new(&config.prefix);
     let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(4096);
     let republish = Arc::new(tokio::sync::Notify::new());
     let client = channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone());
     let published = desired::PublishedDocuments::default();
-    inbox::spawn(store.clone(), config.clone(), enrolment, topics.clone(), published.clone(), incoming_rx)?;
+    let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
+    let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
+        .with_log_requests(log_requests.clone());
+    inbox::spawn(inbox, incoming_rx)?;
     tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
-    Ok(())
+    Ok(log_requests)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use base64::Engine;
+use firmware_proto::MessageKind;
 
 use super::credentials::{CONTROLLER_USER, Enrolment};
 
@@ -36,10 +37,12 @@ pub fn acl(prefix: &str) -> String {
         out,
         "# Written by `flotilla mosquitto-config`.\nuser {CONTROLLER_USER}\ntopic readwrite {prefix}/#\n"
     );
-    for leaf in ["hello", "online", "status", "events"] {
-        let _ = writeln!(out, "pattern write {prefix}/nodes/%u/{leaf}");
+    for kind in MessageKind::FROM_NODE {
+        let _ = writeln!(out, "pattern write {prefix}/nodes/%u/{}", kind.topic_leaf());
     }
-    let _ = writeln!(out, "pattern read {prefix}/nodes/%u/desired");
+    for kind in MessageKind::TO_NODE {
+        let _ = writeln!(out, "pattern read {prefix}/nodes/%u/{}", kind.topic_leaf());
+    }
     out
 }
 
@@ -100,6 +103,9 @@ mod tests {
         let acl = acl("flotilla/v1/");
         assert!(acl.contains("pattern write flotilla/v1/nodes/%u/status"));
         assert!(acl.contains("pattern read flotilla/v1/nodes/%u/desired"));
+        assert!(acl.contains("pattern read flotilla/v1/nodes/%u/logreq"));
+        assert!(acl.contains("pattern write flotilla/v1/nodes/%u/logs"));
+        assert!(!acl.contains("pattern write flotilla/v1/nodes/%u/logreq"));
         assert!(!acl.contains("pattern write flotilla/v1/nodes/%u/desired"));
         assert!(!acl.contains("pattern write flotilla/v1/nodes/%u/#"));
     }

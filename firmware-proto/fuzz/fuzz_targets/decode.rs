@@ -2,7 +2,10 @@
 //! must survive a re-encode unchanged.
 #![no_main]
 
-use firmware_proto::{decode_desired_frame, decode_node_frame, encode_node_frame_to_vec, peek_kind};
+use firmware_proto::{
+    decode_desired_frame, decode_log_request_frame, decode_node_frame, encode_log_request_frame_to_vec,
+    encode_node_frame_to_vec, peek_kind,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,5 +18,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(desired) = decode_desired_frame(data) {
         assert_eq!(desired.frame.replicas().count(), desired.frame.replica_count());
         let _ = desired.frame.config().count();
+    }
+    if let Ok(request) = decode_log_request_frame(data) {
+        let again = encode_log_request_frame_to_vec(&request.frame.0, |_| request.frame.1)
+            .expect("a decoded request encodes");
+        assert_eq!(decode_log_request_frame(&again).expect("re-encoded request decodes").frame, request.frame);
     }
 });
