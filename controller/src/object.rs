@@ -239,6 +239,12 @@ impl ApiObject {
     }
 }
 
+/// The current time as RFC 3339 with milliseconds, the format of condition
+/// transition times.
+pub fn now_rfc3339_millis() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 /// The current time as RFC 3339 (seconds), the format of `creationTimestamp`.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()

@@ -9,9 +9,8 @@
 //!
 //! Replica names are stable: `<workload>-<template hash>-<ordinal>` for
 //! Deployments and Jobs (`web-7f3a-2`) and `<daemonset>-<hash>-<node>` for
-//! DaemonSets. A template change gives new names; replacing replicas
-//! gradually (rolling updates) is a later issue: today the old replicas
-//! are deleted and new ones created in the same pass.
+//! DaemonSets. A template change gives new names; Deployments replace
+//! their replicas gradually ([`rollout`]), the others all at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
@@ -21,12 +20,10 @@ use std::time::Duration;
 use flotilla_scheduler::model as sched;
 use serde_json::Value;
 
-use crate::manifest::types::{DaemonSetSpec, DeploymentSpec, JobSpec, NodeSpec, PodSpec, PodTemplate};
+use crate::manifest::types::{DaemonSetSpec, JobSpec, NodeSpec, PodSpec, PodTemplate};
 use crate::manifest::{Kind, Quantity};
 use crate::object::{ApiObject, ObjectKey, OwnerReference};
-use crate::status::{
-    Condition, DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, condition, set_condition,
-};
+use crate::status::{Condition, DaemonSetStatus, JobStatus, NodeStatus, PodStatus, condition, set_condition};
 use crate::store::{Op, Store};
 
 /// Label carrying the template hash on derived replicas.
@@ -49,6 +46,8 @@ pub struct Snapshot {
     pub config_maps: Vec<ApiObject>,
     /// Secrets.
     pub secrets: Vec<ApiObject>,
+    /// When it was read: rollouts time readiness and deadlines against it.
+    pub now: Option<std::time::SystemTime>,
 }
 
 impl Snapshot {
@@ -63,6 +62,7 @@ impl Snapshot {
             nodes: list(Kind::Node),
             config_maps: list(Kind::ConfigMap),
             secrets: list(Kind::Secret),
+            now: Some(std::time::SystemTime::now()),
         }
     }
 }
@@ -132,8 +132,9 @@ pub fn plan(snapshot: &Snapshot) -> Vec<Op> {
             ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         }
     }
+    let now = snapshot.now.unwrap_or_else(std::time::SystemTime::now);
     for deployment in &snapshot.deployments {
-        reconcile_deployment(deployment, &snapshot.pods, &mut ops);
+        rollout::reconcile(deployment, &owned_by(deployment, &snapshot.pods), now, &mut ops);
     }
     for daemon_set in &snapshot.daemon_sets {
         reconcile_daemon_set(daemon_set, &snapshot.pods, &snapshot.nodes, &mut ops);
@@ -241,22 +242,6 @@ fn converge(
     let current: Vec<_> = owned.iter().filter(|p| desired.contains_key(&p.metadata.name)).collect();
     let ready = current.iter().filter(|p| p.status::<PodStatus>().is_ready()).count();
     (current.len() as u32, ready as u32)
-}
-
-fn reconcile_deployment(deployment: &ApiObject, pods: &[ApiObject], ops: &mut Vec<Op>) {
-    let Some(spec) = deployment.spec::<DeploymentSpec>() else { return };
-    let hash = template_hash(&spec.template);
-    let wanted = spec.replicas.unwrap_or(1).max(0) as u32;
-    let owned = owned_by(deployment, pods);
-    let desired = (0..wanted).map(|i| (format!("{}-{hash}-{i}", deployment.metadata.name), None)).collect();
-    let (updated, ready) = converge(deployment, &spec.template, &hash, &owned, &desired, ops);
-    let status = DeploymentStatus {
-        observed_generation: deployment.metadata.generation,
-        replicas: owned.len() as u32,
-        updated_replicas: updated,
-        ready_replicas: ready,
-    };
-    status_op(deployment, &status, ops);
 }
 
 /// Whether a node is eligible for a DaemonSet's replica: selector matches,
@@ -573,7 +558,9 @@ fn schedule_pending(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
 fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op>) {
     let mut status: PodStatus = pod.status();
     let condition_now = Condition::new("PodScheduled", false, reason, message);
-    if status.phase == "Pending" && condition(&status.conditions, "PodScheduled") == Some(&condition_now) {
+    if status.phase == "Pending"
+        && condition(&status.conditions, "PodScheduled").is_some_and(|c| c.says(&condition_now))
+    {
         return;
     }
     status.phase = "Pending".to_owned();
@@ -584,6 +571,8 @@ fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op
     updated.set_status(&status);
     ops.push(Op::UpdateStatus(updated));
 }
+
+pub mod rollout;
 
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,10 @@ pub struct Condition {
     /// For people.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// When `status` last changed (RFC 3339, milliseconds); kept when only
+    /// the reason or message change. Rollouts time readiness with it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_transition_time: String,
 }
 
 impl Condition {
@@ -31,7 +35,19 @@ impl Condition {
             status: if status { "True" } else { "False" }.to_owned(),
             reason: reason.to_owned(),
             message: message.into(),
+            last_transition_time: String::new(),
         }
+    }
+
+    /// Whether it says the same as `other` (its time aside).
+    pub fn says(&self, other: &Condition) -> bool {
+        (&self.condition_type, &self.status, &self.reason, &self.message)
+            == (&other.condition_type, &other.status, &other.reason, &other.message)
+    }
+
+    /// Whether `status` is `True`.
+    pub fn is_true(&self) -> bool {
+        self.status == "True"
     }
 }
 
@@ -40,11 +56,27 @@ pub fn condition<'a>(conditions: &'a [Condition], condition_type: &str) -> Optio
     conditions.iter().find(|c| c.condition_type == condition_type)
 }
 
-/// Sets a condition, replacing one of the same type.
-pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
+/// Sets a condition, replacing one of the same type; its transition time
+/// is now if its status changed (or it is new), else the old one.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     match conditions.iter_mut().find(|c| c.condition_type == new.condition_type) {
-        Some(existing) => *existing = new,
-        None => conditions.push(new),
+        Some(existing) => {
+            if new.last_transition_time.is_empty() {
+                new.last_transition_time = if existing.status == new.status && !existing.last_transition_time.is_empty()
+                {
+                    existing.last_transition_time.clone()
+                } else {
+                    crate::object::now_rfc3339_millis()
+                };
+            }
+            *existing = new;
+        }
+        None => {
+            if new.last_transition_time.is_empty() {
+                new.last_transition_time = crate::object::now_rfc3339_millis();
+            }
+            conditions.push(new);
+        }
     }
 }
 
@@ -85,6 +117,11 @@ pub struct PodStatus {
     /// Latest usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Set (RFC 3339) when a rollout replaced this replica: it has left its
+    /// node's desired document and is deleted once the node reports it
+    /// stopped, so replicas still stopping count against `maxSurge`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub retired_at: String,
 }
 
 impl PodStatus {
@@ -158,6 +195,47 @@ pub struct DeploymentStatus {
     /// Replicas that are ready.
     #[serde(default)]
     pub ready_replicas: u32,
+    /// Replicas ready for at least `minReadySeconds`.
+    #[serde(default)]
+    pub available_replicas: u32,
+    /// Replicas of the current template that are available.
+    #[serde(default)]
+    pub updated_available_replicas: u32,
+    /// The revision the replicas run or are moving to.
+    #[serde(default)]
+    pub revision: u64,
+    /// `Available` and `Progressing`, with why (e.g. `RolledBack`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Revisions, oldest first: the current one and up to
+    /// `revisionHistoryLimit` older ones to roll back to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Revision>,
+    /// When the current rollout last made progress (RFC 3339): the
+    /// progress deadline counts from here.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub progress_at: String,
+}
+
+/// One revision of a Deployment's pod template.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// 1, 2, ...: a new number for every new template.
+    pub revision: u64,
+    /// The template's hash (the `pod-template-hash` of its replicas).
+    pub hash: String,
+    /// `Progressing`, `Complete` (every replica of it was available at
+    /// once: a good revision to roll back to) or `Failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// When it was first seen (RFC 3339).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_at: String,
+    /// The template itself, to roll back to.
+    pub template: crate::manifest::types::PodTemplate,
 }
 
 /// `status` of a DaemonSet.

@@ -42,6 +42,9 @@ pub struct Published {
     pub replicas: Vec<(String, ObjectKey)>,
     /// Each replica's image digest (pull events name images, not replicas).
     pub images: Vec<[u8; 32]>,
+    /// Replicas a rollout retired from this node (not in the document): the
+    /// inbox deletes each once the node stops reporting it.
+    pub retired: Vec<(String, ObjectKey)>,
 }
 
 /// The documents last published, shared with the inbox.
@@ -118,6 +121,7 @@ fn build_all(
     let snapshot = Snapshot::read(store);
     let generation = store.resource_version();
     let mut by_node: BTreeMap<String, Vec<&ApiObject>> = BTreeMap::new();
+    let mut retired: BTreeMap<String, Vec<(String, ObjectKey)>> = BTreeMap::new();
     for node in &snapshot.nodes {
         by_node.entry(node.metadata.name.clone()).or_default();
     }
@@ -130,6 +134,12 @@ fn build_all(
     for pod in &snapshot.pods {
         let status: PodStatus = pod.status();
         if status.is_finished() {
+            continue;
+        }
+        if !status.retired_at.is_empty() {
+            if let Some(node) = pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) {
+                retired.entry(node.to_owned()).or_default().push((replica_spec::replica_id(pod), pod.key()));
+            }
             continue;
         }
         match pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) {
@@ -192,10 +202,11 @@ fn build_all(
             table.objects.hash(&mut hasher);
             hasher.finish()
         };
-        let previous = documents.get(&node);
-        if let Some(previous) = previous
+        let retired = retired.remove(&node).unwrap_or_default();
+        if let Some(previous) = documents.get_mut(&node)
             && previous.fingerprint == fingerprint
         {
+            previous.retired = retired;
             if all {
                 out.push((node.clone(), previous.frame.clone()));
             }
@@ -213,7 +224,7 @@ fn build_all(
                     "desired state changed"
                 );
                 out.push((node.clone(), frame.clone()));
-                documents.insert(node, Published { generation, fingerprint, frame, replicas: keys, images });
+                documents.insert(node, Published { generation, fingerprint, frame, replicas: keys, images, retired });
             }
             Err(e) => tracing::error!(node, error = %e, "cannot encode the desired document"),
         }

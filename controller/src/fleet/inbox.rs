@@ -251,6 +251,25 @@ impl Inbox {
     fn update_replicas(&self, node: &str, status: &firmware_proto::Status) {
         let Some(document) = self.published.get(node) else { return };
         let mut ops = Vec::new();
+        // Retired replicas the node no longer reports have stopped: delete
+        // them. Only once the node applied the document without them; before
+        // that, slot numbers of an older document cannot be resolved.
+        if status.generation >= document.generation {
+            let reported: Vec<&str> = status
+                .replicas
+                .iter()
+                .filter_map(|r| match &r.replica {
+                    ReplicaRef::Slot(slot) => document.replicas.get(usize::from(*slot)).map(|(id, _)| id.as_str()),
+                    ReplicaRef::Id(id) => Some(id.as_str()),
+                })
+                .collect();
+            for (id, key) in &document.retired {
+                if !reported.contains(&id.as_str()) {
+                    tracing::debug!(node, replica = id, "retired replica stopped; deleting it");
+                    ops.push(Op::Delete(key.clone(), None));
+                }
+            }
+        }
         for replica in &status.replicas {
             let key = match &replica.replica {
                 // Slots index the document the node applied: only the one
@@ -411,6 +430,12 @@ impl Inbox {
             }
             let mut status: PodStatus = pod.status();
             if status.is_finished() {
+                continue;
+            }
+            // A replica a rollout retired was only waiting for its node to
+            // report it stopped: with the node gone, it is gone too.
+            if !status.retired_at.is_empty() {
+                ops.push(Op::Delete(pod.key(), None));
                 continue;
             }
             // A DaemonSet's replica belongs to its node: it waits there.

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::manifest::parse_str;
+use crate::status::DeploymentStatus;
 use crate::store::{RedbStore, SecretCipher};
 
 struct Fixture {
@@ -30,7 +31,8 @@ impl Fixture {
                 return;
             }
         }
-        panic!("reconcilers did not converge in 10 passes");
+        let ops = plan(&Snapshot::read(&self.store));
+        panic!("reconcilers did not converge in 10 passes; still writing {ops:#?}");
     }
 
     fn pods(&self) -> Vec<ApiObject> {
