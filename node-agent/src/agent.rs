@@ -300,9 +300,21 @@ impl<R: Runtime> Agent<R> {
             self.outbox.push(Event { at_unix_ms: now_ms, replica: None, kind });
         }
 
+        // Images new replicas still wait for. A replica leaving runs on
+        // until they are here (or their pull failed): when a rollout swaps
+        // replicas on this node, the download does not widen the outage.
+        let awaiting_images = replicas
+            .iter()
+            .filter(|r| !running.contains_key(r.id.as_str()))
+            .filter(|r| !self.persisted.records.get(r.id.as_str()).is_some_and(|rec| rec.finished))
+            .any(|r| matches!(self.images.availability(&r.image, now_ms), crate::image::Availability::Pulling));
+
         // Stop what is no longer desired: SIGTERM, then SIGKILL after the grace period.
         for (id, state) in &running {
             if replicas.iter().any(|r| r.id.as_str() == id) {
+                continue;
+            }
+            if awaiting_images && state.status == Status::Running && !self.stopping.contains_key(id) {
                 continue;
             }
             actions += self.stop_step(id, state, now_ms, 10)?;

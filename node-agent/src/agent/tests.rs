@@ -223,6 +223,31 @@ fn a_new_image_is_pulled_while_the_old_container_keeps_running() {
 }
 
 #[test]
+fn a_replica_swapped_for_another_runs_until_the_new_ones_image_is_here() {
+    let f = Fixture::new();
+    let (_registry, reference) = silent_registry();
+    let mut agent = f.agent(FakeRuntime::default());
+    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    // A rollout without surge: the old replica leaves the document and its
+    // replacement (another id, a new image) arrives in the same one.
+    let mut next = document(2, 2, RestartPolicy::Always);
+    next.replicas.remove(0);
+    next.replicas[0].image.digest = firmware_proto::Bytes([3; 32]);
+    next.replicas[0].image.reference = reference.as_str().try_into().unwrap();
+    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    let calls_before = agent.runtime().calls.len();
+    for now in [1_000, 2_000, 3_000] {
+        agent.reconcile(now).unwrap();
+    }
+    assert_eq!(agent.runtime().calls.len(), calls_before, "the old replica runs on while the new image downloads");
+    std::fs::create_dir_all(Paths { data_dir: f.dir.path().to_owned() }.image_rootfs(&[3; 32])).unwrap();
+    agent.reconcile(4_000).unwrap();
+    let calls: Vec<String> = agent.runtime().calls[calls_before..].to_vec();
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0 15")), "{calls:?}");
+}
+
+#[test]
 fn root_filesystems_of_replicas_that_are_gone_are_removed() {
     let f = Fixture::new();
     let containers = f.dir.path().join("containers");
