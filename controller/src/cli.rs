@@ -45,6 +45,12 @@ pub enum Command {
     /// the device must be connected. Examples: `flotilla logs web-7f3a-0`,
     /// `flotilla logs sensor-bc97-1 --tail 20 -f`.
     Logs(LogsArgs),
+    /// Follow and steer Deployment rollouts: status, history, undo, pause, resume, restart.
+    ///
+    /// A template change rolls out within maxSurge/maxUnavailable; a revision
+    /// that crash-loops or misses progressDeadlineSeconds is rolled back by
+    /// itself, and `rollout status` exits non-zero saying why.
+    Rollout(RolloutArgs),
     /// Enrol devices: `flotilla node token create`.
     Node(NodeArgs),
     /// OCI images: build them, push them into a registry, list a registry.
@@ -156,6 +162,89 @@ pub struct DescribeArgs {
     /// Server and token.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `flotilla rollout`.
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+/// Which Deployment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutTarget {
+    /// `deployment/NAME`, `deploy/NAME` or `NAME`.
+    pub name: String,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// The `flotilla rollout` verbs.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Wait for the rollout to finish; exit 1 with the reason if it failed (and was rolled back).
+    Status {
+        /// Which Deployment.
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Give up after this long (e.g. `5m`) [default: wait forever].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the revisions kept (revisionHistoryLimit), with their state and why one failed.
+    History {
+        /// Which Deployment.
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Go back to the previous complete revision (or `--to-revision N`).
+    Undo {
+        /// Which Deployment.
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// The revision to go back to (see `rollout history`).
+        #[arg(long)]
+        to_revision: Option<u64>,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop replacing replicas until `resume`.
+    Pause {
+        /// Which Deployment.
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        /// Which Deployment.
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace every replica with a fresh one (a new revision of the same template); also retries a failed revision.
+    Restart {
+        /// Which Deployment.
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Server and token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// Options of `flotilla logs`.

@@ -209,7 +209,7 @@ impl Table {
         let mut h: Vec<&str> = match self.kind {
             Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE"],
             Kind::Node => vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "PODS", "AGE"],
-            Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AGE"],
+            Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "REVISION", "AGE"],
             Kind::DaemonSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
             Kind::Job => vec!["NAME", "COMPLETIONS", "STATUS", "AGE"],
             Kind::Service => vec!["NAME", "TYPE", "PORTS", "SELECTOR", "AGE"],
@@ -239,8 +239,13 @@ impl Table {
             Kind::Pod => {
                 let s: PodStatus = o.status();
                 let ready = if s.is_ready() { "1/1" } else { "0/1" };
-                let shown =
-                    if s.phase == "Pending" && !s.reason.is_empty() { s.reason.clone() } else { s.phase.clone() };
+                let shown = if !s.retired_at.is_empty() {
+                    "Terminating".to_owned()
+                } else if s.phase == "Pending" && !s.reason.is_empty() {
+                    s.reason.clone()
+                } else {
+                    s.phase.clone()
+                };
                 let node = spec.get("nodeName").and_then(|v| v.as_str()).unwrap_or("<none>").to_owned();
                 vec![name, ready.into(), or_unknown(shown), s.restart_count.to_string(), node, age]
             }
@@ -265,7 +270,14 @@ impl Table {
             Kind::Deployment => {
                 let s: DeploymentStatus = o.status();
                 let want = spec.get("replicas").and_then(|v| v.as_u64()).unwrap_or(1);
-                vec![name, format!("{}/{want}", s.ready_replicas), s.updated_replicas.to_string(), age]
+                vec![
+                    name,
+                    format!("{}/{want}", s.ready_replicas),
+                    s.updated_replicas.to_string(),
+                    s.available_replicas.to_string(),
+                    s.revision.to_string(),
+                    age,
+                ]
             }
             Kind::DaemonSet => {
                 let s: DaemonSetStatus = o.status();

@@ -3,8 +3,8 @@
 //! The control plane behind the `flotilla` binary.
 //!
 //! # Layout
-//! - [`cli`]: the command line; [`commands`]: what its client commands do;
-//!   [`client`]: their HTTP client.
+//! - [`cli`]: the command line; [`commands`]: what its client commands do
+//!   ([`rollout_cmd`]: `flotilla rollout`); [`client`]: their HTTP client.
 //! - [`manifest`]: Kubernetes-style manifests: parsing, warnings, validation.
 //! - [`object`]: objects as stored and served (Kubernetes' shape);
 //!   [`status`]: their status fields; [`selector`]: label selectors.
@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod object;
 pub mod reconcile;
 pub mod registry;
+pub mod rollout_cmd;
 pub mod selector;
 pub mod server;
 pub mod status;

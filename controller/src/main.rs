@@ -19,6 +19,7 @@ fn main() {
         Command::Describe(args) => commands::describe(args),
         Command::Delete(args) => commands::delete(args),
         Command::Logs(args) => commands::logs(args),
+        Command::Rollout(args) => flotilla_controller::rollout_cmd::run(args),
         Command::Node(args) => match args.command {
             NodeCommand::Token(token) => match token.command {
                 NodeTokenCommand::Create(create) => commands::node_token_create(create),
