@@ -72,6 +72,14 @@ pub struct Record {
     pub finished: bool,
     /// Last error preventing it from running (image missing...).
     pub blocked: Option<String>,
+    /// Its spec's termination grace, for stopping it once it has left the
+    /// document (and its spec with it). `None`: recorded by an older agent.
+    #[serde(default)]
+    pub grace_s: Option<u16>,
+    /// Its spec's ports: a replica taking its place waits until it is gone
+    /// (containers share the device's network).
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// What is kept on disk.
@@ -281,6 +289,27 @@ impl<R: Runtime> Agent<R> {
         &mut self.runtime
     }
 
+    /// A container leaving the document that still runs and holds one of
+    /// `spec`'s ports, if any.
+    fn port_holder<'a>(
+        &self,
+        spec: &firmware_proto::ReplicaSpec,
+        running: &'a BTreeMap<String, ContainerState>,
+        replicas: &[firmware_proto::ReplicaSpec],
+    ) -> Option<&'a str> {
+        let wanted = ports_of(spec);
+        if wanted.is_empty() {
+            return None;
+        }
+        running
+            .iter()
+            .filter(|(id, state)| state.status != Status::Stopped && !replicas.iter().any(|r| r.id.as_str() == *id))
+            .find(|(id, _)| {
+                self.persisted.records.get(id.as_str()).is_some_and(|r| r.ports.iter().any(|p| wanted.contains(p)))
+            })
+            .map(|(id, _)| id.as_str())
+    }
+
     fn event(&mut self, now_ms: u64, replica: &str, kind: EventKind) {
         self.outbox.push(Event { at_unix_ms: now_ms, replica: firmware_proto::Name::new(replica).ok(), kind });
     }
@@ -317,7 +346,8 @@ impl<R: Runtime> Agent<R> {
             if awaiting_images && state.status == Status::Running && !self.stopping.contains_key(id) {
                 continue;
             }
-            actions += self.stop_step(id, state, now_ms, 10)?;
+            let grace = self.persisted.records.get(id).and_then(|r| r.grace_s).unwrap_or(10);
+            actions += self.stop_step(id, state, now_ms, grace)?;
             if state.status == Status::Stopped {
                 self.persisted.records.remove(id);
                 changed = true;
@@ -401,6 +431,14 @@ impl<R: Runtime> Agent<R> {
                 }
                 None if record.finished && record.spec_hash == hash => {}
                 None if record.backoff_until_ms > now_ms => {}
+                None if let Some(holder) = self.port_holder(spec, &running, replicas) => {
+                    let reason = format!("waiting for {holder} to stop: it holds a port this replica uses");
+                    if record.blocked.as_deref() != Some(&reason) {
+                        tracing::info!(replica = %id, "{reason}");
+                        record.blocked = Some(reason);
+                        changed = true;
+                    }
+                }
                 None => match crate::workload::prepare(&self.paths, &mut self.images, spec, config, now_ms) {
                     Err(e) => {
                         let reason = e.to_string();
@@ -414,6 +452,8 @@ impl<R: Runtime> Agent<R> {
                         if record.spec_hash != hash {
                             record = Record { spec_hash: hash, ..Record::default() };
                         }
+                        record.grace_s = Some(spec.termination_grace_s);
+                        record.ports = ports_of(spec);
                         record.blocked = None;
                         record.finished = false;
                         match self.runtime.create(&container) {
@@ -647,3 +687,9 @@ impl Probes {
 
 #[cfg(test)]
 mod tests;
+
+/// The device ports a replica listens on (containers share the device's
+/// network, so a container port is a device port).
+fn ports_of(spec: &firmware_proto::ReplicaSpec) -> Vec<u16> {
+    spec.ports.iter().map(|p| p.host_port.unwrap_or(p.container_port)).collect()
+}

@@ -248,6 +248,39 @@ fn a_replica_swapped_for_another_runs_until_the_new_ones_image_is_here() {
 }
 
 #[test]
+fn a_replacement_waits_for_the_replica_holding_its_port_to_stop() {
+    let f = Fixture::new();
+    let mut runtime = FakeRuntime::default();
+    runtime.ignore_sigterm.insert("sensor-1a2b-0".into());
+    let mut agent = f.agent(runtime);
+    let first = document(1, 1, RestartPolicy::Always);
+    let grace_ms = u64::from(first.replicas[0].termination_grace_s) * 1000;
+    agent.offer_desired(&frame(&first, GOOD)).unwrap();
+    agent.reconcile(0).unwrap();
+    // Its replacement: another id, the same port (the sample's 8080).
+    let mut next = document(2, 2, RestartPolicy::Always);
+    next.replicas.remove(0);
+    assert_eq!(next.replicas[0].ports, first.replicas[0].ports);
+    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    agent.reconcile(1_000).unwrap();
+    agent.reconcile(2_000).unwrap();
+    let containers: Vec<String> = agent.runtime().containers.keys().cloned().collect();
+    assert_eq!(containers, ["sensor-1a2b-0"], "the old one ignores SIGTERM and still holds the port");
+    let blocked = agent.persisted.records["sensor-1a2b-1"].blocked.clone().unwrap();
+    assert!(blocked.contains("waiting for sensor-1a2b-0 to stop"), "{blocked}");
+    // The grace period ends: SIGKILL, delete, and only then the new one.
+    for now in [1_000 + grace_ms + 1, 1_100 + grace_ms, 1_200 + grace_ms] {
+        agent.reconcile(now).unwrap();
+    }
+    let containers: Vec<String> = agent.runtime().containers.keys().cloned().collect();
+    assert_eq!(containers, ["sensor-1a2b-1"]);
+    let calls = &agent.runtime().calls;
+    let killed = calls.iter().position(|c| c == "kill sensor-1a2b-0 9").expect("SIGKILL after the grace");
+    let created = calls.iter().position(|c| c == "create sensor-1a2b-1").unwrap();
+    assert!(killed < created, "{calls:?}");
+}
+
+#[test]
 fn root_filesystems_of_replicas_that_are_gone_are_removed() {
     let f = Fixture::new();
     let containers = f.dir.path().join("containers");

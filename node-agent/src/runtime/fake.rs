@@ -14,6 +14,8 @@ pub struct FakeRuntime {
     pub calls: Vec<String>,
     /// Exit code exec returns per container (default 0).
     pub exec_results: BTreeMap<String, Option<i32>>,
+    /// Containers that ignore SIGTERM (like a PID 1 without a handler).
+    pub ignore_sigterm: std::collections::BTreeSet<String>,
     next_pid: i32,
 }
 
@@ -52,7 +54,7 @@ impl Runtime for FakeRuntime {
     fn kill(&mut self, id: &str, signal: i32) -> Result<(), RuntimeError> {
         self.calls.push(format!("kill {id} {signal}"));
         let (_, state) = self.containers.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
-        if state.status == Status::Running {
+        if state.status == Status::Running && !(signal == 15 && self.ignore_sigterm.contains(id)) {
             state.status = Status::Stopped;
             state.pid = None;
             state.exit = Some(ExitInfo { code: Some(128 + signal), signal: Some(signal), oom_killed: false });
