@@ -431,6 +431,11 @@ fn scheduler_replica(pod: &ApiObject, spec: &PodSpec) -> sched::Replica {
                 Some(sched::TopologySpread { key: spread.topology_key.clone(), max_skew: spread.max_skew.max(1) });
         }
     }
+    // Containers share the device's network: two replicas of a workload
+    // that listen on a port cannot share a node.
+    if spec.containers.iter().any(|c| !c.ports.is_empty()) {
+        replica.max_per_node = Some(1);
+    }
     replica
 }
 

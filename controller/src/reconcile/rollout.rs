@@ -250,11 +250,23 @@ fn failure(
     }
     let new_available = new.iter().filter(|p| available(p)).count() as u32;
     if new_available < bounds.replicas && now.duration_since(progress_at).unwrap_or_default() > deadline {
-        let not_ready = new.iter().filter(|p| !p.status::<PodStatus>().is_ready()).count();
+        let not_ready: Vec<&&ApiObject> = new.iter().filter(|p| !p.status::<PodStatus>().is_ready()).collect();
+        // The first stuck replica's own reason says most (unschedulable,
+        // pulling, a failing probe).
+        let example = not_ready.first().map_or(String::new(), |p| {
+            let status: PodStatus = p.status();
+            let why = [status.reason.as_str(), status.message.as_str()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(": ");
+            format!(" ({} {})", p.metadata.name, if why.is_empty() { "not ready" } else { why.as_str() })
+        });
         return Some(format!(
-            "no progress for {} s (progressDeadlineSeconds): {new_available} of {} new replicas available, {not_ready} not ready",
+            "no progress for {} s (progressDeadlineSeconds): {new_available} of {} new replicas available, {} not ready{example}",
             deadline.as_secs(),
             bounds.replicas,
+            not_ready.len(),
         ));
     }
     None
