@@ -84,8 +84,10 @@ pub async fn run(store: Arc<dyn Store>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
             Err(e) => tracing::error!(error = %e, "reconcile pass panicked; retrying"),
         }
-        // Wait for a change or the periodic resync, then let a burst settle.
-        let _ = tokio::time::timeout(Duration::from_secs(5), live.recv()).await;
+        // Wait for a change or the periodic resync (every second: rollouts
+        // count minReadySeconds and deadlines on the clock, not on events),
+        // then let a burst settle.
+        let _ = tokio::time::timeout(Duration::from_secs(1), live.recv()).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         while live.try_recv().is_ok() {}
     }

@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 
+pub mod fleet;
+
 /// Path of a workspace binary (`flotilla`, `flotilla-agent`, `flotilla-bench`)
 /// built into the same target directory and profile as the running test.
 ///

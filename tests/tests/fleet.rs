@@ -17,121 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_agent::runtime::helper::HelperRuntime;
-use flotilla_agent::runtime::{Runtime, Status};
+use flotilla_e2e::fleet::{AgentProcess, all_running_on, apply, pods, push_busybox, wait_for_ready_nodes, wait_until};
 use flotilla_e2e::{ControllerProcess, binary};
 use serde_json::Value;
-
-/// An agent process, killed when the test ends.
-struct AgentProcess {
-    child: Option<Child>,
-    data: PathBuf,
-}
-
-impl AgentProcess {
-    fn start(controller: &ControllerProcess, name: &str, data: &Path) -> AgentProcess {
-        let token = if data.join("enrolment.json").exists() { None } else { Some(join_token(controller)) };
-        let mut command = Command::new(binary("flotilla-agent").unwrap());
-        command
-            .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--heartbeat", "5s"])
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--status-file")
-            .arg(data.join("status.json"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap());
-        if let Some(token) = token {
-            command.args(["--join", &controller.url, "--token", &token]);
-        }
-        AgentProcess { child: Some(command.spawn().unwrap()), data: data.to_owned() }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn runtime(&self) -> HelperRuntime {
-        HelperRuntime::new(&binary("flotilla-agent").unwrap(), &self.data.join("runtime"), &self.data.join("bundles"))
-    }
-
-    /// Running containers: id -> pid.
-    fn running(&self) -> Vec<(String, i32)> {
-        let mut runtime = self.runtime();
-        let mut out: Vec<(String, i32)> = runtime
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| s.status == Status::Running)
-            .map(|s| (s.id.clone(), s.pid.unwrap_or(0)))
-            .collect();
-        out.sort();
-        out
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        self.kill9();
-        // Containers and their overlay root filesystems outlive the agent.
-        let _ = Command::new(binary("flotilla-agent").unwrap())
-            .args(["stop-all", "--data-dir"])
-            .arg(&self.data)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn join_token(controller: &ControllerProcess) -> String {
-    let output = controller.cli().unwrap().args(["node", "token", "create"]).output().unwrap();
-    assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-/// Builds a busybox image (the host's static busybox) and pushes it into the
-/// controller's registry; returns its reference.
-fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
-    let layout = dir.join("oci");
-    let status = Command::new(binary("flotilla-image").unwrap())
-        .args(["--tag", "busybox:e2e", "--binary", "amd64=/bin/busybox", "--path", "/bin/busybox"])
-        .args(["--entrypoint", "/bin/busybox", "--output"])
-        .arg(&layout)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the test image");
-    let registry = controller.url.trim_start_matches("http://").to_owned();
-    let output = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds"])
-        .arg(format!("flotilla:{}", controller.token().unwrap()))
-        .arg(format!("oci:{}:busybox:e2e", layout.display()))
-        .arg(format!("docker://{registry}/e2e/busybox:1"))
-        .output()
-        .expect("skopeo is installed by scripts/setup");
-    assert!(output.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
-    format!("{registry}/e2e/busybox:1")
-}
-
-fn apply(controller: &ControllerProcess, manifest: &str) {
-    let mut child = controller
-        .cli()
-        .unwrap()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "apply failed");
-}
 
 /// A Deployment of `replicas` busybox containers running `script` (sh -c).
 fn deployment(name: &str, image: &str, replicas: u32, script: &str) -> String {
@@ -154,44 +42,6 @@ spec:
     )
 }
 
-/// `(name, phase, node)` of every pod.
-fn pods(controller: &ControllerProcess) -> Vec<(String, String, String)> {
-    let output = controller.cli().unwrap().args(["get", "pods", "-o", "json"]).output().unwrap();
-    let list: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    let mut out: Vec<_> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
-            (text(&p["metadata"]["name"]), text(&p["status"]["phase"]), text(&p["spec"]["nodeName"]))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn all_running_on(
-    controller: &ControllerProcess,
-    count: usize,
-    nodes: &[&str],
-) -> Option<Vec<(String, String, String)>> {
-    let pods = pods(controller);
-    (pods.len() == count && pods.iter().all(|(_, phase, node)| phase == "Running" && nodes.contains(&node.as_str())))
-        .then_some(pods)
-}
-
 #[test]
 fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,11 +52,7 @@ fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
     let image = push_busybox(&controller, dir.path());
     let mut a = AgentProcess::start(&controller, "fleet-a", &dir.path().join("a"));
     let b = AgentProcess::start(&controller, "fleet-b", &dir.path().join("b"));
-    wait_until("both nodes Ready", Duration::from_secs(20), || {
-        let output = controller.cli().unwrap().args(["get", "nodes"]).output().unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        (text.matches(" Ready ").count() == 2).then_some(())
-    });
+    wait_for_ready_nodes(&controller, 2, Duration::from_secs(20));
 
     // Apply: four replicas, real containers on the two agents.
     apply(&controller, &deployment("fleetmove", &image, 4, "sleep 3600"));
@@ -240,10 +86,7 @@ fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
     // Controller restart: nothing restarts on the nodes.
     controller.stop().unwrap();
     let controller = ControllerProcess::start_on(&data, port, mqtt_port, &[]).unwrap();
-    wait_until("both nodes Ready again", Duration::from_secs(30), || {
-        let output = controller.cli().unwrap().args(["get", "nodes"]).output().unwrap();
-        (String::from_utf8_lossy(&output.stdout).matches(" Ready ").count() == 2).then_some(())
-    });
+    wait_for_ready_nodes(&controller, 2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(b.running(), b_before, "a controller restart restarted containers");
     assert!(all_running_on(&controller, 4, &["fleet-b"]).is_some(), "{:?}", pods(&controller));
@@ -365,10 +208,7 @@ fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
     // reconnect loop then gets in.
     mosquitto_config(&data, &broker_dir, mqtt_port);
     mosquitto.reload();
-    wait_until("both nodes Ready through Mosquitto", Duration::from_secs(60), || {
-        let output = controller.cli().unwrap().args(["get", "nodes"]).output().unwrap();
-        (String::from_utf8_lossy(&output.stdout).matches(" Ready ").count() == 2).then_some(())
-    });
+    wait_for_ready_nodes(&controller, 2, Duration::from_secs(60));
     let ticker = "echo hello from $(hostname); i=0; while true; do i=$((i+1)); echo tick-$i; sleep 1; done";
     apply(&controller, &deployment("mosqrun", &image, 2, ticker));
     let placed = wait_until("2 replicas Running", Duration::from_secs(60), || {

@@ -1,0 +1,183 @@
+//! Helpers for tests of a whole fleet: real `flotilla-agent`s enrolled
+//! with a controller, images pushed into its registry, manifests applied
+//! and pods read through the real CLI. They panic with a message on
+//! failure: they exist for tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_agent::runtime::helper::HelperRuntime;
+use flotilla_agent::runtime::{Runtime, Status};
+use serde_json::Value;
+
+use crate::{ControllerProcess, binary};
+
+/// An agent process, killed (and its containers removed) when dropped.
+pub struct AgentProcess {
+    child: Option<Child>,
+    /// Its data directory; its log is `<data>.log`.
+    pub data: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `flotilla-agent run` as node `name` (enrolling with a fresh
+    /// join token the first time), with a 5 s keep-alive and heartbeat.
+    pub fn start(controller: &ControllerProcess, name: &str, data: &Path) -> AgentProcess {
+        let token = if data.join("enrolment.json").exists() { None } else { Some(join_token(controller)) };
+        let mut command = Command::new(binary("flotilla-agent").unwrap());
+        command
+            .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--heartbeat", "5s"])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--status-file")
+            .arg(data.join("status.json"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap());
+        if let Some(token) = token {
+            command.args(["--join", &controller.url, "--token", &token]);
+        }
+        AgentProcess { child: Some(command.spawn().unwrap()), data: data.to_owned() }
+    }
+
+    /// kill -9 (its containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn runtime(&self) -> HelperRuntime {
+        HelperRuntime::new(&binary("flotilla-agent").unwrap(), &self.data.join("runtime"), &self.data.join("bundles"))
+    }
+
+    /// Running containers: id -> pid.
+    pub fn running(&self) -> Vec<(String, i32)> {
+        let mut runtime = self.runtime();
+        let mut out: Vec<(String, i32)> = runtime
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.status == Status::Running)
+            .map(|s| (s.id.clone(), s.pid.unwrap_or(0)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        // Containers and their overlay root filesystems outlive the agent.
+        let _ = Command::new(binary("flotilla-agent").unwrap())
+            .args(["stop-all", "--data-dir"])
+            .arg(&self.data)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A one-time join token from `flotilla node token create`.
+pub fn join_token(controller: &ControllerProcess) -> String {
+    let output = controller.cli().unwrap().args(["node", "token", "create"]).output().unwrap();
+    assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Builds a busybox image (the host's static busybox) and pushes it into
+/// the controller's registry as `e2e/busybox:1`; returns its reference.
+pub fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
+    let layout = dir.join("oci");
+    let status = Command::new(binary("flotilla-image").unwrap())
+        .args(["--tag", "busybox:e2e", "--binary", "amd64=/bin/busybox", "--path", "/bin/busybox"])
+        .args(["--entrypoint", "/bin/busybox", "--output"])
+        .arg(&layout)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the test image");
+    let registry = controller.url.trim_start_matches("http://").to_owned();
+    let output = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds"])
+        .arg(format!("flotilla:{}", controller.token().unwrap()))
+        .arg(format!("oci:{}:busybox:e2e", layout.display()))
+        .arg(format!("docker://{registry}/e2e/busybox:1"))
+        .output()
+        .expect("skopeo is installed by scripts/setup");
+    assert!(output.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
+    format!("{registry}/e2e/busybox:1")
+}
+
+/// `flotilla apply -f -` with `manifest`.
+pub fn apply(controller: &ControllerProcess, manifest: &str) {
+    let mut child = controller
+        .cli()
+        .unwrap()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "apply failed");
+}
+
+/// Every pod as `flotilla get pods -o json` shows it.
+pub fn pod_list(controller: &ControllerProcess) -> Vec<Value> {
+    let output = controller.cli().unwrap().args(["get", "pods", "-o", "json"]).output().unwrap();
+    let list: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// `(name, phase, node)` of every pod, sorted.
+pub fn pods(controller: &ControllerProcess) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = pod_list(controller)
+        .iter()
+        .map(|p| {
+            let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+            (text(&p["metadata"]["name"]), text(&p["status"]["phase"]), text(&p["spec"]["nodeName"]))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Polls `check` every 100 ms until it gives a value; panics after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pods, if there are `count` and all run on `nodes`.
+pub fn all_running_on(
+    controller: &ControllerProcess,
+    count: usize,
+    nodes: &[&str],
+) -> Option<Vec<(String, String, String)>> {
+    let pods = pods(controller);
+    (pods.len() == count && pods.iter().all(|(_, phase, node)| phase == "Running" && nodes.contains(&node.as_str())))
+        .then_some(pods)
+}
+
+/// Waits until `count` nodes show as Ready.
+pub fn wait_for_ready_nodes(controller: &ControllerProcess, count: usize, timeout: Duration) {
+    wait_until(&format!("{count} nodes Ready"), timeout, || {
+        let output = controller.cli().unwrap().args(["get", "nodes"]).output().unwrap();
+        (String::from_utf8_lossy(&output.stdout).matches(" Ready ").count() == count).then_some(())
+    });
+}
