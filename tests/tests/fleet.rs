@@ -33,6 +33,8 @@ spec:
   template:
     metadata: {{labels: {{app: {name}}}}}
     spec:
+      # `sleep` as PID 1 ignores SIGTERM: a short grace keeps stops quick.
+      terminationGracePeriodSeconds: 2
       containers:
       - name: main
         image: {image}
