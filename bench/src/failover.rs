@@ -21,17 +21,15 @@
 //! back), it must stop its moved copies (fencing), and the Deployment is
 //! deleted before the next run.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use serde_json::json;
 
-use crate::fleet::agent::{AgentProcess, AgentSettings};
-use crate::fleet::controller::{Controller, ControllerOptions, Pod};
-use crate::fleet::netns::Network;
-use crate::fleet::{self, Binaries, wait_until};
+use crate::fleet::agent::AgentProcess;
+use crate::fleet::controller::Pod;
+use crate::fleet::{self, Binaries, Fleet, FleetSettings, wait_until};
 
 /// Options of `flotilla-bench failover`.
 #[derive(Debug, clap::Args)]
@@ -76,28 +74,6 @@ impl Fault {
     }
 }
 
-/// The running system; fields drop in order: agents (and their
-/// containers), then the controller, then the network.
-struct Fleet {
-    agents: Vec<AgentProcess>,
-    controller: Controller,
-    network: Network,
-    image: String,
-}
-
-impl Fleet {
-    /// What an operator would look at when a wait fails: the replicas and
-    /// the ends of the logs.
-    fn diagnostics(&self, prefix: &str) -> String {
-        let pods = self.controller.pods(prefix).map(|p| format!("{p:?}")).unwrap_or_else(|e| format!("{e:#}"));
-        let mut text = format!("replicas: {pods}\ncontroller log:\n{}", self.controller.log_tail(15));
-        for agent in &self.agents {
-            text += &format!("\nlog of {}:\n{}", agent.name(), agent.log_tail(10));
-        }
-        text
-    }
-}
-
 /// Polling period while the clock runs.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -109,7 +85,12 @@ pub fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let binaries = Binaries::locate(args.bin_dir.as_deref())?;
     fleet::watch_interrupts()?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut fleet = start_fleet(&args, &binaries, &dir)?;
+    let settings = FleetSettings {
+        agents: args.agents,
+        keep_alive: args.keep_alive,
+        extra_server_args: vec!["--eviction-grace".into(), humantime::format_duration(args.eviction_grace).to_string()],
+    };
+    let mut fleet = Fleet::start("failover", &settings, &binaries, &dir)?;
 
     let suffix = fleet::unique_suffix();
     let mut crash = Vec::new();
@@ -146,44 +127,6 @@ pub fn run(args: FailoverArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-/// Starts the network, the controller on the bridge, the image and the
-/// agents, and waits until every node is Ready.
-fn start_fleet(args: &FailoverArgs, binaries: &Binaries, dir: &tempfile::TempDir) -> anyhow::Result<Fleet> {
-    let network = Network::create(args.agents)?;
-    let host = network.host_ip();
-    let free_port = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port()) };
-    let options = ControllerOptions {
-        api_addr: SocketAddr::from((host, free_port()?)),
-        mqtt_listen: SocketAddr::from((host, free_port()?)),
-        advertise: host.to_string(),
-        extra_args: vec!["--eviction-grace".into(), humantime::format_duration(args.eviction_grace).to_string()],
-    };
-    let controller = Controller::start(binaries, &dir.path().join("controller"), &options)?;
-    eprintln!("failover: controller at {} on bridge {host}", controller.url());
-    let image = controller.push_busybox(binaries, dir.path(), &host.to_string())?;
-    let mut agents = Vec::new();
-    for i in 0..args.agents {
-        let settings = AgentSettings {
-            binary: binaries.agent.clone(),
-            keep_alive: args.keep_alive,
-            heartbeat: args.keep_alive,
-            tick_ms: Some(100),
-            netns: Some(network.namespace(i)?.to_owned()),
-        };
-        let token = controller.join_token()?;
-        let name = format!("edge-{}", i + 1);
-        let data_dir = dir.path().join(&name);
-        agents.push(AgentProcess::start(&name, &data_dir, settings, Some((&controller.url(), &token)))?);
-    }
-    let fleet = Fleet { agents, controller, network, image };
-    wait_until("every node to be Ready", Duration::from_secs(60), Duration::from_millis(100), || {
-        Ok((fleet.controller.ready_nodes()?.len() == args.agents).then_some(()))
-    })
-    .with_context(|| fleet.diagnostics("-"))?;
-    eprintln!("failover: {} agents Ready", args.agents);
-    Ok(fleet)
 }
 
 /// One run of one fault: returns the time until the victim's replicas run

@@ -16,11 +16,97 @@ pub mod agent;
 pub mod controller;
 pub mod netns;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
+
+use agent::{AgentProcess, AgentSettings};
+use controller::{Controller, ControllerOptions};
+use netns::Network;
+
+/// How a benchmark's fleet is set up.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Agents (devices), each in its own network namespace.
+    pub agents: usize,
+    /// The agents' `--keep-alive` and `--heartbeat`.
+    pub keep_alive: Duration,
+    /// More `flotilla server` arguments.
+    pub extra_server_args: Vec<String>,
+}
+
+/// A running fleet: a controller on a bridge and agents in their own
+/// network namespaces with the busybox image pushed. Fields drop in order:
+/// agents (and their containers), then the controller, then the network.
+pub struct Fleet {
+    /// The agents, `edge-1`...
+    pub agents: Vec<AgentProcess>,
+    /// The controller.
+    pub controller: Controller,
+    /// The bridge and namespaces.
+    pub network: Network,
+    /// The busybox image's reference in the controller's registry.
+    pub image: String,
+}
+
+impl Fleet {
+    /// Starts the network, the controller on the bridge, the image and the
+    /// agents, and waits until every node is Ready. `bench` prefixes progress.
+    pub fn start(
+        bench: &str,
+        settings: &FleetSettings,
+        binaries: &Binaries,
+        dir: &tempfile::TempDir,
+    ) -> anyhow::Result<Fleet> {
+        let network = Network::create(settings.agents)?;
+        let host = network.host_ip();
+        let free_port = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port()) };
+        let options = ControllerOptions {
+            api_addr: SocketAddr::from((host, free_port()?)),
+            mqtt_listen: SocketAddr::from((host, free_port()?)),
+            advertise: host.to_string(),
+            extra_args: settings.extra_server_args.clone(),
+        };
+        let controller = Controller::start(binaries, &dir.path().join("controller"), &options)?;
+        eprintln!("{bench}: controller at {} on bridge {host}", controller.url());
+        let image = controller.push_busybox(binaries, dir.path(), &host.to_string())?;
+        let mut agents = Vec::new();
+        for i in 0..settings.agents {
+            let agent_settings = AgentSettings {
+                binary: binaries.agent.clone(),
+                keep_alive: settings.keep_alive,
+                heartbeat: settings.keep_alive,
+                tick_ms: Some(100),
+                netns: Some(network.namespace(i)?.to_owned()),
+            };
+            let token = controller.join_token()?;
+            let name = format!("edge-{}", i + 1);
+            let data_dir = dir.path().join(&name);
+            agents.push(AgentProcess::start(&name, &data_dir, agent_settings, Some((&controller.url(), &token)))?);
+        }
+        let fleet = Fleet { agents, controller, network, image };
+        wait_until("every node to be Ready", Duration::from_secs(60), Duration::from_millis(100), || {
+            Ok((fleet.controller.ready_nodes()?.len() == settings.agents).then_some(()))
+        })
+        .with_context(|| fleet.diagnostics("-"))?;
+        eprintln!("{bench}: {} agents Ready", settings.agents);
+        Ok(fleet)
+    }
+
+    /// What an operator would look at when a wait fails: the replicas and
+    /// the ends of the logs.
+    pub fn diagnostics(&self, prefix: &str) -> String {
+        let pods = self.controller.pods(prefix).map(|p| format!("{p:?}")).unwrap_or_else(|e| format!("{e:#}"));
+        let mut text = format!("replicas: {pods}\ncontroller log:\n{}", self.controller.log_tail(15));
+        for agent in &self.agents {
+            text += &format!("\nlog of {}:\n{}", agent.name(), agent.log_tail(10));
+        }
+        text
+    }
+}
 
 /// The workspace binaries a fleet runs.
 #[derive(Debug, Clone)]
@@ -129,7 +215,8 @@ pub fn unique_suffix() -> String {
     format!("{:05x}", (nanos ^ std::process::id().rotate_left(12)) & 0xf_ffff)
 }
 
-/// A Deployment of `replicas` busybox containers that sleep.
+/// A Deployment of `replicas` busybox containers that sleep (and end at
+/// once on SIGTERM: a shell as PID 1 ignores it without a trap).
 pub fn sleep_deployment(name: &str, image: &str, replicas: usize) -> String {
     format!(
         r#"apiVersion: apps/v1
@@ -144,7 +231,7 @@ spec:
       containers:
       - name: main
         image: {image}
-        args: ["sleep", "3600"]
+        args: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
         resources: {{requests: {{cpu: 100m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}
 "#
     )

@@ -9,6 +9,7 @@ mod fleet;
 mod footprint;
 mod msg_sizes;
 mod pack;
+mod rollout;
 mod sched;
 mod start;
 mod wire;
@@ -34,6 +35,8 @@ enum Bench {
     MsgSizes,
     /// Run the scheduler on bin-packing instances (BPPLIB 1-D or 2-D text files).
     Pack(pack::PackArgs),
+    /// A 20-replica rolling update across 4 agents: time, most replicas running at once, fewest ready (root).
+    Rollout(rollout::RolloutArgs),
     /// Scheduler throughput on a large mixed fleet.
     Sched(sched::SchedArgs),
     /// Time from a desired document to the container's process running, beside runc and an unshare floor (root).
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Footprint(args) => footprint::run(args),
         Bench::MsgSizes => msg_sizes::run(),
         Bench::Pack(args) => pack::run(args),
+        Bench::Rollout(args) => rollout::run(args),
         Bench::Sched(args) => sched::run(args),
         Bench::Start(args) => start::run(args),
         Bench::Wire(args) => wire::run(args),

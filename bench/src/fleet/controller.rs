@@ -185,7 +185,8 @@ impl Controller {
         serde_json::from_str(&text).with_context(|| format!("{what}: the answer is not JSON: {text}"))
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    /// GET an API path as JSON.
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.request(&format!("GET {path}"), |http, url, bearer| {
             http.get(format!("{url}{path}")).header("Authorization", bearer).call()
         })
@@ -213,6 +214,16 @@ impl Controller {
     pub fn pods(&self, prefix: &str) -> anyhow::Result<Vec<Pod>> {
         let list = self.get("/api/v1/namespaces/default/pods")?;
         Ok(parse_pods(&list).into_iter().filter(|p| p.name.starts_with(prefix)).collect())
+    }
+
+    /// The replicas whose names start with `prefix`, as the API serves them.
+    pub fn pod_objects(&self, prefix: &str) -> anyhow::Result<Vec<Value>> {
+        let list = self.get("/api/v1/namespaces/default/pods")?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        Ok(items
+            .into_iter()
+            .filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .collect())
     }
 
     /// Names of the nodes whose `Ready` condition is `True`.
