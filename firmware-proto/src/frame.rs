@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::msg::{
     ConfigObject, DesiredHeader, DesiredRules, DesiredState, Event, Hello, LogChunk, LogRequest, MAX_CONFIG_OBJECTS,
-    MAX_REPLICAS, MacTag, NodeId, Presence, ReplicaSpec, Signature, Status,
+    MAX_REPLICAS, MacTag, NodeId, Presence, ReplicaSpec, ServiceTable, Signature, Status,
 };
 
 /// The protocol version this crate speaks and writes in byte 0 of a frame.
@@ -52,6 +52,8 @@ pub enum MessageKind {
     LogRequest = 6,
     /// [`LogChunk`], node to controller.
     Logs = 7,
+    /// [`ServiceTable`], controller to node.
+    Services = 8,
 }
 
 impl MessageKind {
@@ -59,7 +61,7 @@ impl MessageKind {
     pub const FROM_NODE: [MessageKind; 5] =
         [MessageKind::Hello, MessageKind::Online, MessageKind::Status, MessageKind::Event, MessageKind::Logs];
     /// Every kind the controller sends.
-    pub const TO_NODE: [MessageKind; 2] = [MessageKind::Desired, MessageKind::LogRequest];
+    pub const TO_NODE: [MessageKind; 3] = [MessageKind::Desired, MessageKind::LogRequest, MessageKind::Services];
 
     /// The kind for a byte, if it names one.
     pub const fn from_byte(byte: u8) -> Option<MessageKind> {
@@ -71,13 +73,14 @@ impl MessageKind {
             5 => MessageKind::Desired,
             6 => MessageKind::LogRequest,
             7 => MessageKind::Logs,
+            8 => MessageKind::Services,
             _ => return None,
         })
     }
 
     /// Whether nodes send this kind (and so it ends with seq + MAC).
     pub const fn is_from_node(self) -> bool {
-        !matches!(self, MessageKind::Desired | MessageKind::LogRequest)
+        !matches!(self, MessageKind::Desired | MessageKind::LogRequest | MessageKind::Services)
     }
 
     /// The topic leaf this kind travels on (`nodes/{id}/<leaf>`).
@@ -90,6 +93,7 @@ impl MessageKind {
             MessageKind::Desired => "desired",
             MessageKind::LogRequest => "logreq",
             MessageKind::Logs => "logs",
+            MessageKind::Services => "services",
         }
     }
 }
@@ -404,30 +408,62 @@ pub fn encode_log_request_frame<'b>(
     sign: impl FnOnce(&[u8]) -> Signature,
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], EncodeError> {
+    encode_signed(MessageKind::LogRequest, request, sign, buf)
+}
+
+/// Decodes a log request the controller sent. The signature is returned
+/// with the bytes it covers; check it before answering.
+pub fn decode_log_request_frame(bytes: &[u8]) -> Result<Decoded<'_, (LogRequest, Signature)>, DecodeError> {
+    decode_signed(MessageKind::LogRequest, bytes)
+}
+
+/// Encodes a node's service table; `sign` as for [`encode_log_request_frame`].
+pub fn encode_services_frame<'b>(
+    table: &ServiceTable,
+    sign: impl FnOnce(&[u8]) -> Signature,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], EncodeError> {
+    encode_signed(MessageKind::Services, table, sign, buf)
+}
+
+/// Decodes a service table the controller sent; check the signature before
+/// using it.
+pub fn decode_services_frame(bytes: &[u8]) -> Result<Decoded<'_, (ServiceTable, Signature)>, DecodeError> {
+    decode_signed(MessageKind::Services, bytes)
+}
+
+/// A signed controller frame: header, body, signature.
+fn encode_signed<'b, T: Serialize>(
+    kind: MessageKind,
+    message: &T,
+    sign: impl FnOnce(&[u8]) -> Signature,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], EncodeError> {
     let buf = limit(buf);
-    let mut len = write_header(MessageKind::LogRequest, buf)?;
-    len += write_body(request, &mut buf[len..])?;
+    let mut len = write_header(kind, buf)?;
+    len += write_body(message, &mut buf[len..])?;
     let signature = sign(&buf[..len]);
     let end = len + SIGNATURE_LEN;
     buf.get_mut(len..end).ok_or(EncodeError::BufferFull)?.copy_from_slice(&signature.0);
     Ok(&mut buf[..end])
 }
 
-/// Decodes a log request the controller sent. The signature is returned
-/// with the bytes it covers; check it before answering.
-pub fn decode_log_request_frame(bytes: &[u8]) -> Result<Decoded<'_, (LogRequest, Signature)>, DecodeError> {
-    let kind = peek_kind(bytes)?;
-    if kind != MessageKind::LogRequest {
-        return Err(DecodeError::UnexpectedKind { found: kind });
+fn decode_signed<T: DeserializeOwned>(
+    kind: MessageKind,
+    bytes: &[u8],
+) -> Result<Decoded<'_, (T, Signature)>, DecodeError> {
+    let found = peek_kind(bytes)?;
+    if found != kind {
+        return Err(DecodeError::UnexpectedKind { found });
     }
     let (authenticated, sig) = split_authenticator(bytes, kind, SIGNATURE_LEN)?;
-    let (request, rest) = read_body::<LogRequest>(kind, &authenticated[HEADER_LEN..])?;
+    let (message, rest) = read_body::<T>(kind, &authenticated[HEADER_LEN..])?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes { kind, count: rest.len() });
     }
     let mut signature = Signature::default();
     signature.0.copy_from_slice(sig);
-    Ok(Decoded { frame: (request, signature), authenticated })
+    Ok(Decoded { frame: (message, signature), authenticated })
 }
 
 /// Decodes a frame a node sent (hello, online, status, event, logs).
@@ -448,7 +484,9 @@ pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeE
         }
         MessageKind::Event => read_body(kind, body).map(|(m, r)| (NodeMessage::Event(m), r))?,
         MessageKind::Logs => read_body(kind, body).map(|(m, r)| (NodeMessage::Logs(m), r))?,
-        MessageKind::Desired | MessageKind::LogRequest => return Err(DecodeError::UnexpectedKind { found: kind }),
+        MessageKind::Desired | MessageKind::LogRequest | MessageKind::Services => {
+            return Err(DecodeError::UnexpectedKind { found: kind });
+        }
     };
     let (seq, rest) = read_body::<u64>(kind, rest)?;
     if !rest.is_empty() {
@@ -589,6 +627,17 @@ mod with_alloc {
         Ok(buf)
     }
 
+    /// [`encode_services_frame`] into a fresh `Vec`.
+    pub fn encode_services_frame_to_vec(
+        table: &ServiceTable,
+        sign: impl FnOnce(&[u8]) -> Signature,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
+        let len = encode_services_frame(table, sign, &mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
     /// [`encode_desired_frame`] into a fresh `Vec`.
     pub fn encode_desired_frame_to_vec(
         document: &DesiredState<'_>,
@@ -602,4 +651,7 @@ mod with_alloc {
 }
 
 #[cfg(feature = "alloc")]
-pub use with_alloc::{encode_desired_frame_to_vec, encode_log_request_frame_to_vec, encode_node_frame_to_vec};
+pub use with_alloc::{
+    encode_desired_frame_to_vec, encode_log_request_frame_to_vec, encode_node_frame_to_vec,
+    encode_services_frame_to_vec,
+};

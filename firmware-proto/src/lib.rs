@@ -27,8 +27,12 @@ pub use bounded::{ByteList, Bytes, CapacityError, Name, NameError, TextList};
 pub use frame::{
     DecodeError, Decoded, DesiredView, EncodeError, Items, MAC_LEN, MAX_FRAME_LEN, MessageKind, NodeFrame, NodeMessage,
     PROTOCOL_VERSION, SIGNATURE_LEN, decode_desired_frame, decode_log_request_frame, decode_node_frame,
-    encode_desired_frame, encode_log_request_frame, encode_node_frame, peek_kind,
+    decode_services_frame, encode_desired_frame, encode_log_request_frame, encode_node_frame, encode_services_frame,
+    peek_kind,
 };
 #[cfg(feature = "alloc")]
-pub use frame::{encode_desired_frame_to_vec, encode_log_request_frame_to_vec, encode_node_frame_to_vec};
+pub use frame::{
+    encode_desired_frame_to_vec, encode_log_request_frame_to_vec, encode_node_frame_to_vec,
+    encode_services_frame_to_vec,
+};
 pub use msg::*;

@@ -82,6 +82,10 @@ pub const REASON_MAX: usize = 96;
 /// Maximum bytes of container output in one [`LogChunk`]: a larger answer
 /// travels as several chunks, so no frame nears [`crate::MAX_FRAME_LEN`].
 pub const LOG_CHUNK_MAX: usize = 4096;
+/// Maximum Service ports in one node's service table.
+pub const MAX_SERVICES: usize = 16;
+/// Maximum endpoints of one Service port.
+pub const MAX_ENDPOINTS: usize = 32;
 
 // ---------------------------------------------------------------------------
 // Identifiers and small shared types
@@ -724,6 +728,49 @@ impl From<&crate::frame::DesiredView<'_>> for DesiredDocument {
 pub(crate) struct DesiredHeader {
     pub(crate) node_id: NodeId,
     pub(crate) generation: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Services: where the ready replicas behind each Service are, for the
+// nodes whose replicas use it. A document of its own (not part of the
+// desired state): endpoints change with readiness, and a change must not
+// look like a change of the replicas.
+
+/// One ready replica behind a Service: its node's address and the port it
+/// listens on there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// IPv4 address of the replica's node.
+    pub address: [u8; 4],
+    /// The replica's port on that node.
+    pub port: u16,
+}
+
+/// One port of one Service and its ready endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// The Service's name (`<namespace>.<name>` outside `default`).
+    pub service: Name<REPLICA_ID_MAX>,
+    /// The port's name (empty for an unnamed port).
+    pub port_name: heapless::String<PORT_NAME_MAX>,
+    /// The Service's port: where the node forwards from.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Ready endpoints, at most [`MAX_ENDPOINTS`] (empty: none ready).
+    pub endpoints: heapless::Vec<Endpoint, MAX_ENDPOINTS>,
+}
+
+/// Controller -> node on `nodes/{id}/services` (retained), signed: every
+/// Service port the node's replicas may use, with its ready endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceTable {
+    /// The node this table is for; a node refuses any other.
+    pub node_id: NodeId,
+    /// Increases with every change; a node never applies an older one.
+    pub generation: u64,
+    /// The Service ports, at most [`MAX_SERVICES`].
+    pub services: heapless::Vec<ServicePort, MAX_SERVICES>,
 }
 
 // ---------------------------------------------------------------------------

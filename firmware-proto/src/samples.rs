@@ -73,6 +73,24 @@ pub fn event() -> Event {
     }
 }
 
+/// A node's service table: one Service port with two ready endpoints.
+pub fn service_table() -> ServiceTable {
+    let mut endpoints = heapless::Vec::new();
+    for (address, port) in [([10, 77, 0, 11], 8080), ([10, 77, 0, 12], 8080)] {
+        endpoints.push(Endpoint { address, port }).expect("fits");
+    }
+    let mut services = heapless::Vec::new();
+    let web = ServicePort {
+        service: Name::new("web").expect("valid"),
+        port_name: s("http"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        endpoints,
+    };
+    services.push(web).expect("fits");
+    ServiceTable { node_id: node_id(), generation: 42, services }
+}
+
 /// A request for the last 100 lines of a replica's output.
 pub fn log_request() -> LogRequest {
     LogRequest {

@@ -85,6 +85,23 @@ fn log_chunk() {
 }
 
 #[test]
+fn service_table() {
+    // 01 08 | node id | 2a generation | 01 one port: 03 "web", 04 "http", 50 port 80, 00 TCP,
+    // 02 endpoints: 0a 4d 00 0b, 90 3f (8080) | 0a 4d 00 0c, 90 3f | signature
+    let golden = concat!(
+        "01080b70692d6c696e65332d30372a010377656204687474705000020a4d000b903f0a4d000c903f",
+        "22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
+    );
+    let table = samples::service_table();
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let encoded = encode_services_frame(&table, |_| SIGNATURE, &mut buf).unwrap();
+    assert_eq!(hex(encoded), golden, "encoding of the service table changed");
+    let bytes = unhex(golden);
+    let decoded = decode_services_frame(&bytes).unwrap();
+    assert_eq!(decoded.frame, (table, SIGNATURE));
+}
+
+#[test]
 fn log_request() {
     // 01 06 | node id | 07 request | replica id | 00 no offset | 64 tail 100 | 80 80 04 max 65536 | signature
     let golden = concat!(
@@ -134,6 +151,7 @@ fn message_kind_bytes_never_change() {
         (MessageKind::Desired, 5),
         (MessageKind::LogRequest, 6),
         (MessageKind::Logs, 7),
+        (MessageKind::Services, 8),
     ];
     for (kind, byte) in kinds {
         assert_eq!(kind as u8, byte);

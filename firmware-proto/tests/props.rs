@@ -202,6 +202,24 @@ fn log_chunk() -> impl Strategy<Value = LogChunk> {
     )
 }
 
+fn service_table() -> impl Strategy<Value = ServiceTable> {
+    let endpoint = (any::<[u8; 4]>(), any::<u16>()).prop_map(|(address, port)| Endpoint { address, port });
+    let port = (name(), text(), any::<u16>(), prop::collection::vec(endpoint, 0..=MAX_ENDPOINTS)).prop_map(
+        |(service, port_name, port, endpoints)| ServicePort {
+            service,
+            port_name,
+            port,
+            protocol: Protocol::Tcp,
+            endpoints: heapless::Vec::from_slice(&endpoints).expect("within capacity"),
+        },
+    );
+    (name(), any::<u64>(), prop::collection::vec(port, 0..4)).prop_map(|(node_id, generation, services)| ServiceTable {
+        node_id,
+        generation,
+        services: heapless::Vec::from_slice(&services).expect("within capacity"),
+    })
+}
+
 fn log_request() -> impl Strategy<Value = LogRequest> {
     (name(), any::<u64>(), name(), prop::option::of(any::<u64>()), any::<u32>(), any::<u32>()).prop_map(
         |(node_id, request_id, replica, offset, tail_lines, max_bytes)| LogRequest {
@@ -434,6 +452,14 @@ proptest! {
         prop_assert_eq!(decoded.frame, (request, signature));
     }
 
+    #[test]
+    fn service_tables_round_trip(table in service_table(), signature in any::<[u8; 32]>()) {
+        let signature = Bytes([signature, signature].concat().try_into().unwrap());
+        let bytes = encode_services_frame_to_vec(&table, |_| signature).unwrap();
+        prop_assert!(bytes.len() <= MAX_FRAME_LEN);
+        prop_assert_eq!(decode_services_frame(&bytes).unwrap().frame, (table, signature));
+    }
+
     /// The authenticator covers exactly what was handed to the MAC closure
     /// when encoding, so a receiver recomputes the same tag.
     #[test]
@@ -461,6 +487,10 @@ fn decode_everything(bytes: &[u8]) {
         let _ = desired.frame.replicas().count();
         let _ = desired.frame.config().count();
     }
+    if let Ok(table) = decode_services_frame(bytes) {
+        let again = encode_services_frame_to_vec(&table.frame.0, |_| table.frame.1).unwrap();
+        assert_eq!(decode_services_frame(&again).unwrap().frame, table.frame);
+    }
     if let Ok(request) = decode_log_request_frame(bytes) {
         let again = encode_log_request_frame_to_vec(&request.frame.0, |_| request.frame.1).unwrap();
         assert_eq!(decode_log_request_frame(&again).unwrap().frame, request.frame);
@@ -471,7 +501,7 @@ fn decode_everything(bytes: &[u8]) {
 /// instead of every case stopping at the version byte.
 fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
     let header = prop_oneof![
-        3 => (Just(PROTOCOL_VERSION), 0u8..9).prop_map(|(v, k)| vec![v, k]),
+        3 => (Just(PROTOCOL_VERSION), 0u8..10).prop_map(|(v, k)| vec![v, k]),
         1 => prop::collection::vec(any::<u8>(), 0..3),
     ];
     (header, prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(mut h, body)| {
