@@ -222,6 +222,7 @@ impl Table {
                 Kind::Pod => h.extend(["CPU(m)", "MEMORY", "MESSAGE"]),
                 Kind::Node => h.extend(["CPU-USED(m)", "MEMORY-USED", "VERSION", "LABELS"]),
                 Kind::Deployment | Kind::DaemonSet | Kind::Job => h.extend(["IMAGES", "SELECTOR"]),
+                Kind::Service => h.push("ENDPOINTS"),
                 _ => {}
             }
         }
@@ -350,6 +351,11 @@ impl Table {
                         .map(|cs| cs.iter().filter_map(|c| c.get("image")?.as_str()).collect::<Vec<_>>().join(","))
                         .unwrap_or_default();
                     row.extend([or_dash(&images), labels_text(spec.pointer("/selector/matchLabels"))]);
+                }
+                Kind::Service => {
+                    let status: crate::fleet::services::ServiceStatus = o.status();
+                    let endpoints: Vec<String> = status.endpoints.values().flatten().cloned().collect();
+                    row.push(if endpoints.is_empty() { "<none>".into() } else { endpoints.join(",") });
                 }
                 _ => {}
             }

@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub config_maps: Vec<ApiObject>,
     /// Secrets.
     pub secrets: Vec<ApiObject>,
+    /// Services.
+    pub services: Vec<ApiObject>,
     /// When it was read: rollouts time readiness and deadlines against it.
     pub now: Option<std::time::SystemTime>,
 }
@@ -62,6 +64,7 @@ impl Snapshot {
             nodes: list(Kind::Node),
             config_maps: list(Kind::ConfigMap),
             secrets: list(Kind::Secret),
+            services: list(Kind::Service),
             now: Some(std::time::SystemTime::now()),
         }
     }

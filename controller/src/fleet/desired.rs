@@ -51,6 +51,10 @@ pub struct Published {
 #[derive(Debug, Clone, Default)]
 pub struct PublishedDocuments(Arc<Mutex<HashMap<String, Published>>>);
 
+/// The service tables last published: content fingerprint and frame.
+#[derive(Debug, Default)]
+struct PublishedTables(Mutex<HashMap<String, (u64, Vec<u8>)>>);
+
 impl PublishedDocuments {
     /// The document last published for `node`.
     pub fn get(&self, node: &str) -> Option<Published> {
@@ -80,18 +84,22 @@ pub async fn run(
         }
     };
     let resolver = Arc::new(Resolver::new(&config.default_registry));
+    let tables = Arc::new(PublishedTables::default());
     let mut publish_all = false;
     loop {
         let pass = {
             let (store, key, published, resolver) = (store.clone(), key.clone(), published.clone(), resolver.clone());
-            tokio::task::spawn_blocking(move || build_all(store.as_ref(), &key, &published, &resolver, publish_all))
+            let tables = tables.clone();
+            tokio::task::spawn_blocking(move || {
+                build_all(store.as_ref(), &key, &published, &tables, &resolver, publish_all)
+            })
         };
         match pass.await {
             Ok(frames) => {
-                for (node, frame) in frames {
+                for (node, leaf, frame) in frames {
                     // `publish` waits for room in the client's queue rather
                     // than dropping a document.
-                    if let Err(e) = client.publish(topics.node(&node, "desired"), QoS::AtLeastOnce, true, frame).await {
+                    if let Err(e) = client.publish(topics.node(&node, leaf), QoS::AtLeastOnce, true, frame).await {
                         tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect");
                     }
                 }
@@ -115,9 +123,10 @@ fn build_all(
     store: &dyn Store,
     key: &ControllerKey,
     published: &PublishedDocuments,
+    tables: &PublishedTables,
     resolver: &Resolver,
     all: bool,
-) -> Vec<(String, Vec<u8>)> {
+) -> Vec<(String, &'static str, Vec<u8>)> {
     let snapshot = Snapshot::read(store);
     let generation = store.resource_version();
     let mut by_node: BTreeMap<String, Vec<&ApiObject>> = BTreeMap::new();
@@ -208,7 +217,7 @@ fn build_all(
         {
             previous.retired = retired;
             if all {
-                out.push((node.clone(), previous.frame.clone()));
+                out.push((node.clone(), "desired", previous.frame.clone()));
             }
             continue;
         }
@@ -223,16 +232,56 @@ fn build_all(
                     bytes = frame.len(),
                     "desired state changed"
                 );
-                out.push((node.clone(), frame.clone()));
+                out.push((node.clone(), "desired", frame.clone()));
                 documents.insert(node, Published { generation, fingerprint, frame, replicas: keys, images, retired });
             }
             Err(e) => tracing::error!(node, error = %e, "cannot encode the desired document"),
         }
     }
     drop(documents);
+    out.extend(service_tables(&snapshot, generation, key, tables, all, &mut writes));
     for op in writes {
         if let Err(e) = store.commit(vec![op]) {
             tracing::debug!(error = %e, "pod update skipped; the next pass retries");
+        }
+    }
+    out
+}
+
+/// The service tables to publish: changed ones, or all when `all`.
+fn service_tables(
+    snapshot: &Snapshot,
+    generation: u64,
+    key: &ControllerKey,
+    tables: &PublishedTables,
+    all: bool,
+    writes: &mut Vec<Op>,
+) -> Vec<(String, &'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut published = tables.0.lock().unwrap_or_else(|p| p.into_inner());
+    for (node, ports) in super::services::tables(snapshot, writes) {
+        let Ok(node_id) = firmware_proto::NodeId::new(&node) else { continue };
+        let fingerprint = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            ports.hash(&mut hasher);
+            hasher.finish()
+        };
+        if let Some((previous, frame)) = published.get(&node)
+            && *previous == fingerprint
+        {
+            if all {
+                out.push((node, "services", frame.clone()));
+            }
+            continue;
+        }
+        let table = super::services::table_for(&node_id, generation, &ports);
+        match firmware_proto::encode_services_frame_to_vec(&table, |bytes| key.sign(bytes)) {
+            Ok(frame) => {
+                tracing::debug!(node, generation, services = ports.len(), "service table changed");
+                published.insert(node.clone(), (fingerprint, frame.clone()));
+                out.push((node, "services", frame));
+            }
+            Err(e) => tracing::error!(node, error = %e, "cannot encode the service table"),
         }
     }
     out

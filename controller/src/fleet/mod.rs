@@ -11,6 +11,7 @@
 //! - [`enrol_api`]: join tokens and enrolment over HTTP.
 //! - [`replica_spec`]: one Pod -> the replica its node runs.
 //! - [`logs`]: `flotilla logs`, asked of the node over MQTT.
+//! - [`services`]: Services' ready endpoints, per node.
 //! - [`mosquitto`]: password and ACL files for an external Mosquitto.
 
 pub mod broker;
@@ -22,6 +23,7 @@ pub mod inbox;
 pub mod logs;
 pub mod mosquitto;
 pub mod replica_spec;
+pub mod services;
 
 use std::sync::Arc;
 use std::time::Duration;
