@@ -121,7 +121,7 @@ pub enum Rejected {
 }
 
 /// Checks a controller signature over the authenticated bytes.
-pub type Verifier = Box<dyn Fn(&[u8], &Signature) -> bool + Send>;
+pub type Verifier = Box<dyn Fn(&[u8], &Signature) -> bool + Send + Sync>;
 
 /// The agent.
 pub struct Agent<R: Runtime> {
@@ -134,6 +134,8 @@ pub struct Agent<R: Runtime> {
     persisted: Persisted,
     /// Containers being stopped: id -> when to SIGKILL.
     stopping: BTreeMap<String, u64>,
+    /// Service endpoints for containers' environment and mounts.
+    services: Option<std::sync::Arc<crate::services::ServiceDirectory>>,
     /// Events not yet sent.
     outbox: Vec<Event>,
     /// cgroup and node usage.
@@ -178,6 +180,7 @@ impl<R: Runtime> Agent<R> {
             desired: None,
             persisted: Persisted::default(),
             stopping: BTreeMap::new(),
+            services: None,
             outbox: Vec::new(),
             usage: crate::telemetry::UsageSampler::default(),
             probes: BTreeMap::new(),
@@ -190,6 +193,13 @@ impl<R: Runtime> Agent<R> {
     /// Replaces the default image settings (disk budget, root filesystem mode).
     pub fn with_image_settings(mut self, settings: ImageSettings) -> Self {
         self.images = Images::new(&self.paths.data_dir, settings);
+        self
+    }
+
+    /// Containers started from now on get the Services' environment
+    /// variables and the endpoints file from `services`.
+    pub fn with_services(mut self, services: std::sync::Arc<crate::services::ServiceDirectory>) -> Self {
+        self.services = Some(services);
         self
     }
 
@@ -448,7 +458,12 @@ impl<R: Runtime> Agent<R> {
                             changed = true;
                         }
                     }
-                    Ok(container) => {
+                    Ok(mut container) => {
+                        if let Some(services) = &self.services {
+                            let (env, mount) = services.for_container();
+                            container.env.extend(env);
+                            container.mounts.push(mount);
+                        }
                         if record.spec_hash != hash {
                             record = Record { spec_hash: hash, ..Record::default() };
                         }

@@ -28,6 +28,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
 use crate::enrolment::Enrolment;
 use crate::logs::LogService;
+use crate::services::ServiceDirectory;
 
 /// Largest payload accepted or sent: one frame plus room for the header.
 const MAX_PACKET: usize = firmware_proto::frame::MAX_FRAME_LEN + 1024;
@@ -100,7 +101,12 @@ impl Topics {
 
 impl Channel {
     /// Starts connecting; returns at once.
-    pub fn start(enrolment: &Enrolment, config: ChannelConfig, logs: LogService) -> anyhow::Result<Self> {
+    pub fn start(
+        enrolment: &Enrolment,
+        config: ChannelConfig,
+        logs: LogService,
+        services: Arc<ServiceDirectory>,
+    ) -> anyhow::Result<Self> {
         let (host, port) = parse_mqtt_url(&enrolment.mqtt_url)?;
         let topics = Topics {
             prefix: enrolment.topic_prefix.trim_end_matches('/').to_owned(),
@@ -146,6 +152,10 @@ impl Channel {
                         Ok(Event::Incoming(Packet::Publish(publish))) => {
                             if publish.topic == topics.leaf("desired") {
                                 deliver(&desired_tx, publish.payload.to_vec());
+                            } else if publish.topic == topics.leaf("services") {
+                                if let Err(reason) = services.apply(&publish.payload) {
+                                    tracing::warn!(reason, "service table refused");
+                                }
                             } else if publish.topic == topics.leaf("logreq") {
                                 answer_logs(&logs, &publish.payload, &client, &signer, &topics);
                             } else {
@@ -249,7 +259,7 @@ fn deliver(desired: &SyncSender<Vec<u8>>, frame: Vec<u8>) {
 /// On every ConnAck: subscribe again (rumqttc does not replay
 /// subscriptions) and publish presence and registration (retained).
 fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
-    for leaf in ["desired", "logreq"] {
+    for leaf in ["desired", "services", "logreq"] {
         if let Err(e) = client.try_subscribe(topics.leaf(leaf), QoS::AtLeastOnce) {
             tracing::warn!(leaf, error = %e, "cannot queue a subscription");
         }

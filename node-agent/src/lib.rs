@@ -26,5 +26,6 @@ pub mod persist;
 pub mod probe;
 pub mod run;
 pub mod runtime;
+pub mod services;
 pub mod telemetry;
 pub mod workload;

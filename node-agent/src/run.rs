@@ -7,6 +7,7 @@
 //! workloads with no network at all.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -16,6 +17,7 @@ use crate::agent::{Agent, Backoff, Verifier};
 use crate::channel::{Channel, ChannelConfig};
 use crate::enrolment::Enrolment;
 use crate::runtime::helper::HelperRuntime;
+use crate::services::ServiceDirectory;
 use crate::workload::Paths;
 
 /// Options of `flotilla-agent run`.
@@ -63,6 +65,10 @@ pub struct RunArgs {
     /// tools; tmpfs by default so that flash storage is not worn.
     #[arg(long, default_value = "/run/flotilla-agent/status.json")]
     pub status_file: PathBuf,
+    /// The IPv4 address other devices reach this one at (its replicas' Service
+    /// endpoints) [default: the local address of the route to the broker].
+    #[arg(long, env = "FLOTILLA_ADDRESS")]
+    pub address: Option<std::net::Ipv4Addr>,
     /// How often the containers are compared with the desired state.
     #[arg(long, default_value_t = 500)]
     pub tick_ms: u64,
@@ -204,8 +210,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
     let runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());
     let images = crate::image::ImageSettings { budget_mib: args.image_budget_mib, ..Default::default() };
-    let mut agent =
-        Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default()).with_image_settings(images);
+    let services =
+        Arc::new(ServiceDirectory::new(node_id.clone(), verifier(key), crate::services::dir_in(&args.data_dir)));
+    let mut agent = Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default())
+        .with_image_settings(images)
+        .with_services(services.clone());
     tracing::info!(
         node = %node_id,
         generation = agent.generation(),
@@ -223,8 +232,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 ChannelConfig { keep_alive: args.keep_alive, epoch_file: args.data_dir.join("sequence-epoch") };
             let logs =
                 crate::logs::LogService::new(node_id.clone(), verifier(key), Paths { data_dir: args.data_dir.clone() });
-            let channel = Channel::start(enrolment, config, logs)?;
-            channel.set_hello(hello(&node_id, &args.labels)?);
+            let channel = Channel::start(enrolment, config, logs, services.clone())?;
+            let mut labels = args.labels.clone();
+            let address = args.address.or_else(|| {
+                let (host, port) = crate::channel::parse_mqtt_url(&enrolment.mqtt_url).ok()?;
+                crate::services::detect_address(&host, port)
+            });
+            match address {
+                Some(address) => labels.push((crate::services::ADDRESS_LABEL.into(), address.to_string())),
+                None => tracing::warn!(
+                    "cannot tell this device's address (give --address): its replicas cannot be Service endpoints"
+                ),
+            }
+            channel.set_hello(hello(&node_id, &labels)?);
             tracing::info!(broker = enrolment.mqtt_url, "control channel starting");
             Some(channel)
         }
