@@ -10,11 +10,11 @@
 //! - [`controller`]: a `flotilla server` process and the API calls the
 //!   benchmarks make.
 //! - [`agent`]: `flotilla-agent` processes and their containers.
-//! - [`netns`]: a bridge and one network namespace per device.
+//! - the network: a bridge and one network namespace per device
+//!   ([`flotilla_e2e::netns`], shared with the end-to-end tests).
 
 pub mod agent;
 pub mod controller;
-pub mod netns;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use anyhow::{Context, bail, ensure};
 
 use agent::{AgentProcess, AgentSettings};
 use controller::{Controller, ControllerOptions};
-use netns::Network;
+use flotilla_e2e::netns::Network;
 
 /// How a benchmark's fleet is set up.
 #[derive(Debug, Clone)]

@@ -24,8 +24,24 @@ impl AgentProcess {
     /// Starts `flotilla-agent run` as node `name` (enrolling with a fresh
     /// join token the first time), with a 5 s keep-alive and heartbeat.
     pub fn start(controller: &ControllerProcess, name: &str, data: &Path) -> AgentProcess {
+        Self::start_in(controller, name, data, None)
+    }
+
+    /// [`AgentProcess::start`] inside the network namespace `netns` (see
+    /// [`crate::netns`]), like a device of its own.
+    pub fn start_in(controller: &ControllerProcess, name: &str, data: &Path, netns: Option<&str>) -> AgentProcess {
         let token = if data.join("enrolment.json").exists() { None } else { Some(join_token(controller)) };
-        let mut command = Command::new(binary("flotilla-agent").unwrap());
+        let agent = binary("flotilla-agent").unwrap();
+        let mut command = match netns {
+            // Only the network namespace: `ip netns exec` would also mount a
+            // fresh /sys, which hides the cgroup hierarchy from libcontainer.
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{netns}")).arg("--").arg(agent);
+                command
+            }
+            None => Command::new(agent),
+        };
         command
             .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--heartbeat", "5s"])
             .arg("--data-dir")

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 pub mod fleet;
+pub mod netns;
 
 /// Path of a workspace binary (`flotilla`, `flotilla-agent`, `flotilla-bench`)
 /// built into the same target directory and profile as the running test.
@@ -69,10 +70,28 @@ impl ControllerProcess {
 
     /// Starts a server on given ports (a restart keeps its ports).
     pub fn start_on(data_dir: &std::path::Path, port: u16, mqtt_port: u16, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_at(data_dir, std::net::Ipv4Addr::LOCALHOST, port, mqtt_port, extra)
+    }
+
+    /// Starts a server listening on `host` (e.g. a bridge that devices in
+    /// network namespaces reach), free ports, telling agents that address.
+    pub fn start_on_host(data_dir: &std::path::Path, host: std::net::Ipv4Addr) -> anyhow::Result<Self> {
+        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port()) };
+        let (port, mqtt_port) = (free()?, free()?);
+        Self::start_at(data_dir, host, port, mqtt_port, &["--advertise", &host.to_string()])
+    }
+
+    fn start_at(
+        data_dir: &std::path::Path,
+        host: std::net::Ipv4Addr,
+        port: u16,
+        mqtt_port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = data_dir.with_extension(format!("{port}.log"));
         let child = std::process::Command::new(binary("flotilla")?)
-            .args(["server", "--api-addr", &format!("127.0.0.1:{port}")])
-            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}"), "--data-dir"])
+            .args(["server", "--api-addr", &format!("{host}:{port}")])
+            .args(["--mqtt-listen", &format!("{host}:{mqtt_port}"), "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -81,14 +100,14 @@ impl ControllerProcess {
             .spawn()?;
         let mut process = ControllerProcess {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{host}:{port}"),
             mqtt_port,
             data_dir: data_dir.to_owned(),
             log,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            if let Ok(mut stream) = std::net::TcpStream::connect((host, port)) {
                 use std::io::{Read, Write};
                 stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
                 let mut answer = String::new();

@@ -2,9 +2,11 @@
 //! controller listens there) and one network namespace per device, joined
 //! to the bridge by a veth pair, as `scripts/demo` sets them up. A device's
 //! link can be cut without closing its connections: a silent partition.
+//! Used by the end-to-end tests and the fleet benchmarks; needs root.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, ensure};
 
@@ -15,13 +17,15 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host end of device `device`'s veth pair.
-fn veth_name(device: usize) -> String {
-    format!("fbv{}-{device}", std::process::id())
-}
+/// Networks made by this process so far: tests in one process run in
+/// parallel, each with its own network.
+static NETWORKS: AtomicU32 = AtomicU32::new(0);
 
 /// The bridge and the device namespaces; all removed when dropped.
 pub struct Network {
+    /// Short and unique per network on this machine: interface names are
+    /// limited to 15 bytes.
+    tag: String,
     bridge: String,
     subnet: [u8; 3],
     namespaces: Vec<String>,
@@ -34,27 +38,27 @@ impl Network {
     /// which uses `flot0` and 10.77.0.0/24) do not collide.
     pub fn create(devices: usize) -> anyhow::Result<Self> {
         ensure!(devices <= 200, "at most 200 devices per network");
-        let pid = std::process::id();
-        let subnet = [10, 78, (pid % 200 + 20) as u8];
+        let tag =
+            format!("{:x}", (std::process::id() & 0xffff) << 4 | (NETWORKS.fetch_add(1, Ordering::Relaxed) & 0xf));
         let in_use = Command::new("ip").args(["-4", "-o", "addr"]).output().context("running ip addr")?;
-        let prefix = format!("inet {}.{}.{}.", subnet[0], subnet[1], subnet[2]);
-        ensure!(
-            !String::from_utf8_lossy(&in_use.stdout).contains(&prefix),
-            "the subnet {}.{}.{}.0/24 is already in use on this machine",
-            subnet[0],
-            subnet[1],
-            subnet[2]
-        );
-        let bridge = format!("fbr{pid}");
+        let in_use = String::from_utf8_lossy(&in_use.stdout).into_owned();
+        // A free /24 in 10.78.20.0-10.78.219.0, starting from one derived
+        // from the tag.
+        let start = u32::from_str_radix(&tag, 16).unwrap_or(0) % 200;
+        let subnet = (0..200)
+            .map(|i| [10, 78, ((start + i) % 200 + 20) as u8])
+            .find(|s| !in_use.contains(&format!("inet {}.{}.{}.", s[0], s[1], s[2])))
+            .context("no free 10.78.x.0/24 subnet on this machine")?;
+        let bridge = format!("fbr{tag}");
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         // From here on, Drop removes what exists.
-        let mut network = Network { bridge, subnet, namespaces: Vec::new() };
+        let mut network = Network { tag, bridge, subnet, namespaces: Vec::new() };
         let host = network.host_ip().to_string();
         ip(&["addr", "add", &format!("{host}/24"), "dev", &network.bridge])?;
         ip(&["link", "set", &network.bridge, "up"])?;
         for i in 0..devices {
-            let namespace = format!("flotilla-bench-{pid}-{i}");
-            let veth = veth_name(i);
+            let namespace = format!("flotilla-net-{}-{i}", network.tag);
+            let veth = network.veth_name(i);
             ip(&["netns", "add", &namespace])?;
             network.namespaces.push(namespace.clone());
             ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace])?;
@@ -67,12 +71,18 @@ impl Network {
         Ok(network)
     }
 
+    /// The host end of device `device`'s veth pair.
+    fn veth_name(&self, device: usize) -> String {
+        format!("fbv{}-{device}", self.tag)
+    }
+
     /// The host's address on the bridge: where devices reach the controller.
     pub fn host_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], 1)
     }
 
-    fn device_ip(&self, device: usize) -> Ipv4Addr {
+    /// Device `device`'s address.
+    pub fn device_ip(&self, device: usize) -> Ipv4Addr {
         Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], 10 + device as u8)
     }
 
@@ -95,7 +105,7 @@ impl Drop for Network {
             // The veth pair goes first: a namespace outlives `ip netns del`
             // while anything still holds it, such as a killed agent's TCP
             // socket retransmitting over a link that was down.
-            let _ = ip(&["link", "del", &veth_name(i)]);
+            let _ = ip(&["link", "del", &self.veth_name(i)]);
             if let Err(e) = ip(&["netns", "del", namespace]) {
                 eprintln!("cleanup: {e:#}");
             }
