@@ -210,7 +210,7 @@ impl Table {
             Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE"],
             Kind::Node => vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "PODS", "AGE"],
             Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "REVISION", "AGE"],
-            Kind::DaemonSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+            Kind::DaemonSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
             Kind::Job => vec!["NAME", "COMPLETIONS", "STATUS", "AGE"],
             Kind::Service => vec!["NAME", "TYPE", "PORTS", "SELECTOR", "AGE"],
             Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
@@ -287,6 +287,8 @@ impl Table {
                     s.desired_number_scheduled.to_string(),
                     s.current_number_scheduled.to_string(),
                     s.number_ready.to_string(),
+                    s.updated_number_scheduled.to_string(),
+                    s.number_available.to_string(),
                     age,
                 ]
             }

@@ -20,10 +20,10 @@ use std::time::Duration;
 use flotilla_scheduler::model as sched;
 use serde_json::Value;
 
-use crate::manifest::types::{DaemonSetSpec, JobSpec, NodeSpec, PodSpec, PodTemplate};
+use crate::manifest::types::{JobSpec, NodeSpec, PodSpec, PodTemplate};
 use crate::manifest::{Kind, Quantity};
 use crate::object::{ApiObject, ObjectKey, OwnerReference};
-use crate::status::{Condition, DaemonSetStatus, JobStatus, NodeStatus, PodStatus, condition, set_condition};
+use crate::status::{Condition, JobStatus, NodeStatus, PodStatus, condition, set_condition};
 use crate::store::{Op, Store};
 
 /// Label carrying the template hash on derived replicas.
@@ -142,7 +142,7 @@ pub fn plan(snapshot: &Snapshot) -> Vec<Op> {
         rollout::reconcile(deployment, &owned_by(deployment, &snapshot.pods), now, &mut ops);
     }
     for daemon_set in &snapshot.daemon_sets {
-        reconcile_daemon_set(daemon_set, &snapshot.pods, &snapshot.nodes, &mut ops);
+        daemon_rollout::reconcile(daemon_set, &owned_by(daemon_set, &snapshot.pods), &snapshot.nodes, now, &mut ops);
     }
     for job in &snapshot.jobs {
         reconcile_job(job, &snapshot.pods, &mut ops);
@@ -222,33 +222,6 @@ fn status_op<T: serde::Serialize + PartialEq + serde::de::DeserializeOwned + Def
     }
 }
 
-/// Makes the replicas of `owner` exactly `desired` (name -> node it is bound
-/// to, if preset): deletes the others, creates the missing. Returns the
-/// desired replicas that exist and how many of them are ready.
-fn converge(
-    owner: &ApiObject,
-    template: &PodTemplate,
-    hash: &str,
-    owned: &[&ApiObject],
-    desired: &BTreeMap<String, Option<String>>,
-    ops: &mut Vec<Op>,
-) -> (u32, u32) {
-    for pod in owned {
-        if !desired.contains_key(&pod.metadata.name) {
-            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
-        }
-    }
-    let existing: BTreeSet<&str> = owned.iter().map(|p| p.metadata.name.as_str()).collect();
-    for (name, node) in desired {
-        if !existing.contains(name.as_str()) {
-            ops.push(Op::Create(replica(owner, template, hash, name.clone(), node.as_deref())));
-        }
-    }
-    let current: Vec<_> = owned.iter().filter(|p| desired.contains_key(&p.metadata.name)).collect();
-    let ready = current.iter().filter(|p| p.status::<PodStatus>().is_ready()).count();
-    (current.len() as u32, ready as u32)
-}
-
 /// Whether a node is eligible for a DaemonSet's replica: selector matches,
 /// taints tolerated.
 fn daemon_eligible(node: &ApiObject, pod: &PodSpec) -> bool {
@@ -261,25 +234,6 @@ fn daemon_eligible(node: &ApiObject, pod: &PodSpec) -> bool {
         .filter_map(taint)
         .all(|t| tolerations.iter().any(|tol| tol.tolerates(&t)));
     selector_ok && tolerated
-}
-
-fn reconcile_daemon_set(daemon_set: &ApiObject, pods: &[ApiObject], nodes: &[ApiObject], ops: &mut Vec<Op>) {
-    let Some(spec) = daemon_set.spec::<DaemonSetSpec>() else { return };
-    let hash = template_hash(&spec.template);
-    let owned = owned_by(daemon_set, pods);
-    let desired: BTreeMap<String, Option<String>> = nodes
-        .iter()
-        .filter(|n| daemon_eligible(n, &spec.template.spec))
-        .map(|n| (format!("{}-{hash}-{}", daemon_set.metadata.name, n.metadata.name), Some(n.metadata.name.clone())))
-        .collect();
-    let (current, ready) = converge(daemon_set, &spec.template, &hash, &owned, &desired, ops);
-    let status = DaemonSetStatus {
-        observed_generation: daemon_set.metadata.generation,
-        desired_number_scheduled: desired.len() as u32,
-        current_number_scheduled: current,
-        number_ready: ready,
-    };
-    status_op(daemon_set, &status, ops);
 }
 
 fn reconcile_job(job: &ApiObject, pods: &[ApiObject], ops: &mut Vec<Op>) {
@@ -582,6 +536,7 @@ fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op
     ops.push(Op::UpdateStatus(updated));
 }
 
+pub mod daemon_rollout;
 pub mod rollout;
 
 #[cfg(test)]

@@ -254,6 +254,12 @@ pub struct DaemonSetStatus {
     /// Ready replicas.
     #[serde(default)]
     pub number_ready: u32,
+    /// Replicas of the current template.
+    #[serde(default)]
+    pub updated_number_scheduled: u32,
+    /// Replicas ready for at least `minReadySeconds`.
+    #[serde(default)]
+    pub number_available: u32,
 }
 
 /// `status` of a Job.

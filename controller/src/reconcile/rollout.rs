@@ -127,10 +127,7 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
     }
     let mut target = target_revision(&status.history, &spec_hash);
 
-    let available = |pod: &ApiObject| {
-        let status: PodStatus = pod.status();
-        ready_since(&status).is_some_and(|since| now.duration_since(since).unwrap_or_default() >= min_ready)
-    };
+    let available = |pod: &ApiObject| is_available(pod, min_ready, now);
     let is_retired = |pod: &&&ApiObject| !pod.status::<PodStatus>().retired_at.is_empty();
     let retiring = owned.iter().filter(is_retired).count() as u32;
     let live: Vec<&ApiObject> = owned.iter().filter(|p| !is_retired(p)).copied().collect();
@@ -346,10 +343,16 @@ fn step(
     }
 }
 
+/// Whether a replica has been ready for at least `min_ready` at `now`.
+pub fn is_available(pod: &ApiObject, min_ready: Duration, now: SystemTime) -> bool {
+    let status: PodStatus = pod.status();
+    ready_since(&status).is_some_and(|since| now.duration_since(since).unwrap_or_default() >= min_ready)
+}
+
 /// Marks a replica retired: it leaves its node's document now and is
 /// deleted when the node reports it stopped. An unbound one has nothing
 /// to stop and is deleted at once.
-fn retire(pod: &ApiObject, now: SystemTime, ops: &mut Vec<Op>) {
+pub fn retire(pod: &ApiObject, now: SystemTime, ops: &mut Vec<Op>) {
     if node_name(pod).is_none() {
         ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         return;
