@@ -145,7 +145,7 @@ pub fn plan(snapshot: &Snapshot) -> Vec<Op> {
         daemon_rollout::reconcile(daemon_set, &owned_by(daemon_set, &snapshot.pods), &snapshot.nodes, now, &mut ops);
     }
     for job in &snapshot.jobs {
-        reconcile_job(job, &snapshot.pods, &mut ops);
+        reconcile_job(job, &snapshot.pods, now, &mut ops);
     }
     let scheduling = schedule_pending(snapshot, &ops);
     ops.extend(scheduling);
@@ -236,7 +236,7 @@ fn daemon_eligible(node: &ApiObject, pod: &PodSpec) -> bool {
     selector_ok && tolerated
 }
 
-fn reconcile_job(job: &ApiObject, pods: &[ApiObject], ops: &mut Vec<Op>) {
+fn reconcile_job(job: &ApiObject, pods: &[ApiObject], now: std::time::SystemTime, ops: &mut Vec<Op>) {
     let Some(spec) = job.spec::<JobSpec>() else { return };
     let hash = template_hash(&spec.template);
     let completions = spec.completions.unwrap_or(1).max(0) as u32;
@@ -247,15 +247,41 @@ fn reconcile_job(job: &ApiObject, pods: &[ApiObject], ops: &mut Vec<Op>) {
     let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as u32;
     let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as u32;
     let active: Vec<_> = owned.iter().filter(|p| !p.status::<PodStatus>().is_finished()).collect();
+    let previous: JobStatus = job.status();
+    let start_time = if previous.start_time.is_empty() {
+        humantime::format_rfc3339_seconds(now).to_string()
+    } else {
+        previous.start_time.clone()
+    };
+    let running_for = humantime::parse_rfc3339_weak(&start_time)
+        .ok()
+        .and_then(|start| now.duration_since(start).ok())
+        .unwrap_or_default();
+    let deadline = spec.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+    let already_failed = condition(&previous.conditions, "Failed").is_some_and(|c| c.is_true());
     let mut status = JobStatus {
         observed_generation: job.metadata.generation,
         active: active.len() as u32,
         succeeded,
         failed,
-        conditions: job.status::<JobStatus>().conditions,
+        start_time,
+        conditions: previous.conditions,
     };
     if succeeded >= completions {
         set_condition(&mut status.conditions, Condition::new("Complete", true, "Completed", ""));
+    } else if already_failed {
+        // Failed is final: what still runs is stopped, nothing new starts.
+        for pod in &active {
+            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
+        }
+        status.active = 0;
+    } else if let Some(deadline) = deadline.filter(|d| running_for > *d) {
+        let message = format!("active for more than activeDeadlineSeconds ({} s)", deadline.as_secs());
+        set_condition(&mut status.conditions, Condition::new("Failed", true, "DeadlineExceeded", message));
+        for pod in &active {
+            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
+        }
+        status.active = 0;
     } else if failed > backoff_limit {
         let message = format!("{failed} replicas failed; backoffLimit is {backoff_limit}");
         set_condition(&mut status.conditions, Condition::new("Failed", true, "BackoffLimitExceeded", message));

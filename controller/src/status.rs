@@ -278,6 +278,10 @@ pub struct JobStatus {
     /// Replicas that failed.
     #[serde(default)]
     pub failed: u32,
+    /// When the Job was first seen (RFC 3339): `activeDeadlineSeconds`
+    /// counts from here.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub start_time: String,
     /// `Complete` or `Failed` once decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -198,6 +198,29 @@ fn jobs_run_to_completions_with_parallelism_and_give_up_after_the_backoff_limit(
 }
 
 #[test]
+fn a_job_past_its_active_deadline_fails_and_its_replicas_stop() {
+    let f = Fixture::new();
+    f.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: flash}\nspec:\n  activeDeadlineSeconds: 30\n  \
+         template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: c:1}]\n",
+    );
+    f.settle();
+    assert_eq!(f.pods().len(), 1);
+    let job = || f.store.get(&ObjectKey::new(Kind::Job, "default", "flash")).unwrap();
+    // A pass 31 s later: past the deadline.
+    let mut snapshot = Snapshot::read(&f.store);
+    snapshot.now = Some(std::time::SystemTime::now() + Duration::from_secs(31));
+    f.store.commit(plan(&snapshot)).unwrap();
+    let status: JobStatus = job().status();
+    let failed = condition(&status.conditions, "Failed").unwrap();
+    assert_eq!((failed.reason.as_str(), status.active), ("DeadlineExceeded", 0));
+    assert!(f.pods().is_empty(), "its replica is stopped");
+    // Failed is final: later passes start nothing.
+    f.settle();
+    assert!(f.pods().is_empty());
+}
+
+#[test]
 fn template_hashes_are_stable_and_short() {
     let template = PodTemplate::default();
     assert_eq!(template_hash(&template), template_hash(&template.clone()));
