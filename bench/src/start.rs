@@ -25,8 +25,12 @@
 //! benchmark fails.
 //!
 //! Read the floor as a lower bound, not as an equivalent: it sets up no
-//! cgroups and mounts no /proc, /dev or /sys and does no pivot_root, all of
-//! which the OCI spec (runc's and the agent's) asks for. The helper is the
+//! cgroups and mounts no /proc, /dev or /sys and does no pivot_root, no
+//! seccomp filter and no capability drop, all of which the OCI spec (runc's
+//! and the agent's) asks for (`floor_note` in the output). Both runtimes
+//! read the host's mount table several times per container (libcgroups 0.7
+//! parses `/proc/self/mountinfo` once per v1 controller), so their times
+//! grow with it: `host_mounts` is its size during the run. The helper is the
 //! `flotilla-agent` binary next to this one and logs at its default level
 //! (info) to stderr, as in the agent; `RUST_LOG=warn` quiets it.
 
@@ -211,7 +215,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Diagnostic, untimed above: what writing one bundle (config.json,
+    // Diagnostic, untimed above: what writing one bundle (config.json, not
     // fsynced) costs on this disk; it is part of flotilla's `create`.
     let bundle_write = bench.bundle_write_ms(args.runs)?;
 
@@ -251,13 +255,18 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
             "within_2x_floor": flotilla <= 2.0 * floor,
             "agent_unknown_exit_races": bench.unknown_exit_races,
             "crun_note": crun_note,
+            "floor_note": "the floor is unshare --fork --pid --mount --uts --ipc + chroot: no cgroups (flotilla and runc \
+                           create, join and limit one per v1 hierarchy), no /proc, /dev, /dev/pts, /dev/shm, \
+                           /dev/mqueue, /sys or /sys/fs/cgroup mounts, no device nodes, no pivot_root, no masked or \
+                           read-only paths, no seccomp filter, no capability drop",
+            "host_mounts": host_mounts(),
             "measures": "ms from the desired frame received (flotilla: decode + dummy signature check + mapping + \
                          helper create + start; runc/crun/floor: spawning their command) until the container's \
                          command, /bin/sh -c 'echo <token> > /tmp/ready' in a busybox rootfs, wrote its per-run token \
                          into a FIFO the benchmark reads; libcontainer's start returns before the exec, so the FIFO is \
                          the common end point. flotilla_{decode,create,start}_ms are the medians of its phases, each \
-                         from the same origin; bundle_write_ms is writing one agent config.json (fsynced, part of \
-                         create), measured separately",
+                         from the same origin; bundle_write_ms is writing one agent config.json (not fsynced, part \
+                         of create), measured separately",
             "check": format!(
                 "passed: every run of every variant ({} each incl. {} warm-up) wrote its own token and exited 0",
                 args.runs + args.warmup,
@@ -270,7 +279,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
 
 impl Bench {
     /// Median time of `bundle::write` (the agent's config.json, written
-    /// atomically and fsynced) in the benchmark's directory.
+    /// atomically, not fsynced) in the benchmark's directory.
     fn bundle_write_ms(&self, runs: usize) -> anyhow::Result<f64> {
         let document = desired_document(&self.node, "bundle-write", &["/bin/true".to_owned()])?;
         let config = container_config(&document.replicas[0], &self.rootfs, self.dir.path())?;
@@ -372,7 +381,11 @@ impl Bench {
         let config = container_config(&frame_doc.replicas[0], &self.rootfs, self.dir.path())?;
         let bundle_dir = self.dir.path().join("oci-bundles").join(&config.id);
         std::fs::create_dir_all(&bundle_dir)?;
-        let spec = bundle::spec(&config)?;
+        let mut spec = bundle::spec(&config)?;
+        // runc refuses a symlinked root ("invalid rootfs: not an absolute
+        // path, or a symlink"), and the agent's image store path is one here;
+        // libcontainer resolves it itself. Same directory either way.
+        spec["root"]["path"] = json!(std::fs::canonicalize(&config.rootfs)?);
         std::fs::write(bundle_dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
         let state_root = self.dir.path().join(format!("{}-state", variant.name()));
         let log_path = bundle_dir.join("stderr.log");
@@ -534,6 +547,12 @@ fn busybox_rootfs(dir: &Path) -> anyhow::Result<PathBuf> {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
     }
     Ok(rootfs)
+}
+
+/// Entries in this process's mount table (`/proc/self/mountinfo`), which
+/// the runtimes parse several times per container start.
+fn host_mounts() -> Option<usize> {
+    std::fs::read_to_string("/proc/self/mountinfo").ok().map(|text| text.lines().count())
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -234,3 +234,28 @@ fn cgroup_usage_shows_a_busy_container_in_millicores_and_its_memory() {
     assert!(node.memory_bytes > 0, "{node:?}");
     f.runtime.delete(&config.id, true).unwrap();
 }
+
+/// A root container sees its own cgroups read-only and cannot lift its
+/// limits. libcontainer 0.7 binds the v1 hierarchies read-write on a hybrid
+/// host; the agent writes a read-only view into the spec instead.
+#[test]
+fn a_container_sees_its_own_cgroups_read_only_and_cannot_raise_its_limits() {
+    if !can_run_containers() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let v1 = Path::new("/sys/fs/cgroup/memory").is_dir();
+    let file = if v1 { "/sys/fs/cgroup/memory/memory.limit_in_bytes" } else { "/sys/fs/cgroup/memory.max" };
+    let mut config = f.config("rocg", &format!("cat {file}; echo 1073741824 > {file}; touch /sys/fs/cgroup/x"));
+    config.memory_limit_bytes = Some(32 << 20);
+    f.run(&config);
+    f.wait_stopped(&config.id);
+    let log = std::fs::read_to_string(&config.log_path).unwrap();
+    if v1 {
+        assert!(log.starts_with(&(32u64 << 20).to_string()), "its own limit, not the host's: {log}");
+    }
+    assert!(log.contains("Read-only file system"), "{log}");
+    let limit = memory_cgroup_file(&config.id, "memory.limit_in_bytes", "memory.max").expect("memory cgroup file");
+    assert_eq!(limit.trim(), (32u64 << 20).to_string(), "the limit is unchanged on the host");
+    f.runtime.delete(&config.id, false).unwrap();
+}

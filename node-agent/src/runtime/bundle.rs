@@ -7,14 +7,18 @@
 //!   share the device's network like Kubernetes `hostNetwork` (edge devices
 //!   talk to field buses and local brokers; HTTP probes reach them);
 //! - Docker's default capability set, `noNewPrivileges` on;
-//! - the cgroup path `/flotilla/<id>` so the agent finds usage counters.
+//! - the cgroup path `/flotilla/<id>` so the agent finds usage counters;
+//! - on cgroup v1 hosts, the container's own cgroups mounted read-only at
+//!   `/sys/fs/cgroup` by the spec itself ([`super::cgroup_view`]).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::sync::OnceLock;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ContainerConfig, RuntimeError, cgroup_path};
+use super::{ContainerConfig, RuntimeError, cgroup_path, cgroup_view};
 
 /// Docker's default capabilities (moby `oci/caps/defaults.go`).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -106,10 +110,37 @@ fn device_numbers(rdev: u64) -> (i64, i64) {
     (major as i64, minor as i64)
 }
 
+/// oci-spec's default spec as JSON, built once: every container starts
+/// from a copy.
+fn default_spec() -> Result<&'static Value, String> {
+    static DEFAULT: OnceLock<Result<Value, String>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| serde_json::to_value(oci_spec::runtime::Spec::default()).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// On cgroup v1 hosts, replaces the default `cgroup` mount by the read-only
+/// view of the container's own cgroups ([`cgroup_view`]).
+fn use_read_only_cgroup_view(spec: &mut Value, cgroups: &cgroup_view::V1Hierarchies, id: &str) -> Result<(), String> {
+    let mounts = spec["mounts"].as_array_mut().ok_or("default spec has no mounts")?;
+    let at = mounts
+        .iter()
+        .position(|m| m["destination"] == cgroup_view::DESTINATION)
+        .ok_or("default spec has no cgroup mount")?;
+    mounts.splice(at..=at, cgroups.mounts(&cgroup_path(id)));
+    // Remounts the tmpfs read-only after the binds were made in it.
+    spec["linux"]["readonlyPaths"]
+        .as_array_mut()
+        .ok_or("default spec has no readonlyPaths")?
+        .push(json!(cgroup_view::DESTINATION));
+    Ok(())
+}
+
 /// The OCI runtime spec for a container, as JSON.
 pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
     let bundle_err = |reason: String| RuntimeError::Bundle { id: config.id.clone(), reason };
-    let mut spec = serde_json::to_value(oci_spec::runtime::Spec::default()).map_err(|e| bundle_err(e.to_string()))?;
+    let mut spec = default_spec().map_err(bundle_err)?.clone();
     let mut env = config.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_owned());
@@ -129,6 +160,9 @@ pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
     let rootfs = std::path::absolute(&config.rootfs).map_err(|e| bundle_err(e.to_string()))?;
     spec["root"] = json!({ "path": rootfs, "readonly": config.read_only_rootfs });
     spec["hostname"] = json!(config.hostname);
+    if let Some(cgroups) = cgroup_view::host_v1() {
+        use_read_only_cgroup_view(&mut spec, cgroups, &config.id).map_err(bundle_err)?;
+    }
 
     let mounts = spec["mounts"].as_array_mut().ok_or_else(|| bundle_err("default spec has no mounts".into()))?;
     for mount in &config.mounts {
@@ -200,20 +234,21 @@ pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
         json!([{ "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" }]),
     );
     // Validate against the typed spec: a field of the wrong shape fails here,
-    // not inside the container's init.
-    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
-        .map_err(|e| bundle_err(format!("invalid runtime spec: {e}")))?;
+    // not inside the container's init. Read through a borrow: cloning the
+    // spec first cost as much as the check itself.
+    oci_spec::runtime::Spec::deserialize(&spec).map_err(|e| bundle_err(format!("invalid runtime spec: {e}")))?;
     Ok(spec)
 }
 
 /// Writes `config.json` into `bundle` (temp file, rename). No fsync: a
 /// bundle is derived data, rebuilt from the agent's own (fsynced) state after
-/// a crash, and the fsync was 0.7 ms of a ~10 ms container start.
+/// a crash, and the fsync was 0.7 ms of a ~10 ms container start. Compact
+/// JSON: libcontainer parses it on every create (`jq .` reads it).
 pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<(), RuntimeError> {
     let bundle_err = |reason: String| RuntimeError::Bundle { id: config.id.clone(), reason };
     let spec = spec(config)?;
     std::fs::create_dir_all(bundle).map_err(|e| bundle_err(format!("creating {}: {e}", bundle.display())))?;
-    let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| bundle_err(e.to_string()))?;
+    let bytes = serde_json::to_vec(&spec).map_err(|e| bundle_err(e.to_string()))?;
     let temp = bundle.join(".config.json.tmp");
     std::fs::write(&temp, &bytes).map_err(|e| bundle_err(format!("writing {}: {e}", temp.display())))?;
     std::fs::rename(&temp, bundle.join("config.json")).map_err(|e| bundle_err(e.to_string()))
@@ -287,6 +322,25 @@ mod tests {
         assert_eq!((device["major"].as_i64(), device["minor"].as_i64()), (Some(1), Some(3)));
         config.devices[0].host_path = "/etc/hostname".into();
         assert!(matches!(super::spec(&config), Err(RuntimeError::Bundle { .. })));
+    }
+
+    #[test]
+    fn on_cgroup_v1_the_cgroup_mount_becomes_a_read_only_view_of_the_containers_own_cgroups() {
+        let mut spec = default_spec().unwrap().clone();
+        let before: Vec<Value> = spec["mounts"].as_array().unwrap().clone();
+        let host = ["memory", "pids"].map(|c| std::path::PathBuf::from("/sys/fs/cgroup").join(c));
+        let cgroups = cgroup_view::V1Hierarchies::from_mount_points(host).unwrap();
+        use_read_only_cgroup_view(&mut spec, &cgroups, "web-0").unwrap();
+
+        let mounts = spec["mounts"].as_array().unwrap();
+        let at = before.iter().position(|m| m["destination"] == "/sys/fs/cgroup").unwrap();
+        assert_eq!(mounts[..at], before[..at], "mounts before it unchanged (/sys comes first)");
+        assert_eq!(mounts[at + 3..], before[at + 1..], "mounts after it unchanged");
+        assert_eq!(mounts[at]["type"], "tmpfs");
+        assert_eq!(mounts[at + 1]["source"], format!("/sys/fs/cgroup/memory{}", cgroup_path("web-0")));
+        assert!(mounts.iter().all(|m| m["type"] != "cgroup"), "libcontainer's read-write v1 mount is gone");
+        assert!(spec["linux"]["readonlyPaths"].as_array().unwrap().contains(&json!("/sys/fs/cgroup")));
+        oci_spec::runtime::Spec::deserialize(&spec).expect("still a valid spec");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! [`fake::FakeRuntime`] records calls for reconciler tests.
 
 pub mod bundle;
+pub mod cgroup_view;
 pub mod fake;
 pub mod helper;
 #[cfg(target_pointer_width = "64")]
