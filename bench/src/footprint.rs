@@ -22,7 +22,8 @@ use serde_json::json;
 /// Options of `flotilla-bench footprint`.
 #[derive(Debug, clap::Args)]
 pub struct FootprintArgs {
-    /// The shipped aarch64 agent [default: target/aarch64-unknown-linux-musl/agent/flotilla-agent, then .../release/...].
+    /// The shipped aarch64 agent [default: the `agent` profile build,
+    /// $CARGO_TARGET_DIR (or target)/aarch64-unknown-linux-musl/agent/flotilla-agent].
     #[arg(long)]
     pub aarch64_binary: Option<PathBuf>,
     /// Containers the agent keeps running while measured.
@@ -68,6 +69,13 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Where `cargo build --profile agent --target aarch64-unknown-linux-musl`
+/// puts the agent, from the workspace root.
+fn shipped_agent_path() -> PathBuf {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    target_dir.join("aarch64-unknown-linux-musl/agent/flotilla-agent")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -76,20 +84,16 @@ fn hex(bytes: &[u8]) -> String {
 pub fn run(args: FootprintArgs) -> anyhow::Result<()> {
     ensure!(nix::unistd::geteuid().is_root(), "footprint runs real containers: run it as root");
     ensure!(Path::new("/bin/busybox").is_file(), "/bin/busybox missing: run scripts/setup (apt busybox-static)");
-    let aarch64 = args.aarch64_binary.clone().or_else(|| {
-        [
-            "target/aarch64-unknown-linux-musl/agent/flotilla-agent",
-            "target/aarch64-unknown-linux-musl/release/flotilla-agent",
-        ]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    });
-    let agent_binary_bytes = aarch64.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
+    // Only the `agent` profile is what ships (fat LTO, abort on panic); a
+    // release build (no LTO, unwind tables) is about twice as big and would
+    // misreport issue #6's figure.
+    let aarch64 = args.aarch64_binary.clone().unwrap_or_else(shipped_agent_path);
+    let agent_binary_bytes = std::fs::metadata(&aarch64).ok().map(|m| m.len());
     if agent_binary_bytes.is_none() {
         eprintln!(
-            "footprint: no aarch64 agent found; build it with `cargo build --profile agent -p flotilla-agent \
-             --target aarch64-unknown-linux-musl` (with LIBSECCOMP_* from scripts/build-libseccomp)"
+            "footprint: no aarch64 agent at {}; build it with `cargo build --profile agent -p flotilla-agent \
+             --target aarch64-unknown-linux-musl` (with LIBSECCOMP_* from scripts/build-libseccomp)",
+            aarch64.display()
         );
     }
 
@@ -170,7 +174,7 @@ pub fn run(args: FootprintArgs) -> anyhow::Result<()> {
         "{}",
         json!({
             "agent_binary_bytes": agent_binary_bytes,
-            "agent_binary": aarch64.map(|p| p.display().to_string()),
+            "agent_binary": agent_binary_bytes.map(|_| aarch64.display().to_string()),
             "agent_rss_bytes": agent_rss + helper_rss,
             "agent_process_rss_bytes": agent_rss,
             "runtime_helper_rss_bytes": helper_rss,

@@ -12,8 +12,11 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|text| text.parse::<Targets>().ok())
         .unwrap_or_else(|| "info,libcgroups=error".parse().expect("a valid default filter"));
+    // Plain text: stderr usually goes to journald, which stores escape codes
+    // as they are. Explicit, because a workspace build unifies in the
+    // controller's `ansi` feature, which colours by default.
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
         .with(filter)
         .init();
     let cli = Cli::parse();

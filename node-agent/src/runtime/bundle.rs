@@ -1,8 +1,8 @@
 //! OCI bundles: the `config.json` a container is created from.
 //!
 //! Starts from oci-spec's defaults (the runc spec: /proc, /dev, /sys and
-//! cgroup mounts, masked and read-only kernel paths, rlimits) and sets what
-//! the replica asks for. Deliberate choices:
+//! cgroup mounts, masked and read-only kernel paths; see [`base_spec`]) and
+//! sets what the replica asks for. Deliberate choices:
 //! - namespaces: pid, mount, uts, ipc; no network namespace, so workloads
 //!   share the device's network like Kubernetes `hostNetwork` (edge devices
 //!   talk to field buses and local brokers; HTTP probes reach them);
@@ -13,9 +13,7 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::sync::OnceLock;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ContainerConfig, RuntimeError, cgroup_path, cgroup_view};
@@ -93,6 +91,55 @@ pub fn default_seccomp() -> Value {
     })
 }
 
+/// The parts of oci-spec's `Spec::default()` (runc's default spec) that
+/// [`spec`] keeps; it replaces the rest (process, root, hostname, the linux
+/// resources and namespaces).
+///
+/// Written out rather than serialized from `Spec::default()`: that
+/// serializer for the whole spec tree cost 36 KB of the agent binary, which
+/// has a size budget (issue #6). A test holds this equal to oci-spec's
+/// defaults.
+pub fn base_spec() -> Value {
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            {
+                "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            },
+            {
+                "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/sys", "type": "sysfs", "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+            {
+                "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+            },
+        ],
+        "annotations": {},
+        "linux": {
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    })
+}
+
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// CFS period used for cpu limits (the kernel's and Kubernetes' default).
@@ -108,16 +155,6 @@ fn device_numbers(rdev: u64) -> (i64, i64) {
     let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
     let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
     (major as i64, minor as i64)
-}
-
-/// oci-spec's default spec as JSON, built once: every container starts
-/// from a copy.
-fn default_spec() -> Result<&'static Value, String> {
-    static DEFAULT: OnceLock<Result<Value, String>> = OnceLock::new();
-    DEFAULT
-        .get_or_init(|| serde_json::to_value(oci_spec::runtime::Spec::default()).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(Clone::clone)
 }
 
 /// On cgroup v1 hosts, replaces the default `cgroup` mount by the read-only
@@ -140,7 +177,7 @@ fn use_read_only_cgroup_view(spec: &mut Value, cgroups: &cgroup_view::V1Hierarch
 /// The OCI runtime spec for a container, as JSON.
 pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
     let bundle_err = |reason: String| RuntimeError::Bundle { id: config.id.clone(), reason };
-    let mut spec = default_spec().map_err(bundle_err)?.clone();
+    let mut spec = base_spec();
     let mut env = config.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_owned());
@@ -233,17 +270,14 @@ pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
         "namespaces".into(),
         json!([{ "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" }]),
     );
-    // Validate against the typed spec: a field of the wrong shape fails here,
-    // not inside the container's init. Read through a borrow: cloning the
-    // spec first cost as much as the check itself.
-    oci_spec::runtime::Spec::deserialize(&spec).map_err(|e| bundle_err(format!("invalid runtime spec: {e}")))?;
     Ok(spec)
 }
 
-/// Writes `config.json` into `bundle` (temp file, rename). No fsync: a
-/// bundle is derived data, rebuilt from the agent's own (fsynced) state after
-/// a crash, and the fsync was 0.7 ms of a ~10 ms container start. Compact
-/// JSON: libcontainer parses it on every create (`jq .` reads it).
+/// Writes `config.json` into `bundle` (temp file, rename) and checks it
+/// against the typed spec first. No fsync: a bundle is derived data, rebuilt
+/// from the agent's own (fsynced) state after a crash, and the fsync was
+/// 0.7 ms of a ~10 ms container start. Compact JSON: libcontainer parses it
+/// on every create (`jq .` reads it).
 pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<(), RuntimeError> {
     let bundle_err = |reason: String| RuntimeError::Bundle { id: config.id.clone(), reason };
     let spec = spec(config)?;
@@ -251,6 +285,13 @@ pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<(), RuntimeError
     let bytes = serde_json::to_vec(&spec).map_err(|e| bundle_err(e.to_string()))?;
     let temp = bundle.join(".config.json.tmp");
     std::fs::write(&temp, &bytes).map_err(|e| bundle_err(format!("writing {}: {e}", temp.display())))?;
+    // Read back with the loader libcontainer itself uses, so that a field of
+    // the wrong shape fails here, not inside the container's init. Reusing
+    // that loader (rather than `serde_json::from_value`) also keeps a second
+    // copy of the whole `Spec` deserializer (155 KB) out of the agent binary.
+    // A refused temp file stays until the next write replaces it: the bundle
+    // is derived data, like one left by a failed create.
+    oci_spec::runtime::Spec::load(&temp).map_err(|e| bundle_err(format!("invalid runtime spec: {e}")))?;
     std::fs::rename(&temp, bundle.join("config.json")).map_err(|e| bundle_err(e.to_string()))
 }
 
@@ -326,7 +367,7 @@ mod tests {
 
     #[test]
     fn on_cgroup_v1_the_cgroup_mount_becomes_a_read_only_view_of_the_containers_own_cgroups() {
-        let mut spec = default_spec().unwrap().clone();
+        let mut spec = base_spec();
         let before: Vec<Value> = spec["mounts"].as_array().unwrap().clone();
         let host = ["memory", "pids"].map(|c| std::path::PathBuf::from("/sys/fs/cgroup").join(c));
         let cgroups = cgroup_view::V1Hierarchies::from_mount_points(host).unwrap();
@@ -340,7 +381,47 @@ mod tests {
         assert_eq!(mounts[at + 1]["source"], format!("/sys/fs/cgroup/memory{}", cgroup_path("web-0")));
         assert!(mounts.iter().all(|m| m["type"] != "cgroup"), "libcontainer's read-write v1 mount is gone");
         assert!(spec["linux"]["readonlyPaths"].as_array().unwrap().contains(&json!("/sys/fs/cgroup")));
-        oci_spec::runtime::Spec::deserialize(&spec).expect("still a valid spec");
+        <oci_spec::runtime::Spec as serde::Deserialize>::deserialize(&spec).expect("still a valid spec");
+    }
+
+    #[test]
+    fn base_spec_is_oci_specs_default_for_what_the_agent_keeps() {
+        let defaults = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        let base = base_spec();
+        for key in ["ociVersion", "mounts", "annotations"] {
+            assert_eq!(base[key], defaults[key], "{key}");
+        }
+        for key in ["maskedPaths", "readonlyPaths"] {
+            assert_eq!(base["linux"][key], defaults["linux"][key], "linux.{key}");
+        }
+        // Every other default is replaced by `spec`: none is dropped.
+        let spec = spec(&config()).unwrap();
+        for key in defaults.as_object().unwrap().keys() {
+            assert!(!spec[key].is_null(), "{key} dropped");
+        }
+        for key in defaults["linux"].as_object().unwrap().keys() {
+            assert!(!spec["linux"][key].is_null(), "linux.{key} dropped");
+        }
+    }
+
+    #[test]
+    fn written_config_loads_as_a_typed_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &config()).unwrap();
+        let loaded = oci_spec::runtime::Spec::load(dir.path().join("config.json")).unwrap();
+        assert_eq!(loaded.hostname().as_deref(), Some("web-7f3a-0"));
+        assert!(!dir.path().join(".config.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_spec_libcontainer_cannot_read_is_refused_before_it_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config();
+        // oci-spec's memory limit is an i64.
+        config.memory_limit_bytes = Some(u64::MAX);
+        let error = write(dir.path(), &config).unwrap_err();
+        assert!(error.to_string().contains("invalid runtime spec"), "{error}");
+        assert!(!dir.path().join("config.json").exists(), "libcontainer never sees it");
     }
 
     #[test]
