@@ -1,7 +1,7 @@
 //! `flotilla-bench footprint`: the agent's size on a device (issue #6).
 //!
 //! - `agent_binary_bytes`: the stripped static aarch64 agent, as shipped
-//!   (build it first; see `--aarch64-binary`).
+//!   (build it first with `scripts/build-agent`; see `--aarch64-binary`).
 //! - `agent_rss_bytes`: resident memory of the running agent on this
 //!   machine (x86_64 build next to this benchmark) while it keeps 5 real
 //!   busybox containers running from a signed desired document, measured
