@@ -26,6 +26,11 @@ pub struct FootprintArgs {
     /// $CARGO_TARGET_DIR (or target)/aarch64-unknown-linux-musl/agent/flotilla-agent].
     #[arg(long)]
     pub aarch64_binary: Option<PathBuf>,
+    /// The x86_64 agent whose memory is measured [default: the one next to
+    /// this benchmark]. `target/agent/flotilla-agent` (`cargo build --profile
+    /// agent -p flotilla-agent`) is the shipped build for this machine.
+    #[arg(long)]
+    pub agent_binary: Option<PathBuf>,
     /// Containers the agent keeps running while measured.
     #[arg(long, default_value_t = 5)]
     pub replicas: usize,
@@ -97,7 +102,10 @@ pub fn run(args: FootprintArgs) -> anyhow::Result<()> {
         );
     }
 
-    let agent = std::env::current_exe()?.with_file_name("flotilla-agent");
+    let agent = match &args.agent_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("flotilla-agent"),
+    };
     ensure!(agent.is_file(), "{} not found: build the agent next to this benchmark", agent.display());
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("agent");
@@ -180,7 +188,8 @@ pub fn run(args: FootprintArgs) -> anyhow::Result<()> {
             "runtime_helper_rss_bytes": helper_rss,
             "agent_pss_bytes": pss,
             "replicas": args.replicas,
-            "rss_measured": "x86_64 build next to the bench; agent_rss_bytes = VmRSS of the agent + its runtime helper after idling (shared binary pages counted twice); agent_pss_bytes counts them once",
+            "rss_agent": agent.display().to_string(),
+            "rss_measured": "agent_rss_bytes = VmRSS of the agent + its runtime helper after idling (shared binary pages counted twice); agent_pss_bytes counts them once",
             "reference_runc_binary_bytes": runc_binary_bytes,
         })
     );
