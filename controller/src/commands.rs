@@ -216,6 +216,7 @@ impl Table {
             Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
             Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
             Kind::Namespace => vec!["NAME", "AGE"],
+            Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT", "MESSAGE"],
         };
         if self.wide {
             match self.kind {
@@ -324,6 +325,18 @@ impl Table {
                 vec![name, t, o.data_keys().len().to_string(), age]
             }
             Kind::Namespace => vec![name, age],
+            Kind::Event => {
+                let f = crate::events::fields(o);
+                let object = format!("{}/{}", f.involved_object.kind.to_lowercase(), f.involved_object.name);
+                vec![
+                    crate::object::age(&f.last_timestamp, self.now),
+                    f.event_type,
+                    f.reason,
+                    object,
+                    f.count.to_string(),
+                    f.message,
+                ]
+            }
         };
         if self.wide {
             match self.kind {
@@ -455,6 +468,22 @@ pub fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let client = client_for(&args.client)?;
     let o = client.get(&ObjectKey::new(kind, &args.namespace, &args.name))?;
     print!("{}", describe_text(&o));
+    // Its events, oldest first (a listing failure only loses this part).
+    if o.kind != Kind::Event && o.kind.is_namespaced() {
+        let events = client.list(Kind::Event, Some(&o.metadata.namespace), "").map(|l| l.items).unwrap_or_default();
+        let mut mine: Vec<_> = events
+            .iter()
+            .map(crate::events::fields)
+            .filter(|e| e.involved_object.kind == o.kind.to_string() && e.involved_object.name == o.metadata.name)
+            .collect();
+        mine.sort_by(|a, b| a.last_timestamp.cmp(&b.last_timestamp));
+        if !mine.is_empty() {
+            println!("Events:");
+            for e in mine {
+                println!("  {}  {}  {}  {}", e.last_timestamp, e.event_type, e.reason, e.message);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -10,13 +10,15 @@
 //!   [`status`]: their status fields; [`selector`]: label selectors.
 //! - [`store`]: the durable store trait and its redb implementation.
 //! - [`api`]: the HTTP API; [`server`]: `flotilla server` start-up.
-//! - [`reconcile`]: workloads -> replicas -> placements.
+//! - [`reconcile`]: workloads -> replicas -> placements; [`events`]: what
+//!   happened to them and why.
 //! - [`fleet`]: the MQTT control channel to the nodes.
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod events;
 pub mod fleet;
 pub mod image_cmd;
 pub mod manifest;

@@ -26,6 +26,7 @@ pub const RESOURCES: &[(&str, Kind)] = &[
     ("secrets", Kind::Secret),
     ("nodes", Kind::Node),
     ("namespaces", Kind::Namespace),
+    ("events", Kind::Event),
 ];
 
 /// The URL resource name of a kind (`Deployment` -> `deployments`).
@@ -46,6 +47,7 @@ pub fn kind_from_resource(name: &str) -> Option<Kind> {
         "secrets" | "secret" => Kind::Secret,
         "nodes" | "node" | "no" => Kind::Node,
         "namespaces" | "namespace" | "ns" => Kind::Namespace,
+        "events" | "event" | "ev" => Kind::Event,
         _ => return None,
     })
 }

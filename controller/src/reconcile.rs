@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub secrets: Vec<ApiObject>,
     /// Services.
     pub services: Vec<ApiObject>,
+    /// Events.
+    pub events: Vec<ApiObject>,
     /// When it was read: rollouts time readiness and deadlines against it.
     pub now: Option<std::time::SystemTime>,
 }
@@ -65,6 +67,7 @@ impl Snapshot {
             config_maps: list(Kind::ConfigMap),
             secrets: list(Kind::Secret),
             services: list(Kind::Service),
+            events: list(Kind::Event),
             now: Some(std::time::SystemTime::now()),
         }
     }
@@ -138,6 +141,7 @@ pub fn plan(snapshot: &Snapshot) -> Vec<Op> {
         }
     }
     let now = snapshot.now.unwrap_or_else(std::time::SystemTime::now);
+    crate::events::collect_garbage(&snapshot.events, now, &mut ops);
     for deployment in &snapshot.deployments {
         rollout::reconcile(deployment, &owned_by(deployment, &snapshot.pods), now, &mut ops);
     }

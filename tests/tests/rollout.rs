@@ -159,6 +159,12 @@ fn rollouts_keep_replicas_ready_roll_back_a_bad_revision_and_survive_a_lost_agen
     assert!(!ok, "a never-ready revision must not roll out: {text}");
     assert!(text.contains("rollout of revision 3 failed"), "{text}");
     assert!(text.contains("rolled back to revision 2"), "{text}");
+    let events = controller.cli().unwrap().args(["get", "events"]).output().unwrap();
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.lines().any(|l| l.contains("Warning") && l.contains("RolledBack") && l.contains("deployment/roll")),
+        "{events}"
+    );
     let (_, history) = rollout(&controller, &["history", "deploy/roll"]);
     assert!(history.lines().any(|l| l.starts_with('3') && l.contains("Failed")), "{history}");
     assert!(history.lines().any(|l| l.starts_with('2') && l.contains("(current)")), "{history}");

@@ -46,6 +46,8 @@ pub enum Kind {
     Node,
     /// A name scope (v1).
     Namespace,
+    /// Something that happened to an object, written by the controller (v1).
+    Event,
 }
 
 impl Kind {
@@ -379,6 +381,8 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
         Kind::Namespace => {
             typed::<SpecDoc<IgnoredSpec>>(&location, value, &mut ignored).map(|d| (d.metadata, Body::Namespace))?
         }
+        // Not in `from_name`: events are written by the controller.
+        Kind::Event => return Err(invalid("kind", "Events are written by the controller, not applied".into())),
         Kind::ConfigMap => {
             let doc = typed::<ConfigMapDoc>(&location, value, &mut ignored)?;
             let mut binary_data = std::collections::BTreeMap::new();

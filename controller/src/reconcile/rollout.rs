@@ -157,6 +157,7 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
                 tracing::warn!(deployment = %deployment.metadata.name, "{message}");
                 ("ProgressDeadlineExceeded", message)
             };
+            ops.push(crate::events::warning(deployment, &format!("rollback-{failed_revision}"), why, &message, now));
             set_condition(&mut status.conditions, Condition::new("Progressing", false, why, message));
             status.progress_at = format_time(now);
             target = back;
@@ -392,6 +393,8 @@ mod tests {
         now: SystemTime,
         /// Whether replicas of a hash become ready.
         healthy: fn(&str) -> bool,
+        /// Events written.
+        events: Vec<ApiObject>,
         max_total: usize,
         min_available: usize,
     }
@@ -416,6 +419,7 @@ mod tests {
                 pods: Vec::new(),
                 now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
                 healthy,
+                events: Vec::new(),
                 max_total: 0,
                 min_available: usize::MAX,
             }
@@ -441,6 +445,7 @@ mod tests {
                         *slot = pod;
                     }
                     Op::Delete(key, _) => self.pods.retain(|p| p.metadata.name != key.name),
+                    Op::Apply(event) if event.kind == crate::manifest::Kind::Event => self.events.push(event),
                     Op::Apply(_) => panic!("rollouts do not rewrite objects"),
                 }
             }
@@ -570,6 +575,10 @@ mod tests {
         let progressing = crate::status::condition(&status.conditions, "Progressing").unwrap();
         assert_eq!(progressing.reason, "RolledBack");
         assert!(progressing.message.contains("rolled back to revision 1"), "{}", progressing.message);
+        let events: Vec<_> = sim.events.iter().map(crate::events::fields).collect();
+        assert_eq!(events.len(), 1, "one event for one rollback");
+        assert_eq!((events[0].reason.as_str(), events[0].event_type.as_str()), ("RolledBack", "Warning"));
+        assert_eq!(events[0].message, progressing.message);
         assert_eq!(sim.min_available, 4, "the failed revision never cost availability");
         // The same broken template applied again does not start over.
         let before = sim.pods.iter().map(|p| p.metadata.name.clone()).collect::<Vec<_>>();

@@ -1,0 +1,116 @@
+//! Events: what happened to an object and why, for people (`flotilla get
+//! events`, and the end of `flotilla describe`). Kubernetes' shape:
+//! `involvedObject`, `type` (`Normal` or `Warning`), `reason`, `message`,
+//! `count`, `firstTimestamp`, `lastTimestamp`. Written by the controller
+//! (a manifest cannot apply one) and deleted a day after they last
+//! happened.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::manifest::Kind;
+use crate::object::ApiObject;
+use crate::store::Op;
+
+/// How long an event is kept after it last happened.
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The fields of an event object (its content, beside `metadata`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFields {
+    /// The object it is about.
+    #[serde(default)]
+    pub involved_object: InvolvedObject,
+    /// `Normal` or `Warning`.
+    #[serde(default, rename = "type")]
+    pub event_type: String,
+    /// One CamelCase word.
+    #[serde(default)]
+    pub reason: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// Times it happened.
+    #[serde(default)]
+    pub count: u32,
+    /// First time (RFC 3339).
+    #[serde(default)]
+    pub first_timestamp: String,
+    /// Last time (RFC 3339).
+    #[serde(default)]
+    pub last_timestamp: String,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvolvedObject {
+    /// Its kind.
+    #[serde(default)]
+    pub kind: String,
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A `Warning` event about `object`, named `<object>.<key>` so that the
+/// same happening recorded twice is one event.
+pub fn warning(object: &ApiObject, key: &str, reason: &str, message: &str, now: SystemTime) -> Op {
+    let name = format!("{}.{key}", object.metadata.name);
+    let mut event = ApiObject::new(Kind::Event, &object.metadata.namespace, &name);
+    let at = humantime::format_rfc3339_seconds(now).to_string();
+    let fields = EventFields {
+        involved_object: InvolvedObject { kind: object.kind.to_string(), name: object.metadata.name.clone() },
+        event_type: "Warning".into(),
+        reason: reason.into(),
+        message: message.into(),
+        count: 1,
+        first_timestamp: at.clone(),
+        last_timestamp: at,
+    };
+    if let serde_json::Value::Object(map) = json!(fields) {
+        event.content.extend(map);
+    }
+    Op::Apply(event)
+}
+
+/// The fields of a stored event.
+pub fn fields(event: &ApiObject) -> EventFields {
+    serde_json::from_value(serde_json::Value::Object(event.content.clone())).unwrap_or_default()
+}
+
+/// Deletes events that last happened more than [`TTL`] ago.
+pub fn collect_garbage(events: &[ApiObject], now: SystemTime, ops: &mut Vec<Op>) {
+    for event in events {
+        let last = humantime::parse_rfc3339_weak(&fields(event).last_timestamp).unwrap_or(SystemTime::UNIX_EPOCH);
+        if now.duration_since(last).is_ok_and(|age| age > TTL) {
+            ops.push(Op::Delete(event.key(), None));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warning_names_its_object_and_expires_after_a_day() {
+        let deployment = ApiObject::new(Kind::Deployment, "default", "web");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let Op::Apply(event) = warning(&deployment, "rollback-3", "RolledBack", "revision 3 failed", now) else {
+            panic!("an apply")
+        };
+        assert_eq!(event.metadata.name, "web.rollback-3");
+        let f = fields(&event);
+        assert_eq!((f.involved_object.kind.as_str(), f.involved_object.name.as_str()), ("Deployment", "web"));
+        assert_eq!((f.event_type.as_str(), f.reason.as_str(), f.count), ("Warning", "RolledBack", 1));
+        let mut ops = Vec::new();
+        collect_garbage(std::slice::from_ref(&event), now + TTL, &mut ops);
+        assert!(ops.is_empty());
+        collect_garbage(std::slice::from_ref(&event), now + TTL + Duration::from_secs(1), &mut ops);
+        assert!(matches!(&ops[..], [Op::Delete(key, None)] if key.name == "web.rollback-3"));
+    }
+}
