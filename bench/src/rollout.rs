@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use serde_json::{Value, json};
+use serde_json::json;
+
+use flotilla_e2e::fleet::is_serving;
 
 use crate::fleet::{self, Binaries, Fleet, FleetSettings, wait_until};
 
@@ -111,7 +113,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
         loop {
             let pods = fleet.controller.pod_objects(&prefix)?;
             let running = pods.iter().filter(|p| p["status"]["phase"] == "Running").count();
-            let ready = pods.iter().filter(|p| p["status"]["retiredAt"].is_null() && is_ready(p)).count();
+            let ready = pods.iter().filter(|p| is_serving(p)).count();
             max_running = max_running.max(running);
             min_ready = min_ready.min(ready);
             let done = revision_complete(&fleet, &name, (version + 1) as u64)?
@@ -163,12 +165,6 @@ fn resolve(value: &str, replicas: usize, round_up: bool) -> usize {
         }
         None => value.parse().unwrap_or(0),
     }
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 /// Whether the Deployment reports `revision` complete.

@@ -154,6 +154,15 @@ pub fn pod_list(controller: &ControllerProcess) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// Whether a pod (as the API serves it) is ready and not being replaced by
+/// a rollout: what a Service counts as an endpoint.
+pub fn is_serving(pod: &Value) -> bool {
+    pod["status"]["retiredAt"].is_null()
+        && pod["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
 /// `(name, phase, node)` of every pod, sorted.
 pub fn pods(controller: &ControllerProcess) -> Vec<(String, String, String)> {
     let mut out: Vec<_> = pod_list(controller)

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use flotilla_e2e::ControllerProcess;
-use flotilla_e2e::fleet::{AgentProcess, apply, pod_list, push_busybox, wait_for_ready_nodes, wait_until};
+use flotilla_e2e::fleet::{AgentProcess, apply, is_serving, pod_list, push_busybox, wait_for_ready_nodes, wait_until};
 use serde_json::Value;
 
 /// A Deployment of 4 busybox replicas at `version`. Ready once the script
@@ -65,15 +65,7 @@ struct Seen {
 fn sample(controller: &ControllerProcess, stop: &AtomicBool, seen: &Mutex<Seen>) {
     while !stop.load(Ordering::Relaxed) {
         let pods = pod_list(controller);
-        let ready = pods
-            .iter()
-            .filter(|p| p["status"]["retiredAt"].is_null())
-            .filter(|p| {
-                p["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-            })
-            .count();
+        let ready = pods.iter().filter(|p| is_serving(p)).count();
         let running = pods.iter().filter(|p| p["status"]["phase"] == "Running").count();
         let mut seen = seen.lock().unwrap();
         if seen.samples == 0 {

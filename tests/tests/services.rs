@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use flotilla_e2e::fleet::{AgentProcess, apply, pod_list, push_busybox, wait_for_ready_nodes, wait_until};
+use flotilla_e2e::fleet::{AgentProcess, apply, is_serving, pod_list, push_busybox, wait_for_ready_nodes, wait_until};
 use flotilla_e2e::netns::Network;
 use flotilla_e2e::{ControllerProcess, binary};
 use serde_json::Value;
@@ -48,14 +48,16 @@ fn push_hello_http(controller: &ControllerProcess, dir: &Path) -> String {
 }
 
 /// The web Deployment at `version` and its Service. A replica listens on
-/// 8080 (so two never share a device) and is ready when `/ready` answers.
-fn web(image: &str, version: u32) -> String {
+/// 8080 (so two never share a device) and is ready when `/ready` answers,
+/// `ready_delay` seconds after it starts (hello-http's READY_DELAY).
+fn web(image: &str, version: u32, ready_delay: u32) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
 spec:
   replicas: 2
+  progressDeadlineSeconds: 15
   strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
   selector: {{matchLabels: {{app: web}}}}
   template:
@@ -65,7 +67,7 @@ spec:
       containers:
       - name: web
         image: {image}
-        env: [{{name: VERSION, value: "{version}"}}]
+        env: [{{name: VERSION, value: "{version}"}}, {{name: READY_DELAY, value: "{ready_delay}"}}]
         ports: [{{name: http, containerPort: 8080}}]
         readinessProbe:
           httpGet: {{path: /ready, port: 8080}}
@@ -126,12 +128,7 @@ fn file_endpoints(agent: &AgentProcess) -> Option<Vec<String>> {
 fn ready_web_replicas(controller: &ControllerProcess) -> Vec<String> {
     pod_list(controller)
         .iter()
-        .filter(|p| p["metadata"]["labels"]["app"] == "web" && p["status"]["retiredAt"].is_null())
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        })
+        .filter(|p| p["metadata"]["labels"]["app"] == "web" && is_serving(p))
         .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_owned())
         .collect()
 }
@@ -173,7 +170,7 @@ fn service_endpoints_reach_workloads_and_a_rollout_never_leaves_none_ready() {
         .collect();
     wait_for_ready_nodes(&controller, 3, Duration::from_secs(30));
 
-    apply(&controller, &web(&hello, 1));
+    apply(&controller, &web(&hello, 1, 0));
     apply(&controller, &client(&busybox));
     let v1 = wait_until("two ready web replicas published as endpoints", Duration::from_secs(120), || {
         let ready = ready_web_replicas(&controller);
@@ -224,7 +221,7 @@ fn service_endpoints_reach_workloads_and_a_rollout_never_leaves_none_ready() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        apply(&controller, &web(&hello, 2));
+        apply(&controller, &web(&hello, 2, 0));
         let output = controller.cli().unwrap().args(["rollout", "status", "deploy/web", "--timeout", "120s"]).output();
         stop.store(true, Ordering::Relaxed);
         let output = output.unwrap();
@@ -254,5 +251,33 @@ fn service_endpoints_reach_workloads_and_a_rollout_never_leaves_none_ready() {
     }
     assert!(answered_by.iter().all(|r| v2.contains(r)), "answers from {answered_by:?}, v2 is {v2:?}");
     assert!(v2.iter().all(|r| answered_by.contains(r)), "round robin reaches both: {answered_by:?}");
+
+    // v3 is never ready: it is rolled back by itself, the CLI says why,
+    // and the v2 endpoints serve throughout.
+    let fewest = Mutex::new(usize::MAX);
+    let stop = AtomicBool::new(false);
+    let status = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let published = published_endpoints(&controller).len();
+                let mut fewest = fewest.lock().unwrap();
+                *fewest = (*fewest).min(published);
+                drop(fewest);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        apply(&controller, &web(&hello, 3, 3600));
+        let output = controller.cli().unwrap().args(["rollout", "status", "deploy/web", "--timeout", "120s"]).output();
+        stop.store(true, Ordering::Relaxed);
+        output.unwrap()
+    });
+    let why = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success(), "a never-ready v3 must not roll out");
+    assert!(why.contains("revision 3 failed") && why.contains("rolled back to revision 2"), "{why}");
+    assert!(*fewest.lock().unwrap() >= 2, "v2's endpoints served throughout v3's attempt");
+    wait_until("only v2 replicas again", Duration::from_secs(30), || {
+        (ready_web_replicas(&controller).iter().all(|n| v2.contains(n)) && pod_list(&controller).len() == 3)
+            .then_some(())
+    });
     drop(agents);
 }
