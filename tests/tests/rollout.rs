@@ -7,7 +7,8 @@
 //! - a v3 whose readiness probe never passes is rolled back to v2 by
 //!   itself, and `flotilla rollout status` / `history` say why;
 //! - kill -9 of an agent mid-rollout: the rollout still converges;
-//! - a Job with completions 3 finishes with succeeded 3.
+//! - a Job with completions 3 finishes with succeeded 3, though the node
+//!   of one of its running replicas is lost (it is retried elsewhere).
 //!
 //! Needs root (CI runs as root).
 
@@ -181,12 +182,14 @@ fn rollouts_keep_replicas_ready_roll_back_a_bad_revision_and_survive_a_lost_agen
 }
 
 #[test]
-fn a_job_runs_to_its_completions_on_the_agents() {
+fn a_job_runs_to_its_completions_on_the_agents_even_when_one_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(&dir.path().join("controller")).unwrap();
     let image = push_busybox(&controller, dir.path());
-    let _a = AgentProcess::start(&controller, "job-a", &dir.path().join("a"));
-    let _b = AgentProcess::start(&controller, "job-b", &dir.path().join("b"));
+    let mut agents = [
+        AgentProcess::start(&controller, "job-a", &dir.path().join("a")),
+        AgentProcess::start(&controller, "job-b", &dir.path().join("b")),
+    ];
     wait_for_ready_nodes(&controller, 2, Duration::from_secs(20));
     apply(
         &controller,
@@ -204,11 +207,20 @@ spec:
       containers:
       - name: main
         image: {image}
-        args: ["sh", "-c", "echo calibrated; sleep 1"]
+        args: ["sh", "-c", "echo calibrated; sleep 3"]
         resources: {{requests: {{cpu: 50m, memory: 8Mi}}}}
 "#
         ),
     );
+    // The node of a running replica is lost: the replica is retried elsewhere.
+    let node = wait_until("a job replica running", Duration::from_secs(60), || {
+        pod_list(&controller)
+            .iter()
+            .find(|p| p["status"]["phase"] == "Running")
+            .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+    });
+    let lost = usize::from(node == "job-b");
+    agents[lost].kill9();
     let job = wait_until("the job to complete", Duration::from_secs(90), || {
         let output = controller.cli().unwrap().args(["get", "job", "calibrate", "-o", "json"]).output().unwrap();
         let job: Value = serde_json::from_slice(&output.stdout).ok()?;
