@@ -392,13 +392,7 @@ pub fn encode_desired_frame<'b>(
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], EncodeError> {
     document.validate().map_err(|reason| EncodeError::Invalid { reason })?;
-    let buf = limit(buf);
-    let mut len = write_header(MessageKind::Desired, buf)?;
-    len += write_body(document, &mut buf[len..])?;
-    let signature = sign(&buf[..len]);
-    let end = len + SIGNATURE_LEN;
-    buf.get_mut(len..end).ok_or(EncodeError::BufferFull)?.copy_from_slice(&signature.0);
-    Ok(&mut buf[..end])
+    encode_signed(MessageKind::Desired, document, sign, buf)
 }
 
 /// Encodes a log request; `sign` computes the signature over the bytes it
@@ -604,16 +598,21 @@ mod with_alloc {
 
     use super::*;
 
+    /// Runs an encoder on a frame-sized buffer and keeps what it wrote.
+    fn into_vec(encode: impl FnOnce(&mut [u8]) -> Result<&mut [u8], EncodeError>) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
+        let len = encode(&mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
     /// [`encode_node_frame`] into a fresh `Vec`.
     pub fn encode_node_frame_to_vec(
         message: &NodeMessage,
         seq: u64,
         mac: impl FnOnce(&[u8]) -> MacTag,
     ) -> Result<Vec<u8>, EncodeError> {
-        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
-        let len = encode_node_frame(message, seq, mac, &mut buf)?.len();
-        buf.truncate(len);
-        Ok(buf)
+        into_vec(|buf| encode_node_frame(message, seq, mac, buf))
     }
 
     /// [`encode_log_request_frame`] into a fresh `Vec`.
@@ -621,10 +620,7 @@ mod with_alloc {
         request: &LogRequest,
         sign: impl FnOnce(&[u8]) -> Signature,
     ) -> Result<Vec<u8>, EncodeError> {
-        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
-        let len = encode_log_request_frame(request, sign, &mut buf)?.len();
-        buf.truncate(len);
-        Ok(buf)
+        into_vec(|buf| encode_log_request_frame(request, sign, buf))
     }
 
     /// [`encode_services_frame`] into a fresh `Vec`.
@@ -632,10 +628,7 @@ mod with_alloc {
         table: &ServiceTable,
         sign: impl FnOnce(&[u8]) -> Signature,
     ) -> Result<Vec<u8>, EncodeError> {
-        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
-        let len = encode_services_frame(table, sign, &mut buf)?.len();
-        buf.truncate(len);
-        Ok(buf)
+        into_vec(|buf| encode_services_frame(table, sign, buf))
     }
 
     /// [`encode_desired_frame`] into a fresh `Vec`.
@@ -643,10 +636,7 @@ mod with_alloc {
         document: &DesiredState<'_>,
         sign: impl FnOnce(&[u8]) -> Signature,
     ) -> Result<Vec<u8>, EncodeError> {
-        let mut buf = alloc::vec![0u8; MAX_FRAME_LEN];
-        let len = encode_desired_frame(document, sign, &mut buf)?.len();
-        buf.truncate(len);
-        Ok(buf)
+        into_vec(|buf| encode_desired_frame(document, sign, buf))
     }
 }
 
