@@ -54,17 +54,15 @@ pub fn tables(snapshot: &Snapshot, ops: &mut Vec<Op>) -> BTreeMap<String, Vec<Se
     for service in &snapshot.services {
         let Some(spec) = service.spec::<ServiceSpec>() else { continue };
         let mut status = ServiceStatus::default();
+        // Named like replicas on a node: `<namespace>.<name>` outside `default`.
+        let name = firmware_proto::Name::new(&replica_id(service)).ok();
         for port in &spec.ports {
             let endpoints = endpoints(service, &spec, port, &snapshot.pods, &addresses);
             let key = if port.name.is_empty() { port.port.to_string() } else { port.name.clone() };
             status
                 .endpoints
                 .insert(key, endpoints.iter().map(|e| format!("{}:{}", Ipv4Addr::from(e.address), e.port)).collect());
-            let Ok(name) = firmware_proto::Name::new(&scoped_name(service)) else { continue };
-            let mut list = heapless::Vec::new();
-            for endpoint in endpoints.into_iter().take(MAX_ENDPOINTS) {
-                let _ = list.push(endpoint);
-            }
+            let Some(name) = name.clone() else { continue };
             resolved.push(Resolved {
                 namespace: service.metadata.namespace.clone(),
                 port: ServicePort {
@@ -76,7 +74,7 @@ pub fn tables(snapshot: &Snapshot, ops: &mut Vec<Op>) -> BTreeMap<String, Vec<Se
                     } else {
                         firmware_proto::Protocol::Tcp
                     },
-                    endpoints: list,
+                    endpoints: endpoints.into_iter().take(MAX_ENDPOINTS).collect(),
                 },
             });
         }
@@ -104,12 +102,6 @@ pub fn tables(snapshot: &Snapshot, ops: &mut Vec<Op>) -> BTreeMap<String, Vec<Se
         out.insert(node, ports);
     }
     out
-}
-
-/// A Service's id on a node: its name, prefixed with the namespace
-/// outside `default` (as replica ids are).
-fn scoped_name(service: &ApiObject) -> String {
-    replica_id(service)
 }
 
 /// The ready endpoints of one Service port, ordered.
@@ -159,11 +151,7 @@ fn target_port(pod: &ApiObject, port: &crate::manifest::types::ServicePort) -> O
 
 /// One node's table.
 pub fn table_for(node_id: &firmware_proto::NodeId, generation: u64, ports: &[ServicePort]) -> ServiceTable {
-    let mut services = heapless::Vec::new();
-    for port in ports.iter().take(MAX_SERVICES) {
-        let _ = services.push(port.clone());
-    }
-    ServiceTable { node_id: node_id.clone(), generation, services }
+    ServiceTable { node_id: node_id.clone(), generation, services: ports.iter().take(MAX_SERVICES).cloned().collect() }
 }
 
 #[cfg(test)]
