@@ -133,7 +133,12 @@ pub fn run(args: FailoverArgs) -> anyhow::Result<()> {
 /// elsewhere; leaves the fleet whole again with no replicas.
 fn trial(fleet: &mut Fleet, fault: Fault, deployment: &str, replicas: usize) -> anyhow::Result<Duration> {
     let prefix = format!("{deployment}-");
-    fleet.controller.apply(&fleet::sleep_deployment(deployment, &fleet.image, replicas))?;
+    fleet.controller.apply(&flotilla_e2e::fleet::shell_deployment(
+        deployment,
+        &fleet.image,
+        replicas,
+        flotilla_e2e::fleet::SLEEPER,
+    ))?;
     let placed = wait_until("the replicas to run", Duration::from_secs(180), Duration::from_millis(100), || {
         let pods = fleet.controller.pods(&prefix)?;
         Ok((pods.len() == replicas && pods.iter().all(|p| p.is_running() && p.node.is_some())).then_some(pods))

@@ -215,28 +215,6 @@ pub fn unique_suffix() -> String {
     format!("{:05x}", (nanos ^ std::process::id().rotate_left(12)) & 0xf_ffff)
 }
 
-/// A Deployment of `replicas` busybox containers that sleep (and end at
-/// once on SIGTERM: a shell as PID 1 ignores it without a trap).
-pub fn sleep_deployment(name: &str, image: &str, replicas: usize) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: main
-        image: {image}
-        args: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-        resources: {{requests: {{cpu: 100m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}
-"#
-    )
-}
-
 /// Median of durations in seconds (the mean of the middle two for an even
 /// count); `None` when there are none.
 pub fn median_s(samples: &[Duration]) -> Option<f64> {
@@ -265,13 +243,5 @@ mod tests {
         assert_eq!(median_s(&s(&[])), None);
         assert_eq!(median_s(&s(&[3000, 1000, 2000])), Some(2.0));
         assert_eq!(median_s(&s(&[4000, 1000, 2000, 3000])), Some(2.5));
-    }
-
-    #[test]
-    fn deployment_names_its_replicas_and_image() {
-        let manifest = sleep_deployment("fo-1", "10.0.0.1:7440/bench/busybox:1", 6);
-        assert!(manifest.contains("name: fo-1}"), "{manifest}");
-        assert!(manifest.contains("replicas: 6"), "{manifest}");
-        assert!(manifest.contains("image: 10.0.0.1:7440/bench/busybox:1"), "{manifest}");
     }
 }

@@ -115,7 +115,12 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
 
     let deployment = format!("wire-{suffix}");
     let prefix = format!("{deployment}-");
-    controller.apply(&fleet::sleep_deployment(&deployment, &image, args.replicas))?;
+    controller.apply(&flotilla_e2e::fleet::shell_deployment(
+        &deployment,
+        &image,
+        args.replicas,
+        flotilla_e2e::fleet::SLEEPER,
+    ))?;
     wait_until("the replicas to run", Duration::from_secs(180), Duration::from_millis(200), || {
         let pods = controller.pods(&prefix)?;
         Ok((pods.len() == args.replicas && pods.iter().all(|p| p.is_running())).then_some(()))

@@ -132,6 +132,33 @@ pub fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
     format!("{registry}/e2e/busybox:1")
 }
 
+/// A script that sleeps until SIGTERM ends it at once (a shell as PID 1
+/// ignores SIGTERM without a trap).
+pub const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+/// A Deployment of `replicas` busybox containers running `script` (sh -c),
+/// with a 2 s termination grace (a plain `sleep` as PID 1 ignores SIGTERM).
+pub fn shell_deployment(name: &str, image: &str, replicas: usize, script: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: main
+        image: {image}
+        args: ["sh", "-c", "{script}"]
+        resources: {{requests: {{cpu: 100m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}
+"#
+    )
+}
+
 /// `flotilla apply -f -` with `manifest`.
 pub fn apply(controller: &ControllerProcess, manifest: &str) {
     let mut child = controller
@@ -205,4 +232,17 @@ pub fn wait_for_ready_nodes(controller: &ControllerProcess, count: usize, timeou
         let output = controller.cli().unwrap().args(["get", "nodes"]).output().unwrap();
         (String::from_utf8_lossy(&output.stdout).matches(" Ready ").count() == count).then_some(())
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_names_its_replicas_and_image() {
+        let manifest = shell_deployment("fo-1", "10.0.0.1:7440/bench/busybox:1", 6, SLEEPER);
+        assert!(manifest.contains("name: fo-1}"), "{manifest}");
+        assert!(manifest.contains("replicas: 6"), "{manifest}");
+        assert!(manifest.contains("image: 10.0.0.1:7440/bench/busybox:1"), "{manifest}");
+    }
 }

@@ -17,32 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_e2e::fleet::{AgentProcess, all_running_on, apply, pods, push_busybox, wait_for_ready_nodes, wait_until};
+use flotilla_e2e::fleet::{
+    AgentProcess, all_running_on, apply, pods, push_busybox, shell_deployment, wait_for_ready_nodes, wait_until,
+};
 use flotilla_e2e::{ControllerProcess, binary};
 use serde_json::Value;
-
-/// A Deployment of `replicas` busybox containers running `script` (sh -c).
-fn deployment(name: &str, image: &str, replicas: u32, script: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      # `sleep` as PID 1 ignores SIGTERM: a short grace keeps stops quick.
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: main
-        image: {image}
-        args: ["sh", "-c", "{script}"]
-        resources: {{requests: {{cpu: 100m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}
-"#
-    )
-}
 
 #[test]
 fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
@@ -57,7 +36,7 @@ fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
     wait_for_ready_nodes(&controller, 2, Duration::from_secs(20));
 
     // Apply: four replicas, real containers on the two agents.
-    apply(&controller, &deployment("fleetmove", &image, 4, "sleep 3600"));
+    apply(&controller, &shell_deployment("fleetmove", &image, 4, "sleep 3600"));
     let placed = wait_until("4 replicas Running", Duration::from_secs(60), || {
         all_running_on(&controller, 4, &["fleet-a", "fleet-b"])
     });
@@ -212,7 +191,7 @@ fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
     mosquitto.reload();
     wait_for_ready_nodes(&controller, 2, Duration::from_secs(60));
     let ticker = "echo hello from $(hostname); i=0; while true; do i=$((i+1)); echo tick-$i; sleep 1; done";
-    apply(&controller, &deployment("mosqrun", &image, 2, ticker));
+    apply(&controller, &shell_deployment("mosqrun", &image, 2, ticker));
     let placed = wait_until("2 replicas Running", Duration::from_secs(60), || {
         all_running_on(&controller, 2, &["mosq-a", "mosq-b"])
     });
