@@ -23,7 +23,9 @@ use serde_json::Value;
 use crate::manifest::types::{JobSpec, NodeSpec, PodSpec, PodTemplate};
 use crate::manifest::{Kind, Quantity};
 use crate::object::{ApiObject, ObjectKey, OwnerReference};
-use crate::status::{Condition, JobStatus, NodeStatus, PodStatus, condition, set_condition};
+use crate::status::{
+    Condition, DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, condition, set_condition,
+};
 use crate::store::{Op, Store};
 
 /// Label carrying the template hash on derived replicas.
@@ -84,16 +86,23 @@ pub async fn run(store: Arc<dyn Store>) {
     };
     loop {
         let pass_store = store.clone();
-        match tokio::task::spawn_blocking(move || reconcile_once(pass_store.as_ref())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(writes)) => tracing::debug!(writes, "reconcile pass"),
+        let mut resync = Duration::from_secs(5);
+        match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref())).await {
+            Ok(Ok(pass)) => {
+                if pass.writes > 0 {
+                    tracing::debug!(writes = pass.writes, "reconcile pass");
+                }
+                if pass.waits_on_the_clock {
+                    resync = Duration::from_secs(1);
+                }
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
             Err(e) => tracing::error!(error = %e, "reconcile pass panicked; retrying"),
         }
-        // Wait for a change or the periodic resync (every second: rollouts
-        // count minReadySeconds and deadlines on the clock, not on events),
+        // Wait for a change or the periodic resync (every second while a
+        // rollout or deadline waits on the clock rather than on events),
         // then let a burst settle.
-        let _ = tokio::time::timeout(Duration::from_secs(1), live.recv()).await;
+        let _ = tokio::time::timeout(resync, live.recv()).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         while live.try_recv().is_ok() {}
     }
@@ -101,10 +110,22 @@ pub async fn run(store: Arc<dyn Store>) {
 
 /// One pass: read, plan, write. Returns the number of writes.
 pub fn reconcile_once(store: &dyn Store) -> Result<usize, crate::store::StoreError> {
-    let ops = plan(&Snapshot::read(store));
-    let count = ops.len();
-    if count == 0 {
-        return Ok(0);
+    reconcile_pass(store).map(|pass| pass.writes)
+}
+
+/// What a pass did.
+struct Pass {
+    writes: usize,
+    /// A later pass may have work that no store change will announce.
+    waits_on_the_clock: bool,
+}
+
+fn reconcile_pass(store: &dyn Store) -> Result<Pass, crate::store::StoreError> {
+    let snapshot = Snapshot::read(store);
+    let ops = plan(&snapshot);
+    let pass = Pass { writes: ops.len(), waits_on_the_clock: waits_on_the_clock(&snapshot) };
+    if ops.is_empty() {
+        return Ok(pass);
     }
     if let Err(e) = store.commit(ops.clone()) {
         // Someone wrote in between (a conflict) or one op is refused: do what
@@ -116,7 +137,26 @@ pub fn reconcile_once(store: &dyn Store) -> Result<usize, crate::store::StoreErr
             }
         }
     }
-    Ok(count)
+    Ok(pass)
+}
+
+/// Whether a later pass may have work with no store change to trigger it:
+/// a rollout counting `minReadySeconds` or its progress deadline, a
+/// DaemonSet waiting for replicas to become available, a Job with an
+/// active deadline.
+fn waits_on_the_clock(snapshot: &Snapshot) -> bool {
+    snapshot
+        .deployments
+        .iter()
+        .any(|d| d.status::<DeploymentStatus>().history.iter().any(|r| r.state == rollout::PROGRESSING))
+        || snapshot.daemon_sets.iter().any(|d| {
+            let status: DaemonSetStatus = d.status();
+            status.number_available < status.desired_number_scheduled
+        })
+        || snapshot.jobs.iter().any(|j| {
+            j.spec::<JobSpec>().is_some_and(|s| s.active_deadline_seconds.is_some())
+                && j.status::<JobStatus>().active > 0
+        })
 }
 
 /// The writes that move the snapshot one step towards the desired state.

@@ -250,3 +250,19 @@ fn a_pinned_single_arch_image_is_placed_only_on_nodes_of_that_arch() {
     assert_eq!(status.reason, "Unschedulable");
     assert!(status.message.contains("1 node(s) not amd64"), "{}", status.message);
 }
+
+#[test]
+fn only_rollouts_and_deadlines_in_progress_need_clock_driven_passes() {
+    let f = Fixture::new();
+    f.apply(&deployment(2, "64Mi"));
+    f.settle();
+    // No node: the first revision cannot complete, so it waits on the clock
+    // (its progress deadline).
+    assert!(waits_on_the_clock(&Snapshot::read(&f.store)));
+    let mut object = f.store.get(&ObjectKey::new(Kind::Deployment, "default", "web")).unwrap();
+    let mut status: DeploymentStatus = object.status();
+    status.history.iter_mut().for_each(|r| r.state = rollout::COMPLETE.into());
+    object.set_status(&status);
+    f.store.commit(vec![Op::UpdateStatus(object)]).unwrap();
+    assert!(!waits_on_the_clock(&Snapshot::read(&f.store)), "a settled fleet is resynced slowly");
+}
