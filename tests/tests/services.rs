@@ -155,6 +155,36 @@ fn through_forwarder(netns: &str) -> Option<String> {
     .flatten()
 }
 
+/// Runs `action` while `measure` is sampled every 50 ms; returns what the
+/// action returned, the smallest value seen of each measurement, and the
+/// number of samples.
+fn fewest_during<const N: usize, R>(
+    measure: impl Fn() -> [usize; N] + Sync,
+    action: impl FnOnce() -> R,
+) -> (R, [usize; N], usize) {
+    let stop = AtomicBool::new(false);
+    let seen = Mutex::new(([usize::MAX; N], 0));
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let values = measure();
+                let mut seen = seen.lock().unwrap();
+                for (fewest, value) in seen.0.iter_mut().zip(values) {
+                    *fewest = (*fewest).min(value);
+                }
+                seen.1 += 1;
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let result = action();
+        stop.store(true, Ordering::Relaxed);
+        result
+    });
+    let (fewest, samples) = seen.into_inner().unwrap();
+    (result, fewest, samples)
+}
+
 #[test]
 fn service_endpoints_reach_workloads_and_a_rollout_never_leaves_none_ready() {
     let network = Network::create(3).unwrap();
@@ -206,28 +236,14 @@ fn service_endpoints_reach_workloads_and_a_rollout_never_leaves_none_ready() {
 
     // v1 -> v2, sampling what the controller publishes and what a node's
     // endpoints file says.
-    let stop = AtomicBool::new(false);
-    let seen = Mutex::new((usize::MAX, usize::MAX, 0usize));
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let published = published_endpoints(&controller).len();
-                let on_node = file_endpoints(&agents[0]).map_or(usize::MAX, |e| e.len());
-                let mut seen = seen.lock().unwrap();
-                seen.0 = seen.0.min(published);
-                seen.1 = seen.1.min(on_node);
-                seen.2 += 1;
-                drop(seen);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        apply(&controller, &web(&hello, 2, 0));
-        let output = controller.cli().unwrap().args(["rollout", "status", "deploy/web", "--timeout", "120s"]).output();
-        stop.store(true, Ordering::Relaxed);
-        let output = output.unwrap();
-        assert!(output.status.success(), "v2 rollout: {}", String::from_utf8_lossy(&output.stderr));
-    });
-    let (min_published, min_on_node, samples) = *seen.lock().unwrap();
+    let (output, [min_published, min_on_node], samples) = fewest_during(
+        || [published_endpoints(&controller).len(), file_endpoints(&agents[0]).map_or(usize::MAX, |e| e.len())],
+        || {
+            apply(&controller, &web(&hello, 2, 0));
+            controller.cli().unwrap().args(["rollout", "status", "deploy/web", "--timeout", "120s"]).output().unwrap()
+        },
+    );
+    assert!(output.status.success(), "v2 rollout: {}", String::from_utf8_lossy(&output.stderr));
     eprintln!(
         "v1 -> v2: fewest endpoints published {min_published}, in a node's file {min_on_node}, {samples} samples"
     );
@@ -254,27 +270,17 @@ fn service_endpoints_reach_workloads_and_a_rollout_never_leaves_none_ready() {
 
     // v3 is never ready: it is rolled back by itself, the CLI says why,
     // and the v2 endpoints serve throughout.
-    let fewest = Mutex::new(usize::MAX);
-    let stop = AtomicBool::new(false);
-    let status = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let published = published_endpoints(&controller).len();
-                let mut fewest = fewest.lock().unwrap();
-                *fewest = (*fewest).min(published);
-                drop(fewest);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        apply(&controller, &web(&hello, 3, 3600));
-        let output = controller.cli().unwrap().args(["rollout", "status", "deploy/web", "--timeout", "120s"]).output();
-        stop.store(true, Ordering::Relaxed);
-        output.unwrap()
-    });
+    let (status, [fewest], _) = fewest_during(
+        || [published_endpoints(&controller).len()],
+        || {
+            apply(&controller, &web(&hello, 3, 3600));
+            controller.cli().unwrap().args(["rollout", "status", "deploy/web", "--timeout", "120s"]).output().unwrap()
+        },
+    );
     let why = String::from_utf8_lossy(&status.stderr);
     assert!(!status.status.success(), "a never-ready v3 must not roll out");
     assert!(why.contains("revision 3 failed") && why.contains("rolled back to revision 2"), "{why}");
-    assert!(*fewest.lock().unwrap() >= 2, "v2's endpoints served throughout v3's attempt");
+    assert!(fewest >= 2, "v2's endpoints served throughout v3's attempt");
     wait_until("only v2 replicas again", Duration::from_secs(30), || {
         (ready_web_replicas(&controller).iter().all(|n| v2.contains(n)) && pod_list(&controller).len() == 3)
             .then_some(())
