@@ -51,7 +51,7 @@ pub enum Command {
     /// that crash-loops or misses progressDeadlineSeconds is rolled back by
     /// itself, and `rollout status` exits non-zero saying why.
     Rollout(RolloutArgs),
-    /// Enrol devices: `flotilla node token create`.
+    /// Enrol devices: `flotilla node token create|ls|revoke`, `flotilla node reset`.
     Node(NodeArgs),
     /// OCI images: build them, push them into a registry, list a registry.
     Image(ImageArgs),
@@ -344,8 +344,18 @@ pub struct NodeArgs {
 /// Subcommands of `flotilla node`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Join tokens for new devices: `flotilla node token create`.
+    /// Join tokens for new devices: `flotilla node token create|ls|revoke`.
     Token(NodeTokenArgs),
+    /// Forget an enrolled node's credentials so the name can enrol again.
+    ///
+    /// An enrolled name is never taken over: a device enrolling under a name
+    /// that is enrolled already is refused (409) until this runs. Afterwards
+    /// the node's broker login and MAC key stop working at once (a connection
+    /// already open stays up until it drops, but nothing it sends is
+    /// believed), and its Node object stays until `flotilla delete node NAME`.
+    /// To enrol the device again, remove `enrolment.json` from its data
+    /// directory and run the agent with `--join` and a join token.
+    Reset(NodeResetArgs),
 }
 
 /// `flotilla node token ...`.
@@ -359,20 +369,78 @@ pub struct NodeTokenArgs {
 /// Subcommands of `flotilla node token`.
 #[derive(Debug, Subcommand)]
 pub enum NodeTokenCommand {
-    /// Print a one-time join token. On the device:
-    /// `flotilla-agent run --join http://<controller>:7440 --token <token>`.
+    /// Print a join token (only its hash is kept; it is shown this once).
+    ///
+    /// On each device: `flotilla-agent run --join http://<controller>:7440 --token <token>`.
+    /// With `--uses N` one token enrols a batch of N devices; every device it
+    /// enrols gets the `--labels`. Example:
+    /// `flotilla node token create --uses 500 --expires 24h --labels site=berlin,line=3`.
     Create(TokenCreateArgs),
+    /// List join tokens (never their secrets): ID, USES (spent/allowed),
+    /// EXPIRES, LABELS, STATE (active, expired, used up or revoked).
+    ///
+    /// Ended tokens are listed for a day after they expire.
+    #[command(alias = "list")]
+    Ls(TokenLsArgs),
+    /// Revoke a join token by its ID (from `node token ls` or `create`): it
+    /// enrols no more devices; those it enrolled keep their credentials.
+    Revoke(TokenRevokeArgs),
 }
 
 /// Options of `flotilla node token create`.
 #[derive(Debug, clap::Args)]
 pub struct TokenCreateArgs {
-    /// How long the token stays valid (e.g. 10m, 24h).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    pub ttl: std::time::Duration,
+    /// How many devices the token may enrol.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub uses: u32,
+    /// How long the token stays valid (e.g. 10m, 24h). `--ttl` is the old name.
+    #[arg(long, visible_alias = "ttl", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub expires: std::time::Duration,
+    /// Labels of every node the token enrols: `k=v,k2=v2` (repeatable).
+    #[arg(long, value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Server and token.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Options of `flotilla node token ls`.
+#[derive(Debug, clap::Args)]
+pub struct TokenLsArgs {
+    /// Print the server's JSON instead of a table.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<ApplyOutput>,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `flotilla node token revoke`.
+#[derive(Debug, clap::Args)]
+pub struct TokenRevokeArgs {
+    /// The token's ID.
+    pub id: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `flotilla node reset`.
+#[derive(Debug, clap::Args)]
+pub struct NodeResetArgs {
+    /// The node's name.
+    pub name: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `key=value` -> `(key, value)`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.trim().to_owned())),
+        _ => Err(format!("{text:?}: labels are key=value")),
+    }
 }
 
 /// Options of `flotilla mosquitto-config`.

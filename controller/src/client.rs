@@ -133,6 +133,18 @@ impl Client {
         body.with_config().limit(BODY_LIMIT).read_json().with_context(|| format!("{what}: unreadable answer"))
     }
 
+    /// DELETE a path and decode the JSON answer.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> anyhow::Result<T> {
+        let response = self
+            .agent
+            .delete(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        let mut body = self.check(response, what)?;
+        body.read_json().with_context(|| format!("{what}: unreadable answer"))
+    }
+
     /// DELETE one object.
     pub fn delete(&self, key: &ObjectKey) -> anyhow::Result<ApiObject> {
         let response = self
@@ -203,8 +215,8 @@ impl Client {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode_query(value: &str) -> String {
+/// Percent-encodes a query value (or a path segment).
+pub fn encode_query(value: &str) -> String {
     let mut out = String::new();
     for b in value.bytes() {
         match b {

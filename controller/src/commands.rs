@@ -605,22 +605,6 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `flotilla node token create`.
-pub fn node_token_create(args: crate::cli::TokenCreateArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.client.server, &args.client.token_file())?;
-    let request = crate::fleet::enrol_api::TokenRequest { ttl_seconds: Some(args.ttl.as_secs()) };
-    let answer: crate::fleet::enrol_api::TokenResponse =
-        client.send_json("POST", "/api/v1/node-tokens", &request, "creating a join token")?;
-    println!("{}", answer.token);
-    eprintln!(
-        "one-time join token, valid {}; on the device run:\n  flotilla-agent run --join {} --token {}",
-        humantime::format_duration(std::time::Duration::from_secs(answer.ttl_seconds)),
-        args.client.server,
-        answer.token
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

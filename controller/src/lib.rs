@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line; [`commands`]: what its client commands do
-//!   ([`rollout_cmd`]: `flotilla rollout`); [`client`]: their HTTP client.
+//!   ([`rollout_cmd`]: `flotilla rollout`; [`node_cmd`]: `flotilla node`);
+//!   [`client`]: their HTTP client.
 //! - [`manifest`]: Kubernetes-style manifests: parsing, warnings, validation.
 //! - [`object`]: objects as stored and served (Kubernetes' shape);
 //!   [`status`]: their status fields; [`selector`]: label selectors.
@@ -22,6 +23,7 @@ pub mod events;
 pub mod fleet;
 pub mod image_cmd;
 pub mod manifest;
+pub mod node_cmd;
 pub mod object;
 pub mod reconcile;
 pub mod registry;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use flotilla_controller::cli::{Cli, Command, ImageCommand, NodeCommand, NodeTokenCommand, ServerArgs};
+use flotilla_controller::cli::{Cli, Command, ImageCommand, ServerArgs};
 use flotilla_controller::{commands, server};
 use tracing_subscriber::EnvFilter;
 
@@ -20,11 +20,7 @@ fn main() {
         Command::Delete(args) => commands::delete(args),
         Command::Logs(args) => commands::logs(args),
         Command::Rollout(args) => flotilla_controller::rollout_cmd::run(args),
-        Command::Node(args) => match args.command {
-            NodeCommand::Token(token) => match token.command {
-                NodeTokenCommand::Create(create) => commands::node_token_create(create),
-            },
-        },
+        Command::Node(args) => flotilla_controller::node_cmd::run(args),
         Command::Image(args) => match args.command {
             ImageCommand::Build(build) => flotilla_images::cli::run_build(&build),
             ImageCommand::Push(push) => flotilla_controller::image_cmd::run_push(push),

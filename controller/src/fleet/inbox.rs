@@ -35,6 +35,11 @@ const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"]
 #[derive(Debug, Clone)]
 struct NodeTrack {
     last_seq: u64,
+    /// The MAC key `last_seq` was verified with. A reset node enrolled
+    /// again has a new key and may count from a new epoch (a fresh data
+    /// directory), so its sequence starts over: messages of the old key fail
+    /// the MAC check, so they cannot be replayed through that door.
+    key: [u8; 32],
     last_seen: Instant,
     lost_since: Option<Instant>,
     /// Its replicas were moved for this loss: later ticks skip the scan of
@@ -132,6 +137,10 @@ impl Inbox {
             return Err(format!("hello for {:?} on {node}'s topic", hello.node_id.as_str()));
         }
         let track = self.track(node);
+        if track.key != key {
+            track.key = key;
+            track.last_seq = 0;
+        }
         let seq = decoded.frame.seq;
         if seq <= track.last_seq && !retained {
             return Err(format!("replayed or reordered: sequence {seq} after {}", track.last_seq));
@@ -144,6 +153,7 @@ impl Inbox {
         let started = self.started;
         self.nodes.entry(node.to_owned()).or_insert(NodeTrack {
             last_seq: 0,
+            key: [0; 32],
             last_seen: started,
             lost_since: None,
             evicted: false,
