@@ -139,7 +139,7 @@ pub struct Agent<R: Runtime> {
     /// Events not yet sent.
     outbox: Vec<Event>,
     /// cgroup and node usage.
-    usage: crate::telemetry::UsageSampler,
+    usage: Box<dyn crate::telemetry::UsageSource>,
     /// Probe tallies of running replicas, reset when a container starts.
     probes: BTreeMap<String, Probes>,
     /// Image pulls, the layer store and container root filesystems.
@@ -182,7 +182,7 @@ impl<R: Runtime> Agent<R> {
             stopping: BTreeMap::new(),
             services: None,
             outbox: Vec::new(),
-            usage: crate::telemetry::UsageSampler::default(),
+            usage: Box::new(crate::telemetry::UsageSampler::default()),
             probes: BTreeMap::new(),
             images,
         };
@@ -193,6 +193,13 @@ impl<R: Runtime> Agent<R> {
     /// Replaces the default image settings (disk budget, root filesystem mode).
     pub fn with_image_settings(mut self, settings: ImageSettings) -> Self {
         self.images = Images::new(&self.paths.data_dir, settings);
+        self
+    }
+
+    /// Takes usage from `usage` instead of the cgroups (the fleet
+    /// simulator's devices run no containers).
+    pub fn with_usage(mut self, usage: Box<dyn crate::telemetry::UsageSource>) -> Self {
+        self.usage = usage;
         self
     }
 

@@ -85,6 +85,10 @@ pub struct Channel {
     hello: Arc<Mutex<Option<firmware_proto::Hello>>>,
     /// Set when a connection came up: the main loop then sends full state.
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// Woken on a desired document or a new connection.
+    wake: Arc<tokio::sync::Notify>,
+    /// The connection's task, when it runs on a shared runtime.
+    task: Option<tokio::task::AbortHandle>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,13 +104,46 @@ impl Topics {
 }
 
 impl Channel {
-    /// Starts connecting; returns at once.
+    /// Starts connecting on a thread of its own (a single-threaded tokio
+    /// runtime); returns at once.
     pub fn start(
         enrolment: &Enrolment,
         config: ChannelConfig,
         logs: LogService,
         services: Arc<ServiceDirectory>,
     ) -> anyhow::Result<Self> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the MQTT runtime")?;
+        let (channel, connection) = Self::prepare(enrolment, config, logs, services)?;
+        std::thread::Builder::new()
+            .name("mqtt".into())
+            .spawn(move || runtime.block_on(connection))
+            .context("starting the MQTT thread")?;
+        Ok(channel)
+    }
+
+    /// Starts connecting as a task on `runtime`, as the fleet simulator runs
+    /// thousands of devices in one process; returns at once.
+    /// [`Channel::close_abruptly`] ends the task.
+    pub fn start_on(
+        runtime: &tokio::runtime::Handle,
+        enrolment: &Enrolment,
+        config: ChannelConfig,
+        logs: LogService,
+        services: Arc<ServiceDirectory>,
+    ) -> anyhow::Result<Self> {
+        let (mut channel, connection) = Self::prepare(enrolment, config, logs, services)?;
+        channel.task = Some(runtime.spawn(connection).abort_handle());
+        Ok(channel)
+    }
+
+    /// The channel and the future that runs its connection until dropped.
+    fn prepare(
+        enrolment: &Enrolment,
+        config: ChannelConfig,
+        logs: LogService,
+        services: Arc<ServiceDirectory>,
+    ) -> anyhow::Result<(Self, impl std::future::Future<Output = ()> + Send + 'static)> {
         let (host, port) = parse_mqtt_url(&enrolment.mqtt_url)?;
         let topics = Topics {
             prefix: enrolment.topic_prefix.trim_end_matches('/').to_owned(),
@@ -123,6 +160,7 @@ impl Channel {
         let (desired_tx, desired) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
         let hello: Arc<Mutex<Option<firmware_proto::Hello>>> = Arc::default();
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let channel = Channel {
             client: client.clone(),
             signer: signer.clone(),
@@ -130,54 +168,82 @@ impl Channel {
             desired,
             hello: hello.clone(),
             connected: connected.clone(),
+            wake: wake.clone(),
+            task: None,
         };
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the MQTT runtime")?;
         let broker = format!("{host}:{port}");
-        std::thread::Builder::new().name("mqtt".into()).spawn(move || {
-            runtime.block_on(async move {
-                let mut epoch = epoch;
-                let mut failures = 0u32;
-                // The first connection's epoch and will.
-                epoch = next_epoch(&config.epoch_file, epoch);
-                arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
-                loop {
-                    match event_loop.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            failures = 0;
-                            tracing::info!(%broker, "connected to the controller's broker");
-                            on_connect(&client, &signer, &topics, &hello);
-                            connected.store(true, Ordering::Release);
-                        }
-                        Ok(Event::Incoming(Packet::Publish(publish))) => {
-                            if publish.topic == topics.leaf("desired") {
-                                deliver(&desired_tx, publish.payload.to_vec());
-                            } else if publish.topic == topics.leaf("services") {
-                                if let Err(reason) = services.apply(&publish.payload) {
-                                    tracing::warn!(reason, "service table refused");
-                                }
-                            } else if publish.topic == topics.leaf("logreq") {
-                                answer_logs(&logs, &publish.payload, &client, &signer, &topics);
-                            } else {
-                                tracing::warn!(topic = publish.topic, "message on a topic this node did not ask for; ignored");
+        let connection = async move {
+            let mut epoch = epoch;
+            let mut failures = 0u32;
+            // The first connection's epoch and will.
+            epoch = next_epoch(&config.epoch_file, epoch);
+            arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
+            loop {
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        failures = 0;
+                        tracing::info!(%broker, node = topics.node, "connected to the controller's broker");
+                        on_connect(&client, &signer, &topics, &hello);
+                        connected.store(true, Ordering::Release);
+                        wake.notify_one();
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if publish.topic == topics.leaf("desired") {
+                            deliver(&desired_tx, publish.payload.to_vec());
+                            wake.notify_one();
+                        } else if publish.topic == topics.leaf("services") {
+                            if let Err(reason) = services.apply(&publish.payload) {
+                                tracing::warn!(reason, "service table refused");
                             }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            failures += 1;
-                            let delay = backoff(failures);
-                            tracing::warn!(%broker, error = %e, retry_in_ms = delay.as_millis() as u64, "control channel down; workloads keep running");
-                            // The broker published (or will publish) this
-                            // connection's will: the next one is a new epoch.
-                            epoch = next_epoch(&config.epoch_file, epoch);
-                            arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
-                            tokio::time::sleep(delay).await;
+                        } else if publish.topic == topics.leaf("logreq") {
+                            answer_logs(&logs, &publish.payload, &client, &signer, &topics);
+                        } else {
+                            tracing::warn!(
+                                topic = publish.topic,
+                                "message on a topic this node did not ask for; ignored"
+                            );
                         }
                     }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failures += 1;
+                        let delay = backoff(failures);
+                        tracing::warn!(%broker, node = topics.node, error = %e, retry_in_ms = delay.as_millis() as u64, "control channel down; workloads keep running");
+                        // The broker published (or will publish) this
+                        // connection's will: the next one is a new epoch.
+                        epoch = next_epoch(&config.epoch_file, epoch);
+                        arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
+                        tokio::time::sleep(delay).await;
+                    }
                 }
-            })
-        }).context("starting the MQTT thread")?;
-        Ok(channel)
+            }
+        };
+        Ok((channel, connection))
+    }
+
+    /// Waits until a desired document arrived or a connection came up
+    /// (then [`Channel::wait_desired`] with a zero timeout and
+    /// [`Channel::take_connected`] say which): the async form of waiting,
+    /// for a device loop that is a task.
+    pub fn changed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let wake = self.wake.clone();
+        async move { wake.notified().await }
+    }
+
+    /// Ends the connection as a power cut would: the socket closes without
+    /// an MQTT DISCONNECT, so the broker publishes the Last Will. Only for a
+    /// channel started with [`Channel::start_on`] (the fleet simulator's
+    /// node-loss scenarios).
+    pub fn close_abruptly(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+
+    /// The connection's task when it runs on a shared runtime: aborting it
+    /// is [`Channel::close_abruptly`] from outside.
+    pub fn connection_task(&self) -> Option<tokio::task::AbortHandle> {
+        self.task.clone()
     }
 
     /// Desired documents received, waiting up to `timeout` for the first
@@ -222,6 +288,12 @@ impl Channel {
         if let Err(e) = self.client.try_publish(self.topics.leaf(leaf), qos, retain, frame) {
             tracing::debug!(leaf, error = %e, "not sent (channel down or busy); full state is resent on reconnect");
         }
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.close_abruptly();
     }
 }
 

@@ -16,6 +16,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::agent::{Agent, Backoff, Verifier};
 use crate::channel::{Channel, ChannelConfig};
 use crate::enrolment::Enrolment;
+use crate::runtime::Runtime;
 use crate::runtime::helper::HelperRuntime;
 use crate::services::ServiceDirectory;
 use crate::workload::Paths;
@@ -251,32 +252,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut seen_file: Option<(SystemTime, u64)> = None;
-    let mut next_heartbeat = 0;
-    let mut last_phases = Vec::new();
-    let heartbeat_ms = args.heartbeat.as_millis() as u64;
+    let mut cycle = Cycle::new(args.heartbeat, Some(args.status_file.clone()));
     loop {
         if let Some(channel) = &channel {
-            for frame in channel.wait_desired(Duration::from_millis(args.tick_ms)) {
-                match agent.offer_desired(&frame) {
-                    Ok(true) => tracing::info!(generation = agent.generation(), "desired document applied"),
-                    Ok(false) => tracing::debug!("desired document unchanged"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "desired document rejected");
-                        channel.send_event(firmware_proto::Event {
-                            at_unix_ms: now_ms(),
-                            replica: None,
-                            kind: firmware_proto::EventKind::Rejected {
-                                generation: 0,
-                                reason: firmware_proto::bounded::truncated(&e.to_string()),
-                            },
-                        });
-                    }
-                }
-            }
-            if channel.take_connected() {
-                // A new connection: send full state now (level-triggered).
-                next_heartbeat = 0;
-            }
+            let frames = channel.wait_desired(Duration::from_millis(args.tick_ms));
+            cycle.receive(&mut agent, channel, frames);
         } else {
             std::thread::sleep(Duration::from_millis(args.tick_ms));
         }
@@ -296,27 +276,82 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        if let Err(e) = agent.reconcile(now_ms()) {
+        cycle.step(&mut agent, channel.as_ref(), now_ms());
+    }
+}
+
+/// What the agent does between two waits, shared by `flotilla-agent run`
+/// and the fleet simulator (`flotilla-bench fleet`), so that a simulated
+/// device runs exactly the agent's decisions: apply what arrived,
+/// reconcile, probe, and report (a heartbeat when one is due or a replica
+/// changed, and the events).
+pub struct Cycle {
+    heartbeat_ms: u64,
+    next_heartbeat: u64,
+    last_phases: Vec<(firmware_proto::Phase, u32, firmware_proto::Readiness)>,
+    status_file: Option<PathBuf>,
+}
+
+impl Cycle {
+    /// Heartbeats every `heartbeat`; each is also written to `status_file`.
+    pub fn new(heartbeat: Duration, status_file: Option<PathBuf>) -> Self {
+        Cycle { heartbeat_ms: heartbeat.as_millis() as u64, next_heartbeat: 0, last_phases: Vec::new(), status_file }
+    }
+
+    /// Applies the desired frames that arrived (a refused one is reported
+    /// as an event); after a new connection, the next step sends full state.
+    /// Returns whether a connection came up since the last call.
+    pub fn receive<R: Runtime>(&mut self, agent: &mut Agent<R>, channel: &Channel, frames: Vec<Vec<u8>>) -> bool {
+        for frame in frames {
+            match agent.offer_desired(&frame) {
+                Ok(true) => tracing::info!(generation = agent.generation(), "desired document applied"),
+                Ok(false) => tracing::debug!("desired document unchanged"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "desired document rejected");
+                    channel.send_event(firmware_proto::Event {
+                        at_unix_ms: now_ms(),
+                        replica: None,
+                        kind: firmware_proto::EventKind::Rejected {
+                            generation: 0,
+                            reason: firmware_proto::bounded::truncated(&e.to_string()),
+                        },
+                    });
+                }
+            }
+        }
+        let connected = channel.take_connected();
+        if connected {
+            // A new connection: send full state now (level-triggered).
+            self.next_heartbeat = 0;
+        }
+        connected
+    }
+
+    /// Reconciles, probes and reports at `now` (unix ms).
+    pub fn step<R: Runtime>(&mut self, agent: &mut Agent<R>, channel: Option<&Channel>, now: u64) {
+        if let Err(e) = agent.reconcile(now) {
             tracing::warn!(error = %e, "reconcile step failed; retrying");
         }
-        agent.probe(now_ms());
-        let now = now_ms();
+        agent.probe(now);
+        let now = now_ms().max(now);
         let phases: Vec<_> =
             agent.replica_statuses(now).into_iter().map(|r| (r.phase, r.restarts, r.readiness)).collect();
-        if now >= next_heartbeat || phases != last_phases {
+        if now >= self.next_heartbeat || phases != self.last_phases {
             let heartbeat = agent.heartbeat(now);
             tracing::debug!(?heartbeat, "heartbeat");
-            write_status(&args.status_file, &heartbeat);
-            if let Some(channel) = &channel {
+            if let Some(path) = &self.status_file {
+                write_status(path, &heartbeat);
+            }
+            if let Some(channel) = channel {
                 channel.send_status(heartbeat);
             }
             agent.rotate_logs(crate::logs::LogLimits::default());
-            next_heartbeat = now + heartbeat_ms;
-            last_phases = phases;
+            self.next_heartbeat = now + self.heartbeat_ms;
+            self.last_phases = phases;
         }
         for event in agent.take_events() {
             tracing::debug!(?event, "event");
-            if let Some(channel) = &channel {
+            if let Some(channel) = channel {
                 channel.send_event(event);
             }
         }
@@ -326,7 +361,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `flotilla-agent stop-all`: kills and removes every container this
 /// agent's runtime state knows.
 pub fn stop_all(data_dir: &Path) -> anyhow::Result<()> {
-    use crate::runtime::Runtime;
     let paths = Paths { data_dir: data_dir.to_owned() };
     let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
     let mut runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());

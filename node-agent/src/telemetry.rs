@@ -19,6 +19,17 @@ pub struct Usage {
     pub memory_bytes: u64,
 }
 
+/// Where heartbeats take usage from: the cgroups and the system
+/// ([`UsageSampler`]), or the fleet simulator's simulated devices.
+pub trait UsageSource: Send {
+    /// The usage of a running container; CPU may be 0 on the first sample.
+    fn sample(&mut self, container_id: &str) -> Option<Usage>;
+    /// Forgets a container that no longer runs.
+    fn forget(&mut self, container_id: &str);
+    /// The whole device: CPU in millicores since the last call, memory used.
+    fn node(&mut self) -> Usage;
+}
+
 /// Samples cgroup counters and turns CPU time deltas into millicores.
 pub struct UsageSampler {
     last_cpu: HashMap<String, (u64, Instant)>,
@@ -46,6 +57,20 @@ fn working_set(cgroup: &Cgroup) -> Option<u64> {
     let memory = cgroup.controller_of::<MemController>()?.memory_stat();
     let inactive = if cgroup.v2() { memory.stat.inactive_file } else { memory.stat.total_inactive_file };
     Some(memory.usage_in_bytes.saturating_sub(inactive))
+}
+
+impl UsageSource for UsageSampler {
+    fn sample(&mut self, container_id: &str) -> Option<Usage> {
+        UsageSampler::sample(self, container_id)
+    }
+
+    fn forget(&mut self, container_id: &str) {
+        UsageSampler::forget(self, container_id)
+    }
+
+    fn node(&mut self) -> Usage {
+        UsageSampler::node(self)
+    }
 }
 
 impl UsageSampler {

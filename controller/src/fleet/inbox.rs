@@ -34,7 +34,12 @@ const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"]
 /// What the controller tracks per node between messages.
 #[derive(Debug, Clone)]
 struct NodeTrack {
-    last_seq: u64,
+    /// The newest sequence number seen per message kind (in
+    /// `MessageKind::FROM_NODE` order). Per kind, not per node: a broker
+    /// keeps order within a topic only (rumqttd delivered a node's first
+    /// heartbeat before its hello and presence, which a single floor then
+    /// refused as replays), and a replay is still refused on its own topic.
+    last_seq: [u64; firmware_proto::MessageKind::FROM_NODE.len()],
     /// The MAC key `last_seq` was verified with. A reset node enrolled
     /// again has a new key and may count from a new epoch (a fresh data
     /// directory), so its sequence starts over: messages of the old key fail
@@ -139,20 +144,24 @@ impl Inbox {
         let track = self.track(node);
         if track.key != key {
             track.key = key;
-            track.last_seq = 0;
+            track.last_seq = Default::default();
         }
         let seq = decoded.frame.seq;
-        if seq <= track.last_seq && !retained {
-            return Err(format!("replayed or reordered: sequence {seq} after {}", track.last_seq));
+        let kind = decoded.frame.message.kind();
+        let slot =
+            firmware_proto::MessageKind::FROM_NODE.iter().position(|k| *k == kind).ok_or("not a node message")?;
+        let floor = &mut track.last_seq[slot];
+        if seq <= *floor && !retained {
+            return Err(format!("replayed or reordered: sequence {seq} after {floor} on the {leaf} topic"));
         }
-        track.last_seq = track.last_seq.max(seq);
+        *floor = (*floor).max(seq);
         Ok((node.to_owned(), decoded.frame.message))
     }
 
     fn track(&mut self, node: &str) -> &mut NodeTrack {
         let started = self.started;
         self.nodes.entry(node.to_owned()).or_insert(NodeTrack {
-            last_seq: 0,
+            last_seq: Default::default(),
             key: [0; 32],
             last_seen: started,
             lost_since: None,

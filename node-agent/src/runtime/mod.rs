@@ -16,6 +16,7 @@ pub mod fake;
 pub mod helper;
 #[cfg(target_pointer_width = "64")]
 pub mod libcontainer;
+pub mod simulated;
 
 use std::path::PathBuf;
 
