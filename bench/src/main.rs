@@ -10,6 +10,7 @@ mod footprint;
 mod msg_sizes;
 mod pack;
 mod rollout;
+mod scale;
 mod sched;
 mod start;
 mod wire;
@@ -29,6 +30,9 @@ enum Bench {
     Api(api::ApiArgs),
     /// Node loss -> replicas running elsewhere, after kill -9 and after a silent partition (root).
     Failover(failover::FailoverArgs),
+    /// Thousands of simulated devices (real agent and MQTT, simulated runtime) against a real
+    /// controller: converge, steady, node-loss, site-loss, controller-restart, reconnect-storm.
+    Fleet(scale::FleetArgs),
     /// The agent's binary size (aarch64) and idle RSS with 5 running containers.
     Footprint(footprint::FootprintArgs),
     /// Encoded size of the wire messages (heartbeats with 0, 4 and 16 replicas, ...).
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(args) => api::run(args),
         Bench::Failover(args) => failover::run(args),
+        Bench::Fleet(args) => scale::run(args),
         Bench::Footprint(args) => footprint::run(args),
         Bench::MsgSizes => msg_sizes::run(),
         Bench::Pack(args) => pack::run(args),

@@ -47,6 +47,8 @@ impl Pod {
 /// A running `flotilla server`, killed when dropped.
 pub struct Controller {
     child: Child,
+    binaries: Binaries,
+    options: ControllerOptions,
     flotilla: PathBuf,
     data_dir: PathBuf,
     log: PathBuf,
@@ -60,6 +62,131 @@ impl Controller {
     /// ready.
     pub fn start(binaries: &Binaries, data_dir: &Path, options: &ControllerOptions) -> anyhow::Result<Self> {
         let log = data_dir.with_extension("log");
+        let child = spawn(binaries, data_dir, options, &log)?;
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut controller = Controller {
+            child,
+            binaries: binaries.clone(),
+            options: options.clone(),
+            flotilla: binaries.flotilla.clone(),
+            data_dir: data_dir.to_owned(),
+            log,
+            api_addr: options.api_addr,
+            token: String::new(),
+            http,
+        };
+        controller.wait_ready()?;
+        let token_file = data_dir.join("token");
+        controller.token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading the API token {}", token_file.display()))?
+            .trim()
+            .to_owned();
+        Ok(controller)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let ready_url = format!("{}/readyz", self.url());
+        wait_until("the controller to answer /readyz", Duration::from_secs(60), Duration::from_millis(50), || {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("flotilla server exited with {status}:\n{}", self.log_tail(20));
+            }
+            Ok(self.http.get(&ready_url).call().is_ok_and(|r| r.status() == 200).then_some(()))
+        })
+    }
+
+    /// kill -9, then starts it again on the same data and waits until it is ready.
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.binaries, &self.data_dir, &self.options, &self.log)?;
+        self.wait_ready()
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The API token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The server process's resident memory.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        crate::scale::rss_of(self.pid())
+    }
+
+    /// The server process's CPU time so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        crate::scale::cpu_seconds_of(self.pid())
+    }
+
+    /// The store's resourceVersion (one more per object written), from `/metrics`.
+    pub fn resource_version(&self) -> anyhow::Result<u64> {
+        let mut response = self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .context("GET /metrics")?;
+        let text = response.body_mut().read_to_string().context("reading /metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("flotilla_store_resource_version "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .context("no flotilla_store_resource_version in /metrics")
+    }
+
+    /// A join token for `uses` devices, valid a day
+    /// (`flotilla node token create --uses N --expires 24h`).
+    pub fn fleet_token(&self, uses: usize) -> anyhow::Result<String> {
+        let output = self
+            .cli()
+            .args(["node", "token", "create", "--uses", &uses.to_string(), "--expires", "24h"])
+            .output()
+            .context("running flotilla node token create")?;
+        ensure!(
+            output.status.success(),
+            "flotilla node token create --uses {uses} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        let token = String::from_utf8(output.stdout).context("the join token is not text")?.trim().to_owned();
+        ensure!(!token.is_empty(), "flotilla node token create printed no token");
+        Ok(token)
+    }
+
+    /// Up to `limit` distinct messages of Pending pods (why they wait).
+    pub fn pending_reasons(&self, limit: usize) -> anyhow::Result<Vec<String>> {
+        let list = self.get("/api/v1/pods")?;
+        let mut reasons: Vec<String> = Vec::new();
+        for pod in list["items"].as_array().into_iter().flatten() {
+            if pod["status"]["phase"] == "Pending"
+                && let Some(message) = pod["status"]["message"].as_str()
+                && !reasons.iter().any(|r| r == message)
+            {
+                reasons.push(message.to_owned());
+                if reasons.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(reasons)
+    }
+}
+
+/// Starts `flotilla server` with its log in `log`.
+fn spawn(binaries: &Binaries, data_dir: &Path, options: &ControllerOptions, log: &Path) -> anyhow::Result<Child> {
+    {
         let child = Command::new(&binaries.flotilla)
             .args(["server", "--api-addr", &options.api_addr.to_string()])
             .args(["--mqtt-listen", &options.mqtt_listen.to_string()])
@@ -69,41 +196,23 @@ impl Controller {
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .with_context(|| format!("opening {}", log.display()))?,
+            )
             // Its own process group: a Ctrl-C in the terminal is the
             // benchmark's to handle (see `watch_interrupts`).
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", binaries.flotilla.display()))?;
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut controller = Controller {
-            child,
-            flotilla: binaries.flotilla.clone(),
-            data_dir: data_dir.to_owned(),
-            log,
-            api_addr: options.api_addr,
-            token: String::new(),
-            http,
-        };
-        let ready_url = format!("{}/readyz", controller.url());
-        wait_until("the controller to answer /readyz", Duration::from_secs(30), Duration::from_millis(50), || {
-            if let Some(status) = controller.child.try_wait()? {
-                bail!("flotilla server exited with {status}:\n{}", controller.log_tail(20));
-            }
-            Ok(controller.http.get(&ready_url).call().is_ok_and(|r| r.status() == 200).then_some(()))
-        })?;
-        let token_file = data_dir.join("token");
-        controller.token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("reading the API token {}", token_file.display()))?
-            .trim()
-            .to_owned();
-        Ok(controller)
+        Ok(child)
     }
+}
 
+impl Controller {
     /// `http://<api address>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.api_addr)

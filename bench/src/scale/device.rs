@@ -1,0 +1,276 @@
+//! One simulated device: the real agent ([`Agent`], [`Cycle`],
+//! [`Channel`], the real enrolment, MACs, sequence numbers, Last Will and
+//! retained documents) over the **simulated** runtime
+//! ([`SimulatedRuntime`]): no container runs. Its images count as cached
+//! on the device (no pulls), which is the one other thing simulated.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flotilla_agent::agent::{Agent, Backoff};
+use flotilla_agent::channel::{Channel, ChannelConfig};
+use flotilla_agent::enrolment::Enrolment;
+use flotilla_agent::run::Cycle;
+use flotilla_agent::runtime::simulated::{SimulatedRuntime, SimulatedUsage};
+use flotilla_agent::services::ServiceDirectory;
+use flotilla_agent::workload::Paths;
+
+/// A device's simulated hardware and what it reports about itself.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Node name.
+    pub name: String,
+    /// CPU capacity in millicores.
+    pub cpu_millis: u32,
+    /// Memory capacity in bytes.
+    pub memory_bytes: u64,
+    /// Labels (`site`, `line`, `class`, ...).
+    pub labels: Vec<(String, String)>,
+    /// Taints as `(key, value)`, all NoSchedule.
+    pub taints: Vec<(String, String)>,
+}
+
+impl Profile {
+    /// The registration this device sends, as `flotilla-agent run` builds
+    /// it from the real hardware (10 % of memory and 100 m of CPU kept for
+    /// the system).
+    pub fn hello(&self) -> anyhow::Result<firmware_proto::Hello> {
+        use firmware_proto::bounded::bounded;
+        let capacity = firmware_proto::Capacity {
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            max_workloads: firmware_proto::MAX_REPLICAS as u16,
+        };
+        let allocatable = firmware_proto::Capacity {
+            cpu_millis: self.cpu_millis.saturating_sub(100),
+            memory_bytes: self.memory_bytes - self.memory_bytes / 10,
+            ..capacity
+        };
+        let mut labels = heapless::Vec::new();
+        for (key, value) in &self.labels {
+            let label = firmware_proto::Label {
+                key: bounded(key).map_err(|_| anyhow::anyhow!("label key {key:?} too long"))?,
+                value: bounded(value).map_err(|_| anyhow::anyhow!("label value {value:?} too long"))?,
+            };
+            labels.push(label).map_err(|_| anyhow::anyhow!("too many labels"))?;
+        }
+        let mut taints = heapless::Vec::new();
+        for (key, value) in &self.taints {
+            let taint = firmware_proto::Taint {
+                key: bounded(key).map_err(|_| anyhow::anyhow!("taint key {key:?} too long"))?,
+                value: bounded(value).map_err(|_| anyhow::anyhow!("taint value {value:?} too long"))?,
+                effect: firmware_proto::TaintEffect::NoSchedule,
+            };
+            taints.push(taint).map_err(|_| anyhow::anyhow!("too many taints"))?;
+        }
+        let node_id = firmware_proto::Name::new(&self.name).map_err(|e| anyhow::anyhow!("node {}: {e}", self.name))?;
+        Ok(firmware_proto::Hello {
+            node_id,
+            arch: host_arch(),
+            os: firmware_proto::Os::Linux,
+            capacity,
+            allocatable,
+            labels,
+            taints,
+            devices: heapless::Vec::new(),
+            agent_version: firmware_proto::bounded::truncated(env!("CARGO_PKG_VERSION")),
+            max_protocol_version: firmware_proto::PROTOCOL_VERSION,
+        })
+    }
+}
+
+/// The image built for the benchmark is for this machine's architecture.
+fn host_arch() -> firmware_proto::Arch {
+    match std::env::consts::ARCH {
+        "aarch64" => firmware_proto::Arch::Arm64,
+        "arm" => firmware_proto::Arch::Arm,
+        _ => firmware_proto::Arch::Amd64,
+    }
+}
+
+/// What a device last told the simulator: the whole fleet's view, read by
+/// the scenarios (never by the controller).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Replica ids running on the device, as its last heartbeat said.
+    pub running: Vec<String>,
+    /// Containers started so far (restarts included).
+    pub starts: u64,
+    /// When the last desired frame arrived.
+    pub last_frame: Option<Instant>,
+    /// When the last connection came up.
+    pub last_connect: Option<Instant>,
+    /// Connections so far.
+    pub connects: u64,
+}
+
+/// Every device's [`Observed`], by node name.
+pub type FleetView = Arc<Mutex<HashMap<String, Observed>>>;
+
+/// Settings shared by every device.
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    /// How long a simulated container start takes.
+    pub start_delay: Duration,
+    /// The agent's `--tick-ms`.
+    pub tick: Duration,
+    /// The agent's `--keep-alive`.
+    pub keep_alive: Duration,
+    /// The agent's `--heartbeat`.
+    pub heartbeat: Duration,
+}
+
+/// Enrols a device with a join token, as `flotilla-agent run --join`
+/// does, keeping its credentials in `data_dir`. Blocking (HTTP).
+pub fn enrol(server: &str, token: &str, name: &str, data_dir: &Path) -> anyhow::Result<Enrolment> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    match Enrolment::load(data_dir)? {
+        Some(enrolment) => Ok(enrolment),
+        None => Enrolment::join(server, token, name, data_dir),
+    }
+}
+
+/// A running device; dropping it does not stop it (see [`DeviceHandle::kill`]).
+pub struct DeviceHandle {
+    task: tokio::task::JoinHandle<()>,
+    connection: Option<tokio::task::AbortHandle>,
+}
+
+impl DeviceHandle {
+    /// Pulls the plug: the connection's socket closes at once without an
+    /// MQTT DISCONNECT (the broker publishes the Last Will), and the agent
+    /// stops.
+    pub fn kill(&self) {
+        if let Some(connection) = &self.connection {
+            connection.abort();
+        }
+        self.task.abort();
+    }
+}
+
+/// Starts a device on `runtime`: its agent loop is a task that hands each
+/// step to the blocking pool (a simulated start blocks, like a real one).
+pub fn start(
+    runtime: &tokio::runtime::Handle,
+    profile: &Profile,
+    enrolment: &Enrolment,
+    data_dir: PathBuf,
+    settings: &DeviceSettings,
+    view: FleetView,
+) -> anyhow::Result<DeviceHandle> {
+    let node_id =
+        firmware_proto::Name::new(&enrolment.node_name).map_err(|e| anyhow::anyhow!("{}: {e}", enrolment.node_name))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&enrolment.controller_key_bytes()?)
+        .map_err(|e| anyhow::anyhow!("the pinned controller key is not an Ed25519 key: {e}"))?;
+    let paths = Paths { data_dir: data_dir.clone() };
+    let services = Arc::new(ServiceDirectory::new(
+        node_id.clone(),
+        flotilla_agent::run::verifier(key),
+        flotilla_agent::services::dir_in(&data_dir),
+    ));
+    let agent = Agent::new(
+        SimulatedRuntime::new(settings.start_delay),
+        paths.clone(),
+        node_id.clone(),
+        flotilla_agent::run::verifier(key),
+        Backoff::default(),
+    )
+    .with_services(services.clone())
+    .with_usage(Box::new(SimulatedUsage::default()));
+    let logs = flotilla_agent::logs::LogService::new(
+        node_id,
+        flotilla_agent::run::verifier(key),
+        Paths { data_dir: data_dir.clone() },
+    );
+    let config = ChannelConfig { keep_alive: settings.keep_alive, epoch_file: data_dir.join("sequence-epoch") };
+    let channel = Channel::start_on(runtime, enrolment, config, logs, services)?;
+    let mut labels = profile.labels.clone();
+    labels.push((flotilla_agent::services::ADDRESS_LABEL.into(), "127.0.0.1".into()));
+    channel.set_hello(Profile { labels, ..profile.clone() }.hello()?);
+    let connection = channel.connection_task();
+    let device = Running {
+        name: enrolment.node_name.clone(),
+        agent,
+        channel,
+        cycle: Cycle::new(settings.heartbeat, None),
+        paths,
+        view,
+    };
+    let task = runtime.spawn(device.run(settings.tick));
+    Ok(DeviceHandle { task, connection })
+}
+
+struct Running {
+    name: String,
+    agent: Agent<SimulatedRuntime>,
+    channel: Channel,
+    cycle: Cycle,
+    paths: Paths,
+    view: FleetView,
+}
+
+impl Running {
+    async fn run(mut self, tick: Duration) {
+        loop {
+            tokio::select! {
+                _ = self.channel.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let step = tokio::task::spawn_blocking(move || {
+                self.step();
+                self
+            });
+            match step.await {
+                Ok(device) => self = device,
+                Err(_) => return, // cancelled or panicked: the device is gone
+            }
+        }
+    }
+
+    /// One pass of the agent's loop (`flotilla-agent run`), and what the
+    /// simulator observes of it.
+    fn step(&mut self) {
+        let frames = self.channel.wait_desired(Duration::ZERO);
+        let got_frames = !frames.is_empty();
+        for frame in &frames {
+            self.cache_images(frame);
+        }
+        let connected = self.cycle.receive(&mut self.agent, &self.channel, frames);
+        self.cycle.step(&mut self.agent, Some(&self.channel), now_ms());
+        let runtime = self.agent.runtime();
+        let running: Vec<String> = runtime.running().map(str::to_owned).collect();
+        let starts = runtime.starts();
+        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let observed = view.entry(self.name.clone()).or_default();
+        if got_frames {
+            observed.last_frame = Some(Instant::now());
+        }
+        if connected {
+            observed.last_connect = Some(Instant::now());
+            observed.connects += 1;
+        }
+        observed.running = running;
+        observed.starts = starts;
+    }
+
+    /// The simulated image cache: every image a document names is on the
+    /// device already (a preloaded root filesystem, as air-gapped devices
+    /// are provisioned), so no pull is made.
+    fn cache_images(&self, frame: &[u8]) {
+        let Ok(decoded) = firmware_proto::decode_desired_frame(frame) else { return };
+        let document = firmware_proto::DesiredDocument::from(&decoded.frame);
+        for replica in &document.replicas {
+            let rootfs = self.paths.image_rootfs(&replica.image.digest.0);
+            if !rootfs.is_dir() {
+                let _ = std::fs::create_dir_all(&rootfs);
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
