@@ -175,6 +175,9 @@ impl Channel {
         let connection = async move {
             let mut epoch = epoch;
             let mut failures = 0u32;
+            // `connection << 1`, plus 1 once a desired document came on it.
+            let answered = Arc::new(AtomicU64::new(0));
+            let mut connection = 0u64;
             // The first connection's epoch and will.
             epoch = next_epoch(&config.epoch_file, epoch);
             arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
@@ -184,11 +187,22 @@ impl Channel {
                         failures = 0;
                         tracing::info!(%broker, node = topics.node, "connected to the controller's broker");
                         on_connect(&client, &signer, &topics, &hello);
+                        connection += 1;
+                        answered.store(connection << 1, Ordering::Release);
+                        tokio::spawn(announce_until_answered(
+                            client.clone(),
+                            signer.clone(),
+                            topics.clone(),
+                            hello.clone(),
+                            answered.clone(),
+                            connection,
+                        ));
                         connected.store(true, Ordering::Release);
                         wake.notify_one();
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         if publish.topic == topics.leaf("desired") {
+                            answered.store(connection << 1 | 1, Ordering::Release);
                             deliver(&desired_tx, publish.payload.to_vec());
                             wake.notify_one();
                         } else if publish.topic == topics.leaf("services") {
@@ -336,12 +350,44 @@ fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mu
             tracing::warn!(leaf, error = %e, "cannot queue a subscription");
         }
     }
+    announce(client, signer, topics, hello);
+}
+
+/// Publishes registration and presence (retained).
+fn announce(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
     let hello = hello.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(frame) = hello.and_then(|h| signer.seal(&NodeMessage::Hello(h), signer.next_seq())) {
         let _ = client.try_publish(topics.leaf("hello"), QoS::AtLeastOnce, true, frame);
     }
     if let Some(frame) = signer.seal(&NodeMessage::Online(Presence::Online), signer.next_seq()) {
         let _ = client.try_publish(topics.leaf("online"), QoS::AtLeastOnce, true, frame);
+    }
+}
+
+/// Until the controller answers a connection's registration with a
+/// desired document (it publishes one, retained, for every registered
+/// node), announces again after 5 s, then 10 s, ... up to 5 minutes. At 200
+/// simulated devices the embedded broker lost one device's first hello and
+/// presence in three runs, and a node nobody registered would wait forever.
+async fn announce_until_answered(
+    client: AsyncClient,
+    signer: Arc<Signer>,
+    topics: Topics,
+    hello: Arc<Mutex<Option<firmware_proto::Hello>>>,
+    answered: Arc<AtomicU64>,
+    connection: u64,
+) {
+    let mut wait = Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(wait).await;
+        // Answered, a newer connection announces for itself, or the
+        // connection loop is gone.
+        if answered.load(Ordering::Acquire) != connection << 1 || Arc::strong_count(&answered) == 1 {
+            return;
+        }
+        tracing::info!(node = topics.node, waited_s = wait.as_secs(), "no desired document yet; announcing again");
+        announce(&client, &signer, &topics, &hello);
+        wait = (wait * 2).min(Duration::from_secs(300));
     }
 }
 

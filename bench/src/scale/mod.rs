@@ -104,6 +104,9 @@ pub struct FleetArgs {
     /// Directory of the flotilla binaries [default: this benchmark's own].
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Keep the controller's data and log (printed at the start) instead of removing them.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Runs the benchmark.
@@ -194,7 +197,12 @@ struct SimulatedFleet {
 impl SimulatedFleet {
     fn start(args: &FleetArgs, binaries: &Binaries, runtime: &tokio::runtime::Handle) -> anyhow::Result<Self> {
         ensure!(args.nodes > 0, "--nodes must be at least 1");
-        let work = tempfile::Builder::new().prefix("flotilla-fleet-").tempdir().context("creating a work directory")?;
+        let mut work =
+            tempfile::Builder::new().prefix("flotilla-fleet-").tempdir().context("creating a work directory")?;
+        if args.keep {
+            work.disable_cleanup(true);
+            eprintln!("fleet: work directory {} (kept)", work.path().display());
+        }
         // Device state on tmpfs: 10,000 devices' small atomic writes would
         // otherwise be this one disk's fsyncs, not the controller's.
         let devices_dir = tempfile::Builder::new()
