@@ -27,6 +27,25 @@ pub struct Incoming {
     pub retained: bool,
 }
 
+/// Whether the controller's own broker connection is up, and since when.
+/// While it is down the controller hears no node, so a node's silence (or a
+/// Last Will the broker sent as it went down) says nothing about the node:
+/// the inbox decides no eviction then, nor until the fleet had time to
+/// reconnect after it (a broker restart is not a node loss).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerLink(Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl BrokerLink {
+    /// When the current connection came up; `None` while down.
+    pub fn up_since(&self) -> Option<std::time::Instant> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, up_since: Option<std::time::Instant>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = up_since;
+    }
+}
+
 /// Connects and starts the event loop task; returns the client handle.
 pub fn spawn(
     config: &FleetConfig,
@@ -34,6 +53,7 @@ pub fn spawn(
     topics: Topics,
     incoming: SyncSender<Incoming>,
     republish: Arc<tokio::sync::Notify>,
+    link: BrokerLink,
 ) -> AsyncClient {
     let client_id = format!("{CONTROLLER_USER}-{}", std::process::id());
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
@@ -57,6 +77,7 @@ pub fn spawn(
                         }
                     }
                     republish.notify_one();
+                    link.set(Some(std::time::Instant::now()));
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let message = Incoming { topic: publish.topic, payload: publish.payload, retained: publish.retain };
@@ -66,6 +87,7 @@ pub fn spawn(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    link.set(None);
                     failures += 1;
                     let delay = backoff(failures);
                     tracing::warn!(%broker, error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");

@@ -31,6 +31,11 @@ use crate::store::{Op, Store};
 /// Reasons of a node's `Ready=False` that make its replicas move.
 const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"];
 
+/// How long after its own broker connection came back the controller waits
+/// before it evicts a node it has not heard from: devices reconnect with
+/// back-off after a broker restart, most within a second or two.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// What the controller tracks per node between messages.
 #[derive(Debug, Clone)]
 struct NodeTrack {
@@ -60,6 +65,8 @@ pub struct Inbox {
     topics: Topics,
     published: PublishedDocuments,
     log_requests: Option<LogRequests>,
+    /// The controller's own broker connection; `None` (tests): always up.
+    link: Option<super::channel::BrokerLink>,
     nodes: HashMap<String, NodeTrack>,
     started: Instant,
 }
@@ -100,6 +107,7 @@ impl Inbox {
             topics,
             published,
             log_requests: None,
+            link: None,
             nodes: HashMap::new(),
             started: Instant::now(),
         }
@@ -108,6 +116,13 @@ impl Inbox {
     /// Log chunks from nodes go to `requests`; without, they are dropped.
     pub fn with_log_requests(mut self, requests: LogRequests) -> Self {
         self.log_requests = Some(requests);
+        self
+    }
+
+    /// Evictions wait for `link`: none while it is down, nor within
+    /// [`RECONNECT_GRACE`] after it came back.
+    pub fn with_broker_link(mut self, link: super::channel::BrokerLink) -> Self {
+        self.link = Some(link);
         self
     }
 
@@ -413,6 +428,14 @@ impl Inbox {
 
     /// Leases and evictions; called every ~100 ms.
     pub fn tick(&mut self, now: Instant) {
+        // Hearing nothing from the broker says nothing about the nodes.
+        let heard_since = match &self.link {
+            Some(link) => match link.up_since() {
+                Some(since) => Some(since),
+                None => return,
+            },
+            None => None,
+        };
         let nodes = self.store.list(Kind::Node, None).items;
         for node in nodes {
             let name = node.metadata.name.clone();
@@ -432,7 +455,8 @@ impl Inbox {
                 continue;
             }
             let lost_since = *track.lost_since.get_or_insert(now);
-            if !track.evicted && now.duration_since(lost_since) >= grace {
+            let reconnecting = heard_since.is_some_and(|since| now < since + RECONNECT_GRACE);
+            if !track.evicted && !reconnecting && now.duration_since(lost_since) >= grace {
                 let evicted = self.evict(&name, &ready.reason);
                 self.track(&name).evicted = evicted;
             }

@@ -99,11 +99,13 @@ pub fn spawn(
     let topics = Topics::new(&config.prefix);
     let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(4096);
     let republish = Arc::new(tokio::sync::Notify::new());
-    let client = channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone());
+    let link = channel::BrokerLink::default();
+    let client = channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone(), link.clone());
     let published = desired::PublishedDocuments::default();
     let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
     let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
-        .with_log_requests(log_requests.clone());
+        .with_log_requests(log_requests.clone())
+        .with_broker_link(link);
     inbox::spawn(inbox, incoming_rx)?;
     tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
     Ok(log_requests)
