@@ -233,18 +233,9 @@ impl Controller {
         command
     }
 
-    /// A one-time join token (`flotilla node token create`).
+    /// A one-time join token (`flotilla node token create --uses 1`).
     pub fn join_token(&self) -> anyhow::Result<String> {
-        let output =
-            self.cli().args(["node", "token", "create"]).output().context("running flotilla node token create")?;
-        ensure!(
-            output.status.success(),
-            "flotilla node token create failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        let token = String::from_utf8(output.stdout).context("the join token is not text")?.trim().to_owned();
-        ensure!(!token.is_empty(), "flotilla node token create printed no token");
-        Ok(token)
+        self.fleet_token(1)
     }
 
     /// Builds a busybox image from the host's static busybox, pushes it into
