@@ -365,7 +365,15 @@ pub struct Resolver {
     /// Recent failures per image: not asked again for a while, so an
     /// unreachable registry does not stall every pass on its timeout.
     failures: Mutex<HashMap<String, (std::time::Instant, String)>>,
+    /// Recent answers per image: a pass that pins 5,000 replicas of one
+    /// image asks the registry once, not 5,000 times (at 1,000 simulated
+    /// devices the first pass after an apply never finished in 3 minutes).
+    resolved: Mutex<HashMap<String, (std::time::Instant, PinnedImage)>>,
 }
+
+/// How long a resolved tag is reused: a tag moved in the registry is seen
+/// within this.
+const ANSWER_MEMORY: Duration = Duration::from_secs(10);
 
 /// How long a failed resolution is remembered.
 const FAILURE_MEMORY: Duration = Duration::from_secs(15);
@@ -381,7 +389,12 @@ impl Resolver {
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
             .into();
-        Resolver { default_registry: default_registry.to_owned(), agent, failures: Mutex::default() }
+        Resolver {
+            default_registry: default_registry.to_owned(),
+            agent,
+            failures: Mutex::default(),
+            resolved: Mutex::default(),
+        }
     }
 
     /// The digest `image` points to now, and the architectures it exists
@@ -393,7 +406,17 @@ impl Resolver {
             return Err(reason.clone());
         }
         drop(failures);
+        let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        resolved.retain(|_, (at, _)| at.elapsed() < ANSWER_MEMORY);
+        if let Some((_, pinned)) = resolved.get(image) {
+            return Ok(pinned.clone());
+        }
+        drop(resolved);
         let result = self.resolve_now(image);
+        if let Ok(pinned) = &result {
+            let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            resolved.insert(image.to_owned(), (std::time::Instant::now(), pinned.clone()));
+        }
         if let Err(reason) = &result {
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             failures.insert(image.to_owned(), (std::time::Instant::now(), reason.clone()));
