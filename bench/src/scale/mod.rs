@@ -366,6 +366,22 @@ impl SimulatedFleet {
         counts
     }
 
+    /// Waits until `when` of every live device is at or after `since`.
+    fn wait_every_device(
+        &self,
+        what: &str,
+        since: Instant,
+        timeout: Duration,
+        when: impl Fn(&device::Observed) -> Option<Instant>,
+    ) -> anyhow::Result<()> {
+        wait_until(&format!("every device {what}"), timeout, Duration::from_millis(100), || {
+            let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            let waiting =
+                self.devices.keys().filter(|n| view.get(*n).and_then(&when).is_none_or(|t| t < since)).count();
+            Ok((waiting == 0).then_some(()))
+        })
+    }
+
     fn total_starts(&self) -> u64 {
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
         self.devices.keys().filter_map(|n| view.get(n)).map(|o| o.starts).sum()
@@ -542,13 +558,7 @@ impl SimulatedFleet {
         let at = Instant::now();
         self.controller.kill_and_restart()?;
         let restarted_after = at.elapsed().as_secs_f64();
-        let names: Vec<String> = self.devices.keys().cloned().collect();
-        wait_until("every device to hold its document again", args.timeout, Duration::from_millis(100), || {
-            let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-            let waiting =
-                names.iter().filter(|n| view.get(*n).and_then(|o| o.last_frame).is_none_or(|t| t < at)).count();
-            Ok((waiting == 0).then_some(()))
-        })?;
+        self.wait_every_device("to hold its document again", at, args.timeout, |o| o.last_frame)?;
         let redelivered_s = at.elapsed().as_secs_f64();
         // Anything that was going to restart has by now.
         crate::fleet::pause(Duration::from_secs(3))?;
@@ -569,16 +579,10 @@ impl SimulatedFleet {
                 "skipped": "the embedded broker restarts only with the controller: see controller-restart; run with --broker mosquitto",
             }));
         };
-        let names: Vec<String> = self.devices.keys().cloned().collect();
-        eprintln!("fleet: restarting Mosquitto under {} devices", names.len());
+        eprintln!("fleet: restarting Mosquitto under {} devices", before.len());
         let at = Instant::now();
         broker.restart()?;
-        wait_until("every device to reconnect", args.timeout, Duration::from_millis(100), || {
-            let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-            let waiting =
-                names.iter().filter(|n| view.get(*n).and_then(|o| o.last_connect).is_none_or(|t| t < at)).count();
-            Ok((waiting == 0).then_some(()))
-        })?;
+        self.wait_every_device("to reconnect", at, args.timeout, |o| o.last_connect)?;
         let reconnected_s = at.elapsed().as_secs_f64();
         // Eviction would follow the grace period: wait past it before counting.
         crate::fleet::pause(Duration::from_secs(5))?;
