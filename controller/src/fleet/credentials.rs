@@ -177,6 +177,10 @@ struct JoinToken {
     expires: u64,
     /// Unix seconds.
     created: u64,
+    /// Creation order among tokens made in the same second (files written
+    /// before it existed read 0 and fall back to the id).
+    #[serde(default)]
+    serial: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -289,7 +293,8 @@ impl EnrolmentFile {
     fn migrate(&mut self) {
         let now = unix_now();
         for (hash, expires) in std::mem::take(&mut self.join_tokens) {
-            let token = JoinToken { uses: 1, used: 0, expires, created: now, labels: BTreeMap::new(), revoked: false };
+            let token =
+                JoinToken { uses: 1, used: 0, expires, created: now, serial: 0, labels: BTreeMap::new(), revoked: false };
             self.tokens.entry(hash).or_insert(token);
         }
     }
@@ -439,6 +444,7 @@ impl Enrolment {
             used: 0,
             expires: now.saturating_add(spec.ttl.as_secs()),
             created: now,
+            serial: 0,
             labels: spec.labels.clone(),
             revoked: false,
         };
@@ -446,12 +452,13 @@ impl Enrolment {
         for _ in 0..8 {
             let secret = random_text().map_err(io)?;
             let hash = sha256_hex(secret.as_bytes());
-            let token = token.clone();
+            let mut token = token.clone();
             let created = self.update(move |state| {
                 state.tokens.retain(|_, t| t.expires.saturating_add(TOKEN_KEPT_AFTER_EXPIRY.as_secs()) > now);
                 if state.tokens.keys().any(|h| token_id(h) == token_id(&hash)) {
                     return Ok(None);
                 }
+                token.serial = state.tokens.values().map(|t| t.serial).max().unwrap_or(0) + 1;
                 let info = token.info(&hash, now);
                 state.tokens.insert(hash, token);
                 Ok(Some(info))
@@ -467,8 +474,8 @@ impl Enrolment {
     pub fn tokens(&self) -> Vec<TokenInfo> {
         let now = unix_now();
         let state = self.read();
-        let mut tokens: Vec<(u64, TokenInfo)> =
-            state.tokens.iter().map(|(hash, t)| (t.created, t.info(hash, now))).collect();
+        let mut tokens: Vec<((u64, u64), TokenInfo)> =
+            state.tokens.iter().map(|(hash, t)| ((t.created, t.serial), t.info(hash, now))).collect();
         tokens.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
         tokens.into_iter().map(|(_, info)| info).collect()
     }
