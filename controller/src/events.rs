@@ -5,6 +5,7 @@
 //! (a manifest cannot apply one) and deleted a day after they last
 //! happened.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -83,7 +84,7 @@ pub fn fields(event: &ApiObject) -> EventFields {
 }
 
 /// Deletes events that last happened more than [`TTL`] ago.
-pub fn collect_garbage(events: &[ApiObject], now: SystemTime, ops: &mut Vec<Op>) {
+pub fn collect_garbage(events: &[Arc<ApiObject>], now: SystemTime, ops: &mut Vec<Op>) {
     for event in events {
         let last = humantime::parse_rfc3339_weak(&fields(event).last_timestamp).unwrap_or(SystemTime::UNIX_EPOCH);
         if now.duration_since(last).is_ok_and(|age| age > TTL) {
@@ -108,9 +109,10 @@ mod tests {
         assert_eq!((f.involved_object.kind.as_str(), f.involved_object.name.as_str()), ("Deployment", "web"));
         assert_eq!((f.event_type.as_str(), f.reason.as_str(), f.count), ("Warning", "RolledBack", 1));
         let mut ops = Vec::new();
-        collect_garbage(std::slice::from_ref(&event), now + TTL, &mut ops);
+        let events = [Arc::new(event.clone())];
+        collect_garbage(&events, now + TTL, &mut ops);
         assert!(ops.is_empty());
-        collect_garbage(std::slice::from_ref(&event), now + TTL + Duration::from_secs(1), &mut ops);
+        collect_garbage(&events, now + TTL + Duration::from_secs(1), &mut ops);
         assert!(matches!(&ops[..], [Op::Delete(key, None)] if key.name == "web.rollback-3"));
     }
 }

@@ -173,18 +173,33 @@ impl ApiObject {
 
     /// `spec`, typed; `None` if absent or of another shape.
     pub fn spec<T: DeserializeOwned>(&self) -> Option<T> {
-        self.content.get("spec").and_then(|v| serde_json::from_value(v.clone()).ok())
+        // Deserialised from the borrowed value: no copy of the tree.
+        self.content.get("spec").and_then(|v| T::deserialize(v).ok())
     }
 
     /// `status`, typed; the default when absent or unreadable.
     pub fn status<T: DeserializeOwned + Default>(&self) -> T {
-        self.content.get("status").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+        self.content.get("status").and_then(|v| T::deserialize(v).ok()).unwrap_or_default()
     }
 
     /// Sets `status`.
     pub fn set_status<T: Serialize>(&mut self, status: &T) {
         let value = serde_json::to_value(status).unwrap_or(Value::Null);
         self.content.insert("status".to_owned(), value);
+    }
+
+    /// Whether `self` and `other` hold the same content but for `status`
+    /// (what [`ApiObject::content_without_status`] compares, without a copy).
+    pub fn same_content_but_status(&self, other: &ApiObject) -> bool {
+        let mut mine = self.content.iter().filter(|(k, _)| *k != "status");
+        let mut theirs = other.content.iter().filter(|(k, _)| *k != "status");
+        loop {
+            match (mine.next(), theirs.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
     }
 
     /// The content an apply sets: everything but `status`.

@@ -4,7 +4,7 @@
 //! Every pass reads the whole desired and observed state from the store
 //! ([`Snapshot`]), computes the writes that move it one step closer
 //! ([`plan`], a pure function) and commits them. A pass runs after every
-//! change (debounced) and every few seconds regardless, so no correctness
+//! change (debounced) and every 30 s regardless, so no correctness
 //! depends on having seen a particular event.
 //!
 //! Replica names are stable: `<workload>-<template hash>-<ordinal>` for
@@ -35,31 +35,35 @@ pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// Deployments.
-    pub deployments: Vec<ApiObject>,
+    pub deployments: Vec<Arc<ApiObject>>,
     /// DaemonSets.
-    pub daemon_sets: Vec<ApiObject>,
+    pub daemon_sets: Vec<Arc<ApiObject>>,
     /// Jobs.
-    pub jobs: Vec<ApiObject>,
+    pub jobs: Vec<Arc<ApiObject>>,
     /// Pods (replicas).
-    pub pods: Vec<ApiObject>,
+    pub pods: Vec<Arc<ApiObject>>,
     /// Nodes.
-    pub nodes: Vec<ApiObject>,
+    pub nodes: Vec<Arc<ApiObject>>,
     /// ConfigMaps.
-    pub config_maps: Vec<ApiObject>,
+    pub config_maps: Vec<Arc<ApiObject>>,
     /// Secrets.
-    pub secrets: Vec<ApiObject>,
+    pub secrets: Vec<Arc<ApiObject>>,
     /// Services.
-    pub services: Vec<ApiObject>,
+    pub services: Vec<Arc<ApiObject>>,
     /// Events.
-    pub events: Vec<ApiObject>,
+    pub events: Vec<Arc<ApiObject>>,
     /// When it was read: rollouts time readiness and deadlines against it.
     pub now: Option<std::time::SystemTime>,
+    /// The store's resourceVersion it shows.
+    pub resource_version: u64,
 }
 
 impl Snapshot {
-    /// Reads the store.
+    /// Reads the store: every kind as of one resourceVersion, shared with
+    /// the store (no object is copied).
     pub fn read(store: &dyn Store) -> Snapshot {
-        let list = |kind| store.list(kind, None).items;
+        let view = store.view();
+        let list = |kind| view.list(kind, None).cloned().collect();
         Snapshot {
             deployments: list(Kind::Deployment),
             daemon_sets: list(Kind::DaemonSet),
@@ -71,6 +75,7 @@ impl Snapshot {
             services: list(Kind::Service),
             events: list(Kind::Event),
             now: Some(std::time::SystemTime::now()),
+            resource_version: view.resource_version,
         }
     }
 }
@@ -86,7 +91,8 @@ pub async fn run(store: Arc<dyn Store>) {
     };
     loop {
         let pass_store = store.clone();
-        let mut resync = Duration::from_secs(5);
+        let mut resync = IDLE_RESYNC;
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref())).await {
             Ok(Ok(pass)) => {
                 if pass.writes > 0 {
@@ -99,14 +105,29 @@ pub async fn run(store: Arc<dyn Store>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
             Err(e) => tracing::error!(error = %e, "reconcile pass panicked; retrying"),
         }
+        let took = started.elapsed();
         // Wait for a change or the periodic resync (every second while a
         // rollout or deadline waits on the clock rather than on events),
-        // then let a burst settle.
-        let _ = tokio::time::timeout(resync, live.recv()).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // then let a burst settle: at least as long as the pass took, so a
+        // large fleet's stream of status writes is taken in a few large
+        // passes rather than one pass per write.
+        let _ = tokio::time::timeout(resync, async {
+            loop {
+                match live.recv().await {
+                    Ok(event) if event.object.kind == Kind::Event => continue,
+                    _ => return,
+                }
+            }
+        })
+        .await;
+        tokio::time::sleep(took.clamp(Duration::from_millis(20), Duration::from_secs(1))).await;
         while live.try_recv().is_ok() {}
     }
 }
+
+/// How often a pass runs with no change to trigger it (level triggering:
+/// nothing depends on having seen a particular event).
+const IDLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// One pass: read, plan, write. Returns the number of writes.
 pub fn reconcile_once(store: &dyn Store) -> Result<usize, crate::store::StoreError> {
@@ -127,16 +148,7 @@ fn reconcile_pass(store: &dyn Store) -> Result<Pass, crate::store::StoreError> {
     if ops.is_empty() {
         return Ok(pass);
     }
-    if let Err(e) = store.commit(ops.clone()) {
-        // Someone wrote in between (a conflict) or one op is refused: do what
-        // can be done one by one, the next pass sees the rest.
-        tracing::debug!(error = %e, "batch refused; writing one by one");
-        for op in ops {
-            if let Err(e) = store.commit(vec![op]) {
-                tracing::debug!(error = %e, "reconcile write skipped");
-            }
-        }
-    }
+    crate::store::commit_in_chunks(store, ops, "reconcile");
     Ok(pass)
 }
 
@@ -162,20 +174,27 @@ fn waits_on_the_clock(snapshot: &Snapshot) -> bool {
 /// The writes that move the snapshot one step towards the desired state.
 pub fn plan(snapshot: &Snapshot) -> Vec<Op> {
     let mut ops = Vec::new();
-    let owners: BTreeSet<(Kind, String, String, String)> = [
+    let owners: std::collections::HashSet<(Kind, &str, &str, &str)> = [
         (Kind::Deployment, &snapshot.deployments),
         (Kind::DaemonSet, &snapshot.daemon_sets),
         (Kind::Job, &snapshot.jobs),
     ]
     .into_iter()
     .flat_map(|(kind, list)| {
-        list.iter().map(move |o| (kind, o.metadata.namespace.clone(), o.metadata.name.clone(), o.metadata.uid.clone()))
+        list.iter().map(move |o| {
+            (kind, o.metadata.namespace.as_str(), o.metadata.name.as_str(), o.metadata.uid.as_str())
+        })
     })
     .collect();
     // Garbage collection: replicas whose owner is gone.
     for pod in &snapshot.pods {
         if let Some(owner) = pod.metadata.owner_references.first()
-            && !owners.contains(&(owner.kind, pod.metadata.namespace.clone(), owner.name.clone(), owner.uid.clone()))
+            && !owners.contains(&(
+                owner.kind,
+                pod.metadata.namespace.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str(),
+            ))
         {
             ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         }
@@ -224,12 +243,13 @@ impl Hasher for Fnv1a {
     }
 }
 
-fn owned_by<'a>(owner: &ApiObject, pods: &'a [ApiObject]) -> Vec<&'a ApiObject> {
+fn owned_by<'a>(owner: &ApiObject, pods: &'a [Arc<ApiObject>]) -> Vec<&'a ApiObject> {
     pods.iter()
         .filter(|p| {
             p.metadata.namespace == owner.metadata.namespace
                 && p.metadata.owner_references.first().is_some_and(|r| r.uid == owner.metadata.uid)
         })
+        .map(|p| &**p)
         .collect()
 }
 
@@ -280,7 +300,7 @@ fn daemon_eligible(node: &ApiObject, pod: &PodSpec) -> bool {
     selector_ok && tolerated
 }
 
-fn reconcile_job(job: &ApiObject, pods: &[ApiObject], now: std::time::SystemTime, ops: &mut Vec<Op>) {
+fn reconcile_job(job: &ApiObject, pods: &[Arc<ApiObject>], now: std::time::SystemTime, ops: &mut Vec<Op>) {
     let Some(spec) = job.spec::<JobSpec>() else { return };
     let hash = template_hash(&spec.template);
     let completions = spec.completions.unwrap_or(1).max(0) as u32;
@@ -474,7 +494,7 @@ fn node_name(pod: &ApiObject) -> Option<String> {
 
 /// References a pod needs before it can run: `(kind, name, key, where)`.
 fn missing_references(pod: &PodSpec, namespace: &str, snapshot: &Snapshot) -> Vec<String> {
-    let find = |list: &[ApiObject], name: &str| {
+    let find = |list: &[Arc<ApiObject>], name: &str| {
         list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).cloned()
     };
     let mut missing = Vec::new();
@@ -531,11 +551,11 @@ fn missing_references(pod: &PodSpec, namespace: &str, snapshot: &Snapshot) -> Ve
 fn schedule_pending(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
     let deleted: BTreeSet<ObjectKey> =
         earlier.iter().filter_map(|op| if let Op::Delete(k, _) = op { Some(k.clone()) } else { None }).collect();
-    let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(scheduler_node).collect();
+    let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| scheduler_node(n)).collect();
     let mut bound = Vec::new();
     let mut pending = Vec::new();
     let mut blocked: Vec<(&ApiObject, String)> = Vec::new();
-    for pod in snapshot.pods.iter().filter(|p| !deleted.contains(&p.key())) {
+    for pod in snapshot.pods.iter().filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
         let status: PodStatus = pod.status();
         if status.is_finished() {
             continue;
@@ -563,7 +583,7 @@ fn schedule_pending(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
     let view = sched::ClusterView { nodes, bound };
     let replicas: Vec<sched::Replica> = pending.iter().map(|(_, r)| r.clone()).collect();
     let plan = flotilla_scheduler::schedule(&view, &replicas, 0);
-    let by_id: BTreeMap<&str, &ApiObject> = pending.iter().map(|(p, r)| (r.id.as_str(), *p)).collect();
+    let by_id: BTreeMap<&str, &ApiObject> = pending.iter().map(|(p, r)| (r.id.as_str(), &***p)).collect();
     for placement in &plan.placements {
         let Some(pod) = by_id.get(placement.replica.as_str()) else { continue };
         let mut bound = (*pod).clone();

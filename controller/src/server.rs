@@ -151,7 +151,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let enrolment = Enrolment::load_or_create(&config.data_dir)?;
     let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
     if let Some(listen) = config.mqtt_listen {
-        broker::start(listen, enrolment.clone(), 20_000)?;
+        broker::start(listen, enrolment.clone(), 20_000, &config.fleet.prefix)?;
     }
     let enrol_state = Arc::new(EnrolState {
         enrolment: enrolment.clone(),

@@ -317,13 +317,13 @@ pub struct ListQuery {
 /// A list answer, like Kubernetes' `*List`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ObjectList {
+pub struct ObjectList<T = ApiObject> {
     /// `List`.
     pub kind: String,
     /// Watch from here to see every later change.
     pub resource_version: String,
     /// The objects.
-    pub items: Vec<ApiObject>,
+    pub items: Vec<T>,
 }
 
 async fn list_all(
@@ -357,9 +357,18 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
     }
     let store = state.store.clone();
     let listing = blocking(move || store.list(kind, ns.as_deref())).await?;
-    let items = listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
-    Ok(Json(ObjectList { kind: "List".to_owned(), resource_version: listing.resource_version.to_string(), items })
-        .into_response())
+    // The store's own copies, serialised in place: a list of every pod of a
+    // large fleet copies nothing.
+    let items: Vec<Arc<ApiObject>> =
+        listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
+    let body = blocking(move || {
+        let items: Vec<&ApiObject> = items.iter().map(|o| &**o).collect();
+        let list = ObjectList { kind: "List".to_owned(), resource_version: listing.resource_version.to_string(), items };
+        serde_json::to_vec(&list)
+    })
+    .await?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Newline-delimited JSON watch events. A watcher that falls behind gets an

@@ -9,15 +9,28 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 
 use super::credentials::Enrolment;
 
 /// Largest MQTT payload the broker accepts: one frame plus the topic.
 pub const MAX_PAYLOAD: usize = firmware_proto::frame::MAX_FRAME_LEN + 1024;
 
+/// What rumqttd keeps of the messages on one subscription filter. It keeps
+/// a log per filter and frees old data only when a segment fills, so these
+/// bound its memory: a log per device-side filter (its own desired
+/// document, service table and log requests: the newest is what counts,
+/// and the retained copy is kept apart) and a few seconds' backlog of the
+/// whole fleet's messages for each of the controller's wildcard filters.
+/// rumqttd counts only topic and payload, about half of what a message
+/// really holds.
+const DEVICE_FILTER_LOG: (usize, usize) = (64 << 10, 2);
+const CONTROLLER_FILTER_LOG: (usize, usize) = (4 << 20, 4);
+
 /// Starts the broker on `listen`; logins are checked against `enrolment`.
-pub fn start(listen: SocketAddr, enrolment: Enrolment, max_connections: usize) -> anyhow::Result<()> {
+/// `prefix` is the topic prefix (`flotilla/v1`): the controller's filters
+/// under it get a longer log than a device's.
+pub fn start(listen: SocketAddr, enrolment: Enrolment, max_connections: usize, prefix: &str) -> anyhow::Result<()> {
     // rumqttd logs a bind failure on its own thread and carries on; binding
     // here first turns the common case (port taken) into a clear error.
     drop(std::net::TcpListener::bind(listen).with_context(|| {
@@ -45,9 +58,19 @@ pub fn start(listen: SocketAddr, enrolment: Enrolment, max_connections: usize) -
         router: RouterConfig {
             max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: 16 << 20,
-            max_segment_count: 4,
-            custom_segment: None,
+            max_segment_size: DEVICE_FILTER_LOG.0,
+            max_segment_count: DEVICE_FILTER_LOG.1,
+            // Keys must not overlap: rumqttd takes the last match in map order.
+            custom_segment: Some(
+                super::Topics::new(prefix)
+                    .controller_filters()
+                    .into_iter()
+                    .map(|filter| {
+                        let (max_segment_size, max_segment_count) = CONTROLLER_FILTER_LOG;
+                        (filter, SegmentConfig { max_segment_size, max_segment_count })
+                    })
+                    .collect(),
+            ),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

@@ -80,9 +80,25 @@ pub fn spawn(
                     link.set(Some(std::time::Instant::now()));
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let message = Incoming { topic: publish.topic, payload: publish.payload, retained: publish.retain };
-                    if incoming.try_send(message).is_err() {
-                        tracing::warn!("node messages arrive faster than they are handled; one dropped");
+                    let mut message =
+                        Incoming { topic: publish.topic, payload: publish.payload, retained: publish.retain };
+                    // Never dropped: while the inbox is behind, this loop
+                    // waits, the broker holds the rest and TCP slows the
+                    // senders down.
+                    let mut waited = false;
+                    loop {
+                        match incoming.try_send(message) {
+                            Ok(()) => break,
+                            Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                                if !waited {
+                                    tracing::debug!("node messages arrive faster than they are handled; waiting");
+                                    waited = true;
+                                }
+                                message = back;
+                                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                            }
+                            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+                        }
                     }
                 }
                 Ok(_) => {}

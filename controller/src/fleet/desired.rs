@@ -6,7 +6,7 @@
 //! built: it increases across controller restarts without any state of its
 //! own, and a node never applies an older one (fencing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +20,8 @@ use crate::manifest::types::PodSpec;
 use crate::object::{ApiObject, ObjectKey};
 use crate::reconcile::Snapshot;
 use crate::status::{NodeStatus, PodStatus};
-use crate::store::{Op, Store};
+use crate::manifest::Kind;
+use crate::store::{EventType, Op, Store, WatchEvent};
 
 /// Annotation holding the image digest a replica was pinned to.
 pub const IMAGE_DIGEST_ANNOTATION: &str = "flotilla.io/image-digest";
@@ -49,7 +50,7 @@ pub struct Published {
 
 /// The documents last published, shared with the inbox.
 #[derive(Debug, Clone, Default)]
-pub struct PublishedDocuments(Arc<Mutex<HashMap<String, Published>>>);
+pub struct PublishedDocuments(Arc<Mutex<HashMap<String, Arc<Published>>>>);
 
 /// The service tables last published: content fingerprint and frame.
 #[derive(Debug, Default)]
@@ -57,14 +58,132 @@ struct PublishedTables(Mutex<HashMap<String, (u64, Vec<u8>)>>);
 
 impl PublishedDocuments {
     /// The document last published for `node`.
-    pub fn get(&self, node: &str) -> Option<Published> {
+    pub fn get(&self, node: &str) -> Option<Arc<Published>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Published>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Published>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// Which documents a pass must build again.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Every node's (a ConfigMap or Secret changed, the watch lagged, the
+    /// periodic level-triggered pass).
+    all: bool,
+    /// These nodes'.
+    nodes: HashSet<String>,
+    /// The service tables (a Service, or a pod's readiness or labels).
+    services: bool,
+    /// Unbound pods wait for their image to be pinned.
+    pins: bool,
+}
+
+impl Dirty {
+    fn everything() -> Self {
+        Dirty { all: true, nodes: HashSet::new(), services: true, pins: true }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.nodes.is_empty() && !self.services && !self.pins
+    }
+
+    fn wants(&self, node: &str) -> bool {
+        self.all || self.nodes.contains(node)
+    }
+}
+
+/// What of a pod its node's document and the service tables depend on,
+/// so that the many status writes that change neither (usage, restarts,
+/// messages) cost no pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodInputs {
+    node: Option<String>,
+    /// Spec and metadata (a spec change bumps the generation).
+    generation: u64,
+    uid: String,
+    digest: Option<String>,
+    archs: Option<String>,
+    labels: u64,
+    /// In the document at all (not finished, not retired).
+    listed: bool,
+    /// An endpoint candidate.
+    ready: bool,
+}
+
+impl PodInputs {
+    fn of(pod: &ApiObject) -> Self {
+        let status: PodStatus = pod.status();
+        let labels = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            pod.metadata.labels.hash(&mut hasher);
+            hasher.finish()
+        };
+        PodInputs {
+            node: node_name(pod).map(str::to_owned),
+            generation: pod.metadata.generation,
+            uid: pod.metadata.uid.clone(),
+            digest: pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION).cloned(),
+            archs: pod.metadata.annotations.get(IMAGE_ARCHS_ANNOTATION).cloned(),
+            labels,
+            listed: !status.is_finished() && status.retired_at.is_empty(),
+            ready: status.is_ready(),
+        }
+    }
+}
+
+/// The pods' document inputs as last seen, and what changed since a pass.
+#[derive(Default)]
+struct Changes {
+    pods: HashMap<ObjectKey, PodInputs>,
+    dirty: Dirty,
+}
+
+impl Changes {
+    fn note(&mut self, event: &WatchEvent) {
+        let object = &event.object;
+        match object.kind {
+            Kind::Pod => {
+                let key = object.key();
+                let now = (event.event_type != EventType::Deleted).then(|| PodInputs::of(object));
+                let before = match &now {
+                    Some(inputs) => self.pods.insert(key, inputs.clone()),
+                    None => self.pods.remove(&key),
+                };
+                if before == now {
+                    return;
+                }
+                for inputs in before.iter().chain(now.iter()) {
+                    match &inputs.node {
+                        Some(node) => _ = self.dirty.nodes.insert(node.clone()),
+                        None => self.dirty.pins |= inputs.digest.is_none(),
+                    }
+                }
+                let endpoint = |i: &Option<PodInputs>| i.as_ref().map(|i| (i.ready, i.labels, i.listed, i.node.clone()));
+                self.dirty.services |= endpoint(&before) != endpoint(&now);
+            }
+            Kind::Node => {
+                self.dirty.nodes.insert(object.metadata.name.clone());
+                self.dirty.services = true;
+            }
+            Kind::Service => self.dirty.services = true,
+            Kind::ConfigMap | Kind::Secret => self.dirty.all = true,
+            _ => {}
+        }
+    }
+}
+
+fn node_name(pod: &ApiObject) -> Option<&str> {
+    pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str())
+}
+
+/// How often every document is built again whatever the watch said (level
+/// triggering: nothing depends on having seen one event). Pins that
+/// failed are retried every few seconds.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
+const PIN_RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the publisher until the runtime stops.
 pub async fn run(
@@ -85,62 +204,114 @@ pub async fn run(
     };
     let resolver = Arc::new(Resolver::new(&config.default_registry));
     let tables = Arc::new(PublishedTables::default());
+    let mut changes = Changes { pods: HashMap::new(), dirty: Dirty::everything() };
     let mut publish_all = false;
+    let mut last_full = tokio::time::Instant::now();
+    let mut unpinned = false;
     loop {
-        let pass = {
-            let (store, key, published, resolver) = (store.clone(), key.clone(), published.clone(), resolver.clone());
-            let tables = tables.clone();
-            tokio::task::spawn_blocking(move || {
-                build_all(store.as_ref(), &key, &published, &tables, &resolver, publish_all)
-            })
-        };
-        match pass.await {
-            Ok(frames) => {
-                for (node, leaf, frame) in frames {
-                    // `publish` waits for room in the client's queue rather
-                    // than dropping a document.
-                    if let Err(e) = client.publish(topics.node(&node, leaf), QoS::AtLeastOnce, true, frame).await {
-                        tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect");
+        let dirty = std::mem::take(&mut changes.dirty);
+        if !dirty.is_empty() || publish_all {
+            let dirty = if publish_all { Dirty::everything() } else { dirty };
+            if dirty.all {
+                last_full = tokio::time::Instant::now();
+            }
+            let pass = {
+                let (store, key, published, resolver) =
+                    (store.clone(), key.clone(), published.clone(), resolver.clone());
+                let tables = tables.clone();
+                let all = publish_all;
+                tokio::task::spawn_blocking(move || {
+                    build_all(store.as_ref(), &key, &published, &tables, &resolver, &dirty, all)
+                })
+            };
+            match pass.await {
+                Ok(pass) => {
+                    unpinned = pass.unpinned;
+                    for (node, leaf, frame) in pass.frames {
+                        // `publish` waits for room in the client's queue rather
+                        // than dropping a document.
+                        if let Err(e) = client.publish(topics.node(&node, leaf), QoS::AtLeastOnce, true, frame).await {
+                            tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect");
+                        }
                     }
                 }
+                Err(e) => {
+                    tracing::error!(error = %e, "desired-state pass panicked");
+                    changes.dirty = Dirty::everything();
+                }
             }
-            Err(e) => tracing::error!(error = %e, "desired-state pass panicked"),
         }
+        publish_all = false;
+        let until_full = FULL_PASS_EVERY.saturating_sub(last_full.elapsed());
+        let wait = if unpinned { until_full.min(PIN_RETRY_EVERY) } else { until_full };
         tokio::select! {
             _ = republish.notified() => publish_all = true,
-            _ = live.recv() => publish_all = false,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => publish_all = false,
+            event = live.recv() => match event {
+                Ok(event) => changes.note(&event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changes.dirty = Dirty::everything(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep(wait) => {
+                if last_full.elapsed() >= FULL_PASS_EVERY {
+                    changes.dirty = Dirty::everything();
+                } else {
+                    changes.dirty.pins = true;
+                }
+            }
         }
         // Let a burst of changes settle into one pass.
         tokio::time::sleep(Duration::from_millis(10)).await;
-        while live.try_recv().is_ok() {}
+        loop {
+            match live.try_recv() {
+                Ok(event) => changes.note(&event),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => changes.dirty = Dirty::everything(),
+                Err(_) => break,
+            }
+        }
     }
 }
 
-/// Builds every node's document; returns the frames to publish: changed
-/// ones, or all of them when `all`.
+/// What one pass made.
+struct PassOutput {
+    /// `(node, topic leaf, frame)` to publish.
+    frames: Vec<(String, &'static str, Vec<u8>)>,
+    /// Some unbound pod's image could not be pinned yet.
+    unpinned: bool,
+}
+
+/// Builds the documents of the `dirty` nodes; returns the frames to
+/// publish: changed ones, or all of them when `all`.
 fn build_all(
     store: &dyn Store,
     key: &ControllerKey,
     published: &PublishedDocuments,
     tables: &PublishedTables,
     resolver: &Resolver,
+    dirty: &Dirty,
     all: bool,
-) -> Vec<(String, &'static str, Vec<u8>)> {
+) -> PassOutput {
     let snapshot = Snapshot::read(store);
-    let generation = store.resource_version();
+    let generation = snapshot.resource_version;
     let mut by_node: BTreeMap<String, Vec<&ApiObject>> = BTreeMap::new();
     let mut retired: BTreeMap<String, Vec<(String, ObjectKey)>> = BTreeMap::new();
-    for node in &snapshot.nodes {
+    for node in snapshot.nodes.iter().filter(|n| dirty.wants(&n.metadata.name)) {
         by_node.entry(node.metadata.name.clone()).or_default();
     }
     let mut writes = Vec::new();
+    let mut unpinned = false;
     let node_arch: HashMap<&str, String> = snapshot
         .nodes
         .iter()
+        .filter(|n| dirty.wants(&n.metadata.name))
         .map(|n| (n.metadata.name.as_str(), n.status::<NodeStatus>().node_info.architecture))
         .collect();
     for pod in &snapshot.pods {
+        // Only pods of nodes being built, and unbound ones to pin, are read.
+        match node_name(pod) {
+            Some(node) if !dirty.wants(node) => continue,
+            None if !dirty.pins || pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION) => continue,
+            _ => {}
+        }
         let status: PodStatus = pod.status();
         if status.is_finished() {
             continue;
@@ -170,6 +341,7 @@ fn build_all(
             // to show, and pinning is tried again once it is bound.
             None if !pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION) => {
                 if let Err(reason) = pin(pod, resolver, &mut writes) {
+                    unpinned = true;
                     tracing::debug!(pod = %pod.metadata.name, reason, "image not pinned yet");
                 }
             }
@@ -215,7 +387,9 @@ fn build_all(
         if let Some(previous) = documents.get_mut(&node)
             && previous.fingerprint == fingerprint
         {
-            previous.retired = retired;
+            if previous.retired != retired {
+                Arc::make_mut(previous).retired = retired;
+            }
             if all {
                 out.push((node.clone(), "desired", previous.frame.clone()));
             }
@@ -233,19 +407,23 @@ fn build_all(
                     "desired state changed"
                 );
                 out.push((node.clone(), "desired", frame.clone()));
-                documents.insert(node, Published { generation, fingerprint, frame, replicas: keys, images, retired });
+                documents.insert(
+                    node,
+                    Arc::new(Published { generation, fingerprint, frame, replicas: keys, images, retired }),
+                );
             }
             Err(e) => tracing::error!(node, error = %e, "cannot encode the desired document"),
         }
     }
     drop(documents);
-    out.extend(service_tables(&snapshot, generation, key, tables, all, &mut writes));
-    for op in writes {
-        if let Err(e) = store.commit(vec![op]) {
-            tracing::debug!(error = %e, "pod update skipped; the next pass retries");
-        }
+    // With no Service and no table published, there is nothing to build:
+    // the scan of every pod is skipped.
+    let any_tables = !tables.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+    if (dirty.services || dirty.all) && (!snapshot.services.is_empty() || any_tables) {
+        out.extend(service_tables(&snapshot, generation, key, tables, all, &mut writes));
     }
-    out
+    crate::store::commit_in_chunks(store, writes, "publisher");
+    PassOutput { frames: out, unpinned }
 }
 
 /// The service tables to publish: changed ones, or all when `all`.

@@ -9,9 +9,9 @@
 //! through a broker without topic ACLs. What fails a check is logged with
 //! the reason and dropped; nothing here panics on bytes from the network.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use firmware_proto::{
@@ -26,7 +26,7 @@ use super::{FleetConfig, Topics};
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey};
 use crate::status::{Condition, NodeInfo, NodeStatus, PodStatus, Usage, condition, set_condition};
-use crate::store::{Op, Store};
+use crate::store::{Op, Store, StoreError, View};
 
 /// Reasons of a node's `Ready=False` that make its replicas move.
 const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"];
@@ -35,6 +35,15 @@ const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"]
 /// before it evicts a node it has not heard from: devices reconnect with
 /// back-off after a broker restart, most within a second or two.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
+/// Messages handled into one store commit at most (group commit: while one
+/// commit is on disk, the next batch queues up).
+const MAX_BATCH: usize = 2048;
+
+/// How often the nodes' readiness kept in memory is read again from the
+/// store (the inbox writes it, so this only catches nodes deleted or
+/// applied through the API).
+const RESYNC: Duration = Duration::from_secs(30);
 
 /// What the controller tracks per node between messages.
 #[derive(Debug, Clone)]
@@ -52,9 +61,52 @@ struct NodeTrack {
     key: [u8; 32],
     last_seen: Instant,
     lost_since: Option<Instant>,
-    /// Its replicas were moved for this loss: later ticks skip the scan of
-    /// every pod until the node is seen again.
+    /// Its replicas were moved for this loss: later ticks skip it until the
+    /// node is seen again.
     evicted: bool,
+    /// Its `Ready` condition as last written (`None`: no Node object), so
+    /// that leases are checked without reading every Node.
+    ready: Option<ReadyState>,
+}
+
+/// A node's `Ready` condition, as far as leases care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReadyState {
+    ready: bool,
+    reason: String,
+}
+
+impl ReadyState {
+    fn of(node: &ApiObject) -> Option<ReadyState> {
+        let status: NodeStatus = node.status();
+        condition(&status.conditions, "Ready")
+            .map(|c| ReadyState { ready: c.status == "True", reason: c.reason.clone() })
+    }
+
+    /// Whether writing `ready`/`reason` would change nothing that matters:
+    /// a ready node stays ready whatever message said so last.
+    fn says(&self, ready: bool, reason: &str) -> bool {
+        self.ready == ready && (ready || self.reason == reason)
+    }
+}
+
+/// A change to one object, made on its freshest stored state when the
+/// batch commits (and made again if another writer got there first), so
+/// a write never rests on a stale read. `None`: the object does not exist
+/// (or must stop existing).
+type Mutation = Box<dyn FnMut(&mut Option<ApiObject>) + Send>;
+
+/// The mutations waiting for the next commit, per object, in arrival order.
+#[derive(Default)]
+struct Pending {
+    by_key: BTreeMap<ObjectKey, Vec<Mutation>>,
+    messages: usize,
+}
+
+impl Pending {
+    fn push(&mut self, key: ObjectKey, mutation: Mutation) {
+        self.by_key.entry(key).or_default().push(mutation);
+    }
 }
 
 /// Handles node messages and leases.
@@ -69,6 +121,8 @@ pub struct Inbox {
     link: Option<super::channel::BrokerLink>,
     nodes: HashMap<String, NodeTrack>,
     started: Instant,
+    pending: Pending,
+    last_resync: Option<Instant>,
 }
 
 /// Starts the inbox thread.
@@ -78,7 +132,17 @@ pub fn spawn(mut inbox: Inbox, incoming: Receiver<Incoming>) -> anyhow::Result<(
         let mut last_tick = Instant::now();
         loop {
             match incoming.recv_timeout(tick) {
-                Ok(message) => inbox.handle(&message.topic, &message.payload, message.retained),
+                Ok(message) => {
+                    inbox.handle(&message.topic, &message.payload, message.retained);
+                    // Whatever queued up meanwhile goes into the same commit.
+                    while inbox.pending.messages < MAX_BATCH {
+                        match incoming.try_recv() {
+                            Ok(message) => inbox.handle(&message.topic, &message.payload, message.retained),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -86,6 +150,7 @@ pub fn spawn(mut inbox: Inbox, incoming: Receiver<Incoming>) -> anyhow::Result<(
                 inbox.tick(Instant::now());
                 last_tick = Instant::now();
             }
+            inbox.flush();
         }
     })?;
     Ok(())
@@ -110,6 +175,8 @@ impl Inbox {
             link: None,
             nodes: HashMap::new(),
             started: Instant::now(),
+            pending: Pending::default(),
+            last_resync: None,
         }
     }
 
@@ -127,8 +194,10 @@ impl Inbox {
     }
 
     /// Handles one message. `retained` marks a retained message delivered
-    /// on subscription: it may be older than what was already seen.
+    /// on subscription: it may be older than what was already seen. What it
+    /// changes is written by the next [`Inbox::flush`].
     pub fn handle(&mut self, topic: &str, payload: &[u8], retained: bool) {
+        self.pending.messages += 1;
         match self.check(topic, payload, retained) {
             Ok((node, message)) => self.apply(&node, message),
             Err(reason) => tracing::warn!(topic, bytes = payload.len(), reason, "node message refused"),
@@ -181,6 +250,7 @@ impl Inbox {
             last_seen: started,
             lost_since: None,
             evicted: false,
+            ready: None,
         })
     }
 
@@ -223,22 +293,20 @@ impl Inbox {
         track.evicted = false;
     }
 
-    fn register(&self, node: &str, hello: &firmware_proto::Hello) {
-        let key = ObjectKey::new(Kind::Node, "", node);
-        let existing = self.store.get(&key);
-        let mut object = existing.clone().unwrap_or_else(|| ApiObject::new(Kind::Node, "", node));
-        for label in &hello.labels {
-            object.metadata.labels.insert(label.key.to_string(), label.value.to_string());
-        }
-        object.metadata.labels.insert("kubernetes.io/hostname".into(), node.to_owned());
-        object.metadata.labels.insert("kubernetes.io/arch".into(), arch_name(hello.arch).into());
-        if !object.content.contains_key("spec") {
-            object.content.insert("spec".into(), serde_json::json!({}));
-        }
-        let mut status: NodeStatus = object.status();
-        status.capacity = capacity_map(&hello.capacity, &hello.devices);
-        status.allocatable = capacity_map(&hello.allocatable, &hello.devices);
-        status.node_info = NodeInfo {
+    fn register(&mut self, node: &str, hello: &firmware_proto::Hello) {
+        let name = node.to_owned();
+        let labels: Vec<(String, String)> = hello
+            .labels
+            .iter()
+            .map(|l| (l.key.to_string(), l.value.to_string()))
+            .chain([
+                ("kubernetes.io/hostname".to_owned(), node.to_owned()),
+                ("kubernetes.io/arch".to_owned(), arch_name(hello.arch).to_owned()),
+            ])
+            .collect();
+        let capacity = capacity_map(&hello.capacity, &hello.devices);
+        let allocatable = capacity_map(&hello.allocatable, &hello.devices);
+        let node_info = NodeInfo {
             architecture: arch_name(hello.arch).into(),
             operating_system: match hello.os {
                 firmware_proto::Os::Linux => "linux",
@@ -247,44 +315,60 @@ impl Inbox {
             .into(),
             agent_version: hello.agent_version.to_string(),
         };
-        set_condition(&mut status.conditions, Condition::new("Ready", true, "AgentHello", ""));
-        let mut ops = Vec::new();
-        if existing.as_ref().is_none_or(|e| e.metadata.labels != object.metadata.labels) || existing.is_none() {
-            object.metadata.resource_version.clear();
-            ops.push(Op::Apply(object.clone()));
-        }
-        object.set_status(&status);
-        object.metadata.resource_version.clear();
-        ops.push(Op::UpdateStatus(object));
-        match self.store.commit(ops) {
-            Ok(_) => {
-                tracing::info!(node, arch = arch_name(hello.arch), agent = %hello.agent_version, "node registered")
-            }
-            Err(e) => tracing::warn!(node, error = %e, "cannot register the node"),
-        }
+        tracing::info!(node, arch = arch_name(hello.arch), agent = %hello.agent_version, "node registered");
+        self.track(node).ready = Some(ReadyState { ready: true, reason: "AgentHello".into() });
+        self.pending.push(
+            ObjectKey::new(Kind::Node, "", node),
+            Box::new(move |object| {
+                let object = object.get_or_insert_with(|| ApiObject::new(Kind::Node, "", &name));
+                for (key, value) in &labels {
+                    object.metadata.labels.insert(key.clone(), value.clone());
+                }
+                if !object.content.contains_key("spec") {
+                    object.content.insert("spec".into(), serde_json::json!({}));
+                }
+                let mut status: NodeStatus = object.status();
+                status.capacity = capacity.clone();
+                status.allocatable = allocatable.clone();
+                status.node_info = node_info.clone();
+                set_condition(&mut status.conditions, Condition::new("Ready", true, "AgentHello", ""));
+                object.set_status(&status);
+            }),
+        );
     }
 
-    fn set_ready(&self, node: &str, ready: bool, reason: &str, message: &str) {
-        let key = ObjectKey::new(Kind::Node, "", node);
-        let Some(mut object) = self.store.get(&key) else { return };
-        let mut status: NodeStatus = object.status();
-        let was = condition(&status.conditions, "Ready").cloned();
-        if was.as_ref().is_some_and(|c| (c.status == "True") == ready && (ready || c.reason == reason)) {
+    fn set_ready(&mut self, node: &str, ready: bool, reason: &str, message: &str) {
+        let track = self.track(node);
+        if track.ready.as_ref().is_some_and(|r| r.says(ready, reason)) {
             return;
         }
-        set_condition(&mut status.conditions, Condition::new("Ready", ready, reason, message));
-        object.set_status(&status);
-        object.metadata.resource_version.clear();
-        match self.store.commit(vec![Op::UpdateStatus(object)]) {
-            Ok(_) if ready => tracing::info!(node, reason, "node ready"),
-            Ok(_) => tracing::warn!(node, reason, message, "node not ready"),
-            Err(e) => tracing::warn!(node, error = %e, "cannot update the node"),
+        // Believed at once, so the rest of the batch does not ask again; the
+        // periodic resync corrects it if the write finds no Node.
+        track.ready = Some(ReadyState { ready, reason: reason.to_owned() });
+        if ready {
+            tracing::info!(node, reason, "node ready");
+        } else {
+            tracing::warn!(node, reason, message, "node not ready");
         }
+        let (reason, message) = (reason.to_owned(), message.to_owned());
+        self.pending.push(
+            ObjectKey::new(Kind::Node, "", node),
+            Box::new(move |object| {
+                let Some(object) = object else { return };
+                let mut status: NodeStatus = object.status();
+                if condition(&status.conditions, "Ready")
+                    .is_some_and(|c| (c.status == "True") == ready && (ready || c.reason == reason))
+                {
+                    return;
+                }
+                set_condition(&mut status.conditions, Condition::new("Ready", ready, &reason, &message));
+                object.set_status(&status);
+            }),
+        );
     }
 
-    fn update_replicas(&self, node: &str, status: &firmware_proto::Status) {
+    fn update_replicas(&mut self, node: &str, status: &firmware_proto::Status) {
         let Some(document) = self.published.get(node) else { return };
-        let mut ops = Vec::new();
         // Retired replicas the node no longer reports have stopped: delete
         // them. Only once the node applied the document without them; before
         // that, slot numbers of an older document cannot be resolved.
@@ -300,7 +384,14 @@ impl Inbox {
             for (id, key) in &document.retired {
                 if !reported.contains(&id.as_str()) {
                     tracing::debug!(node, replica = id, "retired replica stopped; deleting it");
-                    ops.push(Op::Delete(key.clone(), None));
+                    self.pending.push(
+                        key.clone(),
+                        Box::new(|object| {
+                            if object.as_ref().is_some_and(|pod| !pod.status::<PodStatus>().retired_at.is_empty()) {
+                                *object = None;
+                            }
+                        }),
+                    );
                 }
             }
         }
@@ -315,72 +406,41 @@ impl Inbox {
             // A replica the node no longer holds (moved, deleted) is not its
             // to report on.
             let Some(key) = key else { continue };
-            let Some(pod) = self.store.get(key) else { continue };
-            if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) != Some(node) {
-                continue;
-            }
-            let old: PodStatus = pod.status();
-            let mut new = old.clone();
-            let (phase, reason) = match replica.phase {
-                Phase::Pending => ("Pending", "ContainerCreating"),
-                Phase::Pulling => ("Pending", "Pulling"),
-                Phase::Creating => ("Pending", "ContainerCreating"),
-                Phase::Running => ("Running", ""),
-                Phase::Succeeded => ("Succeeded", "Completed"),
-                Phase::Failed => ("Failed", "Error"),
-                Phase::CrashLoopBackOff => ("Running", "CrashLoopBackOff"),
-                Phase::Terminating => ("Running", "Terminating"),
-                Phase::Unknown => ("Unknown", ""),
-            };
-            new.phase = phase.into();
-            if new.reason != reason {
-                new.reason = reason.into();
-                if reason != "Pulling" {
-                    new.message.clear();
+            let report = replica.clone();
+            let node = node.to_owned();
+            self.pending.push(
+                key.clone(),
+                Box::new(move |object| {
+                    let Some(pod) = object else { return };
+                    if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str())
+                        != Some(node.as_str())
+                    {
+                        return;
+                    }
+                    let old: PodStatus = pod.status();
+                    let new = reported_status(&old, &report);
+                    if new != old {
+                        pod.set_status(&new);
+                    }
+                }),
+            );
+        }
+        let usage =
+            Usage { cpu_millis: u64::from(status.usage.cpu_millis), memory_bytes: u64::from(status.usage.memory_kib) * 1024 };
+        self.pending.push(
+            ObjectKey::new(Kind::Node, "", node),
+            Box::new(move |object| {
+                let Some(object) = object else { return };
+                let mut node_status: NodeStatus = object.status();
+                if usage_moved(node_status.usage.as_ref(), &usage) {
+                    node_status.usage = Some(usage.clone());
+                    object.set_status(&node_status);
                 }
-            }
-            if let Some(Exit { code, reason: exit_reason }) = replica.last_exit {
-                new.exit_code = Some(code);
-                if exit_reason == ExitReason::OomKilled && phase != "Running" {
-                    new.reason = "OOMKilled".into();
-                }
-            }
-            new.restart_count = replica.restarts;
-            let ready =
-                replica.phase == Phase::Running && matches!(replica.readiness, Readiness::Ready | Readiness::NoProbe);
-            set_condition(&mut new.conditions, Condition::new("Ready", ready, if ready { "" } else { "NotReady" }, ""));
-            new.usage = Some(Usage {
-                cpu_millis: u64::from(replica.cpu_millis),
-                memory_bytes: u64::from(replica.memory_kib) * 1024,
-            });
-            if new != old {
-                let mut updated = pod;
-                updated.set_status(&new);
-                updated.metadata.resource_version.clear();
-                ops.push(Op::UpdateStatus(updated));
-            }
-        }
-        if let Some(mut object) = self.store.get(&ObjectKey::new(Kind::Node, "", node)) {
-            let mut node_status: NodeStatus = object.status();
-            let usage = Some(Usage {
-                cpu_millis: u64::from(status.usage.cpu_millis),
-                memory_bytes: u64::from(status.usage.memory_kib) * 1024,
-            });
-            if node_status.usage != usage {
-                node_status.usage = usage;
-                object.set_status(&node_status);
-                object.metadata.resource_version.clear();
-                ops.push(Op::UpdateStatus(object));
-            }
-        }
-        if !ops.is_empty()
-            && let Err(e) = self.store.commit(ops)
-        {
-            tracing::warn!(node, error = %e, "cannot record the node's status");
-        }
+            }),
+        );
     }
 
-    fn event(&self, node: &str, event: &firmware_proto::Event) {
+    fn event(&mut self, node: &str, event: &firmware_proto::Event) {
         let replica = event.replica.as_ref().map(|r| r.as_str().to_owned()).unwrap_or_default();
         match &event.kind {
             EventKind::PullProgress { image, done_bytes, total_bytes } => {
@@ -401,33 +461,76 @@ impl Inbox {
 
     /// Puts a pull's progress or failure on the replicas it concerns: the
     /// one named, or every replica of the node using that image.
-    fn pod_message(&self, node: &str, replica: &str, image: &[u8; 32], reason: &str, message: &str) {
+    fn pod_message(&mut self, node: &str, replica: &str, image: &[u8; 32], reason: &str, message: &str) {
         let Some(document) = self.published.get(node) else { return };
-        let mut ops = Vec::new();
         for ((id, key), digest) in document.replicas.iter().zip(&document.images) {
             if !(id == replica || (replica.is_empty() && digest == image)) {
                 continue;
             }
-            let Some(mut pod) = self.store.get(key) else { continue };
-            let mut status: PodStatus = pod.status();
-            if status.phase == "Running" || (status.reason == reason && status.message == message) {
-                continue;
-            }
-            status.reason = reason.into();
-            status.message = message.into();
-            pod.set_status(&status);
-            pod.metadata.resource_version.clear();
-            ops.push(Op::UpdateStatus(pod));
-        }
-        if !ops.is_empty()
-            && let Err(e) = self.store.commit(ops)
-        {
-            tracing::debug!(error = %e, "pull progress not recorded");
+            let (reason, message) = (reason.to_owned(), message.to_owned());
+            self.pending.push(
+                key.clone(),
+                Box::new(move |object| {
+                    let Some(pod) = object else { return };
+                    let mut status: PodStatus = pod.status();
+                    if status.phase == "Running" || (status.reason == reason && status.message == message) {
+                        return;
+                    }
+                    status.reason = reason.clone();
+                    status.message = message.clone();
+                    pod.set_status(&status);
+                }),
+            );
         }
     }
 
-    /// Leases and evictions; called every ~100 ms.
+    /// Commits what the messages and ticks since the last flush changed, in
+    /// one transaction, each change made on the object as stored now.
+    pub fn flush(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        if pending.by_key.is_empty() {
+            return;
+        }
+        for attempt in 1..=4 {
+            let view = self.store.view();
+            let (ops, nodes) = build_ops(&view, &mut pending);
+            if ops.is_empty() {
+                return;
+            }
+            let writes = ops.len();
+            match self.store.commit(ops) {
+                Ok(_) => {
+                    for (name, ready) in nodes {
+                        self.track(&name).ready = ready;
+                    }
+                    tracing::debug!(writes, messages = pending.messages, first = %pending.by_key.keys().next().map(|k| k.to_string()).unwrap_or_default(), "node messages recorded");
+                    return;
+                }
+                // Another writer changed one of these objects since the view:
+                // make the changes again on what it wrote.
+                Err(StoreError::Conflict { .. } | StoreError::NotFound(_) | StoreError::AlreadyExists(_))
+                    if attempt < 4 => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, writes, "cannot record the nodes' messages; kept for the next commit");
+                    // Bounded: one list per object, and the oldest changes
+                    // of an object go first.
+                    for (key, mut mutations) in std::mem::take(&mut pending.by_key) {
+                        let keep = mutations.len().saturating_sub(32);
+                        mutations.drain(..keep);
+                        self.pending.by_key.entry(key).or_default().splice(0..0, mutations);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Leases and evictions; called every ~100 ms. Reads nothing from the
+    /// store but the pods of nodes it evicts (and every 30 s, the Nodes).
     pub fn tick(&mut self, now: Instant) {
+        if self.last_resync.is_none_or(|at| now.duration_since(at) >= RESYNC) {
+            self.resync(now);
+        }
         // Hearing nothing from the broker says nothing about the nodes.
         let heard_since = match &self.link {
             Some(link) => match link.up_since() {
@@ -436,18 +539,16 @@ impl Inbox {
             },
             None => None,
         };
-        let nodes = self.store.list(Kind::Node, None).items;
-        for node in nodes {
-            let name = node.metadata.name.clone();
-            let status: NodeStatus = node.status();
-            let Some(ready) = condition(&status.conditions, "Ready").cloned() else { continue };
-            let (lease, grace) = (self.config.lease, self.config.eviction_grace);
-            let track = self.track(&name);
-            if ready.status == "True" {
+        let (lease, grace) = (self.config.lease, self.config.eviction_grace);
+        let reconnecting = heard_since.is_some_and(|since| now < since + RECONNECT_GRACE);
+        let mut expired = Vec::new();
+        let mut due = BTreeMap::new();
+        for (name, track) in &mut self.nodes {
+            let Some(ready) = &track.ready else { continue };
+            if ready.ready {
                 if now.duration_since(track.last_seen) > lease {
                     track.lost_since = Some(now);
-                    let message = format!("no heartbeat for {} s", lease.as_secs());
-                    self.set_ready(&name, false, "LeaseExpired", &message);
+                    expired.push(name.clone());
                 }
                 continue;
             }
@@ -455,76 +556,197 @@ impl Inbox {
                 continue;
             }
             let lost_since = *track.lost_since.get_or_insert(now);
-            let reconnecting = heard_since.is_some_and(|since| now < since + RECONNECT_GRACE);
             if !track.evicted && !reconnecting && now.duration_since(lost_since) >= grace {
-                let evicted = self.evict(&name, &ready.reason);
-                self.track(&name).evicted = evicted;
+                track.evicted = true;
+                due.insert(name.clone(), ready.reason.clone());
+            }
+        }
+        for name in expired {
+            let message = format!("no heartbeat for {} s", lease.as_secs());
+            self.set_ready(&name, false, "LeaseExpired", &message);
+        }
+        if !due.is_empty() {
+            self.evict(&due);
+        }
+    }
+
+    /// Reads every Node's readiness into memory: nodes known before a
+    /// restart get a lease from the start, deleted ones stop being watched.
+    fn resync(&mut self, now: Instant) {
+        self.last_resync = Some(now);
+        let view = self.store.view();
+        let mut stored = BTreeSet::new();
+        for node in view.list(Kind::Node, None) {
+            let ready = ReadyState::of(node);
+            stored.insert(node.metadata.name.as_str());
+            let pending_write = self.pending.by_key.contains_key(&node.key());
+            let track = self.track(&node.metadata.name);
+            if !pending_write {
+                track.ready = ready;
+            }
+        }
+        for (name, track) in &mut self.nodes {
+            if !stored.contains(name.as_str()) && !self.pending.by_key.contains_key(&ObjectKey::new(Kind::Node, "", name)) {
+                track.ready = None;
             }
         }
     }
 
-    /// Unbinds the node's unfinished replicas; the scheduler places them
-    /// again in its next pass. Returns whether that is done (false: retry).
-    fn evict(&self, node: &str, why: &str) -> bool {
-        let mut ops = Vec::new();
-        for pod in self.store.list(Kind::Pod, None).items {
-            if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) != Some(node) {
+    /// Unbinds the unfinished replicas of the nodes in `due` (name -> why),
+    /// all in one scan of the pods; the scheduler places them again in its
+    /// next pass.
+    fn evict(&mut self, due: &BTreeMap<String, String>) {
+        let view = self.store.view();
+        let mut moved: BTreeMap<&str, usize> = BTreeMap::new();
+        for pod in view.list(Kind::Pod, None) {
+            let Some(node) = pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) else {
                 continue;
-            }
-            let mut status: PodStatus = pod.status();
-            if status.is_finished() {
-                continue;
-            }
-            // A replica a rollout retired was only waiting for its node to
-            // report it stopped: with the node gone, it is gone too.
-            if !status.retired_at.is_empty() {
-                ops.push(Op::Delete(pod.key(), None));
-                continue;
-            }
-            // A DaemonSet's replica belongs to its node: it waits there.
-            if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
-                if status.reason != "NodeLost" {
-                    status.phase = "Unknown".into();
-                    status.reason = "NodeLost".into();
-                    status.message = format!("node {node} lost ({why}); it runs again when the node is back");
-                    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
-                    let mut marked = pod.clone();
-                    marked.set_status(&status);
-                    marked.metadata.resource_version.clear();
-                    ops.push(Op::UpdateStatus(marked));
+            };
+            let Some((node, why)) = due.get_key_value(node) else { continue };
+            *moved.entry(node.as_str()).or_default() += 1;
+            let (node, why) = (node.clone(), why.clone());
+            self.pending.push(pod.key(), Box::new(move |object| evict_one(object, &node, &why)));
+        }
+        for (node, why) in due {
+            let replicas = moved.get(node.as_str()).copied().unwrap_or(0);
+            tracing::warn!(node, replicas, reason = why, "node lost: its replicas move");
+        }
+    }
+}
+
+/// The writes that make every pending change on `view`, and the readiness
+/// of each Node written.
+fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Option<ReadyState>)>) {
+    let mut ops = Vec::new();
+    let mut nodes = Vec::new();
+    for (key, mutations) in &mut pending.by_key {
+        let stored = view.get(key);
+        let mut object: Option<ApiObject> = stored.map(|o| ApiObject::clone(o));
+        for mutation in mutations.iter_mut() {
+            mutation(&mut object);
+        }
+        let before = ops.len();
+        match (stored, object) {
+            (None, None) => {}
+            (Some(stored), None) => ops.push(Op::Delete(key.clone(), Some(stored.resource_version()))),
+            (stored, Some(mut object)) => {
+                let changed_content = stored.is_none_or(|s| {
+                    !s.same_content_but_status(&object)
+                        || s.metadata.labels != object.metadata.labels
+                        || s.metadata.annotations != object.metadata.annotations
+                });
+                let changed_status = stored.is_none_or(|s| s.content.get("status") != object.content.get("status"));
+                object.metadata.resource_version = stored.map(|s| s.resource_version().to_string()).unwrap_or_default();
+                if changed_content {
+                    // Applied first (with the precondition), then the status
+                    // on whatever version that made, in the same batch.
+                    ops.push(Op::Apply(object.clone()));
+                    object.metadata.resource_version.clear();
+                }
+                if changed_status || (changed_content && object.content.contains_key("status")) {
+                    ops.push(Op::UpdateStatus(object.clone()));
+                }
+                if key.kind == Kind::Node && ops.len() > before {
+                    nodes.push((key.name.clone(), ReadyState::of(&object)));
                 }
                 continue;
             }
-            let mut unbound = pod.clone();
-            if let Some(serde_json::Value::Object(spec)) = unbound.content.get_mut("spec") {
-                spec.remove("nodeName");
-            }
-            status.phase = "Pending".into();
-            status.reason = "NodeLost".into();
-            status.message = format!("node {node} lost ({why}); placing it elsewhere");
-            status.usage = None;
-            set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
-            set_condition(&mut status.conditions, Condition::new("PodScheduled", false, "NodeLost", ""));
-            ops.push(Op::Apply(unbound.clone()));
-            unbound.set_status(&status);
-            unbound.metadata.resource_version.clear();
-            ops.push(Op::UpdateStatus(unbound));
         }
-        if ops.is_empty() {
-            return true;
-        }
-        let count = ops.len();
-        match self.store.commit(ops) {
-            Ok(_) => {
-                tracing::warn!(node, writes = count, reason = why, "node lost: its replicas move");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(node, error = %e, "eviction deferred");
-                false
-            }
+        if key.kind == Kind::Node && ops.len() > before {
+            nodes.push((key.name.clone(), None));
         }
     }
+    (ops, nodes)
+}
+
+/// A lost node's replica: a retired one is gone with it, a DaemonSet's
+/// waits for its node, any other goes back to the scheduler.
+fn evict_one(object: &mut Option<ApiObject>, node: &str, why: &str) {
+    let Some(pod) = object else { return };
+    if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) != Some(node) {
+        return;
+    }
+    let mut status: PodStatus = pod.status();
+    if status.is_finished() {
+        return;
+    }
+    // A replica a rollout retired was only waiting for its node to report
+    // it stopped: with the node gone, it is gone too.
+    if !status.retired_at.is_empty() {
+        *object = None;
+        return;
+    }
+    if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
+        if status.reason != "NodeLost" {
+            status.phase = "Unknown".into();
+            status.reason = "NodeLost".into();
+            status.message = format!("node {node} lost ({why}); it runs again when the node is back");
+            set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+            pod.set_status(&status);
+        }
+        return;
+    }
+    if let Some(serde_json::Value::Object(spec)) = pod.content.get_mut("spec") {
+        spec.remove("nodeName");
+    }
+    status.phase = "Pending".into();
+    status.reason = "NodeLost".into();
+    status.message = format!("node {node} lost ({why}); placing it elsewhere");
+    status.usage = None;
+    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+    set_condition(&mut status.conditions, Condition::new("PodScheduled", false, "NodeLost", ""));
+    pod.set_status(&status);
+}
+
+/// `old` as one status report of the replica says it is now.
+fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus) -> PodStatus {
+    let mut new = old.clone();
+    let (phase, reason) = match replica.phase {
+        Phase::Pending => ("Pending", "ContainerCreating"),
+        Phase::Pulling => ("Pending", "Pulling"),
+        Phase::Creating => ("Pending", "ContainerCreating"),
+        Phase::Running => ("Running", ""),
+        Phase::Succeeded => ("Succeeded", "Completed"),
+        Phase::Failed => ("Failed", "Error"),
+        Phase::CrashLoopBackOff => ("Running", "CrashLoopBackOff"),
+        Phase::Terminating => ("Running", "Terminating"),
+        Phase::Unknown => ("Unknown", ""),
+    };
+    new.phase = phase.into();
+    if new.reason != reason {
+        new.reason = reason.into();
+        if reason != "Pulling" {
+            new.message.clear();
+        }
+    }
+    if let Some(Exit { code, reason: exit_reason }) = replica.last_exit {
+        new.exit_code = Some(code);
+        if exit_reason == ExitReason::OomKilled && phase != "Running" {
+            new.reason = "OOMKilled".into();
+        }
+    }
+    new.restart_count = replica.restarts;
+    let ready = replica.phase == Phase::Running && matches!(replica.readiness, Readiness::Ready | Readiness::NoProbe);
+    set_condition(&mut new.conditions, Condition::new("Ready", ready, if ready { "" } else { "NotReady" }, ""));
+    let usage = Usage { cpu_millis: u64::from(replica.cpu_millis), memory_bytes: u64::from(replica.memory_kib) * 1024 };
+    if usage_moved(old.usage.as_ref(), &usage) {
+        new.usage = Some(usage);
+    }
+    new
+}
+
+/// Whether reported usage differs enough from what is stored to be worth
+/// a store write: by more than a quarter and more than 20 m of CPU or
+/// 4 MiB of memory. Usage jitters on every heartbeat; writing each jitter
+/// of 10,000 devices kept the store busy with nothing to say.
+fn usage_moved(stored: Option<&Usage>, reported: &Usage) -> bool {
+    let moved = |old: u64, new: u64, floor: u64| {
+        let delta = old.abs_diff(new);
+        delta > floor && delta.saturating_mul(4) > old
+    };
+    stored.is_none_or(|old| {
+        moved(old.cpu_millis, reported.cpu_millis, 20) || moved(old.memory_bytes, reported.memory_bytes, 4 << 20)
+    })
 }
 
 fn arch_name(arch: firmware_proto::Arch) -> &'static str {
@@ -548,4 +770,137 @@ fn capacity_map(
         map.insert(device.resource.to_string(), device.count.to_string());
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::OwnerReference;
+    use crate::store::{RedbStore, SecretCipher};
+
+    fn inbox(dir: &std::path::Path) -> (Inbox, Arc<dyn Store>) {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.join("store.redb"), SecretCipher::from_key([1; 32])).unwrap());
+        let config = FleetConfig {
+            prefix: super::super::DEFAULT_PREFIX.into(),
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: 1883,
+            advertised_mqtt_url: "mqtt://127.0.0.1:1883".into(),
+            default_registry: "127.0.0.1:7440".into(),
+            keep_alive: Duration::from_secs(30),
+            eviction_grace: Duration::ZERO,
+            lease: Duration::from_secs(600),
+        };
+        let enrolment = Enrolment::load_or_create(dir).unwrap();
+        let topics = Topics::new(&config.prefix);
+        (Inbox::new(store.clone(), config, enrolment, topics, PublishedDocuments::default()), store)
+    }
+
+    fn node(name: &str, ready: bool, reason: &str) -> Vec<Op> {
+        let mut node = ApiObject::new(Kind::Node, "", name);
+        node.content.insert("spec".into(), serde_json::json!({}));
+        let mut status = NodeStatus::default();
+        set_condition(&mut status.conditions, Condition::new("Ready", ready, reason, ""));
+        node.set_status(&status);
+        vec![Op::Apply(node.clone()), Op::UpdateStatus(node)]
+    }
+
+    fn pod(name: &str, node: &str, owner: Kind, retired: bool) -> Vec<Op> {
+        let mut pod = ApiObject::new(Kind::Pod, "default", name);
+        pod.content.insert("spec".into(), serde_json::json!({ "nodeName": node, "containers": [] }));
+        pod.metadata.owner_references =
+            vec![OwnerReference { kind: owner, name: "owner".into(), uid: "u-1".into() }];
+        let status = PodStatus {
+            phase: "Running".into(),
+            retired_at: if retired { "2026-12-02T00:00:00Z".into() } else { String::new() },
+            ..PodStatus::default()
+        };
+        pod.set_status(&status);
+        vec![Op::Apply(pod.clone()), Op::UpdateStatus(pod)]
+    }
+
+    fn get(store: &Arc<dyn Store>, name: &str) -> Option<(Option<String>, PodStatus)> {
+        let pod = store.get(&ObjectKey::new(Kind::Pod, "default", name))?;
+        let node = pod.content["spec"].get("nodeName").and_then(|n| n.as_str()).map(str::to_owned);
+        Some((node, pod.status()))
+    }
+
+    #[test]
+    fn lost_nodes_are_evicted_in_one_scan_without_touching_other_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut inbox, store) = inbox(dir.path());
+        let mut ops = Vec::new();
+        ops.extend(node("lost-1", false, "Unreachable"));
+        ops.extend(node("lost-2", false, "LeaseExpired"));
+        ops.extend(node("fine", true, "AgentReporting"));
+        ops.extend(node("cordoned", false, "KubeletNotReady"));
+        ops.extend(pod("web-1", "lost-1", Kind::Deployment, false));
+        ops.extend(pod("web-2", "lost-2", Kind::Deployment, false));
+        ops.extend(pod("web-old", "lost-1", Kind::Deployment, true));
+        ops.extend(pod("agent-lost-1", "lost-1", Kind::DaemonSet, false));
+        ops.extend(pod("web-3", "fine", Kind::Deployment, false));
+        ops.extend(pod("web-4", "cordoned", Kind::Deployment, false));
+        store.commit(ops).unwrap();
+        let before = store.resource_version();
+
+        inbox.tick(Instant::now());
+        inbox.flush();
+        // Spec and status of the two that move, the DaemonSet's status, the
+        // retired one's deletion: nothing of the other nodes.
+        assert_eq!(store.resource_version(), before + 6);
+        let (node, status) = get(&store, "web-1").unwrap();
+        assert_eq!((node, status.phase.as_str(), status.reason.as_str()), (None, "Pending", "NodeLost"));
+        assert!(status.message.contains("lost-1"), "{}", status.message);
+        assert_eq!(get(&store, "web-2").unwrap().0, None);
+        assert!(get(&store, "web-old").is_none(), "a retired replica goes with its node");
+        let (node, status) = get(&store, "agent-lost-1").unwrap();
+        assert_eq!((node.as_deref(), status.phase.as_str()), (Some("lost-1"), "Unknown"), "a DaemonSet's waits");
+        assert_eq!(get(&store, "web-3").unwrap().0.as_deref(), Some("fine"));
+        assert_eq!(get(&store, "web-4").unwrap().0.as_deref(), Some("cordoned"), "not ready is not lost");
+
+        // Once evicted, a node is not scanned again until it is seen.
+        let after = store.resource_version();
+        inbox.tick(Instant::now());
+        inbox.flush();
+        assert_eq!(store.resource_version(), after);
+    }
+
+    #[test]
+    fn a_queued_change_is_made_on_the_object_as_stored_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut inbox, store) = inbox(dir.path());
+        store.commit(pod("web-1", "edge-1", Kind::Deployment, false)).unwrap();
+        let key = ObjectKey::new(Kind::Pod, "default", "web-1");
+        inbox.pending.push(
+            key.clone(),
+            Box::new(|object| {
+                let pod = object.as_mut().unwrap();
+                let mut status: PodStatus = pod.status();
+                status.restart_count = 3;
+                pod.set_status(&status);
+            }),
+        );
+        // A rollout retires the replica between the report and the commit.
+        let mut retiring = store.get(&key).unwrap();
+        let mut status: PodStatus = retiring.status();
+        status.retired_at = "2026-12-02T10:00:00Z".into();
+        retiring.set_status(&status);
+        store.commit(vec![Op::UpdateStatus(retiring)]).unwrap();
+
+        inbox.flush();
+        let (_, status) = get(&store, "web-1").unwrap();
+        assert_eq!(status.restart_count, 3);
+        assert_eq!(status.retired_at, "2026-12-02T10:00:00Z", "the rollout's write is kept");
+    }
+
+    #[test]
+    fn usage_is_written_when_it_moves_by_more_than_a_quarter() {
+        let usage = |cpu_millis, mib: u64| Usage { cpu_millis, memory_bytes: mib << 20 };
+        assert!(usage_moved(None, &usage(0, 0)));
+        assert!(!usage_moved(Some(&usage(100, 64)), &usage(110, 70)), "jitter");
+        assert!(!usage_moved(Some(&usage(0, 0)), &usage(15, 3)), "below the floors");
+        assert!(usage_moved(Some(&usage(100, 64)), &usage(200, 64)), "cpu doubled");
+        assert!(usage_moved(Some(&usage(100, 64)), &usage(100, 128)), "memory doubled");
+        assert!(usage_moved(Some(&usage(400, 64)), &usage(100, 64)), "cpu fell");
+    }
 }

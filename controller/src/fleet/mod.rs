@@ -32,6 +32,10 @@ use firmware_proto::MessageKind;
 
 use crate::store::Store;
 
+/// Node messages received but not yet handled by the inbox (a burst of a
+/// whole fleet's reports; beyond it the MQTT loop waits).
+const INCOMING_QUEUE: usize = 32_768;
+
 /// Default topic prefix.
 pub const DEFAULT_PREFIX: &str = "flotilla/v1";
 
@@ -97,7 +101,7 @@ pub fn spawn(
     key: Arc<credentials::ControllerKey>,
 ) -> anyhow::Result<logs::LogRequests> {
     let topics = Topics::new(&config.prefix);
-    let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(4096);
+    let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(INCOMING_QUEUE);
     let republish = Arc::new(tokio::sync::Notify::new());
     let link = channel::BrokerLink::default();
     let client = channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone(), link.clone());

@@ -3,6 +3,7 @@
 //! (env from ConfigMaps and Secrets, quantities, probe ports), so the agent
 //! never reads the store.
 
+use std::sync::Arc;
 use base64::Engine;
 use firmware_proto::{
     ConfigObject, ImageRef, Port, Probe, ProbeAction, Protocol, ReplicaSpec, Resources, RestartPolicy, Seccomp,
@@ -54,15 +55,15 @@ impl ConfigTable {
 /// Where ConfigMaps and Secrets are looked up.
 pub struct References<'a> {
     /// ConfigMaps.
-    pub config_maps: &'a [ApiObject],
+    pub config_maps: &'a [Arc<ApiObject>],
     /// Secrets.
-    pub secrets: &'a [ApiObject],
+    pub secrets: &'a [Arc<ApiObject>],
 }
 
 impl References<'_> {
     fn find(&self, secret: bool, namespace: &str, name: &str) -> Option<&ApiObject> {
         let list = if secret { self.secrets } else { self.config_maps };
-        list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name)
+        list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
     }
 }
 

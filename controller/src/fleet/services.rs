@@ -10,6 +10,7 @@
 //! traffic as readiness changes. The endpoints also go into the Service's
 //! `status.endpoints` (`flotilla get svc -o wide`).
 
+use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -79,7 +80,7 @@ pub fn tables(snapshot: &Snapshot, ops: &mut Vec<Op>) -> BTreeMap<String, Vec<Se
             });
         }
         if service.status::<ServiceStatus>() != status {
-            let mut updated = service.clone();
+            let mut updated = ApiObject::clone(service);
             updated.set_status(&status);
             ops.push(Op::UpdateStatus(updated));
         }
@@ -109,7 +110,7 @@ fn endpoints(
     service: &ApiObject,
     spec: &ServiceSpec,
     port: &crate::manifest::types::ServicePort,
-    pods: &[ApiObject],
+    pods: &[Arc<ApiObject>],
     addresses: &BTreeMap<&str, Ipv4Addr>,
 ) -> Vec<Endpoint> {
     if spec.selector.is_empty() {
@@ -194,19 +195,19 @@ mod tests {
              ports: [{name: http, port: 80, targetPort: http}]\n",
         );
         let snapshot = Snapshot {
-            services: vec![service],
-            nodes: vec![
-                node("edge-1", "10.77.0.11"),
-                node("edge-2", "10.77.0.12"),
-                ApiObject::new(Kind::Node, "", "edge-3"),
-            ],
-            pods: vec![
+            services: vec![Arc::new(service)],
+            nodes: [node("edge-1", "10.77.0.11"), node("edge-2", "10.77.0.12"), ApiObject::new(Kind::Node, "", "edge-3")]
+                .map(Arc::new)
+                .into(),
+            pods: [
                 pod("web-1", "web", "edge-1", true, false),
                 pod("web-2", "web", "edge-2", false, false),
                 pod("web-3", "web", "edge-2", true, true),
                 pod("web-4", "web", "edge-3", true, false),
                 pod("db-1", "db", "edge-2", true, false),
-            ],
+            ]
+            .map(Arc::new)
+            .into(),
             ..Snapshot::default()
         };
         let mut ops = Vec::new();
@@ -219,7 +220,7 @@ mod tests {
         let status: ServiceStatus = written.status();
         assert_eq!(status.endpoints["http"], ["10.77.0.11:8080"]);
         // A second pass with that status stored writes nothing.
-        let snapshot = Snapshot { services: vec![written.clone()], ..snapshot };
+        let snapshot = Snapshot { services: vec![Arc::new(written.clone())], ..snapshot };
         let mut again = Vec::new();
         tables(&snapshot, &mut again);
         assert!(again.is_empty(), "{again:?}");

@@ -9,6 +9,7 @@
 //! the rest. `updateStrategy: OnDelete` replaces a replica only once it is
 //! deleted by hand.
 
+use std::sync::Arc;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +29,7 @@ pub const CANARY_ANNOTATION: &str = "flotilla.io/canary-nodes";
 pub fn reconcile(
     daemon_set: &ApiObject,
     owned: &[&ApiObject],
-    nodes: &[ApiObject],
+    nodes: &[Arc<ApiObject>],
     now: SystemTime,
     ops: &mut Vec<Op>,
 ) {
@@ -38,7 +39,7 @@ pub fn reconcile(
     let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let on_delete = strategy.strategy_type.as_deref() == Some("OnDelete");
-    let eligible: Vec<&ApiObject> = nodes.iter().filter(|n| daemon_eligible(n, &spec.template.spec)).collect();
+    let eligible: Vec<&ApiObject> = nodes.iter().filter(|n| daemon_eligible(n, &spec.template.spec)).map(|n| &**n).collect();
     let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
         Some(IntOrString::Int(n)) => n.max(0) as usize,
         Some(IntOrString::String(p)) => eligible.len() * p.trim_end_matches('%').parse::<usize>().unwrap_or(0) / 100,
@@ -56,10 +57,10 @@ pub fn reconcile(
             by_node.entry(node_name(pod).unwrap_or_default()).or_default().push(pod);
         }
     }
-    let eligible_names: Vec<&str> = eligible.iter().map(|n| n.metadata.name.as_str()).collect();
+    let eligible_names: std::collections::HashSet<&str> = eligible.iter().map(|n| n.metadata.name.as_str()).collect();
     // Replicas on nodes that are no longer eligible go.
     for (node, pods) in &by_node {
-        if !eligible_names.contains(&node.as_str()) {
+        if !eligible_names.contains(node.as_str()) {
             pods.iter().for_each(|p| retire(p, now, ops));
         }
     }
@@ -169,7 +170,7 @@ mod tests {
 
     /// Runs one pass, applies its writes, then marks every live replica on
     /// a ready node ready and drops retired ones (their node stopped them).
-    fn pass(ds: &ApiObject, pods: &mut Vec<ApiObject>, nodes: &[ApiObject]) -> Vec<Op> {
+    fn pass(ds: &ApiObject, pods: &mut Vec<ApiObject>, nodes: &[Arc<ApiObject>]) -> Vec<Op> {
         let owned: Vec<&ApiObject> = pods.iter().collect();
         let mut ops = Vec::new();
         reconcile(ds, &owned, nodes, SystemTime::now(), &mut ops);
@@ -204,8 +205,10 @@ mod tests {
 
     #[test]
     fn canaries_first_then_one_node_at_a_time_and_an_offline_node_waits() {
-        let mut nodes =
-            vec![node("a", false, true), node("b", false, true), node("c", true, true), node("d", false, false)];
+        let mut nodes: Vec<Arc<ApiObject>> =
+            [node("a", false, true), node("b", false, true), node("c", true, true), node("d", false, false)]
+                .map(Arc::new)
+                .into();
         let v1 = daemon_set("agentd:1");
         let mut pods = Vec::new();
         pass(&v1, &mut pods, &nodes);
@@ -229,7 +232,7 @@ mod tests {
         assert_eq!(settled.iter().filter(|(_, h)| *h == new).count(), 3);
         assert_eq!(settled.iter().find(|(n, _)| n == "d").unwrap().1, old, "the offline node keeps its replica");
         // d comes back: it gets the current revision.
-        nodes[3] = node("d", false, true);
+        nodes[3] = Arc::new(node("d", false, true));
         for _ in 0..3 {
             pass(&v2, &mut pods, &nodes);
         }

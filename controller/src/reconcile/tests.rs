@@ -36,7 +36,7 @@ impl Fixture {
     }
 
     fn pods(&self) -> Vec<ApiObject> {
-        self.store.list(Kind::Pod, None).items
+        self.store.list(Kind::Pod, None).items.iter().map(|p| ApiObject::clone(p)).collect()
     }
 
     fn node(&self, name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) {

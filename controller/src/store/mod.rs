@@ -101,9 +101,39 @@ impl WatchEvent {
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
     /// Objects in key order.
-    pub items: Vec<ApiObject>,
+    pub items: Vec<Arc<ApiObject>>,
     /// The store's resourceVersion when listed.
     pub resource_version: u64,
+}
+
+/// Every object as of one resourceVersion: a consistent snapshot that costs
+/// nothing to take (the map is shared with the store until it changes).
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    objects: imbl::OrdMap<ObjectKey, Arc<ApiObject>>,
+    /// The store's resourceVersion at the time.
+    pub resource_version: u64,
+}
+
+impl View {
+    /// A view of `objects` at `resource_version`.
+    pub fn new(objects: imbl::OrdMap<ObjectKey, Arc<ApiObject>>, resource_version: u64) -> Self {
+        View { objects, resource_version }
+    }
+
+    /// Objects of a kind, in one namespace or all (`None`), in key order.
+    pub fn list<'v>(&'v self, kind: Kind, namespace: Option<&'v str>) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+        let start = ObjectKey { kind, namespace: namespace.unwrap_or("").to_owned(), name: String::new() };
+        self.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, v)| v)
+    }
+
+    /// One object.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<ApiObject>> {
+        self.objects.get(key)
+    }
 }
 
 /// Changes after a resourceVersion: first the ones already committed, then
@@ -161,7 +191,12 @@ pub trait Store: Send + Sync + 'static {
     /// One object.
     fn get(&self, key: &ObjectKey) -> Option<ApiObject>;
     /// Objects of a kind, in one namespace or all (`None`).
-    fn list(&self, kind: Kind, namespace: Option<&str>) -> Listing;
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Listing {
+        let view = self.view();
+        Listing { items: view.list(kind, namespace).cloned().collect(), resource_version: view.resource_version }
+    }
+    /// Every object, as of one resourceVersion.
+    fn view(&self) -> View;
     /// Applies every op or none; durable on disk when it returns `Ok`.
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError>;
     /// Changes after `resource_version` (0: only live ones).
@@ -170,4 +205,28 @@ pub trait Store: Send + Sync + 'static {
     fn resource_version(&self) -> u64;
     /// Object count per kind (for metrics).
     fn counts(&self) -> Vec<(Kind, usize)>;
+}
+
+/// Most writes in one commit of [`commit_in_chunks`]: a pass that binds a
+/// whole fleet's replicas must not hold the store's writer (and every
+/// node's status report behind it) for seconds.
+pub const CHUNK: usize = 2048;
+
+/// Commits a pass's independent writes in chunks of [`CHUNK`]. A refused
+/// chunk (another writer got there first, or one op is invalid) is written
+/// one op at a time; what still fails is left for the next pass, which
+/// sees the store as it is then.
+pub fn commit_in_chunks(store: &dyn Store, ops: Vec<Op>, writer: &str) {
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let chunk: Vec<Op> = ops.by_ref().take(CHUNK).collect();
+        if let Err(e) = store.commit(chunk.clone()) {
+            tracing::debug!(writer, error = %e, "batch refused; writing one by one");
+            for op in chunk {
+                if let Err(e) = store.commit(vec![op]) {
+                    tracing::debug!(writer, error = %e, "write skipped; the next pass retries");
+                }
+            }
+        }
+    }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
-use super::{EventType, Listing, Op, Outcome, SecretCipher, Store, StoreError, Subscription, WatchEvent};
+use super::{EventType, Op, Outcome, SecretCipher, Store, StoreError, Subscription, View, WatchEvent};
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey, now_rfc3339};
 
@@ -28,11 +28,15 @@ const RV_KEY: &str = "resource_version";
 const PLAIN: u8 = 0;
 const SEALED: u8 = 1;
 
+/// redb's page cache.
+const REDB_CACHE: usize = 64 << 20;
+
 /// Changes remembered for watches.
 const HISTORY: usize = 20_000;
 
 struct State {
-    objects: BTreeMap<ObjectKey, ApiObject>,
+    /// Shared with every [`View`] taken since it last changed.
+    objects: imbl::OrdMap<ObjectKey, Arc<ApiObject>>,
     resource_version: u64,
     history: VecDeque<Arc<WatchEvent>>,
     /// The oldest version a watch may start from.
@@ -43,6 +47,10 @@ struct State {
 pub struct RedbStore {
     db: Database,
     cipher: SecretCipher,
+    /// Held by one commit at a time, for all of it (staging, disk, memory);
+    /// `state` only for the moment memory changes, so readers never wait
+    /// for a disk write.
+    writer: Mutex<()>,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<WatchEvent>>,
 }
@@ -54,8 +62,13 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the database file and loads every object.
     pub fn open(path: &Path, cipher: SecretCipher) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
-        let mut objects = BTreeMap::new();
+        // Every object is held in memory already: redb's own cache (1 GiB by
+        // default) only needs the pages a commit rewrites.
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE)
+            .create(path)
+            .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
+        let mut objects = imbl::OrdMap::new();
         let mut resource_version = 0;
         {
             // Create the tables on first start so that reads never miss them.
@@ -72,13 +85,13 @@ impl RedbStore {
             let (key, value) = entry.map_err(backend)?;
             let object = decode(&cipher, value.value())
                 .map_err(|e| backend(format!("stored object {} is unreadable: {e}", key.value())))?;
-            objects.insert(object.key(), object);
+            objects.insert(object.key(), Arc::new(object));
         }
         drop(txn);
         let (events, _) = broadcast::channel(4096);
         let state = State { objects, resource_version, history: VecDeque::new(), oldest: resource_version };
         tracing::info!(objects = state.objects.len(), resource_version, path = %path.display(), "store opened");
-        Ok(RedbStore { db, cipher, state: Mutex::new(state), events })
+        Ok(RedbStore { db, cipher, writer: Mutex::new(()), state: Mutex::new(state), events })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -132,25 +145,24 @@ fn validate(object: &ApiObject) -> Result<(), StoreError> {
 
 impl Store for RedbStore {
     fn get(&self, key: &ObjectKey) -> Option<ApiObject> {
-        self.lock().objects.get(key).cloned()
+        self.lock().objects.get(key).map(|o| ApiObject::clone(o))
     }
 
-    fn list(&self, kind: Kind, namespace: Option<&str>) -> Listing {
+    fn view(&self) -> View {
         let state = self.lock();
-        let start = ObjectKey { kind, namespace: namespace.unwrap_or("").to_owned(), name: String::new() };
-        let items = state
-            .objects
-            .range(start..)
-            .take_while(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
-            .map(|(_, v)| v.clone())
-            .collect();
-        Listing { items, resource_version: state.resource_version }
+        View::new(state.objects.clone(), state.resource_version)
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
-        let mut state = self.lock();
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Only commits change the objects, and they hold `writer`: this copy
+        // (shared, not copied) stays current until this commit changes it.
+        let (objects, base_rv) = {
+            let state = self.lock();
+            (state.objects.clone(), state.resource_version)
+        };
         let now = now_rfc3339();
-        let mut rv = state.resource_version;
+        let mut rv = base_rv;
         // Work on a copy of what the batch touches, so that a failing op
         // leaves nothing behind.
         let mut staged: BTreeMap<ObjectKey, Option<ApiObject>> = BTreeMap::new();
@@ -158,7 +170,7 @@ impl Store for RedbStore {
         for op in ops {
             let current = |key: &ObjectKey, staged: &BTreeMap<ObjectKey, Option<ApiObject>>| match staged.get(key) {
                 Some(v) => v.clone(),
-                None => state.objects.get(key).cloned(),
+                None => objects.get(key).map(|o| ApiObject::clone(o)),
             };
             match op {
                 Op::Create(object) if !object.metadata.uid.is_empty() => {
@@ -221,7 +233,7 @@ impl Store for RedbStore {
                 }
             }
         }
-        if rv == state.resource_version {
+        if rv == base_rv {
             return Ok(outcomes); // nothing changed: no disk write
         }
         // Durable first: one transaction, fsynced on commit.
@@ -243,10 +255,11 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(backend)?;
         // Then memory and watchers, in resourceVersion order.
+        let mut state = self.lock();
         state.resource_version = rv;
         for (key, object) in staged {
             match object {
-                Some(object) => _ = state.objects.insert(key, object),
+                Some(object) => _ = state.objects.insert(key, Arc::new(object)),
                 None => _ = state.objects.remove(&key),
             }
         }
