@@ -194,7 +194,8 @@ fn spawn(binaries: &Binaries, data_dir: &Path, options: &ControllerOptions, log:
             .args(&options.extra_args)
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "info")
+            // FLOTILLA_BENCH_CONTROLLER_LOG: the controller's RUST_LOG, to look closer.
+            .env("RUST_LOG", std::env::var("FLOTILLA_BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()

@@ -440,7 +440,23 @@ impl SimulatedFleet {
     }
 
     fn steady(&mut self, args: &FleetArgs) -> anyhow::Result<Value> {
-        eprintln!("fleet: idle for {}", humantime::format_duration(args.steady_for));
+        // The devices report Running before the controller has recorded
+        // every report: idle starts when its store has been quiet for 2 s (or
+        // after a minute, if it never is).
+        let settle = Instant::now();
+        let (mut rv, mut quiet_since) = (self.controller.resource_version()?, Instant::now());
+        while quiet_since.elapsed() < Duration::from_secs(2) && settle.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.controller.resource_version()?;
+            if now != rv {
+                (rv, quiet_since) = (now, Instant::now());
+            }
+        }
+        let settled_s = quiet_since.duration_since(settle).as_secs_f64();
+        eprintln!(
+            "fleet: the controller recorded the last reports {settled_s:.1} s later; idle for {}",
+            humantime::format_duration(args.steady_for)
+        );
         let (cpu_before, rv_before, at) =
             (self.controller.cpu_seconds()?, self.controller.resource_version()?, Instant::now());
         crate::fleet::pause(args.steady_for)?;
@@ -454,6 +470,7 @@ impl SimulatedFleet {
             "controller_rss_bytes": self.controller.rss_bytes()?,
             "broker_rss_bytes": self.broker_rss()?,
             "store_writes_per_s": round3(writes as f64 / elapsed),
+            "settled_s": round3(settled_s),
         }))
     }
 
