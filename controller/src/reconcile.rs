@@ -181,20 +181,14 @@ pub fn plan(snapshot: &Snapshot) -> Vec<Op> {
     ]
     .into_iter()
     .flat_map(|(kind, list)| {
-        list.iter().map(move |o| {
-            (kind, o.metadata.namespace.as_str(), o.metadata.name.as_str(), o.metadata.uid.as_str())
-        })
+        list.iter()
+            .map(move |o| (kind, o.metadata.namespace.as_str(), o.metadata.name.as_str(), o.metadata.uid.as_str()))
     })
     .collect();
     // Garbage collection: replicas whose owner is gone.
     for pod in &snapshot.pods {
         if let Some(owner) = pod.metadata.owner_references.first()
-            && !owners.contains(&(
-                owner.kind,
-                pod.metadata.namespace.as_str(),
-                owner.name.as_str(),
-                owner.uid.as_str(),
-            ))
+            && !owners.contains(&(owner.kind, pod.metadata.namespace.as_str(), owner.name.as_str(), owner.uid.as_str()))
         {
             ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         }

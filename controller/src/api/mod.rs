@@ -363,7 +363,8 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
         listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
     let body = blocking(move || {
         let items: Vec<&ApiObject> = items.iter().map(|o| &**o).collect();
-        let list = ObjectList { kind: "List".to_owned(), resource_version: listing.resource_version.to_string(), items };
+        let list =
+            ObjectList { kind: "List".to_owned(), resource_version: listing.resource_version.to_string(), items };
         serde_json::to_vec(&list)
     })
     .await?

@@ -293,8 +293,15 @@ impl EnrolmentFile {
     fn migrate(&mut self) {
         let now = unix_now();
         for (hash, expires) in std::mem::take(&mut self.join_tokens) {
-            let token =
-                JoinToken { uses: 1, used: 0, expires, created: now, serial: 0, labels: BTreeMap::new(), revoked: false };
+            let token = JoinToken {
+                uses: 1,
+                used: 0,
+                expires,
+                created: now,
+                serial: 0,
+                labels: BTreeMap::new(),
+                revoked: false,
+            };
             self.tokens.entry(hash).or_insert(token);
         }
     }

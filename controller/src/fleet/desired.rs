@@ -16,11 +16,11 @@ use rumqttc::{AsyncClient, QoS};
 use super::credentials::ControllerKey;
 use super::replica_spec::{self, ConfigTable, References};
 use super::{FleetConfig, Topics};
+use crate::manifest::Kind;
 use crate::manifest::types::PodSpec;
 use crate::object::{ApiObject, ObjectKey};
 use crate::reconcile::Snapshot;
 use crate::status::{NodeStatus, PodStatus};
-use crate::manifest::Kind;
 use crate::store::{EventType, Op, Store, WatchEvent};
 
 /// Annotation holding the image digest a replica was pinned to.
@@ -161,7 +161,8 @@ impl Changes {
                         None => self.dirty.pins |= inputs.digest.is_none(),
                     }
                 }
-                let endpoint = |i: &Option<PodInputs>| i.as_ref().map(|i| (i.ready, i.labels, i.listed, i.node.clone()));
+                let endpoint =
+                    |i: &Option<PodInputs>| i.as_ref().map(|i| (i.ready, i.labels, i.listed, i.node.clone()));
                 self.dirty.services |= endpoint(&before) != endpoint(&now);
             }
             Kind::Node => {

@@ -425,8 +425,10 @@ impl Inbox {
                 }),
             );
         }
-        let usage =
-            Usage { cpu_millis: u64::from(status.usage.cpu_millis), memory_bytes: u64::from(status.usage.memory_kib) * 1024 };
+        let usage = Usage {
+            cpu_millis: u64::from(status.usage.cpu_millis),
+            memory_bytes: u64::from(status.usage.memory_kib) * 1024,
+        };
         self.pending.push(
             ObjectKey::new(Kind::Node, "", node),
             Box::new(move |object| {
@@ -586,7 +588,9 @@ impl Inbox {
             }
         }
         for (name, track) in &mut self.nodes {
-            if !stored.contains(name.as_str()) && !self.pending.by_key.contains_key(&ObjectKey::new(Kind::Node, "", name)) {
+            if !stored.contains(name.as_str())
+                && !self.pending.by_key.contains_key(&ObjectKey::new(Kind::Node, "", name))
+            {
                 track.ready = None;
             }
         }
@@ -808,8 +812,7 @@ mod tests {
     fn pod(name: &str, node: &str, owner: Kind, retired: bool) -> Vec<Op> {
         let mut pod = ApiObject::new(Kind::Pod, "default", name);
         pod.content.insert("spec".into(), serde_json::json!({ "nodeName": node, "containers": [] }));
-        pod.metadata.owner_references =
-            vec![OwnerReference { kind: owner, name: "owner".into(), uid: "u-1".into() }];
+        pod.metadata.owner_references = vec![OwnerReference { kind: owner, name: "owner".into(), uid: "u-1".into() }];
         let status = PodStatus {
             phase: "Running".into(),
             retired_at: if retired { "2026-12-02T00:00:00Z".into() } else { String::new() },

@@ -3,13 +3,13 @@
 //! (env from ConfigMaps and Secrets, quantities, probe ports), so the agent
 //! never reads the store.
 
-use std::sync::Arc;
 use base64::Engine;
 use firmware_proto::{
     ConfigObject, ImageRef, Port, Probe, ProbeAction, Protocol, ReplicaSpec, Resources, RestartPolicy, Seccomp,
     TextList, User, VolumeMount, VolumeSource,
 };
 use serde_json::Value;
+use std::sync::Arc;
 
 use crate::manifest::Quantity;
 use crate::manifest::types::{Container, IntOrString, PodSpec, QuantityText};

@@ -10,9 +10,9 @@
 //! traffic as readiness changes. The endpoints also go into the Service's
 //! `status.endpoints` (`flotilla get svc -o wide`).
 
-use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use firmware_proto::{Endpoint, MAX_ENDPOINTS, MAX_SERVICES, ServicePort, ServiceTable};
 use serde::{Deserialize, Serialize};
@@ -196,9 +196,13 @@ mod tests {
         );
         let snapshot = Snapshot {
             services: vec![Arc::new(service)],
-            nodes: [node("edge-1", "10.77.0.11"), node("edge-2", "10.77.0.12"), ApiObject::new(Kind::Node, "", "edge-3")]
-                .map(Arc::new)
-                .into(),
+            nodes: [
+                node("edge-1", "10.77.0.11"),
+                node("edge-2", "10.77.0.12"),
+                ApiObject::new(Kind::Node, "", "edge-3"),
+            ]
+            .map(Arc::new)
+            .into(),
             pods: [
                 pod("web-1", "web", "edge-1", true, false),
                 pod("web-2", "web", "edge-2", false, false),

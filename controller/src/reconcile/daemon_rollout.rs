@@ -9,8 +9,8 @@
 //! the rest. `updateStrategy: OnDelete` replaces a replica only once it is
 //! deleted by hand.
 
-use std::sync::Arc;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::manifest::types::{DaemonSetSpec, IntOrString};
@@ -39,7 +39,8 @@ pub fn reconcile(
     let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let on_delete = strategy.strategy_type.as_deref() == Some("OnDelete");
-    let eligible: Vec<&ApiObject> = nodes.iter().filter(|n| daemon_eligible(n, &spec.template.spec)).map(|n| &**n).collect();
+    let eligible: Vec<&ApiObject> =
+        nodes.iter().filter(|n| daemon_eligible(n, &spec.template.spec)).map(|n| &**n).collect();
     let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
         Some(IntOrString::Int(n)) => n.max(0) as usize,
         Some(IntOrString::String(p)) => eligible.len() * p.trim_end_matches('%').parse::<usize>().unwrap_or(0) / 100,
