@@ -171,6 +171,11 @@ impl ApiObject {
         self.metadata.resource_version.parse().unwrap_or(0)
     }
 
+    /// A pod's `spec.nodeName`: the node it is bound to.
+    pub fn node_name(&self) -> Option<&str> {
+        self.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str())
+    }
+
     /// `spec`, typed; `None` if absent or of another shape.
     pub fn spec<T: DeserializeOwned>(&self) -> Option<T> {
         // Deserialised from the borrowed value: no copy of the tree.

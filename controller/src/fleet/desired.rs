@@ -122,7 +122,7 @@ impl PodInputs {
             hasher.finish()
         };
         PodInputs {
-            node: node_name(pod).map(str::to_owned),
+            node: pod.node_name().map(str::to_owned),
             generation: pod.metadata.generation,
             uid: pod.metadata.uid.clone(),
             digest: pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION).cloned(),
@@ -174,10 +174,6 @@ impl Changes {
             _ => {}
         }
     }
-}
-
-fn node_name(pod: &ApiObject) -> Option<&str> {
-    pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str())
 }
 
 /// How often every document is built again whatever the watch said (level
@@ -308,7 +304,7 @@ fn build_all(
         .collect();
     for pod in &snapshot.pods {
         // Only pods of nodes being built, and unbound ones to pin, are read.
-        match node_name(pod) {
+        match pod.node_name() {
             Some(node) if !dirty.wants(node) => continue,
             None if !dirty.pins || pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION) => continue,
             _ => {}
@@ -318,12 +314,12 @@ fn build_all(
             continue;
         }
         if !status.retired_at.is_empty() {
-            if let Some(node) = pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) {
+            if let Some(node) = pod.node_name() {
                 retired.entry(node.to_owned()).or_default().push((replica_spec::replica_id(pod), pod.key()));
             }
             continue;
         }
-        match pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) {
+        match pod.node_name() {
             Some(node) => {
                 let archs = pod.metadata.annotations.get(IMAGE_ARCHS_ANNOTATION);
                 let arch = node_arch.get(node).map(String::as_str).unwrap_or("");

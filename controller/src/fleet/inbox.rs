@@ -412,9 +412,7 @@ impl Inbox {
                 key.clone(),
                 Box::new(move |object| {
                     let Some(pod) = object else { return };
-                    if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str())
-                        != Some(node.as_str())
-                    {
+                    if pod.node_name() != Some(node.as_str()) {
                         return;
                     }
                     let old: PodStatus = pod.status();
@@ -603,7 +601,7 @@ impl Inbox {
         let view = self.store.view();
         let mut moved: BTreeMap<&str, usize> = BTreeMap::new();
         for pod in view.list(Kind::Pod, None) {
-            let Some(node) = pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) else {
+            let Some(node) = pod.node_name() else {
                 continue;
             };
             let Some((node, why)) = due.get_key_value(node) else { continue };
@@ -667,7 +665,7 @@ fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Optio
 /// waits for its node, any other goes back to the scheduler.
 fn evict_one(object: &mut Option<ApiObject>, node: &str, why: &str) {
     let Some(pod) = object else { return };
-    if pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()) != Some(node) {
+    if pod.node_name() != Some(node) {
         return;
     }
     let mut status: PodStatus = pod.status();
@@ -824,7 +822,7 @@ mod tests {
 
     fn get(store: &Arc<dyn Store>, name: &str) -> Option<(Option<String>, PodStatus)> {
         let pod = store.get(&ObjectKey::new(Kind::Pod, "default", name))?;
-        let node = pod.content["spec"].get("nodeName").and_then(|n| n.as_str()).map(str::to_owned);
+        let node = pod.node_name().map(str::to_owned);
         Some((node, pod.status()))
     }
 
