@@ -167,7 +167,7 @@ fn watch(client: &Client, kind: Kind, namespace: Option<&str>, args: &GetArgs, m
                     writeln!(out, "{}/{}", kind.to_string().to_lowercase(), event.object.metadata.name)?
                 }
                 _ => {
-                    let mut object = event.object.clone();
+                    let mut object = ApiObject::clone(&event.object);
                     if event.event_type == EventType::Deleted && kind == Kind::Pod {
                         let mut status: PodStatus = object.status();
                         status.phase = "Terminating".into();

@@ -7,7 +7,10 @@
 //! views (`spec::<DeploymentSpec>()`) are taken where a reconciler needs
 //! them.
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -113,6 +116,38 @@ pub struct ApiObject {
     /// Everything else: `spec` and `status`, or `data` (ConfigMap, Secret).
     #[serde(flatten)]
     pub content: Map<String, Value>,
+    /// What was derived from this content once: its JSON and its typed
+    /// `spec` and `status`. Objects in the store are never changed in place
+    /// (a write stores a new one), so a stored object's cache stays true; a
+    /// clone starts empty because clones are made to be changed.
+    #[serde(skip)]
+    derived: Derived,
+}
+
+/// The lazily filled caches of an [`ApiObject`].
+#[derive(Default)]
+struct Derived {
+    json: OnceLock<Box<[u8]>>,
+    spec: OnceLock<Box<dyn Any + Send + Sync>>,
+    status: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Clone for Derived {
+    fn clone(&self) -> Self {
+        Derived::default()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
 }
 
 /// Identifies one object.
@@ -158,6 +193,7 @@ impl ApiObject {
             kind,
             metadata: Metadata { name: key.name, namespace: key.namespace, ..Metadata::default() },
             content: Map::new(),
+            derived: Derived::default(),
         }
     }
 
@@ -185,6 +221,40 @@ impl ApiObject {
     /// `status`, typed; the default when absent or unreadable.
     pub fn status<T: DeserializeOwned + Default>(&self) -> T {
         self.content.get("status").and_then(|v| T::deserialize(v).ok()).unwrap_or_default()
+    }
+
+    /// `spec` as `T`, deserialised once per object: what passes over every
+    /// object of a fleet read. Only for objects that are not changed after
+    /// the first call (the store's); `None` as [`ApiObject::spec`]. A second
+    /// type asked of the same object is deserialised each time.
+    pub fn typed_spec<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self) -> Option<Cow<'_, T>> {
+        let cached = self.derived.spec.get_or_init(|| Box::new(self.spec::<T>()));
+        match cached.downcast_ref::<Option<T>>() {
+            Some(spec) => spec.as_ref().map(Cow::Borrowed),
+            None => self.spec::<T>().map(Cow::Owned),
+        }
+    }
+
+    /// `status` as `T`, deserialised once per object (see
+    /// [`ApiObject::typed_spec`]); the default when absent or unreadable.
+    pub fn typed_status<T: DeserializeOwned + Default + Clone + Send + Sync + 'static>(&self) -> Cow<'_, T> {
+        let cached = self.derived.status.get_or_init(|| Box::new(self.status::<T>()));
+        match cached.downcast_ref::<T>() {
+            Some(status) => Cow::Borrowed(status),
+            None => Cow::Owned(self.status::<T>()),
+        }
+    }
+
+    /// This object as JSON, serialised once (a list of a large fleet's pods
+    /// copies bytes instead of walking every tree again).
+    pub fn json(&self) -> &[u8] {
+        self.derived.json.get_or_init(|| serde_json::to_vec(self).unwrap_or_default().into_boxed_slice())
+    }
+
+    /// Seeds [`ApiObject::json`] with bytes already serialised from this
+    /// object (the store writes them to disk anyway).
+    pub fn remember_json(&self, json: &[u8]) {
+        let _ = self.derived.json.set(json.into());
     }
 
     /// Sets `status`.

@@ -284,7 +284,9 @@ fn status_op<T: serde::Serialize + PartialEq + serde::de::DeserializeOwned + Def
 /// taints tolerated.
 fn daemon_eligible(node: &ApiObject, pod: &PodSpec) -> bool {
     let selector_ok = pod.node_selector.iter().all(|(k, v)| node.metadata.labels.get(k) == Some(v));
-    let taints = node.spec::<NodeSpec>().unwrap_or_default().taints;
+    let no_taints = Vec::new();
+    let spec = node.typed_spec::<NodeSpec>();
+    let taints = spec.as_ref().map_or(&no_taints, |s| &s.taints);
     let tolerations: Vec<sched::Toleration> = pod.tolerations.iter().filter_map(toleration).collect();
     let tolerated = taints
         .iter()
@@ -301,10 +303,10 @@ fn reconcile_job(job: &ApiObject, pods: &[Arc<ApiObject>], now: std::time::Syste
     let parallelism = spec.parallelism.unwrap_or(1).max(0) as u32;
     let backoff_limit = spec.backoff_limit.unwrap_or(6).max(0) as u32;
     let owned = owned_by(job, pods);
-    let phase = |p: &&&ApiObject| p.status::<PodStatus>().phase;
+    let phase = |p: &&&ApiObject| p.typed_status::<PodStatus>().phase.clone();
     let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as u32;
     let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as u32;
-    let active: Vec<_> = owned.iter().filter(|p| !p.status::<PodStatus>().is_finished()).collect();
+    let active: Vec<_> = owned.iter().filter(|p| !p.typed_status::<PodStatus>().is_finished()).collect();
     let previous: JobStatus = job.status();
     let start_time = if previous.start_time.is_empty() {
         humantime::format_rfc3339_seconds(now).to_string()
@@ -550,11 +552,10 @@ fn schedule_pending(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
     let mut pending = Vec::new();
     let mut blocked: Vec<(&ApiObject, String)> = Vec::new();
     for pod in snapshot.pods.iter().filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
-        let status: PodStatus = pod.status();
-        if status.is_finished() {
+        if pod.typed_status::<PodStatus>().is_finished() {
             continue;
         }
-        let Some(spec) = pod.spec::<PodSpec>() else { continue };
+        let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
         match node_name(pod) {
             Some(node) => bound.push(sched::BoundReplica { replica: scheduler_replica(pod, &spec), node: node.into() }),
             None => {

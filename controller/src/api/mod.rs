@@ -38,7 +38,7 @@ pub use metrics::Metrics;
 use crate::manifest::{self, Kind, ManifestError};
 use crate::object::{ApiObject, ObjectKey, kind_from_resource, resource_of};
 use crate::selector::Selector;
-use crate::store::{Op, Store, StoreError, WatchEvent};
+use crate::store::{EventType, Op, Store, StoreError, WatchEvent};
 
 /// What every handler shares.
 pub struct ApiState {
@@ -326,6 +326,23 @@ pub struct ObjectList<T = ApiObject> {
     pub items: Vec<T>,
 }
 
+/// An [`ObjectList`] as JSON, from each object's own serialised form: the
+/// pods of a large fleet are joined, not walked again for every list.
+fn list_json(resource_version: u64, items: &[Arc<ApiObject>]) -> Vec<u8> {
+    let head = format!(r#"{{"kind":"List","resourceVersion":"{resource_version}","items":["#);
+    let size = head.len() + items.iter().map(|o| o.json().len() + 1).sum::<usize>() + 2;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(head.as_bytes());
+    for (i, object) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(object.json());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
 async fn list_all(
     State(state): State<Shared>,
     Path(resource): Path<String>,
@@ -361,14 +378,7 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
     // large fleet copies nothing.
     let items: Vec<Arc<ApiObject>> =
         listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
-    let body = blocking(move || {
-        let items: Vec<&ApiObject> = items.iter().map(|o| &**o).collect();
-        let list =
-            ObjectList { kind: "List".to_owned(), resource_version: listing.resource_version.to_string(), items };
-        serde_json::to_vec(&list)
-    })
-    .await?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let body = blocking(move || list_json(listing.resource_version, &items)).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -381,9 +391,18 @@ fn watch(state: Shared, kind: Kind, ns: Option<String>, selector: Selector, from
             && ns.as_ref().is_none_or(|ns| &event.object.metadata.namespace == ns)
             && selector.matches(&event.object.metadata.labels)
     };
+    // Each object's JSON is serialised once however many watch it.
     let line = |event: &WatchEvent| {
-        let mut bytes = serde_json::to_vec(event).unwrap_or_default();
-        bytes.push(b'\n');
+        let event_type = match event.event_type {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        };
+        let object = event.object.json();
+        let mut bytes = Vec::with_capacity(object.len() + 32);
+        bytes.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
+        bytes.extend_from_slice(object);
+        bytes.extend_from_slice(b"}\n");
         Ok::<_, std::convert::Infallible>(bytes)
     };
     let backlog: Vec<_> = subscription.backlog.iter().filter(|e| matches(e)).map(|e| line(e)).collect();

@@ -115,7 +115,7 @@ struct PodInputs {
 
 impl PodInputs {
     fn of(pod: &ApiObject) -> Self {
-        let status: PodStatus = pod.status();
+        let status = pod.typed_status::<PodStatus>();
         let labels = {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             pod.metadata.labels.hash(&mut hasher);
@@ -309,7 +309,7 @@ fn build_all(
             None if !dirty.pins || pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION) => continue,
             _ => {}
         }
-        let status: PodStatus = pod.status();
+        let status = pod.typed_status::<PodStatus>();
         if status.is_finished() {
             continue;
         }
@@ -469,7 +469,7 @@ fn replica_of(
     table: &mut ConfigTable,
     writes: &mut Vec<Op>,
 ) -> Result<firmware_proto::ReplicaSpec, String> {
-    let spec: PodSpec = pod.spec().ok_or("the pod's spec is unreadable")?;
+    let spec = pod.typed_spec::<PodSpec>().ok_or("the pod's spec is unreadable")?;
     let image = spec.containers.first().map(|c| c.image.clone()).unwrap_or_default();
     let digest = match pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION).and_then(|d| parse_digest(d)) {
         Some(digest) => digest,

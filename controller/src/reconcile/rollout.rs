@@ -128,7 +128,7 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
     let mut target = target_revision(&status.history, &spec_hash);
 
     let available = |pod: &ApiObject| is_available(pod, min_ready, now);
-    let is_retired = |pod: &&&ApiObject| !pod.status::<PodStatus>().retired_at.is_empty();
+    let is_retired = |pod: &&&ApiObject| !pod.typed_status::<PodStatus>().retired_at.is_empty();
     let retiring = owned.iter().filter(is_retired).count() as u32;
     let live: Vec<&ApiObject> = owned.iter().filter(|p| !is_retired(p)).copied().collect();
     let hash_of = |pod: &ApiObject| pod.metadata.labels.get(TEMPLATE_HASH_LABEL).cloned().unwrap_or_default();
@@ -179,7 +179,7 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
     status.revision = target.revision;
     status.replicas = live.len() as u32;
     status.updated_replicas = new.len() as u32;
-    status.ready_replicas = live.iter().filter(|p| p.status::<PodStatus>().is_ready()).count() as u32;
+    status.ready_replicas = live.iter().filter(|p| p.typed_status::<PodStatus>().is_ready()).count() as u32;
     status.available_replicas = live.iter().filter(|p| available(p)).count() as u32;
     status.updated_available_replicas = new_available;
     let complete =
@@ -248,7 +248,7 @@ fn failure(
     }
     let new_available = new.iter().filter(|p| available(p)).count() as u32;
     if new_available < bounds.replicas && now.duration_since(progress_at).unwrap_or_default() > deadline {
-        let not_ready: Vec<&&ApiObject> = new.iter().filter(|p| !p.status::<PodStatus>().is_ready()).collect();
+        let not_ready: Vec<&&ApiObject> = new.iter().filter(|p| !p.typed_status::<PodStatus>().is_ready()).collect();
         // The first stuck replica's own reason says most (unschedulable,
         // pulling, a failing probe).
         let example = not_ready.first().map_or(String::new(), |p| {

@@ -39,18 +39,23 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// It did not exist.
-    Created(ApiObject),
+    Created(Arc<ApiObject>),
     /// It changed.
-    Configured(ApiObject),
+    Configured(Arc<ApiObject>),
     /// Nothing to change; nothing written.
-    Unchanged(ApiObject),
+    Unchanged(Arc<ApiObject>),
     /// It is gone.
-    Deleted(ApiObject),
+    Deleted(Arc<ApiObject>),
 }
 
 impl Outcome {
     /// The object.
     pub fn object(&self) -> &ApiObject {
+        self.shared()
+    }
+
+    /// The object, as the store shares it.
+    pub fn shared(&self) -> &Arc<ApiObject> {
         match self {
             Outcome::Created(o) | Outcome::Configured(o) | Outcome::Unchanged(o) | Outcome::Deleted(o) => o,
         }
@@ -86,8 +91,8 @@ pub struct WatchEvent {
     #[serde(rename = "type")]
     pub event_type: EventType,
     /// The object after the change (before, for deletes, with the deletion's
-    /// resourceVersion).
-    pub object: ApiObject,
+    /// resourceVersion), shared with the store.
+    pub object: Arc<ApiObject>,
 }
 
 impl WatchEvent {

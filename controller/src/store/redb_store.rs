@@ -165,13 +165,15 @@ impl Store for RedbStore {
         let mut rv = base_rv;
         // Work on a copy of what the batch touches, so that a failing op
         // leaves nothing behind.
-        let mut staged: BTreeMap<ObjectKey, Option<ApiObject>> = BTreeMap::new();
+        // Objects are shared, never copied, unless a write changes them.
+        let mut staged: BTreeMap<ObjectKey, Option<Arc<ApiObject>>> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
-            let current = |key: &ObjectKey, staged: &BTreeMap<ObjectKey, Option<ApiObject>>| match staged.get(key) {
-                Some(v) => v.clone(),
-                None => objects.get(key).map(|o| ApiObject::clone(o)),
-            };
+            let current =
+                |key: &ObjectKey, staged: &BTreeMap<ObjectKey, Option<Arc<ApiObject>>>| match staged.get(key) {
+                    Some(v) => v.clone(),
+                    None => objects.get(key).cloned(),
+                };
             match op {
                 Op::Create(object) if !object.metadata.uid.is_empty() => {
                     return Err(StoreError::Invalid(format!(
@@ -186,7 +188,7 @@ impl Store for RedbStore {
                     validate(&object)?;
                     let key = object.key();
                     let existing = current(&key, &staged);
-                    check_precondition(&key, object.resource_version(), existing.as_ref())?;
+                    check_precondition(&key, object.resource_version(), existing.as_deref())?;
                     // A uid, when given, must be the stored one: a re-created
                     // object is another object.
                     if !object.metadata.uid.is_empty()
@@ -200,7 +202,7 @@ impl Store for RedbStore {
                     }
                     let outcome = apply_one(object, existing, &mut rv, &now);
                     if !matches!(outcome, Outcome::Unchanged(_)) {
-                        staged.insert(key, Some(outcome.object().clone()));
+                        staged.insert(key, Some(outcome.shared().clone()));
                     }
                     outcomes.push(outcome);
                 }
@@ -212,24 +214,26 @@ impl Store for RedbStore {
                         outcomes.push(Outcome::Unchanged(existing));
                         continue;
                     }
-                    let mut new = existing;
-                    match object.content.get("status") {
-                        Some(status) => _ = new.content.insert("status".to_owned(), status.clone()),
+                    let mut new = ApiObject::clone(&existing);
+                    let mut object = object;
+                    match object.content.remove("status") {
+                        Some(status) => _ = new.content.insert("status".to_owned(), status),
                         None => _ = new.content.remove("status"),
                     }
                     rv += 1;
                     new.metadata.resource_version = rv.to_string();
+                    let new = Arc::new(new);
                     staged.insert(key, Some(new.clone()));
                     outcomes.push(Outcome::Configured(new));
                 }
                 Op::Delete(key, precondition) => {
                     let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
                     check_precondition(&key, precondition.unwrap_or(0), Some(&existing))?;
-                    let mut gone = existing;
+                    let mut gone = ApiObject::clone(&existing);
                     rv += 1;
                     gone.metadata.resource_version = rv.to_string();
                     staged.insert(key, None);
-                    outcomes.push(Outcome::Deleted(gone));
+                    outcomes.push(Outcome::Deleted(Arc::new(gone)));
                 }
             }
         }
@@ -244,6 +248,9 @@ impl Store for RedbStore {
                 match object {
                     Some(object) => {
                         let bytes = encode(&self.cipher, object)?;
+                        if object.kind != Kind::Secret {
+                            object.remember_json(&bytes[1..]);
+                        }
                         table.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
                     }
                     None => {
@@ -259,7 +266,7 @@ impl Store for RedbStore {
         state.resource_version = rv;
         for (key, object) in staged {
             match object {
-                Some(object) => _ = state.objects.insert(key, Arc::new(object)),
+                Some(object) => _ = state.objects.insert(key, object),
                 None => _ = state.objects.remove(&key),
             }
         }
@@ -273,7 +280,7 @@ impl Store for RedbStore {
                     Outcome::Deleted(_) => EventType::Deleted,
                     Outcome::Unchanged(_) => return None,
                 };
-                Some(Arc::new(WatchEvent { event_type, object: outcome.object().clone() }))
+                Some(Arc::new(WatchEvent { event_type, object: outcome.shared().clone() }))
             })
             .collect();
         for event in changes {
@@ -318,7 +325,7 @@ impl Store for RedbStore {
 }
 
 /// Server-side apply of one object onto what is stored.
-fn apply_one(mut object: ApiObject, existing: Option<ApiObject>, rv: &mut u64, now: &str) -> Outcome {
+fn apply_one(mut object: ApiObject, existing: Option<Arc<ApiObject>>, rv: &mut u64, now: &str) -> Outcome {
     let Some(old) = existing else {
         *rv += 1;
         object.metadata.uid = uuid::Uuid::new_v4().to_string();
@@ -326,10 +333,9 @@ fn apply_one(mut object: ApiObject, existing: Option<ApiObject>, rv: &mut u64, n
         object.metadata.generation = 1;
         object.metadata.creation_timestamp = now.to_owned();
         object.api_version = object.kind.api_version().to_owned();
-        return Outcome::Created(object);
+        return Outcome::Created(Arc::new(object));
     };
-    let new_content = object.content_without_status();
-    let content_changed = old.content_without_status() != new_content;
+    let content_changed = !old.same_content_but_status(&object);
     let owners_changed = !object.metadata.owner_references.is_empty()
         && object.metadata.owner_references != old.metadata.owner_references;
     let metadata_changed =
@@ -337,23 +343,28 @@ fn apply_one(mut object: ApiObject, existing: Option<ApiObject>, rv: &mut u64, n
     if !content_changed && !owners_changed && !metadata_changed {
         return Outcome::Unchanged(old);
     }
-    let mut new = old.clone();
-    new.metadata.labels = object.metadata.labels;
-    new.metadata.annotations = object.metadata.annotations;
+    // The applied object with the stored identity and status: apply never
+    // writes status, that belongs to the controller and agents.
+    let mut metadata = old.metadata.clone();
+    metadata.labels = std::mem::take(&mut object.metadata.labels);
+    metadata.annotations = std::mem::take(&mut object.metadata.annotations);
     if owners_changed {
-        new.metadata.owner_references = object.metadata.owner_references;
+        metadata.owner_references = std::mem::take(&mut object.metadata.owner_references);
     }
-    // Apply never writes status: that belongs to the controller and agents.
-    new.content = new_content;
-    if let Some(status) = old.content.get("status") {
-        new.content.insert("status".to_owned(), status.clone());
+    let mut new = ApiObject::new(old.kind, &old.metadata.namespace, &old.metadata.name);
+    new.api_version = old.api_version.clone();
+    new.metadata = metadata;
+    new.content = std::mem::take(&mut object.content);
+    match old.content.get("status") {
+        Some(status) => _ = new.content.insert("status".to_owned(), status.clone()),
+        None => _ = new.content.remove("status"),
     }
     *rv += 1;
     new.metadata.resource_version = rv.to_string();
     if content_changed {
         new.metadata.generation += 1;
     }
-    Outcome::Configured(new)
+    Outcome::Configured(Arc::new(new))
 }
 
 #[cfg(test)]
