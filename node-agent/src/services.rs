@@ -11,7 +11,9 @@
 //!   address of its own (`127.77.x.y`, stable per Service, like a cluster
 //!   IP: containers share the device's network, so any port number is
 //!   free there) to the endpoints in turn (round robin), skipping one that
-//!   refuses the connection.
+//!   refuses the connection. The forwarders run on a thread of their own,
+//!   so proxied traffic never competes with the MQTT connection's
+//!   keep-alive.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -56,8 +58,8 @@ impl ServiceDirectory {
     }
 
     /// Applies a service table frame: checked, then the file and the
-    /// forwarders follow it. Returns whether it changed anything. Call it
-    /// from within a tokio runtime: the forwarders run there.
+    /// forwarders follow it. Returns whether it changed anything. The
+    /// forwarders run on their own runtime, not the caller's.
     pub fn apply(&self, frame: &[u8]) -> Result<bool, String> {
         let decoded = decode_services_frame(frame).map_err(|e| format!("malformed service table: {e}"))?;
         let (table, signature) = &decoded.frame;
@@ -149,9 +151,15 @@ fn endpoints_file(ports: &[ServicePort]) -> String {
 
 /// One forwarder per TCP Service port, each a listener task that reads its
 /// current endpoints from a shared list.
+///
+/// They run on a runtime of their own (one thread, started with the first
+/// forwarder), never on the caller's: the channel applies service tables on
+/// the MQTT thread, and every proxied byte copied there is time its event
+/// loop, keep-alive pings included, waits for.
 #[derive(Default)]
 struct Forwarders {
     running: Mutex<HashMap<SocketAddrV4, Forwarder>>,
+    thread: Mutex<Option<ForwarderThread>>,
 }
 
 struct Forwarder {
@@ -173,10 +181,6 @@ impl Forwarders {
                 (local, endpoints)
             })
             .collect();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!("service forwarders need a tokio runtime; not forwarding");
-            return;
-        };
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.retain(|local, forwarder| {
             let keep = wanted.contains_key(local);
@@ -189,11 +193,63 @@ impl Forwarders {
             match running.get(&local) {
                 Some(forwarder) => *forwarder.endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints,
                 None => {
+                    let Some(runtime) = self.runtime() else { return };
                     let endpoints = Arc::new(Mutex::new(endpoints));
                     let task = runtime.spawn(forward(local, endpoints.clone()));
                     running.insert(local, Forwarder { endpoints, task });
                 }
             }
+        }
+    }
+
+    /// The forwarders' runtime, started on first use: a node without TCP
+    /// Services runs no extra thread (nor do the fleet simulator's
+    /// thousands of devices in one process).
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if thread.is_none() {
+            match ForwarderThread::start() {
+                Ok(started) => *thread = Some(started),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the service forwarders' thread; not forwarding");
+                    return None;
+                }
+            }
+        }
+        thread.as_ref().map(|thread| thread.handle.clone())
+    }
+}
+
+/// A single-threaded runtime on a thread of its own. Dropping it stops the
+/// thread and with it every forwarder and forwarded connection.
+struct ForwarderThread {
+    handle: tokio::runtime::Handle,
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ForwarderThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        // The runtime is dropped on its own thread, when `stop` is notified:
+        // dropping it where this is dropped could be inside another
+        // runtime, which tokio refuses.
+        let thread = std::thread::Builder::new()
+            .name("forwarders".into())
+            .spawn(move || runtime.block_on(stopped.notified()))?;
+        Ok(ForwarderThread { handle, stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for ForwarderThread {
+    fn drop(&mut self) {
+        // Stored as a permit if the thread is not waiting yet.
+        self.stop.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -358,5 +414,109 @@ mod tests {
             tags.push(read_one().expect("forwarded"));
         }
         assert!(tags.contains(&1) && tags.contains(&2), "{tags:?}");
+    }
+
+    /// CPU time the calling thread has used: the scheduler's count, or the
+    /// tick-sampled one (USER_HZ is 100 on Linux) where schedstats are off.
+    fn thread_cpu() -> Duration {
+        let precise = std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+            .filter(|&ns| ns > 0);
+        if let Some(ns) = precise {
+            return Duration::from_nanos(ns);
+        }
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // utime and stime: fields 14 and 15, the 12th and 13th after the name.
+        Duration::from_millis(10 * (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()))
+    }
+
+    /// Heavy traffic through a forwarder does not hold back the MQTT
+    /// thread. The table is applied from a single-threaded runtime, as the
+    /// channel's event loop applies it; that runtime then runs only a 10 ms
+    /// timer (standing in for the keep-alive's) while 128 MiB go through
+    /// the forwarder into a sink. None of the copying may happen on that
+    /// thread: every moment of it would be a moment the event loop, and a
+    /// keep-alive ping due then, waits.
+    #[test]
+    fn heavy_forwarded_traffic_stays_off_the_mqtt_thread() {
+        const TOTAL: usize = 128 << 20;
+        let mqtt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let services = directory(dir.path());
+        let mut table = samples::service_table();
+        table.services[0].service = Name::new(&format!("fwd-load-{}", std::process::id())).unwrap();
+        table.services[0].port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        table.services[0].endpoints.clear();
+        let endpoint = Endpoint { address: [127, 0, 0, 1], port: sink.local_addr().unwrap().port() };
+        table.services[0].endpoints.push(endpoint).unwrap();
+        let local = SocketAddr::from((local_address(table.services[0].service.as_str()), table.services[0].port));
+        mqtt.block_on(async { services.apply(&frame(&table, [5; 64])) }).unwrap();
+
+        // Every wait below ends by this deadline: the test cannot hang.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let sink = std::thread::spawn(move || -> std::io::Result<usize> {
+            sink.set_nonblocking(true)?;
+            let mut stream = loop {
+                match sink.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            stream.set_nonblocking(false)?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let (mut buffer, mut received) = (vec![0u8; 64 << 10], 0);
+            loop {
+                match stream.read(&mut buffer)? {
+                    0 => return Ok(received),
+                    n => received += n,
+                }
+            }
+        });
+        let client = std::thread::spawn(move || -> std::io::Result<usize> {
+            let mut stream = loop {
+                match std::net::TcpStream::connect(local) {
+                    Ok(stream) => break stream,
+                    Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    Err(e) => return Err(e),
+                }
+            };
+            stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+            let (chunk, mut sent) = (vec![7u8; 64 << 10], 0);
+            while sent < TOTAL {
+                stream.write_all(&chunk)?;
+                sent += chunk.len();
+            }
+            stream.shutdown(std::net::Shutdown::Write)?;
+            Ok(sent)
+        });
+
+        // The MQTT thread meanwhile: the timer, until the sink has it all.
+        let (started, cpu_before) = (std::time::Instant::now(), thread_cpu());
+        let max_lag = mqtt.block_on(async {
+            let mut max_lag = Duration::ZERO;
+            while !sink.is_finished() && std::time::Instant::now() < deadline {
+                let due = tokio::time::Instant::now() + Duration::from_millis(10);
+                tokio::time::sleep_until(due).await;
+                max_lag = max_lag.max(due.elapsed());
+            }
+            max_lag
+        });
+        let (wall, mqtt_cpu) = (started.elapsed(), thread_cpu() - cpu_before);
+
+        let sent = client.join().unwrap().expect("the client's side");
+        let received = sink.join().unwrap().expect("the sink's side");
+        assert_eq!((sent, received), (TOTAL, TOTAL), "not everything went through the forwarder");
+        assert!(
+            mqtt_cpu * 10 < wall,
+            "the MQTT thread was on the CPU for {mqtt_cpu:?} of the {wall:?} the traffic took: the forwarder copies there"
+        );
+        assert_eq!(mqtt.metrics().num_alive_tasks(), 0, "forwarder tasks live on the MQTT runtime");
+        assert!(max_lag < Duration::from_secs(1), "the MQTT thread's 10 ms timer was {max_lag:?} late");
     }
 }
