@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Flotilla: a container orchestrator for fleets of ARM and bare-metal edge devices.
 ///
@@ -11,13 +13,130 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// API, reconcilers, scheduler); the other subcommands talk to it with
 /// kubectl's habits. They find the server with --server / FLOTILLA_SERVER
 /// and authenticate with the token the server wrote to its data directory
-/// (--token-file, or the token itself in FLOTILLA_TOKEN).
+/// (--token-file, or the token itself in FLOTILLA_TOKEN). As with kubectl,
+/// --server, --token-file, -n and -o may come before the verb as well as
+/// after it: `flotilla --server URL -n line-3 get pods`.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, long_about)]
 pub struct Cli {
+    /// Client options given before the verb.
+    #[command(flatten)]
+    pub leading: LeadingArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments like [`Parser::parse`] (on an error,
+    /// prints clap's message and exits), by [`Cli::try_parse_args`]' rules.
+    pub fn parse_args() -> Cli {
+        Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses a command line. Client options given before the verb go to it
+    /// (see [`LeadingArgs`]; the same option after the verb wins), and a
+    /// client option the verb has no use for is refused.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+        let verb = verb_of(&matches);
+        // clap copies a global option's value to every level of the
+        // matches: one given before or after the verb shows here.
+        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let (talks_to_server, takes_namespace) = cli.command.client_options();
+        let misplaced = [
+            ("--server", "server", talks_to_server),
+            ("--token-file", "token_file", talks_to_server),
+            ("-n/--namespace", "namespace", takes_namespace),
+        ]
+        .into_iter()
+        .find(|&(_, id, wanted)| !wanted && given(id));
+        if let Some((flag, _, _)) = misplaced {
+            let hint = match (verb.as_str(), flag) {
+                ("server", "--server") => " (the server listens on --api-addr)",
+                ("apply", "-n/--namespace") => " (manifests name their namespace in metadata.namespace)",
+                _ => "",
+            };
+            let message = format!("{flag} is not an option of `flotilla {verb}`{hint}");
+            return Err(command.error(ErrorKind::ArgumentConflict, message));
+        }
+        // clap checks `-A` against a `-n` after the verb only.
+        if let Command::Get(get) = &cli.command
+            && get.all_namespaces
+            && given("namespace")
+        {
+            let message = "-n/--namespace and -A/--all-namespaces exclude each other";
+            return Err(command.error(ErrorKind::ArgumentConflict, message));
+        }
+        if let Some(format) = cli.leading.output {
+            match &mut cli.command {
+                Command::Get(get) => _ = get.output.get_or_insert(format),
+                Command::Apply(ApplyArgs { output, .. })
+                | Command::Node(NodeArgs {
+                    command:
+                        NodeCommand::Token(NodeTokenArgs { command: NodeTokenCommand::Ls(TokenLsArgs { output, .. }) }),
+                }) => {
+                    if format != OutputFormat::Json {
+                        let message = format!("`flotilla {verb}` has -o json only");
+                        return Err(command.error(ErrorKind::InvalidValue, message));
+                    }
+                    _ = output.get_or_insert(ApplyOutput::Json);
+                }
+                _ => {
+                    let message = format!("-o/--output is not an option of `flotilla {verb}`");
+                    return Err(command.error(ErrorKind::ArgumentConflict, message));
+                }
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// The subcommands a command line chose, e.g. `node token ls`.
+fn verb_of(matches: &ArgMatches) -> String {
+    let mut words = Vec::new();
+    let mut at = matches;
+    while let Some((name, sub)) = at.subcommand() {
+        words.push(name);
+        at = sub;
+    }
+    words.join(" ")
+}
+
+/// The client options as they may come before the verb, kubectl style:
+/// `flotilla --server URL -n line-3 get pods` is `flotilla get pods
+/// --server URL -n line-3`.
+///
+/// `--server`, `--token-file` and `-n` are global and have the ids of the
+/// verbs' own options ([`ClientArgs`] and each verb's `namespace`): clap
+/// does not add a global option to a subcommand that has one of its id, and
+/// it hands a value given on the command line to that option unless the
+/// same option is given after the verb too. Being global, they also parse
+/// after verbs that have no use for them (`flotilla server --server URL`);
+/// they are hidden from those verbs' help, and [`Cli::try_parse_args`]
+/// refuses them. `-o` is not global, because `image build -o DIR` is
+/// another option: [`Cli::try_parse_args`] hands it to `get`, `apply` and
+/// `node token ls`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeadingArgs {
+    /// The server's API URL (`--server` of the verb).
+    #[arg(long, global = true, hide = true)]
+    pub server: Option<String>,
+    /// File holding the API token (`--token-file` of the verb).
+    #[arg(long, global = true, hide = true)]
+    pub token_file: Option<PathBuf>,
+    /// Namespace (`-n` of the verb).
+    #[arg(short = 'n', long, global = true, hide = true)]
+    pub namespace: Option<String>,
+    /// Output format (`-o` of get, apply and node token ls).
+    #[arg(short = 'o', long = "output", value_enum, hide = true)]
+    pub output: Option<OutputFormat>,
 }
 
 /// The subcommands of `flotilla`.
@@ -63,14 +182,29 @@ pub enum Command {
     Completion(CompletionArgs),
 }
 
-/// How client commands reach the server.
+impl Command {
+    /// Whether the command talks to the server (`--server`, `--token-file`)
+    /// and whether it takes `-n`.
+    fn client_options(&self) -> (bool, bool) {
+        match self {
+            Command::Get(_) | Command::Describe(_) | Command::Delete(_) | Command::Logs(_) | Command::Rollout(_) => {
+                (true, true)
+            }
+            Command::Apply(_) | Command::Node(_) => (true, false),
+            Command::Image(image) => (!matches!(image.command, ImageCommand::Build(_)), false),
+            Command::Server(_) | Command::MosquittoConfig(_) | Command::Completion(_) => (false, false),
+        }
+    }
+}
+
+/// How client commands reach the server (also before the verb: see [`LeadingArgs`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The server's API URL.
-    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:7440", global = true)]
+    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:7440")]
     pub server: String,
     /// File holding the API token [default: <data dir>/token, see `flotilla server --help`].
-    #[arg(long, env = "FLOTILLA_TOKEN_FILE", global = true)]
+    #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
 
@@ -90,15 +224,33 @@ pub struct ApplyArgs {
     /// Treat every warning (ignored field, skipped kind) as an error.
     #[arg(long)]
     pub strict: bool,
-    /// Only check the manifests locally and print what would be applied (no server needed).
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Store nothing, only say what the apply would do. `--dry-run` (or `=server`) sends the
+    /// manifests to the server, which checks them against what it stores and answers created,
+    /// configured or unchanged; `--dry-run=client` only checks them here (no server needed).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHERE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "server"
+    )]
+    pub dry_run: Option<DryRun>,
     /// Print the result as JSON (warnings and one entry per object).
     #[arg(short = 'o', long = "output", value_enum)]
     pub output: Option<ApplyOutput>,
     /// Server and token.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Where `apply --dry-run` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// The server: its checks, against what it stores; it stores nothing.
+    Server,
+    /// Only the checks this command makes itself; no server needed.
+    Client,
 }
 
 /// Output of `apply`.
@@ -477,4 +629,111 @@ pub enum ImageCommand {
     Push(crate::image_cmd::PushArgs),
     /// List a registry's repositories, tags and digests.
     Ls(crate::image_cmd::LsArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_args(std::iter::once("flotilla").chain(args.iter().copied()))
+    }
+
+    fn get_args(args: &[&str]) -> GetArgs {
+        match parse(args).unwrap().command {
+            Command::Get(get) => get,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_options_may_come_before_or_after_the_verb() {
+        for args in [
+            &["--server", "http://pi:7440", "get", "pods"][..],
+            &["get", "pods", "--server", "http://pi:7440"],
+            &["get", "--server", "http://pi:7440", "pods"],
+        ] {
+            assert_eq!(get_args(args).client.server, "http://pi:7440", "{args:?}");
+        }
+        let get = get_args(&["--token-file", "/t", "-n", "kube-system", "-o", "json", "get", "pods"]);
+        assert_eq!(get.client.token_file, Some(PathBuf::from("/t")));
+        assert_eq!(get.namespace, "kube-system");
+        assert_eq!(get.output, Some(OutputFormat::Json));
+        assert_eq!(get_args(&["get", "pods"]).namespace, "default");
+        // Given on both sides, the one after the verb wins.
+        let get = get_args(&["-n", "a", "--server", "http://a", "-o", "json", "get", "pods", "-n", "b"]);
+        assert_eq!(get.namespace, "b");
+        let get =
+            get_args(&["--server", "http://a", "-o", "json", "get", "pods", "--server", "http://b", "-o", "name"]);
+        assert_eq!((get.client.server.as_str(), get.output), ("http://b", Some(OutputFormat::Name)));
+    }
+
+    #[test]
+    fn client_options_before_the_verb_reach_nested_verbs() {
+        match parse(&["--server", "http://pi:7440", "-n", "line-3", "rollout", "status", "web"]).unwrap().command {
+            Command::Rollout(RolloutArgs { command: RolloutCommand::Status { target, client, .. } }) => {
+                assert_eq!((target.namespace.as_str(), client.server.as_str()), ("line-3", "http://pi:7440"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["-o", "json", "--server", "http://pi:7440", "node", "token", "ls"]).unwrap().command {
+            Command::Node(NodeArgs {
+                command: NodeCommand::Token(NodeTokenArgs { command: NodeTokenCommand::Ls(ls) }),
+            }) => {
+                assert_eq!((ls.output, ls.client.server.as_str()), (Some(ApplyOutput::Json), "http://pi:7440"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["-o", "json", "apply", "-f", "web.yaml"]).unwrap().command {
+            Command::Apply(apply) => assert_eq!(apply.output, Some(ApplyOutput::Json)),
+            other => panic!("{other:?}"),
+        }
+        // `image build -o DIR` is its own option.
+        match parse(&["image", "build", "--tag", "a:1", "-o", "out"]).unwrap().command {
+            Command::Image(ImageArgs { command: ImageCommand::Build(build) }) => {
+                assert_eq!(build.output, PathBuf::from("out"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_options_are_refused_where_they_mean_nothing() {
+        for args in [
+            &["server", "--server", "http://pi:7440"][..],
+            &["--server", "http://pi:7440", "server"],
+            &["-n", "x", "server"],
+            &["--token-file", "/t", "completion", "bash"],
+            &["apply", "-f", "web.yaml", "-n", "x"],
+            &["-n", "x", "node", "token", "create"],
+            &["-o", "json", "describe", "pod", "web"],
+            &["-o", "yaml", "apply", "-f", "web.yaml"],
+            &["-o", "json", "image", "build", "--tag", "a:1"],
+            &["-n", "x", "get", "pods", "-A"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+        let error = parse(&["--server", "http://pi:7440", "server"]).unwrap_err().to_string();
+        assert!(error.contains("--server is not an option of `flotilla server`"), "{error}");
+        assert!(matches!(parse(&["server"]).unwrap().command, Command::Server(_)));
+    }
+
+    #[test]
+    fn dry_run_is_server_side_unless_client_is_asked_for() {
+        let dry_run = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Apply(apply) => apply.dry_run,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(dry_run(&["apply", "-f", "web.yaml"]), None);
+        assert_eq!(dry_run(&["apply", "--dry-run", "-f", "web.yaml"]), Some(DryRun::Server));
+        assert_eq!(dry_run(&["apply", "-f", "web.yaml", "--dry-run"]), Some(DryRun::Server));
+        assert_eq!(dry_run(&["apply", "--dry-run=server", "-f", "web.yaml"]), Some(DryRun::Server));
+        assert_eq!(dry_run(&["apply", "--dry-run=client", "-f", "web.yaml"]), Some(DryRun::Client));
+        assert!(parse(&["apply", "--dry-run=later", "-f", "web.yaml"]).is_err());
+    }
 }

@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::api::{ApplyRequest, ApplyResponse, ObjectList, SourceText};
-use crate::cli::{ApplyArgs, ApplyOutput, DeleteArgs, DescribeArgs, GetArgs, LogsArgs, OutputFormat};
+use crate::api::{ApplyRequest, ApplyResponse, ApplyResult, ObjectList, SourceText};
+use crate::cli::{ApplyArgs, ApplyOutput, DeleteArgs, DescribeArgs, DryRun, GetArgs, LogsArgs, OutputFormat};
 use crate::client::Client;
 use crate::manifest::{self, Kind};
 use crate::object::{ApiObject, ObjectKey, age, kind_from_resource, resource_of};
@@ -30,7 +30,7 @@ fn client_for(args: &crate::cli::ClientArgs) -> anyhow::Result<Client> {
 /// `flotilla apply`.
 pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     // Read once (stdin cannot be read twice), parse locally first: file
-    // errors and warnings appear even without a server.
+    // errors and warnings appear without a round trip, or without a server.
     let sources = manifest::read_all(&args.files)?;
     let mut parsed = manifest::Parsed::default();
     for (source, text) in &sources {
@@ -41,30 +41,48 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     if args.strict {
         parsed = parsed.strict()?;
     }
-    if args.dry_run {
-        for warning in &parsed.warnings {
-            eprintln!("warning: {warning}");
+    let response = if args.dry_run == Some(DryRun::Client) {
+        let warnings = parsed.warnings.iter().map(ToString::to_string).collect();
+        let results = parsed
+            .objects
+            .iter()
+            .map(|o| ApplyResult {
+                kind: o.kind,
+                namespace: o.metadata.namespace.clone(),
+                name: o.metadata.name.clone(),
+                action: "checked".to_owned(),
+            })
+            .collect();
+        ApplyResponse { warnings, results }
+    } else {
+        // The server checks again (it may be another version) and, for a
+        // dry run, answers from the objects it stores without storing any.
+        let dry_run = args.dry_run == Some(DryRun::Server);
+        let documents = sources.into_iter().map(|(source, text)| SourceText { source, text }).collect();
+        let request = ApplyRequest { documents, strict: args.strict, dry_run };
+        let answer: anyhow::Result<ApplyResponse> = client_for(&args.client)
+            .and_then(|client| client.send_json("POST", "/api/v1/apply", &request, "apply refused"));
+        if dry_run {
+            answer.context("the server dry run failed (`--dry-run=client` checks the files without a server)")?
+        } else {
+            answer?
         }
-        for object in &parsed.objects {
-            let key = ObjectKey::new(object.kind, &object.metadata.namespace, &object.metadata.name);
-            println!("{} checked (dry run)", display_key(&key));
-        }
-        return Ok(());
-    }
-    let documents = sources.into_iter().map(|(source, text)| SourceText { source, text }).collect();
-    let request = ApplyRequest { documents, strict: args.strict, dry_run: false };
-    let client = client_for(&args.client)?;
-    let response: ApplyResponse = client.send_json("POST", "/api/v1/apply", &request, "apply refused")?;
+    };
     if args.output == Some(ApplyOutput::Json) {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(());
     }
+    let note = match args.dry_run {
+        Some(DryRun::Server) => " (server dry run)",
+        Some(DryRun::Client) => " (dry run)",
+        None => "",
+    };
     for warning in &response.warnings {
         eprintln!("warning: {warning}");
     }
     for result in &response.results {
         let key = ObjectKey::new(result.kind, &result.namespace, &result.name);
-        println!("{} {}", display_key(&key), result.action);
+        println!("{} {}{note}", display_key(&key), result.action);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `flotilla`: the controller and operator CLI.
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use flotilla_controller::cli::{Cli, Command, ImageCommand, ServerArgs};
 use flotilla_controller::{commands, server};
 use tracing_subscriber::EnvFilter;
@@ -11,7 +11,7 @@ fn main() {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let result = match cli.command {
         Command::Server(args) => run_server(args),
         Command::Apply(args) => commands::apply(args),
@@ -77,10 +77,8 @@ fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         use std::os::unix::process::CommandExt;
         let Ok(exe) = std::env::current_exe() else { return };
-        let error = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env("MALLOC_ARENA_MAX", "2")
-            .exec();
+        let error =
+            std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("MALLOC_ARENA_MAX", "2").exec();
         // Only reached when exec failed: run as we are.
         tracing::warn!(%error, "could not limit malloc arenas; running with glibc's defaults");
     }

@@ -93,7 +93,7 @@ fn manifests() -> std::path::PathBuf {
 #[test]
 fn apply_dry_run_checks_manifests_and_lists_warnings() {
     let out = Command::new(binary("flotilla").unwrap())
-        .args(["apply", "--dry-run", "-f"])
+        .args(["apply", "--dry-run=client", "-f"])
         .arg(manifests().join("web-app-from-kubernetes.yaml"))
         .output()
         .unwrap();
@@ -109,7 +109,7 @@ fn apply_dry_run_checks_manifests_and_lists_warnings() {
 fn apply_refuses_invalid_input_from_stdin_naming_the_field() {
     use std::io::Write;
     let mut child = Command::new(binary("flotilla").unwrap())
-        .args(["apply", "--dry-run", "-f", "-"])
+        .args(["apply", "--dry-run=client", "-f", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
@@ -126,7 +126,7 @@ fn apply_refuses_invalid_input_from_stdin_naming_the_field() {
 #[test]
 fn apply_strict_fails_clearly_on_warnings() {
     let out = Command::new(binary("flotilla").unwrap())
-        .args(["apply", "--dry-run", "--strict", "-f"])
+        .args(["apply", "--dry-run=client", "--strict", "-f"])
         .arg(manifests().join("web-app-from-kubernetes.yaml"))
         .output()
         .unwrap();

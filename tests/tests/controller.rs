@@ -261,3 +261,103 @@ fn apply_reads_stdin_and_delete_removes_objects_and_their_replicas() {
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("not found"), "{}", stderr(&missing));
 }
+
+/// `flotilla` with an environment that points nowhere: only options on the
+/// command line reach a server.
+fn bare_cli(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(flotilla_e2e::binary("flotilla").unwrap());
+    command
+        .env("FLOTILLA_SERVER", "http://127.0.0.1:9")
+        .env("FLOTILLA_TOKEN_FILE", dir.join("no-such-token"))
+        .env_remove("FLOTILLA_TOKEN");
+    command
+}
+
+#[test]
+fn client_options_may_come_before_the_verb() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    ok(&server, &["apply", "-f", manifests().join("sensor.yaml").to_str().unwrap()]);
+    let token = server.data_dir.join("token");
+    let (url, token) = (server.url.as_str(), token.to_str().unwrap());
+    let succeeds = |args: &[&str]| {
+        let mut command = bare_cli(dir.path());
+        command.args(args);
+        let output = run(command);
+        assert!(output.status.success(), "flotilla {args:?}: {}", stderr(&output));
+        output
+    };
+    // Before the verb, as after it, the command line wins over the environment.
+    let output = succeeds(&["--server", url, "--token-file", token, "get", "pods"]);
+    assert!(stderr(&output).contains("No pods found in namespace default."), "{}", stderr(&output));
+    let output = succeeds(&["--server", url, "-n", "line-3", "-o", "name", "get", "configmaps", "--token-file", token]);
+    assert_eq!(stdout(&output).trim(), "configmap/sensor-config");
+    let output = succeeds(&["--token-file", token, "-o", "json", "--server", url, "node", "token", "ls"]);
+    let list: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert!(list["items"].is_array(), "{list}");
+    // `flotilla server` refuses them rather than ignoring them. (Were they
+    // accepted, this server would fail at once: its data dir cannot exist.)
+    let mut command = bare_cli(dir.path());
+    command
+        .args(["--server", url, "server", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(Path::new(token).join("x"));
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--server is not an option of `flotilla server`"), "{}", stderr(&output));
+}
+
+#[test]
+fn apply_dry_run_asks_the_server_which_answers_from_what_it_stores_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    let sensor = manifests().join("sensor.yaml");
+    let sensor = sensor.to_str().unwrap();
+    let planned = ok(&server, &["apply", "--dry-run", "-f", sensor]);
+    assert!(planned.contains("configmap/sensor-config (namespace line-3) created (server dry run)"), "{planned}");
+    assert!(planned.contains("deployment/sensor (namespace line-3) created (server dry run)"), "{planned}");
+    for resource in ["deployments", "configmaps", "pods"] {
+        let list = json_of(&server, &["get", resource, "-A", "-o", "json"]);
+        assert_eq!(list["items"], json!([]), "{resource} stored by a dry run");
+    }
+    // Only the server knows what is stored: after the apply, a changed
+    // ConfigMap would be configured and the Deployment left as it is.
+    ok(&server, &["apply", "-f", sensor]);
+    let configmap = ["get", "configmap", "sensor-config", "-n", "line-3", "-o", "json"];
+    let stored = json_of(&server, &configmap);
+    let text = std::fs::read_to_string(sensor).unwrap();
+    assert!(text.contains("threshold = 40"));
+    let changed = dir.path().join("sensor-changed.yaml");
+    std::fs::write(&changed, text.replace("threshold = 40", "threshold = 50")).unwrap();
+    let changed = changed.to_str().unwrap();
+    let planned = ok(&server, &["apply", "--dry-run", "-f", changed]);
+    assert!(planned.contains("configmap/sensor-config (namespace line-3) configured (server dry run)"), "{planned}");
+    assert!(planned.contains("deployment/sensor (namespace line-3) unchanged (server dry run)"), "{planned}");
+    let answer = json_of(&server, &["apply", "--dry-run=server", "-o", "json", "-f", changed]);
+    assert_eq!(answer["results"][0]["action"], "configured", "{answer}");
+    assert_eq!(json_of(&server, &configmap), stored, "a dry run changed the stored ConfigMap");
+    // The server checks a dry run itself; a client that skipped the local
+    // checks (or another version of them) gets its verdict, and nothing is stored.
+    let (agent, url, auth) = http(&server, Some(&server.token().unwrap()));
+    let auth = auth.unwrap();
+    let bad = std::fs::read_to_string(manifests().join("invalid/bad-quantity.yaml")).unwrap();
+    let request = json!({"documents": [{"source": "bad.yaml", "text": bad}], "dryRun": true});
+    let mut refused =
+        agent.post(format!("{url}/api/v1/apply")).header("Authorization", &auth).send_json(&request).unwrap();
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.body_mut().read_json().unwrap();
+    let reason = "bad.yaml, document 1: spec.template.spec.containers[0].resources.limits.memory";
+    assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
+    // What the server answers is what the user sees, a refusal too...
+    let mut command = server.cli().unwrap();
+    command.env("FLOTILLA_TOKEN", "wrong").args(["apply", "--dry-run", "-f", sensor]);
+    let output = run(command);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("refused the token") && message.contains("--dry-run=client"), "{message}");
+    // ...and `--dry-run=client` needs no server.
+    let mut command = bare_cli(dir.path());
+    command.args(["apply", "--dry-run=client", "-f", sensor]);
+    let output = run(command);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("deployment/sensor (namespace line-3) checked (dry run)"), "{}", stdout(&output));
+}

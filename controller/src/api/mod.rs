@@ -208,7 +208,8 @@ pub struct ApplyRequest {
     /// Refuse the apply if anything would be ignored.
     #[serde(default)]
     pub strict: bool,
-    /// Check and report, store nothing.
+    /// Store nothing: check, and answer what the apply would do to the
+    /// objects as stored now.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -242,7 +243,8 @@ pub struct ApplyResult {
     pub namespace: String,
     /// Name.
     pub name: String,
-    /// `created`, `configured`, `unchanged`, or `checked` (dry run).
+    /// `created`, `configured` or `unchanged` (with `dryRun`, what the apply
+    /// would do); `checked` from `flotilla apply --dry-run=client`.
     pub action: String,
 }
 
@@ -267,13 +269,15 @@ async fn apply(
         parsed = parsed.strict()?;
     }
     let warnings = parsed.warnings.iter().map(ToString::to_string).collect();
-    let objects: Vec<ApiObject> = parsed.objects.iter().map(ApiObject::from_manifest).collect();
+    let ops: Vec<Op> = parsed.objects.iter().map(|o| Op::Apply(ApiObject::from_manifest(o))).collect();
+    let store = state.store.clone();
     if request.dry_run {
-        let results = objects.iter().map(|o| result_of(o, "checked")).collect();
+        // The store's own checks against what it holds now; nothing written.
+        let outcomes = blocking(move || store.dry_run(ops)).await??;
+        let results = outcomes.iter().map(|o| result_of(o.object(), o.verb())).collect();
         return Ok(Json(ApplyResponse { warnings, results }));
     }
-    let store = state.store.clone();
-    let outcomes = blocking(move || store.commit(objects.into_iter().map(Op::Apply).collect())).await??;
+    let outcomes = blocking(move || store.commit(ops)).await??;
     state.metrics.observe_apply(started.elapsed());
     let results = outcomes.iter().map(|o| result_of(o.object(), o.verb())).collect();
     Ok(Json(ApplyResponse { warnings, results }))

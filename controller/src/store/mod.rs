@@ -204,6 +204,9 @@ pub trait Store: Send + Sync + 'static {
     fn view(&self) -> View;
     /// Applies every op or none; durable on disk when it returns `Ok`.
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError>;
+    /// What [`commit`](Store::commit) would answer now, with the same
+    /// checks, writing nothing (a server-side dry run).
+    fn dry_run(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError>;
     /// Changes after `resource_version` (0: only live ones).
     fn subscribe(&self, resource_version: u64) -> Result<Subscription, StoreError>;
     /// The latest resourceVersion.

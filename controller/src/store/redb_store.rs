@@ -161,82 +161,7 @@ impl Store for RedbStore {
             let state = self.lock();
             (state.objects.clone(), state.resource_version)
         };
-        let now = now_rfc3339();
-        let mut rv = base_rv;
-        // Work on a copy of what the batch touches, so that a failing op
-        // leaves nothing behind.
-        // Objects are shared, never copied, unless a write changes them.
-        let mut staged: BTreeMap<ObjectKey, Option<Arc<ApiObject>>> = BTreeMap::new();
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            let current =
-                |key: &ObjectKey, staged: &BTreeMap<ObjectKey, Option<Arc<ApiObject>>>| match staged.get(key) {
-                    Some(v) => v.clone(),
-                    None => objects.get(key).cloned(),
-                };
-            match op {
-                Op::Create(object) if !object.metadata.uid.is_empty() => {
-                    return Err(StoreError::Invalid(format!(
-                        "{} carries a uid; uids are set by the server",
-                        object.key()
-                    )));
-                }
-                Op::Create(object) if current(&object.key(), &staged).is_some() => {
-                    return Err(StoreError::AlreadyExists(object.key()));
-                }
-                Op::Apply(object) | Op::Create(object) => {
-                    validate(&object)?;
-                    let key = object.key();
-                    let existing = current(&key, &staged);
-                    check_precondition(&key, object.resource_version(), existing.as_deref())?;
-                    // A uid, when given, must be the stored one: a re-created
-                    // object is another object.
-                    if !object.metadata.uid.is_empty()
-                        && existing.as_ref().is_none_or(|e| e.metadata.uid != object.metadata.uid)
-                    {
-                        return Err(StoreError::Conflict {
-                            key,
-                            current: existing.map_or(0, |e| e.resource_version()),
-                            requested: object.resource_version(),
-                        });
-                    }
-                    let outcome = apply_one(object, existing, &mut rv, &now);
-                    if !matches!(outcome, Outcome::Unchanged(_)) {
-                        staged.insert(key, Some(outcome.shared().clone()));
-                    }
-                    outcomes.push(outcome);
-                }
-                Op::UpdateStatus(object) => {
-                    let key = object.key();
-                    let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                    check_precondition(&key, object.resource_version(), Some(&existing))?;
-                    if existing.content.get("status") == object.content.get("status") {
-                        outcomes.push(Outcome::Unchanged(existing));
-                        continue;
-                    }
-                    let mut new = ApiObject::clone(&existing);
-                    let mut object = object;
-                    match object.content.remove("status") {
-                        Some(status) => _ = new.content.insert("status".to_owned(), status),
-                        None => _ = new.content.remove("status"),
-                    }
-                    rv += 1;
-                    new.metadata.resource_version = rv.to_string();
-                    let new = Arc::new(new);
-                    staged.insert(key, Some(new.clone()));
-                    outcomes.push(Outcome::Configured(new));
-                }
-                Op::Delete(key, precondition) => {
-                    let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                    check_precondition(&key, precondition.unwrap_or(0), Some(&existing))?;
-                    let mut gone = ApiObject::clone(&existing);
-                    rv += 1;
-                    gone.metadata.resource_version = rv.to_string();
-                    staged.insert(key, None);
-                    outcomes.push(Outcome::Deleted(Arc::new(gone)));
-                }
-            }
-        }
+        let (staged, outcomes, rv) = stage(&objects, base_rv, ops)?;
         if rv == base_rv {
             return Ok(outcomes); // nothing changed: no disk write
         }
@@ -295,6 +220,14 @@ impl Store for RedbStore {
         Ok(outcomes)
     }
 
+    fn dry_run(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+        let (objects, base_rv) = {
+            let state = self.lock();
+            (state.objects.clone(), state.resource_version)
+        };
+        stage(&objects, base_rv, ops).map(|(_, outcomes, _)| outcomes)
+    }
+
     fn subscribe(&self, resource_version: u64) -> Result<Subscription, StoreError> {
         let state = self.lock();
         // Subscribe under the lock: no commit can slip between backlog and live.
@@ -322,6 +255,88 @@ impl Store for RedbStore {
         }
         counts.into_iter().collect()
     }
+}
+
+/// What a batch writes (`None`: deletes), each op's outcome, and the
+/// resourceVersion after it.
+type Staged = (BTreeMap<ObjectKey, Option<Arc<ApiObject>>>, Vec<Outcome>, u64);
+
+/// Runs a batch against `objects` (as of `base_rv`) in memory, writing
+/// nothing: the first op that is refused refuses the batch.
+fn stage(objects: &imbl::OrdMap<ObjectKey, Arc<ApiObject>>, base_rv: u64, ops: Vec<Op>) -> Result<Staged, StoreError> {
+    let now = now_rfc3339();
+    let mut rv = base_rv;
+    // Work on a copy of what the batch touches, so that a failing op
+    // leaves nothing behind.
+    // Objects are shared, never copied, unless a write changes them.
+    let mut staged: BTreeMap<ObjectKey, Option<Arc<ApiObject>>> = BTreeMap::new();
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let current = |key: &ObjectKey, staged: &BTreeMap<ObjectKey, Option<Arc<ApiObject>>>| match staged.get(key) {
+            Some(v) => v.clone(),
+            None => objects.get(key).cloned(),
+        };
+        match op {
+            Op::Create(object) if !object.metadata.uid.is_empty() => {
+                return Err(StoreError::Invalid(format!("{} carries a uid; uids are set by the server", object.key())));
+            }
+            Op::Create(object) if current(&object.key(), &staged).is_some() => {
+                return Err(StoreError::AlreadyExists(object.key()));
+            }
+            Op::Apply(object) | Op::Create(object) => {
+                validate(&object)?;
+                let key = object.key();
+                let existing = current(&key, &staged);
+                check_precondition(&key, object.resource_version(), existing.as_deref())?;
+                // A uid, when given, must be the stored one: a re-created
+                // object is another object.
+                if !object.metadata.uid.is_empty()
+                    && existing.as_ref().is_none_or(|e| e.metadata.uid != object.metadata.uid)
+                {
+                    return Err(StoreError::Conflict {
+                        key,
+                        current: existing.map_or(0, |e| e.resource_version()),
+                        requested: object.resource_version(),
+                    });
+                }
+                let outcome = apply_one(object, existing, &mut rv, &now);
+                if !matches!(outcome, Outcome::Unchanged(_)) {
+                    staged.insert(key, Some(outcome.shared().clone()));
+                }
+                outcomes.push(outcome);
+            }
+            Op::UpdateStatus(object) => {
+                let key = object.key();
+                let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                check_precondition(&key, object.resource_version(), Some(&existing))?;
+                if existing.content.get("status") == object.content.get("status") {
+                    outcomes.push(Outcome::Unchanged(existing));
+                    continue;
+                }
+                let mut new = ApiObject::clone(&existing);
+                let mut object = object;
+                match object.content.remove("status") {
+                    Some(status) => _ = new.content.insert("status".to_owned(), status),
+                    None => _ = new.content.remove("status"),
+                }
+                rv += 1;
+                new.metadata.resource_version = rv.to_string();
+                let new = Arc::new(new);
+                staged.insert(key, Some(new.clone()));
+                outcomes.push(Outcome::Configured(new));
+            }
+            Op::Delete(key, precondition) => {
+                let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                check_precondition(&key, precondition.unwrap_or(0), Some(&existing))?;
+                let mut gone = ApiObject::clone(&existing);
+                rv += 1;
+                gone.metadata.resource_version = rv.to_string();
+                staged.insert(key, None);
+                outcomes.push(Outcome::Deleted(Arc::new(gone)));
+            }
+        }
+    }
+    Ok((staged, outcomes, rv))
 }
 
 /// Server-side apply of one object onto what is stored.
@@ -514,5 +529,28 @@ mod tests {
         assert!(matches!(store.commit(vec![Op::Delete(key.clone(), Some(9))]), Err(StoreError::Conflict { .. })));
         store.commit(vec![Op::Delete(key.clone(), Some(1))]).unwrap();
         assert!(matches!(store.commit(vec![Op::Delete(key, None)]), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_dry_run_answers_like_a_commit_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.commit(vec![Op::Apply(config_map("a", "1")), Op::Apply(config_map("b", "1"))]).unwrap();
+        let mut sub = store.subscribe(0).unwrap();
+        let ops =
+            vec![Op::Apply(config_map("a", "2")), Op::Apply(config_map("b", "1")), Op::Apply(config_map("c", "1"))];
+        let verbs: Vec<&str> = store.dry_run(ops).unwrap().iter().map(Outcome::verb).collect();
+        assert_eq!(verbs, ["configured", "unchanged", "created"]);
+        // Refused like a commit.
+        let mut stale = config_map("a", "3");
+        stale.metadata.resource_version = "7".into();
+        assert!(matches!(store.dry_run(vec![Op::Apply(stale)]), Err(StoreError::Conflict { .. })));
+        // Nothing changed, in memory, on disk or for watchers.
+        assert_eq!(store.resource_version(), 2);
+        assert_eq!(store.get(&ObjectKey::new(Kind::ConfigMap, "default", "a")).unwrap().content["data"]["k"], "1");
+        assert!(store.get(&ObjectKey::new(Kind::ConfigMap, "default", "c")).is_none());
+        assert!(sub.live.try_recv().is_err());
+        drop(store);
+        assert_eq!(open(dir.path()).resource_version(), 2);
     }
 }
