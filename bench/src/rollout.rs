@@ -118,7 +118,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
             min_ready = min_ready.min(ready);
             let done = revision_complete(&fleet, &name, (version + 1) as u64)?
                 && pods.len() == args.replicas
-                && pods.iter().all(|p| p["status"]["retiredAt"].is_null());
+                && pods.iter().all(|p| p["metadata"]["deletionTimestamp"].is_null());
             if done {
                 break;
             }

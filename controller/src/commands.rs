@@ -259,7 +259,7 @@ impl Table {
             Kind::Pod => {
                 let s: PodStatus = o.status();
                 let ready = if s.is_ready() { "1/1" } else { "0/1" };
-                let shown = if !s.retired_at.is_empty() {
+                let shown = if o.is_retired() {
                     "Terminating".to_owned()
                 } else if s.phase == "Pending" && !s.reason.is_empty() {
                     s.reason.clone()

@@ -12,19 +12,23 @@
 //! - [`store`]: the durable store trait and its redb implementation.
 //! - [`api`]: the HTTP API; [`server`]: `flotilla server` start-up.
 //! - [`reconcile`]: workloads -> replicas -> placements; [`events`]: what
-//!   happened to them and why.
+//!   happened to them and why; [`controllers`]: the pure steps being moved
+//!   out of it, one per concern, with the table of which writes what;
+//!   [`pinning`]: resolving images for the pinning step.
 //! - [`fleet`]: the MQTT control channel to the nodes.
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod controllers;
 pub mod events;
 pub mod fleet;
 pub mod image_cmd;
 pub mod manifest;
 pub mod node_cmd;
 pub mod object;
+pub mod pinning;
 pub mod reconcile;
 pub mod registry;
 pub mod rollout_cmd;

@@ -97,6 +97,21 @@ pub struct Metadata {
     /// The workload that derived this object, if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
+    /// RFC 3339, set once by the store when a replica is retired
+    /// ([`crate::store::Op::Retire`]): it has left its node's desired
+    /// document and is deleted once the node reports it stopped. Only
+    /// `Retire` writes it, so no status or spec write built from an older
+    /// read can bring a retired replica back (Kubernetes' field for a
+    /// graceful deletion).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deletion_timestamp: String,
+}
+
+/// Annotations the server writes itself (the image pins,
+/// `crate::controllers::image_pinning`): an apply that names none of them
+/// and leaves the content as it is keeps them.
+pub fn is_server_annotation(key: &str) -> bool {
+    key.starts_with("flotilla.io/image-")
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -195,6 +210,11 @@ impl ApiObject {
             content: Map::new(),
             derived: Derived::default(),
         }
+    }
+
+    /// Whether it was retired: leaving its node, deleted once stopped.
+    pub fn is_retired(&self) -> bool {
+        !self.metadata.deletion_timestamp.is_empty()
     }
 
     /// Its key.

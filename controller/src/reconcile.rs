@@ -20,6 +20,7 @@ use std::time::Duration;
 use flotilla_scheduler::model as sched;
 use serde_json::Value;
 
+use crate::controllers::image_pinning;
 use crate::manifest::types::{JobSpec, NodeSpec, PodSpec, PodTemplate};
 use crate::manifest::{Kind, Quantity};
 use crate::object::{ApiObject, ObjectKey, OwnerReference};
@@ -458,9 +459,9 @@ fn scheduler_replica(pod: &ApiObject, spec: &PodSpec) -> sched::Replica {
     let id = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
     let mut replica = sched::Replica::new(&id, &workload, requests(spec));
     replica.priority = spec.priority.unwrap_or(0);
-    // Pinned by the desired-state publisher: a single-arch image runs only
-    // on nodes of that arch.
-    if let Some(archs) = pod.metadata.annotations.get(crate::fleet::desired::IMAGE_ARCHS_ANNOTATION)
+    // Pinned before it is placed: a single-arch image runs only on nodes
+    // of that arch.
+    if let Some(archs) = pod.metadata.annotations.get(image_pinning::IMAGE_ARCHS_ANNOTATION)
         && !archs.is_empty()
         && !archs.contains(',')
     {
@@ -545,37 +546,68 @@ fn missing_references(pod: &PodSpec, namespace: &str, snapshot: &Snapshot) -> Ve
 /// `earlier` are this pass's other writes: replicas they create are placed by
 /// the next pass (they do not exist yet), those they delete are skipped.
 fn schedule_pending(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
-    let deleted: BTreeSet<ObjectKey> =
-        earlier.iter().filter_map(|op| if let Op::Delete(k, _) = op { Some(k.clone()) } else { None }).collect();
+    // Replicas this pass deletes or retires are left alone.
+    let deleted: BTreeSet<ObjectKey> = earlier
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete(key, _) | Op::Retire { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
     let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| scheduler_node(n)).collect();
+    let arch_of: std::collections::HashMap<&str, &str> =
+        nodes.iter().map(|n| (n.id.as_str(), n.arch.as_str())).collect();
     let mut bound = Vec::new();
     let mut pending = Vec::new();
-    let mut blocked: Vec<(&ApiObject, String)> = Vec::new();
+    let mut unpinned = Vec::new();
+    let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
     for pod in snapshot.pods.iter().filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
         if pod.typed_status::<PodStatus>().is_finished() {
             continue;
         }
         let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
         match node_name(pod) {
-            Some(node) => bound.push(sched::BoundReplica { replica: scheduler_replica(pod, &spec), node: node.into() }),
+            Some(node) => {
+                // Bound at creation (a DaemonSet's, a replacement in place)
+                // to a node its image turned out not to run on: it stays
+                // off that node's document, and says why.
+                let arch = arch_of.get(node.as_str()).copied().unwrap_or("");
+                if image_pinning::is_pinned(pod) && !image_pinning::can_run_on(pod, arch) && !pod.is_retired() {
+                    let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
+                    let message = format!("the image has no linux/{arch} variant for node {node} (has {archs})");
+                    blocked.push((pod, "ArchMismatch", message));
+                }
+                bound.push(sched::BoundReplica { replica: scheduler_replica(pod, &spec), node: node.into() })
+            }
             None => {
                 let missing = missing_references(&spec, &pod.metadata.namespace, snapshot);
-                if missing.is_empty() {
-                    pending.push((pod, scheduler_replica(pod, &spec)));
+                if !missing.is_empty() {
+                    blocked.push((pod, "MissingReference", missing.join("; ")));
+                } else if !image_pinning::is_pinned(pod) {
+                    // Placed only once the scheduler knows where its image
+                    // runs: never bound first and taken back.
+                    let message = match pod.metadata.annotations.get(image_pinning::IMAGE_ERROR_ANNOTATION) {
+                        Some(error) => error.clone(),
+                        None => format!(
+                            "waiting for image {:?} to be resolved",
+                            spec.containers.first().map_or("", |c| c.image.as_str())
+                        ),
+                    };
+                    unpinned.push((pod, scheduler_replica(pod, &spec), message));
                 } else {
-                    blocked.push((pod, missing.join("; ")));
+                    pending.push((pod, scheduler_replica(pod, &spec)));
                 }
             }
         }
     }
     let mut ops = Vec::new();
-    for (pod, message) in blocked {
-        pending_status(pod, "MissingReference", &message, &mut ops);
+    for (pod, reason, message) in blocked {
+        pending_status(pod, reason, &message, &mut ops);
     }
-    if pending.is_empty() {
+    if pending.is_empty() && unpinned.is_empty() {
         return ops;
     }
-    let view = sched::ClusterView { nodes, bound };
+    let mut view = sched::ClusterView { nodes, bound };
     let replicas: Vec<sched::Replica> = pending.iter().map(|(_, r)| r.clone()).collect();
     let plan = flotilla_scheduler::schedule(&view, &replicas, 0);
     let by_id: BTreeMap<&str, &ApiObject> = pending.iter().map(|(p, r)| (r.id.as_str(), &***p)).collect();
@@ -600,6 +632,27 @@ fn schedule_pending(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
     for unplaced in &plan.unplaced {
         let Some(pod) = by_id.get(unplaced.replica.as_str()) else { continue };
         pending_status(pod, "Unschedulable", &unplaced.reason.to_string(), &mut ops);
+    }
+    if !unpinned.is_empty() {
+        // Replicas still waiting for their image are not placed, but an
+        // operator should hear first what no pin would mend: whether any
+        // node could take them once the pinned ones above are placed.
+        let replica_of: BTreeMap<&str, &sched::Replica> = pending.iter().map(|(_, r)| (r.id.as_str(), r)).collect();
+        for placement in &plan.placements {
+            if let Some(replica) = replica_of.get(placement.replica.as_str()) {
+                view.bound.push(sched::BoundReplica { replica: (*replica).clone(), node: placement.node.clone() });
+            }
+        }
+        let replicas: Vec<sched::Replica> = unpinned.iter().map(|(_, r, _)| r.clone()).collect();
+        let trial = flotilla_scheduler::schedule(&view, &replicas, 0);
+        let unplaceable: BTreeMap<&str, String> =
+            trial.unplaced.iter().map(|u| (u.replica.as_str(), u.reason.to_string())).collect();
+        for (pod, replica, waiting) in &unpinned {
+            match unplaceable.get(replica.id.as_str()) {
+                Some(reason) => pending_status(pod, "Unschedulable", reason, &mut ops),
+                None => pending_status(pod, "ImageNotPinned", waiting, &mut ops),
+            }
+        }
     }
     ops
 }

@@ -164,6 +164,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let logs_api = fleet::logs::router(fleet::logs::LogsApi { store: store.clone(), requests: log_requests })
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::require_token));
     let reconciler = tokio::spawn(reconcile::run(store.clone()));
+    let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         api = %format!("http://{}", listener.local_addr()?),
@@ -184,6 +185,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let app = api::router_with_registry(state, registry).merge(enrol_api::router(enrol_state)).merge(logs_api);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
     reconciler.abort();
+    pinning.abort();
     gc.abort();
     tracing::info!("stopped");
     Ok(())

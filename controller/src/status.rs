@@ -117,11 +117,6 @@ pub struct PodStatus {
     /// Latest usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    /// Set (RFC 3339) when a rollout replaced this replica: it has left its
-    /// node's desired document and is deleted once the node reports it
-    /// stopped, so replicas still stopping count against `maxSurge`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub retired_at: String,
 }
 
 impl PodStatus {

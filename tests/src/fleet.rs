@@ -184,7 +184,7 @@ pub fn pod_list(controller: &ControllerProcess) -> Vec<Value> {
 /// Whether a pod (as the API serves it) is ready and not being replaced by
 /// a rollout: what a Service counts as an endpoint.
 pub fn is_serving(pod: &Value) -> bool {
-    pod["status"]["retiredAt"].is_null()
+    pod["metadata"]["deletionTimestamp"].is_null()
         && pod["status"]["conditions"]
             .as_array()
             .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))

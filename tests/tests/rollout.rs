@@ -90,7 +90,7 @@ fn rollout(controller: &ControllerProcess, args: &[&str]) -> (bool, String) {
 fn live_hashes(controller: &ControllerProcess) -> Vec<String> {
     let mut hashes: Vec<String> = pod_list(controller)
         .iter()
-        .filter(|p| p["status"]["retiredAt"].is_null())
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| p["metadata"]["labels"]["pod-template-hash"].as_str().unwrap_or("").to_owned())
         .collect();
     hashes.sort();

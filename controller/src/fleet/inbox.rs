@@ -387,7 +387,7 @@ impl Inbox {
                     self.pending.push(
                         key.clone(),
                         Box::new(|object| {
-                            if object.as_ref().is_some_and(|pod| !pod.status::<PodStatus>().retired_at.is_empty()) {
+                            if object.as_ref().is_some_and(|pod| pod.is_retired()) {
                                 *object = None;
                             }
                         }),
@@ -674,7 +674,7 @@ fn evict_one(object: &mut Option<ApiObject>, node: &str, why: &str) {
     }
     // A replica a rollout retired was only waiting for its node to report
     // it stopped: with the node gone, it is gone too.
-    if !status.retired_at.is_empty() {
+    if pod.is_retired() {
         *object = None;
         return;
     }
@@ -807,17 +807,19 @@ mod tests {
         vec![Op::Apply(node.clone()), Op::UpdateStatus(node)]
     }
 
-    fn pod(name: &str, node: &str, owner: Kind, retired: bool) -> Vec<Op> {
+    fn pod(name: &str, node: &str, owner: Kind) -> Vec<Op> {
         let mut pod = ApiObject::new(Kind::Pod, "default", name);
         pod.content.insert("spec".into(), serde_json::json!({ "nodeName": node, "containers": [] }));
         pod.metadata.owner_references = vec![OwnerReference { kind: owner, name: "owner".into(), uid: "u-1".into() }];
-        let status = PodStatus {
-            phase: "Running".into(),
-            retired_at: if retired { "2026-12-02T00:00:00Z".into() } else { String::new() },
-            ..PodStatus::default()
-        };
-        pod.set_status(&status);
+        pod.set_status(&PodStatus { phase: "Running".into(), ..PodStatus::default() });
         vec![Op::Apply(pod.clone()), Op::UpdateStatus(pod)]
+    }
+
+    /// Retires a stored replica as a rollout does.
+    fn retire(store: &Arc<dyn Store>, name: &str) {
+        let key = ObjectKey::new(Kind::Pod, "default", name);
+        let uid = store.get(&key).unwrap().metadata.uid.clone();
+        store.commit(vec![Op::Retire { key, uid }]).unwrap();
     }
 
     fn get(store: &Arc<dyn Store>, name: &str) -> Option<(Option<String>, PodStatus)> {
@@ -835,13 +837,14 @@ mod tests {
         ops.extend(node("lost-2", false, "LeaseExpired"));
         ops.extend(node("fine", true, "AgentReporting"));
         ops.extend(node("cordoned", false, "KubeletNotReady"));
-        ops.extend(pod("web-1", "lost-1", Kind::Deployment, false));
-        ops.extend(pod("web-2", "lost-2", Kind::Deployment, false));
-        ops.extend(pod("web-old", "lost-1", Kind::Deployment, true));
-        ops.extend(pod("agent-lost-1", "lost-1", Kind::DaemonSet, false));
-        ops.extend(pod("web-3", "fine", Kind::Deployment, false));
-        ops.extend(pod("web-4", "cordoned", Kind::Deployment, false));
+        ops.extend(pod("web-1", "lost-1", Kind::Deployment));
+        ops.extend(pod("web-2", "lost-2", Kind::Deployment));
+        ops.extend(pod("web-old", "lost-1", Kind::Deployment));
+        ops.extend(pod("agent-lost-1", "lost-1", Kind::DaemonSet));
+        ops.extend(pod("web-3", "fine", Kind::Deployment));
+        ops.extend(pod("web-4", "cordoned", Kind::Deployment));
         store.commit(ops).unwrap();
+        retire(&store, "web-old");
         let before = store.resource_version();
 
         inbox.tick(Instant::now());
@@ -870,7 +873,7 @@ mod tests {
     fn a_queued_change_is_made_on_the_object_as_stored_at_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (mut inbox, store) = inbox(dir.path());
-        store.commit(pod("web-1", "edge-1", Kind::Deployment, false)).unwrap();
+        store.commit(pod("web-1", "edge-1", Kind::Deployment)).unwrap();
         let key = ObjectKey::new(Kind::Pod, "default", "web-1");
         inbox.pending.push(
             key.clone(),
@@ -882,16 +885,63 @@ mod tests {
             }),
         );
         // A rollout retires the replica between the report and the commit.
-        let mut retiring = store.get(&key).unwrap();
-        let mut status: PodStatus = retiring.status();
-        status.retired_at = "2026-12-02T10:00:00Z".into();
-        retiring.set_status(&status);
-        store.commit(vec![Op::UpdateStatus(retiring)]).unwrap();
+        retire(&store, "web-1");
 
         inbox.flush();
         let (_, status) = get(&store, "web-1").unwrap();
         assert_eq!(status.restart_count, 3);
-        assert_eq!(status.retired_at, "2026-12-02T10:00:00Z", "the rollout's write is kept");
+        assert!(store.get(&key).unwrap().is_retired(), "the rollout's write is kept");
+    }
+
+    /// The fault behind one-writer-per-field: a status write computed from a
+    /// read taken before a rollout retired the replica, committed without a
+    /// precondition (as the publisher's and reconciler's status writes were),
+    /// used to replace the whole status and with it the retirement, so the
+    /// replica went back into its node's document. Retirement now lives in
+    /// metadata, which only `Op::Retire` writes.
+    #[test]
+    fn a_status_report_racing_a_rollout_never_unretires_a_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut inbox, store) = inbox(dir.path());
+        store.commit(pod("web-1", "edge-1", Kind::Deployment)).unwrap();
+        let key = ObjectKey::new(Kind::Pod, "default", "web-1");
+        let stale = store.get(&key).unwrap();
+
+        // The rollout retires it; then writes built from the stale read land.
+        retire(&store, "web-1");
+        let mut report = ApiObject::clone(&stale);
+        let mut status: PodStatus = report.status();
+        status.restart_count = 7;
+        status.message = "restarted".into();
+        report.set_status(&status);
+        report.metadata.resource_version.clear();
+        store.commit(vec![Op::UpdateStatus(report.clone())]).unwrap();
+        let mut respec = ApiObject::clone(&stale);
+        respec.metadata.resource_version.clear();
+        respec.metadata.annotations.insert("touched".into(), "yes".into());
+        store.commit(vec![Op::Apply(respec)]).unwrap();
+        // And the inbox's own queued report, re-applied at commit.
+        inbox.pending.push(
+            key.clone(),
+            Box::new(|object| {
+                let pod = object.as_mut().unwrap();
+                let mut status: PodStatus = pod.status();
+                status.restart_count = 8;
+                pod.set_status(&status);
+            }),
+        );
+        inbox.flush();
+
+        let stored = store.get(&key).unwrap();
+        assert_eq!(stored.status::<PodStatus>().restart_count, 8, "the reports were written");
+        assert!(stored.is_retired(), "a status or spec write from before the retirement undid it");
+        // A re-created namesake is another replica: the old retirement does
+        // not reach it.
+        store.commit(vec![Op::Delete(key.clone(), None)]).unwrap();
+        store.commit(pod("web-1", "edge-1", Kind::Deployment)).unwrap();
+        let refused = store.commit(vec![Op::Retire { key: key.clone(), uid: stale.metadata.uid.clone() }]);
+        assert!(matches!(refused, Err(crate::store::StoreError::Conflict { .. })), "{refused:?}");
+        assert!(!store.get(&key).unwrap().is_retired());
     }
 
     #[test]

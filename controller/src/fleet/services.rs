@@ -122,7 +122,7 @@ fn endpoints(
         .filter(|p| spec.selector.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)))
         .filter(|p| {
             let status: PodStatus = p.status();
-            status.is_ready() && status.retired_at.is_empty() && !status.is_finished()
+            status.is_ready() && !p.is_retired() && !status.is_finished()
         })
         .filter_map(|p| {
             let node = p.content.get("spec")?.get("nodeName")?.as_str()?;
@@ -176,7 +176,7 @@ mod tests {
         let mut status = PodStatus { phase: "Running".into(), ..PodStatus::default() };
         status.conditions.push(Condition::new("Ready", ready, "", ""));
         if retired {
-            status.retired_at = "2026-01-01T00:00:00Z".into();
+            pod.metadata.deletion_timestamp = "2026-01-01T00:00:00Z".into();
         }
         pod.set_status(&status);
         pod

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::controllers::image_pinning;
 use crate::manifest::types::{DaemonSetSpec, IntOrString};
 use crate::object::ApiObject;
 use crate::selector::Selector;
@@ -39,8 +40,21 @@ pub fn reconcile(
     let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let on_delete = strategy.strategy_type.as_deref() == Some("OnDelete");
-    let eligible: Vec<&ApiObject> =
-        nodes.iter().filter(|n| daemon_eligible(n, &spec.template.spec)).map(|n| &**n).collect();
+    // Once a replica of this template is pinned, its image's architectures
+    // are known: nodes of others are not eligible (their replica, bound at
+    // creation, is retired rather than run or moved).
+    let image_archs = owned
+        .iter()
+        .filter(|p| p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&hash))
+        .find(|p| image_pinning::archs_of(p).is_some());
+    let eligible: Vec<&ApiObject> = nodes
+        .iter()
+        .filter(|n| daemon_eligible(n, &spec.template.spec))
+        .filter(|n| {
+            image_archs.is_none_or(|p| image_pinning::can_run_on(p, &n.status::<NodeStatus>().node_info.architecture))
+        })
+        .map(|n| &**n)
+        .collect();
     let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
         Some(IntOrString::Int(n)) => n.max(0) as usize,
         Some(IntOrString::String(p)) => eligible.len() * p.trim_end_matches('%').parse::<usize>().unwrap_or(0) / 100,
@@ -54,7 +68,7 @@ pub fn reconcile(
     // Live replicas by node; retired ones are only waited for.
     let mut by_node: BTreeMap<String, Vec<&ApiObject>> = BTreeMap::new();
     for pod in owned {
-        if pod.status::<PodStatus>().retired_at.is_empty() {
+        if !pod.is_retired() {
             by_node.entry(node_name(pod).unwrap_or_default()).or_default().push(pod);
         }
     }
@@ -62,7 +76,7 @@ pub fn reconcile(
     // Replicas on nodes that are no longer eligible go.
     for (node, pods) in &by_node {
         if !eligible_names.contains(node.as_str()) {
-            pods.iter().for_each(|p| retire(p, now, ops));
+            pods.iter().for_each(|p| retire(p, ops));
         }
     }
     let new_name = |node: &str| format!("{name}-{hash}-{node}");
@@ -81,7 +95,7 @@ pub fn reconcile(
                     unavailable += 1;
                 }
                 // An old replica left beside the new one (an earlier pass).
-                pods.iter().filter(|p| !is_new(p)).for_each(|p| retire(p, now, ops));
+                pods.iter().filter(|p| !is_new(p)).for_each(|p| retire(p, ops));
             }
             None if pods.is_empty() => {
                 // A new node (or a replica deleted by hand): start one.
@@ -121,7 +135,7 @@ pub fn reconcile(
         if costs && unavailable >= max_unavailable {
             break;
         }
-        retire(old, now, ops);
+        retire(old, ops);
         let pod = replica(daemon_set, &spec.template, &hash, new_name(&node.metadata.name), Some(&node.metadata.name));
         ops.push(Op::Create(pod));
         if costs {
@@ -129,7 +143,7 @@ pub fn reconcile(
         }
     }
 
-    let live: Vec<&&ApiObject> = owned.iter().filter(|p| p.status::<PodStatus>().retired_at.is_empty()).collect();
+    let live: Vec<&&ApiObject> = owned.iter().filter(|p| !p.is_retired()).collect();
     let status = DaemonSetStatus {
         observed_generation: daemon_set.metadata.generation,
         desired_number_scheduled: eligible.len() as u32,
@@ -181,10 +195,14 @@ mod tests {
                 Op::UpdateStatus(pod) if pod.kind == Kind::Pod => {
                     *pods.iter_mut().find(|p| p.metadata.name == pod.metadata.name).unwrap() = pod.clone();
                 }
+                Op::Retire { key, .. } => {
+                    pods.iter_mut().find(|p| p.metadata.name == key.name).unwrap().metadata.deletion_timestamp =
+                        "2026-12-06T00:00:00Z".into()
+                }
                 _ => {}
             }
         }
-        pods.retain(|p| p.status::<PodStatus>().retired_at.is_empty());
+        pods.retain(|p| !p.is_retired());
         for pod in pods.iter_mut() {
             let on = node_name(pod).unwrap_or_default();
             let ready = nodes.iter().any(|n| n.metadata.name == on && n.status::<NodeStatus>().is_ready());

@@ -128,7 +128,7 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
     let mut target = target_revision(&status.history, &spec_hash);
 
     let available = |pod: &ApiObject| is_available(pod, min_ready, now);
-    let is_retired = |pod: &&&ApiObject| !pod.typed_status::<PodStatus>().retired_at.is_empty();
+    let is_retired = |pod: &&&ApiObject| pod.is_retired();
     let retiring = owned.iter().filter(is_retired).count() as u32;
     let live: Vec<&ApiObject> = owned.iter().filter(|p| !is_retired(p)).copied().collect();
     let hash_of = |pod: &ApiObject| pod.metadata.labels.get(TEMPLATE_HASH_LABEL).cloned().unwrap_or_default();
@@ -168,7 +168,7 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
     let old: Vec<&ApiObject> = live.iter().filter(|p| hash_of(p) != target.hash).copied().collect();
     let template = &target.template;
     if !spec.paused {
-        step(deployment, template, &target.hash, bounds, &new, &old, retiring, &available, now, ops);
+        step(deployment, template, &target.hash, bounds, &new, &old, retiring, &available, ops);
     }
 
     // Status, from what exists now (this pass's writes show next pass).
@@ -282,7 +282,6 @@ fn step(
     old: &[&ApiObject],
     retiring: u32,
     available: &dyn Fn(&ApiObject) -> bool,
-    now: SystemTime,
     ops: &mut Vec<Op>,
 ) {
     let name = &deployment.metadata.name;
@@ -297,7 +296,7 @@ fn step(
         let mut extra: Vec<&&ApiObject> = new.iter().collect();
         extra.sort_by_key(|p| (available(p), std::cmp::Reverse(super::ordinal(&p.metadata.name))));
         for pod in extra.into_iter().take((new_count - bounds.replicas) as usize) {
-            retire(pod, now, ops);
+            retire(pod, ops);
         }
         new_count = bounds.replicas;
     }
@@ -322,7 +321,7 @@ fn step(
         if counts && available_now <= min_available {
             break;
         }
-        retire(pod, now, ops);
+        retire(pod, ops);
         if counts {
             available_now -= 1;
         }
@@ -353,18 +352,12 @@ pub fn is_available(pod: &ApiObject, min_ready: Duration, now: SystemTime) -> bo
 /// Marks a replica retired: it leaves its node's document now and is
 /// deleted when the node reports it stopped. An unbound one has nothing
 /// to stop and is deleted at once.
-pub fn retire(pod: &ApiObject, now: SystemTime, ops: &mut Vec<Op>) {
+pub fn retire(pod: &ApiObject, ops: &mut Vec<Op>) {
     if node_name(pod).is_none() {
         ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         return;
     }
-    let mut status: PodStatus = pod.status();
-    status.retired_at = format_time(now);
-    status.reason = "Terminating".into();
-    status.message = "replaced by a newer revision".into();
-    let mut retired = pod.clone();
-    retired.set_status(&status);
-    ops.push(Op::UpdateStatus(retired));
+    ops.push(Op::Retire { key: pod.key(), uid: pod.metadata.uid.clone() });
 }
 
 /// Keeps the target, the spec's revision and the newest `limit` others.
@@ -445,6 +438,10 @@ mod tests {
                         *slot = pod;
                     }
                     Op::Delete(key, _) => self.pods.retain(|p| p.metadata.name != key.name),
+                    Op::Retire { key, .. } => {
+                        let slot = self.pods.iter_mut().find(|p| p.metadata.name == key.name).unwrap();
+                        slot.metadata.deletion_timestamp = format_time(self.now);
+                    }
                     Op::Apply(event) if event.kind == crate::manifest::Kind::Event => self.events.push(event),
                     Op::Apply(_) => panic!("rollouts do not rewrite objects"),
                 }
@@ -453,7 +450,7 @@ mod tests {
             // Agents: retired replicas stop; the rest run, ready if healthy.
             let running = self.pods.len();
             self.max_total = self.max_total.max(running);
-            self.pods.retain(|p| p.status::<PodStatus>().retired_at.is_empty());
+            self.pods.retain(|p| !p.is_retired());
             let healthy = self.healthy;
             let now = format_time(self.now);
             for pod in &mut self.pods {
@@ -542,7 +539,7 @@ mod tests {
         let retired: Vec<_> = ops
             .iter()
             .filter_map(|op| match op {
-                Op::UpdateStatus(p) if !p.status::<PodStatus>().retired_at.is_empty() => Some(p),
+                Op::Retire { key, .. } => Some(key),
                 _ => None,
             })
             .collect();

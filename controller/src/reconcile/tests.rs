@@ -10,13 +10,31 @@ use crate::store::{RedbStore, SecretCipher};
 struct Fixture {
     _dir: tempfile::TempDir,
     store: RedbStore,
+    /// What the registry stand-in answers for every image.
+    registry: std::cell::RefCell<Result<image_pinning::PinnedImage, String>>,
 }
 
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("s.redb"), SecretCipher::from_key([3; 32])).unwrap();
-        Fixture { _dir: dir, store }
+        let resolved = image_pinning::PinnedImage { digest: [7; 32], archs: Vec::new() };
+        Fixture { _dir: dir, store, registry: std::cell::RefCell::new(Ok(resolved)) }
+    }
+
+    /// One image pinning pass, every image answered by the registry
+    /// stand-in (`crate::pinning` asks a real one). Returns its writes.
+    fn pin(&self) -> usize {
+        let snapshot = Snapshot::read(&self.store);
+        let asked = image_pinning::plan(&snapshot, &image_pinning::Answers::new());
+        let answer = self.registry.borrow().clone();
+        let answers = asked.to_resolve.into_iter().map(|image| (image, answer.clone())).collect();
+        let ops = image_pinning::plan(&snapshot, &answers).ops;
+        let writes = ops.len();
+        if writes > 0 {
+            self.store.commit(ops).unwrap();
+        }
+        writes
     }
 
     fn apply(&self, yaml: &str) {
@@ -27,7 +45,8 @@ impl Fixture {
     /// Passes until nothing changes (level-triggered: converges).
     fn settle(&self) {
         for _ in 0..10 {
-            if reconcile_once(&self.store).unwrap() == 0 {
+            let pins = self.pin();
+            if reconcile_once(&self.store).unwrap() == 0 && pins == 0 {
                 return;
             }
         }
@@ -40,13 +59,17 @@ impl Fixture {
     }
 
     fn node(&self, name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) {
+        self.node_of_arch(name, "arm64", cpu, memory, labels)
+    }
+
+    fn node_of_arch(&self, name: &str, arch: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) {
         let mut node = ApiObject::new(Kind::Node, "", name);
         node.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.store.commit(vec![Op::Apply(node.clone())]).unwrap();
         node.content.insert(
             "status".into(),
             json!({"capacity": {"cpu": cpu, "memory": memory, "pods": "16"},
-                   "nodeInfo": {"architecture": "arm64", "operatingSystem": "linux"},
+                   "nodeInfo": {"architecture": arch, "operatingSystem": "linux"},
                    "conditions": [{"type": "Ready", "status": "True"}]}),
         );
         self.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
@@ -265,4 +288,72 @@ fn only_rollouts_and_deadlines_in_progress_need_clock_driven_passes() {
     object.set_status(&status);
     f.store.commit(vec![Op::UpdateStatus(object)]).unwrap();
     assert!(!waits_on_the_clock(&Snapshot::read(&f.store)), "a settled fleet is resynced slowly");
+}
+
+/// Transport used to pin images while building documents, so a replica
+/// could be placed before its image was known and then be unbound for the
+/// wrong architecture. Pinning is now a step of its own, and the scheduler
+/// waits for it.
+#[test]
+fn a_replica_is_never_bound_before_its_image_is_pinned() {
+    let f = Fixture::new();
+    f.node("pi-1", "1", "256Mi", &[]);
+    f.apply(&deployment(2, "64Mi"));
+    for _ in 0..3 {
+        reconcile_once(&f.store).unwrap();
+    }
+    let pods = f.pods();
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        assert_eq!(node_name(pod), None, "bound before its image was pinned");
+        let status: PodStatus = pod.status();
+        assert_eq!(status.reason, "ImageNotPinned");
+        assert!(status.message.contains("registry.local/web:1"), "{}", status.message);
+    }
+    // The registry cannot answer: the replicas say why, and stay unplaced.
+    *f.registry.borrow_mut() = Err("registry registry.local unreachable".into());
+    f.settle();
+    for pod in &f.pods() {
+        assert_eq!(node_name(pod), None);
+        assert!(pod.status::<PodStatus>().message.contains("unreachable"), "{:?}", pod.status::<PodStatus>());
+    }
+    // Once pinned, they are placed where the image runs.
+    *f.registry.borrow_mut() = Ok(image_pinning::PinnedImage { digest: [9; 32], archs: vec!["arm64".into()] });
+    f.settle();
+    for pod in &f.pods() {
+        assert_eq!(node_name(pod).as_deref(), Some("pi-1"));
+        assert!(image_pinning::is_pinned(pod));
+        assert!(!pod.metadata.annotations.contains_key(image_pinning::IMAGE_ERROR_ANNOTATION));
+    }
+}
+
+/// A DaemonSet's replicas are bound at creation, before their image is
+/// pinned. One whose node turns out to be of an architecture the image
+/// lacks is retired (it never ran: it was never in a document), not
+/// unbound and placed elsewhere, and no new one is made for that node.
+#[test]
+fn a_daemon_set_replica_on_a_node_its_image_cannot_run_on_is_retired_not_unbound() {
+    let f = Fixture::new();
+    f.node_of_arch("pi-1", "arm64", "1", "256Mi", &[]);
+    f.node_of_arch("gw-1", "amd64", "1", "256Mi", &[]);
+    *f.registry.borrow_mut() = Ok(image_pinning::PinnedImage { digest: [9; 32], archs: vec!["amd64".into()] });
+    f.apply(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: collector}\nspec:\n  \
+         selector: {matchLabels: {app: c}}\n  template:\n    metadata: {labels: {app: c}}\n    spec:\n      \
+         containers: [{name: c, image: c:1}]\n",
+    );
+    for _ in 0..6 {
+        f.pin();
+        reconcile_once(&f.store).unwrap();
+        for pod in f.pods() {
+            assert!(node_name(&pod).is_some(), "{} was unbound", pod.metadata.name);
+        }
+    }
+    let pods = f.pods();
+    let on = |node: &str| pods.iter().find(|p| node_name(p).as_deref() == Some(node)).unwrap();
+    assert!(!on("gw-1").is_retired());
+    assert!(on("pi-1").is_retired(), "the arm64 node's replica leaves");
+    assert_eq!(pods.len(), 2, "and is not made again");
+    let status = f.store.get(&ObjectKey::new(Kind::DaemonSet, "default", "collector")).unwrap();
+    assert_eq!(status.status::<DaemonSetStatus>().desired_number_scheduled, 1, "only nodes the image runs on count");
 }

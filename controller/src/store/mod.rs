@@ -33,6 +33,17 @@ pub enum Op {
     UpdateStatus(ApiObject),
     /// Delete; `Some(rv)` is a precondition.
     Delete(ObjectKey, Option<u64>),
+    /// Retire a replica: sets `metadata.deletionTimestamp` (the store's
+    /// clock) unless already set. The only write of that field. The
+    /// precondition is the uid, not the resourceVersion: the node's reports
+    /// keep changing the replica's status, and a retirement must not wait
+    /// for a quiet moment, only never hit a re-created namesake.
+    Retire {
+        /// The replica.
+        key: ObjectKey,
+        /// Its uid.
+        uid: String,
+    },
 }
 
 /// What a write did, with the object as stored (for deletes: as it was).

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{EventType, Op, Outcome, SecretCipher, Store, StoreError, Subscription, View, WatchEvent};
@@ -83,8 +84,9 @@ impl RedbStore {
         }
         for entry in txn.open_table(OBJECTS).map_err(backend)?.iter().map_err(backend)? {
             let (key, value) = entry.map_err(backend)?;
-            let object = decode(&cipher, value.value())
+            let mut object = decode(&cipher, value.value())
                 .map_err(|e| backend(format!("stored object {} is unreadable: {e}", key.value())))?;
+            migrate_retirement(&mut object);
             objects.insert(object.key(), Arc::new(object));
         }
         drop(txn);
@@ -325,6 +327,23 @@ fn stage(objects: &imbl::OrdMap<ObjectKey, Arc<ApiObject>>, base_rv: u64, ops: V
                 staged.insert(key, Some(new.clone()));
                 outcomes.push(Outcome::Configured(new));
             }
+            Op::Retire { key, uid } => {
+                let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                if existing.metadata.uid != uid {
+                    return Err(StoreError::Conflict { key, current: existing.resource_version(), requested: 0 });
+                }
+                if existing.is_retired() {
+                    outcomes.push(Outcome::Unchanged(existing));
+                    continue;
+                }
+                let mut new = ApiObject::clone(&existing);
+                new.metadata.deletion_timestamp = now.clone();
+                rv += 1;
+                new.metadata.resource_version = rv.to_string();
+                let new = Arc::new(new);
+                staged.insert(key, Some(new.clone()));
+                outcomes.push(Outcome::Configured(new));
+            }
             Op::Delete(key, precondition) => {
                 let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
                 check_precondition(&key, precondition.unwrap_or(0), Some(&existing))?;
@@ -339,6 +358,17 @@ fn stage(objects: &imbl::OrdMap<ObjectKey, Arc<ApiObject>>, base_rv: u64, ops: V
     Ok((staged, outcomes, rv))
 }
 
+/// Replicas retired before retirement moved into metadata carried
+/// `status.retiredAt`; they stay retired (on disk with their next write).
+fn migrate_retirement(object: &mut ApiObject) {
+    let Some(Value::Object(status)) = object.content.get_mut("status") else { return };
+    if let Some(Value::String(at)) = status.remove("retiredAt")
+        && object.metadata.deletion_timestamp.is_empty()
+    {
+        object.metadata.deletion_timestamp = at;
+    }
+}
+
 /// Server-side apply of one object onto what is stored.
 fn apply_one(mut object: ApiObject, existing: Option<Arc<ApiObject>>, rv: &mut u64, now: &str) -> Outcome {
     let Some(old) = existing else {
@@ -347,10 +377,20 @@ fn apply_one(mut object: ApiObject, existing: Option<Arc<ApiObject>>, rv: &mut u
         object.metadata.resource_version = rv.to_string();
         object.metadata.generation = 1;
         object.metadata.creation_timestamp = now.to_owned();
+        object.metadata.deletion_timestamp.clear();
         object.api_version = object.kind.api_version().to_owned();
         return Outcome::Created(Arc::new(object));
     };
     let content_changed = !old.same_content_but_status(&object);
+    // What the server wrote into annotations (image pins) stays when an
+    // apply that names none of them leaves the content as it was:
+    // re-applying a bare Pod keeps its pin. A changed spec may name another
+    // image, so then they go; the server's own writes name them.
+    if !content_changed && !object.metadata.annotations.keys().any(|k| crate::object::is_server_annotation(k)) {
+        for (key, value) in old.metadata.annotations.iter().filter(|(k, _)| crate::object::is_server_annotation(k)) {
+            object.metadata.annotations.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
     let owners_changed = !object.metadata.owner_references.is_empty()
         && object.metadata.owner_references != old.metadata.owner_references;
     let metadata_changed =
@@ -412,6 +452,36 @@ mod tests {
         // The counter continues instead of restarting.
         let next = store.commit(vec![Op::Apply(config_map("b", "1"))]).unwrap();
         assert_eq!(next[0].object().resource_version(), 2);
+    }
+
+    #[test]
+    fn an_apply_keeps_the_servers_image_pin_unless_the_content_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let bare = |image: &str| {
+            let mut pod = ApiObject::new(Kind::Pod, "default", "probe");
+            pod.content.insert("spec".into(), json!({ "containers": [{ "name": "c", "image": image }] }));
+            pod
+        };
+        store.commit(vec![Op::Apply(bare("probe:1"))]).unwrap();
+        let key = bare("probe:1").key();
+        // The pinning step's write: names the pin annotations itself.
+        let mut failed = store.get(&key).unwrap();
+        failed.metadata.annotations.insert("flotilla.io/image-error".into(), "unreachable".into());
+        store.commit(vec![Op::Apply(failed)]).unwrap();
+        let mut pinned = store.get(&key).unwrap();
+        pinned.metadata.annotations.remove("flotilla.io/image-error");
+        pinned.metadata.annotations.insert("flotilla.io/image-digest".into(), format!("sha256:{}", "ab".repeat(32)));
+        store.commit(vec![Op::Apply(pinned)]).unwrap();
+        let annotations = || store.get(&key).unwrap().metadata.annotations.clone();
+        assert_eq!(annotations().keys().collect::<Vec<_>>(), ["flotilla.io/image-digest"], "the pin write dropped the error");
+
+        // The operator applies the same file again: unchanged, still pinned.
+        let outcome = store.commit(vec![Op::Apply(bare("probe:1"))]).unwrap();
+        assert!(matches!(outcome[0], Outcome::Unchanged(_)), "{outcome:?}");
+        // Another image: the old pin goes, to be made again.
+        store.commit(vec![Op::Apply(bare("probe:2"))]).unwrap();
+        assert!(annotations().is_empty(), "{:?}", annotations());
     }
 
     #[test]

@@ -1,0 +1,158 @@
+//! Image pinning: every replica runs the bytes its image named when the
+//! replica was pinned, and the scheduler knows which architectures those
+//! bytes exist for before it places the replica.
+//!
+//! A replica is pinned once: its image's digest and architectures go into
+//! its annotations ([`IMAGE_DIGEST_ANNOTATION`], [`IMAGE_ARCHS_ANNOTATION`]).
+//! Until then the scheduler does not place it and its node's document does
+//! not list it, so no replica is ever bound to a node its image cannot run
+//! on and then taken back. Resolving a tag asks a registry: that half is
+//! [`crate::pinning`], which hands [`plan`] its answers.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::manifest::types::PodSpec;
+use crate::object::ApiObject;
+use crate::reconcile::Snapshot;
+use crate::status::PodStatus;
+use crate::store::Op;
+
+/// Annotation holding the image digest a replica was pinned to.
+pub const IMAGE_DIGEST_ANNOTATION: &str = "flotilla.io/image-digest";
+/// Annotation holding the architectures that image exists for
+/// (`amd64,arm64`); the scheduler places the replica only on those.
+pub const IMAGE_ARCHS_ANNOTATION: &str = "flotilla.io/image-archs";
+/// Annotation saying why the image could not be pinned yet (the scheduler
+/// shows it as the replica's Pending message).
+pub const IMAGE_ERROR_ANNOTATION: &str = "flotilla.io/image-error";
+
+/// What an image reference resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedImage {
+    /// Manifest or index digest.
+    pub digest: [u8; 32],
+    /// Architectures it has (`amd64`, `arm64`), sorted; empty if unknown.
+    pub archs: Vec<String>,
+}
+
+/// Answers about images: resolved, or why not.
+pub type Answers = HashMap<String, Result<PinnedImage, String>>;
+
+/// What a pass decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Annotation writes, each with the replica's resourceVersion.
+    pub ops: Vec<Op>,
+    /// Images some replica waits for that `answers` did not cover.
+    pub to_resolve: BTreeSet<String>,
+}
+
+/// The image a replica runs (its first container's).
+pub fn image_of(pod: &ApiObject) -> Option<String> {
+    let spec = pod.typed_spec::<PodSpec>()?;
+    spec.containers.first().map(|c| c.image.clone())
+}
+
+/// Whether the replica's image is pinned.
+pub fn is_pinned(pod: &ApiObject) -> bool {
+    pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION)
+}
+
+/// The architectures a pinned replica's image exists for; `None` when
+/// unpinned or unknown (the registry did not say).
+pub fn archs_of(pod: &ApiObject) -> Option<Vec<&str>> {
+    let archs = pod.metadata.annotations.get(IMAGE_ARCHS_ANNOTATION)?;
+    (!archs.is_empty()).then(|| archs.split(',').collect())
+}
+
+/// Whether a pinned replica's image can run on a node of `arch` (unknown
+/// archs, of the image or the node, do not stop it).
+pub fn can_run_on(pod: &ApiObject, arch: &str) -> bool {
+    arch.is_empty() || archs_of(pod).is_none_or(|archs| archs.contains(&arch))
+}
+
+/// Pins every live unpinned replica whose image `answers` resolves, records
+/// the reason on those it cannot, and names the images still to resolve.
+pub fn plan(snapshot: &Snapshot, answers: &Answers) -> Plan {
+    let mut plan = Plan::default();
+    for pod in &snapshot.pods {
+        if is_pinned(pod) || pod.is_retired() || pod.typed_status::<PodStatus>().is_finished() {
+            continue;
+        }
+        let Some(image) = image_of(pod) else { continue };
+        let mut pinned = ApiObject::clone(pod);
+        let annotations = &mut pinned.metadata.annotations;
+        match answers.get(&image) {
+            None => {
+                plan.to_resolve.insert(image);
+                continue;
+            }
+            Some(Ok(resolved)) => {
+                annotations.remove(IMAGE_ERROR_ANNOTATION);
+                annotations
+                    .insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex::encode(resolved.digest)));
+                if !resolved.archs.is_empty() {
+                    annotations.insert(IMAGE_ARCHS_ANNOTATION.to_owned(), resolved.archs.join(","));
+                }
+            }
+            Some(Err(reason)) => {
+                let reason = format!("cannot pin image {image:?}: {reason}");
+                if annotations.get(IMAGE_ERROR_ANNOTATION) == Some(&reason) {
+                    continue;
+                }
+                annotations.insert(IMAGE_ERROR_ANNOTATION.to_owned(), reason);
+            }
+        }
+        plan.ops.push(Op::Apply(pinned));
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Kind;
+    use std::sync::Arc;
+
+    fn pod(name: &str, image: &str) -> Arc<ApiObject> {
+        let mut pod = ApiObject::new(Kind::Pod, "default", name);
+        pod.metadata.resource_version = "7".into();
+        pod.content.insert("spec".into(), serde_json::json!({ "containers": [{ "name": "c", "image": image }] }));
+        Arc::new(pod)
+    }
+
+    #[test]
+    fn replicas_are_pinned_from_answers_and_ask_for_the_rest() {
+        let snapshot =
+            Snapshot { pods: vec![pod("a", "web:1"), pod("b", "web:1"), pod("c", "db:2")], ..Snapshot::default() };
+        let plan = plan(&snapshot, &Answers::new());
+        assert!(plan.ops.is_empty());
+        assert_eq!(plan.to_resolve.into_iter().collect::<Vec<_>>(), ["db:2", "web:1"], "each image asked once");
+
+        let mut answers = Answers::new();
+        answers.insert(
+            "web:1".into(),
+            Ok(PinnedImage { digest: [0xab; 32], archs: vec!["amd64".into(), "arm64".into()] }),
+        );
+        answers.insert("db:2".into(), Err("registry unreachable".into()));
+        let plan = super::plan(&snapshot, &answers);
+        assert!(plan.to_resolve.is_empty());
+        let written: Vec<&ApiObject> =
+            plan.ops.iter().map(|op| if let Op::Apply(o) = op { o } else { panic!("{op:?}") }).collect();
+        assert_eq!(written.len(), 3);
+        assert_eq!(written[0].metadata.annotations[IMAGE_DIGEST_ANNOTATION], format!("sha256:{}", "ab".repeat(32)));
+        assert_eq!(archs_of(written[0]), Some(vec!["amd64", "arm64"]));
+        assert_eq!(written[0].metadata.resource_version, "7", "written against what was read");
+        assert!(!is_pinned(written[2]));
+        assert!(written[2].metadata.annotations[IMAGE_ERROR_ANNOTATION].contains("registry unreachable"));
+    }
+
+    #[test]
+    fn the_same_failure_is_not_written_again() {
+        let mut failed = ApiObject::clone(&pod("c", "db:2"));
+        failed.metadata.annotations.insert(IMAGE_ERROR_ANNOTATION.into(), "cannot pin image \"db:2\": gone".into());
+        let snapshot = Snapshot { pods: vec![Arc::new(failed)], ..Snapshot::default() };
+        let answers = Answers::from([("db:2".to_owned(), Err("gone".to_owned()))]);
+        assert!(plan(&snapshot, &answers).ops.is_empty());
+    }
+}
