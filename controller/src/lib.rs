@@ -11,10 +11,11 @@
 //!   [`status`]: their status fields; [`selector`]: label selectors.
 //! - [`store`]: the durable store trait and its redb implementation.
 //! - [`api`]: the HTTP API; [`server`]: `flotilla server` start-up.
-//! - [`reconcile`]: workloads -> replicas -> placements; [`events`]: what
-//!   happened to them and why; [`controllers`]: the pure steps being moved
-//!   out of it, one per concern, with the table of which writes what;
-//!   [`pinning`]: resolving images for the pinning step.
+//! - [`controllers`]: the pure steps, one per concern (workloads ->
+//!   replicas -> placements, image pins, garbage), with the table of which
+//!   writes what; [`reconcile`]: the loop that runs them over the store;
+//!   [`pinning`]: resolving images for the pinning step; [`events`]: what
+//!   happened to objects and why.
 //! - [`fleet`]: the MQTT control channel to the nodes.
 
 pub mod api;

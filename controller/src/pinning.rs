@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::controllers::Snapshot;
 use crate::controllers::image_pinning::{self, Answers, PinnedImage};
 use crate::manifest::Kind;
-use crate::reconcile::Snapshot;
 use crate::store::Store;
 
 /// Pins replicas until the task is aborted.

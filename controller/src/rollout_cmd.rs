@@ -1,5 +1,5 @@
 //! `flotilla rollout status|history|undo|pause|resume|restart`, kubectl's
-//! verbs over a Deployment's rollout (see [`crate::reconcile::rollout`]).
+//! verbs over a Deployment's rollout (see [`crate::controllers::deployment`]).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use crate::cli::{ClientArgs, RolloutArgs, RolloutCommand};
 use crate::client::Client;
+use crate::controllers::deployment::{COMPLETE, FAILED};
 use crate::manifest::Kind;
 use crate::manifest::types::DeploymentSpec;
 use crate::object::{ApiObject, ObjectKey, now_rfc3339};
-use crate::reconcile::rollout::{COMPLETE, FAILED};
 use crate::status::{DeploymentStatus, condition};
 
 /// Template annotation `rollout restart` sets: a new template, so a new
@@ -63,7 +63,7 @@ fn status(client: &Client, target: &crate::cli::RolloutTarget, timeout: Option<D
         let spec: DeploymentSpec = object.spec().context("the deployment's spec is unreadable")?;
         let status: DeploymentStatus = object.status();
         let wanted = spec.replicas.unwrap_or(1).max(0) as u32;
-        let spec_hash = crate::reconcile::template_hash(&spec.template);
+        let spec_hash = crate::controllers::workload::template_hash(&spec.template);
         let spec_revision = status.history.iter().find(|r| r.hash == spec_hash);
         let line = if status.observed_generation < object.metadata.generation || spec_revision.is_none() {
             "Waiting for the deployment spec update to be observed...".to_owned()

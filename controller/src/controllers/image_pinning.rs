@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::Snapshot;
 use crate::manifest::types::PodSpec;
 use crate::object::ApiObject;
-use crate::reconcile::Snapshot;
 use crate::status::PodStatus;
 use crate::store::Op;
 

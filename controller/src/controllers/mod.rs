@@ -1,5 +1,18 @@
-//! Controllers: pure steps from a [`Snapshot`](crate::reconcile::Snapshot)
-//! to the writes that move it towards what was declared.
+//! Controllers: pure steps from a [`Snapshot`] to the writes that move it
+//! towards what was declared, one file per concern.
+//!
+//! - [`gc`]: replicas whose owner is gone, old events.
+//! - [`deployment`]: rollouts (surge, availability, rollback).
+//! - [`daemonset`]: one replica per eligible node, node-by-node updates.
+//! - [`job`]: run to completion.
+//! - [`scheduling`]: pending, pinned replicas -> nodes.
+//! - [`image_pinning`]: image digests and architectures on replicas.
+//! - [`workload`]: replica names and templates, shared by the workload
+//!   controllers; [`snapshot`]: what they all read.
+//!
+//! [`plan`] runs them in that order over one snapshot and says when it
+//! wants to run again ([`Requeue`]); `crate::reconcile` is the loop that
+//! reads the store, commits the writes and waits.
 //!
 //! A controller reads a snapshot and what it is told (answers it asked
 //! for, the time) and returns writes; it does no I/O. Whatever must ask
@@ -14,13 +27,81 @@
 //! |---|---|
 //! | Pod `metadata.annotations[flotilla.io/image-digest, image-archs, image-error]` | [`image_pinning`] |
 //! | Pod `metadata.deletionTimestamp` | the rollouts (`Op::Retire`, set once by the store) |
-//! | Pod `spec.nodeName`, status `PodScheduled` and Pending reasons | scheduling (`reconcile::schedule_pending`) |
+//! | Pod `spec.nodeName`, status `PodScheduled` and Pending reasons | [`scheduling`] |
+//! | Deployment, DaemonSet, Job `status` | [`deployment`], [`daemonset`], [`job`] |
 //! | Pod status reported by the node (phase once running, restarts, usage, Ready) | the fleet inbox |
 
+pub mod daemonset;
+pub mod deployment;
+pub mod gc;
 pub mod image_pinning;
+pub mod job;
+pub mod scheduling;
+pub mod snapshot;
+pub mod workload;
+
+use std::time::{Duration, SystemTime};
+
+use crate::store::Op;
+
+pub use snapshot::Snapshot;
+
+/// When a controller wants its next pass if nothing changes before: like
+/// kube-runtime's `Action::requeue`, so "does anything wait on the clock"
+/// is what the controllers answered, not a separate guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Only after a change (and the loop's slow level-triggered resync).
+    OnChange,
+    /// After this long, changed or not.
+    After(Duration),
+}
+
+impl Requeue {
+    /// A rollout, a readiness count or a deadline that waits on the clock.
+    pub const CLOCK: Requeue = Requeue::After(Duration::from_secs(1));
+
+    /// The sooner of two.
+    pub fn sooner(self, other: Requeue) -> Requeue {
+        match (self, other) {
+            (Requeue::After(a), Requeue::After(b)) => Requeue::After(a.min(b)),
+            (Requeue::After(a), Requeue::OnChange) | (Requeue::OnChange, Requeue::After(a)) => Requeue::After(a),
+            (Requeue::OnChange, Requeue::OnChange) => Requeue::OnChange,
+        }
+    }
+}
+
+/// One pass of every controller over `snapshot`: the writes, in order,
+/// and when to come back.
+pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
+    let mut ops = Vec::new();
+    let now = snapshot.now.unwrap_or_else(SystemTime::now);
+    gc::reconcile(snapshot, now, &mut ops);
+    let owned = snapshot.pods_by_owner();
+    let owned_by = |uid: &str| owned.get(uid).map_or(&[][..], Vec::as_slice);
+    let mut requeue = Requeue::OnChange;
+    for deployment in &snapshot.deployments {
+        deployment::reconcile(deployment, owned_by(&deployment.metadata.uid), now, &mut ops);
+        requeue = requeue.sooner(deployment::requeue(deployment));
+    }
+    for daemon_set in &snapshot.daemon_sets {
+        daemonset::reconcile(daemon_set, owned_by(&daemon_set.metadata.uid), &snapshot.nodes, now, &mut ops);
+        requeue = requeue.sooner(daemonset::requeue(daemon_set));
+    }
+    for job in &snapshot.jobs {
+        job::reconcile(job, owned_by(&job.metadata.uid), now, &mut ops);
+        requeue = requeue.sooner(job::requeue(job));
+    }
+    let scheduled = scheduling::reconcile(snapshot, &ops);
+    ops.extend(scheduled);
+    (ops, requeue)
+}
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod import_rules {
     /// The rule of this module, held by reading its sources: a controller
     /// that reached for the transport, the API or the network could no
     /// longer be tested from a snapshot alone.

@@ -16,10 +16,10 @@ use rumqttc::{AsyncClient, QoS};
 use super::credentials::ControllerKey;
 use super::replica_spec::{self, ConfigTable, References};
 use super::{FleetConfig, Topics};
+use crate::controllers::Snapshot;
 use crate::manifest::Kind;
 use crate::manifest::types::PodSpec;
 use crate::object::{ApiObject, ObjectKey};
-use crate::reconcile::Snapshot;
 use crate::status::{NodeStatus, PodStatus};
 use crate::store::{EventType, Op, Store, WatchEvent};
 

@@ -18,9 +18,9 @@ use firmware_proto::{Endpoint, MAX_ENDPOINTS, MAX_SERVICES, ServicePort, Service
 use serde::{Deserialize, Serialize};
 
 use super::replica_spec::replica_id;
+use crate::controllers::Snapshot;
 use crate::manifest::types::{IntOrString, PodSpec, ServiceSpec};
 use crate::object::ApiObject;
-use crate::reconcile::Snapshot;
 use crate::status::PodStatus;
 use crate::store::Op;
 

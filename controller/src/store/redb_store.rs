@@ -474,7 +474,11 @@ mod tests {
         pinned.metadata.annotations.insert("flotilla.io/image-digest".into(), format!("sha256:{}", "ab".repeat(32)));
         store.commit(vec![Op::Apply(pinned)]).unwrap();
         let annotations = || store.get(&key).unwrap().metadata.annotations.clone();
-        assert_eq!(annotations().keys().collect::<Vec<_>>(), ["flotilla.io/image-digest"], "the pin write dropped the error");
+        assert_eq!(
+            annotations().keys().collect::<Vec<_>>(),
+            ["flotilla.io/image-digest"],
+            "the pin write dropped the error"
+        );
 
         // The operator applies the same file again: unchanged, still pinned.
         let outcome = store.commit(vec![Op::Apply(bare("probe:1"))]).unwrap();

@@ -1,11 +1,22 @@
 //! Tests of the reconcilers, on a real store in a temporary directory.
 
+use std::time::Duration;
+
 use serde_json::json;
 
+use super::workload::{TEMPLATE_HASH_LABEL, node_name, template_hash};
 use super::*;
-use crate::manifest::parse_str;
-use crate::status::DeploymentStatus;
-use crate::store::{RedbStore, SecretCipher};
+use crate::manifest::types::PodTemplate;
+use crate::manifest::{Kind, parse_str};
+use crate::object::{ApiObject, ObjectKey};
+use crate::reconcile::reconcile_once;
+use crate::status::{DaemonSetStatus, DeploymentStatus, JobStatus, PodStatus, condition};
+use crate::store::{RedbStore, SecretCipher, Store};
+
+/// Whether the controllers want a pass on the clock.
+fn waits_on_the_clock(snapshot: &Snapshot) -> bool {
+    plan(snapshot).1 != Requeue::OnChange
+}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -50,7 +61,7 @@ impl Fixture {
                 return;
             }
         }
-        let ops = plan(&Snapshot::read(&self.store));
+        let (ops, _) = plan(&Snapshot::read(&self.store));
         panic!("reconcilers did not converge in 10 passes; still writing {ops:#?}");
     }
 
@@ -233,7 +244,7 @@ fn a_job_past_its_active_deadline_fails_and_its_replicas_stop() {
     // A pass 31 s later: past the deadline.
     let mut snapshot = Snapshot::read(&f.store);
     snapshot.now = Some(std::time::SystemTime::now() + Duration::from_secs(31));
-    f.store.commit(plan(&snapshot)).unwrap();
+    f.store.commit(plan(&snapshot).0).unwrap();
     let status: JobStatus = job().status();
     let failed = condition(&status.conditions, "Failed").unwrap();
     assert_eq!((failed.reason.as_str(), status.active), ("DeadlineExceeded", 0));
@@ -284,7 +295,7 @@ fn only_rollouts_and_deadlines_in_progress_need_clock_driven_passes() {
     assert!(waits_on_the_clock(&Snapshot::read(&f.store)));
     let mut object = f.store.get(&ObjectKey::new(Kind::Deployment, "default", "web")).unwrap();
     let mut status: DeploymentStatus = object.status();
-    status.history.iter_mut().for_each(|r| r.state = rollout::COMPLETE.into());
+    status.history.iter_mut().for_each(|r| r.state = deployment::COMPLETE.into());
     object.set_status(&status);
     f.store.commit(vec![Op::UpdateStatus(object)]).unwrap();
     assert!(!waits_on_the_clock(&Snapshot::read(&f.store)), "a settled fleet is resynced slowly");

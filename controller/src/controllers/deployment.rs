@@ -25,7 +25,8 @@ use crate::object::ApiObject;
 use crate::status::{Condition, DeploymentStatus, PodStatus, Revision, condition, set_condition};
 use crate::store::Op;
 
-use super::{TEMPLATE_HASH_LABEL, node_name, replica, status_op, template_hash};
+use super::Requeue;
+use super::workload::{TEMPLATE_HASH_LABEL, node_name, ordinal, replica, status_op, template_hash};
 
 /// Restarts of a new replica that count as a crash loop.
 const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -97,6 +98,14 @@ fn parse_time(text: &str) -> Option<SystemTime> {
 
 fn format_time(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// When a Deployment's pass must run again with nothing changed: while a
+/// revision rolls out (`minReadySeconds` and the progress deadline count
+/// on the clock).
+pub fn requeue(deployment: &ApiObject) -> Requeue {
+    let rolling = deployment.status::<DeploymentStatus>().history.iter().any(|r| r.state == PROGRESSING);
+    if rolling { Requeue::CLOCK } else { Requeue::OnChange }
 }
 
 /// The writes that move `deployment`'s replicas (`owned`) one step along
@@ -285,7 +294,7 @@ fn step(
     ops: &mut Vec<Op>,
 ) {
     let name = &deployment.metadata.name;
-    let taken: BTreeSet<u32> = new.iter().filter_map(|p| super::ordinal(&p.metadata.name)).collect();
+    let taken: BTreeSet<u32> = new.iter().filter_map(|p| ordinal(&p.metadata.name)).collect();
     let mut free = (0..).filter(move |i| !taken.contains(i));
     let mut total = (new.len() + old.len()) as u32 + retiring;
     let mut new_count = new.len() as u32;
@@ -294,7 +303,7 @@ fn step(
     // Too many of the new revision (scaled down): retire the highest.
     if new_count > bounds.replicas {
         let mut extra: Vec<&&ApiObject> = new.iter().collect();
-        extra.sort_by_key(|p| (available(p), std::cmp::Reverse(super::ordinal(&p.metadata.name))));
+        extra.sort_by_key(|p| (available(p), std::cmp::Reverse(ordinal(&p.metadata.name))));
         for pod in extra.into_iter().take((new_count - bounds.replicas) as usize) {
             retire(pod, ops);
         }
@@ -545,7 +554,7 @@ mod tests {
             .collect();
         let created: Vec<_> = ops.iter().filter_map(|op| if let Op::Create(p) = op { Some(p) } else { None }).collect();
         assert_eq!((retired.len(), created.len()), (1, 1), "one at a time");
-        assert_eq!(super::super::node_name(created[0]).as_deref(), Some("edge-1"), "bound where the old one runs");
+        assert_eq!(node_name(created[0]).as_deref(), Some("edge-1"), "bound where the old one runs");
         sim.settle(30);
         assert!(sim.max_total <= 5 && sim.min_available >= 3, "{} {}", sim.max_total, sim.min_available);
         assert_eq!(sim.status().updated_available_replicas, 4);

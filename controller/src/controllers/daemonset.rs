@@ -13,18 +13,44 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::controllers::image_pinning;
-use crate::manifest::types::{DaemonSetSpec, IntOrString};
+use super::image_pinning;
+use crate::manifest::types::{DaemonSetSpec, IntOrString, NodeSpec, PodSpec};
 use crate::object::ApiObject;
 use crate::selector::Selector;
 use crate::status::{DaemonSetStatus, NodeStatus, PodStatus};
 use crate::store::Op;
 
-use super::rollout::{is_available, retire};
-use super::{TEMPLATE_HASH_LABEL, daemon_eligible, node_name, replica, status_op, template_hash};
+use super::Requeue;
+use super::deployment::{is_available, retire};
+use super::scheduling::{taint, toleration};
+use super::workload::{TEMPLATE_HASH_LABEL, node_name, replica, status_op, template_hash};
 
 /// Annotation on a DaemonSet: a label selector for the nodes updated first.
 pub const CANARY_ANNOTATION: &str = "flotilla.io/canary-nodes";
+
+/// When a DaemonSet's pass must run again with nothing changed: while
+/// replicas it waits for are not available yet (`minReadySeconds`).
+pub fn requeue(daemon_set: &ApiObject) -> Requeue {
+    let status: DaemonSetStatus = daemon_set.status();
+    if status.number_available < status.desired_number_scheduled { Requeue::CLOCK } else { Requeue::OnChange }
+}
+
+/// Whether a node is eligible for a DaemonSet's replica: selector matches,
+/// taints tolerated.
+pub fn daemon_eligible(node: &ApiObject, pod: &PodSpec) -> bool {
+    let selector_ok = pod.node_selector.iter().all(|(k, v)| node.metadata.labels.get(k) == Some(v));
+    let no_taints = Vec::new();
+    let spec = node.typed_spec::<NodeSpec>();
+    let taints = spec.as_ref().map_or(&no_taints, |s| &s.taints);
+    let tolerations: Vec<flotilla_scheduler::model::Toleration> =
+        pod.tolerations.iter().filter_map(toleration).collect();
+    let tolerated = taints
+        .iter()
+        .filter(|t| t.effect != "PreferNoSchedule")
+        .filter_map(taint)
+        .all(|t| tolerations.iter().any(|tol| tol.tolerates(&t)));
+    selector_ok && tolerated
+}
 
 /// One pass over a DaemonSet.
 pub fn reconcile(

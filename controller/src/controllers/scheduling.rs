@@ -1,0 +1,331 @@
+//! Scheduling: pending, pinned replicas -> nodes, through the pure
+//! scheduler crate, in one batch per pass. Replicas that wait (for a
+//! ConfigMap or Secret they name, for their image's pin) or that no node
+//! can take say why in their status.
+//!
+//! Writes a Pod's `spec.nodeName`, its `PodScheduled` condition and its
+//! Pending reason and message, and nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use flotilla_scheduler::model as sched;
+use serde_json::Value;
+
+use crate::manifest::Quantity;
+use crate::manifest::types::{NodeSpec, PodSpec};
+use crate::object::{ApiObject, ObjectKey};
+use crate::status::{Condition, NodeStatus, PodStatus, condition, set_condition};
+use crate::store::Op;
+
+use super::Snapshot;
+use super::image_pinning;
+use super::workload::node_name;
+
+/// A node taint as the scheduler models it (`None`: an unknown effect).
+pub fn taint(t: &crate::manifest::types::NodeTaint) -> Option<sched::Taint> {
+    let effect = match t.effect.as_str() {
+        "NoSchedule" => sched::TaintEffect::NoSchedule,
+        "PreferNoSchedule" => sched::TaintEffect::PreferNoSchedule,
+        "NoExecute" => sched::TaintEffect::NoExecute,
+        _ => return None,
+    };
+    Some(sched::Taint::new(&t.key, &t.value, effect))
+}
+
+/// A toleration as the scheduler models it (`None`: an unknown effect).
+pub fn toleration(t: &crate::manifest::types::Toleration) -> Option<sched::Toleration> {
+    let operator = match t.operator.as_deref() {
+        Some("Exists") => sched::TolerationOperator::Exists,
+        _ => sched::TolerationOperator::Equal,
+    };
+    let effect = match t.effect.as_str() {
+        "" => None,
+        "NoSchedule" => Some(sched::TaintEffect::NoSchedule),
+        "PreferNoSchedule" => Some(sched::TaintEffect::PreferNoSchedule),
+        "NoExecute" => Some(sched::TaintEffect::NoExecute),
+        _ => return None,
+    };
+    Some(sched::Toleration {
+        key: (!t.key.is_empty()).then(|| t.key.clone()),
+        operator,
+        value: (!t.value.is_empty()).then(|| t.value.clone()),
+        effect,
+    })
+}
+
+fn quantity(text: &str) -> Option<Quantity> {
+    Quantity::parse(text).ok()
+}
+
+/// Requests of a pod: per resource, requests, or limits where no request is
+/// given (Kubernetes' defaulting).
+fn requests(spec: &PodSpec) -> sched::Resources {
+    let mut total = sched::Resources::new(0, 0);
+    for container in &spec.containers {
+        let mut names: BTreeSet<&String> = container.resources.requests.keys().collect();
+        names.extend(container.resources.limits.keys());
+        for name in names {
+            let text = container
+                .resources
+                .requests
+                .get(name)
+                .or_else(|| container.resources.limits.get(name))
+                .map(|q| q.text());
+            let Some(q) = text.as_deref().and_then(quantity) else { continue };
+            match name.as_str() {
+                "cpu" => total.cpu_millis += q.as_millis() as u64,
+                "memory" => total.memory_bytes += q.as_units() as u64,
+                "ephemeral-storage" => {}
+                other => *total.extended.entry(other.to_owned()).or_default() += q.as_units() as u64,
+            }
+        }
+    }
+    total
+}
+
+fn scheduler_node(node: &ApiObject) -> sched::Node {
+    let status: NodeStatus = node.status();
+    let spec = node.spec::<NodeSpec>().unwrap_or_default();
+    let list = if status.allocatable.is_empty() { &status.capacity } else { &status.allocatable };
+    let mut allocatable = sched::Resources::new(0, 0);
+    let mut max_workloads = 0;
+    for (name, text) in list {
+        let Some(q) = quantity(text) else { continue };
+        match name.as_str() {
+            "cpu" => allocatable.cpu_millis = q.as_millis() as u64,
+            "memory" => allocatable.memory_bytes = q.as_units() as u64,
+            "pods" => max_workloads = q.as_units() as u32,
+            other => _ = allocatable.extended.insert(other.to_owned(), q.as_units() as u64),
+        }
+    }
+    let mut out = sched::Node::new(&node.metadata.name, allocatable.clone(), max_workloads)
+        .with_ready(status.is_ready() && !spec.unschedulable);
+    out.capacity = allocatable;
+    out.arch = status.node_info.architecture.clone();
+    out.os = status.node_info.operating_system.clone();
+    out.labels = node.metadata.labels.clone();
+    out.taints = spec.taints.iter().filter_map(taint).collect();
+    out
+}
+
+fn scheduler_replica(pod: &ApiObject, spec: &PodSpec) -> sched::Replica {
+    let workload = pod
+        .metadata
+        .owner_references
+        .first()
+        .map(|o| format!("{}/{}/{}", o.kind, pod.metadata.namespace, o.name))
+        .unwrap_or_else(|| format!("Pod/{}/{}", pod.metadata.namespace, pod.metadata.name));
+    let id = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
+    let mut replica = sched::Replica::new(&id, &workload, requests(spec));
+    replica.priority = spec.priority.unwrap_or(0);
+    // Pinned before it is placed: a single-arch image runs only on nodes
+    // of that arch.
+    if let Some(archs) = pod.metadata.annotations.get(image_pinning::IMAGE_ARCHS_ANNOTATION)
+        && !archs.is_empty()
+        && !archs.contains(',')
+    {
+        replica.arch = Some(archs.clone());
+    }
+    replica.node_selector = spec.node_selector.clone();
+    replica.tolerations = spec.tolerations.iter().filter_map(toleration).collect();
+    if let Some(spread) = spec.topology_spread_constraints.first() {
+        if spread.topology_key == "kubernetes.io/hostname" {
+            replica.max_per_node = Some(spread.max_skew.max(1));
+        } else {
+            replica.topology_spread =
+                Some(sched::TopologySpread { key: spread.topology_key.clone(), max_skew: spread.max_skew.max(1) });
+        }
+    }
+    // Containers share the device's network: two replicas of a workload
+    // that listen on a port cannot share a node.
+    if spec.containers.iter().any(|c| !c.ports.is_empty()) {
+        replica.max_per_node = Some(1);
+    }
+    replica
+}
+
+/// References a pod needs before it can run: `(kind, name, key, where)`.
+fn missing_references(pod: &PodSpec, namespace: &str, snapshot: &Snapshot) -> Vec<String> {
+    let find = |list: &[Arc<ApiObject>], name: &str| {
+        list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).cloned()
+    };
+    let mut missing = Vec::new();
+    let mut check = |kind: &str, name: &str, key: Option<&str>, optional: bool, place: String| {
+        if optional {
+            return;
+        }
+        let list = if kind == "configmap" { &snapshot.config_maps } else { &snapshot.secrets };
+        match find(list, name) {
+            None => missing.push(format!("{kind} {name:?} not found ({place})")),
+            Some(object) => {
+                if let Some(key) = key
+                    && !object.data_keys().iter().any(|k| k == key)
+                {
+                    missing.push(format!("{kind} {name:?} has no key {key:?} ({place})"));
+                }
+            }
+        }
+    };
+    for container in &pod.containers {
+        for env in &container.env {
+            if let Some(source) = &env.value_from {
+                if let Some(r) = &source.config_map_key_ref {
+                    check("configmap", &r.name, Some(&r.key), r.optional, format!("env {}", env.name));
+                }
+                if let Some(r) = &source.secret_key_ref {
+                    check("secret", &r.name, Some(&r.key), r.optional, format!("env {}", env.name));
+                }
+            }
+        }
+        for from in &container.env_from {
+            if let Some(r) = &from.config_map_ref {
+                check("configmap", &r.name, None, r.optional, "envFrom".to_owned());
+            }
+            if let Some(r) = &from.secret_ref {
+                check("secret", &r.name, None, r.optional, "envFrom".to_owned());
+            }
+        }
+    }
+    for volume in &pod.volumes {
+        if let Some(r) = &volume.config_map {
+            check("configmap", &r.name, None, r.optional, format!("volume {}", volume.name));
+        }
+        if let Some(r) = &volume.secret {
+            check("secret", &r.secret_name, None, r.optional, format!("volume {}", volume.name));
+        }
+    }
+    missing
+}
+
+/// Places pending replicas in one batch and records why others stay pending.
+/// `earlier` are this pass's other writes: replicas they create are placed by
+/// the next pass (they do not exist yet), those they delete are skipped.
+pub fn reconcile(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
+    // Replicas this pass deletes or retires are left alone.
+    let deleted: BTreeSet<ObjectKey> = earlier
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete(key, _) | Op::Retire { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| scheduler_node(n)).collect();
+    let arch_of: std::collections::HashMap<&str, &str> =
+        nodes.iter().map(|n| (n.id.as_str(), n.arch.as_str())).collect();
+    let mut bound = Vec::new();
+    let mut pending = Vec::new();
+    let mut unpinned = Vec::new();
+    let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
+    for pod in snapshot.pods.iter().filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
+        if pod.typed_status::<PodStatus>().is_finished() {
+            continue;
+        }
+        let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
+        match node_name(pod) {
+            Some(node) => {
+                // Bound at creation (a DaemonSet's, a replacement in place)
+                // to a node its image turned out not to run on: it stays
+                // off that node's document, and says why.
+                let arch = arch_of.get(node.as_str()).copied().unwrap_or("");
+                if image_pinning::is_pinned(pod) && !image_pinning::can_run_on(pod, arch) && !pod.is_retired() {
+                    let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
+                    let message = format!("the image has no linux/{arch} variant for node {node} (has {archs})");
+                    blocked.push((pod, "ArchMismatch", message));
+                }
+                bound.push(sched::BoundReplica { replica: scheduler_replica(pod, &spec), node: node.into() })
+            }
+            None => {
+                let missing = missing_references(&spec, &pod.metadata.namespace, snapshot);
+                if !missing.is_empty() {
+                    blocked.push((pod, "MissingReference", missing.join("; ")));
+                } else if !image_pinning::is_pinned(pod) {
+                    // Placed only once the scheduler knows where its image
+                    // runs: never bound first and taken back.
+                    let message = match pod.metadata.annotations.get(image_pinning::IMAGE_ERROR_ANNOTATION) {
+                        Some(error) => error.clone(),
+                        None => format!(
+                            "waiting for image {:?} to be resolved",
+                            spec.containers.first().map_or("", |c| c.image.as_str())
+                        ),
+                    };
+                    unpinned.push((pod, scheduler_replica(pod, &spec), message));
+                } else {
+                    pending.push((pod, scheduler_replica(pod, &spec)));
+                }
+            }
+        }
+    }
+    let mut ops = Vec::new();
+    for (pod, reason, message) in blocked {
+        pending_status(pod, reason, &message, &mut ops);
+    }
+    if pending.is_empty() && unpinned.is_empty() {
+        return ops;
+    }
+    let mut view = sched::ClusterView { nodes, bound };
+    let replicas: Vec<sched::Replica> = pending.iter().map(|(_, r)| r.clone()).collect();
+    let plan = flotilla_scheduler::schedule(&view, &replicas, 0);
+    let by_id: BTreeMap<&str, &ApiObject> = pending.iter().map(|(p, r)| (r.id.as_str(), &***p)).collect();
+    for placement in &plan.placements {
+        let Some(pod) = by_id.get(placement.replica.as_str()) else { continue };
+        let mut bound = (*pod).clone();
+        if let Some(Value::Object(spec)) = bound.content.get_mut("spec") {
+            spec.insert("nodeName".to_owned(), Value::String(placement.node.as_str().to_owned()));
+        }
+        let mut status: PodStatus = pod.status();
+        status.phase = "Pending".to_owned();
+        status.reason.clear();
+        status.message.clear();
+        set_condition(&mut status.conditions, Condition::new("PodScheduled", true, "Scheduled", ""));
+        bound.set_status(&status);
+        // Binding changes spec (nodeName) and status: two writes on one version.
+        ops.push(Op::Apply(bound.clone()));
+        let mut status_only = bound;
+        status_only.metadata.resource_version.clear();
+        ops.push(Op::UpdateStatus(status_only));
+    }
+    for unplaced in &plan.unplaced {
+        let Some(pod) = by_id.get(unplaced.replica.as_str()) else { continue };
+        pending_status(pod, "Unschedulable", &unplaced.reason.to_string(), &mut ops);
+    }
+    if !unpinned.is_empty() {
+        // Replicas still waiting for their image are not placed, but an
+        // operator should hear first what no pin would mend: whether any
+        // node could take them once the pinned ones above are placed.
+        let replica_of: BTreeMap<&str, &sched::Replica> = pending.iter().map(|(_, r)| (r.id.as_str(), r)).collect();
+        for placement in &plan.placements {
+            if let Some(replica) = replica_of.get(placement.replica.as_str()) {
+                view.bound.push(sched::BoundReplica { replica: (*replica).clone(), node: placement.node.clone() });
+            }
+        }
+        let replicas: Vec<sched::Replica> = unpinned.iter().map(|(_, r, _)| r.clone()).collect();
+        let trial = flotilla_scheduler::schedule(&view, &replicas, 0);
+        let unplaceable: BTreeMap<&str, String> =
+            trial.unplaced.iter().map(|u| (u.replica.as_str(), u.reason.to_string())).collect();
+        for (pod, replica, waiting) in &unpinned {
+            match unplaceable.get(replica.id.as_str()) {
+                Some(reason) => pending_status(pod, "Unschedulable", reason, &mut ops),
+                None => pending_status(pod, "ImageNotPinned", waiting, &mut ops),
+            }
+        }
+    }
+    ops
+}
+
+fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op>) {
+    let mut status: PodStatus = pod.status();
+    let condition_now = Condition::new("PodScheduled", false, reason, message);
+    if status.phase == "Pending"
+        && condition(&status.conditions, "PodScheduled").is_some_and(|c| c.says(&condition_now))
+    {
+        return;
+    }
+    status.phase = "Pending".to_owned();
+    status.reason = reason.to_owned();
+    status.message = message.to_owned();
+    set_condition(&mut status.conditions, condition_now);
+    let mut updated = pod.clone();
+    updated.set_status(&status);
+    ops.push(Op::UpdateStatus(updated));
+}

@@ -1,0 +1,87 @@
+//! What the workload controllers share: replica names and templates.
+//!
+//! Replica names are stable: `<workload>-<template hash>-<ordinal>` for
+//! Deployments and Jobs (`web-7f3a-2`) and `<daemonset>-<hash>-<node>` for
+//! DaemonSets. A template change gives new names; Deployments replace
+//! their replicas gradually ([`super::deployment`]), the others at once.
+
+use std::hash::Hasher;
+
+use serde_json::Value;
+
+use crate::manifest::Kind;
+use crate::manifest::types::PodTemplate;
+use crate::object::{ApiObject, OwnerReference};
+use crate::status::PodStatus;
+use crate::store::Op;
+
+/// Label carrying the template hash on derived replicas.
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+/// A short, stable hash of a pod template (FNV-1a, 16 bits as 4 hex digits).
+pub fn template_hash(template: &PodTemplate) -> String {
+    let json = serde_json::to_string(template).unwrap_or_default();
+    let mut hasher = Fnv1a::default();
+    hasher.write(json.as_bytes());
+    let h = hasher.finish();
+    format!("{:04x}", (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) & 0xffff)
+}
+
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A replica of `owner` from its template.
+pub fn replica(owner: &ApiObject, template: &PodTemplate, hash: &str, name: String, node: Option<&str>) -> ApiObject {
+    let mut pod = ApiObject::new(Kind::Pod, &owner.metadata.namespace, &name);
+    pod.metadata.labels = template.metadata.labels.clone();
+    pod.metadata.labels.insert(TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
+    pod.metadata.annotations = template.metadata.annotations.clone();
+    pod.metadata.owner_references =
+        vec![OwnerReference { kind: owner.kind, name: owner.metadata.name.clone(), uid: owner.metadata.uid.clone() }];
+    let mut spec = serde_json::to_value(&template.spec).unwrap_or(Value::Null);
+    if let (Some(node), Value::Object(map)) = (node, &mut spec) {
+        map.insert("nodeName".to_owned(), Value::String(node.to_owned()));
+    }
+    pod.content.insert("spec".to_owned(), spec);
+    pod.set_status(&PodStatus { phase: "Pending".to_owned(), ..PodStatus::default() });
+    pod
+}
+
+/// The ordinal a Deployment or Job replica name ends with.
+pub fn ordinal(name: &str) -> Option<u32> {
+    name.rsplit('-').next().and_then(|s| s.parse().ok())
+}
+
+/// Writes `status` unless the object already has it.
+pub fn status_op<T: serde::Serialize + PartialEq + serde::de::DeserializeOwned + Default>(
+    object: &ApiObject,
+    status: &T,
+    ops: &mut Vec<Op>,
+) {
+    if object.status::<T>() != *status || !object.content.contains_key("status") {
+        let mut updated = object.clone();
+        updated.set_status(status);
+        ops.push(Op::UpdateStatus(updated));
+    }
+}
+
+/// The node a replica is bound to.
+pub fn node_name(pod: &ApiObject) -> Option<String> {
+    pod.node_name().map(str::to_owned)
+}
