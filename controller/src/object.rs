@@ -281,6 +281,8 @@ impl ApiObject {
     pub fn set_status<T: Serialize>(&mut self, status: &T) {
         let value = serde_json::to_value(status).unwrap_or(Value::Null);
         self.content.insert("status".to_owned(), value);
+        // What was derived from the old status is not true any more.
+        self.derived = Derived::default();
     }
 
     /// Whether `self` and `other` hold the same content but for `status`

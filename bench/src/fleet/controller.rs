@@ -278,7 +278,13 @@ impl Controller {
         let bearer = format!("Bearer {}", self.token);
         let mut response = build(&self.http, &self.url(), &bearer).with_context(|| what.to_owned())?;
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().with_context(|| format!("reading the answer to {what}"))?;
+        // A fleet's pod list is far past ureq's 10 MB default.
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .with_context(|| format!("reading the answer to {what}"))?;
         ensure!((200..300).contains(&status), "{what}: {status} {text}");
         if text.trim().is_empty() {
             return Ok(Value::Null);

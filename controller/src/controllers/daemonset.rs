@@ -77,7 +77,8 @@ pub fn reconcile(
         .iter()
         .filter(|n| daemon_eligible(n, &spec.template.spec))
         .filter(|n| {
-            image_archs.is_none_or(|p| image_pinning::can_run_on(p, &n.status::<NodeStatus>().node_info.architecture))
+            image_archs
+                .is_none_or(|p| image_pinning::can_run_on(p, &n.typed_status::<NodeStatus>().node_info.architecture))
         })
         .map(|n| &**n)
         .collect();
@@ -114,7 +115,7 @@ pub fn reconcile(
         let pods = by_node.get(node.metadata.name.as_str()).cloned().unwrap_or_default();
         // An offline node's replica is unavailable whatever is done here:
         // it does not hold up the others (it is updated when it is back).
-        let online = node.status::<NodeStatus>().is_ready();
+        let online = node.typed_status::<NodeStatus>().is_ready();
         match pods.iter().find(|p| is_new(p)) {
             Some(pod) => {
                 if online && !available(pod) {
@@ -153,7 +154,7 @@ pub fn reconcile(
     let canaries_done = eligible.iter().filter(|n| is_canary(n)).all(|n| {
         by_node.get(n.metadata.name.as_str()).is_some_and(|pods| pods.iter().any(|p| is_new(p) && available(p)))
     });
-    to_replace.retain(|(node, _)| node.status::<NodeStatus>().is_ready());
+    to_replace.retain(|(node, _)| node.typed_status::<NodeStatus>().is_ready());
     to_replace.retain(|(node, _)| canaries_done || is_canary(node));
     to_replace.sort_by_key(|(node, pod)| (!is_canary(node), available(pod), node.metadata.name.clone()));
     for (node, old) in to_replace {
@@ -174,7 +175,7 @@ pub fn reconcile(
         observed_generation: daemon_set.metadata.generation,
         desired_number_scheduled: eligible.len() as u32,
         current_number_scheduled: live.len() as u32,
-        number_ready: live.iter().filter(|p| p.status::<PodStatus>().is_ready()).count() as u32,
+        number_ready: live.iter().filter(|p| p.typed_status::<PodStatus>().is_ready()).count() as u32,
         updated_number_scheduled: live.iter().filter(|p| is_new(p)).count() as u32,
         number_available: live.iter().filter(|p| available(p)).count() as u32,
     };

@@ -247,7 +247,7 @@ fn failure(
     now: SystemTime,
 ) -> Option<String> {
     for pod in new {
-        let status: PodStatus = pod.status();
+        let status = pod.typed_status::<PodStatus>();
         if status.restart_count >= CRASH_LOOP_RESTARTS || status.reason == "CrashLoopBackOff" {
             return Some(format!("replica {} is crash-looping ({} restarts)", pod.metadata.name, status.restart_count));
         }
@@ -354,7 +354,7 @@ fn step(
 
 /// Whether a replica has been ready for at least `min_ready` at `now`.
 pub fn is_available(pod: &ApiObject, min_ready: Duration, now: SystemTime) -> bool {
-    let status: PodStatus = pod.status();
+    let status = pod.typed_status::<PodStatus>();
     ready_since(&status).is_some_and(|since| now.duration_since(since).unwrap_or_default() >= min_ready)
 }
 

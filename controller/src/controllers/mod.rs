@@ -7,6 +7,7 @@
 //! - [`job`]: run to completion.
 //! - [`scheduling`]: pending, pinned replicas -> nodes.
 //! - [`image_pinning`]: image digests and architectures on replicas.
+//! - [`endpoints`]: each Service's ready endpoints.
 //! - [`workload`]: replica names and templates, shared by the workload
 //!   controllers; [`snapshot`]: what they all read.
 //!
@@ -29,10 +30,12 @@
 //! | Pod `metadata.deletionTimestamp` | the rollouts (`Op::Retire`, set once by the store) |
 //! | Pod `spec.nodeName`, status `PodScheduled` and Pending reasons | [`scheduling`] |
 //! | Deployment, DaemonSet, Job `status` | [`deployment`], [`daemonset`], [`job`] |
+//! | Service `status` (endpoints) | [`endpoints`] |
 //! | Pod status reported by the node (phase once running, restarts, usage, Ready) | the fleet inbox |
 
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod image_pinning;
 pub mod job;
@@ -94,6 +97,7 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
     }
     let scheduled = scheduling::reconcile(snapshot, &ops);
     ops.extend(scheduled);
+    endpoints::reconcile(snapshot, &mut ops);
     (ops, requeue)
 }
 

@@ -85,8 +85,8 @@ fn requests(spec: &PodSpec) -> sched::Resources {
 }
 
 fn scheduler_node(node: &ApiObject) -> sched::Node {
-    let status: NodeStatus = node.status();
-    let spec = node.spec::<NodeSpec>().unwrap_or_default();
+    let status = node.typed_status::<NodeStatus>();
+    let spec = node.typed_spec::<NodeSpec>().map(|s| s.into_owned()).unwrap_or_default();
     let list = if status.allocatable.is_empty() { &status.capacity } else { &status.allocatable };
     let mut allocatable = sched::Resources::new(0, 0);
     let mut max_workloads = 0;

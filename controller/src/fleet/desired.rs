@@ -371,7 +371,7 @@ fn build_all(
     // the scan of every pod is skipped.
     let any_tables = !tables.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
     if (dirty.services || dirty.all) && (!snapshot.services.is_empty() || any_tables) {
-        out.extend(service_tables(&snapshot, generation, key, tables, all, &mut writes));
+        out.extend(service_tables(&snapshot, generation, key, tables, all));
     }
     crate::store::commit_in_chunks(store, writes, "publisher");
     out
@@ -384,11 +384,10 @@ fn service_tables(
     key: &ControllerKey,
     tables: &PublishedTables,
     all: bool,
-    writes: &mut Vec<Op>,
 ) -> Vec<(String, &'static str, Vec<u8>)> {
     let mut out = Vec::new();
     let mut published = tables.0.lock().unwrap_or_else(|p| p.into_inner());
-    for (node, ports) in super::services::tables(snapshot, writes) {
+    for (node, ports) in super::services::tables(snapshot) {
         let Ok(node_id) = firmware_proto::NodeId::new(&node) else { continue };
         let fingerprint = {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -442,8 +441,9 @@ fn failed(pod: &ApiObject, reason: &str, message: &str, writes: &mut Vec<Op>) {
     tracing::warn!(pod = %pod.metadata.name, reason, message, "replica left out of its node's document");
     status.reason = reason.to_owned();
     status.message = message.to_owned();
+    // Written against the replica as read: a report that lands first wins,
+    // and the next pass says it again.
     let mut updated = pod.clone();
     updated.set_status(&status);
-    updated.metadata.resource_version.clear();
     writes.push(Op::UpdateStatus(updated));
 }

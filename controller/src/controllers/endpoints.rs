@@ -1,0 +1,208 @@
+//! Endpoints: each Service's ready endpoints, in its `status.endpoints`
+//! (`flotilla get svc -o wide`). The fleet's service tables are built from
+//! the same [`resolve`], so what a device is told and what the API shows
+//! agree.
+//!
+//! An endpoint is a replica that is Ready, not retired, on a node that
+//! reported its address (the `flotilla.io/address` label the agent sets).
+//! Only ready replicas are endpoints, so a rollout moves traffic as
+//! readiness changes.
+//!
+//! Writes a Service's `status`, and nothing else.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use firmware_proto::Endpoint;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::types::{IntOrString, PodSpec, ServicePort, ServiceSpec};
+use crate::object::ApiObject;
+use crate::status::PodStatus;
+use crate::store::Op;
+
+use super::Snapshot;
+
+/// Node label holding the address other devices reach it at.
+pub const ADDRESS_LABEL: &str = "flotilla.io/address";
+
+/// `status` of a Service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// Ready endpoints, `address:port`, per Service port (`name` or the port number).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, Vec<String>>,
+}
+
+/// One Service with the endpoints of each of its ports.
+pub struct Resolved<'a> {
+    /// The Service.
+    pub service: &'a Arc<ApiObject>,
+    /// Its ports, each with its ready endpoints.
+    pub ports: Vec<(ServicePort, Vec<Endpoint>)>,
+}
+
+/// Every Service's ports and their ready endpoints.
+pub fn resolve(snapshot: &Snapshot) -> Vec<Resolved<'_>> {
+    let addresses: BTreeMap<&str, Ipv4Addr> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_str(), n.metadata.labels.get(ADDRESS_LABEL)?.parse().ok()?)))
+        .collect();
+    let mut out = Vec::new();
+    for service in &snapshot.services {
+        let Some(spec) = service.spec::<ServiceSpec>() else { continue };
+        let ports = spec
+            .ports
+            .iter()
+            .map(|port| (port.clone(), endpoints(service, &spec, port, &snapshot.pods, &addresses)))
+            .collect();
+        out.push(Resolved { service, ports });
+    }
+    out
+}
+
+/// The status a resolved Service shows.
+pub fn status_of(resolved: &Resolved<'_>) -> ServiceStatus {
+    let mut status = ServiceStatus::default();
+    for (port, endpoints) in &resolved.ports {
+        let key = if port.name.is_empty() { port.port.to_string() } else { port.name.clone() };
+        let shown = endpoints.iter().map(|e| format!("{}:{}", Ipv4Addr::from(e.address), e.port)).collect();
+        status.endpoints.insert(key, shown);
+    }
+    status
+}
+
+/// Writes the status of every Service whose endpoints changed (with the
+/// resourceVersion read).
+pub fn reconcile(snapshot: &Snapshot, ops: &mut Vec<Op>) {
+    for resolved in resolve(snapshot) {
+        let status = status_of(&resolved);
+        if resolved.service.status::<ServiceStatus>() != status {
+            let mut updated = ApiObject::clone(resolved.service);
+            updated.set_status(&status);
+            ops.push(Op::UpdateStatus(updated));
+        }
+    }
+}
+
+/// The ready endpoints of one Service port, ordered.
+fn endpoints(
+    service: &ApiObject,
+    spec: &ServiceSpec,
+    port: &ServicePort,
+    pods: &[Arc<ApiObject>],
+    addresses: &BTreeMap<&str, Ipv4Addr>,
+) -> Vec<Endpoint> {
+    if spec.selector.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<Endpoint> = pods
+        .iter()
+        .filter(|p| p.metadata.namespace == service.metadata.namespace)
+        .filter(|p| spec.selector.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)))
+        .filter(|p| {
+            let status = p.typed_status::<PodStatus>();
+            status.is_ready() && !p.is_retired() && !status.is_finished()
+        })
+        .filter_map(|p| {
+            let node = p.content.get("spec")?.get("nodeName")?.as_str()?;
+            let address = addresses.get(node)?;
+            let target = target_port(p, port)?;
+            Some(Endpoint { address: address.octets(), port: target })
+        })
+        .collect();
+    out.sort_by_key(|e| (e.address, e.port));
+    out.dedup();
+    out
+}
+
+/// The replica's port a Service port targets: a number, or the name of a
+/// container port; default the Service's own port.
+fn target_port(pod: &ApiObject, port: &ServicePort) -> Option<u16> {
+    let number = match &port.target_port {
+        None => port.port,
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(name)) => {
+            let spec: PodSpec = pod.spec()?;
+            spec.containers.iter().flat_map(|c| &c.ports).find(|p| &p.name == name)?.container_port
+        }
+    };
+    u16::try_from(number).ok().filter(|p| *p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Kind;
+    use crate::manifest::parse_str;
+    use crate::status::Condition;
+
+    fn object(yaml: &str) -> ApiObject {
+        ApiObject::from_manifest(&parse_str("t.yaml", yaml).unwrap().objects[0])
+    }
+
+    fn pod(name: &str, app: &str, node: &str, ready: bool, retired: bool) -> ApiObject {
+        let mut pod = object(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  \
+             containers:\n  - name: web\n    image: web:1\n    ports: [{{name: http, containerPort: 8080}}]\n"
+        ));
+        // Bound by the scheduler, not by manifests.
+        pod.content["spec"]["nodeName"] = node.into();
+        let mut status = PodStatus { phase: "Running".into(), ..PodStatus::default() };
+        status.conditions.push(Condition::new("Ready", ready, "", ""));
+        if retired {
+            pod.metadata.deletion_timestamp = "2026-01-01T00:00:00Z".into();
+        }
+        pod.set_status(&status);
+        pod
+    }
+
+    fn node(name: &str, address: &str) -> ApiObject {
+        let mut node = ApiObject::new(Kind::Node, "", name);
+        node.metadata.labels.insert(ADDRESS_LABEL.into(), address.into());
+        node
+    }
+
+    #[test]
+    fn only_ready_unretired_replicas_on_addressed_nodes_are_endpoints() {
+        let service = object(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  \
+             ports: [{name: http, port: 80, targetPort: http}]\n",
+        );
+        let snapshot = Snapshot {
+            services: vec![Arc::new(service)],
+            nodes: [
+                node("edge-1", "10.77.0.11"),
+                node("edge-2", "10.77.0.12"),
+                ApiObject::new(Kind::Node, "", "edge-3"),
+            ]
+            .map(Arc::new)
+            .into(),
+            pods: [
+                pod("web-1", "web", "edge-1", true, false),
+                pod("web-2", "web", "edge-2", false, false),
+                pod("web-3", "web", "edge-2", true, true),
+                pod("web-4", "web", "edge-3", true, false),
+                pod("db-1", "db", "edge-2", true, false),
+            ]
+            .map(Arc::new)
+            .into(),
+            ..Snapshot::default()
+        };
+        let mut ops = Vec::new();
+        reconcile(&snapshot, &mut ops);
+        let resolved = resolve(&snapshot);
+        assert_eq!(resolved[0].ports[0].1, [Endpoint { address: [10, 77, 0, 11], port: 8080 }]);
+        let Op::UpdateStatus(written) = &ops[0] else { panic!("{ops:?}") };
+        let status: ServiceStatus = written.status();
+        assert_eq!(status.endpoints["http"], ["10.77.0.11:8080"]);
+        // A second pass with that status stored writes nothing.
+        let snapshot = Snapshot { services: vec![Arc::new(written.clone())], ..snapshot };
+        let mut again = Vec::new();
+        reconcile(&snapshot, &mut again);
+        assert!(again.is_empty(), "{again:?}");
+    }
+}
