@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::api::{self, ApiState, Metrics};
 use crate::fleet::credentials::{ControllerKey, Enrolment};
-use crate::fleet::enrol_api::{self, EnrolState};
+use crate::fleet::enrol_api::EnrolState;
 use crate::fleet::{self, FleetConfig, broker};
 use crate::reconcile;
 use crate::store::{RedbStore, SecretCipher, Store};
@@ -161,8 +161,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         prefix: config.fleet.prefix.clone(),
     });
     let log_requests = fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
-    let logs_api = fleet::logs::router(fleet::logs::LogsApi { store: store.clone(), requests: log_requests })
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::require_token));
+    let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: log_requests };
     let reconciler = tokio::spawn(reconcile::run(store.clone()));
     let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
@@ -182,7 +181,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
             .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?,
     );
     let gc = tokio::spawn(registry.clone().run_gc(Duration::from_secs(3600), std::future::pending()));
-    let app = api::router_with_registry(state, registry).merge(enrol_api::router(enrol_state)).merge(logs_api);
+    let app = api::routes::router(api::routes::Parts {
+        api: state,
+        enrol: Some(enrol_state),
+        logs: Some(logs_api),
+        registry: Some(registry),
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
     reconciler.abort();
     pinning.abort();

@@ -27,13 +27,14 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 pub use metrics::Metrics;
+
+pub mod routes;
 
 use crate::manifest::{self, Kind, ManifestError};
 use crate::object::{ApiObject, ObjectKey, kind_from_resource, resource_of};
@@ -54,40 +55,16 @@ pub struct ApiState {
 
 type Shared = Arc<ApiState>;
 
-/// The router with every route.
+/// The API's routes without enrolment, logs or registry (for tests that
+/// need only the API; the server uses [`routes::router`]).
 pub fn router(state: Shared) -> Router {
-    router_with(state, None)
+    routes::router(routes::Parts { api: state, enrol: None, logs: None, registry: None })
 }
 
-/// The router with every route plus the built-in OCI registry under `/v2/`
-/// (reads anonymous, writes with the same token; see [`crate::registry`]).
+/// The API with the built-in OCI registry under `/v2/` (reads anonymous,
+/// writes with the same token; see [`crate::registry`]).
 pub fn router_with_registry(state: Shared, registry: Arc<crate::registry::Registry>) -> Router {
-    router_with(state, Some(registry))
-}
-
-fn router_with(state: Shared, registry: Option<Arc<crate::registry::Registry>>) -> Router {
-    let api = Router::new()
-        .route("/api/v1", get(route_table))
-        .route("/api/v1/apply", post(apply))
-        .route("/api/v1/namespaces/{ns}/{resource}", get(list_namespaced))
-        .route(
-            "/api/v1/namespaces/{ns}/{resource}/{name}",
-            get(get_namespaced).put(put_namespaced).delete(delete_namespaced),
-        )
-        .route("/api/v1/namespaces/{ns}/{resource}/{name}/status", put(put_status_namespaced))
-        .route("/api/v1/{resource}", get(list_all))
-        .route("/api/v1/{resource}/{name}", get(get_cluster).put(put_cluster).delete(delete_cluster))
-        .route("/api/v1/{resource}/{name}/status", put(put_status_cluster))
-        .route("/metrics", get(metrics::render))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let mut routes = Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).merge(api);
-    if let Some(registry) = registry {
-        routes = routes.merge(crate::registry::router(registry, state.token.clone()));
-    }
-    routes
-        .route_layer(middleware::from_fn_with_state(state.clone(), count_requests))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route; see GET /api/v1") })
-        .with_state(state)
+    routes::router(routes::Parts { api: state, enrol: None, logs: None, registry: Some(registry) })
 }
 
 /// An error response.

@@ -18,10 +18,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::credentials::{EnrolError, Enrolment, TokenInfo, TokenSpec};
@@ -118,16 +117,6 @@ pub struct ResetResponse {
     pub node_name: String,
 }
 
-/// The routes.
-pub fn router(state: Arc<EnrolState>) -> Router {
-    Router::new()
-        .route("/api/v1/node-tokens", post(create_token).get(list_tokens))
-        .route("/api/v1/node-tokens/{id}", delete(revoke_token))
-        .route("/api/v1/enrol", post(enrol))
-        .route("/api/v1/node-credentials/{name}", delete(reset_node))
-        .with_state(state)
-}
-
 impl From<EnrolError> for ApiError {
     fn from(e: EnrolError) -> Self {
         let (status, reason) = match &e {
@@ -171,7 +160,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || call(&enrolment)).await.unwrap_or_else(|e| Err(EnrolError::Io(e.to_string())))
 }
 
-async fn create_token(
+pub(crate) async fn create_token(
     State(state): State<Arc<EnrolState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -191,12 +180,15 @@ async fn create_token(
     Ok(Json(TokenResponse { token, ttl_seconds: ttl, info }))
 }
 
-async fn list_tokens(State(state): State<Arc<EnrolState>>, headers: HeaderMap) -> Result<Json<TokenList>, ApiError> {
+pub(crate) async fn list_tokens(
+    State(state): State<Arc<EnrolState>>,
+    headers: HeaderMap,
+) -> Result<Json<TokenList>, ApiError> {
     authorize(&state, &headers)?;
     Ok(Json(TokenList { items: state.enrolment.tokens() }))
 }
 
-async fn revoke_token(
+pub(crate) async fn revoke_token(
     State(state): State<Arc<EnrolState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -207,7 +199,7 @@ async fn revoke_token(
     Ok(Json(info))
 }
 
-async fn enrol(
+pub(crate) async fn enrol(
     State(state): State<Arc<EnrolState>>,
     Json(request): Json<EnrolRequest>,
 ) -> Result<Json<EnrolResponse>, ApiError> {
@@ -232,7 +224,7 @@ async fn enrol(
     }))
 }
 
-async fn reset_node(
+pub(crate) async fn reset_node(
     State(state): State<Arc<EnrolState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -272,7 +264,12 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = crate::api::router(api).merge(router(enrol));
+        let app = crate::api::routes::router(crate::api::routes::Parts {
+            api,
+            enrol: Some(enrol),
+            logs: None,
+            registry: None,
+        });
         runtime.spawn(async move { axum::serve(listener, app).await });
         (url, runtime)
     }

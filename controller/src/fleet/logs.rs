@@ -18,7 +18,6 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use firmware_proto::{LogChunk, LogRequest, encode_log_request_frame_to_vec};
 use rumqttc::{AsyncClient, QoS};
 use serde::Deserialize;
@@ -207,12 +206,7 @@ pub struct LogQuery {
     pub offset: Option<u64>,
 }
 
-/// The log route (add the API's token check around it).
-pub fn router(api: LogsApi) -> axum::Router {
-    axum::Router::new().route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log)).with_state(api)
-}
-
-async fn pod_log(
+pub(crate) async fn pod_log(
     State(api): State<LogsApi>,
     Path((namespace, name)): Path<(String, String)>,
     Query(query): Query<LogQuery>,
