@@ -59,7 +59,16 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
-            tracing::info!("shutting down");
+            tracing::info!("shutting down: draining (a second signal exits at once)");
+            // The first signal drains; a second one means now.
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                tracing::warn!("second signal: exiting without draining");
+                std::process::exit(130);
+            });
         };
         server::run(config, shutdown).await
     })

@@ -160,8 +160,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         mqtt_url: config.fleet.advertised_mqtt_url.clone(),
         prefix: config.fleet.prefix.clone(),
     });
-    let log_requests = fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
-    let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: log_requests };
+    let fleet = fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
+    let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: fleet.log_requests.clone() };
     let reconciler = tokio::spawn(reconcile::run(store.clone()));
     let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
@@ -188,9 +188,17 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         registry: Some(registry),
     });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
-    reconciler.abort();
-    pinning.abort();
-    gc.abort();
+    // Drain: the API answered what it had; the loops stop between passes
+    // (a pass already running in the blocking pool ends with its commit
+    // before the runtime is gone), and the inbox commits what it received.
+    tracing::info!("API closed; stopping the reconcilers and the fleet channel");
+    for task in [&reconciler, &pinning, &gc] {
+        task.abort();
+    }
+    for task in [reconciler, pinning, gc] {
+        let _ = task.await;
+    }
+    fleet.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -54,7 +54,7 @@ pub fn spawn(
     incoming: SyncSender<Incoming>,
     republish: Arc<tokio::sync::Notify>,
     link: BrokerLink,
-) -> AsyncClient {
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     let client_id = format!("{CONTROLLER_USER}-{}", std::process::id());
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
     options.set_keep_alive(config.keep_alive);
@@ -64,7 +64,7 @@ pub fn spawn(
     let (client, mut event_loop) = AsyncClient::new(options, 1024);
     let subscriber = client.clone();
     let broker = format!("{}:{}", config.mqtt_host, config.mqtt_port);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
             match event_loop.poll().await {
@@ -112,7 +112,7 @@ pub fn spawn(
             }
         }
     });
-    client
+    (client, task)
 }
 
 /// Exponential back-off with jitter, 100 ms doubling to 10 s, so a fleet

@@ -126,8 +126,11 @@ pub struct Inbox {
 }
 
 /// Starts the inbox thread.
-pub fn spawn(mut inbox: Inbox, incoming: Receiver<Incoming>) -> anyhow::Result<()> {
-    std::thread::Builder::new().name("fleet-inbox".into()).spawn(move || {
+/// Runs the inbox on a thread of its own until `incoming` is closed; what
+/// it holds then is committed before the thread ends (a clean shutdown
+/// drains it).
+pub fn spawn(mut inbox: Inbox, incoming: Receiver<Incoming>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let thread = std::thread::Builder::new().name("fleet-inbox".into()).spawn(move || {
         let tick = Duration::from_millis(100);
         let mut last_tick = Instant::now();
         loop {
@@ -139,12 +142,12 @@ pub fn spawn(mut inbox: Inbox, incoming: Receiver<Incoming>) -> anyhow::Result<(
                         match incoming.try_recv() {
                             Ok(message) => inbox.handle(&message.topic, &message.payload, message.retained),
                             Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => return,
+                            Err(TryRecvError::Disconnected) => return inbox.flush(),
                         }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => return inbox.flush(),
             }
             if last_tick.elapsed() >= tick {
                 inbox.tick(Instant::now());
@@ -153,7 +156,7 @@ pub fn spawn(mut inbox: Inbox, incoming: Receiver<Incoming>) -> anyhow::Result<(
             inbox.flush();
         }
     })?;
-    Ok(())
+    Ok(thread)
 }
 
 impl Inbox {

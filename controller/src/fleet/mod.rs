@@ -92,27 +92,56 @@ impl Topics {
     }
 }
 
-/// Starts the channel's tasks; they run until the runtime shuts down.
-/// Returns what asks nodes for container logs.
+/// The running control channel.
+pub struct Fleet {
+    /// What asks nodes for container logs.
+    pub log_requests: logs::LogRequests,
+    /// The MQTT connection's task and the publisher's.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The inbox's thread.
+    inbox: std::thread::JoinHandle<()>,
+}
+
+impl Fleet {
+    /// Stops the channel: the connection and the publisher end, and the
+    /// inbox commits what it had received before its thread ends.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // The connection's task held the inbox's sender: the inbox sees the
+        // channel closed, flushes and returns.
+        let inbox = self.inbox;
+        if tokio::task::spawn_blocking(move || inbox.join()).await.is_err() {
+            tracing::error!("the fleet inbox did not stop cleanly");
+        }
+    }
+}
+
+/// Starts the channel's tasks and the inbox's thread.
 pub fn spawn(
     store: Arc<dyn Store>,
     config: FleetConfig,
     enrolment: credentials::Enrolment,
     key: Arc<credentials::ControllerKey>,
-) -> anyhow::Result<logs::LogRequests> {
+) -> anyhow::Result<Fleet> {
     let topics = Topics::new(&config.prefix);
     let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(INCOMING_QUEUE);
     let republish = Arc::new(tokio::sync::Notify::new());
     let link = channel::BrokerLink::default();
-    let client = channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone(), link.clone());
+    let (client, connection) =
+        channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone(), link.clone());
     let published = desired::PublishedDocuments::default();
     let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
     let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
         .with_log_requests(log_requests.clone())
         .with_broker_link(link);
-    inbox::spawn(inbox, incoming_rx)?;
-    tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
-    Ok(log_requests)
+    let inbox = inbox::spawn(inbox, incoming_rx)?;
+    let publisher = tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
+    Ok(Fleet { log_requests, tasks: vec![connection, publisher], inbox })
 }
 
 #[cfg(test)]
