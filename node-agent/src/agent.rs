@@ -15,14 +15,16 @@
 use std::collections::BTreeMap;
 
 use firmware_proto::{
-    DecodeError, DesiredDocument, Event, EventKind, Exit, ExitReason, NodeId, Phase, Readiness, ReplicaRef,
-    ReplicaStatus, RestartPolicy, Signature,
+    ConfigObject, DecodeError, DesiredDocument, Event, EventKind, Exit, ExitReason, NodeId, Phase, Readiness,
+    ReplicaRef, ReplicaSpec, ReplicaStatus, RestartPolicy,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::image::{ImageSettings, Images};
 use crate::probe::ProbeTally;
 use crate::runtime::{ContainerState, ExitInfo, Runtime, RuntimeError, Status};
+pub use crate::signed::Verifier;
+use crate::signed::{self, Refusal};
 use crate::workload::{Paths, spec_hash};
 
 /// CrashLoopBackOff: the delay before restart n is `initial * 2^(n-1)`,
@@ -120,8 +122,17 @@ pub enum Rejected {
     Storage(String),
 }
 
-/// Checks a controller signature over the authenticated bytes.
-pub type Verifier = Box<dyn Fn(&[u8], &Signature) -> bool + Send + Sync>;
+impl From<Refusal> for Rejected {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Malformed(e) => Rejected::Malformed(e),
+            Refusal::BadSignature => Rejected::BadSignature,
+            Refusal::WrongNode { expected, found } => {
+                Rejected::WrongNode { expected: expected.to_string(), found: found.to_string() }
+            }
+        }
+    }
+}
 
 /// The agent.
 pub struct Agent<R: Runtime> {
@@ -152,6 +163,21 @@ struct Probes {
     startup: ProbeTally,
     readiness: ProbeTally,
     liveness: ProbeTally,
+}
+
+/// What a part of [`Agent::reconcile`] did: runtime actions taken, and
+/// whether the records changed (then they are saved).
+#[derive(Debug, Clone, Copy, Default)]
+struct Step {
+    actions: usize,
+    changed: bool,
+}
+
+impl std::ops::AddAssign for Step {
+    fn add_assign(&mut self, other: Step) {
+        self.actions += other.actions;
+        self.changed |= other.changed;
+    }
 }
 
 fn exit_of(info: &ExitInfo, by_agent: Option<ExitReason>) -> Exit {
@@ -257,14 +283,7 @@ impl<R: Runtime> Agent<R> {
 
     /// Decodes and verifies a frame without applying it.
     fn check(&self, frame: &[u8]) -> Result<DesiredDocument, Rejected> {
-        let decoded = firmware_proto::decode_desired_frame(frame)?;
-        let view = decoded.frame;
-        if view.node_id != self.node_id {
-            return Err(Rejected::WrongNode { expected: self.node_id.to_string(), found: view.node_id.to_string() });
-        }
-        if !(self.verify)(decoded.authenticated, &view.signature) {
-            return Err(Rejected::BadSignature);
-        }
+        let view = signed::check(frame, firmware_proto::decode_desired_frame, &self.verify, &self.node_id)?;
         Ok(DesiredDocument::from(&view))
     }
 
@@ -334,18 +353,34 @@ impl<R: Runtime> Agent<R> {
     /// One step towards the desired document. Returns the number of runtime
     /// actions taken.
     pub fn reconcile(&mut self, now_ms: u64) -> Result<usize, RuntimeError> {
-        let mut actions = 0;
         let running: BTreeMap<String, ContainerState> =
             self.runtime.list()?.into_iter().map(|s| (s.id.clone(), s)).collect();
         let desired = self.desired.clone();
         let replicas = desired.as_ref().map(|d| d.replicas.as_slice()).unwrap_or_default();
         let config = desired.as_ref().map(|d| d.config.as_slice()).unwrap_or_default();
-        let mut changed = false;
         self.images.retain(replicas, running.keys().map(String::as_str));
         for kind in self.images.take_events(now_ms) {
             self.outbox.push(Event { at_unix_ms: now_ms, replica: None, kind });
         }
+        let mut step = self.stop_removed(&running, replicas, now_ms)?;
+        for spec in replicas {
+            step += self.reconcile_replica(spec, config, replicas, &running, now_ms)?;
+        }
+        if step.changed || step.actions > 0 {
+            self.save_logged();
+        }
+        Ok(step.actions)
+    }
 
+    /// Stops what is no longer desired: SIGTERM, then SIGKILL after the
+    /// grace period; its record goes with the container.
+    fn stop_removed(
+        &mut self,
+        running: &BTreeMap<String, ContainerState>,
+        replicas: &[ReplicaSpec],
+        now_ms: u64,
+    ) -> Result<Step, RuntimeError> {
+        let mut step = Step::default();
         // Images new replicas still wait for. A replica leaving runs on
         // until they are here (or their pull failed): when a rollout swaps
         // replicas on this node, the download does not widen the outage.
@@ -355,8 +390,7 @@ impl<R: Runtime> Agent<R> {
             .filter(|r| !self.persisted.records.get(r.id.as_str()).is_some_and(|rec| rec.finished))
             .any(|r| matches!(self.images.availability(&r.image, now_ms), crate::image::Availability::Pulling));
 
-        // Stop what is no longer desired: SIGTERM, then SIGKILL after the grace period.
-        for (id, state) in &running {
+        for (id, state) in running {
             if replicas.iter().any(|r| r.id.as_str() == id) {
                 continue;
             }
@@ -364,147 +398,193 @@ impl<R: Runtime> Agent<R> {
                 continue;
             }
             let grace = self.persisted.records.get(id).and_then(|r| r.grace_s).unwrap_or(10);
-            actions += self.stop_step(id, state, now_ms, grace)?;
+            step.actions += self.stop_step(id, state, now_ms, grace)?;
             if state.status == Status::Stopped {
                 self.persisted.records.remove(id);
-                changed = true;
+                step.changed = true;
             }
         }
+        Ok(step)
+    }
 
-        for spec in replicas {
-            let id = spec.id.as_str().to_owned();
-            let hash = spec_hash(spec, config);
-            let mut record = self.persisted.records.get(&id).cloned().unwrap_or_default();
-            let state = running.get(&id);
+    /// One step for one desired replica: replace it if its spec changed,
+    /// start it, handle its exit by its restart policy, or note why it waits.
+    fn reconcile_replica(
+        &mut self,
+        spec: &ReplicaSpec,
+        config: &[ConfigObject],
+        replicas: &[ReplicaSpec],
+        running: &BTreeMap<String, ContainerState>,
+        now_ms: u64,
+    ) -> Result<Step, RuntimeError> {
+        let id = spec.id.as_str().to_owned();
+        let hash = spec_hash(spec, config);
+        let mut record = self.persisted.records.get(&id).cloned().unwrap_or_default();
+        let state = running.get(&id);
 
-            // A changed spec replaces the container (and starts a fresh history).
-            if let Some(state) = state
-                && record.spec_hash != hash
-                && record.spec_hash != 0
-            {
-                // The new version's image first: a running old container runs
-                // on until it is here (and on, if its pull fails).
-                if state.status == Status::Running
-                    && !matches!(self.images.availability(&spec.image, now_ms), crate::image::Availability::Ready(_))
-                {
-                    continue;
-                }
-                actions += self.stop_step(&id, state, now_ms, spec.termination_grace_s)?;
-                if state.status == Status::Stopped {
-                    self.persisted.records.insert(id.clone(), Record::default());
-                    changed = true;
-                }
-                continue;
-            }
+        // A changed spec replaces the container (and starts a fresh history).
+        if let Some(state) = state
+            && record.spec_hash != hash
+            && record.spec_hash != 0
+        {
+            return self.replace_step(spec, state, now_ms);
+        }
 
-            match state.map(|s| s.status) {
-                Some(Status::Running) => {
-                    // Re-adopted after an agent restart: probes count from now.
-                    self.probes.entry(id.clone()).or_insert_with(|| Probes::started(now_ms));
-                    if record.spec_hash == 0 {
-                        // Re-adopted (agent restarted with a lost record): keep it.
-                        record.spec_hash = hash;
-                        record.started_at_ms = now_ms;
-                    }
-                    if record.restarts > 0 && now_ms.saturating_sub(record.started_at_ms) > self.backoff.reset_after_ms
-                    {
-                        record.restarts = 0;
-                    }
-                }
-                Some(Status::Created) => {
-                    self.runtime.start(&id)?;
-                    actions += 1;
+        let mut step = Step::default();
+        match state.map(|s| s.status) {
+            Some(Status::Running) => {
+                // Re-adopted after an agent restart: probes count from now.
+                self.probes.entry(id.clone()).or_insert_with(|| Probes::started(now_ms));
+                if record.spec_hash == 0 {
+                    // Re-adopted (agent restarted with a lost record): keep it.
+                    record.spec_hash = hash;
                     record.started_at_ms = now_ms;
-                    self.probes.insert(id.clone(), Probes::started(now_ms));
-                    self.event(now_ms, &id, EventKind::Started);
                 }
-                Some(Status::Stopped) => {
-                    let state = state.expect("matched Some");
-                    let info = state.exit.unwrap_or(ExitInfo { code: None, signal: None, oom_killed: false });
-                    record.last_ended_by_agent = record.ended_by_agent.take();
-                    let exit = exit_of(&info, record.last_ended_by_agent);
-                    tracing::info!(replica = %id, code = exit.code, reason = ?exit.reason, "container exited");
-                    if exit.reason == ExitReason::OomKilled {
-                        let limit_bytes = spec.resources.memory_limit_bytes.unwrap_or(0);
-                        self.event(now_ms, &id, EventKind::OomKilled { limit_bytes });
-                    }
-                    self.event(now_ms, &id, EventKind::Exited(exit));
-                    record.last_exit = Some(info);
-                    let succeeded = exit.code == 0 && exit.reason == ExitReason::Exited;
-                    let restart = match spec.restart_policy {
-                        RestartPolicy::Always => true,
-                        RestartPolicy::OnFailure => !succeeded,
-                        RestartPolicy::Never => false,
-                    };
-                    self.runtime.delete(&id, true)?;
-                    self.images.release_rootfs(&id);
-                    actions += 1;
-                    if restart {
-                        record.restarts += 1;
-                        record.backoff_until_ms = now_ms + self.backoff.delay_ms(record.restarts);
-                    } else {
-                        record.finished = true;
-                    }
+                if record.restarts > 0 && now_ms.saturating_sub(record.started_at_ms) > self.backoff.reset_after_ms {
+                    record.restarts = 0;
                 }
-                None if record.finished && record.spec_hash == hash => {}
-                None if record.backoff_until_ms > now_ms => {}
-                None if let Some(holder) = self.port_holder(spec, &running, replicas) => {
-                    let reason = format!("waiting for {holder} to stop: it holds a port this replica uses");
-                    if record.blocked.as_deref() != Some(&reason) {
-                        tracing::info!(replica = %id, "{reason}");
-                        record.blocked = Some(reason);
-                        changed = true;
-                    }
-                }
-                None => match crate::workload::prepare(&self.paths, &mut self.images, spec, config, now_ms) {
-                    Err(e) => {
-                        let reason = e.to_string();
-                        if record.blocked.as_deref() != Some(&reason) {
-                            tracing::warn!(replica = %id, error = %reason, "cannot run replica");
-                            record.blocked = Some(reason);
-                            changed = true;
-                        }
-                    }
-                    Ok(mut container) => {
-                        if let Some(services) = &self.services {
-                            let (env, mount) = services.for_container();
-                            container.env.extend(env);
-                            container.mounts.push(mount);
-                        }
-                        if record.spec_hash != hash {
-                            record = Record { spec_hash: hash, ..Record::default() };
-                        }
-                        record.grace_s = Some(spec.termination_grace_s);
-                        record.ports = ports_of(spec);
-                        record.blocked = None;
-                        record.finished = false;
-                        match self.runtime.create(&container) {
-                            Ok(()) | Err(RuntimeError::AlreadyExists(_)) => {}
-                            Err(e) => {
-                                record.blocked = Some(e.to_string());
-                                self.persisted.records.insert(id.clone(), record);
-                                self.save_logged();
-                                return Err(e);
-                            }
-                        }
-                        self.runtime.start(&id)?;
-                        actions += 2;
-                        record.started_at_ms = now_ms;
-                        self.probes.insert(id.clone(), Probes::started(now_ms));
-                        self.event(now_ms, &id, EventKind::Started);
-                        tracing::info!(replica = %id, restarts = record.restarts, "container started");
-                    }
-                },
             }
-            if self.persisted.records.get(&id) != Some(&record) {
-                self.persisted.records.insert(id, record);
-                changed = true;
+            Some(Status::Created) => {
+                self.runtime.start(&id)?;
+                step.actions += 1;
+                record.started_at_ms = now_ms;
+                self.probes.insert(id.clone(), Probes::started(now_ms));
+                self.event(now_ms, &id, EventKind::Started);
+            }
+            Some(Status::Stopped) => {
+                let state = state.expect("matched Some");
+                step.actions += self.exited(spec, state, &mut record, now_ms)?;
+            }
+            None if record.finished && record.spec_hash == hash => {}
+            None if record.backoff_until_ms > now_ms => {}
+            None if let Some(holder) = self.port_holder(spec, running, replicas) => {
+                let reason = format!("waiting for {holder} to stop: it holds a port this replica uses");
+                if record.blocked.as_deref() != Some(&reason) {
+                    tracing::info!(replica = %id, "{reason}");
+                    record.blocked = Some(reason);
+                    step.changed = true;
+                }
+            }
+            None => step += self.create_and_start(spec, config, hash, &mut record, now_ms)?,
+        }
+        if self.persisted.records.get(&id) != Some(&record) {
+            self.persisted.records.insert(id, record);
+            step.changed = true;
+        }
+        Ok(step)
+    }
+
+    /// A replica whose spec changed: the new version's image first (a
+    /// running old container runs on until it is here, and on if its pull
+    /// fails), then the old container stops; once it is gone the replica
+    /// starts over with a fresh record.
+    fn replace_step(&mut self, spec: &ReplicaSpec, state: &ContainerState, now_ms: u64) -> Result<Step, RuntimeError> {
+        let mut step = Step::default();
+        if state.status == Status::Running
+            && !matches!(self.images.availability(&spec.image, now_ms), crate::image::Availability::Ready(_))
+        {
+            return Ok(step);
+        }
+        let id = spec.id.as_str();
+        step.actions += self.stop_step(id, state, now_ms, spec.termination_grace_s)?;
+        if state.status == Status::Stopped {
+            self.persisted.records.insert(id.to_owned(), Record::default());
+            step.changed = true;
+        }
+        Ok(step)
+    }
+
+    /// A replica's container exited: reports how, deletes the container and,
+    /// by the restart policy, schedules the restart after the back-off or
+    /// marks the replica finished. Returns actions taken.
+    fn exited(
+        &mut self,
+        spec: &ReplicaSpec,
+        state: &ContainerState,
+        record: &mut Record,
+        now_ms: u64,
+    ) -> Result<usize, RuntimeError> {
+        let id = spec.id.as_str();
+        let info = state.exit.unwrap_or(ExitInfo { code: None, signal: None, oom_killed: false });
+        record.last_ended_by_agent = record.ended_by_agent.take();
+        let exit = exit_of(&info, record.last_ended_by_agent);
+        tracing::info!(replica = %id, code = exit.code, reason = ?exit.reason, "container exited");
+        if exit.reason == ExitReason::OomKilled {
+            let limit_bytes = spec.resources.memory_limit_bytes.unwrap_or(0);
+            self.event(now_ms, id, EventKind::OomKilled { limit_bytes });
+        }
+        self.event(now_ms, id, EventKind::Exited(exit));
+        record.last_exit = Some(info);
+        let succeeded = exit.code == 0 && exit.reason == ExitReason::Exited;
+        let restart = match spec.restart_policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !succeeded,
+            RestartPolicy::Never => false,
+        };
+        self.runtime.delete(id, true)?;
+        self.images.release_rootfs(id);
+        if restart {
+            record.restarts += 1;
+            record.backoff_until_ms = now_ms + self.backoff.delay_ms(record.restarts);
+        } else {
+            record.finished = true;
+        }
+        Ok(1)
+    }
+
+    /// Creates and starts a replica's container, or notes in its record why
+    /// it cannot run yet (image still pulling, missing...). A failed create
+    /// is saved in the record before the error is returned.
+    fn create_and_start(
+        &mut self,
+        spec: &ReplicaSpec,
+        config: &[ConfigObject],
+        hash: u64,
+        record: &mut Record,
+        now_ms: u64,
+    ) -> Result<Step, RuntimeError> {
+        let id = spec.id.as_str();
+        let mut step = Step::default();
+        let mut container = match crate::workload::prepare(&self.paths, &mut self.images, spec, config, now_ms) {
+            Ok(container) => container,
+            Err(e) => {
+                let reason = e.to_string();
+                if record.blocked.as_deref() != Some(&reason) {
+                    tracing::warn!(replica = %id, error = %reason, "cannot run replica");
+                    record.blocked = Some(reason);
+                    step.changed = true;
+                }
+                return Ok(step);
+            }
+        };
+        if let Some(services) = &self.services {
+            let (env, mount) = services.for_container();
+            container.env.extend(env);
+            container.mounts.push(mount);
+        }
+        if record.spec_hash != hash {
+            *record = Record { spec_hash: hash, ..Record::default() };
+        }
+        record.grace_s = Some(spec.termination_grace_s);
+        record.ports = ports_of(spec);
+        record.blocked = None;
+        record.finished = false;
+        match self.runtime.create(&container) {
+            Ok(()) | Err(RuntimeError::AlreadyExists(_)) => {}
+            Err(e) => {
+                record.blocked = Some(e.to_string());
+                self.persisted.records.insert(id.to_owned(), std::mem::take(record));
+                self.save_logged();
+                return Err(e);
             }
         }
-        if changed || actions > 0 {
-            self.save_logged();
-        }
-        Ok(actions)
+        self.runtime.start(id)?;
+        step.actions += 2;
+        record.started_at_ms = now_ms;
+        self.probes.insert(id.to_owned(), Probes::started(now_ms));
+        self.event(now_ms, id, EventKind::Started);
+        tracing::info!(replica = %id, restarts = record.restarts, "container started");
+        Ok(step)
     }
 
     /// Moves a container towards stopped and deleted. Returns actions taken.

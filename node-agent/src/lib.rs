@@ -14,7 +14,8 @@
 //! - [`probe`]: startup, readiness and liveness probes.
 //! - [`telemetry`]: cgroup and node usage for heartbeats.
 //! - [`agent`]: the core: desired documents, reconcile, restart policy,
-//!   local state.
+//!   local state; [`signed`]: the checks every frame the controller signs
+//!   gets (signature, addressee).
 
 pub mod agent;
 pub mod channel;
@@ -27,5 +28,6 @@ pub mod probe;
 pub mod run;
 pub mod runtime;
 pub mod services;
+pub mod signed;
 pub mod telemetry;
 pub mod workload;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use firmware_proto::bounded::truncated;
 use firmware_proto::{LOG_CHUNK_MAX, LogChunk, LogEnd, NodeId, decode_log_request_frame};
 
-use crate::agent::Verifier;
+use crate::signed::Verifier;
 use crate::workload::Paths;
 
 /// Limits for one replica's logs.
@@ -132,14 +132,8 @@ impl LogService {
     /// request that checks out gets an answer, an error included, so the
     /// controller never waits out its timeout for a replica that is not here.
     pub fn answer(&self, frame: &[u8]) -> Result<Vec<LogChunk>, String> {
-        let decoded = decode_log_request_frame(frame).map_err(|e| format!("malformed log request: {e}"))?;
-        let (request, signature) = &decoded.frame;
-        if !(self.verify)(decoded.authenticated, signature) {
-            return Err("log request signature does not verify with the controller key".into());
-        }
-        if request.node_id != self.node_id {
-            return Err(format!("log request for node {} received by {}", request.node_id, self.node_id));
-        }
+        let (request, _) = crate::signed::check(frame, decode_log_request_frame, &self.verify, &self.node_id)
+            .map_err(|refusal| refusal.describe("log request"))?;
         let path = self.paths.log(request.replica.as_str());
         let max_bytes = request.max_bytes.min(ANSWER_MAX_BYTES);
         let (data, end) = match read(&path, request.offset, request.tail_lines, max_bytes) {

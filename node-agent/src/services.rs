@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use firmware_proto::{NodeId, Protocol, ServicePort, ServiceTable, decode_services_frame};
 
-use crate::agent::Verifier;
 use crate::runtime::MountSpec;
+use crate::signed::Verifier;
 
 /// Node label with the address the node's replicas are reached at (the
 /// controller's Service endpoints use it).
@@ -61,15 +61,9 @@ impl ServiceDirectory {
     /// forwarders follow it. Returns whether it changed anything. The
     /// forwarders run on their own runtime, not the caller's.
     pub fn apply(&self, frame: &[u8]) -> Result<bool, String> {
-        let decoded = decode_services_frame(frame).map_err(|e| format!("malformed service table: {e}"))?;
-        let (table, signature) = &decoded.frame;
-        if !(self.verify)(decoded.authenticated, signature) {
-            return Err("service table signature does not verify with the controller key".into());
-        }
-        if table.node_id != self.node_id {
-            return Err(format!("service table for node {} received by {}", table.node_id, self.node_id));
-        }
-        self.apply_table(table)
+        let (table, _) = crate::signed::check(frame, decode_services_frame, &self.verify, &self.node_id)
+            .map_err(|refusal| refusal.describe("service table"))?;
+        self.apply_table(&table)
     }
 
     fn apply_table(&self, table: &ServiceTable) -> Result<bool, String> {

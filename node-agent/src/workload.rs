@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use firmware_proto::{ConfigObject, ReplicaSpec, VolumeSource};
 
-use crate::image::{Availability, Images, PreparedRootfs, RunConfig};
+use crate::image::{Availability, Images, PreparedRootfs, RunConfig, Sha256};
 use crate::runtime::{ContainerConfig, DeviceSpec, MountSpec};
 
 /// Directories the agent owns, under its data directory.
@@ -31,7 +31,7 @@ impl Paths {
     /// A preloaded image's root filesystem: `images/<sha256 hex>/rootfs`
     /// (see [`crate::image::store`]; pulled images live in the layer store).
     pub fn image_rootfs(&self, digest: &[u8; 32]) -> PathBuf {
-        self.data_dir.join("images").join(hex(digest)).join("rootfs")
+        self.data_dir.join("images").join(Sha256(*digest).hex()).join("rootfs")
     }
     /// Per-replica volumes.
     pub fn volumes(&self, replica: &str) -> PathBuf {
@@ -53,11 +53,6 @@ impl Paths {
     pub fn state_file(&self) -> PathBuf {
         self.data_dir.join("agent-state.bin")
     }
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a replica cannot become a container.
@@ -152,7 +147,7 @@ pub fn container_config(
     if !rootfs.is_dir() {
         return Err(WorkloadError::NotPreloaded {
             reference: spec.image.reference.to_string(),
-            digest: hex(&spec.image.digest.0),
+            digest: Sha256(spec.image.digest.0).hex(),
         });
     }
     container_config_on(paths, spec, config, &PreparedRootfs { path: rootfs, run: None })

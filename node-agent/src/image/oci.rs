@@ -40,7 +40,7 @@ impl Sha256 {
 
     /// 64 lowercase hex characters (file names in the store).
     pub fn hex(&self) -> String {
-        crate::workload::hex(&self.0)
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// `sha256:` and the first 12 hex characters, for messages that must
