@@ -130,17 +130,13 @@ pub struct ImageRef {
 
 impl ImageRef {
     /// Parses with Docker's rule: the first component is a host when it has
-    /// a `.` or a `:` or is `localhost`.
+    /// a `.` or a `:` or is `localhost` (split as the controller and the
+    /// agent split references, [`firmware_proto::image`]).
     pub fn parse(text: &str) -> anyhow::Result<ImageRef> {
-        let (host, rest) = match text.split_once('/') {
-            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (Some(first.to_owned()), rest),
-            _ => (None, text),
-        };
-        let (name, tag) = match rest.rsplit_once(':') {
-            Some((name, tag)) => (name, Some(tag.parse::<Tag>()?)),
-            None => (rest, None),
-        };
-        Ok(ImageRef { host, name: name.parse()?, tag })
+        let parts = firmware_proto::image::split_reference(text);
+        anyhow::ensure!(parts.digest.is_none(), "{text}: name a tag, not a digest");
+        let tag = parts.tag.map(str::parse::<Tag>).transpose()?;
+        Ok(ImageRef { host: parts.registry.map(str::to_owned), name: parts.repository.parse()?, tag })
     }
 
     /// The registry's base URL: `http://HOST` when a host is named (plain
@@ -427,6 +423,7 @@ mod tests {
         );
         assert!(ImageRef::parse("Upper/case").is_err());
         assert!(ImageRef::parse("app:-bad").is_err());
+        assert!(ImageRef::parse("app@sha256:abcd").is_err(), "a digest is no destination");
     }
 
     #[test]

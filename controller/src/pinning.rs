@@ -224,18 +224,13 @@ impl Resolver {
     }
 }
 
-/// `(registry, repository, tag)` of a reference; the first path component
-/// is a registry when it looks like a host (`.`, `:` or `localhost`).
+/// `(registry, repository, tag)` of a reference without its digest, with
+/// `default_registry` and `latest` for what it does not name. The agent
+/// splits references the same way ([`firmware_proto::image`]).
 pub fn split_reference<'a>(image: &'a str, default_registry: &'a str) -> (&'a str, &'a str, &'a str) {
-    let (registry, rest) = match image.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => (first, rest),
-        _ => (default_registry, image),
-    };
-    let slash = rest.rfind('/').map_or(0, |i| i + 1);
-    match rest[slash..].rfind(':') {
-        Some(colon) => (registry, &rest[..slash + colon], &rest[slash + colon + 1..]),
-        None => (registry, rest, "latest"),
-    }
+    let parts = firmware_proto::image::split_reference(image);
+    let tag = parts.tag.unwrap_or(firmware_proto::image::DEFAULT_TAG);
+    (parts.registry.unwrap_or(default_registry), parts.repository, tag)
 }
 
 #[cfg(test)]

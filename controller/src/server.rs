@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
+use firmware_proto::mqtt::parse_mqtt_url;
 
 use crate::api::{self, ApiState, Metrics};
 use crate::fleet::credentials::{ControllerKey, Enrolment};
@@ -86,8 +87,8 @@ impl ServerConfig {
         });
         let (mqtt_listen, mqtt_host, mqtt_port, advertised_mqtt_url) = match &args.mqtt_url {
             Some(url) => {
-                let (host, port) = parse_mqtt_url(url)?;
-                (None, host.clone(), port, url.clone())
+                let (host, port) = parse_mqtt_url(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+                (None, host.to_owned(), port, url.clone())
             }
             None => {
                 let port = args.mqtt_listen.port();
@@ -115,21 +116,6 @@ impl ServerConfig {
             },
         })
     }
-}
-
-/// `mqtt://host:port` (or `tcp://`, or bare `host:port`) -> host and port.
-pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
-    if rest.contains("://") {
-        anyhow::bail!("{url}: only mqtt:// (plain TCP) brokers are supported yet");
-    }
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().with_context(|| format!("{url}: bad port {port:?}"))?),
-        None => (rest, 1883),
-    };
-    anyhow::ensure!(!host.is_empty(), "{url}: no host");
-    Ok((host.to_owned(), port))
 }
 
 /// Runs until `shutdown` completes.

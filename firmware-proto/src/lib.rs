@@ -8,6 +8,10 @@
 //! - [`bounded`]: identifiers, packed string lists and fixed byte arrays
 //!   that cap every field at compile time.
 //! - [`samples`]: representative messages for tests, benchmarks and size budgets.
+//! - [`mqtt`]: topic names (`nodes/{id}/<leaf>`) and the broker URL.
+//! - [`image`]: splitting image references (`registry/repository:tag`).
+//! - `mac` (feature `mac`): the per-node MAC that ends node frames.
+//! - `enrol` (feature `alloc`): the enrolment request and answer (JSON).
 //! - [`wire_format`]: the written-down wire format (`WIRE.md`).
 
 #[cfg(feature = "alloc")]
@@ -16,7 +20,13 @@ extern crate alloc;
 extern crate std;
 
 pub mod bounded;
+#[cfg(feature = "alloc")]
+pub mod enrol;
 pub mod frame;
+pub mod image;
+#[cfg(feature = "mac")]
+pub mod mac;
+pub mod mqtt;
 pub mod msg;
 pub mod samples;
 

@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use firmware_proto::{NodeMessage, Presence, encode_node_frame_to_vec};
-use hmac::{KeyInit, Mac};
+use firmware_proto::mac::node_mac;
+use firmware_proto::mqtt::parse_mqtt_url;
+use firmware_proto::{MessageKind, NodeMessage, Presence, encode_node_frame_to_vec};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
 use crate::enrolment::Enrolment;
@@ -51,15 +52,7 @@ struct Signer {
 
 impl Signer {
     fn seal(&self, message: &NodeMessage, seq: u64) -> Option<Vec<u8>> {
-        let key = self.key;
-        let frame = encode_node_frame_to_vec(message, seq, |bytes| {
-            let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).expect("any key length");
-            mac.update(bytes);
-            let full = mac.finalize().into_bytes();
-            let mut tag = firmware_proto::Bytes([0; 16]);
-            tag.0.copy_from_slice(&full[..16]);
-            tag
-        });
+        let frame = encode_node_frame_to_vec(message, seq, |bytes| node_mac(&self.key, bytes));
         match frame {
             Ok(frame) => Some(frame),
             Err(e) => {
@@ -91,15 +84,16 @@ pub struct Channel {
     task: Option<tokio::task::AbortHandle>,
 }
 
+/// This node's topics.
 #[derive(Debug, Clone)]
 struct Topics {
-    prefix: String,
+    scheme: firmware_proto::mqtt::Topics,
     node: String,
 }
 
 impl Topics {
-    fn leaf(&self, leaf: &str) -> String {
-        format!("{}/nodes/{}/{leaf}", self.prefix, self.node)
+    fn leaf(&self, kind: MessageKind) -> String {
+        self.scheme.node(&self.node, kind)
     }
 }
 
@@ -144,14 +138,15 @@ impl Channel {
         logs: LogService,
         services: Arc<ServiceDirectory>,
     ) -> anyhow::Result<(Self, impl std::future::Future<Output = ()> + Send + 'static)> {
-        let (host, port) = parse_mqtt_url(&enrolment.mqtt_url)?;
+        let url = &enrolment.mqtt_url;
+        let (host, port) = parse_mqtt_url(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         let topics = Topics {
-            prefix: enrolment.topic_prefix.trim_end_matches('/').to_owned(),
+            scheme: firmware_proto::mqtt::Topics::new(&enrolment.topic_prefix),
             node: enrolment.node_name.clone(),
         };
         let epoch = read_epoch(&config.epoch_file);
         let signer = Arc::new(Signer { key: enrolment.mac_key_bytes()?, next: AtomicU64::new(epoch << 32 | 1) });
-        let mut options = MqttOptions::new(enrolment.node_name.clone(), host.clone(), port);
+        let mut options = MqttOptions::new(enrolment.node_name.clone(), host, port);
         options.set_keep_alive(config.keep_alive);
         options.set_credentials(enrolment.mqtt_username.clone(), enrolment.mqtt_password.clone());
         options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
@@ -201,15 +196,15 @@ impl Channel {
                         wake.notify_one();
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if publish.topic == topics.leaf("desired") {
+                        if publish.topic == topics.leaf(MessageKind::Desired) {
                             answered.store(connection << 1 | 1, Ordering::Release);
                             deliver(&desired_tx, publish.payload.to_vec());
                             wake.notify_one();
-                        } else if publish.topic == topics.leaf("services") {
+                        } else if publish.topic == topics.leaf(MessageKind::Services) {
                             if let Err(reason) = services.apply(&publish.payload) {
                                 tracing::warn!(reason, "service table refused");
                             }
-                        } else if publish.topic == topics.leaf("logreq") {
+                        } else if publish.topic == topics.leaf(MessageKind::LogRequest) {
                             answer_logs(&logs, &publish.payload, &client, &signer, &topics);
                         } else {
                             tracing::warn!(
@@ -286,7 +281,7 @@ impl Channel {
     pub fn send_status(&self, status: firmware_proto::Status) {
         let message = NodeMessage::Status(status);
         if let Some(frame) = self.signer.seal(&message, self.signer.next_seq()) {
-            self.publish("status", QoS::AtMostOnce, false, frame);
+            self.publish(message.kind(), QoS::AtMostOnce, false, frame);
         }
     }
 
@@ -294,13 +289,13 @@ impl Channel {
     pub fn send_event(&self, event: firmware_proto::Event) {
         let message = NodeMessage::Event(event);
         if let Some(frame) = self.signer.seal(&message, self.signer.next_seq()) {
-            self.publish("events", QoS::AtLeastOnce, false, frame);
+            self.publish(message.kind(), QoS::AtLeastOnce, false, frame);
         }
     }
 
-    fn publish(&self, leaf: &str, qos: QoS, retain: bool, frame: Vec<u8>) {
-        if let Err(e) = self.client.try_publish(self.topics.leaf(leaf), qos, retain, frame) {
-            tracing::debug!(leaf, error = %e, "not sent (channel down or busy); full state is resent on reconnect");
+    fn publish(&self, kind: MessageKind, qos: QoS, retain: bool, frame: Vec<u8>) {
+        if let Err(e) = self.client.try_publish(self.topics.leaf(kind), qos, retain, frame) {
+            tracing::debug!(leaf = %kind, error = %e, "not sent (channel down or busy); full state is resent on reconnect");
         }
     }
 }
@@ -322,7 +317,7 @@ fn answer_logs(logs: &LogService, frame: &[u8], client: &AsyncClient, signer: &A
             return;
         }
     };
-    let (client, signer, topic) = (client.clone(), signer.clone(), topics.leaf("logs"));
+    let (client, signer, topic) = (client.clone(), signer.clone(), topics.leaf(MessageKind::Logs));
     tokio::spawn(async move {
         for chunk in chunks {
             let Some(frame) = signer.seal(&NodeMessage::Logs(chunk), signer.next_seq()) else { return };
@@ -345,9 +340,9 @@ fn deliver(desired: &SyncSender<Vec<u8>>, frame: Vec<u8>) {
 /// On every ConnAck: subscribe again (rumqttc does not replay
 /// subscriptions) and publish presence and registration (retained).
 fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
-    for leaf in ["desired", "services", "logreq"] {
-        if let Err(e) = client.try_subscribe(topics.leaf(leaf), QoS::AtLeastOnce) {
-            tracing::warn!(leaf, error = %e, "cannot queue a subscription");
+    for kind in MessageKind::TO_NODE {
+        if let Err(e) = client.try_subscribe(topics.leaf(kind), QoS::AtLeastOnce) {
+            tracing::warn!(leaf = %kind, error = %e, "cannot queue a subscription");
         }
     }
     announce(client, signer, topics, hello);
@@ -357,10 +352,10 @@ fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mu
 fn announce(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
     let hello = hello.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(frame) = hello.and_then(|h| signer.seal(&NodeMessage::Hello(h), signer.next_seq())) {
-        let _ = client.try_publish(topics.leaf("hello"), QoS::AtLeastOnce, true, frame);
+        let _ = client.try_publish(topics.leaf(MessageKind::Hello), QoS::AtLeastOnce, true, frame);
     }
     if let Some(frame) = signer.seal(&NodeMessage::Online(Presence::Online), signer.next_seq()) {
-        let _ = client.try_publish(topics.leaf("online"), QoS::AtLeastOnce, true, frame);
+        let _ = client.try_publish(topics.leaf(MessageKind::Online), QoS::AtLeastOnce, true, frame);
     }
 }
 
@@ -396,7 +391,7 @@ async fn announce_until_answered(
 fn arm(options: &mut MqttOptions, signer: &Signer, topics: &Topics, epoch: u64) {
     signer.next.store(epoch << 32 | 1, Ordering::Relaxed);
     if let Some(will) = signer.seal(&NodeMessage::Online(Presence::Offline), epoch << 32 | 0xFFFF_FFFF) {
-        options.set_last_will(LastWill::new(topics.leaf("online"), will, QoS::AtLeastOnce, true));
+        options.set_last_will(LastWill::new(topics.leaf(MessageKind::Online), will, QoS::AtLeastOnce, true));
     }
 }
 
@@ -424,27 +419,9 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(base / 2 + u64::from(u16::from_le_bytes(noise)) % (base / 2 + 1))
 }
 
-/// `mqtt://host:port` -> host and port.
-pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
-    anyhow::ensure!(!rest.contains("://"), "{url}: only mqtt:// brokers are supported yet (no TLS in the agent yet)");
-    let rest = rest.trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((host, port)) => Ok((host.to_owned(), port.parse().with_context(|| format!("{url}: bad port"))?)),
-        None => Ok((rest.to_owned(), 1883)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_parse() {
-        assert_eq!(parse_mqtt_url("mqtt://10.0.0.1:1884").unwrap(), ("10.0.0.1".into(), 1884));
-        assert_eq!(parse_mqtt_url("broker").unwrap(), ("broker".into(), 1883));
-        assert!(parse_mqtt_url("mqtts://broker:8883").is_err());
-    }
 
     #[test]
     fn epochs_increase_and_persist() {
@@ -459,7 +436,7 @@ mod tests {
     #[test]
     fn the_will_outranks_its_connection_and_not_the_next() {
         let signer = Signer { key: [1; 32], next: AtomicU64::new(0) };
-        let topics = Topics { prefix: "p".into(), node: "n".into() };
+        let topics = Topics { scheme: firmware_proto::mqtt::Topics::new("p"), node: "n".into() };
         let mut options = MqttOptions::new("n", "h", 1);
         arm(&mut options, &signer, &topics, 5);
         let first = signer.next_seq();

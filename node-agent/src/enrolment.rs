@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use firmware_proto::enrol::{ENROL_PATH, EnrolRequest, EnrolResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::image::http;
@@ -13,25 +14,22 @@ use crate::image::registry::Timeouts;
 /// File name inside the agent's data directory.
 pub const ENROLMENT_FILE: &str = "enrolment.json";
 
-/// What the controller handed out at enrolment (the controller's
-/// `EnrolResponse`).
+/// What the controller handed out at enrolment ([`EnrolResponse`], whose
+/// fields it derefs to), as this node keeps it: the file holds the answer
+/// as the controller sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Enrolment {
-    /// The node's name, its id on the wire.
-    pub node_name: String,
-    /// `mqtt://host:port`.
-    pub mqtt_url: String,
-    /// Broker user.
-    pub mqtt_username: String,
-    /// Broker password.
-    pub mqtt_password: String,
-    /// MAC key, hex.
-    pub mac_key: String,
-    /// The controller's Ed25519 public key, hex: pinned here.
-    pub controller_key: String,
-    /// Topic prefix.
-    pub topic_prefix: String,
+#[serde(transparent)]
+pub struct Enrolment(
+    /// The controller's answer.
+    pub EnrolResponse,
+);
+
+impl std::ops::Deref for Enrolment {
+    type Target = EnrolResponse;
+
+    fn deref(&self) -> &EnrolResponse {
+        &self.0
+    }
 }
 
 impl Enrolment {
@@ -55,9 +53,9 @@ impl Enrolment {
     /// Enrols with the controller at `server` (its API URL) using a join
     /// token, and stores the credentials.
     pub fn join(server: &str, token: &str, node_name: &str, data_dir: &Path) -> anyhow::Result<Self> {
-        let url = format!("{}/api/v1/enrol", server.trim_end_matches('/'));
+        let url = format!("{}{ENROL_PATH}", server.trim_end_matches('/'));
         anyhow::ensure!(url.starts_with("http://"), "{server}: only http:// controller URLs are supported yet");
-        let body = serde_json::json!({ "token": token, "nodeName": node_name }).to_string();
+        let body = serde_json::to_string(&EnrolRequest { token: token.to_owned(), node_name: node_name.to_owned() })?;
         let timeouts = Timeouts { connect: Duration::from_secs(10), read: Duration::from_secs(15) };
         let mut response = http::post(&url, &[("Content-Type", "application/json")], body.as_bytes(), timeouts)
             .with_context(|| format!("cannot reach the controller at {server}"))?;
@@ -109,4 +107,28 @@ fn hex32(text: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_earlier_agents_load_and_save_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mac_key, controller_key) = ("11".repeat(32), "22".repeat(32));
+        let file = format!(
+            "{{\n  \"nodeName\": \"edge-1\",\n  \"mqttUrl\": \"mqtt://10.0.0.1:1883\",\n  \
+             \"mqttUsername\": \"edge-1\",\n  \"mqttPassword\": \"p\",\n  \"macKey\": \"{mac_key}\",\n  \
+             \"controllerKey\": \"{controller_key}\",\n  \"topicPrefix\": \"flotilla/v1\"\n}}"
+        );
+        std::fs::write(Enrolment::path(dir.path()), &file).unwrap();
+        let enrolment = Enrolment::load(dir.path()).unwrap().expect("stored");
+        assert_eq!(enrolment.node_name, "edge-1");
+        assert_eq!(enrolment.mac_key_bytes().unwrap(), [0x11; 32]);
+        assert_eq!(enrolment.controller_key_bytes().unwrap(), [0x22; 32]);
+        assert!(enrolment.labels.is_empty());
+        enrolment.save(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(Enrolment::path(dir.path())).unwrap(), file);
+    }
 }

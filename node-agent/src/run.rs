@@ -236,8 +236,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let channel = Channel::start(enrolment, config, logs, services.clone())?;
             let mut labels = args.labels.clone();
             let address = args.address.or_else(|| {
-                let (host, port) = crate::channel::parse_mqtt_url(&enrolment.mqtt_url).ok()?;
-                crate::services::detect_address(&host, port)
+                let (host, port) = firmware_proto::mqtt::parse_mqtt_url(&enrolment.mqtt_url).ok()?;
+                crate::services::detect_address(host, port)
             });
             match address {
                 Some(address) => labels.push((crate::services::ADDRESS_LABEL.into(), address.to_string())),

@@ -65,7 +65,7 @@ pub fn router(parts: Parts) -> Router {
             Router::new()
                 .route("/api/v1/node-tokens", post(enrol_api::create_token).get(enrol_api::list_tokens))
                 .route("/api/v1/node-tokens/{id}", delete(enrol_api::revoke_token))
-                .route("/api/v1/enrol", post(enrol_api::enrol))
+                .route(firmware_proto::enrol::ENROL_PATH, post(enrol_api::enrol))
                 .route("/api/v1/node-credentials/{name}", delete(enrol_api::reset_node))
                 .with_state(enrol),
         );

@@ -44,7 +44,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use ed25519_dalek::{Signer, SigningKey};
-use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{random_bytes, write_private};
@@ -64,29 +63,6 @@ pub const CONTROLLER_USER: &str = "flotilla-controller";
 const TOKEN_KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Length of a token id (hex digits of its hash).
 const TOKEN_ID_LEN: usize = 8;
-
-/// Length of node message authentication codes on the wire.
-pub const MAC_LEN: usize = firmware_proto::frame::MAC_LEN;
-
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-
-/// The per-node MAC: HMAC-SHA256 over the frame, cut to 16 bytes. Agents
-/// compute the same.
-pub fn node_mac(key: &[u8; 32], bytes: &[u8]) -> [u8; MAC_LEN] {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(bytes);
-    let full = mac.finalize().into_bytes();
-    let mut out = [0; MAC_LEN];
-    out.copy_from_slice(&full[..MAC_LEN]);
-    out
-}
-
-/// Checks a MAC in constant time.
-pub fn verify_node_mac(key: &[u8; 32], bytes: &[u8], tag: &[u8]) -> bool {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(bytes);
-    mac.verify_truncated_left(tag).is_ok()
-}
 
 /// The controller's signing key.
 pub struct ControllerKey {
@@ -933,15 +909,6 @@ mod tests {
         let elapsed = enrol_concurrently(dir.path(), 10_000, 32);
         println!("10,000 enrolments from 32 threads: {elapsed:?}");
         assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
-    }
-
-    #[test]
-    fn macs_verify_and_detect_changes() {
-        let key = [9; 32];
-        let tag = node_mac(&key, b"frame");
-        assert!(verify_node_mac(&key, b"frame", &tag));
-        assert!(!verify_node_mac(&key, b"framf", &tag));
-        assert!(!verify_node_mac(&[8; 32], b"frame", &tag));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use firmware_proto::MessageKind;
 use rumqttc::{AsyncClient, QoS};
 
 use super::credentials::ControllerKey;
@@ -213,10 +214,10 @@ pub async fn run(
             };
             match pass.await {
                 Ok(frames) => {
-                    for (node, leaf, frame) in frames {
+                    for (node, kind, frame) in frames {
                         // `publish` waits for room in the client's queue rather
                         // than dropping a document.
-                        if let Err(e) = client.publish(topics.node(&node, leaf), QoS::AtLeastOnce, true, frame).await {
+                        if let Err(e) = client.publish(topics.node(&node, kind), QoS::AtLeastOnce, true, frame).await {
                             tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect");
                         }
                     }
@@ -250,8 +251,8 @@ pub async fn run(
     }
 }
 
-/// `(node, topic leaf, frame)` to publish.
-type Frames = Vec<(String, &'static str, Vec<u8>)>;
+/// `(node, kind, frame)` to publish on the node's topic for that kind.
+type Frames = Vec<(String, MessageKind, Vec<u8>)>;
 
 /// Builds the documents of the `dirty` nodes; returns the frames to
 /// publish: changed ones, or all of them when `all`. A replica is listed
@@ -342,7 +343,7 @@ fn build_all(
                 Arc::make_mut(previous).retired = retired;
             }
             if all {
-                out.push((node.clone(), "desired", previous.frame.clone()));
+                out.push((node.clone(), MessageKind::Desired, previous.frame.clone()));
             }
             continue;
         }
@@ -357,7 +358,7 @@ fn build_all(
                     bytes = frame.len(),
                     "desired state changed"
                 );
-                out.push((node.clone(), "desired", frame.clone()));
+                out.push((node.clone(), MessageKind::Desired, frame.clone()));
                 documents.insert(
                     node,
                     Arc::new(Published { generation, fingerprint, frame, replicas: keys, images, retired }),
@@ -384,7 +385,7 @@ fn service_tables(
     key: &ControllerKey,
     tables: &PublishedTables,
     all: bool,
-) -> Vec<(String, &'static str, Vec<u8>)> {
+) -> Frames {
     let mut out = Vec::new();
     let mut published = tables.0.lock().unwrap_or_else(|p| p.into_inner());
     for (node, ports) in super::services::tables(snapshot) {
@@ -398,7 +399,7 @@ fn service_tables(
             && *previous == fingerprint
         {
             if all {
-                out.push((node, "services", frame.clone()));
+                out.push((node, MessageKind::Services, frame.clone()));
             }
             continue;
         }
@@ -407,7 +408,7 @@ fn service_tables(
             Ok(frame) => {
                 tracing::debug!(node, generation, services = ports.len(), "service table changed");
                 published.insert(node.clone(), (fingerprint, frame.clone()));
-                out.push((node, "services", frame));
+                out.push((node, MessageKind::Services, frame));
             }
             Err(e) => tracing::error!(node, error = %e, "cannot encode the service table"),
         }

@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use super::credentials::{EnrolError, Enrolment, TokenInfo, TokenSpec};
 use crate::api::ApiError;
 
+/// Body and answer of `POST /api/v1/enrol`, shared with the agent.
+pub use firmware_proto::enrol::{EnrolRequest, EnrolResponse};
+
 /// What the routes need.
 pub struct EnrolState {
     /// Tokens and credentials.
@@ -73,40 +76,6 @@ pub struct TokenResponse {
 pub struct TokenList {
     /// Oldest first.
     pub items: Vec<TokenInfo>,
-}
-
-/// Body of `POST /api/v1/enrol`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnrolRequest {
-    /// The join token.
-    pub token: String,
-    /// The node's name (its id on the wire).
-    pub node_name: String,
-}
-
-/// Answer of `POST /api/v1/enrol`: everything a node needs to join.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnrolResponse {
-    /// The node's name.
-    pub node_name: String,
-    /// `mqtt://host:port`.
-    pub mqtt_url: String,
-    /// Broker user (the node name).
-    pub mqtt_username: String,
-    /// Broker password.
-    pub mqtt_password: String,
-    /// MAC key, hex.
-    pub mac_key: String,
-    /// The controller's Ed25519 public key, hex.
-    pub controller_key: String,
-    /// Topic prefix.
-    pub topic_prefix: String,
-    /// Labels of the join token, for the node to report. Absent when empty,
-    /// so agents that predate it parse the answer unchanged.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
 }
 
 /// Answer of `DELETE /api/v1/node-credentials/{name}`.
@@ -329,5 +298,31 @@ mod tests {
         let (status, revoked) = call("DELETE", &format!("{tokens}/{id}"), Some(TOKEN), None);
         assert_eq!((status, revoked["state"].as_str()), (200, Some("revoked")), "{revoked}");
         assert_eq!(call("DELETE", &format!("{tokens}/nosuchid"), Some(TOKEN), None).0, 404);
+    }
+
+    #[test]
+    fn enrolment_json_keeps_its_field_names() {
+        let request: EnrolRequest = serde_json::from_str(r#"{"token": "t", "nodeName": "edge-1"}"#).unwrap();
+        assert_eq!((request.token.as_str(), request.node_name.as_str()), ("t", "edge-1"));
+        let mut answer = EnrolResponse {
+            node_name: "edge-1".into(),
+            mqtt_url: "mqtt://10.0.0.1:1883".into(),
+            mqtt_username: "edge-1".into(),
+            mqtt_password: "p".into(),
+            mac_key: "00".into(),
+            controller_key: "11".into(),
+            topic_prefix: "flotilla/v1".into(),
+            labels: BTreeMap::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            concat!(
+                r#"{"nodeName":"edge-1","mqttUrl":"mqtt://10.0.0.1:1883","mqttUsername":"edge-1","#,
+                r#""mqttPassword":"p","macKey":"00","controllerKey":"11","topicPrefix":"flotilla/v1"}"#,
+            )
+        );
+        answer.labels.insert("site".into(), "berlin".into());
+        let json = serde_json::to_value(&answer).unwrap();
+        assert_eq!(json["labels"], serde_json::json!({"site": "berlin"}));
     }
 }

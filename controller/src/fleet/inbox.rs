@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
+use firmware_proto::mac::verify_node_mac;
 use firmware_proto::{
     EventKind, Exit, ExitReason, NodeMessage, Phase, Presence, Readiness, ReplicaRef, decode_node_frame,
 };
 
 use super::channel::Incoming;
-use super::credentials::{Enrolment, verify_node_mac};
+use super::credentials::Enrolment;
 use super::desired::PublishedDocuments;
 use super::logs::LogRequests;
 use super::{FleetConfig, Topics};
@@ -220,7 +221,7 @@ impl Inbox {
         }
         let credential = self.enrolment.node(node).ok_or_else(|| format!("node {node:?} is not enrolled"))?;
         let key = credential.mac_key_bytes().ok_or("the node's stored MAC key is unreadable")?;
-        if !verify_node_mac(&key, decoded.authenticated, &decoded.frame.mac.0) {
+        if !verify_node_mac(&key, decoded.authenticated, &decoded.frame.mac) {
             return Err(format!("bad MAC: not made with {node}'s key (forged, or another node's message)"));
         }
         if let NodeMessage::Hello(hello) = &decoded.frame.message

@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use firmware_proto::{LogChunk, LogRequest, encode_log_request_frame_to_vec};
+use firmware_proto::{LogChunk, LogRequest, MessageKind, encode_log_request_frame_to_vec};
 use rumqttc::{AsyncClient, QoS};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -144,7 +144,7 @@ impl LogRequests {
         self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(slot, sender);
         self.inner
             .client
-            .publish(self.inner.topics.node(node, "logreq"), QoS::AtLeastOnce, false, frame)
+            .publish(self.inner.topics.node(node, MessageKind::LogRequest), QoS::AtLeastOnce, false, frame)
             .await
             .map_err(|e| send_error(e.to_string()))?;
         let mut answer = LogAnswer { data: Vec::new(), next_offset: 0 };

@@ -3,7 +3,7 @@
 //! documents. DESIGN.md "Wire protocol" and `firmware-proto/WIRE.md` are the
 //! reference.
 //!
-//! - [`credentials`]: controller key, join tokens, node credentials, MACs.
+//! - [`credentials`]: controller key, join tokens, node credentials.
 //! - [`broker`]: the embedded broker.
 //! - [`channel`]: the one task that owns the rumqttc event loop.
 //! - [`inbox`]: node messages -> Node and Pod status, leases, eviction.
@@ -28,16 +28,15 @@ pub mod services;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firmware_proto::MessageKind;
+/// Default topic prefix, and the topic names under a prefix (shared with
+/// the agent).
+pub use firmware_proto::mqtt::{DEFAULT_PREFIX, Topics};
 
 use crate::store::Store;
 
 /// Node messages received but not yet handled by the inbox (a burst of a
 /// whole fleet's reports; beyond it the MQTT loop waits).
 const INCOMING_QUEUE: usize = 32_768;
-
-/// Default topic prefix.
-pub const DEFAULT_PREFIX: &str = "flotilla/v1";
 
 /// How the controller runs the channel.
 #[derive(Debug, Clone)]
@@ -60,36 +59,6 @@ pub struct FleetConfig {
     /// A connected node that sends no heartbeat for this long is treated
     /// as lost too.
     pub lease: Duration,
-}
-
-/// Topic names under a prefix.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    prefix: String,
-}
-
-impl Topics {
-    /// Topics under `prefix`.
-    pub fn new(prefix: &str) -> Self {
-        Topics { prefix: prefix.trim_end_matches('/').to_owned() }
-    }
-
-    /// `prefix/nodes/{id}/{leaf}`.
-    pub fn node(&self, node: &str, leaf: &str) -> String {
-        format!("{}/nodes/{node}/{leaf}", self.prefix)
-    }
-
-    /// What the controller subscribes to: every node's messages.
-    pub fn controller_filters(&self) -> Vec<String> {
-        MessageKind::FROM_NODE.iter().map(|kind| format!("{}/nodes/+/{}", self.prefix, kind.topic_leaf())).collect()
-    }
-
-    /// `(node id, leaf)` of a node topic, or `None` for anything else.
-    pub fn parse<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
-        let rest = topic.strip_prefix(self.prefix.as_str())?.strip_prefix("/nodes/")?;
-        let (node, leaf) = rest.split_once('/')?;
-        (!leaf.contains('/')).then_some((node, leaf))
-    }
 }
 
 /// The running control channel.
@@ -142,18 +111,4 @@ pub fn spawn(
     let inbox = inbox::spawn(inbox, incoming_rx)?;
     let publisher = tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
     Ok(Fleet { log_requests, tasks: vec![connection, publisher], inbox })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topics_parse_only_single_level_node_topics() {
-        let topics = Topics::new("flotilla/v1/");
-        assert_eq!(topics.node("edge-1", "desired"), "flotilla/v1/nodes/edge-1/desired");
-        assert_eq!(topics.parse("flotilla/v1/nodes/edge-1/status"), Some(("edge-1", "status")));
-        assert_eq!(topics.parse("flotilla/v1/nodes/edge-1/status/x"), None);
-        assert_eq!(topics.parse("other/v1/nodes/edge-1/status"), None);
-    }
 }

@@ -13,6 +13,7 @@ use std::path::Path;
 use anyhow::Context;
 use base64::Engine;
 use firmware_proto::MessageKind;
+use firmware_proto::mqtt::Topics;
 
 use super::credentials::{CONTROLLER_USER, Enrolment};
 
@@ -31,17 +32,20 @@ pub fn password_line(user: &str, password: &str) -> anyhow::Result<String> {
 /// The ACL file: the controller reads and writes the whole prefix, a node
 /// writes only its own message topics and reads only its own desired topic.
 pub fn acl(prefix: &str) -> String {
-    let prefix = prefix.trim_end_matches('/');
+    let topics = Topics::new(prefix);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# Written by `flotilla mosquitto-config`.\nuser {CONTROLLER_USER}\ntopic readwrite {prefix}/#\n"
+        "# Written by `flotilla mosquitto-config`.\nuser {CONTROLLER_USER}\ntopic readwrite {}/#\n",
+        topics.prefix()
     );
+    // `%u`: Mosquitto's placeholder for the client's user name, which is
+    // the node's name.
     for kind in MessageKind::FROM_NODE {
-        let _ = writeln!(out, "pattern write {prefix}/nodes/%u/{}", kind.topic_leaf());
+        let _ = writeln!(out, "pattern write {}", topics.node("%u", kind));
     }
     for kind in MessageKind::TO_NODE {
-        let _ = writeln!(out, "pattern read {prefix}/nodes/%u/{}", kind.topic_leaf());
+        let _ = writeln!(out, "pattern read {}", topics.node("%u", kind));
     }
     out
 }

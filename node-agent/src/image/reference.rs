@@ -3,6 +3,9 @@
 //! Only the registry and the repository matter to a pull: the bytes are
 //! chosen by the digest the controller pinned in the desired document, never
 //! by the tag, so a tag moved on the registry cannot change what runs.
+//!
+//! References are split as the controller splits them
+//! ([`firmware_proto::image`]); what this agent can pull from is checked here.
 
 /// Where an image lives: registry and repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,25 +39,17 @@ impl Reference {
         if text.starts_with("https://") {
             return Err(ReferenceError::Https(text.to_owned()));
         }
-        let without_digest = text.split_once('@').map_or(text, |(name, _)| name);
-        let (registry, path) = without_digest.split_once('/').ok_or_else(|| ReferenceError::Https(text.to_owned()))?;
-        // Docker's rule: the first component is a registry only if it looks
-        // like a host; otherwise the image is on Docker Hub (HTTPS).
-        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
-            return Err(ReferenceError::Https(text.to_owned()));
-        }
+        let parts = firmware_proto::image::split_reference(text);
+        // Docker's rule: without a first component that looks like a host,
+        // the image is on Docker Hub (HTTPS).
+        let registry = parts.registry.ok_or_else(|| ReferenceError::Https(text.to_owned()))?;
         let port = registry.rsplit_once(':').map(|(_, port)| port);
         match port {
             None | Some("443") => return Err(ReferenceError::Https(text.to_owned())),
             Some(port) if port.parse::<u16>().is_err() => return Err(malformed()),
             Some(_) => {}
         }
-        // A tag is after the last ':' of the last path component.
-        let last = path.rsplit('/').next().unwrap_or(path);
-        let repository = match last.rsplit_once(':') {
-            Some((_, tag)) => &path[..path.len() - tag.len() - 1],
-            None => path,
-        };
+        let repository = parts.repository;
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
         if repository.is_empty() || !repository.chars().all(valid) || repository.split('/').any(str::is_empty) {
             return Err(malformed());

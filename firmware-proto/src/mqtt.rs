@@ -1,0 +1,107 @@
+//! How frames travel over MQTT: the topic of every message kind and the
+//! broker URL a node is given at enrolment.
+//!
+//! ```text
+//! {prefix}/nodes/{node id}/{leaf}     leaf: MessageKind::topic_leaf
+//! ```
+//!
+//! A node id is a [`NodeId`](crate::NodeId): it can never add a topic level
+//! or a wildcard, so a topic names exactly one node and one kind.
+//! `Topics` (feature `alloc`) builds and reads these names.
+
+use core::fmt;
+
+#[cfg(feature = "alloc")]
+use alloc::{format, string::String, vec::Vec};
+
+#[cfg(feature = "alloc")]
+use crate::frame::MessageKind;
+
+/// The topic prefix unless one is configured.
+pub const DEFAULT_PREFIX: &str = "flotilla/v1";
+
+/// The broker port when a URL names none.
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+
+/// Topic names under a prefix: `{prefix}/nodes/{id}/{leaf}`, one leaf per
+/// [`MessageKind`] ([`MessageKind::topic_leaf`]).
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+#[cfg(feature = "alloc")]
+impl Topics {
+    /// Topics under `prefix` (trailing `/`s are ignored).
+    pub fn new(prefix: &str) -> Self {
+        Topics { prefix: String::from(prefix.trim_end_matches('/')) }
+    }
+
+    /// The prefix, without a trailing `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `prefix/nodes/{node}/{leaf of kind}`. `node` may also be a filter
+    /// or broker placeholder standing for any node (`+`, Mosquitto's `%u`).
+    pub fn node(&self, node: &str, kind: MessageKind) -> String {
+        format!("{}/nodes/{node}/{}", self.prefix, kind.topic_leaf())
+    }
+
+    /// What the controller subscribes to: every node's messages, one
+    /// filter per kind a node sends.
+    pub fn controller_filters(&self) -> Vec<String> {
+        MessageKind::FROM_NODE.iter().map(|kind| self.node("+", *kind)).collect()
+    }
+
+    /// `(node id, leaf)` of a node topic, or `None` for anything else.
+    pub fn parse<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic.strip_prefix(self.prefix.as_str())?.strip_prefix("/nodes/")?;
+        let (node, leaf) = rest.split_once('/')?;
+        (!leaf.contains('/')).then_some((node, leaf))
+    }
+}
+
+/// Why a broker URL is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MqttUrlError {
+    /// A scheme other than `mqtt://` or `tcp://` (TLS brokers are not
+    /// supported yet).
+    UnsupportedScheme,
+    /// The port is not a number from 0 to 65535.
+    BadPort,
+    /// Nothing before the port.
+    NoHost,
+}
+
+impl fmt::Display for MqttUrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MqttUrlError::UnsupportedScheme => "only mqtt:// (plain TCP) brokers are supported yet",
+            MqttUrlError::BadPort => "bad port",
+            MqttUrlError::NoHost => "no host",
+        })
+    }
+}
+
+impl core::error::Error for MqttUrlError {}
+
+/// `mqtt://host:port` (or `tcp://host:port`, or bare `host:port`; the port
+/// defaults to [`DEFAULT_MQTT_PORT`]) -> host and port.
+pub fn parse_mqtt_url(url: &str) -> Result<(&str, u16), MqttUrlError> {
+    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
+    if rest.contains("://") {
+        return Err(MqttUrlError::UnsupportedScheme);
+    }
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().map_err(|_| MqttUrlError::BadPort)?),
+        None => (rest, DEFAULT_MQTT_PORT),
+    };
+    if host.is_empty() {
+        return Err(MqttUrlError::NoHost);
+    }
+    Ok((host, port))
+}
