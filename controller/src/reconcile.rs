@@ -58,10 +58,16 @@ pub async fn run(store: Arc<dyn Store>) {
             }
         })
         .await;
-        tokio::time::sleep(took.clamp(Duration::from_millis(20), Duration::from_secs(1))).await;
+        tokio::time::sleep(took.clamp(Duration::from_millis(20), MAX_SETTLE)).await;
         while live.try_recv().is_ok() {}
     }
 }
+
+/// The longest a burst of changes is left to settle before the next pass:
+/// at 10,000 devices a pass takes about a second, and waiting that long
+/// again before placing a lost node's replicas was a second of every
+/// failover.
+const MAX_SETTLE: Duration = Duration::from_millis(250);
 
 /// How often a pass runs with no change to trigger it (level triggering:
 /// nothing depends on having seen a particular event).

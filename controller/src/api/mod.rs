@@ -307,22 +307,37 @@ pub struct ObjectList<T = ApiObject> {
     pub items: Vec<T>,
 }
 
-/// An [`ObjectList`] as JSON, from each object's own serialised form: the
-/// pods of a large fleet are joined, not walked again for every list.
-fn list_json(resource_version: u64, items: &[Arc<ApiObject>]) -> Vec<u8> {
+/// An [`ObjectList`] as JSON, from each object's own serialised form (the
+/// pods of a large fleet are joined, not walked again for every list), in
+/// chunks of about [`LIST_CHUNK`] bytes as the client reads them: a list
+/// of 50,000 pods is never one 50 MB buffer.
+fn list_json(resource_version: u64, items: Vec<Arc<ApiObject>>) -> impl Iterator<Item = bytes::Bytes> {
     let head = format!(r#"{{"kind":"List","resourceVersion":"{resource_version}","items":["#);
-    let size = head.len() + items.iter().map(|o| o.json().len() + 1).sum::<usize>() + 2;
-    let mut body = Vec::with_capacity(size);
-    body.extend_from_slice(head.as_bytes());
-    for (i, object) in items.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
+    let mut next = 0;
+    let mut head = Some(head.into_bytes());
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-        body.extend_from_slice(object.json());
-    }
-    body.extend_from_slice(b"]}");
-    body
+        let mut chunk = head.take().unwrap_or_default();
+        while chunk.len() < LIST_CHUNK && next < items.len() {
+            if next > 0 {
+                chunk.push(b',');
+            }
+            chunk.extend_from_slice(items[next].json());
+            next += 1;
+        }
+        if next == items.len() {
+            chunk.extend_from_slice(b"]}");
+            done = true;
+        }
+        Some(bytes::Bytes::from(chunk))
+    })
 }
+
+/// About how many bytes of a list go out at a time.
+const LIST_CHUNK: usize = 256 << 10;
 
 async fn list_all(
     State(state): State<Shared>,
@@ -359,7 +374,8 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
     // large fleet copies nothing.
     let items: Vec<Arc<ApiObject>> =
         listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
-    let body = blocking(move || list_json(listing.resource_version, &items)).await?;
+    let chunks = list_json(listing.resource_version, items).map(Ok::<_, std::convert::Infallible>);
+    let body = Body::from_stream(futures_util::stream::iter(chunks));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
