@@ -136,10 +136,9 @@ pub fn run(args: FootprintArgs) -> anyhow::Result<()> {
         replica.read_only_rootfs = false;
         replica.restart_policy = RestartPolicy::Always;
     }
-    let frame = firmware_proto::encode_desired_frame_to_vec(&document.as_state(), |bytes| {
-        Bytes(signing.sign(bytes).to_bytes())
-    })
-    .map_err(|e| anyhow::anyhow!("encoding the desired document: {e:?}"))?;
+    let frame =
+        firmware_proto::encode_signed_to_vec(&document.as_state(), |bytes| Bytes(signing.sign(bytes).to_bytes()))
+            .map_err(|e| anyhow::anyhow!("encoding the desired document: {e:?}"))?;
     let desired_file = dir.path().join("desired.bin");
     std::fs::write(&desired_file, frame)?;
 

@@ -20,7 +20,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("{}", json!({"message": "event_oom", "bytes": node(NodeMessage::Event(samples::event()))?}));
     for replicas in [1, 4, 16] {
         let document = samples::desired(replicas);
-        let bytes = firmware_proto::encode_desired_frame_to_vec(&document.as_state(), |_| Signature::default())?.len();
+        let bytes = firmware_proto::encode_signed_to_vec(&document.as_state(), |_| Signature::default())?.len();
         println!("{}", json!({"message": "desired", "replicas": replicas, "bytes": bytes}));
     }
     Ok(())

@@ -315,10 +315,10 @@ impl Bench {
 
     fn run_flotilla(&mut self, token: &str, command: &[String]) -> anyhow::Result<(Duration, Phases)> {
         // What the controller sends, encoded before the clock starts.
-        let frame = firmware_proto::encode_desired_frame_to_vec(
-            &desired_document(&self.node, token, command)?.as_state(),
-            |_| Bytes(DUMMY_SIGNATURE),
-        )?;
+        let frame =
+            firmware_proto::encode_signed_to_vec(&desired_document(&self.node, token, command)?.as_state(), |_| {
+                Bytes(DUMMY_SIGNATURE)
+            })?;
 
         let t0 = Instant::now();
         let decoded = firmware_proto::decode_desired_frame(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;

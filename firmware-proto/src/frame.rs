@@ -5,6 +5,13 @@
 //! controller frame: [version][kind][body ...][signature: 64 bytes]
 //! ```
 //!
+//! Every message type names its kind through [`Message::KIND`], and one
+//! generic function per envelope encodes it: [`encode_node`] (seq + MAC)
+//! and [`encode_signed`] (signature); [`decode_signed`] decodes an owned
+//! controller message. [`decode_node_frame`] decodes whichever node message
+//! a frame holds into a [`NodeMessage`], and [`decode_desired_frame`] the
+//! desired document, whose lists stay borrowed ([`DesiredView`]).
+//!
 //! The authenticator (MAC or signature) covers every byte before it, so the
 //! version, kind, body and sequence number are all protected. Computing and
 //! checking it is left to the caller through closures and
@@ -104,6 +111,65 @@ impl fmt::Display for MessageKind {
     }
 }
 
+/// A message that travels in a frame of its own kind. The generic encoders
+/// and decoders take any `Message`; [`MessageKind::is_from_node`] of its
+/// kind says which envelope it travels in.
+///
+/// Adding a message: its type (in [`crate::msg`]), a [`MessageKind`] (byte,
+/// topic leaf, [`MessageKind::FROM_NODE`] or [`MessageKind::TO_NODE`]) and
+/// an impl below; a node message also gets a [`NodeMessage`] variant so the
+/// controller can decode it.
+pub trait Message: Serialize {
+    /// Byte 1 of its frames, and so its topic leaf.
+    const KIND: MessageKind;
+
+    /// Rules the types cannot express. The encoders check them, so what
+    /// encodes decodes, and the decoders check them again. None by default.
+    fn validate(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+impl Message for Hello {
+    const KIND: MessageKind = MessageKind::Hello;
+}
+
+impl Message for Presence {
+    const KIND: MessageKind = MessageKind::Online;
+}
+
+impl Message for Status {
+    const KIND: MessageKind = MessageKind::Status;
+
+    fn validate(&self) -> Result<(), &'static str> {
+        Status::validate(self)
+    }
+}
+
+impl Message for Event {
+    const KIND: MessageKind = MessageKind::Event;
+}
+
+impl Message for LogChunk {
+    const KIND: MessageKind = MessageKind::Logs;
+}
+
+impl Message for DesiredState<'_> {
+    const KIND: MessageKind = MessageKind::Desired;
+
+    fn validate(&self) -> Result<(), &'static str> {
+        DesiredState::validate(self)
+    }
+}
+
+impl Message for LogRequest {
+    const KIND: MessageKind = MessageKind::LogRequest;
+}
+
+impl Message for ServiceTable {
+    const KIND: MessageKind = MessageKind::Services;
+}
+
 /// A message a node sends.
 ///
 /// `Hello` makes this ~7 KB whatever the variant; boxing it would need an
@@ -127,11 +193,11 @@ impl NodeMessage {
     /// The frame kind of this message.
     pub const fn kind(&self) -> MessageKind {
         match self {
-            NodeMessage::Hello(_) => MessageKind::Hello,
-            NodeMessage::Online(_) => MessageKind::Online,
-            NodeMessage::Status(_) => MessageKind::Status,
-            NodeMessage::Event(_) => MessageKind::Event,
-            NodeMessage::Logs(_) => MessageKind::Logs,
+            NodeMessage::Hello(_) => Hello::KIND,
+            NodeMessage::Online(_) => Presence::KIND,
+            NodeMessage::Status(_) => Status::KIND,
+            NodeMessage::Event(_) => Event::KIND,
+            NodeMessage::Logs(_) => LogChunk::KIND,
         }
     }
 }
@@ -356,27 +422,20 @@ pub fn peek_kind(bytes: &[u8]) -> Result<MessageKind, DecodeError> {
     MessageKind::from_byte(kind).ok_or(DecodeError::UnknownKind { found: kind })
 }
 
-/// Encodes a node message with its sequence number; `mac` computes the tag
-/// over the bytes it is given (every byte before the tag).
-pub fn encode_node_frame<'b>(
-    message: &NodeMessage,
+/// Encodes a message a node sends (its kind is in [`MessageKind::FROM_NODE`])
+/// with its sequence number; `mac` computes the tag over the bytes it is
+/// given (every byte before the tag).
+pub fn encode_node<'b, M: Message>(
+    message: &M,
     seq: u64,
     mac: impl FnOnce(&[u8]) -> MacTag,
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], EncodeError> {
+    const { assert!(M::KIND.is_from_node(), "a controller message goes in a signed frame: use encode_signed") };
+    message.validate().map_err(|reason| EncodeError::Invalid { reason })?;
     let buf = limit(buf);
-    let kind = message.kind();
-    let mut len = write_header(kind, buf)?;
-    len += match message {
-        NodeMessage::Hello(m) => write_body(m, &mut buf[len..])?,
-        NodeMessage::Online(m) => write_body(m, &mut buf[len..])?,
-        NodeMessage::Status(m) => {
-            m.validate().map_err(|reason| EncodeError::Invalid { reason })?;
-            write_body(m, &mut buf[len..])?
-        }
-        NodeMessage::Event(m) => write_body(m, &mut buf[len..])?,
-        NodeMessage::Logs(m) => write_body(m, &mut buf[len..])?,
-    };
+    let mut len = write_header(M::KIND, buf)?;
+    len += write_body(message, &mut buf[len..])?;
     len += write_body(&seq, &mut buf[len..])?;
     let tag = mac(&buf[..len]);
     let end = len + MAC_LEN;
@@ -384,57 +443,35 @@ pub fn encode_node_frame<'b>(
     Ok(&mut buf[..end])
 }
 
-/// Encodes a desired-state document; `sign` computes the signature over the
-/// bytes it is given (every byte before the signature).
-pub fn encode_desired_frame<'b>(
-    document: &DesiredState<'_>,
+/// [`encode_node`] for whichever message a [`NodeMessage`] holds (e.g. one
+/// decoded by [`decode_node_frame`]).
+pub fn encode_node_frame<'b>(
+    message: &NodeMessage,
+    seq: u64,
+    mac: impl FnOnce(&[u8]) -> MacTag,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], EncodeError> {
+    match message {
+        NodeMessage::Hello(m) => encode_node(m, seq, mac, buf),
+        NodeMessage::Online(m) => encode_node(m, seq, mac, buf),
+        NodeMessage::Status(m) => encode_node(m, seq, mac, buf),
+        NodeMessage::Event(m) => encode_node(m, seq, mac, buf),
+        NodeMessage::Logs(m) => encode_node(m, seq, mac, buf),
+    }
+}
+
+/// Encodes a message the controller sends (its kind is in
+/// [`MessageKind::TO_NODE`]); `sign` computes the signature over the bytes
+/// it is given (every byte before the signature).
+pub fn encode_signed<'b, M: Message>(
+    message: &M,
     sign: impl FnOnce(&[u8]) -> Signature,
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], EncodeError> {
-    document.validate().map_err(|reason| EncodeError::Invalid { reason })?;
-    encode_signed(MessageKind::Desired, document, sign, buf)
-}
-
-/// Encodes a log request; `sign` computes the signature over the bytes it
-/// is given (every byte before the signature).
-pub fn encode_log_request_frame<'b>(
-    request: &LogRequest,
-    sign: impl FnOnce(&[u8]) -> Signature,
-    buf: &'b mut [u8],
-) -> Result<&'b mut [u8], EncodeError> {
-    encode_signed(MessageKind::LogRequest, request, sign, buf)
-}
-
-/// Decodes a log request the controller sent. The signature is returned
-/// with the bytes it covers; check it before answering.
-pub fn decode_log_request_frame(bytes: &[u8]) -> Result<Decoded<'_, (LogRequest, Signature)>, DecodeError> {
-    decode_signed(MessageKind::LogRequest, bytes)
-}
-
-/// Encodes a node's service table; `sign` as for [`encode_log_request_frame`].
-pub fn encode_services_frame<'b>(
-    table: &ServiceTable,
-    sign: impl FnOnce(&[u8]) -> Signature,
-    buf: &'b mut [u8],
-) -> Result<&'b mut [u8], EncodeError> {
-    encode_signed(MessageKind::Services, table, sign, buf)
-}
-
-/// Decodes a service table the controller sent; check the signature before
-/// using it.
-pub fn decode_services_frame(bytes: &[u8]) -> Result<Decoded<'_, (ServiceTable, Signature)>, DecodeError> {
-    decode_signed(MessageKind::Services, bytes)
-}
-
-/// A signed controller frame: header, body, signature.
-fn encode_signed<'b, T: Serialize>(
-    kind: MessageKind,
-    message: &T,
-    sign: impl FnOnce(&[u8]) -> Signature,
-    buf: &'b mut [u8],
-) -> Result<&'b mut [u8], EncodeError> {
+    const { assert!(!M::KIND.is_from_node(), "a node message goes in a MAC'd frame: use encode_node") };
+    message.validate().map_err(|reason| EncodeError::Invalid { reason })?;
     let buf = limit(buf);
-    let mut len = write_header(kind, buf)?;
+    let mut len = write_header(M::KIND, buf)?;
     len += write_body(message, &mut buf[len..])?;
     let signature = sign(&buf[..len]);
     let end = len + SIGNATURE_LEN;
@@ -442,16 +479,19 @@ fn encode_signed<'b, T: Serialize>(
     Ok(&mut buf[..end])
 }
 
-fn decode_signed<T: DeserializeOwned>(
-    kind: MessageKind,
-    bytes: &[u8],
-) -> Result<Decoded<'_, (T, Signature)>, DecodeError> {
+/// Decodes a message the controller sent (a log request, a service table;
+/// the desired document has [`decode_desired_frame`]), refusing a frame of
+/// any other kind. The signature is returned with the bytes it covers;
+/// check it before using the message.
+pub fn decode_signed<M: Message + DeserializeOwned>(bytes: &[u8]) -> Result<Decoded<'_, (M, Signature)>, DecodeError> {
+    const { assert!(!M::KIND.is_from_node(), "a node message comes in a MAC'd frame: use decode_node_frame") };
+    let kind = M::KIND;
     let found = peek_kind(bytes)?;
     if found != kind {
         return Err(DecodeError::UnexpectedKind { found });
     }
     let (authenticated, sig) = split_authenticator(bytes, kind, SIGNATURE_LEN)?;
-    let (message, rest) = read_body::<T>(kind, &authenticated[HEADER_LEN..])?;
+    let (message, rest) = read_message::<M>(&authenticated[HEADER_LEN..])?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes { kind, count: rest.len() });
     }
@@ -469,15 +509,11 @@ pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeE
     let (authenticated, mac) = split_authenticator(bytes, kind, MAC_LEN)?;
     let body = &authenticated[HEADER_LEN..];
     let (message, rest) = match kind {
-        MessageKind::Hello => read_body(kind, body).map(|(m, r)| (NodeMessage::Hello(m), r))?,
-        MessageKind::Online => read_body(kind, body).map(|(m, r)| (NodeMessage::Online(m), r))?,
-        MessageKind::Status => {
-            let (status, rest) = read_body::<Status>(kind, body)?;
-            status.validate().map_err(|reason| DecodeError::Invalid { kind, reason })?;
-            (NodeMessage::Status(status), rest)
-        }
-        MessageKind::Event => read_body(kind, body).map(|(m, r)| (NodeMessage::Event(m), r))?,
-        MessageKind::Logs => read_body(kind, body).map(|(m, r)| (NodeMessage::Logs(m), r))?,
+        MessageKind::Hello => read_message(body).map(|(m, r)| (NodeMessage::Hello(m), r))?,
+        MessageKind::Online => read_message(body).map(|(m, r)| (NodeMessage::Online(m), r))?,
+        MessageKind::Status => read_message(body).map(|(m, r)| (NodeMessage::Status(m), r))?,
+        MessageKind::Event => read_message(body).map(|(m, r)| (NodeMessage::Event(m), r))?,
+        MessageKind::Logs => read_message(body).map(|(m, r)| (NodeMessage::Logs(m), r))?,
         MessageKind::Desired | MessageKind::LogRequest | MessageKind::Services => {
             return Err(DecodeError::UnexpectedKind { found: kind });
         }
@@ -568,6 +604,13 @@ fn write_body<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<usize,
     })
 }
 
+/// Reads one message body and checks its [`Message::validate`] rules.
+fn read_message<M: Message + DeserializeOwned>(bytes: &[u8]) -> Result<(M, &[u8]), DecodeError> {
+    let (message, rest) = read_body::<M>(M::KIND, bytes)?;
+    message.validate().map_err(|reason| DecodeError::Invalid { kind: M::KIND, reason })?;
+    Ok((message, rest))
+}
+
 fn read_body<T: DeserializeOwned>(kind: MessageKind, bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
     postcard::take_from_bytes(bytes).map_err(|err| {
         let detail = match err {
@@ -606,6 +649,15 @@ mod with_alloc {
         Ok(buf)
     }
 
+    /// [`encode_node`] into a fresh `Vec`.
+    pub fn encode_node_to_vec<M: Message>(
+        message: &M,
+        seq: u64,
+        mac: impl FnOnce(&[u8]) -> MacTag,
+    ) -> Result<Vec<u8>, EncodeError> {
+        into_vec(|buf| encode_node(message, seq, mac, buf))
+    }
+
     /// [`encode_node_frame`] into a fresh `Vec`.
     pub fn encode_node_frame_to_vec(
         message: &NodeMessage,
@@ -615,33 +667,14 @@ mod with_alloc {
         into_vec(|buf| encode_node_frame(message, seq, mac, buf))
     }
 
-    /// [`encode_log_request_frame`] into a fresh `Vec`.
-    pub fn encode_log_request_frame_to_vec(
-        request: &LogRequest,
+    /// [`encode_signed`] into a fresh `Vec`.
+    pub fn encode_signed_to_vec<M: Message>(
+        message: &M,
         sign: impl FnOnce(&[u8]) -> Signature,
     ) -> Result<Vec<u8>, EncodeError> {
-        into_vec(|buf| encode_log_request_frame(request, sign, buf))
-    }
-
-    /// [`encode_services_frame`] into a fresh `Vec`.
-    pub fn encode_services_frame_to_vec(
-        table: &ServiceTable,
-        sign: impl FnOnce(&[u8]) -> Signature,
-    ) -> Result<Vec<u8>, EncodeError> {
-        into_vec(|buf| encode_services_frame(table, sign, buf))
-    }
-
-    /// [`encode_desired_frame`] into a fresh `Vec`.
-    pub fn encode_desired_frame_to_vec(
-        document: &DesiredState<'_>,
-        sign: impl FnOnce(&[u8]) -> Signature,
-    ) -> Result<Vec<u8>, EncodeError> {
-        into_vec(|buf| encode_desired_frame(document, sign, buf))
+        into_vec(|buf| encode_signed(message, sign, buf))
     }
 }
 
 #[cfg(feature = "alloc")]
-pub use with_alloc::{
-    encode_desired_frame_to_vec, encode_log_request_frame_to_vec, encode_node_frame_to_vec,
-    encode_services_frame_to_vec,
-};
+pub use with_alloc::{encode_node_frame_to_vec, encode_node_to_vec, encode_signed_to_vec};

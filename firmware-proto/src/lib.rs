@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`msg`]: every message and its bounded fields (capacities are `pub const`s).
-//! - [`frame`]: the envelope (version, kind, body, authenticator) and the
+//! - [`frame`]: the envelope (version, kind, body, authenticator), the
+//!   [`Message`] trait that ties each message type to its kind, and the
 //!   only encode and decode functions.
 //! - [`bounded`]: identifiers, packed string lists and fixed byte arrays
 //!   that cap every field at compile time.
@@ -35,14 +36,10 @@ pub mod wire_format {}
 
 pub use bounded::{ByteList, Bytes, CapacityError, Name, NameError, TextList};
 pub use frame::{
-    DecodeError, Decoded, DesiredView, EncodeError, Items, MAC_LEN, MAX_FRAME_LEN, MessageKind, NodeFrame, NodeMessage,
-    PROTOCOL_VERSION, SIGNATURE_LEN, decode_desired_frame, decode_log_request_frame, decode_node_frame,
-    decode_services_frame, encode_desired_frame, encode_log_request_frame, encode_node_frame, encode_services_frame,
-    peek_kind,
+    DecodeError, Decoded, DesiredView, EncodeError, Items, MAC_LEN, MAX_FRAME_LEN, Message, MessageKind, NodeFrame,
+    NodeMessage, PROTOCOL_VERSION, SIGNATURE_LEN, decode_desired_frame, decode_node_frame, decode_signed, encode_node,
+    encode_node_frame, encode_signed, peek_kind,
 };
 #[cfg(feature = "alloc")]
-pub use frame::{
-    encode_desired_frame_to_vec, encode_log_request_frame_to_vec, encode_node_frame_to_vec,
-    encode_services_frame_to_vec,
-};
+pub use frame::{encode_node_frame_to_vec, encode_node_to_vec, encode_signed_to_vec};
 pub use msg::*;

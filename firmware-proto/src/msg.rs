@@ -700,7 +700,7 @@ pub struct DesiredDocument {
 
 #[cfg(feature = "alloc")]
 impl DesiredDocument {
-    /// The borrowed form that [`crate::encode_desired_frame`] takes.
+    /// The borrowed form that [`crate::encode_signed`] takes.
     pub fn as_state(&self) -> DesiredState<'_> {
         DesiredState {
             node_id: &self.node_id,

@@ -31,7 +31,7 @@ fn unknown_version_and_kind_are_named() {
 
 #[test]
 fn a_frame_in_the_wrong_direction_is_refused() {
-    let desired = encode_desired_frame_to_vec(&samples::desired(1).as_state(), |_| Signature::default()).unwrap();
+    let desired = encode_signed_to_vec(&samples::desired(1).as_state(), |_| Signature::default()).unwrap();
     assert_eq!(decode_node_frame(&desired), Err(DecodeError::UnexpectedKind { found: MessageKind::Desired }));
     assert_eq!(decode_desired_frame(&online_frame()), Err(DecodeError::UnexpectedKind { found: MessageKind::Online }));
 }
@@ -100,7 +100,7 @@ fn duplicate_replicas_in_a_desired_document_are_invalid() {
     let mut document = samples::desired(2);
     document.replicas[1].id = document.replicas[0].id.clone();
     assert_eq!(
-        encode_desired_frame_to_vec(&document.as_state(), |_| Signature::default()),
+        encode_signed_to_vec(&document.as_state(), |_| Signature::default()),
         Err(EncodeError::Invalid { reason: "two replicas share an id" })
     );
 }
@@ -110,7 +110,7 @@ fn a_volume_pointing_past_the_config_list_is_invalid_on_both_sides() {
     let mut document = samples::desired(1);
     document.config.clear();
     assert!(matches!(
-        encode_desired_frame_to_vec(&document.as_state(), |_| Signature::default()),
+        encode_signed_to_vec(&document.as_state(), |_| Signature::default()),
         Err(EncodeError::Invalid { .. })
     ));
     // Forge the same document past the encoder's checks: postcard

@@ -94,10 +94,10 @@ fn service_table() {
     );
     let table = samples::service_table();
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    let encoded = encode_services_frame(&table, |_| SIGNATURE, &mut buf).unwrap();
+    let encoded = encode_signed(&table, |_| SIGNATURE, &mut buf).unwrap();
     assert_eq!(hex(encoded), golden, "encoding of the service table changed");
     let bytes = unhex(golden);
-    let decoded = decode_services_frame(&bytes).unwrap();
+    let decoded = decode_signed::<ServiceTable>(&bytes).unwrap();
     assert_eq!(decoded.frame, (table, SIGNATURE));
 }
 
@@ -110,10 +110,10 @@ fn log_request() {
     );
     let request = samples::log_request();
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    let encoded = encode_log_request_frame(&request, |_| SIGNATURE, &mut buf).unwrap();
+    let encoded = encode_signed(&request, |_| SIGNATURE, &mut buf).unwrap();
     assert_eq!(hex(encoded), golden, "encoding of the log request changed");
     let bytes = unhex(golden);
-    let decoded = decode_log_request_frame(&bytes).unwrap();
+    let decoded = decode_signed::<LogRequest>(&bytes).unwrap();
     assert_eq!(decoded.frame, (request, SIGNATURE));
     assert_eq!(decoded.authenticated, &bytes[..bytes.len() - SIGNATURE_LEN]);
 }
@@ -132,7 +132,7 @@ fn desired_document_with_one_replica() {
     );
     let document = samples::desired(1);
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    let encoded = encode_desired_frame(&document.as_state(), |_| SIGNATURE, &mut buf).unwrap();
+    let encoded = encode_signed(&document.as_state(), |_| SIGNATURE, &mut buf).unwrap();
     assert_eq!(hex(encoded), golden, "encoding of the desired document changed");
     let bytes = unhex(golden);
     let decoded = decode_desired_frame(&bytes).unwrap();

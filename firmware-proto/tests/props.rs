@@ -435,7 +435,7 @@ proptest! {
     #[test]
     fn desired_documents_round_trip(document in desired(), signature in any::<[u8; 32]>()) {
         let signature = Bytes([signature, signature].concat().try_into().unwrap());
-        let bytes = encode_desired_frame_to_vec(&document.as_state(), |_| signature).unwrap();
+        let bytes = encode_signed_to_vec(&document.as_state(), |_| signature).unwrap();
         let decoded = decode_desired_frame(&bytes).unwrap();
         prop_assert_eq!(decoded.authenticated, &bytes[..bytes.len() - SIGNATURE_LEN]);
         prop_assert_eq!(decoded.frame.signature, signature);
@@ -446,8 +446,8 @@ proptest! {
     #[test]
     fn log_requests_round_trip(request in log_request(), signature in any::<[u8; 32]>()) {
         let signature = Bytes([signature, signature].concat().try_into().unwrap());
-        let bytes = encode_log_request_frame_to_vec(&request, |_| signature).unwrap();
-        let decoded = decode_log_request_frame(&bytes).unwrap();
+        let bytes = encode_signed_to_vec(&request, |_| signature).unwrap();
+        let decoded = decode_signed::<LogRequest>(&bytes).unwrap();
         prop_assert_eq!(decoded.authenticated, &bytes[..bytes.len() - SIGNATURE_LEN]);
         prop_assert_eq!(decoded.frame, (request, signature));
     }
@@ -455,9 +455,9 @@ proptest! {
     #[test]
     fn service_tables_round_trip(table in service_table(), signature in any::<[u8; 32]>()) {
         let signature = Bytes([signature, signature].concat().try_into().unwrap());
-        let bytes = encode_services_frame_to_vec(&table, |_| signature).unwrap();
+        let bytes = encode_signed_to_vec(&table, |_| signature).unwrap();
         prop_assert!(bytes.len() <= MAX_FRAME_LEN);
-        prop_assert_eq!(decode_services_frame(&bytes).unwrap().frame, (table, signature));
+        prop_assert_eq!(decode_signed::<ServiceTable>(&bytes).unwrap().frame, (table, signature));
     }
 
     /// The authenticator covers exactly what was handed to the MAC closure
@@ -487,13 +487,13 @@ fn decode_everything(bytes: &[u8]) {
         let _ = desired.frame.replicas().count();
         let _ = desired.frame.config().count();
     }
-    if let Ok(table) = decode_services_frame(bytes) {
-        let again = encode_services_frame_to_vec(&table.frame.0, |_| table.frame.1).unwrap();
-        assert_eq!(decode_services_frame(&again).unwrap().frame, table.frame);
+    if let Ok(table) = decode_signed::<ServiceTable>(bytes) {
+        let again = encode_signed_to_vec(&table.frame.0, |_| table.frame.1).unwrap();
+        assert_eq!(decode_signed::<ServiceTable>(&again).unwrap().frame, table.frame);
     }
-    if let Ok(request) = decode_log_request_frame(bytes) {
-        let again = encode_log_request_frame_to_vec(&request.frame.0, |_| request.frame.1).unwrap();
-        assert_eq!(decode_log_request_frame(&again).unwrap().frame, request.frame);
+    if let Ok(request) = decode_signed::<LogRequest>(bytes) {
+        let again = encode_signed_to_vec(&request.frame.0, |_| request.frame.1).unwrap();
+        assert_eq!(decode_signed::<LogRequest>(&again).unwrap().frame, request.frame);
     }
 }
 
@@ -569,7 +569,7 @@ proptest! {
 
     #[test]
     fn mutated_desired_frames_never_panic(document in desired(), mutations in prop::collection::vec(mutation(), 1..4)) {
-        let bytes = encode_desired_frame_to_vec(&document.as_state(), |_| Signature::default()).unwrap();
+        let bytes = encode_signed_to_vec(&document.as_state(), |_| Signature::default()).unwrap();
         decode_everything(&mutate(bytes, &mutations));
     }
 }

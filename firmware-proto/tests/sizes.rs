@@ -1,7 +1,7 @@
 //! Encoded sizes of the messages that cross paid links, printed so a change
 //! in size is seen, and held to the heartbeat budget.
 
-use firmware_proto::{MAX_FRAME_LEN, MacTag, NodeMessage, Signature, encode_desired_frame, encode_node_frame, samples};
+use firmware_proto::{MAX_FRAME_LEN, MacTag, NodeMessage, Signature, encode_node_frame, encode_signed, samples};
 
 fn node_frame_len(message: NodeMessage) -> usize {
     let mut buf = [0u8; MAX_FRAME_LEN];
@@ -30,9 +30,8 @@ fn other_message_sizes_are_printed() {
     println!("event (OOM): {} bytes", node_frame_len(NodeMessage::Event(samples::event())));
     for replicas in [1, 4, 16] {
         let mut buf = vec![0u8; MAX_FRAME_LEN];
-        let len = encode_desired_frame(&samples::desired(replicas).as_state(), |_| Signature::default(), &mut buf)
-            .unwrap()
-            .len();
+        let len =
+            encode_signed(&samples::desired(replicas).as_state(), |_| Signature::default(), &mut buf).unwrap().len();
         println!("desired document with {replicas:>2} replicas: {len} bytes");
     }
     println!(

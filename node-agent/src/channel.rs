@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use firmware_proto::mac::node_mac;
 use firmware_proto::mqtt::parse_mqtt_url;
-use firmware_proto::{MessageKind, NodeMessage, Presence, encode_node_frame_to_vec};
+use firmware_proto::{Message, MessageKind, Presence, encode_node_to_vec, peek_kind};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
 use crate::enrolment::Enrolment;
@@ -51,8 +51,8 @@ struct Signer {
 }
 
 impl Signer {
-    fn seal(&self, message: &NodeMessage, seq: u64) -> Option<Vec<u8>> {
-        let frame = encode_node_frame_to_vec(message, seq, |bytes| node_mac(&self.key, bytes));
+    fn seal<M: Message>(&self, message: &M, seq: u64) -> Option<Vec<u8>> {
+        let frame = encode_node_to_vec(message, seq, |bytes| node_mac(&self.key, bytes));
         match frame {
             Ok(frame) => Some(frame),
             Err(e) => {
@@ -94,6 +94,22 @@ struct Topics {
 impl Topics {
     fn leaf(&self, kind: MessageKind) -> String {
         self.scheme.node(&self.node, kind)
+    }
+
+    /// The kind of a frame received on `topic`, read from the frame's own
+    /// header: only a kind sent to nodes, and only on this node's topic for
+    /// that kind. Anything else (garbage, a node's message, a frame on
+    /// another kind's topic) is hostile or misrouted and refused here,
+    /// before a handler sees it.
+    fn received(&self, topic: &str, frame: &[u8]) -> Result<MessageKind, String> {
+        let kind = peek_kind(frame).map_err(|e| format!("not a frame: {e}"))?;
+        if kind.is_from_node() {
+            return Err(format!("a {kind} message is one nodes send, not receive"));
+        }
+        if topic != self.leaf(kind) {
+            return Err(format!("a {kind} message on a topic that is not this node's {kind} topic"));
+        }
+        Ok(kind)
     }
 }
 
@@ -196,21 +212,27 @@ impl Channel {
                         wake.notify_one();
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if publish.topic == topics.leaf(MessageKind::Desired) {
-                            answered.store(connection << 1 | 1, Ordering::Release);
-                            deliver(&desired_tx, publish.payload.to_vec());
-                            wake.notify_one();
-                        } else if publish.topic == topics.leaf(MessageKind::Services) {
-                            if let Err(reason) = services.apply(&publish.payload) {
-                                tracing::warn!(reason, "service table refused");
+                        // Dispatched on the kind in the frame's header,
+                        // which must match the topic it came on.
+                        match topics.received(&publish.topic, &publish.payload) {
+                            Ok(MessageKind::Desired) => {
+                                answered.store(connection << 1 | 1, Ordering::Release);
+                                deliver(&desired_tx, publish.payload.to_vec());
+                                wake.notify_one();
                             }
-                        } else if publish.topic == topics.leaf(MessageKind::LogRequest) {
-                            answer_logs(&logs, &publish.payload, &client, &signer, &topics);
-                        } else {
-                            tracing::warn!(
-                                topic = publish.topic,
-                                "message on a topic this node did not ask for; ignored"
-                            );
+                            Ok(MessageKind::Services) => {
+                                if let Err(reason) = services.apply(&publish.payload) {
+                                    tracing::warn!(reason, "service table refused");
+                                }
+                            }
+                            Ok(MessageKind::LogRequest) => {
+                                answer_logs(&logs, &publish.payload, &client, &signer, &topics);
+                            }
+                            Ok(kind) => tracing::warn!(%kind, "no handler for this kind of message; ignored"),
+                            Err(reason) => {
+                                let bytes = publish.payload.len();
+                                tracing::warn!(topic = publish.topic, bytes, reason, "message refused");
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -279,22 +301,19 @@ impl Channel {
     /// Sends a heartbeat. QoS 0: it carries full state and the next one
     /// replaces a lost one, so it costs no PUBACK on a paid link.
     pub fn send_status(&self, status: firmware_proto::Status) {
-        let message = NodeMessage::Status(status);
-        if let Some(frame) = self.signer.seal(&message, self.signer.next_seq()) {
-            self.publish(message.kind(), QoS::AtMostOnce, false, frame);
-        }
+        self.send(&status, QoS::AtMostOnce);
     }
 
     /// Sends an event (QoS 1).
     pub fn send_event(&self, event: firmware_proto::Event) {
-        let message = NodeMessage::Event(event);
-        if let Some(frame) = self.signer.seal(&message, self.signer.next_seq()) {
-            self.publish(message.kind(), QoS::AtLeastOnce, false, frame);
-        }
+        self.send(&event, QoS::AtLeastOnce);
     }
 
-    fn publish(&self, kind: MessageKind, qos: QoS, retain: bool, frame: Vec<u8>) {
-        if let Err(e) = self.client.try_publish(self.topics.leaf(kind), qos, retain, frame) {
+    /// Seals a message and publishes it (not retained) on its kind's topic.
+    fn send<M: Message>(&self, message: &M, qos: QoS) {
+        let Some(frame) = self.signer.seal(message, self.signer.next_seq()) else { return };
+        let kind = M::KIND;
+        if let Err(e) = self.client.try_publish(self.topics.leaf(kind), qos, false, frame) {
             tracing::debug!(leaf = %kind, error = %e, "not sent (channel down or busy); full state is resent on reconnect");
         }
     }
@@ -317,10 +336,10 @@ fn answer_logs(logs: &LogService, frame: &[u8], client: &AsyncClient, signer: &A
             return;
         }
     };
-    let (client, signer, topic) = (client.clone(), signer.clone(), topics.leaf(MessageKind::Logs));
+    let (client, signer, topic) = (client.clone(), signer.clone(), topics.leaf(firmware_proto::LogChunk::KIND));
     tokio::spawn(async move {
         for chunk in chunks {
-            let Some(frame) = signer.seal(&NodeMessage::Logs(chunk), signer.next_seq()) else { return };
+            let Some(frame) = signer.seal(&chunk, signer.next_seq()) else { return };
             if let Err(e) = client.publish(topic.as_str(), QoS::AtLeastOnce, false, frame).await {
                 tracing::debug!(error = %e, "log answer cut short: the channel closed");
                 return;
@@ -351,11 +370,11 @@ fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mu
 /// Publishes registration and presence (retained).
 fn announce(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
     let hello = hello.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(frame) = hello.and_then(|h| signer.seal(&NodeMessage::Hello(h), signer.next_seq())) {
-        let _ = client.try_publish(topics.leaf(MessageKind::Hello), QoS::AtLeastOnce, true, frame);
+    if let Some(frame) = hello.and_then(|h| signer.seal(&h, signer.next_seq())) {
+        let _ = client.try_publish(topics.leaf(firmware_proto::Hello::KIND), QoS::AtLeastOnce, true, frame);
     }
-    if let Some(frame) = signer.seal(&NodeMessage::Online(Presence::Online), signer.next_seq()) {
-        let _ = client.try_publish(topics.leaf(MessageKind::Online), QoS::AtLeastOnce, true, frame);
+    if let Some(frame) = signer.seal(&Presence::Online, signer.next_seq()) {
+        let _ = client.try_publish(topics.leaf(Presence::KIND), QoS::AtLeastOnce, true, frame);
     }
 }
 
@@ -390,8 +409,8 @@ async fn announce_until_answered(
 /// moves the counter to the start of `epoch`.
 fn arm(options: &mut MqttOptions, signer: &Signer, topics: &Topics, epoch: u64) {
     signer.next.store(epoch << 32 | 1, Ordering::Relaxed);
-    if let Some(will) = signer.seal(&NodeMessage::Online(Presence::Offline), epoch << 32 | 0xFFFF_FFFF) {
-        options.set_last_will(LastWill::new(topics.leaf(MessageKind::Online), will, QoS::AtLeastOnce, true));
+    if let Some(will) = signer.seal(&Presence::Offline, epoch << 32 | 0xFFFF_FFFF) {
+        options.set_last_will(LastWill::new(topics.leaf(Presence::KIND), will, QoS::AtLeastOnce, true));
     }
 }
 
@@ -446,5 +465,26 @@ mod tests {
         assert!(decoded.frame.seq > first);
         arm(&mut options, &signer, &topics, 6);
         assert!(signer.next_seq() > decoded.frame.seq);
+    }
+
+    #[test]
+    fn a_frame_counts_only_on_the_topic_of_its_own_kind() {
+        use firmware_proto::{Bytes, LogRequest, ServiceTable, encode_signed_to_vec, samples};
+        let topics = Topics { scheme: firmware_proto::mqtt::Topics::new("p"), node: "n".into() };
+        let desired = encode_signed_to_vec(&samples::desired(1).as_state(), |_| Bytes([0; 64])).unwrap();
+        let table = encode_signed_to_vec(&samples::service_table(), |_| Bytes([0; 64])).unwrap();
+        let request = encode_signed_to_vec(&samples::log_request(), |_| Bytes([0; 64])).unwrap();
+        assert_eq!(topics.received("p/nodes/n/desired", &desired), Ok(MessageKind::Desired));
+        assert_eq!(topics.received("p/nodes/n/services", &table), Ok(ServiceTable::KIND));
+        assert_eq!(topics.received("p/nodes/n/logreq", &request), Ok(LogRequest::KIND));
+        // A valid frame on another kind's topic, or another node's.
+        let misrouted = topics.received("p/nodes/n/services", &desired).unwrap_err();
+        assert!(misrouted.contains("desired message"), "{misrouted}");
+        assert!(topics.received("p/nodes/other/desired", &desired).is_err());
+        // A node's own kind of message, and garbage.
+        let status = encode_node_to_vec(&samples::status(1), 1, |_| Bytes([0; 16])).unwrap();
+        assert!(topics.received("p/nodes/n/status", &status).unwrap_err().contains("nodes send"));
+        assert!(topics.received("p/nodes/n/desired", b"").unwrap_err().contains("not a frame"));
+        assert!(topics.received("p/nodes/n/desired", &[1, 99]).unwrap_err().contains("not a frame"));
     }
 }

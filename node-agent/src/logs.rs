@@ -11,7 +11,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use firmware_proto::bounded::truncated;
-use firmware_proto::{LOG_CHUNK_MAX, LogChunk, LogEnd, NodeId, decode_log_request_frame};
+use firmware_proto::{LOG_CHUNK_MAX, LogChunk, LogEnd, LogRequest, NodeId, decode_signed};
 
 use crate::signed::Verifier;
 use crate::workload::Paths;
@@ -132,7 +132,7 @@ impl LogService {
     /// request that checks out gets an answer, an error included, so the
     /// controller never waits out its timeout for a replica that is not here.
     pub fn answer(&self, frame: &[u8]) -> Result<Vec<LogChunk>, String> {
-        let (request, _) = crate::signed::check(frame, decode_log_request_frame, &self.verify, &self.node_id)
+        let (request, _) = crate::signed::check(frame, decode_signed::<LogRequest>, &self.verify, &self.node_id)
             .map_err(|refusal| refusal.describe("log request"))?;
         let path = self.paths.log(request.replica.as_str());
         let max_bytes = request.max_bytes.min(ANSWER_MAX_BYTES);
@@ -220,7 +220,7 @@ fn keep_last_lines(data: &mut Vec<u8>, lines: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use firmware_proto::{LogRequest, Name, NodeMessage, encode_log_request_frame_to_vec, encode_node_frame_to_vec};
+    use firmware_proto::{Name, encode_node_to_vec, encode_signed_to_vec};
     use std::io::Write;
 
     #[test]
@@ -291,7 +291,7 @@ mod tests {
 
     fn signed(request: &LogRequest, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
         use ed25519_dalek::Signer;
-        encode_log_request_frame_to_vec(request, |bytes| firmware_proto::Bytes(key.sign(bytes).to_bytes())).unwrap()
+        encode_signed_to_vec(request, |bytes| firmware_proto::Bytes(key.sign(bytes).to_bytes())).unwrap()
     }
 
     fn request(node: &str, replica: &str) -> LogRequest {
@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(joined, output);
         // Every chunk fits a node frame.
         for chunk in chunks {
-            encode_node_frame_to_vec(&NodeMessage::Logs(chunk), 1, |_| firmware_proto::Bytes([0; 16])).unwrap();
+            encode_node_to_vec(&chunk, 1, |_| firmware_proto::Bytes([0; 16])).unwrap();
         }
     }
 

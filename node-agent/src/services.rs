@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use firmware_proto::{NodeId, Protocol, ServicePort, ServiceTable, decode_services_frame};
+use firmware_proto::{NodeId, Protocol, ServicePort, ServiceTable, decode_signed};
 
 use crate::runtime::MountSpec;
 use crate::signed::Verifier;
@@ -61,7 +61,7 @@ impl ServiceDirectory {
     /// forwarders follow it. Returns whether it changed anything. The
     /// forwarders run on their own runtime, not the caller's.
     pub fn apply(&self, frame: &[u8]) -> Result<bool, String> {
-        let (table, _) = crate::signed::check(frame, decode_services_frame, &self.verify, &self.node_id)
+        let (table, _) = crate::signed::check(frame, decode_signed::<ServiceTable>, &self.verify, &self.node_id)
             .map_err(|refusal| refusal.describe("service table"))?;
         self.apply_table(&table)
     }
@@ -320,7 +320,7 @@ mod tests {
     }
 
     fn frame(table: &ServiceTable, signature: [u8; 64]) -> Vec<u8> {
-        firmware_proto::encode_services_frame_to_vec(table, |_| firmware_proto::Bytes(signature)).unwrap()
+        firmware_proto::encode_signed_to_vec(table, |_| firmware_proto::Bytes(signature)).unwrap()
     }
 
     #[test]

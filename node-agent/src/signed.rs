@@ -73,8 +73,8 @@ impl Refusal {
     }
 }
 
-/// Decodes `frame` with `decode` (one of firmware-proto's
-/// `decode_*_frame`), then checks it: the signature first, with `verify`
+/// Decodes `frame` with `decode` (firmware-proto's `decode_signed::<M>`,
+/// or `decode_desired_frame`), then checks it: the signature first, with `verify`
 /// over the bytes it covers, then that it is for `node_id`.
 pub fn check<'a, T: Signed>(
     frame: &'a [u8],

@@ -623,7 +623,7 @@ fn document(generation: u64, id: &str, image: Option<&ImageRef>) -> Vec<u8> {
         replica.liveness_probe = None;
         replica.restart_policy = RestartPolicy::Always;
     }
-    firmware_proto::encode_desired_frame_to_vec(&document.as_state(), |_| Bytes([0; 64])).unwrap()
+    firmware_proto::encode_signed_to_vec(&document.as_state(), |_| Bytes([0; 64])).unwrap()
 }
 
 /// Reconciles until `done` says so; returns the events seen on the way.

@@ -69,10 +69,9 @@ fn document(tag: &str, generation: u64, replicas: usize) -> DesiredDocument {
 }
 
 fn write_desired(setup: &Setup, document: &DesiredDocument) {
-    let frame = firmware_proto::encode_desired_frame_to_vec(&document.as_state(), |bytes| {
-        Bytes(setup.signing.sign(bytes).to_bytes())
-    })
-    .unwrap();
+    let frame =
+        firmware_proto::encode_signed_to_vec(&document.as_state(), |bytes| Bytes(setup.signing.sign(bytes).to_bytes()))
+            .unwrap();
     std::fs::write(&setup.desired_file, frame).unwrap();
 }
 
@@ -195,7 +194,7 @@ fn forged_documents_are_refused_and_the_running_workloads_stay() {
     // A document with no replicas, signed by someone else.
     let mut forged = self::document("forged", 2, 0);
     forged.replicas.clear();
-    let frame = firmware_proto::encode_desired_frame_to_vec(&forged.as_state(), |bytes| {
+    let frame = firmware_proto::encode_signed_to_vec(&forged.as_state(), |bytes| {
         Bytes(SigningKey::from_bytes(&[7; 32]).sign(bytes).to_bytes())
     })
     .unwrap();

@@ -349,7 +349,7 @@ fn build_all(
         }
         let document =
             firmware_proto::DesiredState { node_id: &node_id, generation, replicas: &replicas, config: &table.objects };
-        match firmware_proto::encode_desired_frame_to_vec(&document, |bytes| key.sign(bytes)) {
+        match firmware_proto::encode_signed_to_vec(&document, |bytes| key.sign(bytes)) {
             Ok(frame) => {
                 tracing::info!(
                     node,
@@ -404,7 +404,7 @@ fn service_tables(
             continue;
         }
         let table = super::services::table_for(&node_id, generation, &ports);
-        match firmware_proto::encode_services_frame_to_vec(&table, |bytes| key.sign(bytes)) {
+        match firmware_proto::encode_signed_to_vec(&table, |bytes| key.sign(bytes)) {
             Ok(frame) => {
                 tracing::debug!(node, generation, services = ports.len(), "service table changed");
                 published.insert(node.clone(), (fingerprint, frame.clone()));

@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use firmware_proto::{LogChunk, LogRequest, MessageKind, encode_log_request_frame_to_vec};
+use firmware_proto::{LogChunk, LogRequest, MessageKind, encode_signed_to_vec};
 use rumqttc::{AsyncClient, QoS};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -136,7 +136,7 @@ impl LogRequests {
         let node_id = firmware_proto::NodeId::new(node).map_err(|e| send_error(format!("node id: {e}")))?;
         let request_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let request = LogRequest { node_id, request_id, replica, offset, tail_lines, max_bytes };
-        let frame = encode_log_request_frame_to_vec(&request, |bytes| self.inner.key.sign(bytes))
+        let frame = encode_signed_to_vec(&request, |bytes| self.inner.key.sign(bytes))
             .map_err(|e| send_error(e.to_string()))?;
         let (sender, mut chunks) = mpsc::unbounded_channel();
         let slot = (node.to_owned(), request_id);

@@ -3,8 +3,8 @@
 #![no_main]
 
 use firmware_proto::{
-    decode_desired_frame, decode_log_request_frame, decode_node_frame, decode_services_frame,
-    encode_log_request_frame_to_vec, encode_node_frame_to_vec, encode_services_frame_to_vec, peek_kind,
+    LogRequest, ServiceTable, decode_desired_frame, decode_node_frame, decode_signed, encode_node_frame_to_vec,
+    encode_signed_to_vec, peek_kind,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -19,13 +19,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(desired.frame.replicas().count(), desired.frame.replica_count());
         let _ = desired.frame.config().count();
     }
-    if let Ok(table) = decode_services_frame(data) {
-        let again = encode_services_frame_to_vec(&table.frame.0, |_| table.frame.1).expect("a decoded table encodes");
-        assert_eq!(decode_services_frame(&again).expect("re-encoded table decodes").frame, table.frame);
+    if let Ok(table) = decode_signed::<ServiceTable>(data) {
+        let again = encode_signed_to_vec(&table.frame.0, |_| table.frame.1).expect("a decoded table encodes");
+        assert_eq!(decode_signed::<ServiceTable>(&again).expect("re-encoded table decodes").frame, table.frame);
     }
-    if let Ok(request) = decode_log_request_frame(data) {
-        let again = encode_log_request_frame_to_vec(&request.frame.0, |_| request.frame.1)
-            .expect("a decoded request encodes");
-        assert_eq!(decode_log_request_frame(&again).expect("re-encoded request decodes").frame, request.frame);
+    if let Ok(request) = decode_signed::<LogRequest>(data) {
+        let again = encode_signed_to_vec(&request.frame.0, |_| request.frame.1).expect("a decoded request encodes");
+        assert_eq!(decode_signed::<LogRequest>(&again).expect("re-encoded request decodes").frame, request.frame);
     }
 });

@@ -12,7 +12,7 @@ fn verifier() -> Verifier {
 }
 
 fn frame(document: &DesiredDocument, signature: [u8; 64]) -> Vec<u8> {
-    firmware_proto::encode_desired_frame_to_vec(&document.as_state(), |_| firmware_proto::Bytes(signature)).unwrap()
+    firmware_proto::encode_signed_to_vec(&document.as_state(), |_| firmware_proto::Bytes(signature)).unwrap()
 }
 
 struct Fixture {
