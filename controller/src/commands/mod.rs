@@ -1,0 +1,119 @@
+//! The client commands, one module per verb: [`apply`], [`get`] (with the
+//! tables of [`table`]), [`describe`], [`delete`], [`logs`].
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::api::{ApplyRequest, ApplyResponse, ApplyResult, ObjectList, SourceText};
+use crate::cli::{ApplyArgs, ApplyOutput, DeleteArgs, DescribeArgs, DryRun, GetArgs, LogsArgs, OutputFormat};
+use crate::client::Client;
+use crate::manifest::{self, Kind};
+use crate::object::{ApiObject, ObjectKey, age, kind_from_resource, resource_of};
+use crate::status::{DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, condition};
+use crate::store::EventType;
+
+fn kind_arg(resource: &str) -> anyhow::Result<Kind> {
+    kind_from_resource(resource).with_context(|| {
+        format!(
+            "unknown resource {resource:?}; one of: {}",
+            crate::object::RESOURCES.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+fn client_for(args: &crate::cli::ClientArgs) -> anyhow::Result<Client> {
+    Client::new(&args.server, &args.token_file())
+}
+
+mod apply;
+mod delete;
+mod describe;
+mod get;
+mod logs;
+mod table;
+
+pub use apply::apply;
+pub use delete::delete;
+pub use describe::{describe, describe_text};
+pub use get::get;
+pub use logs::logs;
+use table::Table;
+
+/// `deployment/web` or `deployment/web (namespace factory)` like kubectl.
+fn display_key(key: &ObjectKey) -> String {
+    let kind = key.kind.to_string().to_lowercase();
+    match key.namespace.as_str() {
+        "" | "default" => format!("{kind}/{}", key.name),
+        ns => format!("{kind}/{} (namespace {ns})", key.name),
+    }
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() { "-".into() } else { text.to_owned() }
+}
+
+fn or_unknown(text: String) -> String {
+    if text.is_empty() { "Unknown".into() } else { text }
+}
+
+fn labels_text(value: Option<&Value>) -> String {
+    let Some(Value::Object(map)) = value else { return "<none>".into() };
+    if map.is_empty() {
+        return "<none>".into();
+    }
+    map.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+}
+
+/// `512Mi`-style binary size.
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pod_rows_show_reason_node_and_restarts() {
+        let mut pod = ApiObject::new(Kind::Pod, "default", "web-7f3a-0");
+        pod.content.insert("spec".into(), json!({"nodeName": "pi-1", "containers": []}));
+        pod.content.insert(
+            "status".into(),
+            json!({"phase": "Running", "restartCount": 2, "conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+        let table = Table::new(Kind::Pod, false, true);
+        let mut out = Vec::new();
+        table.print(&mut out, &[pod], true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAMESPACE   NAME"), "{text}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells[..6], ["default", "web-7f3a-0", "1/1", "Running", "2", "pi-1"]);
+    }
+
+    #[test]
+    fn describe_never_prints_secret_values() {
+        let mut secret = ApiObject::new(Kind::Secret, "default", "db");
+        secret.content.insert("data".into(), json!({"password": "aHVudGVyMg=="}));
+        let text = describe_text(&secret);
+        assert!(text.contains("password"), "{text}");
+        assert!(!text.contains("aHVudGVyMg=="), "{text}");
+    }
+
+    #[test]
+    fn sizes_read_like_kubectl() {
+        assert_eq!(bytes_text(512 << 20), "512Mi");
+        assert_eq!(bytes_text(3 << 30), "3Gi");
+        assert_eq!(bytes_text(100), "100");
+    }
+}

@@ -1,0 +1,217 @@
+//! The tables `flotilla get` prints, kubectl's columns per kind.
+
+use super::*;
+
+/// Columns per kind, kubectl style.
+pub(super) struct Table {
+    kind: Kind,
+    wide: bool,
+    namespaced: bool,
+    now: SystemTime,
+}
+
+impl Table {
+    pub(super) fn new(kind: Kind, wide: bool, all_namespaces: bool) -> Self {
+        Table { kind, wide, namespaced: all_namespaces && kind.is_namespaced(), now: SystemTime::now() }
+    }
+
+    fn headers(&self) -> Vec<&'static str> {
+        let mut h: Vec<&str> = match self.kind {
+            Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE"],
+            Kind::Node => vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "PODS", "AGE"],
+            Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "REVISION", "AGE"],
+            Kind::DaemonSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            Kind::Job => vec!["NAME", "COMPLETIONS", "STATUS", "AGE"],
+            Kind::Service => vec!["NAME", "TYPE", "PORTS", "SELECTOR", "AGE"],
+            Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
+            Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
+            Kind::Namespace => vec!["NAME", "AGE"],
+            Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT", "MESSAGE"],
+        };
+        if self.wide {
+            match self.kind {
+                Kind::Pod => h.extend(["CPU(m)", "MEMORY", "MESSAGE"]),
+                Kind::Node => h.extend(["CPU-USED(m)", "MEMORY-USED", "VERSION", "LABELS"]),
+                Kind::Deployment | Kind::DaemonSet | Kind::Job => h.extend(["IMAGES", "SELECTOR"]),
+                Kind::Service => h.push("ENDPOINTS"),
+                _ => {}
+            }
+        }
+        if self.namespaced {
+            h.insert(0, "NAMESPACE");
+        }
+        h
+    }
+
+    fn row(&self, o: &ApiObject) -> Vec<String> {
+        let age = age(&o.metadata.creation_timestamp, self.now);
+        let name = o.metadata.name.clone();
+        let spec = o.content.get("spec").cloned().unwrap_or(Value::Null);
+        let mut row = match self.kind {
+            Kind::Pod => {
+                let s: PodStatus = o.status();
+                let ready = if s.is_ready() { "1/1" } else { "0/1" };
+                let shown = if o.is_retired() {
+                    "Terminating".to_owned()
+                } else if s.phase == "Pending" && !s.reason.is_empty() {
+                    s.reason.clone()
+                } else {
+                    s.phase.clone()
+                };
+                let node = spec.get("nodeName").and_then(|v| v.as_str()).unwrap_or("<none>").to_owned();
+                vec![name, ready.into(), or_unknown(shown), s.restart_count.to_string(), node, age]
+            }
+            Kind::Node => {
+                let s: NodeStatus = o.status();
+                let cordoned = spec.get("unschedulable").and_then(|v| v.as_bool()).unwrap_or(false);
+                let mut state = if s.conditions.is_empty() {
+                    "Unknown".to_owned()
+                } else if s.is_ready() {
+                    "Ready".to_owned()
+                } else {
+                    condition(&s.conditions, "Ready").map_or("NotReady".into(), |c| {
+                        if c.reason.is_empty() { "NotReady".into() } else { c.reason.clone() }
+                    })
+                };
+                if cordoned {
+                    state.push_str(",SchedulingDisabled");
+                }
+                let cap = |k: &str| s.capacity.get(k).cloned().unwrap_or_else(|| "-".into());
+                vec![name, state, or_dash(&s.node_info.architecture), cap("cpu"), cap("memory"), cap("pods"), age]
+            }
+            Kind::Deployment => {
+                let s: DeploymentStatus = o.status();
+                let want = spec.get("replicas").and_then(|v| v.as_u64()).unwrap_or(1);
+                vec![
+                    name,
+                    format!("{}/{want}", s.ready_replicas),
+                    s.updated_replicas.to_string(),
+                    s.available_replicas.to_string(),
+                    s.revision.to_string(),
+                    age,
+                ]
+            }
+            Kind::DaemonSet => {
+                let s: DaemonSetStatus = o.status();
+                vec![
+                    name,
+                    s.desired_number_scheduled.to_string(),
+                    s.current_number_scheduled.to_string(),
+                    s.number_ready.to_string(),
+                    s.updated_number_scheduled.to_string(),
+                    s.number_available.to_string(),
+                    age,
+                ]
+            }
+            Kind::Job => {
+                let s: JobStatus = o.status();
+                let want = spec.get("completions").and_then(|v| v.as_u64()).unwrap_or(1);
+                let state = if s.conditions.iter().any(|c| c.condition_type == "Failed" && c.status == "True") {
+                    "Failed"
+                } else if s.conditions.iter().any(|c| c.condition_type == "Complete" && c.status == "True") {
+                    "Complete"
+                } else {
+                    "Running"
+                };
+                vec![name, format!("{}/{want}", s.succeeded), state.into(), age]
+            }
+            Kind::Service => {
+                let service_type = spec.get("type").and_then(|v| v.as_str()).unwrap_or("ClusterIP").to_owned();
+                let ports = spec.get("ports").and_then(|v| v.as_array()).map_or(String::new(), |ports| {
+                    ports
+                        .iter()
+                        .map(|p| {
+                            let proto = p.get("protocol").and_then(|v| v.as_str()).unwrap_or("TCP");
+                            format!("{}/{proto}", p.get("port").and_then(|v| v.as_i64()).unwrap_or(0))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+                vec![name, service_type, or_dash(&ports), labels_text(spec.get("selector")), age]
+            }
+            Kind::ConfigMap => vec![name, o.data_keys().len().to_string(), age],
+            Kind::Secret => {
+                let t = o.content.get("type").and_then(|v| v.as_str()).unwrap_or("Opaque").to_owned();
+                vec![name, t, o.data_keys().len().to_string(), age]
+            }
+            Kind::Namespace => vec![name, age],
+            Kind::Event => {
+                let f = crate::events::fields(o);
+                let object = format!("{}/{}", f.involved_object.kind.to_lowercase(), f.involved_object.name);
+                vec![
+                    crate::object::age(&f.last_timestamp, self.now),
+                    f.event_type,
+                    f.reason,
+                    object,
+                    f.count.to_string(),
+                    f.message,
+                ]
+            }
+        };
+        if self.wide {
+            match self.kind {
+                Kind::Pod => {
+                    let s: PodStatus = o.status();
+                    let usage = s.usage.clone().unwrap_or_default();
+                    let (cpu, mem) = if s.usage.is_some() {
+                        (usage.cpu_millis.to_string(), bytes_text(usage.memory_bytes))
+                    } else {
+                        ("-".into(), "-".into())
+                    };
+                    row.extend([cpu, mem, or_dash(&s.message)]);
+                }
+                Kind::Node => {
+                    let s: NodeStatus = o.status();
+                    let (cpu, mem) = match &s.usage {
+                        Some(u) => (u.cpu_millis.to_string(), bytes_text(u.memory_bytes)),
+                        None => ("-".into(), "-".into()),
+                    };
+                    let labels: Vec<String> = o.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    row.extend([cpu, mem, or_dash(&s.node_info.agent_version), or_dash(&labels.join(","))]);
+                }
+                Kind::Deployment | Kind::DaemonSet | Kind::Job => {
+                    let images = spec
+                        .pointer("/template/spec/containers")
+                        .and_then(|v| v.as_array())
+                        .map(|cs| cs.iter().filter_map(|c| c.get("image")?.as_str()).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    row.extend([or_dash(&images), labels_text(spec.pointer("/selector/matchLabels"))]);
+                }
+                Kind::Service => {
+                    let status: crate::fleet::services::ServiceStatus = o.status();
+                    let endpoints: Vec<String> = status.endpoints.values().flatten().cloned().collect();
+                    row.push(if endpoints.is_empty() { "<none>".into() } else { endpoints.join(",") });
+                }
+                _ => {}
+            }
+        }
+        if self.namespaced {
+            row.insert(0, o.metadata.namespace.clone());
+        }
+        row
+    }
+
+    pub(super) fn print(&self, out: &mut impl Write, items: &[ApiObject], header: bool) -> std::io::Result<()> {
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        if header {
+            rows.push(self.headers().into_iter().map(str::to_owned).collect());
+        }
+        rows.extend(items.iter().map(|o| self.row(o)));
+        let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
