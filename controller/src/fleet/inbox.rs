@@ -744,8 +744,8 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus) -> 
 }
 
 /// Whether reported usage differs enough from what is stored to be worth
-/// a store write: by more than a quarter and more than 20 m of CPU or
-/// 4 MiB of memory. Usage jitters on every heartbeat; writing each jitter
+/// a store write: by more than a quarter and more than 10 m of CPU or
+/// 256 KiB of memory. Usage jitters on every heartbeat; writing each jitter
 /// of 10,000 devices kept the store busy with nothing to say.
 fn usage_moved(stored: Option<&Usage>, reported: &Usage) -> bool {
     let moved = |old: u64, new: u64, floor: u64| {
@@ -753,7 +753,7 @@ fn usage_moved(stored: Option<&Usage>, reported: &Usage) -> bool {
         delta > floor && delta.saturating_mul(4) > old
     };
     stored.is_none_or(|old| {
-        moved(old.cpu_millis, reported.cpu_millis, 20) || moved(old.memory_bytes, reported.memory_bytes, 4 << 20)
+        moved(old.cpu_millis, reported.cpu_millis, 10) || moved(old.memory_bytes, reported.memory_bytes, 256 << 10)
     })
 }
 
@@ -955,7 +955,12 @@ mod tests {
         let usage = |cpu_millis, mib: u64| Usage { cpu_millis, memory_bytes: mib << 20 };
         assert!(usage_moved(None, &usage(0, 0)));
         assert!(!usage_moved(Some(&usage(100, 64)), &usage(110, 70)), "jitter");
-        assert!(!usage_moved(Some(&usage(0, 0)), &usage(15, 3)), "below the floors");
+        assert!(!usage_moved(Some(&usage(0, 0)), &usage(8, 0)), "below the floors");
+        // A small container's first real figures are written: a 4 MiB floor
+        // left every busybox replica of the demo at 0 for good.
+        let kib = |cpu_millis, kib: u64| Usage { cpu_millis, memory_bytes: kib << 10 };
+        assert!(usage_moved(Some(&usage(0, 0)), &kib(0, 492)), "0 -> 492 KiB");
+        assert!(!usage_moved(Some(&kib(0, 492)), &kib(0, 520)), "jitter of a small one");
         assert!(usage_moved(Some(&usage(100, 64)), &usage(200, 64)), "cpu doubled");
         assert!(usage_moved(Some(&usage(100, 64)), &usage(100, 128)), "memory doubled");
         assert!(usage_moved(Some(&usage(400, 64)), &usage(100, 64)), "cpu fell");
