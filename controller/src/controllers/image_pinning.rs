@@ -9,7 +9,7 @@
 //! on and then taken back. Resolving a tag asks a registry: that half is
 //! [`crate::pinning`], which hands [`plan`] its answers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::Snapshot;
 use crate::manifest::types::PodSpec;
@@ -80,30 +80,29 @@ pub fn plan(snapshot: &Snapshot, answers: &Answers) -> Plan {
             continue;
         }
         let Some(image) = image_of(pod) else { continue };
-        let mut pinned = ApiObject::clone(pod);
-        let annotations = &mut pinned.metadata.annotations;
+        // Decide first; copy the replica only to write it.
+        let mut written = |change: &dyn Fn(&mut BTreeMap<String, String>)| {
+            let mut pinned = ApiObject::clone(pod);
+            change(&mut pinned.metadata.annotations);
+            plan.ops.push(Op::Apply(pinned));
+        };
         match answers.get(&image) {
-            None => {
-                plan.to_resolve.insert(image);
-                continue;
-            }
-            Some(Ok(resolved)) => {
+            None => _ = plan.to_resolve.insert(image),
+            Some(Ok(resolved)) => written(&|annotations| {
                 annotations.remove(IMAGE_ERROR_ANNOTATION);
                 annotations
                     .insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex::encode(resolved.digest)));
                 if !resolved.archs.is_empty() {
                     annotations.insert(IMAGE_ARCHS_ANNOTATION.to_owned(), resolved.archs.join(","));
                 }
-            }
+            }),
             Some(Err(reason)) => {
                 let reason = format!("cannot pin image {image:?}: {reason}");
-                if annotations.get(IMAGE_ERROR_ANNOTATION) == Some(&reason) {
-                    continue;
+                if pod.metadata.annotations.get(IMAGE_ERROR_ANNOTATION) != Some(&reason) {
+                    written(&|annotations| _ = annotations.insert(IMAGE_ERROR_ANNOTATION.to_owned(), reason.clone()));
                 }
-                annotations.insert(IMAGE_ERROR_ANNOTATION.to_owned(), reason);
             }
         }
-        plan.ops.push(Op::Apply(pinned));
     }
     plan
 }

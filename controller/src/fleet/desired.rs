@@ -279,7 +279,7 @@ fn build_all(
         .nodes
         .iter()
         .filter(|n| dirty.wants(&n.metadata.name))
-        .map(|n| (n.metadata.name.as_str(), n.status::<NodeStatus>().node_info.architecture))
+        .map(|n| (n.metadata.name.as_str(), n.typed_status::<NodeStatus>().node_info.architecture.clone()))
         .collect();
     for pod in &snapshot.pods {
         // Only bound pods of the nodes being built are read.
@@ -295,7 +295,7 @@ fn build_all(
             retired.entry(node.to_owned()).or_default().push((replica_spec::replica_id(pod), pod.key()));
             continue;
         }
-        let arch = node_arch.get(node).map(String::as_str).unwrap_or("");
+        let arch = node_arch.get(node).map_or("", String::as_str);
         if image_pinning::is_pinned(pod) && image_pinning::can_run_on(pod, arch) {
             by_node.entry(node.to_owned()).or_default().push(pod);
         }
