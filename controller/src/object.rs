@@ -286,7 +286,7 @@ impl ApiObject {
     }
 
     /// Whether `self` and `other` hold the same content but for `status`
-    /// (what [`ApiObject::content_without_status`] compares, without a copy).
+    /// (what an apply sets), compared in place.
     pub fn same_content_but_status(&self, other: &ApiObject) -> bool {
         let mut mine = self.content.iter().filter(|(k, _)| *k != "status");
         let mut theirs = other.content.iter().filter(|(k, _)| *k != "status");
@@ -297,13 +297,6 @@ impl ApiObject {
                 _ => return false,
             }
         }
-    }
-
-    /// The content an apply sets: everything but `status`.
-    pub fn content_without_status(&self) -> Map<String, Value> {
-        let mut content = self.content.clone();
-        content.remove("status");
-        content
     }
 
     /// Builds the stored form of a parsed manifest object.

@@ -16,7 +16,6 @@ use crate::manifest::Kind;
 use crate::store::Store;
 
 pub use crate::controllers::Snapshot;
-pub use crate::controllers::workload::{TEMPLATE_HASH_LABEL, template_hash};
 
 /// Runs passes until the task is aborted.
 pub async fn run(store: Arc<dyn Store>) {

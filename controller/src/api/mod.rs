@@ -55,12 +55,6 @@ pub struct ApiState {
 
 type Shared = Arc<ApiState>;
 
-/// The API's routes without enrolment, logs or registry (for tests that
-/// need only the API; the server uses [`routes::router`]).
-pub fn router(state: Shared) -> Router {
-    routes::router(routes::Parts { api: state, enrol: None, logs: None, registry: None })
-}
-
 /// The API with the built-in OCI registry under `/v2/` (reads anonymous,
 /// writes with the same token; see [`crate::registry`]).
 pub fn router_with_registry(state: Shared, registry: Arc<crate::registry::Registry>) -> Router {

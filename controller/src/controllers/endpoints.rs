@@ -108,7 +108,7 @@ fn endpoints(
             status.is_ready() && !p.is_retired() && !status.is_finished()
         })
         .filter_map(|p| {
-            let node = p.content.get("spec")?.get("nodeName")?.as_str()?;
+            let node = p.node_name()?;
             let address = addresses.get(node)?;
             let target = target_port(p, port)?;
             Some(Endpoint { address: address.octets(), port: target })
@@ -126,7 +126,7 @@ fn target_port(pod: &ApiObject, port: &ServicePort) -> Option<u16> {
         None => port.port,
         Some(IntOrString::Int(n)) => *n,
         Some(IntOrString::String(name)) => {
-            let spec: PodSpec = pod.spec()?;
+            let spec = pod.typed_spec::<PodSpec>()?;
             spec.containers.iter().flat_map(|c| &c.ports).find(|p| &p.name == name)?.container_port
         }
     };
