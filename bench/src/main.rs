@@ -9,6 +9,7 @@ mod fleet;
 mod footprint;
 mod msg_sizes;
 mod pack;
+mod passes;
 mod rollout;
 mod scale;
 mod sched;
@@ -37,6 +38,9 @@ enum Bench {
     Footprint(footprint::FootprintArgs),
     /// Encoded size of the wire messages (heartbeats with 0, 4 and 16 replicas, ...).
     MsgSizes,
+    /// The controller's reconcile passes in process at fleet scale (real store and controllers,
+    /// nodes and device reports written directly): idle pass and node-loss pass times, memory.
+    Passes(passes::PassesArgs),
     /// Run the scheduler on bin-packing instances (BPPLIB 1-D or 2-D text files).
     Pack(pack::PackArgs),
     /// A 20-replica rolling update across 4 agents: time, most replicas running at once, fewest ready (root).
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Footprint(args) => footprint::run(args),
         Bench::MsgSizes => msg_sizes::run(),
         Bench::Pack(args) => pack::run(args),
+        Bench::Passes(args) => passes::run(args),
         Bench::Rollout(args) => rollout::run(args),
         Bench::Sched(args) => sched::run(args),
         Bench::Start(args) => start::run(args),

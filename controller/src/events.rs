@@ -73,14 +73,16 @@ pub fn warning(object: &ApiObject, key: &str, reason: &str, message: &str, now: 
         last_timestamp: at,
     };
     if let serde_json::Value::Object(map) = json!(fields) {
-        event.content.extend(map);
+        for (field, value) in map {
+            event.set_field(&field, value);
+        }
     }
     Op::Apply(event)
 }
 
 /// The fields of a stored event.
 pub fn fields(event: &ApiObject) -> EventFields {
-    serde_json::from_value(serde_json::Value::Object(event.content.clone())).unwrap_or_default()
+    serde_json::from_value(serde_json::Value::Object(event.fields())).unwrap_or_default()
 }
 
 /// Deletes events that last happened more than [`TTL`] ago.

@@ -11,14 +11,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::controllers::node_lifecycle::EvictionPolicy;
 use crate::controllers::{self, Requeue};
 use crate::manifest::Kind;
 use crate::store::Store;
 
 pub use crate::controllers::Snapshot;
 
-/// Runs passes until the task is aborted.
-pub async fn run(store: Arc<dyn Store>) {
+/// Runs passes until the task is aborted. `eviction` tells each pass what
+/// the transport knows about evicting lost nodes' replicas.
+pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + Send + Sync + 'static) {
+    let eviction = Arc::new(eviction);
     let mut live = match store.subscribe(0) {
         Ok(subscription) => subscription.live,
         Err(e) => {
@@ -28,9 +31,10 @@ pub async fn run(store: Arc<dyn Store>) {
     };
     loop {
         let pass_store = store.clone();
+        let policy = eviction();
         let mut resync = IDLE_RESYNC;
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref())).await {
+        match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref(), policy)).await {
             Ok(Ok(pass)) => {
                 if pass.writes > 0 {
                     tracing::debug!(writes = pass.writes, "reconcile pass");
@@ -48,7 +52,7 @@ pub async fn run(store: Arc<dyn Store>) {
         // then let a burst settle: at least as long as the pass took, so a
         // large fleet's stream of status writes is taken in a few large
         // passes rather than one pass per write.
-        let _ = tokio::time::timeout(resync, async {
+        let changed = tokio::time::timeout(resync, async {
             loop {
                 match live.recv().await {
                     Ok(event) if event.object.kind == Kind::Event => continue,
@@ -57,7 +61,11 @@ pub async fn run(store: Arc<dyn Store>) {
             }
         })
         .await;
-        tokio::time::sleep(took.clamp(Duration::from_millis(20), MAX_SETTLE)).await;
+        // The clock a controller asked for (an eviction grace, a rollout's
+        // readiness) runs the pass at once; a change lets its burst settle.
+        if changed.is_ok() {
+            tokio::time::sleep(took.clamp(Duration::from_millis(20), MAX_SETTLE)).await;
+        }
         while live.try_recv().is_ok() {}
     }
 }
@@ -74,7 +82,7 @@ const IDLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// One pass: read, plan, write. Returns the number of writes.
 pub fn reconcile_once(store: &dyn Store) -> Result<usize, crate::store::StoreError> {
-    reconcile_pass(store).map(|pass| pass.writes)
+    reconcile_pass(store, EvictionPolicy::default()).map(|pass| pass.writes)
 }
 
 /// What a pass did.
@@ -84,8 +92,9 @@ struct Pass {
     requeue: Requeue,
 }
 
-fn reconcile_pass(store: &dyn Store) -> Result<Pass, crate::store::StoreError> {
-    let snapshot = Snapshot::read(store);
+fn reconcile_pass(store: &dyn Store, eviction: EvictionPolicy) -> Result<Pass, crate::store::StoreError> {
+    let mut snapshot = Snapshot::read(store);
+    snapshot.eviction = eviction;
     let (ops, requeue) = controllers::plan(&snapshot);
     let pass = Pass { writes: ops.len(), requeue };
     if ops.is_empty() {

@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
 use crate::cli::{ClientArgs, RolloutArgs, RolloutCommand};
 use crate::client::Client;
@@ -141,8 +140,9 @@ fn undo(client: &Client, target: &crate::cli::RolloutTarget, to_revision: Option
             chosen.reason
         );
     }
-    let template = serde_json::to_value(&chosen.template)?;
-    spec_mut(&mut object)?.insert("template".into(), template);
+    let mut spec = spec_of(&object)?;
+    spec.template = chosen.template.clone();
+    object.set_spec(spec);
     put(client, &key, &object)?;
     println!("deployment {:?} rolled back to revision {}", key.name, chosen.revision);
     Ok(())
@@ -150,7 +150,9 @@ fn undo(client: &Client, target: &crate::cli::RolloutTarget, to_revision: Option
 
 fn set_paused(client: &Client, target: &crate::cli::RolloutTarget, paused: bool) -> anyhow::Result<()> {
     let (key, mut object) = fetch(client, target)?;
-    spec_mut(&mut object)?.insert("paused".into(), Value::Bool(paused));
+    let mut spec = spec_of(&object)?;
+    spec.paused = paused;
+    object.set_spec(spec);
     put(client, &key, &object)?;
     println!("deployment {:?} {}", key.name, if paused { "paused" } else { "resumed" });
     Ok(())
@@ -158,29 +160,16 @@ fn set_paused(client: &Client, target: &crate::cli::RolloutTarget, paused: bool)
 
 fn restart(client: &Client, target: &crate::cli::RolloutTarget) -> anyhow::Result<()> {
     let (key, mut object) = fetch(client, target)?;
-    let spec = spec_mut(&mut object)?;
-    let template = spec.entry("template").or_insert_with(|| Value::Object(Default::default()));
-    let metadata = template
-        .as_object_mut()
-        .context("spec.template is not an object")?
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Default::default()));
-    let annotations = metadata
-        .as_object_mut()
-        .context("spec.template.metadata is not an object")?
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Default::default()));
-    annotations
-        .as_object_mut()
-        .context("spec.template.metadata.annotations is not an object")?
-        .insert(RESTARTED_AT_ANNOTATION.into(), Value::String(now_rfc3339()));
+    let mut spec = spec_of(&object)?;
+    spec.template.metadata.annotations.insert(RESTARTED_AT_ANNOTATION.into(), now_rfc3339());
+    object.set_spec(spec);
     put(client, &key, &object)?;
     println!("deployment {:?} restarted (a new revision rolls out)", key.name);
     Ok(())
 }
 
-fn spec_mut(object: &mut ApiObject) -> anyhow::Result<&mut serde_json::Map<String, Value>> {
-    object.content.get_mut("spec").and_then(Value::as_object_mut).context("the deployment has no spec")
+fn spec_of(object: &ApiObject) -> anyhow::Result<DeploymentSpec> {
+    object.spec().context("the deployment has no spec of a Deployment's shape")
 }
 
 fn put(client: &Client, key: &ObjectKey, object: &ApiObject) -> anyhow::Result<()> {

@@ -12,9 +12,12 @@ use crate::reason::UnplacedReason;
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        ///
+        /// Shared, not copied: a fleet's model holds tens of thousands of
+        /// ids, and a clone of one is a reference count.
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub String);
+        pub struct $name(pub std::sync::Arc<str>);
 
         impl $name {
             /// The id as a string slice.
@@ -25,13 +28,13 @@ macro_rules! id_type {
 
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
-                Self(s.to_owned())
+                Self(s.into())
             }
         }
 
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(s)
+                Self(s.into())
             }
         }
 

@@ -33,7 +33,7 @@ fn run(case: Case) {
         case.placed.iter().map(|(r, n)| ((*r).to_owned(), (*n).to_owned())).collect();
     assert_eq!(got, want, "{}: placements", case.name);
     let got_unplaced: Vec<(String, String)> =
-        plan.unplaced.iter().map(|u| (u.replica.0.clone(), u.reason.to_string())).collect();
+        plan.unplaced.iter().map(|u| (u.replica.0.to_string(), u.reason.to_string())).collect();
     let want_unplaced: Vec<(String, String)> =
         case.unplaced.iter().map(|(r, t)| ((*r).to_owned(), (*t).to_owned())).collect();
     assert_eq!(got_unplaced, want_unplaced, "{}: unplaced", case.name);

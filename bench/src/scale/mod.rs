@@ -488,6 +488,14 @@ impl SimulatedFleet {
                 device.kill();
             }
         }
+        if victims.len() == 1 {
+            // To read beside the controller's log (`--keep`).
+            eprintln!(
+                "fleet: {} killed at {}",
+                victims[0],
+                humantime::format_rfc3339_millis(std::time::SystemTime::now())
+            );
+        }
         let wanted: BTreeMap<String, usize> =
             self.workloads.iter().filter(|w| !w.daemon).map(|w| (w.name.clone(), w.replicas)).collect();
         let deadline = at + timeout;

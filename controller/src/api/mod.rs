@@ -504,7 +504,7 @@ async fn put_status(state: Shared, key: ObjectKey, body: serde_json::Value) -> R
     object.metadata.resource_version =
         body.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or("").to_owned();
     let status = body.get("status").cloned().ok_or_else(|| ApiError::bad_request("the body has no `status`"))?;
-    object.content.insert("status".to_owned(), status);
+    object.set_field("status", status);
     let store = state.store.clone();
     let outcome = blocking(move || store.commit(vec![Op::UpdateStatus(object)])).await??;
     Ok(Json(outcome[0].object().clone()))

@@ -57,7 +57,7 @@ pub fn describe_text(o: &ApiObject) -> String {
     match o.kind {
         Kind::Pod => {
             let status: PodStatus = o.status();
-            let node = o.content.get("spec").and_then(|v| v.get("nodeName")).and_then(|v| v.as_str());
+            let node = o.node_name();
             let _ = writeln!(s, "Node:              {}", node.unwrap_or("<none>"));
             let _ = writeln!(s, "Status:            {}", or_unknown(status.phase.clone()));
             if !status.reason.is_empty() {
@@ -81,10 +81,10 @@ pub fn describe_text(o: &ApiObject) -> String {
             let _ = writeln!(
                 s,
                 "Type:              {}",
-                o.content.get("type").and_then(|v| v.as_str()).unwrap_or("Opaque")
+                o.other_field("type").and_then(|v| v.as_str()).unwrap_or("Opaque")
             );
             let _ = writeln!(s, "Data (values hidden; `get secret {} -o yaml` shows them base64):", m.name);
-            if let Some(Value::Object(data)) = o.content.get("data") {
+            if let Some(Value::Object(data)) = o.other_field("data") {
                 for (key, value) in data {
                     let len = value.as_str().map_or(0, |b| b.len() / 4 * 3);
                     let _ = writeln!(s, "  {key}: about {len} bytes");
@@ -95,19 +95,19 @@ pub fn describe_text(o: &ApiObject) -> String {
         _ => {}
     }
     for field in ["spec", "data", "binaryData"] {
-        if let Some(value) = o.content.get(field) {
+        if let Some(value) = o.field(field) {
             let _ = writeln!(s, "{}:", capitalize(field));
-            let yaml = serde_yaml_ng::to_string(value).unwrap_or_default();
+            let yaml = serde_yaml_ng::to_string(&value).unwrap_or_default();
             for line in yaml.lines() {
                 let _ = writeln!(s, "  {line}");
             }
         }
     }
-    if let Some(value) = o.content.get("status")
+    if let Some(value) = o.field("status")
         && o.kind != Kind::Pod
     {
         let _ = writeln!(s, "Status:");
-        for line in serde_yaml_ng::to_string(value).unwrap_or_default().lines() {
+        for line in serde_yaml_ng::to_string(&value).unwrap_or_default().lines() {
             let _ = writeln!(s, "  {line}");
         }
     }

@@ -86,9 +86,9 @@ mod tests {
     #[test]
     fn pod_rows_show_reason_node_and_restarts() {
         let mut pod = ApiObject::new(Kind::Pod, "default", "web-7f3a-0");
-        pod.content.insert("spec".into(), json!({"nodeName": "pi-1", "containers": []}));
-        pod.content.insert(
-            "status".into(),
+        pod.set_field("spec", json!({"nodeName": "pi-1", "containers": []}));
+        pod.set_field(
+            "status",
             json!({"phase": "Running", "restartCount": 2, "conditions": [{"type": "Ready", "status": "True"}]}),
         );
         let table = Table::new(Kind::Pod, false, true);
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn describe_never_prints_secret_values() {
         let mut secret = ApiObject::new(Kind::Secret, "default", "db");
-        secret.content.insert("data".into(), json!({"password": "aHVudGVyMg=="}));
+        secret.set_field("data", json!({"password": "aHVudGVyMg=="}));
         let text = describe_text(&secret);
         assert!(text.contains("password"), "{text}");
         assert!(!text.contains("aHVudGVyMg=="), "{text}");

@@ -46,7 +46,7 @@ impl Table {
     fn row(&self, o: &ApiObject) -> Vec<String> {
         let age = age(&o.metadata.creation_timestamp, self.now);
         let name = o.metadata.name.clone();
-        let spec = o.content.get("spec").cloned().unwrap_or(Value::Null);
+        let spec = o.field("spec").unwrap_or(Value::Null);
         let mut row = match self.kind {
             Kind::Pod => {
                 let s: PodStatus = o.status();
@@ -131,7 +131,7 @@ impl Table {
             }
             Kind::ConfigMap => vec![name, o.data_keys().len().to_string(), age],
             Kind::Secret => {
-                let t = o.content.get("type").and_then(|v| v.as_str()).unwrap_or("Opaque").to_owned();
+                let t = o.other_field("type").and_then(|v| v.as_str()).unwrap_or("Opaque").to_owned();
                 vec![name, t, o.data_keys().len().to_string(), age]
             }
             Kind::Namespace => vec![name, age],

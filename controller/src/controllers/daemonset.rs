@@ -23,7 +23,7 @@ use crate::store::Op;
 use super::Requeue;
 use super::deployment::{is_available, retire};
 use super::scheduling::{taint, toleration};
-use super::workload::{TEMPLATE_HASH_LABEL, node_name, replica, status_op, template_hash};
+use super::workload::{TEMPLATE_HASH_LABEL, replica, status_op, template_hash};
 
 /// Annotation on a DaemonSet: a label selector for the nodes updated first.
 pub const CANARY_ANNOTATION: &str = "flotilla.io/canary-nodes";
@@ -36,14 +36,11 @@ pub fn requeue(daemon_set: &ApiObject) -> Requeue {
 }
 
 /// Whether a node is eligible for a DaemonSet's replica: selector matches,
-/// taints tolerated.
-pub fn daemon_eligible(node: &ApiObject, pod: &PodSpec) -> bool {
+/// taints tolerated (`tolerations`: the pod's, as the scheduler models them).
+pub fn daemon_eligible(node: &ApiObject, pod: &PodSpec, tolerations: &[flotilla_scheduler::model::Toleration]) -> bool {
     let selector_ok = pod.node_selector.iter().all(|(k, v)| node.metadata.labels.get(k) == Some(v));
-    let no_taints = Vec::new();
     let spec = node.typed_spec::<NodeSpec>();
-    let taints = spec.as_ref().map_or(&no_taints, |s| &s.taints);
-    let tolerations: Vec<flotilla_scheduler::model::Toleration> =
-        pod.tolerations.iter().filter_map(toleration).collect();
+    let taints = spec.as_ref().map_or(&[][..], |s| s.taints.as_slice());
     let tolerated = taints
         .iter()
         .filter(|t| t.effect != "PreferNoSchedule")
@@ -73,9 +70,11 @@ pub fn reconcile(
         .iter()
         .filter(|p| p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&hash))
         .find(|p| image_pinning::archs_of(p).is_some());
+    let tolerations: Vec<flotilla_scheduler::model::Toleration> =
+        spec.template.spec.tolerations.iter().filter_map(toleration).collect();
     let eligible: Vec<&ApiObject> = nodes
         .iter()
-        .filter(|n| daemon_eligible(n, &spec.template.spec))
+        .filter(|n| daemon_eligible(n, &spec.template.spec, &tolerations))
         .filter(|n| {
             image_archs
                 .is_none_or(|p| image_pinning::can_run_on(p, &n.typed_status::<NodeStatus>().node_info.architecture))
@@ -93,16 +92,16 @@ pub fn reconcile(
     let available = |pod: &ApiObject| is_available(pod, min_ready, now);
 
     // Live replicas by node; retired ones are only waited for.
-    let mut by_node: BTreeMap<String, Vec<&ApiObject>> = BTreeMap::new();
+    let mut by_node: BTreeMap<&str, Vec<&ApiObject>> = BTreeMap::new();
     for pod in owned {
         if !pod.is_retired() {
-            by_node.entry(node_name(pod).unwrap_or_default()).or_default().push(pod);
+            by_node.entry(pod.node_name().unwrap_or_default()).or_default().push(pod);
         }
     }
     let eligible_names: std::collections::HashSet<&str> = eligible.iter().map(|n| n.metadata.name.as_str()).collect();
     // Replicas on nodes that are no longer eligible go.
     for (node, pods) in &by_node {
-        if !eligible_names.contains(node.as_str()) {
+        if !eligible_names.contains(node) {
             pods.iter().for_each(|p| retire(p, ops));
         }
     }
@@ -112,7 +111,7 @@ pub fn reconcile(
     let mut unavailable = 0;
     let mut to_replace: Vec<(&ApiObject, &ApiObject)> = Vec::new();
     for node in &eligible {
-        let pods = by_node.get(node.metadata.name.as_str()).cloned().unwrap_or_default();
+        let pods = by_node.get(node.metadata.name.as_str()).map_or(&[][..], Vec::as_slice);
         // An offline node's replica is unavailable whatever is done here:
         // it does not hold up the others (it is updated when it is back).
         let online = node.typed_status::<NodeStatus>().is_ready();
@@ -231,7 +230,7 @@ mod tests {
         }
         pods.retain(|p| !p.is_retired());
         for pod in pods.iter_mut() {
-            let on = node_name(pod).unwrap_or_default();
+            let on = pod.node_name().unwrap_or_default().to_owned();
             let ready = nodes.iter().any(|n| n.metadata.name == on && n.status::<NodeStatus>().is_ready());
             let mut status: PodStatus = pod.status();
             status.conditions = vec![Condition::new("Ready", ready, "", "")];
@@ -243,7 +242,7 @@ mod tests {
     fn hashes_by_node(pods: &[ApiObject]) -> Vec<(String, String)> {
         let mut out: Vec<_> = pods
             .iter()
-            .map(|p| (node_name(p).unwrap_or_default(), p.metadata.labels[TEMPLATE_HASH_LABEL].clone()))
+            .map(|p| (p.node_name().unwrap_or_default().to_owned(), p.metadata.labels[TEMPLATE_HASH_LABEL].clone()))
             .collect();
         out.sort();
         out

@@ -26,7 +26,7 @@ use crate::status::{Condition, DeploymentStatus, PodStatus, Revision, condition,
 use crate::store::Op;
 
 use super::Requeue;
-use super::workload::{TEMPLATE_HASH_LABEL, node_name, ordinal, replica, status_op, template_hash};
+use super::workload::{TEMPLATE_HASH_LABEL, ordinal, replica, status_op, template_hash};
 
 /// Restarts of a new replica that count as a crash loop.
 const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -140,7 +140,9 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
     let is_retired = |pod: &&&ApiObject| pod.is_retired();
     let retiring = owned.iter().filter(is_retired).count() as u32;
     let live: Vec<&ApiObject> = owned.iter().filter(|p| !is_retired(p)).copied().collect();
-    let hash_of = |pod: &ApiObject| pod.metadata.labels.get(TEMPLATE_HASH_LABEL).cloned().unwrap_or_default();
+    fn hash_of(pod: &ApiObject) -> &str {
+        pod.metadata.labels.get(TEMPLATE_HASH_LABEL).map_or("", String::as_str)
+    }
 
     // A target that fails is rolled back (or, with nothing to go back to,
     // marked failed and left to run).
@@ -339,13 +341,12 @@ fn step(
         // new image before it stops the old replica.
         if new_count < bounds.replicas && bounds.surge == 0 {
             let Some(ordinal) = free.next() else { continue };
-            let node = node_name(pod);
             ops.push(Op::Create(replica(
                 deployment,
                 template,
                 hash,
                 format!("{name}-{hash}-{ordinal}"),
-                node.as_deref(),
+                pod.node_name(),
             )));
             new_count += 1;
         }
@@ -355,6 +356,10 @@ fn step(
 /// Whether a replica has been ready for at least `min_ready` at `now`.
 pub fn is_available(pod: &ApiObject, min_ready: Duration, now: SystemTime) -> bool {
     let status = pod.typed_status::<PodStatus>();
+    if min_ready.is_zero() {
+        // Ready at all is enough: no time to read.
+        return status.is_ready();
+    }
     ready_since(&status).is_some_and(|since| now.duration_since(since).unwrap_or_default() >= min_ready)
 }
 
@@ -362,7 +367,7 @@ pub fn is_available(pod: &ApiObject, min_ready: Duration, now: SystemTime) -> bo
 /// deleted when the node reports it stopped. An unbound one has nothing
 /// to stop and is deleted at once.
 pub fn retire(pod: &ApiObject, ops: &mut Vec<Op>) {
-    if node_name(pod).is_none() {
+    if pod.node_name().is_none() {
         ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         return;
     }
@@ -464,8 +469,8 @@ mod tests {
             let now = format_time(self.now);
             for pod in &mut self.pods {
                 let mut status: PodStatus = pod.status();
-                if let Some(serde_json::Value::Object(spec)) = pod.content.get_mut("spec") {
-                    spec.entry("nodeName").or_insert_with(|| "edge-1".into());
+                if pod.node_name().is_none() {
+                    pod.set_node_name(Some("edge-1"));
                 }
                 let ready = healthy(&pod.metadata.labels[TEMPLATE_HASH_LABEL]);
                 status.phase = "Running".into();
@@ -495,11 +500,10 @@ mod tests {
         }
 
         fn apply(&mut self, spec: ApiObject) {
-            let status = self.deployment.content.get("status").cloned();
-            self.deployment = spec;
+            let old = std::mem::replace(&mut self.deployment, spec);
             self.deployment.metadata.generation = 2;
-            if let Some(status) = status {
-                self.deployment.content.insert("status".into(), status);
+            if old.has_status() {
+                self.deployment.copy_status_of(&old);
             }
             self.max_total = 0;
             self.min_available = usize::MAX;
@@ -554,7 +558,7 @@ mod tests {
             .collect();
         let created: Vec<_> = ops.iter().filter_map(|op| if let Op::Create(p) = op { Some(p) } else { None }).collect();
         assert_eq!((retired.len(), created.len()), (1, 1), "one at a time");
-        assert_eq!(node_name(created[0]).as_deref(), Some("edge-1"), "bound where the old one runs");
+        assert_eq!(created[0].node_name(), Some("edge-1"), "bound where the old one runs");
         sim.settle(30);
         assert!(sim.max_total <= 5 && sim.min_available >= 3, "{} {}", sim.max_total, sim.min_available);
         assert_eq!(sim.status().updated_available_replicas, 4);

@@ -15,7 +15,6 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use firmware_proto::Endpoint;
-use serde::{Deserialize, Serialize};
 
 use crate::manifest::types::{IntOrString, PodSpec, ServicePort, ServiceSpec};
 use crate::object::ApiObject;
@@ -27,14 +26,7 @@ use super::Snapshot;
 /// Node label holding the address other devices reach it at.
 pub const ADDRESS_LABEL: &str = "flotilla.io/address";
 
-/// `status` of a Service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceStatus {
-    /// Ready endpoints, `address:port`, per Service port (`name` or the port number).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub endpoints: BTreeMap<String, Vec<String>>,
-}
+pub use crate::status::ServiceStatus;
 
 /// One Service with the endpoints of each of its ports.
 pub struct Resolved<'a> {
@@ -150,7 +142,7 @@ mod tests {
              containers:\n  - name: web\n    image: web:1\n    ports: [{{name: http, containerPort: 8080}}]\n"
         ));
         // Bound by the scheduler, not by manifests.
-        pod.content["spec"]["nodeName"] = node.into();
+        pod.set_node_name(Some(node));
         let mut status = PodStatus { phase: "Running".into(), ..PodStatus::default() };
         status.conditions.push(Condition::new("Ready", ready, "", ""));
         if retired {

@@ -68,7 +68,10 @@ pub fn archs_of(pod: &ApiObject) -> Option<Vec<&str>> {
 /// Whether a pinned replica's image can run on a node of `arch` (unknown
 /// archs, of the image or the node, do not stop it).
 pub fn can_run_on(pod: &ApiObject, arch: &str) -> bool {
-    arch.is_empty() || archs_of(pod).is_none_or(|archs| archs.contains(&arch))
+    match pod.metadata.annotations.get(IMAGE_ARCHS_ANNOTATION) {
+        Some(archs) if !arch.is_empty() && !archs.is_empty() => archs.split(',').any(|a| a == arch),
+        _ => true,
+    }
 }
 
 /// Pins every live unpinned replica whose image `answers` resolves, records
@@ -116,7 +119,7 @@ mod tests {
     fn pod(name: &str, image: &str) -> Arc<ApiObject> {
         let mut pod = ApiObject::new(Kind::Pod, "default", name);
         pod.metadata.resource_version = "7".into();
-        pod.content.insert("spec".into(), serde_json::json!({ "containers": [{ "name": "c", "image": image }] }));
+        pod.set_field("spec", serde_json::json!({ "containers": [{ "name": "c", "image": image }] }));
         Arc::new(pod)
     }
 

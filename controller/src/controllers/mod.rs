@@ -5,6 +5,7 @@
 //! - [`deployment`]: rollouts (surge, availability, rollback).
 //! - [`daemonset`]: one replica per eligible node, node-by-node updates.
 //! - [`job`]: run to completion.
+//! - [`node_lifecycle`]: a lost node's replicas move (eviction).
 //! - [`scheduling`]: pending, pinned replicas -> nodes.
 //! - [`image_pinning`]: image digests and architectures on replicas.
 //! - [`endpoints`]: each Service's ready endpoints.
@@ -29,6 +30,8 @@
 //! | Pod `metadata.annotations[flotilla.io/image-digest, image-archs, image-error]` | [`image_pinning`] |
 //! | Pod `metadata.deletionTimestamp` | the rollouts (`Op::Retire`, set once by the store) |
 //! | Pod `spec.nodeName`, status `PodScheduled` and Pending reasons | [`scheduling`] |
+//! | Pod status of a lost node's DaemonSet replica (`Unknown`, `NodeLost`); deletes of its retired replicas | [`node_lifecycle`] |
+//! | Node `Ready` condition (registration, leases, Last Will) | the fleet inbox |
 //! | Deployment, DaemonSet, Job `status` | [`deployment`], [`daemonset`], [`job`] |
 //! | Service `status` (endpoints) | [`endpoints`] |
 //! | Pod status reported by the node (phase once running, restarts, usage, Ready) | the fleet inbox |
@@ -39,6 +42,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod image_pinning;
 pub mod job;
+pub mod node_lifecycle;
 pub mod scheduling;
 pub mod snapshot;
 pub mod workload;
@@ -79,8 +83,8 @@ impl Requeue {
 pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
     let mut ops = Vec::new();
     let now = snapshot.now.unwrap_or_else(SystemTime::now);
-    gc::reconcile(snapshot, now, &mut ops);
     let owned = snapshot.pods_by_owner();
+    gc::reconcile(snapshot, &owned, now, &mut ops);
     let owned_by = |uid: &str| owned.get(uid).map_or(&[][..], Vec::as_slice);
     let mut requeue = Requeue::OnChange;
     for deployment in &snapshot.deployments {
@@ -95,7 +99,9 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
         job::reconcile(job, owned_by(&job.metadata.uid), now, &mut ops);
         requeue = requeue.sooner(job::requeue(job));
     }
-    let scheduled = scheduling::reconcile(snapshot, &ops);
+    let (evictions, lifecycle) = node_lifecycle::reconcile(snapshot, &snapshot.eviction, now, &mut ops);
+    requeue = requeue.sooner(lifecycle);
+    let scheduled = scheduling::reconcile(snapshot, &ops, &evictions);
     ops.extend(scheduled);
     endpoints::reconcile(snapshot, &mut ops);
     (ops, requeue)

@@ -1,16 +1,16 @@
 //! Scheduling: pending, pinned replicas -> nodes, through the pure
-//! scheduler crate, in one batch per pass. Replicas that wait (for a
+//! scheduler crate, in one batch per pass; new replicas are packed (fewest
+//! devices busy), those leaving a lost node are spread (fastest recovery). Replicas that wait (for a
 //! ConfigMap or Secret they name, for their image's pin) or that no node
 //! can take say why in their status.
 //!
 //! Writes a Pod's `spec.nodeName`, its `PodScheduled` condition and its
 //! Pending reason and message, and nothing else.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use flotilla_scheduler::model as sched;
-use serde_json::Value;
 
 use crate::manifest::Quantity;
 use crate::manifest::types::{NodeSpec, PodSpec};
@@ -18,9 +18,8 @@ use crate::object::{ApiObject, ObjectKey};
 use crate::status::{Condition, NodeStatus, PodStatus, condition, set_condition};
 use crate::store::Op;
 
-use super::Snapshot;
-use super::image_pinning;
-use super::workload::node_name;
+use super::node_lifecycle::{self, Evictions};
+use super::{Snapshot, image_pinning};
 
 /// A node taint as the scheduler models it (`None`: an unknown effect).
 pub fn taint(t: &crate::manifest::types::NodeTaint) -> Option<sched::Taint> {
@@ -198,10 +197,15 @@ fn missing_references(pod: &PodSpec, namespace: &str, snapshot: &Snapshot) -> Ve
     missing
 }
 
-/// Places pending replicas in one batch and records why others stay pending.
-/// `earlier` are this pass's other writes: replicas they create are placed by
-/// the next pass (they do not exist yet), those they delete are skipped.
-pub fn reconcile(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
+/// Places pending replicas, and those leaving lost nodes (`evictions`), in
+/// one batch, and records why others stay pending. `earlier` are this pass's
+/// other writes: replicas they create are placed by the next pass (they do
+/// not exist yet), those they delete are skipped.
+///
+/// The scheduler's model of the fleet (every node, every bound replica) is
+/// built only when something is to be placed: an idle pass reads each
+/// replica's binding and status and nothing more.
+pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>) -> Vec<Op> {
     // Replicas this pass deletes or retires are left alone.
     let deleted: BTreeSet<ObjectKey> = earlier
         .iter()
@@ -210,34 +214,63 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
             _ => None,
         })
         .collect();
-    let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| scheduler_node(n)).collect();
-    let arch_of: std::collections::HashMap<&str, &str> =
-        nodes.iter().map(|n| (n.id.as_str(), n.arch.as_str())).collect();
-    let mut bound = Vec::new();
+    // Made only if a replica bound at creation still waits to start.
+    let arch_of: std::cell::OnceCell<HashMap<&str, &str>> = std::cell::OnceCell::new();
+    let arch_of = || {
+        arch_of.get_or_init(|| {
+            snapshot
+                .nodes
+                .iter()
+                .map(|n| {
+                    let arch = n.status_ref::<NodeStatus>().map_or("", |s| s.node_info.architecture.as_str());
+                    (n.metadata.name.as_str(), arch)
+                })
+                .collect()
+        })
+    };
+    let mut bound: Vec<(&ApiObject, &str)> = Vec::new();
     let mut pending = Vec::new();
+    let mut moving: Vec<(&ApiObject, sched::Replica, &str)> = Vec::new();
     let mut unpinned = Vec::new();
     let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
+    let mut unbinds: Vec<(&ApiObject, &str, &str, String)> = Vec::new();
     for pod in snapshot.pods.iter().filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
-        if pod.typed_status::<PodStatus>().is_finished() {
+        let status = pod.typed_status::<PodStatus>();
+        if status.is_finished() {
             continue;
         }
-        let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
-        match node_name(pod) {
-            Some(node) => {
+        let leaving = match evictions.moving.is_empty() {
+            true => None,
+            false => evictions.moving.get(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str())),
+        };
+        match (pod.node_name(), leaving) {
+            (Some(node), None) => {
                 // Bound at creation (a DaemonSet's, a replacement in place)
                 // to a node its image turned out not to run on: it stays
-                // off that node's document, and says why.
-                let arch = arch_of.get(node.as_str()).copied().unwrap_or("");
-                if image_pinning::is_pinned(pod) && !image_pinning::can_run_on(pod, arch) && !pod.is_retired() {
-                    let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
-                    let message = format!("the image has no linux/{arch} variant for node {node} (has {archs})");
-                    blocked.push((pod, "ArchMismatch", message));
+                // off that node's document, and says why. (One that runs
+                // was started by its node: nothing to check.)
+                if status.phase == "Pending" && image_pinning::is_pinned(pod) && !pod.is_retired() {
+                    let arch = arch_of().get(node).copied().unwrap_or("");
+                    if !image_pinning::can_run_on(pod, arch) {
+                        let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
+                        let message = format!("the image has no linux/{arch} variant for node {node} (has {archs})");
+                        blocked.push((pod, "ArchMismatch", message));
+                    }
                 }
-                bound.push(sched::BoundReplica { replica: scheduler_replica(pod, &spec), node: node.into() })
+                bound.push((pod, node));
             }
-            None => {
+            (_, leaving) => {
+                let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
                 let missing = missing_references(&spec, &pod.metadata.namespace, snapshot);
-                if !missing.is_empty() {
+                if let Some((_, why)) = leaving.filter(|_| !missing.is_empty() || !image_pinning::is_pinned(pod)) {
+                    // Leaving a lost node for a wait: off the node first.
+                    let (reason, message) = if missing.is_empty() {
+                        ("ImageNotPinned", "its image is not pinned".to_owned())
+                    } else {
+                        ("MissingReference", missing.join("; "))
+                    };
+                    unbinds.push((pod, reason, why.as_str(), message));
+                } else if !missing.is_empty() {
                     blocked.push((pod, "MissingReference", missing.join("; ")));
                 } else if !image_pinning::is_pinned(pod) {
                     // Placed only once the scheduler knows where its image
@@ -250,6 +283,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
                         ),
                     };
                     unpinned.push((pod, scheduler_replica(pod, &spec), message));
+                } else if let Some((_, why)) = leaving {
+                    // Spread, not packed: a lost node's replicas go to the
+                    // emptiest nodes that fit, so several devices start
+                    // them at once (one device starts its containers one
+                    // after another) and no one device takes them all.
+                    let mut replica = scheduler_replica(pod, &spec);
+                    replica.score_mode = sched::ScoreMode::Spread;
+                    moving.push((pod, replica, why.as_str()));
                 } else {
                     pending.push((pod, scheduler_replica(pod, &spec)));
                 }
@@ -260,20 +301,54 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
     for (pod, reason, message) in blocked {
         pending_status(pod, reason, &message, &mut ops);
     }
-    if pending.is_empty() && unpinned.is_empty() {
+    for (pod, reason, why, message) in unbinds {
+        unbind(pod, reason, why, &message, &mut ops);
+    }
+    if pending.is_empty() && unpinned.is_empty() && moving.is_empty() {
         return ops;
     }
+    let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| n.memo(scheduler_node).into_owned()).collect();
+    let bound = bound
+        .iter()
+        .map(|(pod, node)| {
+            // What the scheduler reads of a bound replica: its id, workload
+            // and requests (not its constraints), from the model kept with
+            // the stored replica.
+            let model = pod.memo(|pod| scheduler_replica(pod, &pod.typed_spec::<PodSpec>().unwrap_or_default()));
+            let replica = sched::Replica {
+                id: model.id.clone(),
+                workload: model.workload.clone(),
+                priority: model.priority,
+                requests: model.requests.clone(),
+                arch: None,
+                os: None,
+                node_selector: BTreeMap::new(),
+                tolerations: Vec::new(),
+                max_per_node: None,
+                topology_spread: None,
+                score_mode: model.score_mode,
+            };
+            sched::BoundReplica { replica, node: (*node).into() }
+        })
+        .collect();
     let mut view = sched::ClusterView { nodes, bound };
-    let replicas: Vec<sched::Replica> = pending.iter().map(|(_, r)| r.clone()).collect();
+    let replicas: Vec<sched::Replica> =
+        pending.iter().map(|(_, r)| r.clone()).chain(moving.iter().map(|(_, r, _)| r.clone())).collect();
     let plan = flotilla_scheduler::schedule(&view, &replicas, 0);
-    let by_id: BTreeMap<&str, &ApiObject> = pending.iter().map(|(p, r)| (r.id.as_str(), &***p)).collect();
+    let by_id: BTreeMap<&str, &ApiObject> = pending
+        .iter()
+        .map(|(p, r)| (r.id.as_str(), &***p))
+        .chain(moving.iter().map(|(p, r, _)| (r.id.as_str(), *p)))
+        .collect();
+    let why_moving: BTreeMap<&str, &str> = moving.iter().map(|(_, r, why)| (r.id.as_str(), *why)).collect();
     for placement in &plan.placements {
         let Some(pod) = by_id.get(placement.replica.as_str()) else { continue };
         let mut bound = (*pod).clone();
-        if let Some(Value::Object(spec)) = bound.content.get_mut("spec") {
-            spec.insert("nodeName".to_owned(), Value::String(placement.node.as_str().to_owned()));
-        }
-        let mut status: PodStatus = pod.status();
+        bound.set_node_name(Some(placement.node.as_str()));
+        let mut status = match why_moving.get(placement.replica.as_str()) {
+            Some(_) => node_lifecycle::moved_status(&pod.status(), "", ""),
+            None => pod.status(),
+        };
         status.phase = "Pending".to_owned();
         status.reason.clear();
         status.message.clear();
@@ -287,13 +362,20 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
     }
     for unplaced in &plan.unplaced {
         let Some(pod) = by_id.get(unplaced.replica.as_str()) else { continue };
-        pending_status(pod, "Unschedulable", &unplaced.reason.to_string(), &mut ops);
+        match why_moving.get(unplaced.replica.as_str()) {
+            Some(why) => unbind(pod, "Unschedulable", why, &unplaced.reason.to_string(), &mut ops),
+            None => pending_status(pod, "Unschedulable", &unplaced.reason.to_string(), &mut ops),
+        }
     }
     if !unpinned.is_empty() {
         // Replicas still waiting for their image are not placed, but an
         // operator should hear first what no pin would mend: whether any
         // node could take them once the pinned ones above are placed.
-        let replica_of: BTreeMap<&str, &sched::Replica> = pending.iter().map(|(_, r)| (r.id.as_str(), r)).collect();
+        let replica_of: BTreeMap<&str, &sched::Replica> = pending
+            .iter()
+            .map(|(_, r)| (r.id.as_str(), r))
+            .chain(moving.iter().map(|(_, r, _)| (r.id.as_str(), r)))
+            .collect();
         for placement in &plan.placements {
             if let Some(replica) = replica_of.get(placement.replica.as_str()) {
                 view.bound.push(sched::BoundReplica { replica: (*replica).clone(), node: placement.node.clone() });
@@ -311,6 +393,20 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op]) -> Vec<Op> {
         }
     }
     ops
+}
+
+/// Takes a replica leaving a lost node off it: `NodeLost`, and in its
+/// `PodScheduled` condition why it waits (as a pending replica says it, so
+/// the next pass has nothing to rewrite).
+fn unbind(pod: &ApiObject, reason: &str, why: &str, message: &str, ops: &mut Vec<Op>) {
+    let mut unbound = pod.clone();
+    unbound.set_node_name(None);
+    let mut status = node_lifecycle::moved_status(&pod.status(), "NodeLost", &format!("{why}; {message}"));
+    set_condition(&mut status.conditions, Condition::new("PodScheduled", false, reason, message));
+    unbound.set_status(&status);
+    ops.push(Op::Apply(unbound.clone()));
+    unbound.metadata.resource_version.clear();
+    ops.push(Op::UpdateStatus(unbound));
 }
 
 fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op>) {

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub events: Vec<Arc<ApiObject>>,
     /// When it was read: rollouts time readiness and deadlines against it.
     pub now: Option<std::time::SystemTime>,
+    /// What the pass is told about evicting lost nodes' replicas.
+    pub eviction: super::node_lifecycle::EvictionPolicy,
     /// The store's resourceVersion it shows.
     pub resource_version: u64,
 }
@@ -51,6 +53,7 @@ impl Snapshot {
             services: list(Kind::Service),
             events: list(Kind::Event),
             now: Some(std::time::SystemTime::now()),
+            eviction: Default::default(),
             resource_version: view.resource_version,
         }
     }
@@ -67,5 +70,16 @@ impl Snapshot {
             }
         }
         owned
+    }
+
+    /// The pods bound to each node, from one scan of the pods.
+    pub fn pods_by_node(&self) -> HashMap<&str, Vec<&ApiObject>> {
+        let mut bound: HashMap<&str, Vec<&ApiObject>> = HashMap::new();
+        for pod in &self.pods {
+            if let Some(node) = pod.node_name() {
+                bound.entry(node).or_default().push(pod);
+            }
+        }
+        bound
     }
 }

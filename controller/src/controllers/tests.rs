@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::workload::{TEMPLATE_HASH_LABEL, node_name, template_hash};
+use super::workload::{TEMPLATE_HASH_LABEL, template_hash};
 use super::*;
 use crate::manifest::types::PodTemplate;
 use crate::manifest::{Kind, parse_str};
@@ -77,8 +77,8 @@ impl Fixture {
         let mut node = ApiObject::new(Kind::Node, "", name);
         node.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.store.commit(vec![Op::Apply(node.clone())]).unwrap();
-        node.content.insert(
-            "status".into(),
+        node.set_field(
+            "status",
             json!({"capacity": {"cpu": cpu, "memory": memory, "pods": "16"},
                    "nodeInfo": {"architecture": arch, "operatingSystem": "linux"},
                    "conditions": [{"type": "Ready", "status": "True"}]}),
@@ -152,16 +152,16 @@ fn pending_replicas_are_packed_onto_ready_nodes_with_reasons_for_the_rest() {
     f.apply(&deployment(5, "100Mi"));
     f.settle();
     let pods = f.pods();
-    let bound: Vec<_> = pods.iter().filter_map(node_name).collect();
+    let bound: Vec<_> = pods.iter().filter_map(|p| p.node_name().map(str::to_owned)).collect();
     // 100Mi each: two fit per 256Mi node, the fifth fits nowhere.
     assert_eq!(bound.len(), 4);
     assert_eq!(bound.iter().filter(|n| *n == "pi-1").count(), 2);
-    let pending: Vec<PodStatus> = pods.iter().filter(|p| node_name(p).is_none()).map(|p| p.status()).collect();
+    let pending: Vec<PodStatus> = pods.iter().filter(|p| p.node_name().is_none()).map(|p| p.status()).collect();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].reason, "Unschedulable");
     assert!(pending[0].message.starts_with("0/2 nodes available"), "{}", pending[0].message);
     assert!(pending[0].message.contains("memory"), "{}", pending[0].message);
-    let scheduled: Vec<PodStatus> = pods.iter().filter(|p| node_name(p).is_some()).map(|p| p.status()).collect();
+    let scheduled: Vec<PodStatus> = pods.iter().filter(|p| p.node_name().is_some()).map(|p| p.status()).collect();
     assert!(scheduled.iter().all(|s| condition(&s.conditions, "PodScheduled").unwrap().status == "True"));
 }
 
@@ -178,14 +178,14 @@ fn a_missing_config_map_is_a_readable_condition_until_it_appears() {
     let status: PodStatus = pod.status();
     assert_eq!(status.reason, "MissingReference");
     assert_eq!(status.message, "configmap \"sensor-config\" not found (env MODE)");
-    assert!(node_name(pod).is_none());
+    assert!(pod.node_name().is_none());
     f.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sensor-config}\ndata: {other: x}\n");
     f.settle();
     let status: PodStatus = f.pods()[0].status();
     assert_eq!(status.message, "configmap \"sensor-config\" has no key \"mode\" (env MODE)");
     f.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sensor-config}\ndata: {mode: fast}\n");
     f.settle();
-    assert_eq!(node_name(&f.pods()[0]).as_deref(), Some("pi-1"));
+    assert_eq!(f.pods()[0].node_name(), Some("pi-1"));
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn daemon_sets_run_one_replica_per_matching_node() {
          nodeSelector: {role: camera}\n      containers: [{name: c, image: c:1}]\n",
     );
     f.settle();
-    let mut on: Vec<_> = f.pods().iter().filter_map(node_name).collect();
+    let mut on: Vec<_> = f.pods().iter().filter_map(|p| p.node_name().map(str::to_owned)).collect();
     on.sort();
     assert_eq!(on, ["cam-1", "cam-2"]);
     assert!(f.pods().iter().all(|p| p.metadata.name.starts_with("collector-") && p.metadata.name.contains("-cam-")));
@@ -276,7 +276,8 @@ fn a_pinned_single_arch_image_is_placed_only_on_nodes_of_that_arch() {
     f.apply(&pod("arm64-only", "arm64"));
     f.settle();
     let pods = f.pods();
-    let node_of = |name: &str| pods.iter().find(|p| p.metadata.name == name).and_then(node_name);
+    let node_of =
+        |name: &str| pods.iter().find(|p| p.metadata.name == name).and_then(|p| p.node_name().map(str::to_owned));
     assert_eq!(node_of("arm64-only").as_deref(), Some("pi-1"));
     assert_eq!(node_of("multi").as_deref(), Some("pi-1"));
     assert_eq!(node_of("amd64-only"), None);
@@ -316,7 +317,7 @@ fn a_replica_is_never_bound_before_its_image_is_pinned() {
     let pods = f.pods();
     assert_eq!(pods.len(), 2);
     for pod in &pods {
-        assert_eq!(node_name(pod), None, "bound before its image was pinned");
+        assert_eq!(pod.node_name(), None, "bound before its image was pinned");
         let status: PodStatus = pod.status();
         assert_eq!(status.reason, "ImageNotPinned");
         assert!(status.message.contains("registry.local/web:1"), "{}", status.message);
@@ -325,14 +326,14 @@ fn a_replica_is_never_bound_before_its_image_is_pinned() {
     *f.registry.borrow_mut() = Err("registry registry.local unreachable".into());
     f.settle();
     for pod in &f.pods() {
-        assert_eq!(node_name(pod), None);
+        assert_eq!(pod.node_name(), None);
         assert!(pod.status::<PodStatus>().message.contains("unreachable"), "{:?}", pod.status::<PodStatus>());
     }
     // Once pinned, they are placed where the image runs.
     *f.registry.borrow_mut() = Ok(image_pinning::PinnedImage { digest: [9; 32], archs: vec!["arm64".into()] });
     f.settle();
     for pod in &f.pods() {
-        assert_eq!(node_name(pod).as_deref(), Some("pi-1"));
+        assert_eq!(pod.node_name(), Some("pi-1"));
         assert!(image_pinning::is_pinned(pod));
         assert!(!pod.metadata.annotations.contains_key(image_pinning::IMAGE_ERROR_ANNOTATION));
     }
@@ -357,14 +358,63 @@ fn a_daemon_set_replica_on_a_node_its_image_cannot_run_on_is_retired_not_unbound
         f.pin();
         reconcile_once(&f.store).unwrap();
         for pod in f.pods() {
-            assert!(node_name(&pod).is_some(), "{} was unbound", pod.metadata.name);
+            assert!(&pod.node_name().is_some(), "{} was unbound", pod.metadata.name);
         }
     }
     let pods = f.pods();
-    let on = |node: &str| pods.iter().find(|p| node_name(p).as_deref() == Some(node)).unwrap();
+    let on = |node: &str| pods.iter().find(|p| p.node_name() == Some(node)).unwrap();
     assert!(!on("gw-1").is_retired());
     assert!(on("pi-1").is_retired(), "the arm64 node's replica leaves");
     assert_eq!(pods.len(), 2, "and is not made again");
     let status = f.store.get(&ObjectKey::new(Kind::DaemonSet, "default", "collector")).unwrap();
     assert_eq!(status.status::<DaemonSetStatus>().desired_number_scheduled, 1, "only nodes the image runs on count");
+}
+
+#[test]
+fn a_lost_nodes_replicas_move_in_one_pass_spread_over_the_other_nodes() {
+    let f = Fixture::new();
+    for node in ["pi-1", "pi-2", "pi-3", "pi-4"] {
+        f.node(node, "4", "4Gi", &[]);
+    }
+    f.apply(&deployment(6, "100Mi"));
+    f.settle();
+    // Packed: new replicas fill the fewest nodes.
+    let on = |pods: &[ApiObject]| {
+        let mut nodes: Vec<String> = pods.iter().filter_map(|p| p.node_name().map(str::to_owned)).collect();
+        nodes.sort();
+        nodes
+    };
+    let before = on(&f.pods());
+    let lost = before[0].clone();
+    let leaving = before.iter().filter(|n| **n == lost).count();
+    assert!(leaving >= 3, "packed onto few nodes: {before:?}");
+
+    // Its Last Will, past the eviction grace.
+    let mut node = f.store.get(&ObjectKey::new(Kind::Node, "", &lost)).unwrap();
+    let mut status: crate::status::NodeStatus = node.status();
+    let mut unreachable = crate::status::Condition::new("Ready", false, "Unreachable", "last will");
+    unreachable.last_transition_time =
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() - Duration::from_secs(5)).to_string();
+    crate::status::set_condition(&mut status.conditions, unreachable);
+    node.set_status(&status);
+    f.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
+
+    // One pass: unbound and bound again, never left unbound in between.
+    assert!(reconcile_once(&f.store).unwrap() > 0);
+    let pods = f.pods();
+    let after = on(&pods);
+    assert_eq!(after.len(), 6, "every replica bound after one pass: {after:?}");
+    assert!(!after.contains(&lost));
+    let moved: Vec<&ApiObject> = pods
+        .iter()
+        .filter(|p| condition(&p.status::<PodStatus>().conditions, "Ready").is_some_and(|c| c.reason == "NodeLost"))
+        .collect();
+    assert_eq!(moved.len(), leaving);
+    let targets: std::collections::BTreeSet<&str> = moved.iter().filter_map(|p| p.node_name()).collect();
+    assert!(targets.len() >= 2, "{leaving} replicas of {lost} went to {targets:?}");
+    for pod in moved {
+        let status: PodStatus = pod.status();
+        assert_eq!(status.phase, "Pending", "until its new node reports it");
+        assert!(status.usage.is_none());
+    }
 }

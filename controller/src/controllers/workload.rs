@@ -7,11 +7,9 @@
 
 use std::hash::Hasher;
 
-use serde_json::Value;
-
 use crate::manifest::Kind;
 use crate::manifest::types::PodTemplate;
-use crate::object::{ApiObject, OwnerReference};
+use crate::object::{ApiObject, OwnerReference, StoredPodSpec};
 use crate::status::PodStatus;
 use crate::store::Op;
 
@@ -54,11 +52,7 @@ pub fn replica(owner: &ApiObject, template: &PodTemplate, hash: &str, name: Stri
     pod.metadata.annotations = template.metadata.annotations.clone();
     pod.metadata.owner_references =
         vec![OwnerReference { kind: owner.kind, name: owner.metadata.name.clone(), uid: owner.metadata.uid.clone() }];
-    let mut spec = serde_json::to_value(&template.spec).unwrap_or(Value::Null);
-    if let (Some(node), Value::Object(map)) = (node, &mut spec) {
-        map.insert("nodeName".to_owned(), Value::String(node.to_owned()));
-    }
-    pod.content.insert("spec".to_owned(), spec);
+    pod.set_spec(StoredPodSpec { template: template.spec.clone(), node_name: node.map(str::to_owned) });
     pod.set_status(&PodStatus { phase: "Pending".to_owned(), ..PodStatus::default() });
     pod
 }
@@ -69,19 +63,14 @@ pub fn ordinal(name: &str) -> Option<u32> {
 }
 
 /// Writes `status` unless the object already has it.
-pub fn status_op<T: serde::Serialize + PartialEq + serde::de::DeserializeOwned + Default>(
+pub fn status_op<T: serde::Serialize + PartialEq + serde::de::DeserializeOwned + Default + Clone + 'static>(
     object: &ApiObject,
     status: &T,
     ops: &mut Vec<Op>,
 ) {
-    if object.status::<T>() != *status || !object.content.contains_key("status") {
+    if *object.typed_status::<T>() != *status || !object.has_status() {
         let mut updated = object.clone();
         updated.set_status(status);
         ops.push(Op::UpdateStatus(updated));
     }
-}
-
-/// The node a replica is bound to.
-pub fn node_name(pod: &ApiObject) -> Option<String> {
-    pod.node_name().map(str::to_owned)
 }

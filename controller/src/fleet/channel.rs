@@ -30,8 +30,9 @@ pub struct Incoming {
 /// Whether the controller's own broker connection is up, and since when.
 /// While it is down the controller hears no node, so a node's silence (or a
 /// Last Will the broker sent as it went down) says nothing about the node:
-/// the inbox decides no eviction then, nor until the fleet had time to
-/// reconnect after it (a broker restart is not a node loss).
+/// no lease expires then, and no eviction is allowed then nor until the
+/// fleet had time to reconnect after it (a broker restart is not a node
+/// loss; see `super::EvictionSource`).
 #[derive(Debug, Clone, Default)]
 pub struct BrokerLink(Arc<std::sync::Mutex<Option<std::time::Instant>>>);
 

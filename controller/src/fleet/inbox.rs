@@ -1,6 +1,7 @@
 //! Messages from nodes -> the store: registration (Node objects), presence
-//! and leases, replica status and usage, events. Also evicts the replicas
-//! of lost nodes so the scheduler places them elsewhere in one batch.
+//! and leases (a node's `Ready` condition), replica status and usage,
+//! events. What a lost node's replicas do then is decided by the node
+//! lifecycle controller (`crate::controllers::node_lifecycle`).
 //!
 //! Every message is checked before it is believed: its topic names an
 //! enrolled node, its MAC was made with that node's key and its sequence
@@ -25,15 +26,14 @@ use super::desired::PublishedDocuments;
 use super::logs::LogRequests;
 use super::{FleetConfig, Topics};
 use crate::manifest::Kind;
+use crate::manifest::types::NodeSpec;
 use crate::object::{ApiObject, ObjectKey};
 use crate::status::{Condition, NodeInfo, NodeStatus, PodStatus, Usage, condition, set_condition};
 use crate::store::{Op, Store, StoreError, View};
 
-/// Reasons of a node's `Ready=False` that make its replicas move.
-const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"];
-
 /// How long after its own broker connection came back the controller waits
-/// before it evicts a node it has not heard from: devices reconnect with
+/// before it evicts a node it has not heard from (told to the node
+/// lifecycle controller by [`super::EvictionSource`]): devices reconnect with
 /// back-off after a broker restart. 10,000 devices took 11-12 s to be back
 /// on Mosquitto here, and a 10 s grace evicted 4 of them (a broker restart
 /// is not a node loss); a node that really died meanwhile moves 30 s late.
@@ -63,10 +63,6 @@ struct NodeTrack {
     /// the MAC check, so they cannot be replayed through that door.
     key: [u8; 32],
     last_seen: Instant,
-    lost_since: Option<Instant>,
-    /// Its replicas were moved for this loss: later ticks skip it until the
-    /// node is seen again.
-    evicted: bool,
     /// Its `Ready` condition as last written (`None`: no Node object), so
     /// that leases are checked without reading every Node.
     ready: Option<ReadyState>,
@@ -192,8 +188,7 @@ impl Inbox {
         self
     }
 
-    /// Evictions wait for `link`: none while it is down, nor within
-    /// [`RECONNECT_GRACE`] after it came back.
+    /// Leases wait for `link`: none expires while it is down.
     pub fn with_broker_link(mut self, link: super::channel::BrokerLink) -> Self {
         self.link = Some(link);
         self
@@ -254,8 +249,6 @@ impl Inbox {
             last_seq: Default::default(),
             key: [0; 32],
             last_seen: started,
-            lost_since: None,
-            evicted: false,
             ready: None,
         })
     }
@@ -276,7 +269,6 @@ impl Inbox {
                     Presence::ShuttingDown => ("AgentShutdown", "the agent is shutting down"),
                     _ => ("Unreachable", "connection to the broker lost (last will)"),
                 };
-                self.track(node).lost_since = Some(now);
                 self.set_ready(node, false, reason, message);
             }
             NodeMessage::Status(status) => {
@@ -295,8 +287,6 @@ impl Inbox {
     fn seen(&mut self, node: &str, now: Instant) {
         let track = self.track(node);
         track.last_seen = now;
-        track.lost_since = None;
-        track.evicted = false;
     }
 
     fn register(&mut self, node: &str, hello: &firmware_proto::Hello) {
@@ -330,8 +320,8 @@ impl Inbox {
                 for (key, value) in &labels {
                     object.metadata.labels.insert(key.clone(), value.clone());
                 }
-                if !object.content.contains_key("spec") {
-                    object.content.insert("spec".into(), serde_json::json!({}));
+                if object.spec_part().is_none() {
+                    object.set_spec(NodeSpec::default());
                 }
                 let mut status: NodeStatus = object.status();
                 status.capacity = capacity.clone();
@@ -531,48 +521,28 @@ impl Inbox {
         }
     }
 
-    /// Leases and evictions; called every ~100 ms. Reads nothing from the
-    /// store but the pods of nodes it evicts (and every 30 s, the Nodes).
+    /// Leases; called every ~100 ms. Reads nothing from the store (but every
+    /// 30 s, the Nodes). What a lost node's replicas do is the node
+    /// lifecycle controller's (`crate::controllers::node_lifecycle`).
     pub fn tick(&mut self, now: Instant) {
         if self.last_resync.is_none_or(|at| now.duration_since(at) >= RESYNC) {
             self.resync(now);
         }
         // Hearing nothing from the broker says nothing about the nodes.
-        let heard_since = match &self.link {
-            Some(link) => match link.up_since() {
-                Some(since) => Some(since),
-                None => return,
-            },
-            None => None,
-        };
-        let (lease, grace) = (self.config.lease, self.config.eviction_grace);
-        let reconnecting = heard_since.is_some_and(|since| now < since + RECONNECT_GRACE);
-        let mut expired = Vec::new();
-        let mut due = BTreeMap::new();
-        for (name, track) in &mut self.nodes {
-            let Some(ready) = &track.ready else { continue };
-            if ready.ready {
-                if now.duration_since(track.last_seen) > lease {
-                    track.lost_since = Some(now);
-                    expired.push(name.clone());
-                }
-                continue;
-            }
-            if !LOST_REASONS.contains(&ready.reason.as_str()) {
-                continue;
-            }
-            let lost_since = *track.lost_since.get_or_insert(now);
-            if !track.evicted && !reconnecting && now.duration_since(lost_since) >= grace {
-                track.evicted = true;
-                due.insert(name.clone(), ready.reason.clone());
-            }
+        if self.link.as_ref().is_some_and(|link| link.up_since().is_none()) {
+            return;
         }
+        let lease = self.config.lease;
+        let expired: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, track)| track.ready.as_ref().is_some_and(|r| r.ready))
+            .filter(|(_, track)| now.duration_since(track.last_seen) > lease)
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in expired {
             let message = format!("no heartbeat for {} s", lease.as_secs());
             self.set_ready(&name, false, "LeaseExpired", &message);
-        }
-        if !due.is_empty() {
-            self.evict(&due);
         }
     }
 
@@ -599,27 +569,6 @@ impl Inbox {
             }
         }
     }
-
-    /// Unbinds the unfinished replicas of the nodes in `due` (name -> why),
-    /// all in one scan of the pods; the scheduler places them again in its
-    /// next pass.
-    fn evict(&mut self, due: &BTreeMap<String, String>) {
-        let view = self.store.view();
-        let mut moved: BTreeMap<&str, usize> = BTreeMap::new();
-        for pod in view.list(Kind::Pod, None) {
-            let Some(node) = pod.node_name() else {
-                continue;
-            };
-            let Some((node, why)) = due.get_key_value(node) else { continue };
-            *moved.entry(node.as_str()).or_default() += 1;
-            let (node, why) = (node.clone(), why.clone());
-            self.pending.push(pod.key(), Box::new(move |object| evict_one(object, &node, &why)));
-        }
-        for (node, why) in due {
-            let replicas = moved.get(node.as_str()).copied().unwrap_or(0);
-            tracing::warn!(node, replicas, reason = why, "node lost: its replicas move");
-        }
-    }
 }
 
 /// The writes that make every pending change on `view`, and the readiness
@@ -643,7 +592,7 @@ fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Optio
                         || s.metadata.labels != object.metadata.labels
                         || s.metadata.annotations != object.metadata.annotations
                 });
-                let changed_status = stored.is_none_or(|s| s.content.get("status") != object.content.get("status"));
+                let changed_status = stored.is_none_or(|s| !s.same_status(&object));
                 object.metadata.resource_version = stored.map(|s| s.resource_version().to_string()).unwrap_or_default();
                 if changed_content {
                     // Applied first (with the precondition), then the status
@@ -651,7 +600,7 @@ fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Optio
                     ops.push(Op::Apply(object.clone()));
                     object.metadata.resource_version.clear();
                 }
-                if changed_status || (changed_content && object.content.contains_key("status")) {
+                if changed_status || (changed_content && object.has_status()) {
                     ops.push(Op::UpdateStatus(object.clone()));
                 }
                 if key.kind == Kind::Node && ops.len() > before {
@@ -665,45 +614,6 @@ fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Optio
         }
     }
     (ops, nodes)
-}
-
-/// A lost node's replica: a retired one is gone with it, a DaemonSet's
-/// waits for its node, any other goes back to the scheduler.
-fn evict_one(object: &mut Option<ApiObject>, node: &str, why: &str) {
-    let Some(pod) = object else { return };
-    if pod.node_name() != Some(node) {
-        return;
-    }
-    let mut status: PodStatus = pod.status();
-    if status.is_finished() {
-        return;
-    }
-    // A replica a rollout retired was only waiting for its node to report
-    // it stopped: with the node gone, it is gone too.
-    if pod.is_retired() {
-        *object = None;
-        return;
-    }
-    if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
-        if status.reason != "NodeLost" {
-            status.phase = "Unknown".into();
-            status.reason = "NodeLost".into();
-            status.message = format!("node {node} lost ({why}); it runs again when the node is back");
-            set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
-            pod.set_status(&status);
-        }
-        return;
-    }
-    if let Some(serde_json::Value::Object(spec)) = pod.content.get_mut("spec") {
-        spec.remove("nodeName");
-    }
-    status.phase = "Pending".into();
-    status.reason = "NodeLost".into();
-    status.message = format!("node {node} lost ({why}); placing it elsewhere");
-    status.usage = None;
-    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
-    set_condition(&mut status.conditions, Condition::new("PodScheduled", false, "NodeLost", ""));
-    pod.set_status(&status);
 }
 
 /// `old` as one status report of the replica says it is now.
@@ -804,18 +714,9 @@ mod tests {
         (Inbox::new(store.clone(), config, enrolment, topics, PublishedDocuments::default()), store)
     }
 
-    fn node(name: &str, ready: bool, reason: &str) -> Vec<Op> {
-        let mut node = ApiObject::new(Kind::Node, "", name);
-        node.content.insert("spec".into(), serde_json::json!({}));
-        let mut status = NodeStatus::default();
-        set_condition(&mut status.conditions, Condition::new("Ready", ready, reason, ""));
-        node.set_status(&status);
-        vec![Op::Apply(node.clone()), Op::UpdateStatus(node)]
-    }
-
     fn pod(name: &str, node: &str, owner: Kind) -> Vec<Op> {
         let mut pod = ApiObject::new(Kind::Pod, "default", name);
-        pod.content.insert("spec".into(), serde_json::json!({ "nodeName": node, "containers": [] }));
+        pod.set_field("spec", serde_json::json!({ "nodeName": node, "containers": [] }));
         pod.metadata.owner_references = vec![OwnerReference { kind: owner, name: "owner".into(), uid: "u-1".into() }];
         pod.set_status(&PodStatus { phase: "Running".into(), ..PodStatus::default() });
         vec![Op::Apply(pod.clone()), Op::UpdateStatus(pod)]
@@ -832,47 +733,6 @@ mod tests {
         let pod = store.get(&ObjectKey::new(Kind::Pod, "default", name))?;
         let node = pod.node_name().map(str::to_owned);
         Some((node, pod.status()))
-    }
-
-    #[test]
-    fn lost_nodes_are_evicted_in_one_scan_without_touching_other_nodes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut inbox, store) = inbox(dir.path());
-        let mut ops = Vec::new();
-        ops.extend(node("lost-1", false, "Unreachable"));
-        ops.extend(node("lost-2", false, "LeaseExpired"));
-        ops.extend(node("fine", true, "AgentReporting"));
-        ops.extend(node("cordoned", false, "KubeletNotReady"));
-        ops.extend(pod("web-1", "lost-1", Kind::Deployment));
-        ops.extend(pod("web-2", "lost-2", Kind::Deployment));
-        ops.extend(pod("web-old", "lost-1", Kind::Deployment));
-        ops.extend(pod("agent-lost-1", "lost-1", Kind::DaemonSet));
-        ops.extend(pod("web-3", "fine", Kind::Deployment));
-        ops.extend(pod("web-4", "cordoned", Kind::Deployment));
-        store.commit(ops).unwrap();
-        retire(&store, "web-old");
-        let before = store.resource_version();
-
-        inbox.tick(Instant::now());
-        inbox.flush();
-        // Spec and status of the two that move, the DaemonSet's status, the
-        // retired one's deletion: nothing of the other nodes.
-        assert_eq!(store.resource_version(), before + 6);
-        let (node, status) = get(&store, "web-1").unwrap();
-        assert_eq!((node, status.phase.as_str(), status.reason.as_str()), (None, "Pending", "NodeLost"));
-        assert!(status.message.contains("lost-1"), "{}", status.message);
-        assert_eq!(get(&store, "web-2").unwrap().0, None);
-        assert!(get(&store, "web-old").is_none(), "a retired replica goes with its node");
-        let (node, status) = get(&store, "agent-lost-1").unwrap();
-        assert_eq!((node.as_deref(), status.phase.as_str()), (Some("lost-1"), "Unknown"), "a DaemonSet's waits");
-        assert_eq!(get(&store, "web-3").unwrap().0.as_deref(), Some("fine"));
-        assert_eq!(get(&store, "web-4").unwrap().0.as_deref(), Some("cordoned"), "not ready is not lost");
-
-        // Once evicted, a node is not scanned again until it is seen.
-        let after = store.resource_version();
-        inbox.tick(Instant::now());
-        inbox.flush();
-        assert_eq!(store.resource_version(), after);
     }
 
     #[test]

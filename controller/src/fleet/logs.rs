@@ -214,7 +214,7 @@ pub(crate) async fn pod_log(
     let pod = api.store.get(&ObjectKey::new(Kind::Pod, &namespace, &name)).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("pod {name:?} not found in namespace {namespace:?}"))
     })?;
-    let node = pod.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str()).ok_or_else(|| {
+    let node = pod.node_name().ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "NotScheduled",

@@ -236,7 +236,7 @@ fn data_entries(object: &ApiObject) -> Vec<(String, Vec<u8>)> {
     let secret = object.kind == crate::manifest::Kind::Secret;
     let mut out = Vec::new();
     for field in ["data", "binaryData", "stringData"] {
-        let Some(Value::Object(map)) = object.content.get(field) else { continue };
+        let Some(Value::Object(map)) = object.other_field(field) else { continue };
         for (key, value) in map {
             let Some(text) = value.as_str() else { continue };
             let base64 = field == "binaryData" || (secret && field == "data");

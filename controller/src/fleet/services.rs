@@ -95,7 +95,7 @@ mod tests {
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  \
                  containers: [{{name: web, image: web:1}}]\n"
             ));
-            pod.content["spec"]["nodeName"] = node.into();
+            pod.set_node_name(Some(node));
             let mut status = PodStatus { phase: "Running".into(), ..PodStatus::default() };
             status.conditions.push(Condition::new("Ready", ready, "", ""));
             pod.set_status(&status);

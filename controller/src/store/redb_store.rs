@@ -314,16 +314,13 @@ fn stage(objects: &imbl::OrdMap<ObjectKey, Arc<ApiObject>>, base_rv: u64, ops: V
                 let key = object.key();
                 let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
                 check_precondition(&key, object.resource_version(), Some(&existing))?;
-                if existing.content.get("status") == object.content.get("status") {
+                if existing.same_status(&object) {
                     outcomes.push(Outcome::Unchanged(existing));
                     continue;
                 }
                 let mut new = ApiObject::clone(&existing);
                 let mut object = object;
-                match object.content.remove("status") {
-                    Some(status) => _ = new.content.insert("status".to_owned(), status),
-                    None => _ = new.content.remove("status"),
-                }
+                new.take_status_of(&mut object);
                 rv += 1;
                 new.metadata.resource_version = rv.to_string();
                 let new = Arc::new(new);
@@ -364,11 +361,12 @@ fn stage(objects: &imbl::OrdMap<ObjectKey, Arc<ApiObject>>, base_rv: u64, ops: V
 /// Replicas retired before retirement moved into metadata carried
 /// `status.retiredAt`; they stay retired (on disk with their next write).
 fn migrate_retirement(object: &mut ApiObject) {
-    let Some(Value::Object(status)) = object.content.get_mut("status") else { return };
-    if let Some(Value::String(at)) = status.remove("retiredAt")
-        && object.metadata.deletion_timestamp.is_empty()
-    {
-        object.metadata.deletion_timestamp = at;
+    let Some(Value::Object(mut status)) = object.field("status") else { return };
+    if let Some(Value::String(at)) = status.remove("retiredAt") {
+        if object.metadata.deletion_timestamp.is_empty() {
+            object.metadata.deletion_timestamp = at;
+        }
+        object.set_field("status", Value::Object(status));
     }
 }
 
@@ -412,11 +410,8 @@ fn apply_one(mut object: ApiObject, existing: Option<Arc<ApiObject>>, rv: &mut u
     let mut new = ApiObject::new(old.kind, &old.metadata.namespace, &old.metadata.name);
     new.api_version = old.api_version.clone();
     new.metadata = metadata;
-    new.content = std::mem::take(&mut object.content);
-    match old.content.get("status") {
-        Some(status) => _ = new.content.insert("status".to_owned(), status.clone()),
-        None => _ = new.content.remove("status"),
-    }
+    new.take_content_of(&mut object);
+    new.copy_status_of(&old);
     *rv += 1;
     new.metadata.resource_version = rv.to_string();
     if content_changed {
@@ -436,7 +431,7 @@ mod tests {
 
     fn config_map(name: &str, value: &str) -> ApiObject {
         let mut object = ApiObject::new(Kind::ConfigMap, "default", name);
-        object.content.insert("data".into(), json!({ "k": value }));
+        object.set_field("data", json!({ "k": value }));
         object
     }
 
@@ -463,7 +458,7 @@ mod tests {
         let store = open(dir.path());
         let bare = |image: &str| {
             let mut pod = ApiObject::new(Kind::Pod, "default", "probe");
-            pod.content.insert("spec".into(), json!({ "containers": [{ "name": "c", "image": image }] }));
+            pod.set_field("spec", json!({ "containers": [{ "name": "c", "image": image }] }));
             pod
         };
         store.commit(vec![Op::Apply(bare("probe:1"))]).unwrap();
@@ -531,10 +526,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let mut object = store.commit(vec![Op::Apply(config_map("a", "1"))]).unwrap()[0].object().clone();
-        object.content.insert("status".into(), json!({"phase": "Ready"}));
+        object.set_field("status", json!({"phase": "Ready"}));
         store.commit(vec![Op::UpdateStatus(object)]).unwrap();
         let applied = store.commit(vec![Op::Apply(config_map("a", "2"))]).unwrap();
-        assert_eq!(applied[0].object().content["status"]["phase"], "Ready");
+        assert_eq!(applied[0].object().field("status").unwrap()["phase"], "Ready");
     }
 
     #[test]
@@ -543,7 +538,7 @@ mod tests {
         {
             let store = open(dir.path());
             let mut secret = ApiObject::new(Kind::Secret, "default", "db");
-            secret.content.insert("data".into(), json!({ "password": "c3VwZXJzZWNyZXQtdmFsdWU=" }));
+            secret.set_field("data", json!({ "password": "c3VwZXJzZWNyZXQtdmFsdWU=" }));
             secret.metadata.labels.insert("marker".into(), "plainlabel-visible".into());
             store.commit(vec![Op::Apply(secret)]).unwrap();
             store.commit(vec![Op::Apply(config_map("cm", "plain-config-visible"))]).unwrap();
@@ -555,7 +550,7 @@ mod tests {
         assert!(!contains(b"plainlabel-visible"));
         let store = open(dir.path());
         let secret = store.get(&ObjectKey::new(Kind::Secret, "default", "db")).unwrap();
-        assert_eq!(secret.content["data"]["password"], "c3VwZXJzZWNyZXQtdmFsdWU=");
+        assert_eq!(secret.field("data").unwrap()["password"], "c3VwZXJzZWNyZXQtdmFsdWU=");
         drop(store);
         // The wrong key refuses to start instead of serving garbage.
         let wrong = RedbStore::open(&dir.path().join("store.redb"), SecretCipher::from_key([2; 32]));
@@ -624,7 +619,10 @@ mod tests {
         assert!(matches!(store.dry_run(vec![Op::Apply(stale)]), Err(StoreError::Conflict { .. })));
         // Nothing changed, in memory, on disk or for watchers.
         assert_eq!(store.resource_version(), 2);
-        assert_eq!(store.get(&ObjectKey::new(Kind::ConfigMap, "default", "a")).unwrap().content["data"]["k"], "1");
+        assert_eq!(
+            store.get(&ObjectKey::new(Kind::ConfigMap, "default", "a")).unwrap().field("data").unwrap()["k"],
+            "1"
+        );
         assert!(store.get(&ObjectKey::new(Kind::ConfigMap, "default", "c")).is_none());
         assert!(sub.live.try_recv().is_err());
         drop(store);

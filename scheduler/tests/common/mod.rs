@@ -21,7 +21,7 @@ pub fn replica(id: &str, wl: &str, cpu: u64, mem: u64) -> Replica {
 
 /// Node id per placed replica id.
 pub fn placed(plan: &Plan) -> BTreeMap<String, String> {
-    plan.placements.iter().map(|p| (p.replica.0.clone(), p.node.0.clone())).collect()
+    plan.placements.iter().map(|p| (p.replica.0.to_string(), p.node.0.to_string())).collect()
 }
 
 /// Checks that the plan pushes no node over its allocatable in any

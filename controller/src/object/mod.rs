@@ -3,9 +3,10 @@
 //! the server-owned metadata (uid, resourceVersion, generation, creation
 //! time) that manifests do not carry.
 //!
-//! Content is kept as JSON so that the store stays kind-agnostic; typed
-//! views (`spec::<DeploymentSpec>()`) are taken where a reconciler needs
-//! them.
+//! `spec` and `status` are typed by kind ([`content`]); JSON is only how
+//! objects are read and written at the edges (the store's file, the API).
+
+mod content;
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -13,8 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use base64::Engine;
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
+
+pub use content::{Spec, Status, StoredPodSpec};
 
 use crate::manifest::{Body, Kind, Object};
 
@@ -119,8 +123,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// A stored object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiObject {
     /// `apps/v1`, `batch/v1` or `v1`.
     pub api_version: String,
@@ -128,14 +131,17 @@ pub struct ApiObject {
     pub kind: Kind,
     /// Metadata.
     pub metadata: Metadata,
-    /// Everything else: `spec` and `status`, or `data` (ConfigMap, Secret).
-    #[serde(flatten)]
-    pub content: Map<String, Value>,
-    /// What was derived from this content once: its JSON and its typed
-    /// `spec` and `status`. Objects in the store are never changed in place
-    /// (a write stores a new one), so a stored object's cache stays true; a
-    /// clone starts empty because clones are made to be changed.
-    #[serde(skip)]
+    /// `spec`, typed by kind.
+    spec: Option<Spec>,
+    /// `status`, typed by kind.
+    status: Option<Status>,
+    /// Every other field beside `metadata` (`data`, `binaryData` and `type`
+    /// of ConfigMaps and Secrets, an Event's fields), as JSON.
+    other: Map<String, Value>,
+    /// Its JSON, made once. Objects in the store are never changed in
+    /// place (a write stores a new one), so a stored object's JSON stays
+    /// true; a clone starts without it because clones are made to be
+    /// changed.
     derived: Derived,
 }
 
@@ -143,8 +149,68 @@ pub struct ApiObject {
 #[derive(Default)]
 struct Derived {
     json: OnceLock<Box<[u8]>>,
-    spec: OnceLock<Box<dyn Any + Send + Sync>>,
-    status: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// One value a controller derives from this version (the scheduler's
+    /// model of a replica or a node), see [`ApiObject::memo`].
+    memo: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+/// How objects are written as JSON: `apiVersion`, `kind`, `metadata`, then
+/// the other fields in key order.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireObject {
+    api_version: String,
+    kind: Kind,
+    metadata: Metadata,
+    #[serde(flatten)]
+    content: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for ApiObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireObject::deserialize(deserializer)?;
+        let mut object = ApiObject {
+            api_version: wire.api_version,
+            kind: wire.kind,
+            metadata: wire.metadata,
+            spec: None,
+            status: None,
+            other: Map::new(),
+            derived: Derived::default(),
+        };
+        for (field, value) in wire.content {
+            object.set_field(&field, value);
+        }
+        Ok(object)
+    }
+}
+
+impl Serialize for ApiObject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Part<'a> {
+            Spec(&'a Spec),
+            Status(&'a Status),
+            Json(&'a Value),
+        }
+        let mut rest: Vec<(&str, Part<'_>)> = self.other.iter().map(|(k, v)| (k.as_str(), Part::Json(v))).collect();
+        if let Some(spec) = &self.spec {
+            rest.push(("spec", Part::Spec(spec)));
+        }
+        if let Some(status) = &self.status {
+            rest.push(("status", Part::Status(status)));
+        }
+        rest.sort_by_key(|(key, _)| *key);
+        let mut map = serializer.serialize_map(Some(3 + rest.len()))?;
+        map.serialize_entry("apiVersion", &self.api_version)?;
+        map.serialize_entry("kind", &self.kind)?;
+        map.serialize_entry("metadata", &self.metadata)?;
+        for (key, part) in rest {
+            map.serialize_entry(key, &part)?;
+        }
+        map.end()
+    }
 }
 
 impl Clone for Derived {
@@ -207,7 +273,9 @@ impl ApiObject {
             api_version: kind.api_version().to_owned(),
             kind,
             metadata: Metadata { name: key.name, namespace: key.namespace, ..Metadata::default() },
-            content: Map::new(),
+            spec: None,
+            status: None,
+            other: Map::new(),
             derived: Derived::default(),
         }
     }
@@ -229,46 +297,105 @@ impl ApiObject {
 
     /// A pod's `spec.nodeName`: the node it is bound to.
     pub fn node_name(&self) -> Option<&str> {
-        self.content.get("spec").and_then(|s| s.get("nodeName")).and_then(|n| n.as_str())
-    }
-
-    /// `spec`, typed; `None` if absent or of another shape.
-    pub fn spec<T: DeserializeOwned>(&self) -> Option<T> {
-        // Deserialised from the borrowed value: no copy of the tree.
-        self.content.get("spec").and_then(|v| T::deserialize(v).ok())
-    }
-
-    /// `status`, typed; the default when absent or unreadable.
-    pub fn status<T: DeserializeOwned + Default>(&self) -> T {
-        self.content.get("status").and_then(|v| T::deserialize(v).ok()).unwrap_or_default()
-    }
-
-    /// `spec` as `T`, deserialised once per object: what passes over every
-    /// object of a fleet read. Only for objects that are not changed after
-    /// the first call (the store's); `None` as [`ApiObject::spec`]. A second
-    /// type asked of the same object is deserialised each time.
-    pub fn typed_spec<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self) -> Option<Cow<'_, T>> {
-        let cached = self.derived.spec.get_or_init(|| Box::new(self.spec::<T>()));
-        match cached.downcast_ref::<Option<T>>() {
-            Some(spec) => spec.as_ref().map(Cow::Borrowed),
-            None => self.spec::<T>().map(Cow::Owned),
+        match &self.spec {
+            Some(Spec::Pod(spec)) => spec.node_name.as_deref(),
+            Some(Spec::Json(spec)) => spec.get("nodeName").and_then(Value::as_str),
+            _ => None,
         }
     }
 
-    /// `status` as `T`, deserialised once per object (see
-    /// [`ApiObject::typed_spec`]); the default when absent or unreadable.
-    pub fn typed_status<T: DeserializeOwned + Default + Clone + Send + Sync + 'static>(&self) -> Cow<'_, T> {
-        let cached = self.derived.status.get_or_init(|| Box::new(self.status::<T>()));
-        match cached.downcast_ref::<T>() {
-            Some(status) => Cow::Borrowed(status),
-            None => Cow::Owned(self.status::<T>()),
+    /// Binds a pod to `node`, or unbinds it (`None`).
+    pub fn set_node_name(&mut self, node: Option<&str>) {
+        match self.spec.get_or_insert_with(|| Spec::from_typed(self.kind, StoredPodSpec::default())) {
+            Spec::Pod(spec) => spec.node_name = node.map(str::to_owned),
+            Spec::Json(Value::Object(spec)) => match node {
+                Some(node) => _ = spec.insert("nodeName".to_owned(), Value::String(node.to_owned())),
+                None => _ = spec.remove("nodeName"),
+            },
+            _ => {}
         }
+        self.derived = Derived::default();
+    }
+
+    /// `spec`, as stored.
+    pub fn spec_part(&self) -> Option<&Spec> {
+        self.spec.as_ref()
+    }
+
+    /// `status`, as stored.
+    pub fn status_part(&self) -> Option<&Status> {
+        self.status.as_ref()
+    }
+
+    /// `spec` as `T` when that is how it is held (the kind's spec type; a
+    /// Pod's template spec), borrowed for as long as the object.
+    pub fn spec_ref<T: 'static>(&self) -> Option<&T> {
+        self.spec.as_ref()?.get::<T>()
+    }
+
+    /// `status` as `T` when that is how it is held (the kind's status type).
+    pub fn status_ref<T: 'static>(&self) -> Option<&T> {
+        self.status.as_ref()?.get::<T>()
+    }
+
+    /// Whether it has a `status`.
+    pub fn has_status(&self) -> bool {
+        self.status.is_some()
+    }
+
+    /// `spec` as `T`; `None` if absent or of another shape.
+    pub fn spec<T: DeserializeOwned + Clone + 'static>(&self) -> Option<T> {
+        self.typed_spec::<T>().map(Cow::into_owned)
+    }
+
+    /// `status` as `T`; the default when absent or unreadable.
+    pub fn status<T: DeserializeOwned + Default + Clone + 'static>(&self) -> T {
+        self.typed_status::<T>().into_owned()
+    }
+
+    /// `spec` as `T`, borrowed when `T` is the kind's spec type (what the
+    /// reconcilers ask for); else converted through JSON.
+    pub fn typed_spec<T: DeserializeOwned + Clone + 'static>(&self) -> Option<Cow<'_, T>> {
+        let spec = self.spec.as_ref()?;
+        if let Some(typed) = spec.get::<T>() {
+            return Some(Cow::Borrowed(typed));
+        }
+        match spec {
+            Spec::Json(value) => T::deserialize(value).ok().map(Cow::Owned),
+            typed => T::deserialize(typed.to_value()).ok().map(Cow::Owned),
+        }
+    }
+
+    /// `status` as `T` (see [`ApiObject::typed_spec`]); the default when
+    /// absent or unreadable.
+    pub fn typed_status<T: DeserializeOwned + Default + Clone + 'static>(&self) -> Cow<'_, T> {
+        let Some(status) = &self.status else { return Cow::Owned(T::default()) };
+        if let Some(typed) = status.get::<T>() {
+            return Cow::Borrowed(typed);
+        }
+        let converted = match status {
+            Status::Json(value) => T::deserialize(value).ok(),
+            typed => T::deserialize(typed.to_value()).ok(),
+        };
+        Cow::Owned(converted.unwrap_or_default())
     }
 
     /// This object as JSON, serialised once (a list of a large fleet's pods
-    /// copies bytes instead of walking every tree again).
+    /// copies bytes instead of walking every object again).
     pub fn json(&self) -> &[u8] {
         self.derived.json.get_or_init(|| serde_json::to_vec(self).unwrap_or_default().into_boxed_slice())
+    }
+
+    /// `make(self)`, made once for this stored version and kept with it:
+    /// what every pass would otherwise derive again from an object that has
+    /// not changed. One type per object; a second type asked of the same
+    /// object is made each time (`Cow::Owned`).
+    pub fn memo<T: Any + Send + Sync + Clone>(&self, make: impl Fn(&Self) -> T) -> Cow<'_, T> {
+        let kept = self.derived.memo.get_or_init(|| Box::new(make(self)));
+        match kept.downcast_ref::<T>() {
+            Some(value) => Cow::Borrowed(value),
+            None => Cow::Owned(make(self)),
+        }
     }
 
     /// Seeds [`ApiObject::json`] with bytes already serialised from this
@@ -277,26 +404,87 @@ impl ApiObject {
         let _ = self.derived.json.set(json.into());
     }
 
-    /// Sets `status`.
-    pub fn set_status<T: Serialize>(&mut self, status: &T) {
-        let value = serde_json::to_value(status).unwrap_or(Value::Null);
-        self.content.insert("status".to_owned(), value);
-        // What was derived from the old status is not true any more.
+    /// Sets `spec` (typed as the kind's when `T` is its spec type).
+    pub fn set_spec<T: Serialize + Any>(&mut self, spec: T) {
+        self.spec = Some(Spec::from_typed(self.kind, spec));
         self.derived = Derived::default();
     }
 
+    /// Sets `status` (typed as the kind's when `T` is its status type).
+    pub fn set_status<T: Serialize + Clone + Any>(&mut self, status: &T) {
+        self.status = Some(Status::from_typed(self.kind, status.clone()));
+        self.derived = Derived::default();
+    }
+
+    /// Takes `status` as `other` has it (or none).
+    pub fn copy_status_of(&mut self, other: &ApiObject) {
+        self.status = other.status.clone();
+        self.derived = Derived::default();
+    }
+
+    /// Takes `status` from `other`, leaving it without.
+    pub fn take_status_of(&mut self, other: &mut ApiObject) {
+        self.status = other.status.take();
+        self.derived = Derived::default();
+        other.derived = Derived::default();
+    }
+
+    /// Whether both have the same `status` (or none).
+    pub fn same_status(&self, other: &ApiObject) -> bool {
+        self.status == other.status
+    }
+
     /// Whether `self` and `other` hold the same content but for `status`
-    /// (what an apply sets), compared in place.
+    /// (what an apply sets).
     pub fn same_content_but_status(&self, other: &ApiObject) -> bool {
-        let mut mine = self.content.iter().filter(|(k, _)| *k != "status");
-        let mut theirs = other.content.iter().filter(|(k, _)| *k != "status");
-        loop {
-            match (mine.next(), theirs.next()) {
-                (None, None) => return true,
-                (Some(a), Some(b)) if a == b => {}
-                _ => return false,
-            }
+        self.spec == other.spec && self.other == other.other
+    }
+
+    /// Takes the content (all but metadata and status) of `other`.
+    pub fn take_content_of(&mut self, other: &mut ApiObject) {
+        self.spec = other.spec.take();
+        self.other = std::mem::take(&mut other.other);
+        self.derived = Derived::default();
+        other.derived = Derived::default();
+    }
+
+    /// One field beside `metadata` as JSON (`spec`, `status`, `data`, ...):
+    /// for the edges (describe, tables, tests).
+    pub fn field(&self, name: &str) -> Option<Value> {
+        match name {
+            "spec" => self.spec.as_ref().map(Spec::to_value),
+            "status" => self.status.as_ref().map(Status::to_value),
+            _ => self.other.get(name).cloned(),
         }
+    }
+
+    /// Sets one field beside `metadata` from JSON (typed when it is `spec`
+    /// or `status` of the kind's shape).
+    pub fn set_field(&mut self, name: &str, value: Value) {
+        match name {
+            "spec" => self.spec = Some(Spec::from_value(self.kind, value)),
+            "status" => self.status = Some(Status::from_value(self.kind, value)),
+            _ => _ = self.other.insert(name.to_owned(), value),
+        }
+        self.derived = Derived::default();
+    }
+
+    /// A field beside `metadata`, `spec` and `status` (`data` and `type` of
+    /// ConfigMaps and Secrets), as stored.
+    pub fn other_field(&self, name: &str) -> Option<&Value> {
+        self.other.get(name)
+    }
+
+    /// Every field beside `metadata`, as JSON.
+    pub fn fields(&self) -> Map<String, Value> {
+        let mut out = self.other.clone();
+        if let Some(spec) = &self.spec {
+            out.insert("spec".to_owned(), spec.to_value());
+        }
+        if let Some(status) = &self.status {
+            out.insert("status".to_owned(), status.to_value());
+        }
+        out
     }
 
     /// Builds the stored form of a parsed manifest object.
@@ -305,29 +493,29 @@ impl ApiObject {
         out.metadata.labels = object.metadata.labels.clone();
         out.metadata.annotations = object.metadata.annotations.clone();
         let b64 = |bytes: &Vec<u8>| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-        let spec = |value: Result<Value, serde_json::Error>| value.unwrap_or(Value::Null);
         match &object.body {
-            Body::Deployment(s) => _ = out.content.insert("spec".into(), spec(serde_json::to_value(s))),
-            Body::DaemonSet(s) => _ = out.content.insert("spec".into(), spec(serde_json::to_value(s))),
-            Body::Job(s) => _ = out.content.insert("spec".into(), spec(serde_json::to_value(s))),
-            Body::Pod(s) => _ = out.content.insert("spec".into(), spec(serde_json::to_value(s))),
-            Body::Service(s) => _ = out.content.insert("spec".into(), spec(serde_json::to_value(s))),
-            Body::Node(s) => _ = out.content.insert("spec".into(), spec(serde_json::to_value(s))),
+            Body::Deployment(s) => out.set_spec(s.clone()),
+            Body::DaemonSet(s) => out.set_spec(s.clone()),
+            Body::Job(s) => out.set_spec(s.clone()),
+            Body::Pod(s) => out.set_spec(StoredPodSpec { template: s.clone(), node_name: None }),
+            Body::Service(s) => out.set_spec(s.clone()),
+            Body::Node(s) => out.set_spec(s.clone()),
             Body::Namespace => {}
             Body::ConfigMap(d) => {
                 if !d.data.is_empty() {
-                    out.content.insert("data".into(), spec(serde_json::to_value(&d.data)));
+                    let map = d.data.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+                    out.other.insert("data".into(), Value::Object(map));
                 }
                 if !d.binary_data.is_empty() {
                     let map = d.binary_data.iter().map(|(k, v)| (k.clone(), b64(v))).collect();
-                    out.content.insert("binaryData".into(), Value::Object(map));
+                    out.other.insert("binaryData".into(), Value::Object(map));
                 }
             }
             Body::Secret(d) => {
                 let secret_type = if d.secret_type.is_empty() { "Opaque" } else { &d.secret_type };
-                out.content.insert("type".into(), Value::String(secret_type.to_owned()));
+                out.other.insert("type".into(), Value::String(secret_type.to_owned()));
                 let map = d.data.iter().map(|(k, v)| (k.clone(), b64(v))).collect();
-                out.content.insert("data".into(), Value::Object(map));
+                out.other.insert("data".into(), Value::Object(map));
             }
         }
         out
@@ -337,7 +525,7 @@ impl ApiObject {
     pub fn data_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
         for field in ["data", "binaryData"] {
-            if let Some(Value::Object(map)) = self.content.get(field) {
+            if let Some(Value::Object(map)) = self.other.get(field) {
                 keys.extend(map.keys().cloned());
             }
         }
@@ -383,14 +571,35 @@ mod tests {
         let parsed = parse_str("t.yaml", text).unwrap();
         let secret = ApiObject::from_manifest(&parsed.objects[0]);
         assert_eq!(secret.key(), ObjectKey::new(Kind::Secret, "default", "s"));
-        assert_eq!(secret.content["data"]["token"], "YWJj");
-        assert_eq!(secret.content["type"], "Opaque");
+        assert_eq!(secret.field("data").unwrap()["token"], "YWJj");
+        assert_eq!(secret.field("type").unwrap(), "Opaque");
         let deployment = ApiObject::from_manifest(&parsed.objects[1]);
         let json = serde_json::to_value(&deployment).unwrap();
         assert_eq!(json["apiVersion"], "apps/v1");
         assert_eq!(json["spec"]["replicas"], 2);
         let spec: crate::manifest::types::DeploymentSpec = deployment.spec().unwrap();
         assert_eq!(spec.template.spec.containers[0].image, "web:1");
+    }
+
+    #[test]
+    fn objects_read_back_from_json_are_typed_again() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  \
+                    selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    \
+                    spec:\n      containers: [{name: c, image: web:1, resources: {limits: {memory: 64Mi}}}]\n";
+        let parsed = parse_str("t.yaml", text).unwrap();
+        let mut deployment = ApiObject::from_manifest(&parsed.objects[0]);
+        deployment.set_status(&crate::status::DeploymentStatus { replicas: 2, ..Default::default() });
+        let mut pod = ApiObject::new(Kind::Pod, "default", "web-1");
+        let template = deployment.spec_ref::<crate::manifest::types::DeploymentSpec>().unwrap().template.spec.clone();
+        pod.set_spec(StoredPodSpec { template, node_name: Some("edge-1".into()) });
+        pod.set_status(&crate::status::PodStatus { phase: "Running".into(), ..Default::default() });
+        for object in [deployment, pod] {
+            // What the store writes and reads back (and the CLI reads).
+            let read: ApiObject = serde_json::from_slice(object.json()).unwrap();
+            assert_eq!(read, object);
+            assert!(!matches!(read.spec_part(), Some(Spec::Json(_)) | None), "{:?}", read.spec_part());
+            assert!(!matches!(read.status_part(), Some(Status::Json(_)) | None), "{:?}", read.status_part());
+        }
     }
 
     #[test]
