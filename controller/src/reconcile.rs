@@ -51,8 +51,10 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
         // rollout or deadline waits on the clock rather than on events),
         // then let a burst settle: at least as long as the pass took, so a
         // large fleet's stream of status writes is taken in a few large
-        // passes rather than one pass per write.
-        let changed = tokio::time::timeout(resync, async {
+        // passes rather than one pass per write. The clock counts from the
+        // pass's snapshot, not its end: an eviction due while the pass ran
+        // is made at once.
+        let changed = tokio::time::timeout(resync.saturating_sub(took), async {
             loop {
                 match live.recv().await {
                     Ok(event) if event.object.kind == Kind::Event => continue,
@@ -71,10 +73,9 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
 }
 
 /// The longest a burst of changes is left to settle before the next pass:
-/// at 10,000 devices a pass takes about a second, and waiting that long
-/// again before placing a lost node's replicas was a second of every
-/// failover.
-const MAX_SETTLE: Duration = Duration::from_millis(250);
+/// at 10,000 devices a pass takes a few hundred milliseconds, and waiting
+/// that long again after a node's Last Will was part of every failover.
+const MAX_SETTLE: Duration = Duration::from_millis(100);
 
 /// How often a pass runs with no change to trigger it (level triggering:
 /// nothing depends on having seen a particular event).

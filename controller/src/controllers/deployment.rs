@@ -25,8 +25,8 @@ use crate::object::ApiObject;
 use crate::status::{Condition, DeploymentStatus, PodStatus, Revision, condition, set_condition};
 use crate::store::Op;
 
-use super::Requeue;
 use super::workload::{TEMPLATE_HASH_LABEL, ordinal, replica, status_op, template_hash};
+use super::{Budget, Requeue};
 
 /// Restarts of a new replica that count as a crash loop.
 const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -110,7 +110,13 @@ pub fn requeue(deployment: &ApiObject) -> Requeue {
 
 /// The writes that move `deployment`'s replicas (`owned`) one step along
 /// its rollout, and its status.
-pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, ops: &mut Vec<Op>) {
+pub fn reconcile(
+    deployment: &ApiObject,
+    owned: &[&ApiObject],
+    now: SystemTime,
+    budget: &mut Budget,
+    ops: &mut Vec<Op>,
+) {
     let Some(spec) = deployment.spec::<DeploymentSpec>() else { return };
     let bounds = Bounds::of(&spec);
     let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
@@ -179,7 +185,7 @@ pub fn reconcile(deployment: &ApiObject, owned: &[&ApiObject], now: SystemTime, 
     let old: Vec<&ApiObject> = live.iter().filter(|p| hash_of(p) != target.hash).copied().collect();
     let template = &target.template;
     if !spec.paused {
-        step(deployment, template, &target.hash, bounds, &new, &old, retiring, &available, ops);
+        step(deployment, template, &target.hash, bounds, &new, &old, retiring, &available, budget, ops);
     }
 
     // Status, from what exists now (this pass's writes show next pass).
@@ -293,6 +299,7 @@ fn step(
     old: &[&ApiObject],
     retiring: u32,
     available: &dyn Fn(&ApiObject) -> bool,
+    budget: &mut Budget,
     ops: &mut Vec<Op>,
 ) {
     let name = &deployment.metadata.name;
@@ -313,7 +320,7 @@ fn step(
     }
 
     // Scale up the new revision within the surge.
-    while new_count < bounds.replicas && total < max_total {
+    while new_count < bounds.replicas && total < max_total && budget.create() {
         let Some(ordinal) = free.next() else { break };
         ops.push(Op::Create(replica(deployment, template, hash, format!("{name}-{hash}-{ordinal}"), None)));
         new_count += 1;
@@ -339,7 +346,7 @@ fn step(
         // With no surge the replacement cannot wait for room: it takes the
         // retired replica's place on the same node, so the node pulls the
         // new image before it stops the old replica.
-        if new_count < bounds.replicas && bounds.surge == 0 {
+        if new_count < bounds.replicas && bounds.surge == 0 && budget.create() {
             let Some(ordinal) = free.next() else { continue };
             ops.push(Op::Create(replica(
                 deployment,
@@ -440,7 +447,7 @@ mod tests {
         fn pass(&mut self) {
             let owned: Vec<&ApiObject> = self.pods.iter().collect();
             let mut ops = Vec::new();
-            reconcile(&self.deployment, &owned, self.now, &mut ops);
+            reconcile(&self.deployment, &owned, self.now, &mut Budget::default(), &mut ops);
             for op in ops {
                 match op {
                     Op::Create(pod) => self.pods.push(pod),
@@ -541,6 +548,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_creates_no_more_than_its_share_and_the_next_pass_goes_on() {
+        let deployment = manifest("web:1", "");
+        let created = |ops: &[Op]| ops.iter().filter(|op| matches!(op, Op::Create(_))).count();
+        let mut ops = Vec::new();
+        let mut budget = Budget::new(3);
+        reconcile(&deployment, &[], SystemTime::now(), &mut budget, &mut ops);
+        assert_eq!(created(&ops), 3, "4 replicas wanted, room for 3");
+        assert!(!budget.create(), "the share is used up");
+        let made: Vec<ApiObject> =
+            ops.into_iter().filter_map(|op| if let Op::Create(p) = op { Some(p) } else { None }).collect();
+        let owned: Vec<&ApiObject> = made.iter().collect();
+        let mut ops = Vec::new();
+        reconcile(&deployment, &owned, SystemTime::now(), &mut Budget::default(), &mut ops);
+        assert_eq!(created(&ops), 1, "the next pass creates the rest");
+    }
+
+    #[test]
     fn without_surge_a_replacement_takes_the_old_replicas_node_in_the_same_pass() {
         let no_surge = "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}\n";
         let mut sim = Sim::new(manifest("web:1", no_surge), |_| true);
@@ -548,7 +572,7 @@ mod tests {
         sim.apply(manifest("web:2", no_surge));
         let owned: Vec<&ApiObject> = sim.pods.iter().collect();
         let mut ops = Vec::new();
-        reconcile(&sim.deployment, &owned, sim.now, &mut ops);
+        reconcile(&sim.deployment, &owned, sim.now, &mut Budget::default(), &mut ops);
         let retired: Vec<_> = ops
             .iter()
             .filter_map(|op| match op {
@@ -612,7 +636,7 @@ mod tests {
         new.set_status(&status);
         let owned: Vec<&ApiObject> = sim.pods.iter().collect();
         let mut ops = Vec::new();
-        reconcile(&sim.deployment, &owned, sim.now, &mut ops);
+        reconcile(&sim.deployment, &owned, sim.now, &mut Budget::default(), &mut ops);
         let written = ops.iter().find_map(|op| match op {
             Op::UpdateStatus(d) if d.kind == crate::manifest::Kind::Deployment => Some(d.status::<DeploymentStatus>()),
             _ => None,

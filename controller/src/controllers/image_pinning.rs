@@ -83,6 +83,11 @@ pub fn plan(snapshot: &Snapshot, answers: &Answers) -> Plan {
             continue;
         }
         let Some(image) = image_of(pod) else { continue };
+        // A slice of writes per pass (see `super::PASS_SLICE`); the images
+        // still to resolve are all named.
+        if plan.ops.len() >= super::PASS_SLICE && answers.contains_key(&image) {
+            continue;
+        }
         // Decide first; copy the replica only to write it.
         let mut written = |change: &dyn Fn(&mut BTreeMap<String, String>)| {
             let mut pinned = ApiObject::clone(pod);

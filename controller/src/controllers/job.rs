@@ -9,8 +9,8 @@ use crate::object::ApiObject;
 use crate::status::{Condition, JobStatus, PodStatus, condition, set_condition};
 use crate::store::Op;
 
-use super::Requeue;
 use super::workload::{ordinal, replica, status_op, template_hash};
+use super::{Budget, Requeue};
 
 /// When a Job's pass must run again with nothing changed: while it has an
 /// active deadline and replicas still running.
@@ -20,7 +20,7 @@ pub fn requeue(job: &ApiObject) -> Requeue {
 }
 
 /// One pass over a Job.
-pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, ops: &mut Vec<Op>) {
+pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, budget: &mut Budget, ops: &mut Vec<Op>) {
     let Some(spec) = job.spec::<JobSpec>() else { return };
     let hash = template_hash(&spec.template);
     let completions = spec.completions.unwrap_or(1).max(0) as u32;
@@ -75,7 +75,7 @@ pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, ops: &m
     } else {
         let mut next = owned.iter().filter_map(|p| ordinal(&p.metadata.name)).max().map_or(0, |m| m + 1);
         let mut running = active.len() as u32;
-        while running < parallelism && succeeded + running < completions {
+        while running < parallelism && succeeded + running < completions && budget.create() {
             let name = format!("{}-{hash}-{next}", job.metadata.name);
             ops.push(Op::Create(replica(job, &spec.template, &hash, name, None)));
             next += 1;

@@ -78,6 +78,44 @@ impl Requeue {
     }
 }
 
+/// Most replicas one pass creates, binds or pins. A fleet-wide change (the
+/// first apply onto 10,000 devices: 50,000 replicas to create, pin and
+/// bind) is taken in slices of this many, so no pass holds tens of
+/// thousands of copied objects at once: the controller's memory is its
+/// largest pass, which the allocator keeps after it. The next slice
+/// follows at once (the writes of one pass wake the next).
+pub const PASS_SLICE: usize = 4096;
+
+/// What a pass may still create (see [`PASS_SLICE`]), shared by the
+/// Deployments and Jobs. DaemonSets are not sliced: their replicas are
+/// bound at creation, outside the scheduler, and must exist before it packs
+/// their nodes.
+#[derive(Debug)]
+pub struct Budget {
+    creations: usize,
+}
+
+impl Budget {
+    /// Room for `creations`.
+    pub fn new(creations: usize) -> Self {
+        Budget { creations }
+    }
+
+    /// Takes room for one creation; `false` once the pass made its share
+    /// (the rest is created by the next pass).
+    pub fn create(&mut self) -> bool {
+        let room = self.creations > 0;
+        self.creations = self.creations.saturating_sub(1);
+        room
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new(PASS_SLICE)
+    }
+}
+
 /// One pass of every controller over `snapshot`: the writes, in order,
 /// and when to come back.
 pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
@@ -87,16 +125,18 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
     gc::reconcile(snapshot, &owned, now, &mut ops);
     let owned_by = |uid: &str| owned.get(uid).map_or(&[][..], Vec::as_slice);
     let mut requeue = Requeue::OnChange;
+    let mut budget = Budget::default();
     for deployment in &snapshot.deployments {
-        deployment::reconcile(deployment, owned_by(&deployment.metadata.uid), now, &mut ops);
+        deployment::reconcile(deployment, owned_by(&deployment.metadata.uid), now, &mut budget, &mut ops);
         requeue = requeue.sooner(deployment::requeue(deployment));
     }
     for daemon_set in &snapshot.daemon_sets {
-        daemonset::reconcile(daemon_set, owned_by(&daemon_set.metadata.uid), &snapshot.nodes, now, &mut ops);
+        let owned = owned_by(&daemon_set.metadata.uid);
+        daemonset::reconcile(daemon_set, owned, &snapshot.nodes, now, &mut ops);
         requeue = requeue.sooner(daemonset::requeue(daemon_set));
     }
     for job in &snapshot.jobs {
-        job::reconcile(job, owned_by(&job.metadata.uid), now, &mut ops);
+        job::reconcile(job, owned_by(&job.metadata.uid), now, &mut budget, &mut ops);
         requeue = requeue.sooner(job::requeue(job));
     }
     let (evictions, lifecycle) = node_lifecycle::reconcile(snapshot, &snapshot.eviction, now, &mut ops);

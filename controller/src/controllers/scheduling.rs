@@ -19,7 +19,7 @@ use crate::status::{Condition, NodeStatus, PodStatus, condition, set_condition};
 use crate::store::Op;
 
 use super::node_lifecycle::{self, Evictions};
-use super::{Snapshot, image_pinning};
+use super::{PASS_SLICE, Snapshot, image_pinning};
 
 /// A node taint as the scheduler models it (`None`: an unknown effect).
 pub fn taint(t: &crate::manifest::types::NodeTaint) -> Option<sched::Taint> {
@@ -306,6 +306,12 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     }
     if pending.is_empty() && unpinned.is_empty() && moving.is_empty() {
         return ops;
+    }
+    // A slice at a time (see `PASS_SLICE`), highest priority first; those
+    // leaving lost nodes always.
+    if pending.len() > PASS_SLICE {
+        pending.sort_by_key(|(_, replica)| std::cmp::Reverse(replica.priority));
+        pending.truncate(PASS_SLICE);
     }
     let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| n.memo(scheduler_node).into_owned()).collect();
     let bound = bound

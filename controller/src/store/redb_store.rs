@@ -87,9 +87,16 @@ impl RedbStore {
         }
         for entry in txn.open_table(OBJECTS).map_err(backend)?.iter().map_err(backend)? {
             let (key, value) = entry.map_err(backend)?;
-            let mut object = decode(&cipher, value.value())
+            let bytes = value.value();
+            let mut object = decode(&cipher, bytes)
                 .map_err(|e| backend(format!("stored object {} is unreadable: {e}", key.value())))?;
-            migrate_retirement(&mut object);
+            if migrate_retirement(&mut object) {
+                // Written again on its next change; served as it is now.
+            } else if let Some((&PLAIN, json)) = bytes.split_first() {
+                // The bytes just read are its JSON: the first list after a
+                // restart copies them instead of serialising every object.
+                object.remember_json(json);
+            }
             objects.insert(object.key(), Arc::new(object));
         }
         drop(txn);
@@ -360,14 +367,18 @@ fn stage(objects: &imbl::OrdMap<ObjectKey, Arc<ApiObject>>, base_rv: u64, ops: V
 
 /// Replicas retired before retirement moved into metadata carried
 /// `status.retiredAt`; they stay retired (on disk with their next write).
-fn migrate_retirement(object: &mut ApiObject) {
-    let Some(Value::Object(mut status)) = object.field("status") else { return };
-    if let Some(Value::String(at)) = status.remove("retiredAt") {
-        if object.metadata.deletion_timestamp.is_empty() {
-            object.metadata.deletion_timestamp = at;
-        }
-        object.set_field("status", Value::Object(status));
+/// Whether it changed the object.
+fn migrate_retirement(object: &mut ApiObject) -> bool {
+    if !matches!(object.status_part(), Some(crate::object::Status::Json(_))) {
+        return false; // typed: no field of its own, no `retiredAt`
     }
+    let Some(Value::Object(mut status)) = object.field("status") else { return false };
+    let Some(Value::String(at)) = status.remove("retiredAt") else { return false };
+    if object.metadata.deletion_timestamp.is_empty() {
+        object.metadata.deletion_timestamp = at;
+    }
+    object.set_field("status", Value::Object(status));
+    true
 }
 
 /// Server-side apply of one object onto what is stored.
