@@ -175,6 +175,22 @@ impl Client {
         self.get_json(&path, &format!("listing {}", resource_of(kind)))
     }
 
+    /// The table `flotilla get` prints, rendered by the server.
+    pub fn table(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: &str,
+        wide: bool,
+    ) -> anyhow::Result<crate::commands::table::TableList> {
+        let path = format!(
+            "{}?as=table&wide={wide}&labelSelector={}",
+            Self::list_path(kind, namespace),
+            encode_query(selector)
+        );
+        self.get_json(&path, &format!("listing {}", resource_of(kind)))
+    }
+
     /// Calls `on_event` for every change after `resource_version` until it
     /// returns false or the server ends the stream.
     pub fn watch(

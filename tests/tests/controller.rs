@@ -202,6 +202,50 @@ fn get_pods_json_is_a_stable_list_and_describe_shows_the_scheduling_reason() {
 }
 
 #[test]
+fn the_server_renders_the_tables_get_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControllerProcess::start(&dir.path().join("data")).unwrap();
+    ok(&server, &["apply", "-f", manifests().join("sensor.yaml").to_str().unwrap()]);
+    let (agent, url, auth) = http(&server, Some(&server.token().unwrap()));
+    let auth = auth.unwrap();
+    let get = |path: &str| {
+        let mut response = agent.get(format!("{url}{path}")).header("Authorization", &auth).call().unwrap();
+        (response.status(), response.body_mut().read_json::<Value>().unwrap())
+    };
+    // The Deployment's replicas are made by the next reconcile pass.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get("/api/v1/namespaces/line-3/pods").1["items"].as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no replicas were made");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, table) = get("/api/v1/namespaces/line-3/pods?as=table");
+    assert_eq!(status, 200);
+    assert_eq!(table["kind"], "Table");
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE"]);
+    let (_, list) = get("/api/v1/namespaces/line-3/pods");
+    let names: Vec<&str> =
+        list["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+    let rows: Vec<&str> = table["rows"].as_array().unwrap().iter().map(|r| r["cells"][0].as_str().unwrap()).collect();
+    assert!(!rows.is_empty());
+    assert_eq!(rows, names, "one row per object, in the list's order");
+    // All namespaces: a NAMESPACE column first; wide: kubectl's extra ones.
+    let (_, all) = get("/api/v1/pods?as=table&wide=true");
+    let columns: Vec<&str> =
+        all["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns.first(), Some(&"NAMESPACE"));
+    assert_eq!(columns.last(), Some(&"MESSAGE"));
+    let (status, error) = get("/api/v1/pods?as=yaml");
+    assert_eq!(status, 400);
+    assert!(error["error"].as_str().unwrap().contains("as=table"), "{error}");
+    // What the CLI prints is that table.
+    let wide = ok(&server, &["get", "pods", "-A", "-o", "wide"]);
+    assert!(wide.starts_with("NAMESPACE"), "{wide}");
+    assert!(wide.lines().next().unwrap().ends_with("MESSAGE"), "{wide}");
+}
+
+#[test]
 fn the_cli_says_when_the_server_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "t\n").unwrap();

@@ -657,8 +657,9 @@ pub fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
-/// Samples `GET /api/v1/nodes` and `GET /api/v1/pods` (what `flotilla get
-/// nodes` and `get pods -A` ask) once a second until stopped.
+/// Samples `GET /api/v1/nodes?as=table` and `GET /api/v1/pods?as=table`
+/// (what `flotilla get nodes` and `get pods -A` ask: the server renders
+/// their tables) once a second until stopped.
 struct ApiSampler {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<f64>>,
@@ -677,7 +678,7 @@ impl ApiSampler {
                 .into();
             let mut samples = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                for path in ["/api/v1/nodes", "/api/v1/pods"] {
+                for path in ["/api/v1/nodes?as=table", "/api/v1/pods?as=table"] {
                     let at = Instant::now();
                     let ok = http
                         .get(format!("{url}{path}"))

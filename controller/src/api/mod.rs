@@ -9,7 +9,7 @@
 //! | GET | `/readyz` | store open and reconcilers running (no token) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | POST | `/api/v1/apply` | server-side apply of manifest documents, atomic |
-//! | GET | `/api/v1/{resource}` | list in all namespaces (`?labelSelector=`, `?watch=true&resourceVersion=N`) |
+//! | GET | `/api/v1/{resource}` | list in all namespaces (`?labelSelector=`, `?watch=true&resourceVersion=N`, `?as=table[&wide=true]`: the rows `flotilla get` prints) |
 //! | GET | `/api/v1/namespaces/{ns}/{resource}` | list in one namespace (same query) |
 //! | GET/PUT/DELETE | `/api/v1/namespaces/{ns}/{resource}/{name}` | one namespaced object |
 //! | PUT | `/api/v1/namespaces/{ns}/{resource}/{name}/status` | replace status |
@@ -287,6 +287,13 @@ pub struct ListQuery {
     /// Watch from this version (from a list's `resourceVersion`).
     #[serde(default)]
     pub resource_version: Option<String>,
+    /// `table`: the rows `flotilla get` prints instead of the objects
+    /// (Kubernetes' server-side printing).
+    #[serde(default, rename = "as")]
+    pub as_format: Option<String>,
+    /// With `as=table`: the `-o wide` columns too.
+    #[serde(default)]
+    pub wide: bool,
 }
 
 /// A list answer, like Kubernetes' `*List`.
@@ -361,6 +368,25 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
             }
         };
         return watch(state, kind, ns, selector, from);
+    }
+    match query.as_format.as_deref() {
+        None | Some("") => {}
+        Some("table" | "Table") => {
+            let store = state.store.clone();
+            let json = blocking(move || {
+                let listing = store.list(kind, ns.as_deref());
+                let items: Vec<Arc<ApiObject>> =
+                    listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
+                let table = crate::commands::table::Table::new(kind, query.wide, ns.is_none());
+                serde_json::to_vec(&crate::commands::table::TableList::of(&table, &items, listing.resource_version))
+            })
+            .await?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+            return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response());
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("unknown `as={other}`; `as=table` is the one there is")));
+        }
     }
     let store = state.store.clone();
     let listing = blocking(move || store.list(kind, ns.as_deref())).await?;

@@ -7,6 +7,27 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
     let kind = kind_arg(&args.resource)?;
     let client = client_for(&args.client)?;
     let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
+    let wide = args.output == Some(OutputFormat::Wide);
+    if args.name.is_none() && matches!(args.output, None | Some(OutputFormat::Wide)) {
+        // A table of a whole kind: rendered by the server, aligned here.
+        let table = client.table(kind, namespace, &args.selector, wide)?;
+        if table.rows.is_empty() && !args.watch {
+            match namespace {
+                Some(ns) if kind.is_namespaced() => eprintln!("No {} found in namespace {ns}.", resource_of(kind)),
+                _ => eprintln!("No {} found.", resource_of(kind)),
+            }
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        let header = table.column_definitions.into_iter().map(|c| c.name).collect();
+        table::print_rows(&mut out, Some(header), table.rows.into_iter().map(|r| r.cells).collect())?;
+        out.flush()?;
+        drop(out);
+        if args.watch {
+            watch(&client, kind, namespace, &args, table.resource_version)?;
+        }
+        return Ok(());
+    }
     let (items, resource_version) = match &args.name {
         Some(name) => {
             let object = client.get(&ObjectKey::new(kind, &args.namespace, name))?;
@@ -41,8 +62,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
                 writeln!(out, "{}/{}", kind.to_string().to_lowercase(), item.metadata.name)?;
             }
         }
-        format => {
-            let wide = format == Some(OutputFormat::Wide);
+        _ => {
             let table = Table::new(kind, wide, args.all_namespaces);
             if items.is_empty() && !args.watch {
                 match namespace {

@@ -33,7 +33,7 @@ mod delete;
 mod describe;
 mod get;
 mod logs;
-mod table;
+pub mod table;
 
 pub use apply::apply;
 pub use delete::delete;

@@ -1,9 +1,12 @@
-//! The tables `flotilla get` prints, kubectl's columns per kind.
+//! The tables `flotilla get` prints, kubectl's columns per kind. The server
+//! renders them (`GET /api/v1/pods?as=table`, as Kubernetes' server-side
+//! printing): a table of 50,000 pods is a tenth of their JSON, and the
+//! client only aligns the columns.
 
 use super::*;
 
 /// Columns per kind, kubectl style.
-pub(super) struct Table {
+pub struct Table {
     kind: Kind,
     wide: bool,
     namespaced: bool,
@@ -11,11 +14,14 @@ pub(super) struct Table {
 }
 
 impl Table {
-    pub(super) fn new(kind: Kind, wide: bool, all_namespaces: bool) -> Self {
+    /// The table of `kind`; `wide` adds kubectl's `-o wide` columns,
+    /// `all_namespaces` the NAMESPACE column (for namespaced kinds).
+    pub fn new(kind: Kind, wide: bool, all_namespaces: bool) -> Self {
         Table { kind, wide, namespaced: all_namespaces && kind.is_namespaced(), now: SystemTime::now() }
     }
 
-    fn headers(&self) -> Vec<&'static str> {
+    /// The column names.
+    pub fn headers(&self) -> Vec<&'static str> {
         let mut h: Vec<&str> = match self.kind {
             Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE"],
             Kind::Node => vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "PODS", "AGE"],
@@ -43,13 +49,15 @@ impl Table {
         h
     }
 
-    fn row(&self, o: &ApiObject) -> Vec<String> {
+    /// One object's cells.
+    pub fn row(&self, o: &ApiObject) -> Vec<String> {
         let age = age(&o.metadata.creation_timestamp, self.now);
         let name = o.metadata.name.clone();
-        let spec = o.field("spec").unwrap_or(Value::Null);
+        // As JSON only for the kinds read that way (not the fleet's pods).
+        let spec_json = || o.field("spec").unwrap_or(Value::Null);
         let mut row = match self.kind {
             Kind::Pod => {
-                let s: PodStatus = o.status();
+                let s = o.typed_status::<PodStatus>();
                 let ready = if s.is_ready() { "1/1" } else { "0/1" };
                 let shown = if o.is_retired() {
                     "Terminating".to_owned()
@@ -58,11 +66,12 @@ impl Table {
                 } else {
                     s.phase.clone()
                 };
-                let node = spec.get("nodeName").and_then(|v| v.as_str()).unwrap_or("<none>").to_owned();
+                let node = o.node_name().unwrap_or("<none>").to_owned();
                 vec![name, ready.into(), or_unknown(shown), s.restart_count.to_string(), node, age]
             }
             Kind::Node => {
-                let s: NodeStatus = o.status();
+                let spec = spec_json();
+                let s = o.typed_status::<NodeStatus>();
                 let cordoned = spec.get("unschedulable").and_then(|v| v.as_bool()).unwrap_or(false);
                 let mut state = if s.conditions.is_empty() {
                     "Unknown".to_owned()
@@ -80,6 +89,7 @@ impl Table {
                 vec![name, state, or_dash(&s.node_info.architecture), cap("cpu"), cap("memory"), cap("pods"), age]
             }
             Kind::Deployment => {
+                let spec = spec_json();
                 let s: DeploymentStatus = o.status();
                 let want = spec.get("replicas").and_then(|v| v.as_u64()).unwrap_or(1);
                 vec![
@@ -104,6 +114,7 @@ impl Table {
                 ]
             }
             Kind::Job => {
+                let spec = spec_json();
                 let s: JobStatus = o.status();
                 let want = spec.get("completions").and_then(|v| v.as_u64()).unwrap_or(1);
                 let state = if s.conditions.iter().any(|c| c.condition_type == "Failed" && c.status == "True") {
@@ -116,6 +127,7 @@ impl Table {
                 vec![name, format!("{}/{want}", s.succeeded), state.into(), age]
             }
             Kind::Service => {
+                let spec = spec_json();
                 let service_type = spec.get("type").and_then(|v| v.as_str()).unwrap_or("ClusterIP").to_owned();
                 let ports = spec.get("ports").and_then(|v| v.as_array()).map_or(String::new(), |ports| {
                     ports
@@ -170,6 +182,7 @@ impl Table {
                     row.extend([cpu, mem, or_dash(&s.node_info.agent_version), or_dash(&labels.join(","))]);
                 }
                 Kind::Deployment | Kind::DaemonSet | Kind::Job => {
+                    let spec = spec_json();
                     let images = spec
                         .pointer("/template/spec/containers")
                         .and_then(|v| v.as_array())
@@ -192,26 +205,74 @@ impl Table {
     }
 
     pub(super) fn print(&self, out: &mut impl Write, items: &[ApiObject], header: bool) -> std::io::Result<()> {
-        let mut rows: Vec<Vec<String>> = Vec::new();
-        if header {
-            rows.push(self.headers().into_iter().map(str::to_owned).collect());
-        }
-        rows.extend(items.iter().map(|o| self.row(o)));
-        let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
-            .collect();
-        for row in rows {
-            let mut line = String::new();
-            for (c, cell) in row.iter().enumerate() {
-                if c + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
-                }
+        let headers = header.then(|| self.headers().into_iter().map(str::to_owned).collect());
+        print_rows(out, headers, items.iter().map(|o| self.row(o)).collect())
+    }
+}
+
+/// Prints rows in aligned columns, kubectl style, the header first.
+pub(super) fn print_rows(
+    out: &mut impl Write,
+    header: Option<Vec<String>>,
+    body: Vec<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut rows: Vec<Vec<String>> = header.into_iter().collect();
+    rows.extend(body);
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
             }
-            writeln!(out, "{}", line.trim_end())?;
         }
-        Ok(())
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// A table as the API answers `?as=table`: Kubernetes' `meta.k8s.io/v1`
+/// Table, cells as text.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableList {
+    /// `Table`.
+    pub kind: String,
+    /// Watch from here to see every later change.
+    pub resource_version: String,
+    /// The columns.
+    pub column_definitions: Vec<ColumnDefinition>,
+    /// One row per object.
+    pub rows: Vec<TableRow>,
+}
+
+/// A column of a [`TableList`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ColumnDefinition {
+    /// `NAME`, `STATUS`, ...
+    pub name: String,
+}
+
+/// A row of a [`TableList`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TableRow {
+    /// The cells, in column order.
+    pub cells: Vec<String>,
+}
+
+impl TableList {
+    /// The table of `items`.
+    pub fn of(table: &Table, items: &[std::sync::Arc<ApiObject>], resource_version: u64) -> Self {
+        TableList {
+            kind: "Table".to_owned(),
+            resource_version: resource_version.to_string(),
+            column_definitions: table.headers().into_iter().map(|n| ColumnDefinition { name: n.to_owned() }).collect(),
+            rows: items.iter().map(|o| TableRow { cells: table.row(o) }).collect(),
+        }
     }
 }
