@@ -378,10 +378,9 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
                 let items: Vec<Arc<ApiObject>> =
                     listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
                 let table = crate::commands::table::Table::new(kind, query.wide, ns.is_none());
-                serde_json::to_vec(&crate::commands::table::TableList::of(&table, &items, listing.resource_version))
+                table.json(&items, listing.resource_version)
             })
-            .await?
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+            .await?;
             return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response());
         }
         Some(other) => {

@@ -80,6 +80,8 @@ fn bytes_text(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use serde_json::json;
 
@@ -99,6 +101,31 @@ mod tests {
         assert!(lines[0].starts_with("NAMESPACE   NAME"), "{text}");
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(cells[..6], ["default", "web-7f3a-0", "1/1", "Running", "2", "pi-1"]);
+    }
+
+    #[test]
+    fn the_servers_table_has_the_rows_the_cli_makes_and_kept_rows_age() {
+        let mut pod = ApiObject::new(Kind::Pod, "default", "web-7f3a-0");
+        pod.set_field("spec", json!({"nodeName": "pi-1", "containers": []}));
+        pod.set_field("status", json!({"phase": "Running"}));
+        pod.metadata.creation_timestamp = "2026-01-01T00:00:00Z".into();
+        let pods = vec![std::sync::Arc::new(pod)];
+        let rows = |table: &Table| -> Vec<Vec<String>> {
+            let list: table::TableList = serde_json::from_slice(&table.json(&pods, 7)).unwrap();
+            assert_eq!(list.resource_version, "7");
+            list.rows.into_iter().map(|r| r.cells).collect()
+        };
+        let table = Table::new(Kind::Pod, false, true);
+        assert_eq!(rows(&table), vec![table.row(&pods[0])]);
+        // Asked again later, from the row kept with the object: a new age.
+        let mut later = Table::new(Kind::Pod, false, true);
+        later.now = table.now + Duration::from_secs(3 * 86400);
+        let again = rows(&later);
+        assert_eq!(again, vec![later.row(&pods[0])]);
+        assert_ne!(again[0].last(), rows(&table)[0].last());
+        // Another table of the same object is not served from that row.
+        let wide = Table::new(Kind::Pod, true, false);
+        assert_eq!(rows(&wide), vec![wide.row(&pods[0])]);
     }
 
     #[test]

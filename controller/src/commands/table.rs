@@ -10,14 +10,78 @@ pub struct Table {
     kind: Kind,
     wide: bool,
     namespaced: bool,
-    now: SystemTime,
+    pub(super) now: SystemTime,
+    /// AGE cells hold `\0` and the time, turned into an age when written
+    /// out: everything else of a row depends on the object's version only,
+    /// so the server keeps rows with the objects.
+    deferred_age: bool,
 }
 
 impl Table {
     /// The table of `kind`; `wide` adds kubectl's `-o wide` columns,
     /// `all_namespaces` the NAMESPACE column (for namespaced kinds).
     pub fn new(kind: Kind, wide: bool, all_namespaces: bool) -> Self {
-        Table { kind, wide, namespaced: all_namespaces && kind.is_namespaced(), now: SystemTime::now() }
+        Table {
+            kind,
+            wide,
+            namespaced: all_namespaces && kind.is_namespaced(),
+            now: SystemTime::now(),
+            deferred_age: false,
+        }
+    }
+
+    fn age_cell(&self, timestamp: &str) -> String {
+        if self.deferred_age { format!("\0{timestamp}") } else { age(timestamp, self.now) }
+    }
+
+    /// The table as the API answers `?as=table` ([`TableList`] as JSON).
+    /// Rows are kept with the stored objects (`ApiObject::memo`) and only
+    /// their AGE is made per answer: listing a fleet's 50,000 pods every
+    /// second renders each pod once per version.
+    pub fn json(&self, items: &[std::sync::Arc<ApiObject>], resource_version: u64) -> Vec<u8> {
+        #[derive(Clone)]
+        struct KeptRow {
+            kind: Kind,
+            wide: bool,
+            namespaced: bool,
+            cells: Vec<String>,
+        }
+        let keeper = Table { deferred_age: true, ..*self };
+        let mut out = Vec::with_capacity(items.len() * 96 + 256);
+        let columns: Vec<ColumnDefinition> =
+            self.headers().into_iter().map(|n| ColumnDefinition { name: n.to_owned() }).collect();
+        out.extend_from_slice(format!(r#"{{"kind":"Table","resourceVersion":"{resource_version}","#).as_bytes());
+        out.extend_from_slice(br#""columnDefinitions":"#);
+        let _ = serde_json::to_writer(&mut out, &columns);
+        out.extend_from_slice(br#","rows":["#);
+        for (i, object) in items.iter().enumerate() {
+            let make = |o: &ApiObject| KeptRow {
+                kind: self.kind,
+                wide: self.wide,
+                namespaced: self.namespaced,
+                cells: keeper.row(o),
+            };
+            let mut kept = object.memo(make);
+            if (kept.kind, kept.wide, kept.namespaced) != (self.kind, self.wide, self.namespaced) {
+                kept = std::borrow::Cow::Owned(make(object));
+            }
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"cells":["#);
+            for (c, cell) in kept.cells.iter().enumerate() {
+                if c > 0 {
+                    out.push(b',');
+                }
+                match cell.strip_prefix('\0') {
+                    Some(timestamp) => _ = serde_json::to_writer(&mut out, &age(timestamp, self.now)),
+                    None => _ = serde_json::to_writer(&mut out, cell),
+                }
+            }
+            out.extend_from_slice(b"]}");
+        }
+        out.extend_from_slice(b"]}");
+        out
     }
 
     /// The column names.
@@ -51,7 +115,7 @@ impl Table {
 
     /// One object's cells.
     pub fn row(&self, o: &ApiObject) -> Vec<String> {
-        let age = age(&o.metadata.creation_timestamp, self.now);
+        let age = self.age_cell(&o.metadata.creation_timestamp);
         let name = o.metadata.name.clone();
         // As JSON only for the kinds read that way (not the fleet's pods).
         let spec_json = || o.field("spec").unwrap_or(Value::Null);
@@ -70,9 +134,8 @@ impl Table {
                 vec![name, ready.into(), or_unknown(shown), s.restart_count.to_string(), node, age]
             }
             Kind::Node => {
-                let spec = spec_json();
                 let s = o.typed_status::<NodeStatus>();
-                let cordoned = spec.get("unschedulable").and_then(|v| v.as_bool()).unwrap_or(false);
+                let cordoned = o.typed_spec::<crate::manifest::types::NodeSpec>().is_some_and(|s| s.unschedulable);
                 let mut state = if s.conditions.is_empty() {
                     "Unknown".to_owned()
                 } else if s.is_ready() {
@@ -150,14 +213,7 @@ impl Table {
             Kind::Event => {
                 let f = crate::events::fields(o);
                 let object = format!("{}/{}", f.involved_object.kind.to_lowercase(), f.involved_object.name);
-                vec![
-                    crate::object::age(&f.last_timestamp, self.now),
-                    f.event_type,
-                    f.reason,
-                    object,
-                    f.count.to_string(),
-                    f.message,
-                ]
+                vec![self.age_cell(&f.last_timestamp), f.event_type, f.reason, object, f.count.to_string(), f.message]
             }
         };
         if self.wide {
@@ -263,16 +319,4 @@ pub struct ColumnDefinition {
 pub struct TableRow {
     /// The cells, in column order.
     pub cells: Vec<String>,
-}
-
-impl TableList {
-    /// The table of `items`.
-    pub fn of(table: &Table, items: &[std::sync::Arc<ApiObject>], resource_version: u64) -> Self {
-        TableList {
-            kind: "Table".to_owned(),
-            resource_version: resource_version.to_string(),
-            column_definitions: table.headers().into_iter().map(|n| ColumnDefinition { name: n.to_owned() }).collect(),
-            rows: items.iter().map(|o| TableRow { cells: table.row(o) }).collect(),
-        }
-    }
 }

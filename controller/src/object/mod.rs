@@ -149,9 +149,9 @@ pub struct ApiObject {
 #[derive(Default)]
 struct Derived {
     json: OnceLock<Box<[u8]>>,
-    /// One value a controller derives from this version (the scheduler's
-    /// model of a replica or a node), see [`ApiObject::memo`].
-    memo: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// Up to two values derived from this version (the scheduler's model of
+    /// a replica or a node, its table row), see [`ApiObject::memo`].
+    memos: [OnceLock<Box<dyn Any + Send + Sync>>; 2],
 }
 
 /// How objects are written as JSON: `apiVersion`, `kind`, `metadata`, then
@@ -387,15 +387,17 @@ impl ApiObject {
     }
 
     /// `make(self)`, made once for this stored version and kept with it:
-    /// what every pass would otherwise derive again from an object that has
-    /// not changed. One type per object; a second type asked of the same
-    /// object is made each time (`Cow::Owned`).
+    /// what every pass (or every list) would otherwise derive again from an
+    /// object that has not changed. Two types per object; a third type
+    /// asked of the same object is made each time (`Cow::Owned`).
     pub fn memo<T: Any + Send + Sync + Clone>(&self, make: impl Fn(&Self) -> T) -> Cow<'_, T> {
-        let kept = self.derived.memo.get_or_init(|| Box::new(make(self)));
-        match kept.downcast_ref::<T>() {
-            Some(value) => Cow::Borrowed(value),
-            None => Cow::Owned(make(self)),
+        for slot in &self.derived.memos {
+            let kept = slot.get_or_init(|| Box::new(make(self)));
+            if let Some(value) = kept.downcast_ref::<T>() {
+                return Cow::Borrowed(value);
+            }
         }
+        Cow::Owned(make(self))
     }
 
     /// Seeds [`ApiObject::json`] with bytes already serialised from this
