@@ -309,9 +309,13 @@ pub struct Replica {
 impl Replica {
     /// A replica with the given requests and no constraints.
     pub fn new(id: &str, workload: &str, requests: Resources) -> Self {
+        Self::unconstrained(id.into(), workload.into(), requests)
+    }
+
+    fn unconstrained(id: ReplicaId, workload: WorkloadId, requests: Resources) -> Self {
         Self {
-            id: id.into(),
-            workload: workload.into(),
+            id,
+            workload,
             priority: 0,
             requests,
             arch: None,
@@ -322,6 +326,15 @@ impl Replica {
             topology_spread: None,
             score_mode: ScoreMode::BinPack,
         }
+    }
+
+    /// The replica as what it is once bound: its id, workload, priority and
+    /// requests occupy its node; its constraints no longer matter. The ids
+    /// are shared, not copied.
+    pub fn occupying(&self) -> Self {
+        let mut bound = Self::unconstrained(self.id.clone(), self.workload.clone(), self.requests.clone());
+        bound.priority = self.priority;
+        bound
     }
 
     /// Sets the priority (builder style).

@@ -321,20 +321,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             // and requests (not its constraints), from the model kept with
             // the stored replica.
             let model = pod.memo(|pod| scheduler_replica(pod, &pod.typed_spec::<PodSpec>().unwrap_or_default()));
-            let replica = sched::Replica {
-                id: model.id.clone(),
-                workload: model.workload.clone(),
-                priority: model.priority,
-                requests: model.requests.clone(),
-                arch: None,
-                os: None,
-                node_selector: BTreeMap::new(),
-                tolerations: Vec::new(),
-                max_per_node: None,
-                topology_spread: None,
-                score_mode: model.score_mode,
-            };
-            sched::BoundReplica { replica, node: (*node).into() }
+            sched::BoundReplica { replica: model.occupying(), node: (*node).into() }
         })
         .collect();
     let mut view = sched::ClusterView { nodes, bound };
