@@ -65,3 +65,24 @@ fn the_fleet_simulator_runs_every_scenario_on_mosquitto() {
     assert_eq!(lines[5]["nodes_evicted"], 0, "{}", lines[5]);
     assert_eq!(lines[5]["replicas_moved"], 0, "{}", lines[5]);
 }
+
+/// `flotilla-bench passes` (the controller's passes in process) runs and
+/// moves a lost node's replicas in one pass: a smoke test, not a timing.
+#[test]
+fn the_pass_benchmark_converges_and_moves_a_lost_nodes_replicas() {
+    let bench = flotilla_e2e::binary("flotilla-bench").unwrap();
+    let output = Command::new(bench)
+        .args(["passes", "--nodes", "60", "--samples", "1", "--losses", "2"])
+        .output()
+        .expect("running flotilla-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "flotilla-bench passes failed:\n{stderr}");
+    let line: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    assert_eq!(line["bench"], "passes");
+    assert_eq!(line["pods"], 300, "{line}");
+    assert_eq!(line["unplaced"], 0, "{line}");
+    assert!(line["replicas_moved"].as_u64().unwrap() > 0, "{line}");
+    for key in ["idle_pass_ms", "node_loss_pass_ms_first", "node_loss_pass_ms_median", "rss_bytes"] {
+        assert!(line[key].is_number(), "no {key} in {line}");
+    }
+}
