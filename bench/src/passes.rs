@@ -210,7 +210,7 @@ fn report_running(snapshot: &Snapshot) -> Vec<Op> {
         }
         let mut running = ApiObject::clone(pod);
         let mut status = status.into_owned();
-        status.phase = "Running".into();
+        status.phase = flotilla_controller::status::PodPhase::Running;
         status.reason.clear();
         status.message.clear();
         let mut ready = Condition::new("Ready", true, "", "");

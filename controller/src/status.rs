@@ -14,7 +14,7 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub condition_type: String,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
+    pub status: ConditionStatus,
     /// One CamelCase word.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -32,7 +32,7 @@ impl Condition {
     pub fn new(condition_type: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
         Condition {
             condition_type: condition_type.to_owned(),
-            status: if status { "True" } else { "False" }.to_owned(),
+            status: if status { ConditionStatus::True } else { ConditionStatus::False },
             reason: reason.to_owned(),
             message: message.into(),
             last_transition_time: String::new(),
@@ -47,7 +47,29 @@ impl Condition {
 
     /// Whether `status` is `True`.
     pub fn is_true(&self) -> bool {
-        self.status == "True"
+        self.status == ConditionStatus::True
+    }
+}
+
+/// A condition's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    /// It holds.
+    True,
+    /// It does not.
+    False,
+    /// Nobody can tell (the node that would say is not heard).
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        })
     }
 }
 
@@ -96,9 +118,9 @@ pub struct Usage {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
-    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
+    /// Where the replica is in its life.
     #[serde(default)]
-    pub phase: String,
+    pub phase: PodPhase,
     /// `PodScheduled`, `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -119,15 +141,51 @@ pub struct PodStatus {
     pub usage: Option<Usage>,
 }
 
+/// A replica's phase, Kubernetes' pod phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PodPhase {
+    /// Not running yet: waiting for a node, an image, a reference, or its
+    /// node to start it.
+    #[default]
+    Pending,
+    /// Its node runs it.
+    Running,
+    /// It ran to completion (exit 0) and is not restarted.
+    Succeeded,
+    /// It ended in failure and is not restarted.
+    Failed,
+    /// Its node was lost: what it does is not known.
+    Unknown,
+}
+
+impl PodPhase {
+    /// The name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodPhase::Pending => "Pending",
+            PodPhase::Running => "Running",
+            PodPhase::Succeeded => "Succeeded",
+            PodPhase::Failed => "Failed",
+            PodPhase::Unknown => "Unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for PodPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl PodStatus {
     /// Whether the replica finished (it is not restarted any more).
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase.as_str(), "Succeeded" | "Failed")
+        matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
     }
 
     /// Whether the Ready condition is true.
     pub fn is_ready(&self) -> bool {
-        condition(&self.conditions, "Ready").is_some_and(|c| c.status == "True")
+        condition(&self.conditions, "Ready").is_some_and(Condition::is_true)
     }
 }
 
@@ -170,7 +228,7 @@ pub struct NodeStatus {
 impl NodeStatus {
     /// Whether the Ready condition is true.
     pub fn is_ready(&self) -> bool {
-        condition(&self.conditions, "Ready").is_some_and(|c| c.status == "True")
+        condition(&self.conditions, "Ready").is_some_and(Condition::is_true)
     }
 }
 

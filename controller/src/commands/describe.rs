@@ -59,7 +59,7 @@ pub fn describe_text(o: &ApiObject) -> String {
             let status: PodStatus = o.status();
             let node = o.node_name();
             let _ = writeln!(s, "Node:              {}", node.unwrap_or("<none>"));
-            let _ = writeln!(s, "Status:            {}", or_unknown(status.phase.clone()));
+            let _ = writeln!(s, "Status:            {}", status.phase);
             if !status.reason.is_empty() {
                 let _ = writeln!(s, "Reason:            {}", status.reason);
             }

@@ -119,10 +119,8 @@ pub(super) fn watch(
                 _ => {
                     let mut object = ApiObject::clone(&event.object);
                     if event.event_type == EventType::Deleted && kind == Kind::Pod {
-                        let mut status: PodStatus = object.status();
-                        status.phase = "Terminating".into();
-                        status.reason.clear();
-                        object.set_status(&status);
+                        // Shown as kubectl shows a pod going away.
+                        object.metadata.deletion_timestamp = crate::object::now_rfc3339();
                     }
                     table.print(&mut out, &[object], false)?;
                 }

@@ -125,10 +125,10 @@ impl Table {
                 let ready = if s.is_ready() { "1/1" } else { "0/1" };
                 let shown = if o.is_retired() {
                     "Terminating".to_owned()
-                } else if s.phase == "Pending" && !s.reason.is_empty() {
+                } else if s.phase == crate::status::PodPhase::Pending && !s.reason.is_empty() {
                     s.reason.clone()
                 } else {
-                    s.phase.clone()
+                    s.phase.to_string()
                 };
                 let node = o.node_name().unwrap_or("<none>").to_owned();
                 vec![name, ready.into(), or_unknown(shown), s.restart_count.to_string(), node, age]
@@ -180,9 +180,17 @@ impl Table {
                 let spec = spec_json();
                 let s: JobStatus = o.status();
                 let want = spec.get("completions").and_then(|v| v.as_u64()).unwrap_or(1);
-                let state = if s.conditions.iter().any(|c| c.condition_type == "Failed" && c.status == "True") {
+                let state = if s
+                    .conditions
+                    .iter()
+                    .any(|c| c.condition_type == "Failed" && c.status == crate::status::ConditionStatus::True)
+                {
                     "Failed"
-                } else if s.conditions.iter().any(|c| c.condition_type == "Complete" && c.status == "True") {
+                } else if s
+                    .conditions
+                    .iter()
+                    .any(|c| c.condition_type == "Complete" && c.status == crate::status::ConditionStatus::True)
+                {
                     "Complete"
                 } else {
                     "Running"

@@ -259,7 +259,7 @@ fn failure(
         if status.restart_count >= CRASH_LOOP_RESTARTS || status.reason == "CrashLoopBackOff" {
             return Some(format!("replica {} is crash-looping ({} restarts)", pod.metadata.name, status.restart_count));
         }
-        if status.phase == "Failed" {
+        if status.phase == crate::status::PodPhase::Failed {
             return Some(format!("replica {} failed ({})", pod.metadata.name, status.reason));
         }
     }
@@ -480,7 +480,7 @@ mod tests {
                     pod.set_node_name(Some("edge-1"));
                 }
                 let ready = healthy(&pod.metadata.labels[TEMPLATE_HASH_LABEL]);
-                status.phase = "Running".into();
+                status.phase = crate::status::PodPhase::Running;
                 let mut condition = Condition::new("Ready", ready, "", "");
                 if crate::status::condition(&status.conditions, "Ready").is_none_or(|c| c.status != condition.status) {
                     condition.last_transition_time = now.clone();

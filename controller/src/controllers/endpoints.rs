@@ -143,7 +143,7 @@ mod tests {
         ));
         // Bound by the scheduler, not by manifests.
         pod.set_node_name(Some(node));
-        let mut status = PodStatus { phase: "Running".into(), ..PodStatus::default() };
+        let mut status = PodStatus { phase: crate::status::PodPhase::Running, ..PodStatus::default() };
         status.conditions.push(Condition::new("Ready", ready, "", ""));
         if retired {
             pod.metadata.deletion_timestamp = "2026-01-01T00:00:00Z".into();

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::manifest::types::JobSpec;
 use crate::object::ApiObject;
-use crate::status::{Condition, JobStatus, PodStatus, condition, set_condition};
+use crate::status::{Condition, JobStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
 
 use super::workload::{ordinal, replica, status_op, template_hash};
@@ -26,9 +26,9 @@ pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, budget:
     let completions = spec.completions.unwrap_or(1).max(0) as u32;
     let parallelism = spec.parallelism.unwrap_or(1).max(0) as u32;
     let backoff_limit = spec.backoff_limit.unwrap_or(6).max(0) as u32;
-    let phase = |p: &&&ApiObject| p.typed_status::<PodStatus>().phase.clone();
-    let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as u32;
-    let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as u32;
+    let phase = |p: &&&ApiObject| p.typed_status::<PodStatus>().phase;
+    let succeeded = owned.iter().filter(|p| phase(p) == PodPhase::Succeeded).count() as u32;
+    let failed = owned.iter().filter(|p| phase(p) == PodPhase::Failed).count() as u32;
     let active: Vec<_> = owned.iter().filter(|p| !p.typed_status::<PodStatus>().is_finished()).collect();
     let previous: JobStatus = job.status();
     let start_time = if previous.start_time.is_empty() {

@@ -108,7 +108,7 @@ pub fn reconcile<'s>(
             } else if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
                 if status.reason != "NodeLost" {
                     let mut status = status.into_owned();
-                    status.phase = "Unknown".into();
+                    status.phase = crate::status::PodPhase::Unknown;
                     status.reason = "NodeLost".into();
                     status.message = format!("node {node} lost ({why}); it runs again when the node is back");
                     set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
@@ -136,7 +136,7 @@ pub fn reconcile<'s>(
 /// node reports it, not Ready, no usage.
 pub fn moved_status(old: &PodStatus, reason: &str, message: &str) -> PodStatus {
     let mut status = old.clone();
-    status.phase = "Pending".into();
+    status.phase = crate::status::PodPhase::Pending;
     status.reason = reason.to_owned();
     status.message = message.to_owned();
     status.usage = None;
@@ -166,7 +166,7 @@ mod tests {
         let mut pod = ApiObject::new(Kind::Pod, "default", name);
         pod.set_field("spec", serde_json::json!({ "nodeName": node, "containers": [] }));
         pod.metadata.owner_references = vec![OwnerReference { kind: owner, name: "owner".into(), uid: "u-1".into() }];
-        pod.set_status(&PodStatus { phase: "Running".into(), ..PodStatus::default() });
+        pod.set_status(&PodStatus { phase: crate::status::PodPhase::Running, ..PodStatus::default() });
         pod
     }
 

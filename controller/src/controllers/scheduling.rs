@@ -249,7 +249,10 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                 // to a node its image turned out not to run on: it stays
                 // off that node's document, and says why. (One that runs
                 // was started by its node: nothing to check.)
-                if status.phase == "Pending" && image_pinning::is_pinned(pod) && !pod.is_retired() {
+                if status.phase == crate::status::PodPhase::Pending
+                    && image_pinning::is_pinned(pod)
+                    && !pod.is_retired()
+                {
                     let arch = arch_of().get(node).copied().unwrap_or("");
                     if !image_pinning::can_run_on(pod, arch) {
                         let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
@@ -342,7 +345,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             Some(_) => node_lifecycle::moved_status(&pod.status(), "", ""),
             None => pod.status(),
         };
-        status.phase = "Pending".to_owned();
+        status.phase = crate::status::PodPhase::Pending;
         status.reason.clear();
         status.message.clear();
         set_condition(&mut status.conditions, Condition::new("PodScheduled", true, "Scheduled", ""));
@@ -405,12 +408,12 @@ fn unbind(pod: &ApiObject, reason: &str, why: &str, message: &str, ops: &mut Vec
 fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op>) {
     let mut status: PodStatus = pod.status();
     let condition_now = Condition::new("PodScheduled", false, reason, message);
-    if status.phase == "Pending"
+    if status.phase == crate::status::PodPhase::Pending
         && condition(&status.conditions, "PodScheduled").is_some_and(|c| c.says(&condition_now))
     {
         return;
     }
-    status.phase = "Pending".to_owned();
+    status.phase = crate::status::PodPhase::Pending;
     status.reason = reason.to_owned();
     status.message = message.to_owned();
     set_condition(&mut status.conditions, condition_now);

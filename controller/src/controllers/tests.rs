@@ -86,10 +86,10 @@ impl Fixture {
         self.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
     }
 
-    fn set_pod_phase(&self, name: &str, phase: &str) {
+    fn set_pod_phase(&self, name: &str, phase: crate::status::PodPhase) {
         let mut pod = self.store.get(&ObjectKey::new(Kind::Pod, "default", name)).unwrap();
         let mut status: PodStatus = pod.status();
-        status.phase = phase.into();
+        status.phase = phase;
         pod.set_status(&status);
         self.store.commit(vec![Op::UpdateStatus(pod)]).unwrap();
     }
@@ -162,7 +162,11 @@ fn pending_replicas_are_packed_onto_ready_nodes_with_reasons_for_the_rest() {
     assert!(pending[0].message.starts_with("0/2 nodes available"), "{}", pending[0].message);
     assert!(pending[0].message.contains("memory"), "{}", pending[0].message);
     let scheduled: Vec<PodStatus> = pods.iter().filter(|p| p.node_name().is_some()).map(|p| p.status()).collect();
-    assert!(scheduled.iter().all(|s| condition(&s.conditions, "PodScheduled").unwrap().status == "True"));
+    assert!(
+        scheduled
+            .iter()
+            .all(|s| condition(&s.conditions, "PodScheduled").unwrap().status == crate::status::ConditionStatus::True)
+    );
 }
 
 #[test]
@@ -216,14 +220,14 @@ fn jobs_run_to_completions_with_parallelism_and_give_up_after_the_backoff_limit(
     f.settle();
     let pods = names(&f.pods());
     assert_eq!(pods.len(), 2, "parallelism 2");
-    f.set_pod_phase(&pods[0], "Succeeded");
+    f.set_pod_phase(&pods[0], crate::status::PodPhase::Succeeded);
     f.settle();
     assert_eq!(f.pods().len(), 3, "a third run starts when one succeeds");
     let job = || f.store.get(&ObjectKey::new(Kind::Job, "default", "calib")).unwrap().status::<JobStatus>();
     assert_eq!((job().succeeded, job().active), (1, 2));
     let running: Vec<_> = names(&f.pods()).into_iter().filter(|n| n != &pods[0]).collect();
-    f.set_pod_phase(&running[0], "Failed");
-    f.set_pod_phase(&running[1], "Failed");
+    f.set_pod_phase(&running[0], crate::status::PodPhase::Failed);
+    f.set_pod_phase(&running[1], crate::status::PodPhase::Failed);
     f.settle();
     let status = job();
     assert_eq!(status.failed, 2);
@@ -414,7 +418,7 @@ fn a_lost_nodes_replicas_move_in_one_pass_spread_over_the_other_nodes() {
     assert!(targets.len() >= 2, "{leaving} replicas of {lost} went to {targets:?}");
     for pod in moved {
         let status: PodStatus = pod.status();
-        assert_eq!(status.phase, "Pending", "until its new node reports it");
+        assert_eq!(status.phase, crate::status::PodPhase::Pending, "until its new node reports it");
         assert!(status.usage.is_none());
     }
 }

@@ -53,7 +53,7 @@ pub fn replica(owner: &ApiObject, template: &PodTemplate, hash: &str, name: Stri
     pod.metadata.owner_references =
         vec![OwnerReference { kind: owner.kind, name: owner.metadata.name.clone(), uid: owner.metadata.uid.clone() }];
     pod.set_spec(StoredPodSpec { template: template.spec.clone(), node_name: node.map(str::to_owned) });
-    pod.set_status(&PodStatus { phase: "Pending".to_owned(), ..PodStatus::default() });
+    pod.set_status(&PodStatus { phase: crate::status::PodPhase::Pending, ..PodStatus::default() });
     pod
 }
 

@@ -28,7 +28,7 @@ use super::{FleetConfig, Topics};
 use crate::manifest::Kind;
 use crate::manifest::types::NodeSpec;
 use crate::object::{ApiObject, ObjectKey};
-use crate::status::{Condition, NodeInfo, NodeStatus, PodStatus, Usage, condition, set_condition};
+use crate::status::{Condition, NodeInfo, NodeStatus, PodPhase, PodStatus, Usage, condition, set_condition};
 use crate::store::{Op, Store, StoreError, View};
 
 /// How long after its own broker connection came back the controller waits
@@ -79,7 +79,7 @@ impl ReadyState {
     fn of(node: &ApiObject) -> Option<ReadyState> {
         let status: NodeStatus = node.status();
         condition(&status.conditions, "Ready")
-            .map(|c| ReadyState { ready: c.status == "True", reason: c.reason.clone() })
+            .map(|c| ReadyState { ready: c.status == crate::status::ConditionStatus::True, reason: c.reason.clone() })
     }
 
     /// Whether writing `ready`/`reason` would change nothing that matters:
@@ -352,9 +352,9 @@ impl Inbox {
             Box::new(move |object| {
                 let Some(object) = object else { return };
                 let mut status: NodeStatus = object.status();
-                if condition(&status.conditions, "Ready")
-                    .is_some_and(|c| (c.status == "True") == ready && (ready || c.reason == reason))
-                {
+                if condition(&status.conditions, "Ready").is_some_and(|c| {
+                    (c.status == crate::status::ConditionStatus::True) == ready && (ready || c.reason == reason)
+                }) {
                     return;
                 }
                 set_condition(&mut status.conditions, Condition::new("Ready", ready, &reason, &message));
@@ -469,7 +469,9 @@ impl Inbox {
                 Box::new(move |object| {
                     let Some(pod) = object else { return };
                     let mut status: PodStatus = pod.status();
-                    if status.phase == "Running" || (status.reason == reason && status.message == message) {
+                    if status.phase == crate::status::PodPhase::Running
+                        || (status.reason == reason && status.message == message)
+                    {
                         return;
                     }
                     status.reason = reason.clone();
@@ -620,17 +622,17 @@ fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Optio
 fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus) -> PodStatus {
     let mut new = old.clone();
     let (phase, reason) = match replica.phase {
-        Phase::Pending => ("Pending", "ContainerCreating"),
-        Phase::Pulling => ("Pending", "Pulling"),
-        Phase::Creating => ("Pending", "ContainerCreating"),
-        Phase::Running => ("Running", ""),
-        Phase::Succeeded => ("Succeeded", "Completed"),
-        Phase::Failed => ("Failed", "Error"),
-        Phase::CrashLoopBackOff => ("Running", "CrashLoopBackOff"),
-        Phase::Terminating => ("Running", "Terminating"),
-        Phase::Unknown => ("Unknown", ""),
+        Phase::Pending => (PodPhase::Pending, "ContainerCreating"),
+        Phase::Pulling => (PodPhase::Pending, "Pulling"),
+        Phase::Creating => (PodPhase::Pending, "ContainerCreating"),
+        Phase::Running => (PodPhase::Running, ""),
+        Phase::Succeeded => (PodPhase::Succeeded, "Completed"),
+        Phase::Failed => (PodPhase::Failed, "Error"),
+        Phase::CrashLoopBackOff => (PodPhase::Running, "CrashLoopBackOff"),
+        Phase::Terminating => (PodPhase::Running, "Terminating"),
+        Phase::Unknown => (PodPhase::Unknown, ""),
     };
-    new.phase = phase.into();
+    new.phase = phase;
     if new.reason != reason {
         new.reason = reason.into();
         if reason != "Pulling" {
@@ -639,7 +641,7 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus) -> 
     }
     if let Some(Exit { code, reason: exit_reason }) = replica.last_exit {
         new.exit_code = Some(code);
-        if exit_reason == ExitReason::OomKilled && phase != "Running" {
+        if exit_reason == ExitReason::OomKilled && phase != PodPhase::Running {
             new.reason = "OOMKilled".into();
         }
     }
@@ -718,7 +720,7 @@ mod tests {
         let mut pod = ApiObject::new(Kind::Pod, "default", name);
         pod.set_field("spec", serde_json::json!({ "nodeName": node, "containers": [] }));
         pod.metadata.owner_references = vec![OwnerReference { kind: owner, name: "owner".into(), uid: "u-1".into() }];
-        pod.set_status(&PodStatus { phase: "Running".into(), ..PodStatus::default() });
+        pod.set_status(&PodStatus { phase: crate::status::PodPhase::Running, ..PodStatus::default() });
         vec![Op::Apply(pod.clone()), Op::UpdateStatus(pod)]
     }
 

@@ -253,5 +253,5 @@ fn unreachable_reason(store: &dyn Store, node: &str) -> Option<String> {
     let object = store.get(&ObjectKey::new(Kind::Node, "", node))?;
     let status: NodeStatus = object.status();
     let ready = crate::status::condition(&status.conditions, "Ready")?;
-    (ready.status != "True").then(|| ready.reason.clone())
+    (ready.status != crate::status::ConditionStatus::True).then(|| ready.reason.clone())
 }

@@ -96,7 +96,7 @@ mod tests {
                  containers: [{{name: web, image: web:1}}]\n"
             ));
             pod.set_node_name(Some(node));
-            let mut status = PodStatus { phase: "Running".into(), ..PodStatus::default() };
+            let mut status = PodStatus { phase: crate::status::PodPhase::Running, ..PodStatus::default() };
             status.conditions.push(Condition::new("Ready", ready, "", ""));
             pod.set_status(&status);
             Arc::new(pod)

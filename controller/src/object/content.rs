@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn typed_parts_move_in_without_json() {
-        let status = PodStatus { phase: "Running".into(), ..PodStatus::default() };
+        let status = PodStatus { phase: crate::status::PodPhase::Running, ..PodStatus::default() };
         let Status::Pod(typed) = Status::from_typed(Kind::Pod, status.clone()) else { panic!("not typed") };
         assert_eq!(typed, status);
         // Another type goes through JSON.

@@ -594,7 +594,7 @@ mod tests {
         let mut pod = ApiObject::new(Kind::Pod, "default", "web-1");
         let template = deployment.spec_ref::<crate::manifest::types::DeploymentSpec>().unwrap().template.spec.clone();
         pod.set_spec(StoredPodSpec { template, node_name: Some("edge-1".into()) });
-        pod.set_status(&crate::status::PodStatus { phase: "Running".into(), ..Default::default() });
+        pod.set_status(&crate::status::PodStatus { phase: crate::status::PodPhase::Running, ..Default::default() });
         for object in [deployment, pod] {
             // What the store writes and reads back (and the CLI reads).
             let read: ApiObject = serde_json::from_slice(object.json()).unwrap();
