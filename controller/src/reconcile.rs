@@ -21,7 +21,6 @@ pub use crate::controllers::Snapshot;
 /// Runs passes until the task is aborted. `eviction` tells each pass what
 /// the transport knows about evicting lost nodes' replicas.
 pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + Send + Sync + 'static) {
-    let eviction = Arc::new(eviction);
     let mut live = match store.subscribe(0) {
         Ok(subscription) => subscription.live,
         Err(e) => {

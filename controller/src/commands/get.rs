@@ -8,76 +8,63 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
     let client = client_for(&args.client)?;
     let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
     let wide = args.output == Some(OutputFormat::Wide);
-    if args.name.is_none() && matches!(args.output, None | Some(OutputFormat::Wide)) {
-        // A table of a whole kind: rendered by the server, aligned here.
-        let table = client.table(kind, namespace, &args.selector, wide)?;
-        if table.rows.is_empty() && !args.watch {
-            match namespace {
-                Some(ns) if kind.is_namespaced() => eprintln!("No {} found in namespace {ns}.", resource_of(kind)),
-                _ => eprintln!("No {} found.", resource_of(kind)),
-            }
-            return Ok(());
-        }
-        let mut out = std::io::stdout().lock();
-        let header = table.column_definitions.into_iter().map(|c| c.name).collect();
-        table::print_rows(&mut out, Some(header), table.rows.into_iter().map(|r| r.cells).collect())?;
-        out.flush()?;
-        drop(out);
-        if args.watch {
-            watch(&client, kind, namespace, &args, table.resource_version)?;
-        }
-        return Ok(());
-    }
-    let (items, resource_version) = match &args.name {
-        Some(name) => {
-            let object = client.get(&ObjectKey::new(kind, &args.namespace, name))?;
-            let rv = object.metadata.resource_version.clone();
-            (vec![object], rv)
-        }
-        None => {
-            let list = client.list(kind, namespace, &args.selector)?;
-            (list.items, list.resource_version)
-        }
-    };
     let mut out = std::io::stdout().lock();
-    match args.output {
-        Some(OutputFormat::Json) => {
-            if args.name.is_some() {
-                writeln!(out, "{}", serde_json::to_string_pretty(&items[0])?)?;
-            } else {
-                let list = ObjectList { kind: "List".to_owned(), resource_version: resource_version.clone(), items };
-                writeln!(out, "{}", serde_json::to_string_pretty(&list_json(&list))?)?;
-            }
-        }
-        Some(OutputFormat::Yaml) => {
-            if args.name.is_some() {
-                write!(out, "{}", serde_yaml_ng::to_string(&items[0])?)?;
-            } else {
-                let list = ObjectList { kind: "List".to_owned(), resource_version: resource_version.clone(), items };
-                write!(out, "{}", serde_yaml_ng::to_string(&list_json(&list))?)?;
-            }
-        }
-        Some(OutputFormat::Name) => {
-            for item in &items {
-                writeln!(out, "{}/{}", kind.to_string().to_lowercase(), item.metadata.name)?;
-            }
-        }
-        _ => {
-            let table = Table::new(kind, wide, args.all_namespaces);
-            if items.is_empty() && !args.watch {
+    let resource_version = match (&args.name, args.output) {
+        (None, None | Some(OutputFormat::Wide)) => {
+            // A table of a whole kind: rendered by the server, aligned here.
+            let table = client.table(kind, namespace, &args.selector, wide)?;
+            if table.rows.is_empty() && !args.watch {
                 match namespace {
                     Some(ns) if kind.is_namespaced() => eprintln!("No {} found in namespace {ns}.", resource_of(kind)),
                     _ => eprintln!("No {} found.", resource_of(kind)),
                 }
                 return Ok(());
             }
-            table.print(&mut out, &items, true)?;
+            let header = table.column_definitions.into_iter().map(|c| c.name).collect();
+            table::print_rows(&mut out, Some(header), table.rows.into_iter().map(|r| r.cells).collect())?;
+            table.resource_version
         }
-    }
+        (Some(name), output) => {
+            let object = client.get(&ObjectKey::new(kind, &args.namespace, name))?;
+            match output {
+                Some(format @ (OutputFormat::Json | OutputFormat::Yaml)) => write_as(&mut out, format, &object)?,
+                Some(OutputFormat::Name) => {
+                    writeln!(out, "{}/{}", kind.to_string().to_lowercase(), object.metadata.name)?
+                }
+                _ => {
+                    Table::new(kind, wide, args.all_namespaces).print(&mut out, std::slice::from_ref(&object), true)?
+                }
+            }
+            object.metadata.resource_version
+        }
+        (None, output) => {
+            let list = client.list(kind, namespace, &args.selector)?;
+            let resource_version = list.resource_version.clone();
+            match output {
+                Some(OutputFormat::Name) => {
+                    for item in &list.items {
+                        writeln!(out, "{}/{}", kind.to_string().to_lowercase(), item.metadata.name)?;
+                    }
+                }
+                // JSON or YAML (a table was asked of the server above).
+                format => write_as(&mut out, format.unwrap_or(OutputFormat::Json), &list_json(&list))?,
+            }
+            resource_version
+        }
+    };
     out.flush()?;
     drop(out);
     if args.watch {
         watch(&client, kind, namespace, &args, resource_version)?;
+    }
+    Ok(())
+}
+
+/// Writes `value` as `-o json` (pretty) or `-o yaml`.
+fn write_as(out: &mut impl Write, format: OutputFormat, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Yaml => write!(out, "{}", serde_yaml_ng::to_string(value)?)?,
+        _ => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::manifest::Kind;
 use crate::object::ApiObject;
-use crate::status::{Condition, NodeStatus, PodStatus, condition, set_condition};
+use crate::status::{Condition, NodeStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
 
 use super::{Requeue, Snapshot};
@@ -52,9 +52,9 @@ impl Default for EvictionPolicy {
 /// The replicas to move off lost nodes, for the scheduling controller.
 #[derive(Debug, Default)]
 pub struct Evictions<'s> {
-    /// Replica (namespace, name) -> it, and why it moves (`node edge-1
-    /// lost (Unreachable)`).
-    pub moving: BTreeMap<(&'s str, &'s str), (&'s ApiObject, String)>,
+    /// Replica (namespace, name) -> why it moves (`node edge-1 lost
+    /// (Unreachable)`).
+    pub moving: BTreeMap<(&'s str, &'s str), String>,
 }
 
 /// The nodes lost for longer than the grace, each with its reason; and when
@@ -96,38 +96,34 @@ pub fn reconcile<'s>(
         return (evictions, requeue);
     }
     // One scan, a lookup among the few lost nodes per pod.
+    let mut moving_from: BTreeMap<&str, usize> = BTreeMap::new();
     for pod in &snapshot.pods {
         let Some((node, why)) = pod.node_name().and_then(|n| lost.get_key_value(n)) else { continue };
-        {
-            let status = pod.typed_status::<PodStatus>();
-            if status.is_finished() {
-                continue;
+        let status = pod.typed_status::<PodStatus>();
+        if status.is_finished() {
+            continue;
+        }
+        if pod.is_retired() {
+            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
+        } else if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
+            if status.reason != "NodeLost" {
+                let mut status = status.into_owned();
+                status.phase = PodPhase::Unknown;
+                status.reason = "NodeLost".into();
+                status.message = format!("node {node} lost ({why}); it runs again when the node is back");
+                set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+                let mut marked = ApiObject::clone(pod);
+                marked.set_status(&status);
+                ops.push(Op::UpdateStatus(marked));
             }
-            if pod.is_retired() {
-                ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
-            } else if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
-                if status.reason != "NodeLost" {
-                    let mut status = status.into_owned();
-                    status.phase = crate::status::PodPhase::Unknown;
-                    status.reason = "NodeLost".into();
-                    status.message = format!("node {node} lost ({why}); it runs again when the node is back");
-                    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
-                    let mut marked = ApiObject::clone(pod);
-                    marked.set_status(&status);
-                    ops.push(Op::UpdateStatus(marked));
-                }
-            } else {
-                let key = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
-                evictions.moving.insert(key, (pod, format!("node {node} lost ({why})")));
-            }
+        } else {
+            let key = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
+            evictions.moving.insert(key, format!("node {node} lost ({why})"));
+            *moving_from.entry(node).or_default() += 1;
         }
     }
-    let mut moving_from: BTreeMap<&str, usize> = BTreeMap::new();
-    for (pod, _) in evictions.moving.values() {
-        *moving_from.entry(pod.node_name().unwrap_or_default()).or_default() += 1;
-    }
     for (node, replicas) in moving_from {
-        tracing::warn!(node, replicas, reason = %lost.get(node).map_or("", String::as_str), "node lost: its replicas move");
+        tracing::warn!(node, replicas, reason = %lost[node], "node lost: its replicas move");
     }
     (evictions, requeue)
 }

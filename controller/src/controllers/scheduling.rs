@@ -15,7 +15,7 @@ use flotilla_scheduler::model as sched;
 use crate::manifest::Quantity;
 use crate::manifest::types::{NodeSpec, PodSpec};
 use crate::object::{ApiObject, ObjectKey};
-use crate::status::{Condition, NodeStatus, PodStatus, condition, set_condition};
+use crate::status::{Condition, NodeStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
 
 use super::node_lifecycle::{self, Evictions};
@@ -229,8 +229,8 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         })
     };
     let mut bound: Vec<(&ApiObject, &str)> = Vec::new();
-    let mut pending = Vec::new();
-    let mut moving: Vec<(&ApiObject, sched::Replica, &str)> = Vec::new();
+    let mut pending: Vec<Placing<'_>> = Vec::new();
+    let mut moving: Vec<Placing<'_>> = Vec::new();
     let mut unpinned = Vec::new();
     let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
     let mut unbinds: Vec<(&ApiObject, &str, &str, String)> = Vec::new();
@@ -239,20 +239,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         if status.is_finished() {
             continue;
         }
-        let leaving = match evictions.moving.is_empty() {
-            true => None,
-            false => evictions.moving.get(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str())),
-        };
+        let leaving = evictions.moving.get(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str()));
         match (pod.node_name(), leaving) {
             (Some(node), None) => {
                 // Bound at creation (a DaemonSet's, a replacement in place)
                 // to a node its image turned out not to run on: it stays
                 // off that node's document, and says why. (One that runs
                 // was started by its node: nothing to check.)
-                if status.phase == crate::status::PodPhase::Pending
-                    && image_pinning::is_pinned(pod)
-                    && !pod.is_retired()
-                {
+                if status.phase == PodPhase::Pending && image_pinning::is_pinned(pod) && !pod.is_retired() {
                     let arch = arch_of().get(node).copied().unwrap_or("");
                     if !image_pinning::can_run_on(pod, arch) {
                         let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
@@ -265,19 +259,12 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             (_, leaving) => {
                 let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
                 let missing = missing_references(&spec, &pod.metadata.namespace, snapshot);
-                if let Some((_, why)) = leaving.filter(|_| !missing.is_empty() || !image_pinning::is_pinned(pod)) {
-                    // Leaving a lost node for a wait: off the node first.
-                    let (reason, message) = if missing.is_empty() {
-                        ("ImageNotPinned", "its image is not pinned".to_owned())
-                    } else {
-                        ("MissingReference", missing.join("; "))
-                    };
-                    unbinds.push((pod, reason, why.as_str(), message));
-                } else if !missing.is_empty() {
-                    blocked.push((pod, "MissingReference", missing.join("; ")));
+                // Placed only once its references exist and the scheduler
+                // knows where its image runs: never bound first and taken
+                // back.
+                let waiting = if !missing.is_empty() {
+                    Some(("MissingReference", missing.join("; ")))
                 } else if !image_pinning::is_pinned(pod) {
-                    // Placed only once the scheduler knows where its image
-                    // runs: never bound first and taken back.
                     let message = match pod.metadata.annotations.get(image_pinning::IMAGE_ERROR_ANNOTATION) {
                         Some(error) => error.clone(),
                         None => format!(
@@ -285,17 +272,30 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                             spec.containers.first().map_or("", |c| c.image.as_str())
                         ),
                     };
-                    unpinned.push((pod, scheduler_replica(pod, &spec), message));
-                } else if let Some((_, why)) = leaving {
-                    // Spread, not packed: a lost node's replicas go to the
-                    // emptiest nodes that fit, so several devices start
-                    // them at once (one device starts its containers one
-                    // after another) and no one device takes them all.
-                    let mut replica = scheduler_replica(pod, &spec);
-                    replica.score_mode = sched::ScoreMode::Spread;
-                    moving.push((pod, replica, why.as_str()));
+                    Some(("ImageNotPinned", message))
                 } else {
-                    pending.push((pod, scheduler_replica(pod, &spec)));
+                    None
+                };
+                match (waiting, leaving) {
+                    // Leaving a lost node for a wait: off the node first.
+                    (Some((reason, message)), Some(why)) => unbinds.push((pod, reason, why.as_str(), message)),
+                    (Some(("ImageNotPinned", message)), None) => {
+                        unpinned.push((pod, scheduler_replica(pod, &spec), message))
+                    }
+                    (Some((reason, message)), None) => blocked.push((pod, reason, message)),
+                    (None, Some(why)) => {
+                        // Spread, not packed: a lost node's replicas go to
+                        // the emptiest nodes that fit, so several devices
+                        // start them at once (one device starts its
+                        // containers one after another) and no one device
+                        // takes them all.
+                        let mut replica = scheduler_replica(pod, &spec);
+                        replica.score_mode = sched::ScoreMode::Spread;
+                        moving.push(Placing { pod, replica, leaving: Some(why.as_str()) });
+                    }
+                    (None, None) => {
+                        pending.push(Placing { pod, replica: scheduler_replica(pod, &spec), leaving: None })
+                    }
                 }
             }
         }
@@ -313,9 +313,10 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     // A slice at a time (see `PASS_SLICE`), highest priority first; those
     // leaving lost nodes always.
     if pending.len() > PASS_SLICE {
-        pending.sort_by_key(|(_, replica)| std::cmp::Reverse(replica.priority));
+        pending.sort_by_key(|p| std::cmp::Reverse(p.replica.priority));
         pending.truncate(PASS_SLICE);
     }
+    let placing: Vec<Placing<'_>> = moving.into_iter().chain(pending).collect();
     let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| n.memo(scheduler_node).into_owned()).collect();
     let bound = bound
         .iter()
@@ -328,24 +329,19 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         })
         .collect();
     let mut view = sched::ClusterView { nodes, bound };
-    let replicas: Vec<sched::Replica> =
-        pending.iter().map(|(_, r)| r.clone()).chain(moving.iter().map(|(_, r, _)| r.clone())).collect();
+    let replicas: Vec<sched::Replica> = placing.iter().map(|p| p.replica.clone()).collect();
     let plan = flotilla_scheduler::schedule(&view, &replicas, 0);
-    let by_id: BTreeMap<&str, &ApiObject> = pending
-        .iter()
-        .map(|(p, r)| (r.id.as_str(), &***p))
-        .chain(moving.iter().map(|(p, r, _)| (r.id.as_str(), *p)))
-        .collect();
-    let why_moving: BTreeMap<&str, &str> = moving.iter().map(|(_, r, why)| (r.id.as_str(), *why)).collect();
+    let by_id: BTreeMap<&str, &Placing<'_>> = placing.iter().map(|p| (p.replica.id.as_str(), p)).collect();
     for placement in &plan.placements {
-        let Some(pod) = by_id.get(placement.replica.as_str()) else { continue };
-        let mut bound = (*pod).clone();
+        let Some(placing) = by_id.get(placement.replica.as_str()) else { continue };
+        let pod = placing.pod;
+        let mut bound = pod.clone();
         bound.set_node_name(Some(placement.node.as_str()));
-        let mut status = match why_moving.get(placement.replica.as_str()) {
-            Some(_) => node_lifecycle::moved_status(&pod.status(), "", ""),
-            None => pod.status(),
-        };
-        status.phase = crate::status::PodPhase::Pending;
+        let mut status: PodStatus = pod.status();
+        if placing.leaving.is_some() {
+            status = node_lifecycle::moved_status(&status, "", "");
+        }
+        status.phase = PodPhase::Pending;
         status.reason.clear();
         status.message.clear();
         set_condition(&mut status.conditions, Condition::new("PodScheduled", true, "Scheduled", ""));
@@ -357,24 +353,20 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         ops.push(Op::UpdateStatus(status_only));
     }
     for unplaced in &plan.unplaced {
-        let Some(pod) = by_id.get(unplaced.replica.as_str()) else { continue };
-        match why_moving.get(unplaced.replica.as_str()) {
-            Some(why) => unbind(pod, "Unschedulable", why, &unplaced.reason.to_string(), &mut ops),
-            None => pending_status(pod, "Unschedulable", &unplaced.reason.to_string(), &mut ops),
+        let Some(placing) = by_id.get(unplaced.replica.as_str()) else { continue };
+        let reason = unplaced.reason.to_string();
+        match placing.leaving {
+            Some(why) => unbind(placing.pod, "Unschedulable", why, &reason, &mut ops),
+            None => pending_status(placing.pod, "Unschedulable", &reason, &mut ops),
         }
     }
     if !unpinned.is_empty() {
         // Replicas still waiting for their image are not placed, but an
         // operator should hear first what no pin would mend: whether any
         // node could take them once the pinned ones above are placed.
-        let replica_of: BTreeMap<&str, &sched::Replica> = pending
-            .iter()
-            .map(|(_, r)| (r.id.as_str(), r))
-            .chain(moving.iter().map(|(_, r, _)| (r.id.as_str(), r)))
-            .collect();
         for placement in &plan.placements {
-            if let Some(replica) = replica_of.get(placement.replica.as_str()) {
-                view.bound.push(sched::BoundReplica { replica: (*replica).clone(), node: placement.node.clone() });
+            if let Some(placing) = by_id.get(placement.replica.as_str()) {
+                view.bound.push(sched::BoundReplica { replica: placing.replica.clone(), node: placement.node.clone() });
             }
         }
         let replicas: Vec<sched::Replica> = unpinned.iter().map(|(_, r, _)| r.clone()).collect();
@@ -389,6 +381,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         }
     }
     ops
+}
+
+/// A replica the scheduler is asked to place this pass.
+struct Placing<'s> {
+    pod: &'s ApiObject,
+    replica: sched::Replica,
+    /// Why it leaves its node, if it leaves a lost one.
+    leaving: Option<&'s str>,
 }
 
 /// Takes a replica leaving a lost node off it: `NodeLost`, and in its
