@@ -121,8 +121,11 @@ impl Default for Budget {
 pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
     let mut ops = Vec::new();
     let now = snapshot.now.unwrap_or_else(SystemTime::now);
+    let mut timing = PassTiming::start();
     let owned = snapshot.pods_by_owner();
+    timing.mark("index");
     gc::reconcile(snapshot, &owned, now, &mut ops);
+    timing.mark("gc");
     let owned_by = |uid: &str| owned.get(uid).map_or(&[][..], Vec::as_slice);
     let mut requeue = Requeue::OnChange;
     let mut budget = Budget::default();
@@ -139,12 +142,49 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
         job::reconcile(job, owned_by(&job.metadata.uid), now, &mut budget, &mut ops);
         requeue = requeue.sooner(job::requeue(job));
     }
+    timing.mark("workloads");
     let (evictions, lifecycle) = node_lifecycle::reconcile(snapshot, &snapshot.eviction, now, &mut ops);
+    timing.mark("node_lifecycle");
     requeue = requeue.sooner(lifecycle);
     let scheduled = scheduling::reconcile(snapshot, &ops, &evictions);
+    timing.mark("scheduling");
     ops.extend(scheduled);
     endpoints::reconcile(snapshot, &mut ops);
+    timing.mark("endpoints");
+    tracing::debug!(writes = ops.len(), "pass: {timing}");
     (ops, requeue)
+}
+
+/// How long each step of a pass took, for the debug log
+/// (`RUST_LOG=flotilla_controller::controllers=debug`): at fleet scale a
+/// pass is the controller's main cost, and this says which step grew.
+struct PassTiming {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl PassTiming {
+    fn start() -> Self {
+        let now = std::time::Instant::now();
+        PassTiming { started: now, last: now, steps: Vec::new() }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.steps.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for PassTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} ms", self.last.duration_since(self.started).as_secs_f64() * 1000.0)?;
+        for (step, took) in &self.steps {
+            write!(f, ", {step} {:.1}", took.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
