@@ -54,6 +54,12 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The controller's and agent's logs, when asked for (RUST_LOG); the
+    // figures go to stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .init();
     match Cli::parse().bench {
         Bench::Api(args) => api::run(args),
         Bench::Failover(args) => failover::run(args),

@@ -5,14 +5,17 @@
 //! ([`Snapshot`]), lets the controllers compute the writes that move it one
 //! step closer ([`controllers::plan`]) and commits them. A pass runs after
 //! every change (debounced), when a controller asked for one
-//! ([`Requeue`]), and every 30 s regardless, so no correctness depends on
+//! ([`Requeue`]), and every 30 s regardless. Between those full passes a
+//! pass reconciles only the workloads the watched changes touched
+//! ([`Scope`]: at 10,000 devices reconciling every workload took 200-400 ms
+//! a pass); the full pass every 30 s means no correctness depends on
 //! having seen a particular event.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::controllers::node_lifecycle::EvictionPolicy;
-use crate::controllers::{self, Requeue};
+use crate::controllers::{self, Requeue, Scope};
 use crate::manifest::Kind;
 use crate::store::Store;
 
@@ -28,12 +31,23 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
             return;
         }
     };
+    // What changed since the last pass; the first pass, a lagged watch and
+    // the periodic resync look at everything.
+    let mut scope = Scope::All;
+    let mut last_full = std::time::Instant::now();
     loop {
+        if last_full.elapsed() >= IDLE_RESYNC {
+            scope = Scope::All;
+        }
+        if scope == Scope::All {
+            last_full = std::time::Instant::now();
+        }
+        let pass_scope = std::mem::replace(&mut scope, Scope::nothing());
         let pass_store = store.clone();
         let policy = eviction();
         let mut resync = IDLE_RESYNC;
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref(), policy)).await {
+        match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref(), policy, pass_scope)).await {
             Ok(Ok(pass)) => {
                 if pass.writes > 0 {
                     tracing::debug!(writes = pass.writes, "reconcile pass");
@@ -42,8 +56,14 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
                     resync = resync.min(after);
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
-            Err(e) => tracing::error!(error = %e, "reconcile pass panicked; retrying"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reconcile pass failed; retrying");
+                scope = Scope::All;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile pass panicked; retrying");
+                scope = Scope::All;
+            }
         }
         let took = started.elapsed();
         // Wait for a change or the periodic resync (every second while a
@@ -57,17 +77,31 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
             loop {
                 match live.recv().await {
                     Ok(event) if event.object.kind == Kind::Event => continue,
-                    _ => return,
+                    Ok(event) => return Some(event),
+                    Err(_) => return None, // lagged (or closed): look at everything
                 }
             }
         })
         .await;
         // The clock a controller asked for (an eviction grace, a rollout's
         // readiness) runs the pass at once; a change lets its burst settle.
-        if changed.is_ok() {
+        if let Ok(event) = changed {
+            match event {
+                Some(event) => scope.note(&event),
+                None => scope = Scope::All,
+            }
             tokio::time::sleep(took.clamp(Duration::from_millis(20), MAX_SETTLE)).await;
         }
-        while live.try_recv().is_ok() {}
+        loop {
+            match live.try_recv() {
+                Ok(event) => scope.note(&event),
+                Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                Err(_) => {
+                    scope = Scope::All;
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -82,7 +116,7 @@ const IDLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// One pass: read, plan, write. Returns the number of writes.
 pub fn reconcile_once(store: &dyn Store) -> Result<usize, crate::store::StoreError> {
-    reconcile_pass(store, EvictionPolicy::default()).map(|pass| pass.writes)
+    reconcile_pass(store, EvictionPolicy::default(), Scope::All).map(|pass| pass.writes)
 }
 
 /// What a pass did.
@@ -92,9 +126,10 @@ struct Pass {
     requeue: Requeue,
 }
 
-fn reconcile_pass(store: &dyn Store, eviction: EvictionPolicy) -> Result<Pass, crate::store::StoreError> {
+fn reconcile_pass(store: &dyn Store, eviction: EvictionPolicy, scope: Scope) -> Result<Pass, crate::store::StoreError> {
     let mut snapshot = Snapshot::read(store);
     snapshot.eviction = eviction;
+    snapshot.scope = scope;
     let (ops, requeue) = controllers::plan(&snapshot);
     let pass = Pass { writes: ops.len(), requeue };
     if ops.is_empty() {

@@ -326,7 +326,7 @@ fn list_json(resource_version: u64, items: Vec<Arc<ApiObject>>) -> impl Iterator
             if next > 0 {
                 chunk.push(b',');
             }
-            chunk.extend_from_slice(items[next].json());
+            chunk.extend_from_slice(&items[next].json());
             next += 1;
         }
         if next == items.len() {
@@ -407,7 +407,6 @@ fn watch(state: Shared, kind: Kind, ns: Option<String>, selector: Selector, from
             && ns.as_ref().is_none_or(|ns| &event.object.metadata.namespace == ns)
             && selector.matches(&event.object.metadata.labels)
     };
-    // Each object's JSON is serialised once however many watch it.
     let line = |event: &WatchEvent| {
         let event_type = match event.event_type {
             EventType::Added => "ADDED",
@@ -417,7 +416,7 @@ fn watch(state: Shared, kind: Kind, ns: Option<String>, selector: Selector, from
         let object = event.object.json();
         let mut bytes = Vec::with_capacity(object.len() + 32);
         bytes.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
-        bytes.extend_from_slice(object);
+        bytes.extend_from_slice(&object);
         bytes.extend_from_slice(b"}\n");
         Ok::<_, std::convert::Infallible>(bytes)
     };

@@ -23,7 +23,7 @@ use crate::store::Op;
 use super::Requeue;
 use super::deployment::{is_available, retire};
 use super::scheduling::{taint, toleration};
-use super::workload::{TEMPLATE_HASH_LABEL, replica, status_op, template_hash};
+use super::workload::{TEMPLATE_HASH_LABEL, Template, replica, status_op, template_hash};
 
 /// Annotation on a DaemonSet: a label selector for the nodes updated first.
 pub const CANARY_ANNOTATION: &str = "flotilla.io/canary-nodes";
@@ -59,6 +59,7 @@ pub fn reconcile(
 ) {
     let Some(spec) = daemon_set.spec::<DaemonSetSpec>() else { return };
     let hash = template_hash(&spec.template);
+    let template = Template::new(&spec.template);
     let name = &daemon_set.metadata.name;
     let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
@@ -129,13 +130,8 @@ pub fn reconcile(
                 // outside the scheduler, it must exist before the scheduler
                 // packs its node (a sliced run at 10,000 devices left 2,218
                 // replicas out of full nodes' documents).
-                let pod = replica(
-                    daemon_set,
-                    &spec.template,
-                    &hash,
-                    new_name(&node.metadata.name),
-                    Some(&node.metadata.name),
-                );
+                let pod =
+                    replica(daemon_set, &template, &hash, new_name(&node.metadata.name), Some(&node.metadata.name));
                 ops.push(Op::Create(pod));
                 if online {
                     unavailable += 1;
@@ -166,7 +162,7 @@ pub fn reconcile(
             break;
         }
         retire(old, ops);
-        let pod = replica(daemon_set, &spec.template, &hash, new_name(&node.metadata.name), Some(&node.metadata.name));
+        let pod = replica(daemon_set, &template, &hash, new_name(&node.metadata.name), Some(&node.metadata.name));
         ops.push(Op::Create(pod));
         if costs {
             unavailable += 1;

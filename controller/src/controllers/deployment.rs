@@ -25,7 +25,7 @@ use crate::object::ApiObject;
 use crate::status::{Condition, DeploymentStatus, PodStatus, Revision, condition, set_condition};
 use crate::store::Op;
 
-use super::workload::{TEMPLATE_HASH_LABEL, ordinal, replica, status_op, template_hash};
+use super::workload::{TEMPLATE_HASH_LABEL, Template, ordinal, replica, status_op, template_hash};
 use super::{Budget, Requeue};
 
 /// Restarts of a new replica that count as a crash loop.
@@ -303,6 +303,7 @@ fn step(
     ops: &mut Vec<Op>,
 ) {
     let name = &deployment.metadata.name;
+    let template = &Template::new(template);
     let taken: BTreeSet<u32> = new.iter().filter_map(|p| ordinal(&p.metadata.name)).collect();
     let mut free = (0..).filter(move |i| !taken.contains(i));
     let mut total = (new.len() + old.len()) as u32 + retiring;

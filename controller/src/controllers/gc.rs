@@ -8,11 +8,11 @@ use crate::manifest::Kind;
 use crate::object::ApiObject;
 use crate::store::Op;
 
-use super::Snapshot;
+use super::{Scope, Snapshot};
 
-/// Deletes what nothing owns any more.
-/// `owned`: the pods by their owner's uid ([`Snapshot::pods_by_owner`]).
-pub fn reconcile(snapshot: &Snapshot, owned: &HashMap<&str, Vec<&ApiObject>>, now: SystemTime, ops: &mut Vec<Op>) {
+/// Deletes what nothing owns any more: the replicas of the owners in the
+/// pass's scope (every owner in a full pass) whose owner is gone.
+pub fn reconcile(snapshot: &Snapshot, now: SystemTime, ops: &mut Vec<Op>) {
     // Per owner, not per pod: the pods come grouped by their owner's uid
     // (uids are never reused, so a uid names one object for good).
     let owners: HashMap<&str, (Kind, &str, &str)> = [
@@ -26,7 +26,7 @@ pub fn reconcile(snapshot: &Snapshot, owned: &HashMap<&str, Vec<&ApiObject>>, no
             .map(move |o| (o.metadata.uid.as_str(), (kind, o.metadata.namespace.as_str(), o.metadata.name.as_str())))
     })
     .collect();
-    for (uid, pods) in owned {
+    let mut check = |uid: &str, pods: &[&ApiObject]| {
         let owner = owners.get(uid);
         for pod in pods {
             let Some(reference) = pod.metadata.owner_references.first() else { continue };
@@ -35,6 +35,18 @@ pub fn reconcile(snapshot: &Snapshot, owned: &HashMap<&str, Vec<&ApiObject>>, no
             });
             if !same {
                 ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
+            }
+        }
+    };
+    match &snapshot.scope {
+        Scope::All => {
+            for (uid, pods) in snapshot.pods_by_owner() {
+                check(uid, &pods);
+            }
+        }
+        Scope::Changed { owners, .. } => {
+            for uid in owners {
+                check(uid, &snapshot.owned_by(uid));
             }
         }
     }

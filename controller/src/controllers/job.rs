@@ -9,7 +9,7 @@ use crate::object::ApiObject;
 use crate::status::{Condition, JobStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
 
-use super::workload::{ordinal, replica, status_op, template_hash};
+use super::workload::{Template, ordinal, replica, status_op, template_hash};
 use super::{Budget, Requeue};
 
 /// When a Job's pass must run again with nothing changed: while it has an
@@ -75,9 +75,10 @@ pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, budget:
     } else {
         let mut next = owned.iter().filter_map(|p| ordinal(&p.metadata.name)).max().map_or(0, |m| m + 1);
         let mut running = active.len() as u32;
+        let template = Template::new(&spec.template);
         while running < parallelism && succeeded + running < completions && budget.create() {
             let name = format!("{}-{hash}-{next}", job.metadata.name);
-            ops.push(Op::Create(replica(job, &spec.template, &hash, name, None)));
+            ops.push(Op::Create(replica(job, &template, &hash, name, None)));
             next += 1;
             running += 1;
         }

@@ -49,9 +49,10 @@ pub mod workload;
 
 use std::time::{Duration, SystemTime};
 
+use crate::object::ApiObject;
 use crate::store::Op;
 
-pub use snapshot::Snapshot;
+pub use snapshot::{Scope, Snapshot};
 
 /// When a controller wants its next pass if nothing changes before: like
 /// kube-runtime's `Action::requeue`, so "does anything wait on the clock"
@@ -122,25 +123,40 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
     let mut ops = Vec::new();
     let now = snapshot.now.unwrap_or_else(SystemTime::now);
     let mut timing = PassTiming::start();
-    let owned = snapshot.pods_by_owner();
-    timing.mark("index");
-    gc::reconcile(snapshot, &owned, now, &mut ops);
+    gc::reconcile(snapshot, now, &mut ops);
     timing.mark("gc");
-    let owned_by = |uid: &str| owned.get(uid).map_or(&[][..], Vec::as_slice);
     let mut requeue = Requeue::OnChange;
     let mut budget = Budget::default();
+    let mut reconciled = 0;
+    // A workload outside the pass's scope is reconciled anyway while it
+    // waits on the clock (its requeue says so).
+    let due = |workload: &ApiObject, wants: Requeue| snapshot.scope.wants(workload) || wants != Requeue::OnChange;
     for deployment in &snapshot.deployments {
-        deployment::reconcile(deployment, owned_by(&deployment.metadata.uid), now, &mut budget, &mut ops);
-        requeue = requeue.sooner(deployment::requeue(deployment));
+        let wants = deployment::requeue(deployment);
+        if due(deployment, wants) {
+            let owned = snapshot.owned_by(&deployment.metadata.uid);
+            deployment::reconcile(deployment, &owned, now, &mut budget, &mut ops);
+            reconciled += 1;
+        }
+        requeue = requeue.sooner(wants);
     }
     for daemon_set in &snapshot.daemon_sets {
-        let owned = owned_by(&daemon_set.metadata.uid);
-        daemonset::reconcile(daemon_set, owned, &snapshot.nodes, now, &mut ops);
-        requeue = requeue.sooner(daemonset::requeue(daemon_set));
+        let wants = daemonset::requeue(daemon_set);
+        if due(daemon_set, wants) {
+            let owned = snapshot.owned_by(&daemon_set.metadata.uid);
+            daemonset::reconcile(daemon_set, &owned, &snapshot.nodes, now, &mut ops);
+            reconciled += 1;
+        }
+        requeue = requeue.sooner(wants);
     }
     for job in &snapshot.jobs {
-        job::reconcile(job, owned_by(&job.metadata.uid), now, &mut budget, &mut ops);
-        requeue = requeue.sooner(job::requeue(job));
+        let wants = job::requeue(job);
+        if due(job, wants) {
+            let owned = snapshot.owned_by(&job.metadata.uid);
+            job::reconcile(job, &owned, now, &mut budget, &mut ops);
+            reconciled += 1;
+        }
+        requeue = requeue.sooner(wants);
     }
     timing.mark("workloads");
     let (evictions, lifecycle) = node_lifecycle::reconcile(snapshot, &snapshot.eviction, now, &mut ops);
@@ -151,7 +167,7 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
     ops.extend(scheduled);
     endpoints::reconcile(snapshot, &mut ops);
     timing.mark("endpoints");
-    tracing::debug!(writes = ops.len(), "pass: {timing}");
+    tracing::debug!(writes = ops.len(), reconciled, all = snapshot.scope == Scope::All, "pass: {timing}");
     (ops, requeue)
 }
 

@@ -95,31 +95,32 @@ pub fn reconcile<'s>(
     if lost.is_empty() {
         return (evictions, requeue);
     }
-    // One scan, a lookup among the few lost nodes per pod.
+    // The lost nodes' pods, from the store's index by node.
     let mut moving_from: BTreeMap<&str, usize> = BTreeMap::new();
-    for pod in &snapshot.pods {
-        let Some((node, why)) = pod.node_name().and_then(|n| lost.get_key_value(n)) else { continue };
-        let status = pod.typed_status::<PodStatus>();
-        if status.is_finished() {
-            continue;
-        }
-        if pod.is_retired() {
-            ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
-        } else if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
-            if status.reason != "NodeLost" {
-                let mut status = status.into_owned();
-                status.phase = PodPhase::Unknown;
-                status.reason = "NodeLost".into();
-                status.message = format!("node {node} lost ({why}); it runs again when the node is back");
-                set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
-                let mut marked = ApiObject::clone(pod);
-                marked.set_status(&status);
-                ops.push(Op::UpdateStatus(marked));
+    for (node, why) in &lost {
+        for pod in snapshot.pods_on(node) {
+            let status = pod.typed_status::<PodStatus>();
+            if status.is_finished() {
+                continue;
             }
-        } else {
-            let key = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
-            evictions.moving.insert(key, format!("node {node} lost ({why})"));
-            *moving_from.entry(node).or_default() += 1;
+            if pod.is_retired() {
+                ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
+            } else if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
+                if status.reason != "NodeLost" {
+                    let mut status = status.into_owned();
+                    status.phase = PodPhase::Unknown;
+                    status.reason = "NodeLost".into();
+                    status.message = format!("node {node} lost ({why}); it runs again when the node is back");
+                    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+                    let mut marked = ApiObject::clone(pod);
+                    marked.set_status(&status);
+                    ops.push(Op::UpdateStatus(marked));
+                }
+            } else {
+                let key = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
+                evictions.moving.insert(key, format!("node {node} lost ({why})"));
+                *moving_from.entry(node).or_default() += 1;
+            }
         }
     }
     for (node, replicas) in moving_from {

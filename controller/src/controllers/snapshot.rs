@@ -1,11 +1,11 @@
 //! What every controller reads: the store as of one resourceVersion.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::manifest::Kind;
 use crate::object::ApiObject;
-use crate::store::Store;
+use crate::store::{Store, View, WatchEvent};
 
 /// Everything a pass reads.
 #[derive(Debug, Default, Clone)]
@@ -34,6 +34,76 @@ pub struct Snapshot {
     pub eviction: super::node_lifecycle::EvictionPolicy,
     /// The store's resourceVersion it shows.
     pub resource_version: u64,
+    /// The store's view it was read from, with its indexes (pods by owner,
+    /// by node); `None` for a snapshot made by hand (tests), whose lookups
+    /// scan the lists instead.
+    pub view: Option<View>,
+    /// What changed since the last pass: the workloads a pass reconciles.
+    pub scope: Scope,
+}
+
+/// Which workloads a pass reconciles. Level triggering stays (a full pass
+/// at start, after a lagged watch and every resync); in between, a pass
+/// looks only at the workloads whose objects or replicas changed, as
+/// Kubernetes' controllers take keys from a work queue. A workload waiting
+/// on the clock (a rollout) is reconciled every pass regardless.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every workload.
+    #[default]
+    All,
+    /// The workloads (by uid) whose object or replicas changed, and whether
+    /// a node changed (every DaemonSet follows the nodes).
+    Changed {
+        /// Workload uids.
+        owners: HashSet<String>,
+        /// A node was added, changed or deleted.
+        nodes: bool,
+    },
+}
+
+impl Scope {
+    /// Nothing changed yet.
+    pub fn nothing() -> Scope {
+        Scope::Changed { owners: HashSet::new(), nodes: false }
+    }
+
+    /// Takes in one change from the store's watch.
+    pub fn note(&mut self, event: &WatchEvent) {
+        let Scope::Changed { owners, nodes } = self else { return };
+        let object = &event.object;
+        match object.kind {
+            Kind::Pod => {
+                if let Some(owner) = object.metadata.owner_references.first() {
+                    owners.insert(owner.uid.clone());
+                }
+            }
+            // A deleted workload is noted the same way: garbage collection
+            // then finds its replicas ownerless.
+            Kind::Deployment | Kind::DaemonSet | Kind::Job => _ = owners.insert(object.metadata.uid.clone()),
+            Kind::Node => *nodes = true,
+            _ => {}
+        }
+    }
+
+    /// Whether a pass reconciles `workload`.
+    pub fn wants(&self, workload: &ApiObject) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Changed { owners, nodes } => {
+                owners.contains(&workload.metadata.uid) || (*nodes && workload.kind == Kind::DaemonSet)
+            }
+        }
+    }
+
+    /// Whether a pass reconciles the replicas owned by `uid` (garbage
+    /// collection).
+    pub fn wants_owner(&self, uid: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Changed { owners, .. } => owners.contains(uid),
+        }
+    }
 }
 
 impl Snapshot {
@@ -55,11 +125,35 @@ impl Snapshot {
             now: Some(std::time::SystemTime::now()),
             eviction: Default::default(),
             resource_version: view.resource_version,
+            view: Some(view),
+            scope: Scope::All,
         }
     }
 }
 
 impl Snapshot {
+    /// The pods the workload with `uid` derived: from the store's index,
+    /// or a scan of the pods for a snapshot made by hand.
+    pub fn owned_by(&self, uid: &str) -> Vec<&ApiObject> {
+        match &self.view {
+            Some(view) => view.pods_owned_by(uid).map(|p| &**p).collect(),
+            None => self
+                .pods
+                .iter()
+                .filter(|p| p.metadata.owner_references.first().is_some_and(|o| o.uid == uid))
+                .map(|p| &**p)
+                .collect(),
+        }
+    }
+
+    /// The pods bound to `node` (see [`Snapshot::owned_by`]).
+    pub fn pods_on(&self, node: &str) -> Vec<&ApiObject> {
+        match &self.view {
+            Some(view) => view.pods_on(node).map(|p| &**p).collect(),
+            None => self.pods.iter().filter(|p| p.node_name() == Some(node)).map(|p| &**p).collect(),
+        }
+    }
+
     /// The pods each owner (by uid) derived, from one scan of the pods: a
     /// workload's replicas are found without a scan per workload.
     pub fn pods_by_owner(&self) -> HashMap<&str, Vec<&ApiObject>> {

@@ -422,3 +422,63 @@ fn a_lost_nodes_replicas_move_in_one_pass_spread_over_the_other_nodes() {
         assert!(status.usage.is_none());
     }
 }
+
+/// Between full passes a pass reconciles only the workloads whose objects
+/// or replicas changed (from the store's watch), and any that waits on the
+/// clock; the full pass (`Scope::All`) still sees everything.
+#[test]
+fn a_scoped_pass_reconciles_the_workloads_the_changes_touched() {
+    let f = Fixture::new();
+    f.node("edge-1", "4", "4Gi", &[]);
+    f.apply(&deployment(3, "64Mi"));
+    f.settle();
+    // Settled and not rolling out (as if its replicas had been available).
+    let key = ObjectKey::new(Kind::Deployment, "default", "web");
+    let mut object = f.store.get(&key).unwrap();
+    let mut status: DeploymentStatus = object.status();
+    status.history.iter_mut().for_each(|r| r.state = deployment::COMPLETE.into());
+    object.set_status(&status);
+    f.store.commit(vec![Op::UpdateStatus(object)]).unwrap();
+    assert!(!waits_on_the_clock(&Snapshot::read(&f.store)));
+
+    // A replica disappears behind the controller's back.
+    let since = f.store.resource_version();
+    let gone = f.pods()[0].clone();
+    f.store.commit(vec![Op::Delete(gone.key(), None)]).unwrap();
+    let creates = |snapshot: &Snapshot| plan(snapshot).0.iter().filter(|op| matches!(op, Op::Create(_))).count();
+
+    // A change elsewhere (a node) leaves the Deployment alone...
+    let mut untouched = Snapshot::read(&f.store);
+    untouched.scope = Scope::nothing();
+    let node = f.store.get(&ObjectKey::new(Kind::Node, "", "edge-1")).unwrap();
+    untouched
+        .scope
+        .note(&crate::store::WatchEvent { event_type: crate::store::EventType::Modified, object: node.into() });
+    assert_eq!(creates(&untouched), 0);
+    // ...the delete of its replica names it...
+    let mut touched = Snapshot::read(&f.store);
+    touched.scope = Scope::nothing();
+    for event in f.store.subscribe(since).unwrap().backlog {
+        touched.scope.note(&event);
+    }
+    assert!(touched.scope.wants(f.store.view().get(&key).unwrap()));
+    assert_eq!(creates(&touched), 1);
+    // ...and a full pass sees it whatever the watch said.
+    assert_eq!(creates(&Snapshot::read(&f.store)), 1);
+}
+
+/// A workload's replicas hold one copy of their template's pod spec: at
+/// 10,000 devices 50,000 copies were ~175 MB.
+#[test]
+fn replicas_of_one_template_share_its_pod_spec() {
+    let f = Fixture::new();
+    f.node("edge-1", "4", "4Gi", &[]);
+    f.apply(&deployment(3, "64Mi"));
+    f.settle();
+    let pods = f.pods();
+    let spec = |pod: &ApiObject| pod.spec_ref::<crate::object::StoredPodSpec>().unwrap().template.clone();
+    assert_eq!(pods.len(), 3);
+    assert!(pods.iter().all(|p| std::sync::Arc::ptr_eq(&spec(p), &spec(&pods[0]))));
+    // Bound and reported since: still the one copy.
+    assert!(pods.iter().all(|p| p.node_name() == Some("edge-1")));
+}

@@ -6,9 +6,10 @@
 //! their replicas gradually ([`super::deployment`]), the others at once.
 
 use std::hash::Hasher;
+use std::sync::Arc;
 
 use crate::manifest::Kind;
-use crate::manifest::types::PodTemplate;
+use crate::manifest::types::{PodSpec, PodTemplate};
 use crate::object::{ApiObject, OwnerReference, StoredPodSpec};
 use crate::status::PodStatus;
 use crate::store::Op;
@@ -44,15 +45,34 @@ impl Hasher for Fnv1a {
     }
 }
 
+/// A template as replicas are made from it: the pod spec is copied once,
+/// the first time, and shared by every replica made from it after.
+pub struct Template<'t> {
+    template: &'t PodTemplate,
+    spec: std::cell::OnceCell<Arc<PodSpec>>,
+}
+
+impl<'t> Template<'t> {
+    /// Replicas of `template`.
+    pub fn new(template: &'t PodTemplate) -> Self {
+        Template { template, spec: std::cell::OnceCell::new() }
+    }
+
+    fn spec(&self) -> Arc<PodSpec> {
+        self.spec.get_or_init(|| Arc::new(self.template.spec.clone())).clone()
+    }
+}
+
 /// A replica of `owner` from its template.
-pub fn replica(owner: &ApiObject, template: &PodTemplate, hash: &str, name: String, node: Option<&str>) -> ApiObject {
+pub fn replica(owner: &ApiObject, template: &Template<'_>, hash: &str, name: String, node: Option<&str>) -> ApiObject {
+    let (spec, template) = (template.spec(), template.template);
     let mut pod = ApiObject::new(Kind::Pod, &owner.metadata.namespace, &name);
     pod.metadata.labels = template.metadata.labels.clone();
     pod.metadata.labels.insert(TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
     pod.metadata.annotations = template.metadata.annotations.clone();
     pod.metadata.owner_references =
         vec![OwnerReference { kind: owner.kind, name: owner.metadata.name.clone(), uid: owner.metadata.uid.clone() }];
-    pod.set_spec(StoredPodSpec { template: template.spec.clone(), node_name: node.map(str::to_owned) });
+    pod.set_spec(StoredPodSpec { template: spec, node_name: node.map(str::to_owned) });
     pod.set_status(&PodStatus { phase: crate::status::PodPhase::Pending, ..PodStatus::default() });
     pod
 }

@@ -281,8 +281,14 @@ fn build_all(
         .filter(|n| dirty.wants(&n.metadata.name))
         .map(|n| (n.metadata.name.as_str(), n.typed_status::<NodeStatus>().node_info.architecture.clone()))
         .collect();
-    for pod in &snapshot.pods {
-        // Only bound pods of the nodes being built are read.
+    // Only bound pods of the nodes being built are read: from the store's
+    // index by node, unless every document is built.
+    let pods: Vec<&ApiObject> = if dirty.all {
+        snapshot.pods.iter().map(|p| &**p).collect()
+    } else {
+        dirty.nodes.iter().flat_map(|node| snapshot.pods_on(node)).collect()
+    };
+    for pod in pods {
         let Some(node) = pod.node_name() else { continue };
         if !dirty.wants(node) {
             continue;

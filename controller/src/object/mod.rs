@@ -11,14 +11,14 @@ mod content;
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
-pub use content::{Spec, Status, StoredPodSpec};
+pub use content::{SharedTemplates, Spec, Status, StoredPodSpec};
 
 use crate::manifest::{Body, Kind, Object};
 
@@ -138,9 +138,9 @@ pub struct ApiObject {
     /// Every other field beside `metadata` (`data`, `binaryData` and `type`
     /// of ConfigMaps and Secrets, an Event's fields), as JSON.
     other: Map<String, Value>,
-    /// Its JSON, made once. Objects in the store are never changed in
-    /// place (a write stores a new one), so a stored object's JSON stays
-    /// true; a clone starts without it because clones are made to be
+    /// Values derived from this version, made once. Objects in the store
+    /// are never changed in place (a write stores a new one), so they stay
+    /// true; a clone starts without them because clones are made to be
     /// changed.
     derived: Derived,
 }
@@ -148,7 +148,6 @@ pub struct ApiObject {
 /// The lazily filled caches of an [`ApiObject`].
 #[derive(Default)]
 struct Derived {
-    json: OnceLock<Box<[u8]>>,
     /// Up to two values derived from this version (the scheduler's model of
     /// a replica or a node, its table row), see [`ApiObject::memo`].
     memos: [OnceLock<Box<dyn Any + Send + Sync>>; 2],
@@ -317,6 +316,15 @@ impl ApiObject {
         self.derived = Derived::default();
     }
 
+    /// Shares a Pod's template with an equal one already seen (the store
+    /// does this for replicas it reads back, which would otherwise each
+    /// hold a copy).
+    pub fn share_template(&mut self, seen: &mut SharedTemplates) {
+        if let Some(spec) = &mut self.spec {
+            spec.share_template(seen);
+        }
+    }
+
     /// `spec`, as stored.
     pub fn spec_part(&self) -> Option<&Spec> {
         self.spec.as_ref()
@@ -380,10 +388,10 @@ impl ApiObject {
         Cow::Owned(converted.unwrap_or_default())
     }
 
-    /// This object as JSON, serialised once (a list of a large fleet's pods
-    /// copies bytes instead of walking every object again).
-    pub fn json(&self) -> &[u8] {
-        self.derived.json.get_or_init(|| serde_json::to_vec(self).unwrap_or_default().into_boxed_slice())
+    /// This object as JSON. Not kept: every stored object holding its JSON
+    /// was ~150 MB at 10,000 devices, for lists that now ask for table rows.
+    pub fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// `make(self)`, made once for this stored version and kept with it:
@@ -398,12 +406,6 @@ impl ApiObject {
             }
         }
         Cow::Owned(make(self))
-    }
-
-    /// Seeds [`ApiObject::json`] with bytes already serialised from this
-    /// object (the store writes them to disk anyway).
-    pub fn remember_json(&self, json: &[u8]) {
-        let _ = self.derived.json.set(json.into());
     }
 
     /// Sets `spec` (typed as the kind's when `T` is its spec type).
@@ -499,7 +501,7 @@ impl ApiObject {
             Body::Deployment(s) => out.set_spec(s.clone()),
             Body::DaemonSet(s) => out.set_spec(s.clone()),
             Body::Job(s) => out.set_spec(s.clone()),
-            Body::Pod(s) => out.set_spec(StoredPodSpec { template: s.clone(), node_name: None }),
+            Body::Pod(s) => out.set_spec(StoredPodSpec { template: Arc::new(s.clone()), node_name: None }),
             Body::Service(s) => out.set_spec(s.clone()),
             Body::Node(s) => out.set_spec(s.clone()),
             Body::Namespace => {}
@@ -550,6 +552,11 @@ pub fn now_rfc3339() -> String {
 /// `5s`, `3m`, `2h`, `4d` since an RFC 3339 time, as kubectl's AGE column.
 pub fn age(timestamp: &str, now: std::time::SystemTime) -> String {
     let Ok(then) = humantime::parse_rfc3339_weak(timestamp) else { return "<unknown>".to_owned() };
+    age_since(then, now)
+}
+
+/// [`age`] from a parsed time.
+pub fn age_since(then: std::time::SystemTime, now: std::time::SystemTime) -> String {
     let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
     match secs {
         s if s < 120 => format!("{s}s"),
@@ -592,12 +599,13 @@ mod tests {
         let mut deployment = ApiObject::from_manifest(&parsed.objects[0]);
         deployment.set_status(&crate::status::DeploymentStatus { replicas: 2, ..Default::default() });
         let mut pod = ApiObject::new(Kind::Pod, "default", "web-1");
-        let template = deployment.spec_ref::<crate::manifest::types::DeploymentSpec>().unwrap().template.spec.clone();
+        let template =
+            Arc::new(deployment.spec_ref::<crate::manifest::types::DeploymentSpec>().unwrap().template.spec.clone());
         pod.set_spec(StoredPodSpec { template, node_name: Some("edge-1".into()) });
         pod.set_status(&crate::status::PodStatus { phase: crate::status::PodPhase::Running, ..Default::default() });
         for object in [deployment, pod] {
             // What the store writes and reads back (and the CLI reads).
-            let read: ApiObject = serde_json::from_slice(object.json()).unwrap();
+            let read: ApiObject = serde_json::from_slice(&object.json()).unwrap();
             assert_eq!(read, object);
             assert!(!matches!(read.spec_part(), Some(Spec::Json(_)) | None), "{:?}", read.spec_part());
             assert!(!matches!(read.status_part(), Some(Status::Json(_)) | None), "{:?}", read.status_part());

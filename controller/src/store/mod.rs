@@ -122,33 +122,141 @@ pub struct Listing {
     pub resource_version: u64,
 }
 
+/// Every object, with the indexes kept beside it: pods by their owner's
+/// uid and by the node they are bound to. Persistent maps, so a copy (a
+/// [`View`]) shares everything with the store until a commit changes it,
+/// and a commit changes only the paths to what it wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    by_key: imbl::OrdMap<ObjectKey, Arc<ApiObject>>,
+    /// (owner uid, pod) for pods with an owner (the first reference).
+    pods_by_owner: imbl::OrdMap<(String, ObjectKey), Arc<ApiObject>>,
+    /// (node name, pod) for bound pods.
+    pods_by_node: imbl::OrdMap<(String, ObjectKey), Arc<ApiObject>>,
+}
+
+impl Objects {
+    /// One object.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<ApiObject>> {
+        self.by_key.get(key)
+    }
+
+    /// How many objects.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.by_key.keys()
+    }
+
+    /// Stores `object` under `key`, replacing what was there.
+    pub fn insert(&mut self, key: ObjectKey, object: Arc<ApiObject>) {
+        if let Some(old) = self.by_key.insert(key.clone(), object.clone()) {
+            self.unindex(&key, &old);
+        }
+        if key.kind == Kind::Pod {
+            if let Some(owner) = object.metadata.owner_references.first() {
+                self.pods_by_owner.insert((owner.uid.clone(), key.clone()), object.clone());
+            }
+            if let Some(node) = object.node_name() {
+                self.pods_by_node.insert((node.to_owned(), key), object);
+            }
+        }
+    }
+
+    /// Removes the object under `key`.
+    pub fn remove(&mut self, key: &ObjectKey) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.unindex(key, &old);
+        }
+    }
+
+    fn unindex(&mut self, key: &ObjectKey, old: &ApiObject) {
+        if key.kind != Kind::Pod {
+            return;
+        }
+        if let Some(owner) = old.metadata.owner_references.first() {
+            self.pods_by_owner.remove(&(owner.uid.clone(), key.clone()));
+        }
+        if let Some(node) = old.node_name() {
+            self.pods_by_node.remove(&(node.to_owned(), key.clone()));
+        }
+    }
+
+    /// The pods whose (first) owner has `uid`, in key order.
+    pub fn pods_owned_by<'v>(&'v self, uid: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+        let uid = uid.to_owned();
+        let start = (uid.clone(), ObjectKey { kind: Kind::Pod, namespace: String::new(), name: String::new() });
+        self.pods_by_owner.range(start..).take_while(move |((owner, _), _)| *owner == uid).map(|(_, pod)| pod)
+    }
+
+    /// The pods bound to `node`, in key order.
+    pub fn pods_on<'v>(&'v self, node: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+        let node = node.to_owned();
+        let start = (node.clone(), ObjectKey { kind: Kind::Pod, namespace: String::new(), name: String::new() });
+        self.pods_by_node.range(start..).take_while(move |((bound, _), _)| *bound == node).map(|(_, pod)| pod)
+    }
+
+    /// Objects of a kind, in one namespace or all (`None`), in key order.
+    pub fn list<'v>(&'v self, kind: Kind, namespace: Option<&'v str>) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+        let start = ObjectKey { kind, namespace: namespace.unwrap_or("").to_owned(), name: String::new() };
+        self.by_key
+            .range(start..)
+            .take_while(move |(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, v)| v)
+    }
+}
+
+impl FromIterator<(ObjectKey, Arc<ApiObject>)> for Objects {
+    fn from_iter<I: IntoIterator<Item = (ObjectKey, Arc<ApiObject>)>>(iter: I) -> Self {
+        let mut objects = Objects::default();
+        for (key, object) in iter {
+            objects.insert(key, object);
+        }
+        objects
+    }
+}
+
 /// Every object as of one resourceVersion: a consistent snapshot that costs
-/// nothing to take (the map is shared with the store until it changes).
+/// nothing to take (the maps are shared with the store until it changes).
 #[derive(Debug, Clone, Default)]
 pub struct View {
-    objects: imbl::OrdMap<ObjectKey, Arc<ApiObject>>,
+    objects: Objects,
     /// The store's resourceVersion at the time.
     pub resource_version: u64,
 }
 
 impl View {
     /// A view of `objects` at `resource_version`.
-    pub fn new(objects: imbl::OrdMap<ObjectKey, Arc<ApiObject>>, resource_version: u64) -> Self {
+    pub fn new(objects: Objects, resource_version: u64) -> Self {
         View { objects, resource_version }
     }
 
     /// Objects of a kind, in one namespace or all (`None`), in key order.
     pub fn list<'v>(&'v self, kind: Kind, namespace: Option<&'v str>) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
-        let start = ObjectKey { kind, namespace: namespace.unwrap_or("").to_owned(), name: String::new() };
-        self.objects
-            .range(start..)
-            .take_while(move |(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
-            .map(|(_, v)| v)
+        self.objects.list(kind, namespace)
     }
 
     /// One object.
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<ApiObject>> {
         self.objects.get(key)
+    }
+
+    /// The pods whose (first) owner has `uid`.
+    pub fn pods_owned_by<'v>(&'v self, uid: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+        self.objects.pods_owned_by(uid)
+    }
+
+    /// The pods bound to `node`.
+    pub fn pods_on<'v>(&'v self, node: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+        self.objects.pods_on(node)
     }
 }
 

@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::{EventType, Op, Outcome, SecretCipher, Store, StoreError, Subscription, View, WatchEvent};
+use super::{EventType, Objects, Op, Outcome, SecretCipher, Store, StoreError, Subscription, View, WatchEvent};
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey, now_rfc3339};
 
@@ -40,7 +40,7 @@ const HISTORY: usize = 4096;
 
 struct State {
     /// Shared with every [`View`] taken since it last changed.
-    objects: imbl::OrdMap<ObjectKey, Arc<ApiObject>>,
+    objects: Objects,
     resource_version: u64,
     history: VecDeque<Arc<WatchEvent>>,
     /// The oldest version a watch may start from.
@@ -72,7 +72,8 @@ impl RedbStore {
             .set_cache_size(REDB_CACHE)
             .create(path)
             .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
-        let mut objects = imbl::OrdMap::new();
+        let mut objects = Objects::default();
+        let mut templates = crate::object::SharedTemplates::default();
         let mut resource_version = 0;
         {
             // Create the tables on first start so that reads never miss them.
@@ -90,13 +91,11 @@ impl RedbStore {
             let bytes = value.value();
             let mut object = decode(&cipher, bytes)
                 .map_err(|e| backend(format!("stored object {} is unreadable: {e}", key.value())))?;
-            if migrate_retirement(&mut object) {
-                // Written again on its next change; served as it is now.
-            } else if let Some((&PLAIN, json)) = bytes.split_first() {
-                // The bytes just read are its JSON: the first list after a
-                // restart copies them instead of serialising every object.
-                object.remember_json(json);
-            }
+            // A retirement in an older layout is moved now, written again
+            // on the object's next change, served as it is meanwhile.
+            migrate_retirement(&mut object);
+            // Replicas of one template share it again, as when they were made.
+            object.share_template(&mut templates);
             objects.insert(object.key(), Arc::new(object));
         }
         drop(txn);
@@ -185,9 +184,6 @@ impl Store for RedbStore {
                 match object {
                     Some(object) => {
                         let bytes = encode(&self.cipher, object)?;
-                        if object.kind != Kind::Secret {
-                            object.remember_json(&bytes[1..]);
-                        }
                         table.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
                     }
                     None => {
@@ -203,8 +199,8 @@ impl Store for RedbStore {
         state.resource_version = rv;
         for (key, object) in staged {
             match object {
-                Some(object) => _ = state.objects.insert(key, object),
-                None => _ = state.objects.remove(&key),
+                Some(object) => state.objects.insert(key, object),
+                None => state.objects.remove(&key),
             }
         }
         // Outcomes are in op order, which is resourceVersion order.
@@ -275,7 +271,7 @@ type Staged = (BTreeMap<ObjectKey, Option<Arc<ApiObject>>>, Vec<Outcome>, u64);
 
 /// Runs a batch against `objects` (as of `base_rv`) in memory, writing
 /// nothing: the first op that is refused refuses the batch.
-fn stage(objects: &imbl::OrdMap<ObjectKey, Arc<ApiObject>>, base_rv: u64, ops: Vec<Op>) -> Result<Staged, StoreError> {
+fn stage(objects: &Objects, base_rv: u64, ops: Vec<Op>) -> Result<Staged, StoreError> {
     let now = now_rfc3339();
     let mut rv = base_rv;
     // Work on a copy of what the batch touches, so that a failing op
@@ -461,6 +457,79 @@ mod tests {
         // The counter continues instead of restarting.
         let next = store.commit(vec![Op::Apply(config_map("b", "1"))]).unwrap();
         assert_eq!(next[0].object().resource_version(), 2);
+    }
+
+    #[test]
+    fn pods_are_indexed_by_owner_and_node_through_binds_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let pod = |name: &str, owner: &str| {
+            let mut pod = ApiObject::new(Kind::Pod, "default", name);
+            pod.set_field("spec", json!({ "containers": [{ "name": "c", "image": "web:1" }] }));
+            pod.metadata.owner_references.push(crate::object::OwnerReference {
+                kind: Kind::Deployment,
+                name: owner.into(),
+                uid: format!("uid-{owner}"),
+            });
+            pod
+        };
+        store.commit(vec![Op::Apply(pod("a-1", "a")), Op::Apply(pod("a-2", "a")), Op::Apply(pod("b-1", "b"))]).unwrap();
+        let names = |pods: Vec<&Arc<ApiObject>>| pods.iter().map(|p| p.metadata.name.clone()).collect::<Vec<_>>();
+        let view = store.view();
+        assert_eq!(names(view.pods_owned_by("uid-a").collect()), ["a-1", "a-2"]);
+        assert_eq!(names(view.pods_owned_by("uid-b").collect()), ["b-1"]);
+        assert!(view.pods_owned_by("uid-").next().is_none());
+        assert!(view.pods_on("edge-1").next().is_none());
+
+        let mut bound = store.get(&pod("a-1", "a").key()).unwrap();
+        bound.set_node_name(Some("edge-1"));
+        store.commit(vec![Op::Apply(bound.clone())]).unwrap();
+        assert_eq!(names(store.view().pods_on("edge-1").collect()), ["a-1"]);
+        // The view taken before the bind still shows the store as it was.
+        assert!(view.pods_on("edge-1").next().is_none());
+
+        // Moved to another node: indexed there only, the newest version.
+        let mut moved = store.get(&bound.key()).unwrap();
+        moved.set_node_name(Some("edge-2"));
+        store.commit(vec![Op::Apply(moved)]).unwrap();
+        let view = store.view();
+        assert!(view.pods_on("edge-1").next().is_none());
+        assert_eq!(view.pods_on("edge-2").next().and_then(|p| p.node_name()), Some("edge-2"));
+        assert_eq!(view.pods_owned_by("uid-a").find(|p| p.metadata.name == "a-1").unwrap().node_name(), Some("edge-2"));
+
+        store.commit(vec![Op::Delete(bound.key(), None)]).unwrap();
+        let view = store.view();
+        assert!(view.pods_on("edge-2").next().is_none());
+        assert_eq!(names(view.pods_owned_by("uid-a").collect()), ["a-2"]);
+        // And after a reopen, rebuilt from the file.
+        drop((view, store));
+        let store = open(dir.path());
+        assert_eq!(names(store.view().pods_owned_by("uid-a").collect()), ["a-2"]);
+    }
+
+    #[test]
+    fn replicas_read_back_share_equal_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = |name: &str, image: &str| {
+            let mut pod = ApiObject::new(Kind::Pod, "default", name);
+            pod.set_field("spec", json!({ "containers": [{ "name": "c", "image": image }] }));
+            pod
+        };
+        {
+            let store = open(dir.path());
+            store
+                .commit(vec![Op::Apply(pod("a", "web:1")), Op::Apply(pod("b", "web:1")), Op::Apply(pod("c", "db:1"))])
+                .unwrap();
+        }
+        let store = open(dir.path());
+        let view = store.view();
+        let template = |name: &str| {
+            let key = pod(name, "").key();
+            view.get(&key).unwrap().spec_ref::<crate::object::StoredPodSpec>().unwrap().template.clone()
+        };
+        assert!(Arc::ptr_eq(&template("a"), &template("b")));
+        assert!(!Arc::ptr_eq(&template("a"), &template("c")));
+        assert_eq!(template("c").containers[0].image, "db:1");
     }
 
     #[test]
