@@ -157,7 +157,7 @@ fn run_scheduler(inst: &Instance, seed: u64, opts: &Options) -> anyhow::Result<u
         .enumerate()
         .map(|(i, it)| Replica::new(&format!("item-{i:04}"), &format!("w{i}"), res(it)))
         .collect();
-    let view = ClusterView { nodes, bound: Vec::new() };
+    let view = ClusterView::new(nodes, Vec::new());
     let plan = schedule_with(&view, &pending, seed, opts);
     if !plan.unplaced.is_empty() {
         bail!("{} items unplaced: {}", plan.unplaced.len(), plan.unplaced[0].reason);

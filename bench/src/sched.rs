@@ -142,7 +142,7 @@ fn workloads(rng: &mut Rng, replicas: usize) -> Vec<Replica> {
 /// Runs the benchmark.
 pub fn run(args: SchedArgs) -> anyhow::Result<()> {
     let mut rng = Rng(args.seed);
-    let view = ClusterView { nodes: fleet(&mut rng, args.nodes), bound: Vec::new() };
+    let view = ClusterView::new(fleet(&mut rng, args.nodes), Vec::new());
     let pending = workloads(&mut rng, args.replicas);
     let start = Instant::now();
     let plan = schedule(&view, &pending, args.seed);

@@ -153,7 +153,7 @@ pub(crate) struct Class {
 /// Everything the placement loop reads and updates.
 pub(crate) struct State<'a> {
     /// The caller's nodes.
-    pub view_nodes: &'a [Node],
+    pub view_nodes: &'a [std::sync::Arc<Node>],
     /// Accounting, parallel to `view_nodes`.
     pub nodes: Vec<NodeState>,
     /// Pools.

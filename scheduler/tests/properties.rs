@@ -80,7 +80,7 @@ fn arb_input() -> impl Strategy<Value = (ClusterView, Vec<Replica>)> {
                     node: format!("n{n}").into(),
                 })
                 .collect();
-            (ClusterView { nodes, bound }, pending)
+            (ClusterView::new(nodes, bound), pending)
         })
     })
 }
@@ -121,7 +121,7 @@ proptest! {
     #[test]
     fn placements_respect_the_hard_constraints((view, pending) in arb_input(), seed in any::<u64>()) {
         let plan = schedule(&view, &pending, seed);
-        let nodes: BTreeMap<&str, &Node> = view.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+        let nodes: BTreeMap<&str, &Node> = view.nodes.iter().map(|n| (n.id.as_str(), &**n)).collect();
         let by_id: BTreeMap<&str, &Replica> = pending.iter().map(|r| (r.id.as_str(), r)).collect();
         let mut per_node: BTreeMap<(&str, &str), u32> = BTreeMap::new();
         for b in &view.bound {

@@ -23,10 +23,10 @@ struct Case {
 }
 
 fn run(case: Case) {
-    let view = ClusterView {
-        nodes: case.nodes,
-        bound: case.bound.into_iter().map(|(n, r)| BoundReplica { replica: r, node: n.into() }).collect(),
-    };
+    let view = ClusterView::new(
+        case.nodes,
+        case.bound.into_iter().map(|(n, r)| BoundReplica { replica: r, node: n.into() }).collect(),
+    );
     let plan = schedule(&view, &case.pending, 7);
     let got = placed(&plan);
     let want: std::collections::BTreeMap<String, String> =
@@ -232,10 +232,10 @@ fn placement_table() {
 
 #[test]
 fn an_insufficient_rejection_carries_the_numbers() {
-    let view = ClusterView {
-        nodes: vec![node("n1", 1000, 512)],
-        bound: vec![BoundReplica { replica: replica("old", "db", 100, 400), node: "n1".into() }],
-    };
+    let view = ClusterView::new(
+        [node("n1", 1000, 512)],
+        vec![BoundReplica { replica: replica("old", "db", 100, 400), node: "n1".into() }],
+    );
     let plan = schedule(&view, &[replica("r1", "web", 100, 200)], 0);
     let group = &plan.unplaced[0].reason.groups[0];
     assert_eq!(group.example.node.as_str(), "n1");
@@ -252,14 +252,14 @@ fn an_insufficient_rejection_carries_the_numbers() {
 
 #[test]
 fn a_lost_node_frees_exactly_its_replicas() {
-    let view = ClusterView {
-        nodes: vec![node("stays", 4000, 4096), node("spare", 4000, 4096)],
-        bound: vec![
+    let view = ClusterView::new(
+        [node("stays", 4000, 4096), node("spare", 4000, 4096)],
+        vec![
             BoundReplica { replica: replica("a", "web", 100, 64), node: "stays".into() },
             BoundReplica { replica: replica("b", "web", 100, 64), node: "gone".into() },
             BoundReplica { replica: replica("c", "db", 100, 64), node: "gone".into() },
         ],
-    };
+    );
     let (kept, freed) = release_lost_nodes(&view);
     let freed_ids: Vec<&str> = freed.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(freed_ids, ["b", "c"]);
@@ -274,7 +274,7 @@ fn a_lost_node_frees_exactly_its_replicas() {
 
 #[test]
 fn reasons_serialize_for_the_controller() {
-    let view = ClusterView { nodes: vec![node("n1", 100, 64)], bound: vec![] };
+    let view = ClusterView::new([node("n1", 100, 64)], vec![]);
     let plan = schedule(&view, &[replica("r1", "web", 200, 1)], 0);
     let json = serde_json::to_string(&plan).expect("serializes");
     let back: flotilla_scheduler::Plan = serde_json::from_str(&json).expect("deserializes");
@@ -336,7 +336,7 @@ fn an_unreachable_bound_costs_only_the_budget() {
     let nodes: Vec<Node> = (0..300).map(|i| Node::new(&format!("n{i:03}"), Resources::new(0, 100), 64)).collect();
     let pending: Vec<Replica> =
         (0..300).map(|i| Replica::new(&format!("r{i:03}"), "w", Resources::new(0, 34))).collect();
-    let view = ClusterView { nodes, bound: Vec::new() };
+    let view = ClusterView::new(nodes, Vec::new());
     let plan = schedule(&view, &pending, 1);
     assert!(plan.unplaced.is_empty());
     assert_eq!(overcommit(&view, &pending, &plan), None);

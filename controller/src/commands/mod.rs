@@ -11,7 +11,7 @@ use crate::api::{ApplyRequest, ApplyResponse, ApplyResult, ObjectList, SourceTex
 use crate::cli::{ApplyArgs, ApplyOutput, DeleteArgs, DescribeArgs, DryRun, GetArgs, LogsArgs, OutputFormat};
 use crate::client::Client;
 use crate::manifest::{self, Kind};
-use crate::object::{ApiObject, ObjectKey, age, kind_from_resource, resource_of};
+use crate::object::{ApiObject, ObjectKey, age, age_since, kind_from_resource, resource_of};
 use crate::status::{DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, condition};
 use crate::store::EventType;
 

@@ -39,14 +39,40 @@ impl Table {
     /// their AGE is made per answer: listing a fleet's 50,000 pods every
     /// second renders each pod once per version.
     pub fn json(&self, items: &[std::sync::Arc<ApiObject>], resource_version: u64) -> Vec<u8> {
+        /// A row kept with its object: its cells as JSON already, but for
+        /// AGE, which is made per answer from the parsed time.
         #[derive(Clone)]
         struct KeptRow {
             kind: Kind,
             wide: bool,
             namespaced: bool,
-            cells: Vec<String>,
+            pieces: Vec<Piece>,
+        }
+        #[derive(Clone)]
+        enum Piece {
+            Json(Vec<u8>),
+            /// The time AGE counts from (`None`: unreadable).
+            Age(Option<std::time::SystemTime>),
         }
         let keeper = Table { deferred_age: true, ..*self };
+        let make = |o: &ApiObject| {
+            let mut pieces = Vec::new();
+            let mut json = Vec::new();
+            for (c, cell) in keeper.row(o).iter().enumerate() {
+                if c > 0 {
+                    json.push(b',');
+                }
+                match cell.strip_prefix('\0') {
+                    Some(timestamp) => {
+                        pieces.push(Piece::Json(std::mem::take(&mut json)));
+                        pieces.push(Piece::Age(humantime::parse_rfc3339_weak(timestamp).ok()));
+                    }
+                    None => _ = serde_json::to_writer(&mut json, cell),
+                }
+            }
+            pieces.push(Piece::Json(json));
+            KeptRow { kind: self.kind, wide: self.wide, namespaced: self.namespaced, pieces }
+        };
         let mut out = Vec::with_capacity(items.len() * 96 + 256);
         let columns: Vec<ColumnDefinition> =
             self.headers().into_iter().map(|n| ColumnDefinition { name: n.to_owned() }).collect();
@@ -55,12 +81,6 @@ impl Table {
         let _ = serde_json::to_writer(&mut out, &columns);
         out.extend_from_slice(br#","rows":["#);
         for (i, object) in items.iter().enumerate() {
-            let make = |o: &ApiObject| KeptRow {
-                kind: self.kind,
-                wide: self.wide,
-                namespaced: self.namespaced,
-                cells: keeper.row(o),
-            };
             let mut kept = object.memo(make);
             if (kept.kind, kept.wide, kept.namespaced) != (self.kind, self.wide, self.namespaced) {
                 kept = std::borrow::Cow::Owned(make(object));
@@ -69,13 +89,16 @@ impl Table {
                 out.push(b',');
             }
             out.extend_from_slice(br#"{"cells":["#);
-            for (c, cell) in kept.cells.iter().enumerate() {
-                if c > 0 {
-                    out.push(b',');
-                }
-                match cell.strip_prefix('\0') {
-                    Some(timestamp) => _ = serde_json::to_writer(&mut out, &age(timestamp, self.now)),
-                    None => _ = serde_json::to_writer(&mut out, cell),
+            for piece in &kept.pieces {
+                match piece {
+                    Piece::Json(json) => out.extend_from_slice(json),
+                    Piece::Age(since) => {
+                        out.push(b'"');
+                        out.extend_from_slice(
+                            since.map_or("<unknown>".to_owned(), |t| age_since(t, self.now)).as_bytes(),
+                        );
+                        out.push(b'"');
+                    }
                 }
             }
             out.extend_from_slice(b"]}");
@@ -327,4 +350,43 @@ pub struct ColumnDefinition {
 pub struct TableRow {
     /// The cells, in column order.
     pub cells: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// The server's rows (kept as JSON pieces with the objects) are what the
+    /// table would print of each object now, AGE included, whichever column
+    /// AGE is in and whatever a cell holds.
+    #[test]
+    fn server_rows_are_the_rows_with_their_age_made_per_answer() {
+        let created = SystemTime::now() - std::time::Duration::from_secs(300);
+        let stamp = humantime::format_rfc3339_seconds(created).to_string();
+        let mut pod = ApiObject::new(Kind::Pod, "line-3", "web-\"quoted\"-0");
+        pod.metadata.creation_timestamp = stamp.clone();
+        let mut event = ApiObject::new(Kind::Event, "line-3", "web.1");
+        event.set_field("lastTimestamp", serde_json::json!(stamp));
+        event.set_field("message", serde_json::json!("line one\nline \\ two"));
+        for (object, wide) in [(pod, false), (pod_wide(), true), (event, false)] {
+            let kind = object.kind;
+            let table = Table::new(kind, wide, true);
+            let objects = vec![Arc::new(object)];
+            for _ in 0..2 {
+                // The second answer comes from the rows kept with the object.
+                let answer: TableList = serde_json::from_slice(&table.json(&objects, 7)).unwrap();
+                assert_eq!(answer.resource_version, "7");
+                assert_eq!(answer.rows[0].cells, table.row(&objects[0]), "{kind}");
+            }
+        }
+        assert_eq!(age_since(created, SystemTime::now()), "5m");
+    }
+
+    fn pod_wide() -> ApiObject {
+        let mut pod = ApiObject::new(Kind::Pod, "line-3", "web-1");
+        pod.metadata.creation_timestamp = "not a time".into();
+        pod
+    }
 }

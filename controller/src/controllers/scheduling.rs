@@ -317,7 +317,10 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         pending.truncate(PASS_SLICE);
     }
     let placing: Vec<Placing<'_>> = moving.into_iter().chain(pending).collect();
-    let nodes: Vec<sched::Node> = snapshot.nodes.iter().map(|n| n.memo(scheduler_node).into_owned()).collect();
+    // Each node's model is kept with the stored node and shared with the
+    // view, not copied.
+    let nodes: Vec<Arc<sched::Node>> =
+        snapshot.nodes.iter().map(|n| n.memo(|n| Arc::new(scheduler_node(n))).into_owned()).collect();
     let bound = bound
         .iter()
         .map(|(pod, node)| {
@@ -406,13 +409,14 @@ fn unbind(pod: &ApiObject, reason: &str, why: &str, message: &str, ops: &mut Vec
 }
 
 fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op>) {
-    let mut status: PodStatus = pod.status();
+    let status = pod.typed_status::<PodStatus>();
     let condition_now = Condition::new("PodScheduled", false, reason, message);
     if status.phase == crate::status::PodPhase::Pending
         && condition(&status.conditions, "PodScheduled").is_some_and(|c| c.says(&condition_now))
     {
-        return;
+        return; // said already: nothing copied
     }
+    let mut status = status.into_owned();
     status.phase = crate::status::PodPhase::Pending;
     status.reason = reason.to_owned();
     status.message = message.to_owned();

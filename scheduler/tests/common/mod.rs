@@ -41,7 +41,7 @@ pub fn overcommit(view: &ClusterView, pending: &[Replica], plan: &Plan) -> Optio
         d.extend(r.requests.extended.iter().map(|(k, v)| (k.clone(), *v)));
         d
     };
-    let present: BTreeMap<&str, &Node> = view.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let present: BTreeMap<&str, &Node> = view.nodes.iter().map(|n| (n.id.as_str(), &**n)).collect();
     for b in &view.bound {
         if let Some((id, _)) = present.get_key_value(b.node.as_str()) {
             let e = bound.entry(id).or_default();
@@ -115,6 +115,6 @@ pub fn triplets(bins: usize, seed: u64, two_d: bool) -> (ClusterView, Vec<Replic
         pending.swap(i, j);
     }
     let cap = Resources::new(1000, if two_d { 1000 } else { 0 });
-    let nodes = (0..pending.len()).map(|i| Node::new(&format!("node-{i:03}"), cap.clone(), 64)).collect();
-    (ClusterView { nodes, bound: Vec::new() }, pending)
+    let nodes = (0..pending.len()).map(|i| Node::new(&format!("node-{i:03}"), cap.clone(), 64));
+    (ClusterView::new(nodes, Vec::new()), pending)
 }
