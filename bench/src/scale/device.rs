@@ -107,8 +107,20 @@ pub struct Observed {
     pub connects: u64,
 }
 
-/// Every device's [`Observed`], by node name.
-pub type FleetView = Arc<Mutex<HashMap<String, Observed>>>;
+/// Every device's [`Observed`], by node name, and a count of the changes
+/// to what runs, so that watching for a failover costs nothing while
+/// nothing changes (recounting 50,000 replicas every 20 ms took most of a
+/// core and held the devices' lock).
+#[derive(Debug, Default)]
+pub struct FleetState {
+    /// By node name.
+    pub observed: Mutex<HashMap<String, Observed>>,
+    /// Bumped whenever a device's running replicas change.
+    pub running_changes: std::sync::atomic::AtomicU64,
+}
+
+/// Shared by the devices and the scenarios.
+pub type FleetView = Arc<FleetState>;
 
 /// Settings shared by every device.
 #[derive(Debug, Clone)]
@@ -243,8 +255,11 @@ impl Running {
         let runtime = self.agent.runtime();
         let running: Vec<String> = runtime.running().map(str::to_owned).collect();
         let starts = runtime.starts();
-        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let mut view = self.view.observed.lock().unwrap_or_else(|p| p.into_inner());
         let observed = view.entry(self.name.clone()).or_default();
+        if observed.running != running {
+            self.view.running_changes.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
         if got_frames {
             observed.last_frame = Some(Instant::now());
         }

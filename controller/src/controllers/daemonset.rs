@@ -28,11 +28,16 @@ use super::workload::{TEMPLATE_HASH_LABEL, Template, replica, status_op, templat
 /// Annotation on a DaemonSet: a label selector for the nodes updated first.
 pub const CANARY_ANNOTATION: &str = "flotilla.io/canary-nodes";
 
-/// When a DaemonSet's pass must run again with nothing changed: while
-/// replicas it waits for are not available yet (`minReadySeconds`).
+/// When a DaemonSet's pass must run again with nothing changed: while a
+/// ready replica waits out `minReadySeconds` to count as available. A
+/// replica that is not ready (its node is lost, it is starting) changes
+/// by an event, not by the clock: waiting on the clock for those made a
+/// pass every second, reconciling every node, for as long as one node of
+/// the fleet was down.
 pub fn requeue(daemon_set: &ApiObject) -> Requeue {
-    let status: DaemonSetStatus = daemon_set.status();
-    if status.number_available < status.desired_number_scheduled { Requeue::CLOCK } else { Requeue::OnChange }
+    let status = daemon_set.typed_status::<DaemonSetStatus>();
+    let min_ready = daemon_set.spec_ref::<DaemonSetSpec>().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    if min_ready > 0 && status.number_available < status.number_ready { Requeue::CLOCK } else { Requeue::OnChange }
 }
 
 /// Whether a node is eligible for a DaemonSet's replica: selector matches,

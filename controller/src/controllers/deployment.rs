@@ -104,7 +104,7 @@ fn format_time(time: SystemTime) -> String {
 /// revision rolls out (`minReadySeconds` and the progress deadline count
 /// on the clock).
 pub fn requeue(deployment: &ApiObject) -> Requeue {
-    let rolling = deployment.status::<DeploymentStatus>().history.iter().any(|r| r.state == PROGRESSING);
+    let rolling = deployment.typed_status::<DeploymentStatus>().history.iter().any(|r| r.state == PROGRESSING);
     if rolling { Requeue::CLOCK } else { Requeue::OnChange }
 }
 

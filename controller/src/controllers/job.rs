@@ -15,8 +15,8 @@ use super::{Budget, Requeue};
 /// When a Job's pass must run again with nothing changed: while it has an
 /// active deadline and replicas still running.
 pub fn requeue(job: &ApiObject) -> Requeue {
-    let timed = job.spec::<JobSpec>().is_some_and(|s| s.active_deadline_seconds.is_some());
-    if timed && job.status::<JobStatus>().active > 0 { Requeue::CLOCK } else { Requeue::OnChange }
+    let timed = job.spec_ref::<JobSpec>().is_some_and(|s| s.active_deadline_seconds.is_some());
+    if timed && job.typed_status::<JobStatus>().active > 0 { Requeue::CLOCK } else { Requeue::OnChange }
 }
 
 /// One pass over a Job.

@@ -482,3 +482,43 @@ fn replicas_of_one_template_share_its_pod_spec() {
     // Bound and reported since: still the one copy.
     assert!(pods.iter().all(|p| p.node_name() == Some("edge-1")));
 }
+
+/// A DaemonSet short of available replicas waits on the clock only while
+/// a ready replica waits out `minReadySeconds`: a replica on a lost node
+/// comes back by an event, and waiting on the clock for it made a pass
+/// every second over every node for as long as any node was down.
+#[test]
+fn a_daemon_set_waits_on_the_clock_only_for_min_ready_seconds() {
+    let daemon_set = |min_ready: u32| {
+        format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: collector}}\nspec:\n  minReadySeconds: {min_ready}\n  \
+             selector: {{matchLabels: {{app: c}}}}\n  template:\n    metadata: {{labels: {{app: c}}}}\n    spec:\n      \
+             containers: [{{name: c, image: c:1}}]\n"
+        )
+    };
+    let ready = |f: &Fixture| {
+        for pod in f.pods() {
+            let mut pod = pod.clone();
+            let mut status: PodStatus = pod.status();
+            status.phase = crate::status::PodPhase::Running;
+            crate::status::set_condition(&mut status.conditions, crate::status::Condition::new("Ready", true, "", ""));
+            pod.set_status(&status);
+            f.store.commit(vec![Op::UpdateStatus(pod)]).unwrap();
+        }
+    };
+    let f = Fixture::new();
+    f.node("cam-1", "1", "512Mi", &[]);
+    f.apply(&daemon_set(0));
+    f.settle();
+    // Not ready (not started yet, or its node lost): no clock.
+    let status: DaemonSetStatus =
+        f.store.get(&ObjectKey::new(Kind::DaemonSet, "default", "collector")).unwrap().status();
+    assert_eq!((status.desired_number_scheduled, status.number_available), (1, 0));
+    assert!(!waits_on_the_clock(&Snapshot::read(&f.store)));
+    // Ready, and minReadySeconds to wait out: the clock.
+    f.apply(&daemon_set(30));
+    f.settle();
+    ready(&f);
+    f.settle();
+    assert!(waits_on_the_clock(&Snapshot::read(&f.store)));
+}
