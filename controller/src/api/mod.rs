@@ -374,11 +374,12 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
         Some("table" | "Table") => {
             let store = state.store.clone();
             let json = blocking(move || {
-                let listing = store.list(kind, ns.as_deref());
-                let items: Vec<Arc<ApiObject>> =
-                    listing.items.into_iter().filter(|o| selector.matches(&o.metadata.labels)).collect();
+                // Read in place from one view: no list of the fleet's
+                // objects is made for an answer that is rows.
+                let view = store.view();
+                let items = view.list(kind, ns.as_deref()).filter(|o| selector.matches(&o.metadata.labels));
                 let table = crate::commands::table::Table::new(kind, query.wide, ns.is_none());
-                table.json(&items, listing.resource_version)
+                table.json(items.map(|o| &**o), view.resource_version)
             })
             .await?;
             return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response());

@@ -11,7 +11,7 @@ use crate::api::{ApplyRequest, ApplyResponse, ApplyResult, ObjectList, SourceTex
 use crate::cli::{ApplyArgs, ApplyOutput, DeleteArgs, DescribeArgs, DryRun, GetArgs, LogsArgs, OutputFormat};
 use crate::client::Client;
 use crate::manifest::{self, Kind};
-use crate::object::{ApiObject, ObjectKey, age, age_since, kind_from_resource, resource_of};
+use crate::object::{ApiObject, ObjectKey, age, kind_from_resource, resource_of};
 use crate::status::{DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, condition};
 use crate::store::EventType;
 
@@ -109,7 +109,7 @@ mod tests {
         pod.set_field("spec", json!({"nodeName": "pi-1", "containers": []}));
         pod.set_field("status", json!({"phase": "Running"}));
         pod.metadata.creation_timestamp = "2026-01-01T00:00:00Z".into();
-        let pods = vec![std::sync::Arc::new(pod)];
+        let pods = [pod];
         let rows = |table: &Table| -> Vec<Vec<String>> {
             let list: table::TableList = serde_json::from_slice(&table.json(&pods, 7)).unwrap();
             assert_eq!(list.resource_version, "7");

@@ -38,7 +38,7 @@ impl Table {
     /// Rows are kept with the stored objects (`ApiObject::memo`) and only
     /// their AGE is made per answer: listing a fleet's 50,000 pods every
     /// second renders each pod once per version.
-    pub fn json(&self, items: &[std::sync::Arc<ApiObject>], resource_version: u64) -> Vec<u8> {
+    pub fn json<'o>(&self, items: impl IntoIterator<Item = &'o ApiObject>, resource_version: u64) -> Vec<u8> {
         /// A row kept with its object: its cells as JSON already, but for
         /// AGE, which is made per answer from the parsed time.
         #[derive(Clone)]
@@ -73,14 +73,15 @@ impl Table {
             pieces.push(Piece::Json(json));
             KeptRow { kind: self.kind, wide: self.wide, namespaced: self.namespaced, pieces }
         };
-        let mut out = Vec::with_capacity(items.len() * 96 + 256);
+        let items = items.into_iter();
+        let mut out = Vec::with_capacity(items.size_hint().0 * 96 + 256);
         let columns: Vec<ColumnDefinition> =
             self.headers().into_iter().map(|n| ColumnDefinition { name: n.to_owned() }).collect();
         out.extend_from_slice(format!(r#"{{"kind":"Table","resourceVersion":"{resource_version}","#).as_bytes());
         out.extend_from_slice(br#""columnDefinitions":"#);
         let _ = serde_json::to_writer(&mut out, &columns);
         out.extend_from_slice(br#","rows":["#);
-        for (i, object) in items.iter().enumerate() {
+        for (i, object) in items.enumerate() {
             let mut kept = object.memo(make);
             if (kept.kind, kept.wide, kept.namespaced) != (self.kind, self.wide, self.namespaced) {
                 kept = std::borrow::Cow::Owned(make(object));
@@ -92,13 +93,12 @@ impl Table {
             for piece in &kept.pieces {
                 match piece {
                     Piece::Json(json) => out.extend_from_slice(json),
-                    Piece::Age(since) => {
+                    Piece::Age(Some(since)) => {
                         out.push(b'"');
-                        out.extend_from_slice(
-                            since.map_or("<unknown>".to_owned(), |t| age_since(t, self.now)).as_bytes(),
-                        );
+                        write_age(&mut out, *since, self.now);
                         out.push(b'"');
                     }
+                    Piece::Age(None) => out.extend_from_slice(br#""<unknown>""#),
                 }
             }
             out.extend_from_slice(b"]}");
@@ -338,6 +338,18 @@ pub struct TableList {
     pub rows: Vec<TableRow>,
 }
 
+/// Writes [`age_since`] into `out` without making a string per row.
+fn write_age(out: &mut Vec<u8>, then: SystemTime, now: SystemTime) {
+    use std::io::Write as _;
+    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
+    let _ = match secs {
+        s if s < 120 => write!(out, "{s}s"),
+        s if s < 2 * 3600 => write!(out, "{}m", s / 60),
+        s if s < 2 * 86400 => write!(out, "{}h", s / 3600),
+        s => write!(out, "{}d", s / 86400),
+    };
+}
+
 /// A column of a [`TableList`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ColumnDefinition {
@@ -354,8 +366,6 @@ pub struct TableRow {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     /// The server's rows (kept as JSON pieces with the objects) are what the
@@ -373,7 +383,7 @@ mod tests {
         for (object, wide) in [(pod, false), (pod_wide(), true), (event, false)] {
             let kind = object.kind;
             let table = Table::new(kind, wide, true);
-            let objects = vec![Arc::new(object)];
+            let objects = [object];
             for _ in 0..2 {
                 // The second answer comes from the rows kept with the object.
                 let answer: TableList = serde_json::from_slice(&table.json(&objects, 7)).unwrap();
@@ -381,7 +391,9 @@ mod tests {
                 assert_eq!(answer.rows[0].cells, table.row(&objects[0]), "{kind}");
             }
         }
-        assert_eq!(age_since(created, SystemTime::now()), "5m");
+        let mut written = Vec::new();
+        write_age(&mut written, created, SystemTime::now());
+        assert_eq!(written, b"5m");
     }
 
     fn pod_wide() -> ApiObject {
