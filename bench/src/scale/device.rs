@@ -227,18 +227,9 @@ struct Running {
 impl Running {
     async fn run(mut self, tick: Duration) {
         loop {
-            let frame = tokio::select! {
-                _ = self.channel.changed() => true,
-                _ = tokio::time::sleep(tick) => false,
-            };
-            // A step can block only to start a container (a simulated start
-            // sleeps as a real one does): a tick with every replica running
-            // runs here, as a real agent's loop runs on its own thread. Handing
-            // every tick of 10,000 devices to the blocking pool spent a third
-            // of the machine waking threads.
-            if !frame && self.settled() {
-                self.step();
-                continue;
+            tokio::select! {
+                _ = self.channel.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
             }
             let step = tokio::task::spawn_blocking(move || {
                 self.step();
@@ -249,11 +240,6 @@ impl Running {
                 Err(_) => return, // cancelled or panicked: the device is gone
             }
         }
-    }
-
-    /// Whether every replica of the device runs (nothing for a step to start).
-    fn settled(&mut self) -> bool {
-        self.agent.replica_statuses(now_ms()).iter().all(|r| r.phase == firmware_proto::Phase::Running)
     }
 
     /// One pass of the agent's loop (`flotilla-agent run`), and what the
