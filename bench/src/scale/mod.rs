@@ -187,6 +187,8 @@ struct SimulatedFleet {
     profiles: Vec<Profile>,
     workloads: Vec<Workload>,
     view: FleetView,
+    /// Per device killed, seconds from the kill to its socket's close.
+    close_delays: Vec<f64>,
     settings: DeviceSettings,
     devices_dir: tempfile::TempDir,
     image: String,
@@ -249,6 +251,7 @@ impl SimulatedFleet {
             profiles,
             workloads: Vec::new(),
             view: FleetView::default(),
+            close_delays: Vec::new(),
             settings,
             devices_dir,
             image,
@@ -486,18 +489,29 @@ impl SimulatedFleet {
         victims: &[String],
         timeout: Duration,
     ) -> anyhow::Result<(Option<f64>, BTreeMap<String, usize>)> {
-        let at = Instant::now();
+        let asked = Instant::now();
+        let mut killed = Vec::new();
         for name in victims {
             if let Some(device) = self.devices.remove(name) {
                 device.kill();
+                killed.push(device);
             }
         }
+        // The clock starts at the close (the "from the close"): the
+        // simulator's runtime takes a while to run the aborts of busy
+        // devices, and that is not the controller's failover.
+        while killed.iter().any(|d| !d.closed()) && asked.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let at = Instant::now();
+        self.close_delays.push((at - asked).as_secs_f64());
         if victims.len() == 1 {
             // To read beside the controller's log (`--keep`).
             eprintln!(
-                "fleet: {} killed at {}",
+                "fleet: {} closed at {} ({} ms after the kill)",
                 victims[0],
-                humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+                (at - asked).as_millis()
             );
         }
         let wanted: BTreeMap<String, usize> =
@@ -562,6 +576,9 @@ impl SimulatedFleet {
             "failover_s_median": crate::fleet::median_s(&times.iter().map(|s| Duration::from_secs_f64(*s)).collect::<Vec<_>>()).map(round3),
             "failover_s_max": times.last().copied().map(round3),
             "failover_s_each": times.iter().copied().map(round3).collect::<Vec<_>>(),
+            // How long the simulator took to close the socket after the
+            // kill (not counted: the failover runs from the close).
+            "kill_to_close_s_max": round3(self.close_delays.iter().copied().fold(0.0, f64::max)),
         }))
     }
 
