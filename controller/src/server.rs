@@ -129,8 +129,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
             .await
             .context("opening the store")??,
     );
-    let state =
-        Arc::new(ApiState { store: store.clone(), token, metrics: Metrics::default(), ready: AtomicBool::new(false) });
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        token,
+        metrics: Metrics::default(),
+        ready: AtomicBool::new(false),
+        tables: Default::default(),
+    });
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;

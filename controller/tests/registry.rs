@@ -40,6 +40,7 @@ impl Server {
             token: TOKEN.to_owned(),
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
+            tables: Default::default(),
         });
         // No grace period, so that garbage collection in these tests acts at once.
         let registry = Arc::new(Registry::open(&dir.path().join("registry")).unwrap().with_gc_grace(Duration::ZERO));

@@ -51,7 +51,19 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// Set once the reconcilers run.
     pub ready: std::sync::atomic::AtomicBool,
+    /// The last table rows answered per list.
+    pub tables: TableCache,
 }
+
+/// The rows last rendered per list (kind, namespace, `-o wide`), with the
+/// store version they show: while nothing changes, a fleet listed every
+/// second is copied, with fresh ages, instead of walked again.
+#[derive(Default)]
+pub struct TableCache(std::sync::Mutex<std::collections::HashMap<TableKey, (u64, Arc<RenderedRows>)>>);
+
+/// A list's kind, namespace (`None`: all) and `-o wide`.
+type TableKey = (Kind, Option<String>, bool);
+use crate::commands::table::RenderedRows;
 
 type Shared = Arc<ApiState>;
 
@@ -372,14 +384,32 @@ async fn list(state: Shared, resource: String, ns: Option<String>, query: ListQu
     match query.as_format.as_deref() {
         None | Some("") => {}
         Some("table" | "Table") => {
-            let store = state.store.clone();
+            let state = state.clone();
             let json = blocking(move || {
                 // Read in place from one view: no list of the fleet's
                 // objects is made for an answer that is rows.
-                let view = store.view();
-                let items = view.list(kind, ns.as_deref()).filter(|o| selector.matches(&o.metadata.labels));
+                let view = state.store.view();
                 let table = crate::commands::table::Table::new(kind, query.wide, ns.is_none());
-                table.json(items.map(|o| &**o), view.resource_version)
+                let render = || {
+                    let items = view.list(kind, ns.as_deref()).filter(|o| selector.matches(&o.metadata.labels));
+                    Arc::new(table.render(items.map(|o| &**o)))
+                };
+                let rows = if query.label_selector.is_empty() {
+                    let key = (kind, ns.clone(), query.wide);
+                    let kept = state.tables.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+                    match kept {
+                        Some((version, rows)) if version == view.resource_version => rows,
+                        _ => {
+                            let rows = render();
+                            let mut tables = state.tables.0.lock().unwrap_or_else(|p| p.into_inner());
+                            tables.insert(key, (view.resource_version, rows.clone()));
+                            rows
+                        }
+                    }
+                } else {
+                    render()
+                };
+                table.write(&rows, view.resource_version)
             })
             .await?;
             return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response());

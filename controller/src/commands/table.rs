@@ -39,8 +39,14 @@ impl Table {
     /// their AGE is made per answer: listing a fleet's 50,000 pods every
     /// second renders each pod once per version.
     pub fn json<'o>(&self, items: impl IntoIterator<Item = &'o ApiObject>, resource_version: u64) -> Vec<u8> {
-        /// A row kept with its object: its cells as JSON already, but for
-        /// AGE, which is made per answer from the parsed time.
+        self.write(&self.render(items), resource_version)
+    }
+
+    /// The rows of `items`, as JSON but for their ages: what an answer
+    /// copies. The API keeps the last one per list while the store has
+    /// not changed.
+    pub fn render<'o>(&self, items: impl IntoIterator<Item = &'o ApiObject>) -> RenderedRows {
+        /// A row kept with its object.
         #[derive(Clone)]
         struct KeptRow {
             kind: Kind,
@@ -48,60 +54,57 @@ impl Table {
             namespaced: bool,
             pieces: Vec<Piece>,
         }
-        #[derive(Clone)]
-        enum Piece {
-            Json(Vec<u8>),
-            /// The time AGE counts from (`None`: unreadable).
-            Age(Option<std::time::SystemTime>),
-        }
         let keeper = Table { deferred_age: true, ..*self };
         let make = |o: &ApiObject| {
-            let mut pieces = Vec::new();
-            let mut json = Vec::new();
+            let mut row = RenderedRows::default();
             for (c, cell) in keeper.row(o).iter().enumerate() {
                 if c > 0 {
-                    json.push(b',');
+                    row.json(b",");
                 }
                 match cell.strip_prefix('\0') {
-                    Some(timestamp) => {
-                        pieces.push(Piece::Json(std::mem::take(&mut json)));
-                        pieces.push(Piece::Age(humantime::parse_rfc3339_weak(timestamp).ok()));
-                    }
-                    None => _ = serde_json::to_writer(&mut json, cell),
+                    Some(timestamp) => row.pieces.push(Piece::Age(humantime::parse_rfc3339_weak(timestamp).ok())),
+                    None => row.json(&serde_json::to_vec(cell).unwrap_or_default()),
                 }
             }
-            pieces.push(Piece::Json(json));
-            KeptRow { kind: self.kind, wide: self.wide, namespaced: self.namespaced, pieces }
+            KeptRow { kind: self.kind, wide: self.wide, namespaced: self.namespaced, pieces: row.pieces }
         };
-        let items = items.into_iter();
-        let mut out = Vec::with_capacity(items.size_hint().0 * 96 + 256);
-        let columns: Vec<ColumnDefinition> =
-            self.headers().into_iter().map(|n| ColumnDefinition { name: n.to_owned() }).collect();
-        out.extend_from_slice(format!(r#"{{"kind":"Table","resourceVersion":"{resource_version}","#).as_bytes());
-        out.extend_from_slice(br#""columnDefinitions":"#);
-        let _ = serde_json::to_writer(&mut out, &columns);
-        out.extend_from_slice(br#","rows":["#);
-        for (i, object) in items.enumerate() {
+        let mut rows = RenderedRows::default();
+        for (i, object) in items.into_iter().enumerate() {
             let mut kept = object.memo(make);
             if (kept.kind, kept.wide, kept.namespaced) != (self.kind, self.wide, self.namespaced) {
                 kept = std::borrow::Cow::Owned(make(object));
             }
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(br#"{"cells":["#);
+            rows.json(if i > 0 { br#",{"cells":["# } else { br#"{"cells":["# });
             for piece in &kept.pieces {
                 match piece {
-                    Piece::Json(json) => out.extend_from_slice(json),
-                    Piece::Age(Some(since)) => {
-                        out.push(b'"');
-                        write_age(&mut out, *since, self.now);
-                        out.push(b'"');
-                    }
-                    Piece::Age(None) => out.extend_from_slice(br#""<unknown>""#),
+                    Piece::Json(json) => rows.json(json),
+                    Piece::Age(since) => rows.pieces.push(Piece::Age(*since)),
                 }
             }
-            out.extend_from_slice(b"]}");
+            rows.json(b"]}");
+        }
+        rows
+    }
+
+    /// The answer: `rows` with their ages as of this table's time.
+    pub fn write(&self, rows: &RenderedRows, resource_version: u64) -> Vec<u8> {
+        let columns: Vec<ColumnDefinition> =
+            self.headers().into_iter().map(|n| ColumnDefinition { name: n.to_owned() }).collect();
+        let mut out = Vec::with_capacity(rows.bytes + rows.pieces.len() * 4 + 256);
+        out.extend_from_slice(format!(r#"{{"kind":"Table","resourceVersion":"{resource_version}","#).as_bytes());
+        out.extend_from_slice(br#""columnDefinitions":"#);
+        let _ = serde_json::to_writer(&mut out, &columns);
+        out.extend_from_slice(br#","rows":["#);
+        for piece in &rows.pieces {
+            match piece {
+                Piece::Json(json) => out.extend_from_slice(json),
+                Piece::Age(Some(since)) => {
+                    out.push(b'"');
+                    write_age(&mut out, *since, self.now);
+                    out.push(b'"');
+                }
+                Piece::Age(None) => out.extend_from_slice(br#""<unknown>""#),
+            }
         }
         out.extend_from_slice(b"]}");
         out
@@ -336,6 +339,31 @@ pub struct TableList {
     pub column_definitions: Vec<ColumnDefinition>,
     /// One row per object.
     pub rows: Vec<TableRow>,
+}
+
+/// Rendered rows: JSON with a slot for each AGE.
+#[derive(Debug, Clone, Default)]
+pub struct RenderedRows {
+    pieces: Vec<Piece>,
+    bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Json(Vec<u8>),
+    /// The time AGE counts from (`None`: unreadable).
+    Age(Option<SystemTime>),
+}
+
+impl RenderedRows {
+    /// Appends JSON bytes (to the last piece when that is JSON too).
+    fn json(&mut self, bytes: &[u8]) {
+        self.bytes += bytes.len();
+        match self.pieces.last_mut() {
+            Some(Piece::Json(last)) => last.extend_from_slice(bytes),
+            _ => self.pieces.push(Piece::Json(bytes.to_vec())),
+        }
+    }
 }
 
 /// Writes [`age_since`] into `out` without making a string per row.

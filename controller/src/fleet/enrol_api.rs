@@ -222,6 +222,7 @@ mod tests {
             token: TOKEN.into(),
             metrics: Metrics::default(),
             ready: true.into(),
+            tables: Default::default(),
         });
         let enrol = Arc::new(EnrolState {
             enrolment: Enrolment::load_or_create(dir).unwrap(),
