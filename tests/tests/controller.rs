@@ -245,16 +245,12 @@ fn the_server_renders_the_tables_get_prints() {
     assert!(wide.lines().next().unwrap().ends_with("MESSAGE"), "{wide}");
     // Rows are kept per list while the store is unchanged, and a change
     // shows in the next answer.
-    let config_maps = |get: &dyn Fn(&str) -> (u16, Value)| {
+    let config_maps = || {
         let (_, table) = get("/api/v1/namespaces/line-3/configmaps?as=table");
         table["rows"].as_array().unwrap().iter().map(|r| r["cells"][0].as_str().unwrap().to_owned()).collect::<Vec<_>>()
     };
-    let get_status = |path: &str| {
-        let (status, value) = get(path);
-        (status.as_u16(), value)
-    };
-    let before = config_maps(&get_status);
-    assert_eq!(config_maps(&get_status), before);
+    let before = config_maps();
+    assert_eq!(config_maps(), before);
     let file = dir.path().join("cm.yaml");
     std::fs::write(
         &file,
@@ -262,7 +258,7 @@ fn the_server_renders_the_tables_get_prints() {
     )
     .unwrap();
     ok(&server, &["apply", "-f", file.to_str().unwrap()]);
-    let after = config_maps(&get_status);
+    let after = config_maps();
     assert!(
         after.contains(&"kept-rows".to_owned()) && !before.contains(&"kept-rows".to_owned()),
         "{before:?} -> {after:?}"

@@ -100,7 +100,7 @@ impl Table {
                 Piece::Json(json) => out.extend_from_slice(json),
                 Piece::Age(Some(since)) => {
                     out.push(b'"');
-                    write_age(&mut out, *since, self.now);
+                    let _ = write!(out, "{}", crate::object::Age::since(*since, self.now));
                     out.push(b'"');
                 }
                 Piece::Age(None) => out.extend_from_slice(br#""<unknown>""#),
@@ -366,18 +366,6 @@ impl RenderedRows {
     }
 }
 
-/// Writes [`age_since`] into `out` without making a string per row.
-fn write_age(out: &mut Vec<u8>, then: SystemTime, now: SystemTime) {
-    use std::io::Write as _;
-    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
-    let _ = match secs {
-        s if s < 120 => write!(out, "{s}s"),
-        s if s < 2 * 3600 => write!(out, "{}m", s / 60),
-        s if s < 2 * 86400 => write!(out, "{}h", s / 3600),
-        s => write!(out, "{}d", s / 86400),
-    };
-}
-
 /// A column of a [`TableList`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ColumnDefinition {
@@ -419,9 +407,7 @@ mod tests {
                 assert_eq!(answer.rows[0].cells, table.row(&objects[0]), "{kind}");
             }
         }
-        let mut written = Vec::new();
-        write_age(&mut written, created, SystemTime::now());
-        assert_eq!(written, b"5m");
+        assert_eq!(crate::object::Age::since(created, SystemTime::now()).to_string(), "5m");
     }
 
     fn pod_wide() -> ApiObject {

@@ -49,6 +49,7 @@ pub mod workload;
 
 use std::time::{Duration, SystemTime};
 
+use crate::manifest::Kind;
 use crate::object::ApiObject;
 use crate::store::Op;
 
@@ -131,32 +132,30 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
     // A workload outside the pass's scope is reconciled anyway while it
     // waits on the clock (its requeue says so).
     let due = |workload: &ApiObject, wants: Requeue| snapshot.scope.wants(workload) || wants != Requeue::OnChange;
-    for deployment in &snapshot.deployments {
-        let wants = deployment::requeue(deployment);
-        if due(deployment, wants) {
-            let owned = snapshot.owned_by(&deployment.metadata.uid);
-            deployment::reconcile(deployment, &owned, now, &mut budget, &mut ops);
+    let workloads = [
+        (Kind::Deployment, &snapshot.deployments),
+        (Kind::DaemonSet, &snapshot.daemon_sets),
+        (Kind::Job, &snapshot.jobs),
+    ];
+    for (kind, list) in workloads {
+        for workload in list {
+            let wants = match kind {
+                Kind::Deployment => deployment::requeue(workload),
+                Kind::DaemonSet => daemonset::requeue(workload),
+                _ => job::requeue(workload),
+            };
+            requeue = requeue.sooner(wants);
+            if !due(workload, wants) {
+                continue;
+            }
+            let owned = snapshot.owned_by(&workload.metadata.uid);
+            match kind {
+                Kind::Deployment => deployment::reconcile(workload, &owned, now, &mut budget, &mut ops),
+                Kind::DaemonSet => daemonset::reconcile(workload, &owned, &snapshot.nodes, now, &mut ops),
+                _ => job::reconcile(workload, &owned, now, &mut budget, &mut ops),
+            }
             reconciled += 1;
         }
-        requeue = requeue.sooner(wants);
-    }
-    for daemon_set in &snapshot.daemon_sets {
-        let wants = daemonset::requeue(daemon_set);
-        if due(daemon_set, wants) {
-            let owned = snapshot.owned_by(&daemon_set.metadata.uid);
-            daemonset::reconcile(daemon_set, &owned, &snapshot.nodes, now, &mut ops);
-            reconciled += 1;
-        }
-        requeue = requeue.sooner(wants);
-    }
-    for job in &snapshot.jobs {
-        let wants = job::requeue(job);
-        if due(job, wants) {
-            let owned = snapshot.owned_by(&job.metadata.uid);
-            job::reconcile(job, &owned, now, &mut budget, &mut ops);
-            reconciled += 1;
-        }
-        requeue = requeue.sooner(wants);
     }
     timing.mark("workloads");
     let (evictions, lifecycle) = node_lifecycle::reconcile(snapshot, &snapshot.eviction, now, &mut ops);

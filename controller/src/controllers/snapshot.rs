@@ -95,15 +95,6 @@ impl Scope {
             }
         }
     }
-
-    /// Whether a pass reconciles the replicas owned by `uid` (garbage
-    /// collection).
-    pub fn wants_owner(&self, uid: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Changed { owners, .. } => owners.contains(uid),
-        }
-    }
 }
 
 impl Snapshot {

@@ -552,17 +552,28 @@ pub fn now_rfc3339() -> String {
 /// `5s`, `3m`, `2h`, `4d` since an RFC 3339 time, as kubectl's AGE column.
 pub fn age(timestamp: &str, now: std::time::SystemTime) -> String {
     let Ok(then) = humantime::parse_rfc3339_weak(timestamp) else { return "<unknown>".to_owned() };
-    age_since(then, now)
+    Age::since(then, now).to_string()
 }
 
-/// [`age`] from a parsed time.
-pub fn age_since(then: std::time::SystemTime, now: std::time::SystemTime) -> String {
-    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 2 * 3600 => format!("{}m", s / 60),
-        s if s < 2 * 86400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
+/// An AGE cell (see [`age`]), written where it is displayed: the server
+/// writes one per row of every table answer.
+pub struct Age(u64);
+
+impl Age {
+    /// The age at `now` of something made at `then`.
+    pub fn since(then: std::time::SystemTime, now: std::time::SystemTime) -> Self {
+        Age(now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0))
+    }
+}
+
+impl std::fmt::Display for Age {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            s if s < 120 => write!(f, "{s}s"),
+            s if s < 2 * 3600 => write!(f, "{}m", s / 60),
+            s if s < 2 * 86400 => write!(f, "{}h", s / 3600),
+            s => write!(f, "{}d", s / 86400),
+        }
     }
 }
 

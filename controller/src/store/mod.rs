@@ -192,16 +192,12 @@ impl Objects {
 
     /// The pods whose (first) owner has `uid`, in key order.
     pub fn pods_owned_by<'v>(&'v self, uid: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
-        let uid = uid.to_owned();
-        let start = (uid.clone(), ObjectKey { kind: Kind::Pod, namespace: String::new(), name: String::new() });
-        self.pods_by_owner.range(start..).take_while(move |((owner, _), _)| *owner == uid).map(|(_, pod)| pod)
+        pods_under(&self.pods_by_owner, uid)
     }
 
     /// The pods bound to `node`, in key order.
     pub fn pods_on<'v>(&'v self, node: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
-        let node = node.to_owned();
-        let start = (node.clone(), ObjectKey { kind: Kind::Pod, namespace: String::new(), name: String::new() });
-        self.pods_by_node.range(start..).take_while(move |((bound, _), _)| *bound == node).map(|(_, pod)| pod)
+        pods_under(&self.pods_by_node, node)
     }
 
     /// Objects of a kind, in one namespace or all (`None`), in key order.
@@ -214,14 +210,14 @@ impl Objects {
     }
 }
 
-impl FromIterator<(ObjectKey, Arc<ApiObject>)> for Objects {
-    fn from_iter<I: IntoIterator<Item = (ObjectKey, Arc<ApiObject>)>>(iter: I) -> Self {
-        let mut objects = Objects::default();
-        for (key, object) in iter {
-            objects.insert(key, object);
-        }
-        objects
-    }
+/// The pods an index files under `value` (an owner uid, a node name).
+fn pods_under<'v>(
+    index: &'v imbl::OrdMap<(String, ObjectKey), Arc<ApiObject>>,
+    value: &str,
+) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+    let value = value.to_owned();
+    let start = (value.clone(), ObjectKey { kind: Kind::Pod, namespace: String::new(), name: String::new() });
+    index.range(start..).take_while(move |((filed, _), _)| *filed == value).map(|(_, pod)| pod)
 }
 
 /// Every object as of one resourceVersion: a consistent snapshot that costs
