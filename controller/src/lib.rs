@@ -32,6 +32,7 @@ pub mod object;
 pub mod pinning;
 pub mod reconcile;
 pub mod registry;
+pub mod replica_spec;
 pub mod rollout_cmd;
 pub mod selector;
 pub mod server;

@@ -81,11 +81,7 @@ fn pin_pass(store: &dyn Store, resolver: &Resolver) -> bool {
     waiting
 }
 
-/// `sha256:<64 hex>` -> bytes.
-pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
-    let hex = text.strip_prefix("sha256:")?;
-    hex::decode(hex).ok()?.try_into().ok()
-}
+pub use crate::controllers::image_pinning::parse_digest;
 
 /// Resolves image tags to digests over the OCI distribution API, so every
 /// node runs the same bytes. Images named with `@sha256:` are taken as is.

@@ -414,8 +414,7 @@ pub(crate) fn compile<'a>(view: &'a ClusterView, pending: &'a [Replica]) -> (Sta
         });
     }
 
-    // Bound replicas occupy resources; those on unknown nodes are ignored
-    // (see `release_lost_nodes`).
+    // Bound replicas occupy resources; those on unknown nodes are ignored.
     let mut per_node: HashMap<(u32, u32), u32> = HashMap::new();
     let mut bound_ids: HashSet<&str> = HashSet::with_capacity(view.bound.len());
     let mut bound_on: Vec<(usize, &Replica)> = Vec::new();

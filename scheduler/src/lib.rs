@@ -11,8 +11,6 @@
 //! - `mbs`: the Minimum Bin Slack construction and the L2 lower bound.
 //! - `tabu`: the tabu search on partial packings (one node fewer at a time).
 
-use std::collections::HashSet;
-
 pub mod model;
 pub mod reason;
 
@@ -81,7 +79,8 @@ impl Default for Options {
 /// - A replica that is already bound (its id is in `view.bound`) or repeated
 ///   in `pending` is skipped: placing it again is a no-op.
 /// - Bound replicas are never moved; those on nodes missing from the view
-///   are ignored (use [`release_lost_nodes`] to make them pending).
+///   are ignored: which replicas leave a lost node, and when, is the
+///   controller's policy (its node lifecycle), not the scheduler's.
 /// - Every replica left unplaced comes with an [`UnplacedReason`].
 pub fn schedule(view: &ClusterView, pending: &[Replica], seed: u64) -> Plan {
     schedule_with(view, pending, seed, &Options::default())
@@ -141,14 +140,4 @@ pub fn schedule_with(view: &ClusterView, pending: &[Replica], seed: u64, opts: &
         })
         .collect();
     Plan { placements, unplaced }
-}
-
-/// Frees the replicas of nodes that left the view: returns the view with
-/// those bindings removed, and their replicas, which are pending again.
-/// Replicas on nodes still in the view are untouched.
-pub fn release_lost_nodes(view: &ClusterView) -> (ClusterView, Vec<Replica>) {
-    let present: HashSet<&NodeId> = view.nodes.iter().map(|n| &n.id).collect();
-    let (kept, lost): (Vec<BoundReplica>, Vec<BoundReplica>) =
-        view.bound.iter().cloned().partition(|b| present.contains(&b.node));
-    (ClusterView { nodes: view.nodes.clone(), bound: kept }, lost.into_iter().map(|b| b.replica).collect())
 }

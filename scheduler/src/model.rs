@@ -399,8 +399,7 @@ pub struct ClusterView {
     /// taints was half of a node-loss pass).
     pub nodes: Vec<std::sync::Arc<Node>>,
     /// Replicas bound to nodes. Entries naming a node that is not in `nodes`
-    /// are ignored by [`schedule`](crate::schedule); see
-    /// [`release_lost_nodes`](crate::release_lost_nodes).
+    /// are ignored by [`schedule`](crate::schedule): they occupy nothing.
     pub bound: Vec<BoundReplica>,
 }
 

@@ -7,7 +7,7 @@ mod common;
 use common::{MIB, node, overcommit, placed, replica, triplets};
 use flotilla_scheduler::{
     BoundReplica, ClusterView, Node, Rejection, Replica, Resource, Resources, ScoreMode, Taint, TaintEffect,
-    Toleration, release_lost_nodes, schedule,
+    Toleration, schedule,
 };
 
 /// One case: a fleet, what is bound, what is pending, and the expectation.
@@ -251,24 +251,21 @@ fn an_insufficient_rejection_carries_the_numbers() {
 }
 
 #[test]
-fn a_lost_node_frees_exactly_its_replicas() {
+fn bindings_to_a_node_missing_from_the_view_occupy_nothing() {
+    // The controller hands a lost node's replicas back as pending (its node
+    // lifecycle decides which, and when); a binding that still names a node
+    // the view no longer has must not count against any node.
     let view = ClusterView::new(
         [node("stays", 4000, 4096), node("spare", 4000, 4096)],
         vec![
-            BoundReplica { replica: replica("a", "web", 100, 64), node: "stays".into() },
-            BoundReplica { replica: replica("b", "web", 100, 64), node: "gone".into() },
-            BoundReplica { replica: replica("c", "db", 100, 64), node: "gone".into() },
+            BoundReplica { replica: replica("a", "web", 3900, 64), node: "stays".into() },
+            BoundReplica { replica: replica("b", "web", 3900, 64), node: "gone".into() },
         ],
     );
-    let (kept, freed) = release_lost_nodes(&view);
-    let freed_ids: Vec<&str> = freed.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(freed_ids, ["b", "c"]);
-    assert_eq!(kept.bound.len(), 1);
-    assert_eq!(kept.bound[0].replica.id.as_str(), "a");
-    // Rescheduling places exactly the freed replicas; `a` does not move.
-    let plan = schedule(&kept, &freed, 1);
+    let plan = schedule(&view, &[replica("c", "db", 3900, 64)], 1);
+    // `c` takes "spare": `b` is neither counted there nor placed again.
     let got = placed(&plan);
-    assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), ["b", "c"]);
+    assert_eq!(got.iter().map(|(r, n)| (r.as_str(), n.as_str())).collect::<Vec<_>>(), [("c", "spare")]);
     assert!(plan.unplaced.is_empty());
 }
 

@@ -58,6 +58,17 @@ pub fn is_pinned(pod: &ApiObject) -> bool {
     pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION)
 }
 
+/// The digest a replica's image is pinned to, if it is pinned.
+pub fn pinned_digest(pod: &ApiObject) -> Option<[u8; 32]> {
+    parse_digest(pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION)?)
+}
+
+/// `sha256:<64 hex digits>` -> the digest's bytes.
+pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    hex::decode(hex).ok()?.try_into().ok()
+}
+
 /// The architectures a pinned replica's image exists for; `None` when
 /// unpinned or unknown (the registry did not say).
 pub fn archs_of(pod: &ApiObject) -> Option<Vec<&str>> {

@@ -29,7 +29,7 @@
 //! |---|---|
 //! | Pod `metadata.annotations[flotilla.io/image-digest, image-archs, image-error]` | [`image_pinning`] |
 //! | Pod `metadata.deletionTimestamp` | the rollouts (`Op::Retire`, set once by the store) |
-//! | Pod `spec.nodeName`, status `PodScheduled` and Pending reasons | [`scheduling`] |
+//! | Pod `spec.nodeName`, status `PodScheduled` and Pending reasons (also `InvalidReplica`, `TooManyReplicas`: what its node's document leaves out) | [`scheduling`] |
 //! | Pod status of a lost node's DaemonSet replica (`Unknown`, `NodeLost`); deletes of its retired replicas | [`node_lifecycle`] |
 //! | Node `Ready` condition (registration, leases, Last Will) | the fleet inbox |
 //! | Deployment, DaemonSet, Job `status` | [`deployment`], [`daemonset`], [`job`] |

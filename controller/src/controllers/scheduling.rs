@@ -4,6 +4,13 @@
 //! ConfigMap or Secret they name, for their image's pin) or that no node
 //! can take say why in their status.
 //!
+//! What the wire cannot carry (`crate::replica_spec`: a ConfigMap over a
+//! document's room, more replicas than a document holds) is never bound;
+//! a DaemonSet's replica, bound at creation, is checked with its node's
+//! whole document, and whichever replica that document leaves out says so
+//! (`InvalidReplica`, `TooManyReplicas`). The publisher makes the same
+//! projection and writes nothing back.
+//!
 //! Writes a Pod's `spec.nodeName`, its `PodScheduled` condition and its
 //! Pending reason and message, and nothing else.
 
@@ -17,6 +24,8 @@ use crate::manifest::types::{NodeSpec, PodSpec};
 use crate::object::{ApiObject, ObjectKey};
 use crate::status::{Condition, NodeStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
+
+use crate::replica_spec::{self, References};
 
 use super::node_lifecycle::{self, Evictions};
 use super::{PASS_SLICE, Snapshot, image_pinning};
@@ -234,6 +243,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     let mut unpinned = Vec::new();
     let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
     let mut unbinds: Vec<(&ApiObject, &str, &str, String)> = Vec::new();
+    let mut created_bound: Vec<(&ApiObject, &str)> = Vec::new();
     for pod in snapshot.pods.iter().filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
         let status = pod.typed_status::<PodStatus>();
         if status.is_finished() {
@@ -252,6 +262,9 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                         let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
                         let message = format!("the image has no linux/{arch} variant for node {node} (has {archs})");
                         blocked.push((pod, "ArchMismatch", message));
+                    } else if condition(&status.conditions, "PodScheduled").is_none() {
+                        // Never placed, so never checked against the wire.
+                        created_bound.push((pod, node));
                     }
                 }
                 bound.push((pod, node));
@@ -300,6 +313,8 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             }
         }
     }
+    let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
+    blocked.extend(left_out_of_documents(snapshot, &created_bound, &refs, arch_of()));
     let mut ops = Vec::new();
     for (pod, reason, message) in blocked {
         pending_status(pod, reason, &message, &mut ops);
@@ -316,7 +331,21 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         pending.sort_by_key(|p| std::cmp::Reverse(p.replica.priority));
         pending.truncate(PASS_SLICE);
     }
-    let placing: Vec<Placing<'_>> = moving.into_iter().chain(pending).collect();
+    // What the wire cannot carry is never bound (the publisher would leave
+    // it out of the node's document).
+    let mut placing: Vec<Placing<'_>> = Vec::with_capacity(moving.len() + pending.len());
+    for candidate in moving.into_iter().chain(pending) {
+        match replica_spec::check(candidate.pod, &refs, &image_as_written) {
+            Ok(()) => placing.push(candidate),
+            Err(why) => match candidate.leaving {
+                Some(leaving) => unbind(candidate.pod, why.reason, leaving, &why.message, &mut ops),
+                None => pending_status(candidate.pod, why.reason, &why.message, &mut ops),
+            },
+        }
+    }
+    if placing.is_empty() && unpinned.is_empty() {
+        return ops;
+    }
     // Each node's model is kept with the stored node and shared with the
     // view, not copied.
     let nodes: Vec<Arc<sched::Node>> =
@@ -384,6 +413,58 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         }
     }
     ops
+}
+
+/// The image of a replica as its manifest names it, with its pinned digest.
+/// The publisher spells out the default registry, which only makes the
+/// reference longer: a manifest's image is already held to the wire's
+/// length when it is applied.
+fn image_as_written(pod: &ApiObject, spec: &PodSpec) -> Result<(String, [u8; 32]), String> {
+    let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
+    let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
+    Ok((image.split('@').next().unwrap_or_default().to_owned(), digest))
+}
+
+/// Replicas bound at creation (a DaemonSet's) that their node's document
+/// would leave out, with why: one that does not project onto the wire,
+/// and, on a node with more replicas than a document holds (DaemonSets do
+/// not go through the scheduler's slot count) or with ConfigMaps and
+/// Secrets that may not fit one document, whichever the document leaves
+/// out. Only nodes with a replica bound at creation still pending are
+/// projected.
+fn left_out_of_documents<'s>(
+    snapshot: &'s Snapshot,
+    created_bound: &[(&'s ApiObject, &'s str)],
+    refs: &References<'_>,
+    arch_of: &HashMap<&str, &str>,
+) -> Vec<(&'s ApiObject, &'static str, String)> {
+    let mut out = Vec::new();
+    let mut nodes: BTreeSet<&str> = BTreeSet::new();
+    for &(pod, node) in created_bound {
+        match replica_spec::check(pod, refs, &image_as_written) {
+            Ok(()) => {
+                nodes.insert(node);
+            }
+            Err(why) => out.push((pod, why.reason, why.message)),
+        }
+    }
+    for node in nodes {
+        let arch = arch_of.get(node).copied().unwrap_or("");
+        let listed: Vec<&ApiObject> =
+            snapshot.pods_on(node).into_iter().filter(|p| replica_spec::listed(p, arch)).collect();
+        let crowded = listed.len() > firmware_proto::MAX_REPLICAS;
+        if !crowded
+            && !listed.iter().any(|p| p.typed_spec::<PodSpec>().is_some_and(|s| replica_spec::has_references(&s)))
+        {
+            continue;
+        }
+        for (pod, why) in replica_spec::document(listed, refs, &image_as_written).left_out {
+            if !out.iter().any(|(p, _, _)| std::ptr::eq(*p, pod)) {
+                out.push((pod, why.reason, why.message));
+            }
+        }
+    }
+    out
 }
 
 /// A replica the scheduler is asked to place this pass.

@@ -522,3 +522,56 @@ fn a_daemon_set_waits_on_the_clock_only_for_min_ready_seconds() {
     f.settle();
     assert!(waits_on_the_clock(&Snapshot::read(&f.store)));
 }
+
+#[test]
+fn a_replica_the_wire_cannot_carry_is_never_bound_and_says_why() {
+    let f = Fixture::new();
+    f.node("pi-1", "4", "4Gi", &[]);
+    // 5 KiB of configuration: more than a desired document carries for one
+    // ConfigMap (4 KiB), which only the projection onto the wire knows.
+    let big = "x".repeat(5 * 1024);
+    f.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rules}}\ndata: {{rules.txt: {big}}}\n"));
+    f.apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  \
+         selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      \
+         containers:\n      - name: web\n        image: registry.local/web:1\n        \
+         volumeMounts: [{name: rules, mountPath: /etc/rules}]\n      \
+         volumes: [{name: rules, configMap: {name: rules}}]\n",
+    );
+    f.settle();
+    let pod = &f.pods()[0];
+    let status: PodStatus = pod.status();
+    assert_eq!(pod.node_name(), None, "bound although its node's document would leave it out");
+    assert_eq!((status.phase, status.reason.as_str()), (crate::status::PodPhase::Pending, "InvalidReplica"));
+    assert!(status.message.contains("4 KiB"), "{}", status.message);
+    // Made to fit, it is placed.
+    f.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: rules}\ndata: {rules.txt: small}\n");
+    f.settle();
+    assert_eq!(f.pods()[0].node_name(), Some("pi-1"));
+}
+
+#[test]
+fn a_daemon_set_replica_past_what_a_document_holds_is_named_by_the_controller() {
+    let f = Fixture::new();
+    f.node("pi-1", "4", "8Gi", &[]);
+    f.apply(&deployment(firmware_proto::MAX_REPLICAS as u32, "8Mi").replace("cpu: 250m", "cpu: 10m"));
+    f.settle();
+    assert!(f.pods().iter().all(|p| p.node_name() == Some("pi-1")));
+    // A DaemonSet's replica is bound at creation, past the node's slots.
+    f.apply(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  \
+         selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      \
+         containers: [{name: a, image: a:1}]\n",
+    );
+    f.settle();
+    let mut pods = f.pods();
+    assert_eq!(pods.len(), firmware_proto::MAX_REPLICAS + 1);
+    pods.sort_by_key(crate::replica_spec::replica_id);
+    let left_out: Vec<&str> = pods
+        .iter()
+        .filter(|p| p.status::<PodStatus>().reason == "TooManyReplicas")
+        .map(|p| p.metadata.name.as_str())
+        .collect();
+    // The document holds the first sixteen by replica id; the last says so.
+    assert_eq!(left_out, [pods.last().unwrap().metadata.name.as_str()]);
+}

@@ -5,6 +5,11 @@
 //! The generation is the store's resourceVersion when the document was
 //! built: it increases across controller restarts without any state of its
 //! own, and a node never applies an older one (fencing).
+//!
+//! Transport only: the publisher reads the store and writes nothing to it.
+//! A replica its node's document cannot hold is left out
+//! ([`crate::replica_spec::document`]); the scheduling controller makes the
+//! same projection and says why on the replica.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -15,18 +20,18 @@ use firmware_proto::MessageKind;
 use rumqttc::{AsyncClient, QoS};
 
 use super::credentials::ControllerKey;
-use super::replica_spec::{self, ConfigTable, References};
 use super::{FleetConfig, Topics};
 use crate::controllers::Snapshot;
 use crate::manifest::Kind;
 use crate::manifest::types::PodSpec;
 use crate::object::{ApiObject, ObjectKey};
+use crate::replica_spec::{self, References};
 use crate::status::{NodeStatus, PodStatus};
-use crate::store::{EventType, Op, Store, WatchEvent};
+use crate::store::{EventType, Store, WatchEvent};
 
 use crate::controllers::image_pinning;
 pub use crate::controllers::image_pinning::{IMAGE_ARCHS_ANNOTATION, IMAGE_DIGEST_ANNOTATION};
-use crate::pinning::{parse_digest, split_reference};
+use crate::pinning::split_reference;
 
 /// What was last published for one node.
 #[derive(Debug, Clone)]
@@ -274,7 +279,6 @@ fn build_all(
     for node in snapshot.nodes.iter().filter(|n| dirty.wants(&n.metadata.name)) {
         by_node.entry(node.metadata.name.clone()).or_default();
     }
-    let mut writes = Vec::new();
     let node_arch: HashMap<&str, String> = snapshot
         .nodes
         .iter()
@@ -293,48 +297,38 @@ fn build_all(
         if !dirty.wants(node) {
             continue;
         }
-        let status = pod.typed_status::<PodStatus>();
-        if status.is_finished() {
-            continue;
-        }
-        if pod.is_retired() {
+        if pod.is_retired() && !pod.typed_status::<PodStatus>().is_finished() {
             retired.entry(node.to_owned()).or_default().push((replica_spec::replica_id(pod), pod.key()));
             continue;
         }
         let arch = node_arch.get(node).map_or("", String::as_str);
-        if image_pinning::is_pinned(pod) && image_pinning::can_run_on(pod, arch) {
+        if replica_spec::listed(pod, arch) {
             by_node.entry(node.to_owned()).or_default().push(pod);
         }
     }
     let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
     let mut out = Vec::new();
     let mut documents = published.lock();
-    for (node, mut pods) in by_node {
+    let image_of = |pod: &ApiObject, spec: &PodSpec| -> Result<(String, [u8; 32]), String> {
+        let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
+        let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
+        let (registry, name, tag) = split_reference(image.split('@').next().unwrap_or_default(), default_registry);
+        Ok((format!("{registry}/{name}:{tag}"), digest))
+    };
+    for (node, pods) in by_node {
         let Ok(node_id) = firmware_proto::NodeId::new(&node) else {
             tracing::warn!(node, "node name is not a valid node id; no document");
             continue;
         };
-        pods.sort_by_key(|p| replica_spec::replica_id(p));
-        let mut table = ConfigTable::default();
-        let mut replicas = Vec::new();
-        let mut keys = Vec::new();
-        let mut images = Vec::new();
-        for pod in pods {
-            match replica_of(pod, default_registry, &refs, &mut table) {
-                Ok(replica) if replicas.len() < firmware_proto::MAX_REPLICAS => {
-                    keys.push((replica.id.as_str().to_owned(), pod.key()));
-                    images.push(replica.image.digest.0);
-                    replicas.push(replica);
-                }
-                Ok(_) => failed(
-                    pod,
-                    "TooManyReplicas",
-                    "the node already runs the most replicas a document holds",
-                    &mut writes,
-                ),
-                Err(reason) => failed(pod, "InvalidReplica", &reason, &mut writes),
-            }
+        // What is left out is said on the replica by the scheduling
+        // controller, which makes the same projection.
+        let replica_spec::Document { replicas, table, pods, left_out } = replica_spec::document(pods, &refs, &image_of);
+        for (pod, why) in &left_out {
+            tracing::debug!(node, pod = %pod.metadata.name, reason = why.reason, message = why.message, "replica left out of its node's document");
         }
+        let keys: Vec<(String, ObjectKey)> =
+            replicas.iter().zip(&pods).map(|(replica, pod)| (replica.id.as_str().to_owned(), pod.key())).collect();
+        let images: Vec<[u8; 32]> = replicas.iter().map(|r| r.image.digest.0).collect();
         let fingerprint = {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             replicas.hash(&mut hasher);
@@ -380,7 +374,6 @@ fn build_all(
     if (dirty.services || dirty.all) && (!snapshot.services.is_empty() || any_tables) {
         out.extend(service_tables(&snapshot, generation, key, tables, all));
     }
-    crate::store::commit_in_chunks(store, writes, "publisher");
     out
 }
 
@@ -420,37 +413,4 @@ fn service_tables(
         }
     }
     out
-}
-
-fn replica_of(
-    pod: &ApiObject,
-    default_registry: &str,
-    refs: &References<'_>,
-    table: &mut ConfigTable,
-) -> Result<firmware_proto::ReplicaSpec, String> {
-    let spec = pod.typed_spec::<PodSpec>().ok_or("the pod's spec is unreadable")?;
-    let image = spec.containers.first().map(|c| c.image.clone()).unwrap_or_default();
-    let digest = pod
-        .metadata
-        .annotations
-        .get(IMAGE_DIGEST_ANNOTATION)
-        .and_then(|d| parse_digest(d))
-        .ok_or("its image digest annotation is not a sha256 digest")?;
-    let (registry, name, tag) = split_reference(image.split('@').next().unwrap_or_default(), default_registry);
-    replica_spec::build(pod, &spec, &format!("{registry}/{name}:{tag}"), digest, refs, table)
-}
-
-fn failed(pod: &ApiObject, reason: &str, message: &str, writes: &mut Vec<Op>) {
-    let mut status: PodStatus = pod.status();
-    if status.reason == reason && status.message == message {
-        return;
-    }
-    tracing::warn!(pod = %pod.metadata.name, reason, message, "replica left out of its node's document");
-    status.reason = reason.to_owned();
-    status.message = message.to_owned();
-    // Written against the replica as read: a report that lands first wins,
-    // and the next pass says it again.
-    let mut updated = pod.clone();
-    updated.set_status(&status);
-    writes.push(Op::UpdateStatus(updated));
 }

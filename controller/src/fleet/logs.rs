@@ -25,10 +25,10 @@ use tokio::sync::mpsc;
 
 use super::Topics;
 use super::credentials::ControllerKey;
-use super::replica_spec::replica_id;
 use crate::api::ApiError;
 use crate::manifest::Kind;
 use crate::object::ObjectKey;
+use crate::replica_spec::replica_id;
 use crate::status::NodeStatus;
 use crate::store::Store;
 

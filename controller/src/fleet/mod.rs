@@ -7,9 +7,9 @@
 //! - [`broker`]: the embedded broker.
 //! - [`channel`]: the one task that owns the rumqttc event loop.
 //! - [`inbox`]: node messages -> Node and Pod status, leases.
-//! - [`desired`]: bound Pods -> one signed document per node.
+//! - [`desired`]: bound Pods -> one signed document per node
+//!   (`crate::replica_spec` projects them; nothing is written back).
 //! - [`enrol_api`]: join tokens and enrolment over HTTP.
-//! - [`replica_spec`]: one Pod -> the replica its node runs.
 //! - [`logs`]: `flotilla logs`, asked of the node over MQTT.
 //! - [`services`]: Services' ready endpoints, per node.
 //! - [`mosquitto`]: password and ACL files for an external Mosquitto.
@@ -22,7 +22,6 @@ pub mod enrol_api;
 pub mod inbox;
 pub mod logs;
 pub mod mosquitto;
-pub mod replica_spec;
 pub mod services;
 
 use std::sync::Arc;

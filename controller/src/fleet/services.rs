@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use firmware_proto::{MAX_ENDPOINTS, MAX_SERVICES, ServicePort, ServiceTable};
 
-use super::replica_spec::replica_id;
 use crate::controllers::{Snapshot, endpoints};
+use crate::replica_spec::replica_id;
 
 pub use crate::controllers::endpoints::{ADDRESS_LABEL, ServiceStatus};
 

@@ -11,6 +11,7 @@ use firmware_proto::{
 use serde_json::Value;
 use std::sync::Arc;
 
+use crate::controllers::image_pinning;
 use crate::manifest::Quantity;
 use crate::manifest::types::{Container, IntOrString, PodSpec, QuantityText};
 use crate::object::ApiObject;
@@ -65,6 +66,102 @@ impl References<'_> {
         let list = if secret { self.secrets } else { self.config_maps };
         list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
     }
+}
+
+/// The image reference (registry spelled out as the caller spells it) and
+/// pinned digest a replica runs.
+pub type ImageOf<'f> = &'f dyn Fn(&ApiObject, &PodSpec) -> Result<(String, [u8; 32]), String>;
+
+/// Why a bound replica is not in its node's document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// `TooManyReplicas` or `InvalidReplica`.
+    pub reason: &'static str,
+    /// What is wrong, for the operator.
+    pub message: String,
+}
+
+/// One node's desired document, projected from the replicas bound to it.
+#[derive(Debug, Default)]
+pub struct Document<'p> {
+    /// The replicas, in replica-id order.
+    pub replicas: Vec<ReplicaSpec>,
+    /// The ConfigMaps and Secrets they mount, in volume index order.
+    pub table: ConfigTable,
+    /// The pod each replica stands for, in the same order.
+    pub pods: Vec<&'p ApiObject>,
+    /// Replicas the document cannot hold, and why.
+    pub left_out: Vec<(&'p ApiObject, LeftOut)>,
+}
+
+/// Whether a replica bound to a node of `arch` belongs in the node's
+/// document: live (not finished, not retired), its image pinned, and able
+/// to run there.
+pub fn listed(pod: &ApiObject, arch: &str) -> bool {
+    !pod.typed_status::<crate::status::PodStatus>().is_finished()
+        && !pod.is_retired()
+        && image_pinning::is_pinned(pod)
+        && image_pinning::can_run_on(pod, arch)
+}
+
+/// Whether a replica takes anything from a ConfigMap or Secret (what a
+/// document may run out of room for).
+pub fn has_references(spec: &PodSpec) -> bool {
+    spec.volumes.iter().any(|v| v.config_map.is_some() || v.secret.is_some())
+        || spec.containers.iter().any(|c| {
+            !c.env_from.is_empty()
+                || c.env.iter().any(|e| {
+                    e.value_from.as_ref().is_some_and(|f| f.config_map_key_ref.is_some() || f.secret_key_ref.is_some())
+                })
+        })
+}
+
+/// Projects one node's replicas into its document: in replica-id order, as
+/// many as a document holds. The publisher sends the result; the
+/// scheduling controller makes the same projection to say, on the replica,
+/// why one is left out, so that the publisher writes nothing back.
+pub fn document<'p>(mut pods: Vec<&'p ApiObject>, refs: &References<'_>, image_of: ImageOf<'_>) -> Document<'p> {
+    pods.sort_by_cached_key(|p| replica_id(p));
+    let mut document = Document::default();
+    for pod in pods {
+        match project(pod, refs, image_of, &mut document.table) {
+            Ok(replica) if document.replicas.len() < firmware_proto::MAX_REPLICAS => {
+                document.replicas.push(replica);
+                document.pods.push(pod);
+            }
+            Ok(_) => document.left_out.push((
+                pod,
+                LeftOut {
+                    reason: "TooManyReplicas",
+                    message: format!(
+                        "its node already runs {} replicas, the most one desired document holds",
+                        firmware_proto::MAX_REPLICAS
+                    ),
+                },
+            )),
+            Err(message) => document.left_out.push((pod, LeftOut { reason: "InvalidReplica", message })),
+        }
+    }
+    document
+}
+
+/// Whether `pod` alone projects onto the wire (a document of its own): what
+/// is checked before a replica is bound.
+pub fn check(pod: &ApiObject, refs: &References<'_>, image_of: ImageOf<'_>) -> Result<(), LeftOut> {
+    project(pod, refs, image_of, &mut ConfigTable::default())
+        .map(drop)
+        .map_err(|message| LeftOut { reason: "InvalidReplica", message })
+}
+
+fn project(
+    pod: &ApiObject,
+    refs: &References<'_>,
+    image_of: ImageOf<'_>,
+    table: &mut ConfigTable,
+) -> Result<ReplicaSpec, String> {
+    let spec = pod.typed_spec::<PodSpec>().ok_or("the pod's spec is unreadable")?;
+    let (image, digest) = image_of(pod, &spec)?;
+    build(pod, &spec, &image, digest, refs, table)
 }
 
 /// The replica id of a pod on its node: its name, prefixed with the
