@@ -24,7 +24,7 @@ use clap::Args;
 use flotilla_controller::controllers::{self, Scope, Snapshot, image_pinning};
 use flotilla_controller::manifest::{Kind, parse_str};
 use flotilla_controller::object::ApiObject;
-use flotilla_controller::status::{Condition, NodeInfo, NodeStatus, PodStatus, set_condition};
+use flotilla_controller::status::{Condition, ConditionType, NodeInfo, NodeStatus, PodStatus, set_condition};
 use flotilla_controller::store::{Op, RedbStore, SecretCipher, Store, commit_in_chunks};
 
 use crate::scale::workloads;
@@ -85,7 +85,7 @@ pub fn run(args: PassesArgs) -> anyhow::Result<()> {
             },
             ..NodeStatus::default()
         };
-        set_condition(&mut status.conditions, Condition::new("Ready", true, "AgentHello", ""));
+        set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, true, "AgentHello", ""));
         node.set_status(&status);
         ops.push(Op::UpdateStatus(node));
     }
@@ -176,7 +176,7 @@ pub fn run(args: PassesArgs) -> anyhow::Result<()> {
         let mut node = store.get(&node_key(&lost)).context("node not stored")?;
         let mut status: NodeStatus = node.status();
         let mut unreachable =
-            Condition::new("Ready", false, "Unreachable", "connection to the broker lost (last will)");
+            Condition::new(ConditionType::Ready, false, "Unreachable", "connection to the broker lost (last will)");
         unreachable.last_transition_time =
             humantime::format_rfc3339_millis(std::time::SystemTime::now() - std::time::Duration::from_secs(5))
                 .to_string();
@@ -250,7 +250,7 @@ fn report_running(snapshot: &Snapshot) -> Vec<Op> {
         status.phase = flotilla_controller::status::PodPhase::Running;
         status.reason.clear();
         status.message.clear();
-        let mut ready = Condition::new("Ready", true, "", "");
+        let mut ready = Condition::new(ConditionType::Ready, true, "", "");
         ready.last_transition_time = "2026-01-01T00:00:00.000Z".into();
         set_condition(&mut status.conditions, ready);
         running.set_status(&status);

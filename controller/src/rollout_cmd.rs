@@ -12,7 +12,7 @@ use crate::controllers::deployment::{COMPLETE, FAILED};
 use crate::manifest::Kind;
 use crate::manifest::types::DeploymentSpec;
 use crate::object::{ApiObject, ObjectKey, now_rfc3339};
-use crate::status::{DeploymentStatus, condition};
+use crate::status::{ConditionType, DeploymentStatus, condition};
 
 /// Template annotation `rollout restart` sets: a new template, so a new
 /// revision of the same containers (also how a failed revision is retried).
@@ -67,7 +67,8 @@ fn status(client: &Client, target: &crate::cli::RolloutTarget, timeout: Option<D
         let line = if status.observed_generation < object.metadata.generation || spec_revision.is_none() {
             "Waiting for the deployment spec update to be observed...".to_owned()
         } else if let Some(failed) = spec_revision.filter(|r| r.state == FAILED) {
-            let why = condition(&status.conditions, "Progressing").map_or(failed.reason.clone(), |c| c.message.clone());
+            let why = condition(&status.conditions, ConditionType::Progressing)
+                .map_or(failed.reason.clone(), |c| c.message.clone());
             bail!("deployment {:?} rollout of revision {} failed: {why}", key.name, failed.revision);
         } else if spec.paused {
             format!("deployment {:?} is paused (flotilla rollout resume to continue)", key.name)

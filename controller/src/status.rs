@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub struct Condition {
     /// E.g. `PodScheduled`, `Ready`, `Complete`.
     #[serde(rename = "type")]
-    pub condition_type: String,
+    pub condition_type: ConditionType,
     /// `True`, `False` or `Unknown`.
     pub status: ConditionStatus,
     /// One CamelCase word.
@@ -29,9 +29,9 @@ pub struct Condition {
 
 impl Condition {
     /// A condition.
-    pub fn new(condition_type: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(condition_type: ConditionType, status: bool, reason: &str, message: impl Into<String>) -> Self {
         Condition {
-            condition_type: condition_type.to_owned(),
+            condition_type,
             status: if status { ConditionStatus::True } else { ConditionStatus::False },
             reason: reason.to_owned(),
             message: message.into(),
@@ -51,6 +51,74 @@ impl Condition {
     }
 }
 
+/// What a condition is about: the types Flotilla writes, and any other
+/// kept as written (a status set by hand through the API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// A Pod, Node or DaemonSet replica is ready.
+    #[default]
+    Ready,
+    /// A Pod is placed (or why it is not).
+    PodScheduled,
+    /// A Deployment's rollout moves (or why it does not).
+    Progressing,
+    /// A Deployment has its minimum of ready replicas.
+    Available,
+    /// A Job ran to completion.
+    Complete,
+    /// A Job gave up.
+    Failed,
+    /// Any other type.
+    Other(String),
+}
+
+impl ConditionType {
+    /// The name, as in JSON.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::PodScheduled => "PodScheduled",
+            ConditionType::Progressing => "Progressing",
+            ConditionType::Available => "Available",
+            ConditionType::Complete => "Complete",
+            ConditionType::Failed => "Failed",
+            ConditionType::Other(other) => other,
+        }
+    }
+
+    /// The type named `name`.
+    pub fn named(name: &str) -> Self {
+        match name {
+            "Ready" => ConditionType::Ready,
+            "PodScheduled" => ConditionType::PodScheduled,
+            "Progressing" => ConditionType::Progressing,
+            "Available" => ConditionType::Available,
+            "Complete" => ConditionType::Complete,
+            "Failed" => ConditionType::Failed,
+            other => ConditionType::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for ConditionType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ConditionType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(ConditionType::named(&name))
+    }
+}
+
 /// A condition's value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConditionStatus {
@@ -65,7 +133,7 @@ pub enum ConditionStatus {
 
 impl std::fmt::Display for ConditionStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             ConditionStatus::True => "True",
             ConditionStatus::False => "False",
             ConditionStatus::Unknown => "Unknown",
@@ -74,7 +142,7 @@ impl std::fmt::Display for ConditionStatus {
 }
 
 /// Finds a condition by type.
-pub fn condition<'a>(conditions: &'a [Condition], condition_type: &str) -> Option<&'a Condition> {
+pub fn condition(conditions: &[Condition], condition_type: ConditionType) -> Option<&Condition> {
     conditions.iter().find(|c| c.condition_type == condition_type)
 }
 
@@ -173,7 +241,7 @@ impl PodPhase {
 
 impl std::fmt::Display for PodPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -185,7 +253,7 @@ impl PodStatus {
 
     /// Whether the Ready condition is true.
     pub fn is_ready(&self) -> bool {
-        condition(&self.conditions, "Ready").is_some_and(Condition::is_true)
+        condition(&self.conditions, ConditionType::Ready).is_some_and(Condition::is_true)
     }
 }
 
@@ -228,7 +296,7 @@ pub struct NodeStatus {
 impl NodeStatus {
     /// Whether the Ready condition is true.
     pub fn is_ready(&self) -> bool {
-        condition(&self.conditions, "Ready").is_some_and(Condition::is_true)
+        condition(&self.conditions, ConditionType::Ready).is_some_and(Condition::is_true)
     }
 }
 
@@ -347,4 +415,20 @@ pub struct ServiceStatus {
     /// Ready endpoints, `address:port`, per Service port (`name` or the port number).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_types_read_and_write_as_kubernetes_spells_them_and_unknown_ones_are_kept() {
+        let json = r#"[{"type":"Ready","status":"True"},{"type":"DiskPressure","status":"False","reason":"Fine"}]"#;
+        let conditions: Vec<Condition> = serde_json::from_str(json).unwrap();
+        assert_eq!(conditions[0].condition_type, ConditionType::Ready);
+        assert_eq!(conditions[1].condition_type, ConditionType::Other("DiskPressure".into()));
+        assert!(condition(&conditions, ConditionType::Other("DiskPressure".into())).is_some());
+        assert_eq!(serde_json::to_string(&conditions).unwrap(), json);
+        assert_eq!(format!("{:<8}|", ConditionType::Failed), "Failed  |");
+    }
 }

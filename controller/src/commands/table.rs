@@ -4,6 +4,7 @@
 //! client only aligns the columns.
 
 use super::*;
+use crate::status::ConditionType;
 
 /// Columns per kind, kubectl style.
 pub struct Table {
@@ -167,7 +168,7 @@ impl Table {
                 } else if s.is_ready() {
                     "Ready".to_owned()
                 } else {
-                    condition(&s.conditions, "Ready").map_or("NotReady".into(), |c| {
+                    condition(&s.conditions, ConditionType::Ready).map_or("NotReady".into(), |c| {
                         if c.reason.is_empty() { "NotReady".into() } else { c.reason.clone() }
                     })
                 };
@@ -206,17 +207,13 @@ impl Table {
                 let spec = spec_json();
                 let s: JobStatus = o.status();
                 let want = spec.get("completions").and_then(|v| v.as_u64()).unwrap_or(1);
-                let state = if s
-                    .conditions
-                    .iter()
-                    .any(|c| c.condition_type == "Failed" && c.status == crate::status::ConditionStatus::True)
-                {
+                let state = if s.conditions.iter().any(|c| {
+                    c.condition_type == ConditionType::Failed && c.status == crate::status::ConditionStatus::True
+                }) {
                     "Failed"
-                } else if s
-                    .conditions
-                    .iter()
-                    .any(|c| c.condition_type == "Complete" && c.status == crate::status::ConditionStatus::True)
-                {
+                } else if s.conditions.iter().any(|c| {
+                    c.condition_type == ConditionType::Complete && c.status == crate::status::ConditionStatus::True
+                }) {
                     "Complete"
                 } else {
                     "Running"

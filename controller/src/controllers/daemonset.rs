@@ -190,7 +190,7 @@ pub fn reconcile(
 mod tests {
     use super::*;
     use crate::manifest::{Kind, parse_str};
-    use crate::status::Condition;
+    use crate::status::{Condition, ConditionType};
 
     fn daemon_set(image: &str) -> ApiObject {
         let yaml = format!(
@@ -209,7 +209,7 @@ mod tests {
             node.metadata.labels.insert("role".into(), "canary".into());
         }
         let mut status = NodeStatus::default();
-        status.conditions.push(Condition::new("Ready", ready, "", ""));
+        status.conditions.push(Condition::new(ConditionType::Ready, ready, "", ""));
         node.set_status(&status);
         node
     }
@@ -238,7 +238,7 @@ mod tests {
             let on = pod.node_name().unwrap_or_default().to_owned();
             let ready = nodes.iter().any(|n| n.metadata.name == on && n.status::<NodeStatus>().is_ready());
             let mut status: PodStatus = pod.status();
-            status.conditions = vec![Condition::new("Ready", ready, "", "")];
+            status.conditions = vec![Condition::new(ConditionType::Ready, ready, "", "")];
             pod.set_status(&status);
         }
         ops

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::manifest::types::{DeploymentSpec, IntOrString, PodTemplate};
 use crate::object::ApiObject;
-use crate::status::{Condition, DeploymentStatus, PodStatus, Revision, condition, set_condition};
+use crate::status::{Condition, ConditionType, DeploymentStatus, PodStatus, Revision, condition, set_condition};
 use crate::store::Op;
 
 use super::workload::{TEMPLATE_HASH_LABEL, Template, ordinal, replica, status_op, template_hash};
@@ -86,7 +86,7 @@ fn resolve(value: Option<&IntOrString>, replicas: u32, round_up: bool) -> u32 {
 
 /// When `pod` became ready, if it is ready.
 fn ready_since(status: &PodStatus) -> Option<SystemTime> {
-    let ready = condition(&status.conditions, "Ready").filter(|c| c.is_true())?;
+    let ready = condition(&status.conditions, ConditionType::Ready).filter(|c| c.is_true())?;
     // A Ready condition without a time (written by an older controller)
     // counts as ready long ago.
     Some(humantime::parse_rfc3339_weak(&ready.last_transition_time).unwrap_or(SystemTime::UNIX_EPOCH))
@@ -175,7 +175,7 @@ pub fn reconcile(
                 ("ProgressDeadlineExceeded", message)
             };
             ops.push(crate::events::warning(deployment, &format!("rollback-{failed_revision}"), why, &message, now));
-            set_condition(&mut status.conditions, Condition::new("Progressing", false, why, message));
+            set_condition(&mut status.conditions, Condition::new(ConditionType::Progressing, false, why, message));
             status.progress_at = format_time(now);
             target = back;
         }
@@ -206,15 +206,24 @@ pub fn reconcile(
             record.state = COMPLETE.into();
         }
         let message = format!("revision {} is available on all {} replicas", target.revision, bounds.replicas);
-        set_condition(&mut status.conditions, Condition::new("Progressing", true, "NewReplicasAvailable", message));
+        set_condition(
+            &mut status.conditions,
+            Condition::new(ConditionType::Progressing, true, "NewReplicasAvailable", message),
+        );
     } else if target.state == PROGRESSING && !spec.paused {
         let message = format!(
             "rolling out revision {}: {new_available} of {} updated replicas available",
             target.revision, bounds.replicas
         );
-        set_condition(&mut status.conditions, Condition::new("Progressing", true, "ReplicasUpdating", message));
+        set_condition(
+            &mut status.conditions,
+            Condition::new(ConditionType::Progressing, true, "ReplicasUpdating", message),
+        );
     } else if spec.paused {
-        set_condition(&mut status.conditions, Condition::new("Progressing", false, "DeploymentPaused", ""));
+        set_condition(
+            &mut status.conditions,
+            Condition::new(ConditionType::Progressing, false, "DeploymentPaused", ""),
+        );
     }
     let min_available = bounds.replicas.saturating_sub(bounds.unavailable);
     let enough = status.available_replicas >= min_available;
@@ -225,7 +234,7 @@ pub fn reconcile(
     set_condition(
         &mut status.conditions,
         Condition::new(
-            "Available",
+            ConditionType::Available,
             enough,
             if enough { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
             message,
@@ -482,10 +491,12 @@ mod tests {
                 }
                 let ready = healthy(&pod.metadata.labels[TEMPLATE_HASH_LABEL]);
                 status.phase = crate::status::PodPhase::Running;
-                let mut condition = Condition::new("Ready", ready, "", "");
-                if crate::status::condition(&status.conditions, "Ready").is_none_or(|c| c.status != condition.status) {
+                let mut condition = Condition::new(ConditionType::Ready, ready, "", "");
+                if crate::status::condition(&status.conditions, ConditionType::Ready)
+                    .is_none_or(|c| c.status != condition.status)
+                {
                     condition.last_transition_time = now.clone();
-                    status.conditions.retain(|c| c.condition_type != "Ready");
+                    status.conditions.retain(|c| c.condition_type != ConditionType::Ready);
                     status.conditions.push(condition);
                 }
                 pod.set_status(&status);
@@ -607,7 +618,7 @@ mod tests {
         let failed = status.history.iter().find(|r| r.hash == bad_hash).unwrap();
         assert_eq!(failed.state, FAILED);
         assert!(failed.reason.contains("no progress for 10 s"), "{}", failed.reason);
-        let progressing = crate::status::condition(&status.conditions, "Progressing").unwrap();
+        let progressing = crate::status::condition(&status.conditions, ConditionType::Progressing).unwrap();
         assert_eq!(progressing.reason, "RolledBack");
         assert!(progressing.message.contains("rolled back to revision 1"), "{}", progressing.message);
         let events: Vec<_> = sim.events.iter().map(crate::events::fields).collect();

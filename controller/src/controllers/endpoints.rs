@@ -130,7 +130,7 @@ mod tests {
     use super::*;
     use crate::manifest::Kind;
     use crate::manifest::parse_str;
-    use crate::status::Condition;
+    use crate::status::{Condition, ConditionType};
 
     fn object(yaml: &str) -> ApiObject {
         ApiObject::from_manifest(&parse_str("t.yaml", yaml).unwrap().objects[0])
@@ -144,7 +144,7 @@ mod tests {
         // Bound by the scheduler, not by manifests.
         pod.set_node_name(Some(node));
         let mut status = PodStatus { phase: crate::status::PodPhase::Running, ..PodStatus::default() };
-        status.conditions.push(Condition::new("Ready", ready, "", ""));
+        status.conditions.push(Condition::new(ConditionType::Ready, ready, "", ""));
         if retired {
             pod.metadata.deletion_timestamp = "2026-01-01T00:00:00Z".into();
         }

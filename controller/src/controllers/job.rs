@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::manifest::types::JobSpec;
 use crate::object::ApiObject;
-use crate::status::{Condition, JobStatus, PodPhase, PodStatus, condition, set_condition};
+use crate::status::{Condition, ConditionType, JobStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
 
 use super::workload::{Template, ordinal, replica, status_op, template_hash};
@@ -41,7 +41,7 @@ pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, budget:
         .and_then(|start| now.duration_since(start).ok())
         .unwrap_or_default();
     let deadline = spec.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
-    let already_failed = condition(&previous.conditions, "Failed").is_some_and(|c| c.is_true());
+    let already_failed = condition(&previous.conditions, ConditionType::Failed).is_some_and(|c| c.is_true());
     let mut status = JobStatus {
         observed_generation: job.metadata.generation,
         active: active.len() as u32,
@@ -51,7 +51,7 @@ pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, budget:
         conditions: previous.conditions,
     };
     if succeeded >= completions {
-        set_condition(&mut status.conditions, Condition::new("Complete", true, "Completed", ""));
+        set_condition(&mut status.conditions, Condition::new(ConditionType::Complete, true, "Completed", ""));
     } else if already_failed {
         // Failed is final: what still runs is stopped, nothing new starts.
         for pod in &active {
@@ -60,14 +60,17 @@ pub fn reconcile(job: &ApiObject, owned: &[&ApiObject], now: SystemTime, budget:
         status.active = 0;
     } else if let Some(deadline) = deadline.filter(|d| running_for > *d) {
         let message = format!("active for more than activeDeadlineSeconds ({} s)", deadline.as_secs());
-        set_condition(&mut status.conditions, Condition::new("Failed", true, "DeadlineExceeded", message));
+        set_condition(&mut status.conditions, Condition::new(ConditionType::Failed, true, "DeadlineExceeded", message));
         for pod in &active {
             ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         }
         status.active = 0;
     } else if failed > backoff_limit {
         let message = format!("{failed} replicas failed; backoffLimit is {backoff_limit}");
-        set_condition(&mut status.conditions, Condition::new("Failed", true, "BackoffLimitExceeded", message));
+        set_condition(
+            &mut status.conditions,
+            Condition::new(ConditionType::Failed, true, "BackoffLimitExceeded", message),
+        );
         for pod in &active {
             ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::manifest::Kind;
 use crate::object::ApiObject;
-use crate::status::{Condition, NodeStatus, PodPhase, PodStatus, condition, set_condition};
+use crate::status::{Condition, ConditionType, NodeStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
 
 use super::{Requeue, Snapshot};
@@ -68,7 +68,7 @@ pub fn lost_nodes<'s>(
     let mut requeue = Requeue::OnChange;
     for node in &snapshot.nodes {
         let status = node.typed_status::<NodeStatus>();
-        let Some(ready) = condition(&status.conditions, "Ready") else { continue };
+        let Some(ready) = condition(&status.conditions, ConditionType::Ready) else { continue };
         if ready.is_true() || !LOST_REASONS.contains(&ready.reason.as_str()) {
             continue;
         }
@@ -111,7 +111,7 @@ pub fn reconcile<'s>(
                     status.phase = PodPhase::Unknown;
                     status.reason = "NodeLost".into();
                     status.message = format!("node {node} lost ({why}); it runs again when the node is back");
-                    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+                    set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, false, "NodeLost", ""));
                     let mut marked = ApiObject::clone(pod);
                     marked.set_status(&status);
                     ops.push(Op::UpdateStatus(marked));
@@ -137,7 +137,7 @@ pub fn moved_status(old: &PodStatus, reason: &str, message: &str) -> PodStatus {
     status.reason = reason.to_owned();
     status.message = message.to_owned();
     status.usage = None;
-    set_condition(&mut status.conditions, Condition::new("Ready", false, "NodeLost", ""));
+    set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, false, "NodeLost", ""));
     status
 }
 
@@ -152,7 +152,7 @@ mod tests {
         let mut node = ApiObject::new(Kind::Node, "", name);
         node.set_field("spec", serde_json::json!({}));
         let mut status = NodeStatus::default();
-        let mut ready = Condition::new("Ready", ready, reason, "");
+        let mut ready = Condition::new(ConditionType::Ready, ready, reason, "");
         ready.last_transition_time = humantime::format_rfc3339_millis(since).to_string();
         status.conditions.push(ready);
         node.set_status(&status);

@@ -22,7 +22,7 @@ use flotilla_scheduler::model as sched;
 use crate::manifest::Quantity;
 use crate::manifest::types::{NodeSpec, PodSpec};
 use crate::object::{ApiObject, ObjectKey};
-use crate::status::{Condition, NodeStatus, PodPhase, PodStatus, condition, set_condition};
+use crate::status::{Condition, ConditionType, NodeStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
 
 use crate::replica_spec::{self, References};
@@ -262,7 +262,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                         let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
                         let message = format!("the image has no linux/{arch} variant for node {node} (has {archs})");
                         blocked.push((pod, "ArchMismatch", message));
-                    } else if condition(&status.conditions, "PodScheduled").is_none() {
+                    } else if condition(&status.conditions, ConditionType::PodScheduled).is_none() {
                         // Never placed, so never checked against the wire.
                         created_bound.push((pod, node));
                     }
@@ -376,7 +376,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         status.phase = PodPhase::Pending;
         status.reason.clear();
         status.message.clear();
-        set_condition(&mut status.conditions, Condition::new("PodScheduled", true, "Scheduled", ""));
+        set_condition(&mut status.conditions, Condition::new(ConditionType::PodScheduled, true, "Scheduled", ""));
         bound.set_status(&status);
         // Binding changes spec (nodeName) and status: two writes on one version.
         ops.push(Op::Apply(bound.clone()));
@@ -482,7 +482,7 @@ fn unbind(pod: &ApiObject, reason: &str, why: &str, message: &str, ops: &mut Vec
     let mut unbound = pod.clone();
     unbound.set_node_name(None);
     let mut status = node_lifecycle::moved_status(&pod.status(), "NodeLost", &format!("{why}; {message}"));
-    set_condition(&mut status.conditions, Condition::new("PodScheduled", false, reason, message));
+    set_condition(&mut status.conditions, Condition::new(ConditionType::PodScheduled, false, reason, message));
     unbound.set_status(&status);
     ops.push(Op::Apply(unbound.clone()));
     unbound.metadata.resource_version.clear();
@@ -491,9 +491,9 @@ fn unbind(pod: &ApiObject, reason: &str, why: &str, message: &str, ops: &mut Vec
 
 fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op>) {
     let status = pod.typed_status::<PodStatus>();
-    let condition_now = Condition::new("PodScheduled", false, reason, message);
+    let condition_now = Condition::new(ConditionType::PodScheduled, false, reason, message);
     if status.phase == crate::status::PodPhase::Pending
-        && condition(&status.conditions, "PodScheduled").is_some_and(|c| c.says(&condition_now))
+        && condition(&status.conditions, ConditionType::PodScheduled).is_some_and(|c| c.says(&condition_now))
     {
         return; // said already: nothing copied
     }

@@ -10,7 +10,7 @@ use crate::manifest::types::PodTemplate;
 use crate::manifest::{Kind, parse_str};
 use crate::object::{ApiObject, ObjectKey};
 use crate::reconcile::reconcile_once;
-use crate::status::{DaemonSetStatus, DeploymentStatus, JobStatus, PodStatus, condition};
+use crate::status::{ConditionType, DaemonSetStatus, DeploymentStatus, JobStatus, PodStatus, condition};
 use crate::store::{RedbStore, SecretCipher, Store};
 
 /// Whether the controllers want a pass on the clock.
@@ -162,11 +162,8 @@ fn pending_replicas_are_packed_onto_ready_nodes_with_reasons_for_the_rest() {
     assert!(pending[0].message.starts_with("0/2 nodes available"), "{}", pending[0].message);
     assert!(pending[0].message.contains("memory"), "{}", pending[0].message);
     let scheduled: Vec<PodStatus> = pods.iter().filter(|p| p.node_name().is_some()).map(|p| p.status()).collect();
-    assert!(
-        scheduled
-            .iter()
-            .all(|s| condition(&s.conditions, "PodScheduled").unwrap().status == crate::status::ConditionStatus::True)
-    );
+    assert!(scheduled.iter().all(|s| condition(&s.conditions, ConditionType::PodScheduled).unwrap().status
+        == crate::status::ConditionStatus::True));
 }
 
 #[test]
@@ -250,7 +247,7 @@ fn a_job_past_its_active_deadline_fails_and_its_replicas_stop() {
     snapshot.now = Some(std::time::SystemTime::now() + Duration::from_secs(31));
     f.store.commit(plan(&snapshot).0).unwrap();
     let status: JobStatus = job().status();
-    let failed = condition(&status.conditions, "Failed").unwrap();
+    let failed = condition(&status.conditions, ConditionType::Failed).unwrap();
     assert_eq!((failed.reason.as_str(), status.active), ("DeadlineExceeded", 0));
     assert!(f.pods().is_empty(), "its replica is stopped");
     // Failed is final: later passes start nothing.
@@ -396,7 +393,7 @@ fn a_lost_nodes_replicas_move_in_one_pass_spread_over_the_other_nodes() {
     // Its Last Will, past the eviction grace.
     let mut node = f.store.get(&ObjectKey::new(Kind::Node, "", &lost)).unwrap();
     let mut status: crate::status::NodeStatus = node.status();
-    let mut unreachable = crate::status::Condition::new("Ready", false, "Unreachable", "last will");
+    let mut unreachable = crate::status::Condition::new(ConditionType::Ready, false, "Unreachable", "last will");
     unreachable.last_transition_time =
         humantime::format_rfc3339_millis(std::time::SystemTime::now() - Duration::from_secs(5)).to_string();
     crate::status::set_condition(&mut status.conditions, unreachable);
@@ -411,7 +408,9 @@ fn a_lost_nodes_replicas_move_in_one_pass_spread_over_the_other_nodes() {
     assert!(!after.contains(&lost));
     let moved: Vec<&ApiObject> = pods
         .iter()
-        .filter(|p| condition(&p.status::<PodStatus>().conditions, "Ready").is_some_and(|c| c.reason == "NodeLost"))
+        .filter(|p| {
+            condition(&p.status::<PodStatus>().conditions, ConditionType::Ready).is_some_and(|c| c.reason == "NodeLost")
+        })
         .collect();
     assert_eq!(moved.len(), leaving);
     let targets: std::collections::BTreeSet<&str> = moved.iter().filter_map(|p| p.node_name()).collect();
@@ -501,7 +500,10 @@ fn a_daemon_set_waits_on_the_clock_only_for_min_ready_seconds() {
             let mut pod = pod.clone();
             let mut status: PodStatus = pod.status();
             status.phase = crate::status::PodPhase::Running;
-            crate::status::set_condition(&mut status.conditions, crate::status::Condition::new("Ready", true, "", ""));
+            crate::status::set_condition(
+                &mut status.conditions,
+                crate::status::Condition::new(ConditionType::Ready, true, "", ""),
+            );
             pod.set_status(&status);
             f.store.commit(vec![Op::UpdateStatus(pod)]).unwrap();
         }

@@ -28,7 +28,9 @@ use super::{FleetConfig, Topics};
 use crate::manifest::Kind;
 use crate::manifest::types::NodeSpec;
 use crate::object::{ApiObject, ObjectKey};
-use crate::status::{Condition, NodeInfo, NodeStatus, PodPhase, PodStatus, Usage, condition, set_condition};
+use crate::status::{
+    Condition, ConditionType, NodeInfo, NodeStatus, PodPhase, PodStatus, Usage, condition, set_condition,
+};
 use crate::store::{Op, Store, StoreError, View};
 
 /// How long after its own broker connection came back the controller waits
@@ -78,7 +80,7 @@ struct ReadyState {
 impl ReadyState {
     fn of(node: &ApiObject) -> Option<ReadyState> {
         let status: NodeStatus = node.status();
-        condition(&status.conditions, "Ready")
+        condition(&status.conditions, ConditionType::Ready)
             .map(|c| ReadyState { ready: c.status == crate::status::ConditionStatus::True, reason: c.reason.clone() })
     }
 
@@ -327,7 +329,7 @@ impl Inbox {
                 status.capacity = capacity.clone();
                 status.allocatable = allocatable.clone();
                 status.node_info = node_info.clone();
-                set_condition(&mut status.conditions, Condition::new("Ready", true, "AgentHello", ""));
+                set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, true, "AgentHello", ""));
                 object.set_status(&status);
             }),
         );
@@ -352,12 +354,12 @@ impl Inbox {
             Box::new(move |object| {
                 let Some(object) = object else { return };
                 let mut status: NodeStatus = object.status();
-                if condition(&status.conditions, "Ready").is_some_and(|c| {
+                if condition(&status.conditions, ConditionType::Ready).is_some_and(|c| {
                     (c.status == crate::status::ConditionStatus::True) == ready && (ready || c.reason == reason)
                 }) {
                     return;
                 }
-                set_condition(&mut status.conditions, Condition::new("Ready", ready, &reason, &message));
+                set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, ready, &reason, &message));
                 object.set_status(&status);
             }),
         );
@@ -647,7 +649,10 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus) -> 
     }
     new.restart_count = replica.restarts;
     let ready = replica.phase == Phase::Running && matches!(replica.readiness, Readiness::Ready | Readiness::NoProbe);
-    set_condition(&mut new.conditions, Condition::new("Ready", ready, if ready { "" } else { "NotReady" }, ""));
+    set_condition(
+        &mut new.conditions,
+        Condition::new(ConditionType::Ready, ready, if ready { "" } else { "NotReady" }, ""),
+    );
     let usage = Usage { cpu_millis: u64::from(replica.cpu_millis), memory_bytes: u64::from(replica.memory_kib) * 1024 };
     if usage_moved(old.usage.as_ref(), &usage) {
         new.usage = Some(usage);

@@ -29,7 +29,7 @@ use crate::api::ApiError;
 use crate::manifest::Kind;
 use crate::object::ObjectKey;
 use crate::replica_spec::replica_id;
-use crate::status::NodeStatus;
+use crate::status::{ConditionType, NodeStatus};
 use crate::store::Store;
 
 /// The response header naming the offset a follow-up request continues at.
@@ -252,6 +252,6 @@ pub(crate) async fn pod_log(
 fn unreachable_reason(store: &dyn Store, node: &str) -> Option<String> {
     let object = store.get(&ObjectKey::new(Kind::Node, "", node))?;
     let status: NodeStatus = object.status();
-    let ready = crate::status::condition(&status.conditions, "Ready")?;
+    let ready = crate::status::condition(&status.conditions, ConditionType::Ready)?;
     (ready.status != crate::status::ConditionStatus::True).then(|| ready.reason.clone())
 }

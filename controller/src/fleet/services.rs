@@ -76,7 +76,7 @@ mod tests {
     use crate::manifest::Kind;
     use crate::manifest::parse_str;
     use crate::object::ApiObject;
-    use crate::status::{Condition, PodStatus};
+    use crate::status::{Condition, ConditionType, PodStatus};
     use firmware_proto::Endpoint;
     use std::sync::Arc;
 
@@ -97,7 +97,7 @@ mod tests {
             ));
             pod.set_node_name(Some(node));
             let mut status = PodStatus { phase: crate::status::PodPhase::Running, ..PodStatus::default() };
-            status.conditions.push(Condition::new("Ready", ready, "", ""));
+            status.conditions.push(Condition::new(ConditionType::Ready, ready, "", ""));
             pod.set_status(&status);
             Arc::new(pod)
         };
