@@ -8,54 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-
 use crate::manifest::Kind;
 use crate::object::ApiObject;
+pub use crate::object::{EventFields, InvolvedObject};
 use crate::store::Op;
 
 /// How long an event is kept after it last happened.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// The fields of an event object (its content, beside `metadata`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventFields {
-    /// The object it is about.
-    #[serde(default)]
-    pub involved_object: InvolvedObject,
-    /// `Normal` or `Warning`.
-    #[serde(default, rename = "type")]
-    pub event_type: String,
-    /// One CamelCase word.
-    #[serde(default)]
-    pub reason: String,
-    /// For people.
-    #[serde(default)]
-    pub message: String,
-    /// Times it happened.
-    #[serde(default)]
-    pub count: u32,
-    /// First time (RFC 3339).
-    #[serde(default)]
-    pub first_timestamp: String,
-    /// Last time (RFC 3339).
-    #[serde(default)]
-    pub last_timestamp: String,
-}
-
-/// What an event is about.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InvolvedObject {
-    /// Its kind.
-    #[serde(default)]
-    pub kind: String,
-    /// Its name.
-    #[serde(default)]
-    pub name: String,
-}
 
 /// A `Warning` event about `object`, named `<object>.<key>` so that the
 /// same happening recorded twice is one event.
@@ -72,17 +31,13 @@ pub fn warning(object: &ApiObject, key: &str, reason: &str, message: &str, now: 
         first_timestamp: at.clone(),
         last_timestamp: at,
     };
-    if let serde_json::Value::Object(map) = json!(fields) {
-        for (field, value) in map {
-            event.set_field(&field, value);
-        }
-    }
+    event.set_content(fields);
     Op::Apply(event)
 }
 
 /// The fields of a stored event.
 pub fn fields(event: &ApiObject) -> EventFields {
-    serde_json::from_value(serde_json::Value::Object(event.fields())).unwrap_or_default()
+    event.content::<EventFields>().map(std::borrow::Cow::into_owned).unwrap_or_default()
 }
 
 /// Deletes events that last happened more than [`TTL`] ago.

@@ -3,12 +3,10 @@
 //! (env from ConfigMaps and Secrets, quantities, probe ports), so the agent
 //! never reads the store.
 
-use base64::Engine;
 use firmware_proto::{
     ConfigObject, ImageRef, Port, Probe, ProbeAction, Protocol, ReplicaSpec, Resources, RestartPolicy, Seccomp,
     TextList, User, VolumeMount, VolumeSource,
 };
-use serde_json::Value;
 use std::sync::Arc;
 
 use crate::controllers::image_pinning;
@@ -40,7 +38,7 @@ impl ConfigTable {
             file_names: TextList::default(),
             contents: firmware_proto::ByteList::default(),
         };
-        for (name, bytes) in data_entries(object) {
+        for (name, bytes) in object.config_entries() {
             config.file_names.push(&name).map_err(|_| format!("{}: too many or too long file names", name))?;
             config
                 .contents
@@ -294,7 +292,7 @@ fn env_of(container: &Container, namespace: &str, refs: &References<'_>) -> Resu
         };
         match refs.find(secret, namespace, &r.name) {
             Some(object) => {
-                for (key, bytes) in data_entries(object) {
+                for (key, bytes) in object.config_entries() {
                     env.push(format!("{}{key}={}", from.prefix, String::from_utf8_lossy(&bytes)));
                 }
             }
@@ -313,7 +311,7 @@ fn env_of(container: &Container, namespace: &str, refs: &References<'_>) -> Resu
                 };
                 let found = refs
                     .find(secret, namespace, &r.name)
-                    .and_then(|o| data_entries(o).into_iter().find(|(k, _)| *k == r.key));
+                    .and_then(|o| o.config_entries().into_iter().find(|(k, _)| *k == r.key));
                 match found {
                     Some((_, bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
                     None if r.optional => continue,
@@ -325,29 +323,6 @@ fn env_of(container: &Container, namespace: &str, refs: &References<'_>) -> Resu
         env.push(format!("{}={value}", var.name));
     }
     Ok(env)
-}
-
-/// `(key, bytes)` of a ConfigMap (`data`, `binaryData`) or Secret (`data`,
-/// base64), sorted by key.
-fn data_entries(object: &ApiObject) -> Vec<(String, Vec<u8>)> {
-    let secret = object.kind == crate::manifest::Kind::Secret;
-    let mut out = Vec::new();
-    for field in ["data", "binaryData", "stringData"] {
-        let Some(Value::Object(map)) = object.other_field(field) else { continue };
-        for (key, value) in map {
-            let Some(text) = value.as_str() else { continue };
-            let base64 = field == "binaryData" || (secret && field == "data");
-            let bytes = if base64 {
-                base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_else(|_| text.as_bytes().to_vec())
-            } else {
-                text.as_bytes().to_vec()
-            };
-            out.push((key.clone(), bytes));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out.dedup_by(|a, b| a.0 == b.0);
-    out
 }
 
 fn resources(container: &Container) -> Resources {

@@ -81,14 +81,14 @@ pub fn describe_text(o: &ApiObject) -> String {
             let _ = writeln!(
                 s,
                 "Type:              {}",
-                o.other_field("type").and_then(|v| v.as_str()).unwrap_or("Opaque")
+                o.content::<crate::object::SecretData>()
+                    .map(|s| s.secret_type.clone())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "Opaque".to_owned())
             );
             let _ = writeln!(s, "Data (values hidden; `get secret {} -o yaml` shows them base64):", m.name);
-            if let Some(Value::Object(data)) = o.other_field("data") {
-                for (key, value) in data {
-                    let len = value.as_str().map_or(0, |b| b.len() / 4 * 3);
-                    let _ = writeln!(s, "  {key}: about {len} bytes");
-                }
+            for (key, value) in o.config_entries() {
+                let _ = writeln!(s, "  {key}: {} bytes", value.len());
             }
             return s;
         }

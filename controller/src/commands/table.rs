@@ -237,7 +237,11 @@ impl Table {
             }
             Kind::ConfigMap => vec![name, o.data_keys().len().to_string(), age],
             Kind::Secret => {
-                let t = o.other_field("type").and_then(|v| v.as_str()).unwrap_or("Opaque").to_owned();
+                let t = o
+                    .content::<crate::object::SecretData>()
+                    .map(|s| s.secret_type.clone())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "Opaque".to_owned());
                 vec![name, t, o.data_keys().len().to_string(), age]
             }
             Kind::Namespace => vec![name, age],

@@ -7,11 +7,11 @@
 //! it was written, so nothing is lost.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::manifest::Kind;
 use crate::manifest::types::{DaemonSetSpec, DeploymentSpec, JobSpec, NodeSpec, PodSpec, ServiceSpec};
@@ -119,6 +119,118 @@ macro_rules! typed_part {
     };
 }
 
+/// A ConfigMap's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapData {
+    /// Text values by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Binary values by key (base64 in JSON).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "base64_values")]
+    pub binary_data: BTreeMap<String, Vec<u8>>,
+}
+
+/// A Secret's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretData {
+    /// `Opaque` unless the manifest says otherwise.
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub secret_type: String,
+    /// Values by key (base64 in JSON).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "base64_values")]
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+/// The fields of an Event (its content, beside `metadata`), Kubernetes'
+/// shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFields {
+    /// The object it is about.
+    #[serde(default)]
+    pub involved_object: InvolvedObject,
+    /// `Normal` or `Warning`.
+    #[serde(default, rename = "type")]
+    pub event_type: String,
+    /// One CamelCase word.
+    #[serde(default)]
+    pub reason: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// Times it happened.
+    #[serde(default)]
+    pub count: u32,
+    /// First time (RFC 3339).
+    #[serde(default)]
+    pub first_timestamp: String,
+    /// Last time (RFC 3339).
+    #[serde(default)]
+    pub last_timestamp: String,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvolvedObject {
+    /// Its kind.
+    #[serde(default)]
+    pub kind: String,
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Byte values written as base64 strings, as Kubernetes writes them.
+mod base64_values {
+    use std::collections::BTreeMap;
+
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &BTreeMap<String, Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(values.iter().map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        let text = BTreeMap::<String, String>::deserialize(deserializer)?;
+        text.into_iter()
+            .map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&v)
+                    .map_err(|e| serde::de::Error::custom(format!("{k}: not base64: {e}")))?;
+                Ok((k, bytes))
+            })
+            .collect()
+    }
+}
+
+typed_part! {
+    /// The fields of a ConfigMap, Secret or Event beside `metadata` (they
+    /// have no `spec`), as one JSON object.
+    Content {
+        ConfigMap(ConfigMapData),
+        Secret(SecretData),
+        Event(EventFields),
+    }
+}
+
+impl Content {
+    /// The content as `T`, borrowed when `T` is what is held.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.as_any().downcast_ref::<T>()
+    }
+
+    /// Its fields by name.
+    pub fn to_map(&self) -> Map<String, Value> {
+        match self.to_value() {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+}
+
 typed_part! {
     /// A stored object's `spec`.
     Spec {
@@ -205,6 +317,36 @@ mod tests {
         assert!(matches!(Spec::from_value(Kind::Node, spec), Spec::Node(_)));
         // A kind without a typed status.
         assert!(matches!(Status::from_value(Kind::ConfigMap, json!({"a": 1})), Status::Json(_)));
+    }
+
+    #[test]
+    fn config_maps_secrets_and_events_are_typed_and_what_their_types_lack_is_kept() {
+        let config = json!({"data": {"mode": "fast"}, "binaryData": {"blob": "AAEC"}});
+        let Content::ConfigMap(typed) = Content::from_value(Kind::ConfigMap, config.clone()) else {
+            panic!("not typed")
+        };
+        assert_eq!((typed.data["mode"].as_str(), typed.binary_data["blob"].as_slice()), ("fast", &[0u8, 1, 2][..]));
+        assert_eq!(Content::ConfigMap(typed).to_value(), config);
+
+        let secret = json!({"type": "Opaque", "data": {"password": "aHVudGVyMg=="}});
+        let Content::Secret(typed) = Content::from_value(Kind::Secret, secret.clone()) else { panic!("not typed") };
+        assert_eq!(typed.data["password"], b"hunter2");
+        assert_eq!(Content::Secret(typed).to_value(), secret);
+
+        let event = json!({"involvedObject": {"kind": "Deployment", "name": "web"}, "type": "Warning",
+                           "reason": "RolledBack", "message": "m", "count": 2,
+                           "firstTimestamp": "2026-12-07T00:00:00Z", "lastTimestamp": "2026-12-07T00:01:00Z"});
+        assert!(matches!(Content::from_value(Kind::Event, event.clone()), Content::Event(e) if e.count == 2));
+
+        // Fields the types do not have (`immutable`, `stringData`), and data
+        // that is not base64, are kept as written.
+        for (kind, kept) in [
+            (Kind::ConfigMap, json!({"data": {"a": "b"}, "immutable": true})),
+            (Kind::Secret, json!({"stringData": {"user": "admin"}})),
+            (Kind::Secret, json!({"data": {"k": "not base64!"}})),
+        ] {
+            assert_eq!(Content::from_value(kind, kept.clone()), Content::Json(kept));
+        }
     }
 
     #[test]

@@ -18,7 +18,9 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
-pub use content::{SharedTemplates, Spec, Status, StoredPodSpec};
+pub use content::{
+    ConfigMapData, Content, EventFields, InvolvedObject, SecretData, SharedTemplates, Spec, Status, StoredPodSpec,
+};
 
 use crate::manifest::{Body, Kind, Object};
 
@@ -135,9 +137,9 @@ pub struct ApiObject {
     spec: Option<Spec>,
     /// `status`, typed by kind.
     status: Option<Status>,
-    /// Every other field beside `metadata` (`data`, `binaryData` and `type`
-    /// of ConfigMaps and Secrets, an Event's fields), as JSON.
-    other: Map<String, Value>,
+    /// Every other field beside `metadata`: a ConfigMap's, Secret's or
+    /// Event's content, typed; another kind's extra fields as JSON.
+    other: Option<Content>,
     /// Values derived from this version, made once. Objects in the store
     /// are never changed in place (a write stores a new one), so they stay
     /// true; a clone starts without them because clones are made to be
@@ -174,11 +176,18 @@ impl<'de> Deserialize<'de> for ApiObject {
             metadata: wire.metadata,
             spec: None,
             status: None,
-            other: Map::new(),
+            other: None,
             derived: Derived::default(),
         };
+        let mut other = Map::new();
         for (field, value) in wire.content {
-            object.set_field(&field, value);
+            match field.as_str() {
+                "spec" | "status" => object.set_field(&field, value),
+                _ => _ = other.insert(field, value),
+            }
+        }
+        if !other.is_empty() {
+            object.other = Some(Content::from_value(object.kind, Value::Object(other)));
         }
         Ok(object)
     }
@@ -191,9 +200,10 @@ impl Serialize for ApiObject {
         enum Part<'a> {
             Spec(&'a Spec),
             Status(&'a Status),
-            Json(&'a Value),
+            Json(Value),
         }
-        let mut rest: Vec<(&str, Part<'_>)> = self.other.iter().map(|(k, v)| (k.as_str(), Part::Json(v))).collect();
+        let other = self.other.as_ref().map(Content::to_map).unwrap_or_default();
+        let mut rest: Vec<(&str, Part<'_>)> = other.iter().map(|(k, v)| (k.as_str(), Part::Json(v.clone()))).collect();
         if let Some(spec) = &self.spec {
             rest.push(("spec", Part::Spec(spec)));
         }
@@ -274,7 +284,7 @@ impl ApiObject {
             metadata: Metadata { name: key.name, namespace: key.namespace, ..Metadata::default() },
             spec: None,
             status: None,
-            other: Map::new(),
+            other: None,
             derived: Derived::default(),
         }
     }
@@ -447,7 +457,7 @@ impl ApiObject {
     /// Takes the content (all but metadata and status) of `other`.
     pub fn take_content_of(&mut self, other: &mut ApiObject) {
         self.spec = other.spec.take();
-        self.other = std::mem::take(&mut other.other);
+        self.other = other.other.take();
         self.derived = Derived::default();
         other.derived = Derived::default();
     }
@@ -458,7 +468,7 @@ impl ApiObject {
         match name {
             "spec" => self.spec.as_ref().map(Spec::to_value),
             "status" => self.status.as_ref().map(Status::to_value),
-            _ => self.other.get(name).cloned(),
+            _ => self.other.as_ref().and_then(|o| o.to_map().remove(name)),
         }
     }
 
@@ -468,20 +478,37 @@ impl ApiObject {
         match name {
             "spec" => self.spec = Some(Spec::from_value(self.kind, value)),
             "status" => self.status = Some(Status::from_value(self.kind, value)),
-            _ => _ = self.other.insert(name.to_owned(), value),
+            _ => {
+                let mut other = self.other.as_ref().map(Content::to_map).unwrap_or_default();
+                other.insert(name.to_owned(), value);
+                self.other = Some(Content::from_value(self.kind, Value::Object(other)));
+            }
         }
         self.derived = Derived::default();
     }
 
-    /// A field beside `metadata`, `spec` and `status` (`data` and `type` of
-    /// ConfigMaps and Secrets), as stored.
-    pub fn other_field(&self, name: &str) -> Option<&Value> {
-        self.other.get(name)
+    /// Sets the content of a ConfigMap, Secret or Event (typed when `T` is
+    /// the kind's content type).
+    pub fn set_content<T: Serialize + Any>(&mut self, content: T) {
+        self.other = Some(Content::from_typed(self.kind, content));
+        self.derived = Derived::default();
+    }
+
+    /// The content as `T` when the kind's content is `T` (a ConfigMap's
+    /// [`ConfigMapData`], a Secret's [`SecretData`], an Event's
+    /// [`EventFields`]): borrowed when held typed, read from JSON when kept
+    /// as written.
+    pub fn content<T: Clone + DeserializeOwned + 'static>(&self) -> Option<Cow<'_, T>> {
+        let other = self.other.as_ref()?;
+        match other.get::<T>() {
+            Some(typed) => Some(Cow::Borrowed(typed)),
+            None => serde_json::from_value(other.to_value()).ok().map(Cow::Owned),
+        }
     }
 
     /// Every field beside `metadata`, as JSON.
     pub fn fields(&self) -> Map<String, Value> {
-        let mut out = self.other.clone();
+        let mut out = self.other.as_ref().map(Content::to_map).unwrap_or_default();
         if let Some(spec) = &self.spec {
             out.insert("spec".to_owned(), spec.to_value());
         }
@@ -496,7 +523,6 @@ impl ApiObject {
         let mut out = ApiObject::new(object.kind, &object.metadata.namespace, &object.metadata.name);
         out.metadata.labels = object.metadata.labels.clone();
         out.metadata.annotations = object.metadata.annotations.clone();
-        let b64 = |bytes: &Vec<u8>| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
         match &object.body {
             Body::Deployment(s) => out.set_spec(s.clone()),
             Body::DaemonSet(s) => out.set_spec(s.clone()),
@@ -506,20 +532,13 @@ impl ApiObject {
             Body::Node(s) => out.set_spec(s.clone()),
             Body::Namespace => {}
             Body::ConfigMap(d) => {
-                if !d.data.is_empty() {
-                    let map = d.data.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-                    out.other.insert("data".into(), Value::Object(map));
-                }
-                if !d.binary_data.is_empty() {
-                    let map = d.binary_data.iter().map(|(k, v)| (k.clone(), b64(v))).collect();
-                    out.other.insert("binaryData".into(), Value::Object(map));
+                if !d.data.is_empty() || !d.binary_data.is_empty() {
+                    out.set_content(ConfigMapData { data: d.data.clone(), binary_data: d.binary_data.clone() });
                 }
             }
             Body::Secret(d) => {
                 let secret_type = if d.secret_type.is_empty() { "Opaque" } else { &d.secret_type };
-                out.other.insert("type".into(), Value::String(secret_type.to_owned()));
-                let map = d.data.iter().map(|(k, v)| (k.clone(), b64(v))).collect();
-                out.other.insert("data".into(), Value::Object(map));
+                out.set_content(SecretData { secret_type: secret_type.to_owned(), data: d.data.clone() });
             }
         }
         out
@@ -527,15 +546,48 @@ impl ApiObject {
 
     /// A ConfigMap's or Secret's keys (for `describe` and reference checks).
     pub fn data_keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        for field in ["data", "binaryData"] {
-            if let Some(Value::Object(map)) = self.other.get(field) {
-                keys.extend(map.keys().cloned());
-            }
-        }
-        keys.sort();
-        keys
+        self.config_entries().into_iter().map(|(key, _)| key).collect()
     }
+
+    /// `(key, bytes)` of a ConfigMap (`data`, `binaryData`) or Secret
+    /// (`data`, and `stringData` of one kept as written), sorted by key.
+    pub fn config_entries(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = match &self.other {
+            Some(Content::ConfigMap(config)) => config
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                .chain(config.binary_data.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .collect(),
+            Some(Content::Secret(secret)) => secret.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Some(Content::Json(Value::Object(map))) => json_config_entries(self.kind == Kind::Secret, map),
+            _ => Vec::new(),
+        };
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+}
+
+/// The entries of a ConfigMap or Secret whose content its type does not
+/// carry (kept as written): text in `data` (base64 for a Secret),
+/// `stringData`, base64 in `binaryData`.
+fn json_config_entries(secret: bool, map: &Map<String, Value>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for field in ["data", "binaryData", "stringData"] {
+        let Some(Value::Object(values)) = map.get(field) else { continue };
+        for (key, value) in values {
+            let Some(text) = value.as_str() else { continue };
+            let base64 = field == "binaryData" || (secret && field == "data");
+            let bytes = if base64 {
+                base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_else(|_| text.as_bytes().to_vec())
+            } else {
+                text.as_bytes().to_vec()
+            };
+            out.push((key.clone(), bytes));
+        }
+    }
+    out
 }
 
 /// The current time as RFC 3339 with milliseconds, the format of condition
@@ -641,5 +693,18 @@ mod tests {
         assert_eq!(age("2026-01-01T11:00:00Z", now), "60m");
         assert_eq!(age("2025-12-30T12:00:00Z", now), "2d");
         assert_eq!(age("garbage", now), "<unknown>");
+    }
+
+    #[test]
+    fn config_entries_read_typed_content_and_content_kept_as_written() {
+        let mut secret = ApiObject::new(Kind::Secret, "default", "db");
+        secret.set_field("data", serde_json::json!({"password": "aHVudGVyMg=="}));
+        secret.set_field("type", serde_json::json!("Opaque"));
+        assert!(secret.content::<SecretData>().is_some_and(|s| matches!(s, Cow::Borrowed(_))));
+        assert_eq!(secret.config_entries(), [("password".to_owned(), b"hunter2".to_vec())]);
+        let mut kept = ApiObject::new(Kind::Secret, "default", "db");
+        kept.set_field("stringData", serde_json::json!({"user": "admin"}));
+        assert_eq!(kept.config_entries(), [("user".to_owned(), b"admin".to_vec())]);
+        assert_eq!(kept.field("stringData").unwrap()["user"], "admin");
     }
 }
