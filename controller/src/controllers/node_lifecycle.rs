@@ -55,6 +55,8 @@ pub struct Evictions<'s> {
     /// Replica (namespace, name) -> why it moves (`node edge-1 lost
     /// (Unreachable)`).
     pub moving: BTreeMap<(&'s str, &'s str), String>,
+    /// The replicas that move, as read.
+    pub pods: Vec<&'s ApiObject>,
 }
 
 /// The nodes lost for longer than the grace, each with its reason; and when
@@ -66,7 +68,7 @@ pub fn lost_nodes<'s>(
 ) -> (BTreeMap<&'s str, String>, Requeue) {
     let mut lost = BTreeMap::new();
     let mut requeue = Requeue::OnChange;
-    for node in &snapshot.nodes {
+    for node in snapshot.nodes_not_ready() {
         let status = node.typed_status::<NodeStatus>();
         let Some(ready) = condition(&status.conditions, ConditionType::Ready) else { continue };
         if ready.is_true() || !LOST_REASONS.contains(&ready.reason.as_str()) {
@@ -119,6 +121,7 @@ pub fn reconcile<'s>(
             } else {
                 let key = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
                 evictions.moving.insert(key, format!("node {node} lost ({why})"));
+                evictions.pods.push(pod);
                 *moving_from.entry(node).or_default() += 1;
             }
         }

@@ -237,14 +237,23 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                 .collect()
         })
     };
-    let mut bound: Vec<(&ApiObject, &str)> = Vec::new();
     let mut pending: Vec<Placing<'_>> = Vec::new();
     let mut moving: Vec<Placing<'_>> = Vec::new();
     let mut unpinned = Vec::new();
     let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
     let mut unbinds: Vec<(&ApiObject, &str, &str, String)> = Vec::new();
     let mut created_bound: Vec<(&ApiObject, &str)> = Vec::new();
-    for pod in snapshot.pods.iter().filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
+    // What may need placing or a word: pending replicas and those in an
+    // unknown phase (the store's index by phase), and those leaving lost
+    // nodes. The rest of the fleet, running, is read only if something is
+    // placed.
+    let candidates = evictions.pods.iter().copied().chain(
+        [PodPhase::Pending, PodPhase::Unknown]
+            .into_iter()
+            .flat_map(|phase| snapshot.pods_in_phase(phase))
+            .filter(|p| !evictions.moving.contains_key(&(p.metadata.namespace.as_str(), p.metadata.name.as_str()))),
+    );
+    for pod in candidates.filter(|p| deleted.is_empty() || !deleted.contains(&p.key())) {
         let status = pod.typed_status::<PodStatus>();
         if status.is_finished() {
             continue;
@@ -267,7 +276,6 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                         created_bound.push((pod, node));
                     }
                 }
-                bound.push((pod, node));
             }
             (_, leaving) => {
                 let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
@@ -350,14 +358,23 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     // view, not copied.
     let nodes: Vec<Arc<sched::Node>> =
         snapshot.nodes.iter().map(|n| n.memo(|n| Arc::new(scheduler_node(n))).into_owned()).collect();
-    let bound = bound
+    // Every replica that holds its node (not ended, not deleted by this pass,
+    // not leaving a lost node).
+    let bound = snapshot
+        .pods
         .iter()
+        .filter_map(|pod| Some((pod, pod.node_name()?)))
+        .filter(|(pod, _)| !pod.typed_status::<PodStatus>().is_finished())
+        .filter(|(pod, _)| deleted.is_empty() || !deleted.contains(&pod.key()))
+        .filter(|(pod, _)| {
+            !evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str()))
+        })
         .map(|(pod, node)| {
             // What the scheduler reads of a bound replica: its id, workload
             // and requests (not its constraints), from the model kept with
             // the stored replica.
             let model = pod.memo(|pod| scheduler_replica(pod, &pod.typed_spec::<PodSpec>().unwrap_or_default()));
-            sched::BoundReplica { replica: model.occupying(), node: (*node).into() }
+            sched::BoundReplica { replica: model.occupying(), node: node.into() }
         })
         .collect();
     let mut view = sched::ClusterView { nodes, bound };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::manifest::Kind;
 use crate::object::ApiObject;
+use crate::status::{ConditionType, NodeStatus, PodPhase, PodStatus, condition};
 use crate::store::{Store, View, WatchEvent};
 
 /// Everything a pass reads.
@@ -142,6 +143,33 @@ impl Snapshot {
         match &self.view {
             Some(view) => view.pods_on(node).map(|p| &**p).collect(),
             None => self.pods.iter().filter(|p| p.node_name() == Some(node)).map(|p| &**p).collect(),
+        }
+    }
+
+    /// The pods in `phase`, which is not Running (see
+    /// [`crate::store::Objects::pods_in_phase`]; a scan for a snapshot made
+    /// by hand).
+    pub fn pods_in_phase(&self, phase: PodPhase) -> Vec<&ApiObject> {
+        match &self.view {
+            Some(view) => view.pods_in_phase(phase).map(|p| &**p).collect(),
+            None => self.pods.iter().filter(|p| p.typed_status::<PodStatus>().phase == phase).map(|p| &**p).collect(),
+        }
+    }
+
+    /// The nodes whose `Ready` condition is not `True` (a scan for a
+    /// snapshot made by hand).
+    pub fn nodes_not_ready(&self) -> Vec<&ApiObject> {
+        match &self.view {
+            Some(view) => view.nodes_not_ready().map(|n| &**n).collect(),
+            None => self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    let status = n.typed_status::<NodeStatus>();
+                    !condition(&status.conditions, ConditionType::Ready).is_some_and(|c| c.is_true())
+                })
+                .map(|n| &**n)
+                .collect(),
         }
     }
 

@@ -19,6 +19,7 @@ pub use redb_store::RedbStore;
 
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey};
+use crate::status::{ConditionType, NodeStatus, PodPhase, PodStatus, condition};
 
 /// One write of a batch.
 #[derive(Debug, Clone)]
@@ -123,7 +124,8 @@ pub struct Listing {
 }
 
 /// Every object, with the indexes kept beside it: pods by their owner's
-/// uid and by the node they are bound to. Persistent maps, so a copy (a
+/// uid, by the node they are bound to and by phase (all but Running), and
+/// the nodes that are not Ready. Persistent maps, so a copy (a
 /// [`View`]) shares everything with the store until a commit changes it,
 /// and a commit changes only the paths to what it wrote.
 #[derive(Debug, Clone, Default)]
@@ -133,6 +135,24 @@ pub struct Objects {
     pods_by_owner: imbl::OrdMap<(String, ObjectKey), Arc<ApiObject>>,
     /// (node name, pod) for bound pods.
     pods_by_node: imbl::OrdMap<(String, ObjectKey), Arc<ApiObject>>,
+    /// (phase, pod) for pods in any phase but Running: what waits to be
+    /// placed or started, or ended. Running pods, the bulk of a settled
+    /// fleet, are left out; nothing asks for them by phase.
+    pods_by_phase: imbl::OrdMap<(String, ObjectKey), Arc<ApiObject>>,
+    /// Nodes whose `Ready` condition is not `True`.
+    nodes_not_ready: imbl::OrdMap<ObjectKey, Arc<ApiObject>>,
+}
+
+/// A pod's phase as its index files it (`None`: Running, not indexed).
+fn indexed_phase(pod: &ApiObject) -> Option<PodPhase> {
+    let phase = pod.typed_status::<PodStatus>().phase;
+    (phase != PodPhase::Running).then_some(phase)
+}
+
+/// Whether a node's `Ready` condition is `True`.
+fn node_is_ready(node: &ApiObject) -> bool {
+    let status = node.typed_status::<NodeStatus>();
+    condition(&status.conditions, ConditionType::Ready).is_some_and(|c| c.is_true())
 }
 
 impl Objects {
@@ -166,8 +186,13 @@ impl Objects {
                 self.pods_by_owner.insert((owner.uid.clone(), key.clone()), object.clone());
             }
             if let Some(node) = object.node_name() {
-                self.pods_by_node.insert((node.to_owned(), key), object);
+                self.pods_by_node.insert((node.to_owned(), key.clone()), object.clone());
             }
+            if let Some(phase) = indexed_phase(&object) {
+                self.pods_by_phase.insert((phase.as_str().to_owned(), key), object);
+            }
+        } else if key.kind == Kind::Node && !node_is_ready(&object) {
+            self.nodes_not_ready.insert(key, object);
         }
     }
 
@@ -179,8 +204,14 @@ impl Objects {
     }
 
     fn unindex(&mut self, key: &ObjectKey, old: &ApiObject) {
+        if key.kind == Kind::Node {
+            self.nodes_not_ready.remove(key);
+        }
         if key.kind != Kind::Pod {
             return;
+        }
+        if let Some(phase) = indexed_phase(old) {
+            self.pods_by_phase.remove(&(phase.as_str().to_owned(), key.clone()));
         }
         if let Some(owner) = old.metadata.owner_references.first() {
             self.pods_by_owner.remove(&(owner.uid.clone(), key.clone()));
@@ -198,6 +229,18 @@ impl Objects {
     /// The pods bound to `node`, in key order.
     pub fn pods_on<'v>(&'v self, node: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
         pods_under(&self.pods_by_node, node)
+    }
+
+    /// The pods in `phase` (not Running: that phase is not indexed), in key
+    /// order.
+    pub fn pods_in_phase<'v>(&'v self, phase: PodPhase) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
+        debug_assert!(phase != PodPhase::Running, "Running pods are not indexed by phase");
+        pods_under(&self.pods_by_phase, phase.as_str())
+    }
+
+    /// The nodes whose `Ready` condition is not `True`, in key order.
+    pub fn nodes_not_ready(&self) -> impl Iterator<Item = &Arc<ApiObject>> {
+        self.nodes_not_ready.values()
     }
 
     /// Objects of a kind, in one namespace or all (`None`), in key order.
@@ -253,6 +296,16 @@ impl View {
     /// The pods bound to `node`.
     pub fn pods_on<'v>(&'v self, node: &str) -> impl Iterator<Item = &'v Arc<ApiObject>> + 'v {
         self.objects.pods_on(node)
+    }
+
+    /// See [`Objects::pods_in_phase`].
+    pub fn pods_in_phase(&self, phase: PodPhase) -> impl Iterator<Item = &Arc<ApiObject>> {
+        self.objects.pods_in_phase(phase)
+    }
+
+    /// See [`Objects::nodes_not_ready`].
+    pub fn nodes_not_ready(&self) -> impl Iterator<Item = &Arc<ApiObject>> {
+        self.objects.nodes_not_ready()
     }
 }
 

@@ -508,6 +508,48 @@ mod tests {
     }
 
     #[test]
+    fn pods_are_indexed_by_phase_but_running_and_nodes_by_readiness() {
+        use crate::status::{Condition, ConditionType, NodeStatus, PodPhase, PodStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut pod = ApiObject::new(Kind::Pod, "default", "web-1");
+        pod.set_field("spec", json!({ "containers": [{ "name": "c", "image": "web:1" }] }));
+        let node = ApiObject::new(Kind::Node, "", "edge-1");
+        store.commit(vec![Op::Apply(pod.clone()), Op::Apply(node.clone())]).unwrap();
+        let names = |view: &View, phase| view.pods_in_phase(phase).map(|p| p.metadata.name.clone()).collect::<Vec<_>>();
+        let not_ready = |view: &View| view.nodes_not_ready().map(|n| n.metadata.name.clone()).collect::<Vec<_>>();
+        // A new pod is Pending; a node that never said Ready is not ready.
+        assert_eq!(names(&store.view(), PodPhase::Pending), ["web-1"]);
+        assert_eq!(not_ready(&store.view()), ["edge-1"]);
+
+        let set_phase = |phase| {
+            let mut pod = store.get(&pod.key()).unwrap();
+            pod.set_status(&PodStatus { phase, ..PodStatus::default() });
+            store.commit(vec![Op::UpdateStatus(pod)]).unwrap();
+        };
+        set_phase(PodPhase::Running);
+        let view = store.view();
+        assert!(names(&view, PodPhase::Pending).is_empty(), "Running is not indexed");
+        set_phase(PodPhase::Failed);
+        assert_eq!(names(&store.view(), PodPhase::Failed), ["web-1"]);
+        assert!(names(&view, PodPhase::Failed).is_empty(), "an older view keeps its own index");
+
+        let set_ready = |ready| {
+            let mut node = store.get(&node.key()).unwrap();
+            let mut status = NodeStatus::default();
+            status.conditions.push(Condition::new(ConditionType::Ready, ready, "", ""));
+            node.set_status(&status);
+            store.commit(vec![Op::UpdateStatus(node)]).unwrap();
+        };
+        set_ready(true);
+        assert!(not_ready(&store.view()).is_empty());
+        set_ready(false);
+        assert_eq!(not_ready(&store.view()), ["edge-1"]);
+        store.commit(vec![Op::Delete(pod.key(), None), Op::Delete(node.key(), None)]).unwrap();
+        assert!(names(&store.view(), PodPhase::Failed).is_empty() && not_ready(&store.view()).is_empty());
+    }
+
+    #[test]
     fn replicas_read_back_share_equal_templates() {
         let dir = tempfile::tempdir().unwrap();
         let pod = |name: &str, image: &str| {
