@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use flotilla_controller::controllers::{self, Scope, Snapshot, image_pinning};
+use flotilla_controller::controllers::{self, NodeMarks, Scope, Snapshot, image_pinning};
 use flotilla_controller::manifest::{Kind, parse_str};
 use flotilla_controller::object::ApiObject;
 use flotilla_controller::status::{Condition, ConditionType, NodeInfo, NodeStatus, PodStatus, set_condition};
@@ -226,8 +226,10 @@ pub fn run(args: PassesArgs) -> anyhow::Result<()> {
 fn scoped(store: &RedbStore, since: u64) -> anyhow::Result<Snapshot> {
     let mut snapshot = Snapshot::read(store);
     snapshot.scope = Scope::nothing();
+    // Marks start empty: every node written since counts as changed.
+    let mut marks = NodeMarks::default();
     for event in store.subscribe(since)?.backlog {
-        snapshot.scope.note(&event);
+        snapshot.scope.note(&event, &mut marks);
     }
     Ok(snapshot)
 }

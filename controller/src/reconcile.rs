@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::controllers::node_lifecycle::EvictionPolicy;
-use crate::controllers::{self, Requeue, Scope};
+use crate::controllers::{self, NodeMarks, Requeue, Scope};
 use crate::manifest::Kind;
 use crate::store::Store;
 
@@ -34,6 +34,7 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
     // What changed since the last pass; the first pass, a lagged watch and
     // the periodic resync look at everything.
     let mut scope = Scope::All;
+    let mut node_marks = NodeMarks::default();
     let mut last_full = std::time::Instant::now();
     loop {
         if last_full.elapsed() >= IDLE_RESYNC {
@@ -87,14 +88,14 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
         // readiness) runs the pass at once; a change lets its burst settle.
         if let Ok(event) = changed {
             match event {
-                Some(event) => scope.note(&event),
+                Some(event) => scope.note(&event, &mut node_marks),
                 None => scope = Scope::All,
             }
             tokio::time::sleep(took.clamp(Duration::from_millis(20), MAX_SETTLE)).await;
         }
         loop {
             match live.try_recv() {
-                Ok(event) => scope.note(&event),
+                Ok(event) => scope.note(&event, &mut node_marks),
                 Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
                 Err(_) => {
                     scope = Scope::All;

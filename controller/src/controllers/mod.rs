@@ -53,7 +53,7 @@ use crate::manifest::Kind;
 use crate::object::ApiObject;
 use crate::store::Op;
 
-pub use snapshot::{Scope, Snapshot};
+pub use snapshot::{NodeMarks, Scope, Snapshot};
 
 /// When a controller wants its next pass if nothing changes before: like
 /// kube-runtime's `Action::requeue`, so "does anything wait on the clock"

@@ -69,10 +69,14 @@ impl Scope {
         Scope::Changed { owners: HashSet::new(), nodes: false }
     }
 
-    /// Takes in one change from the store's watch.
-    pub fn note(&mut self, event: &WatchEvent) {
-        let Scope::Changed { owners, nodes } = self else { return };
+    /// Takes in one change from the store's watch. `marks` remembers, across
+    /// passes, what of each node the DaemonSets read: a node's write that
+    /// changes none of it (its usage, a heartbeat's lease) reconciles no
+    /// DaemonSet.
+    pub fn note(&mut self, event: &WatchEvent, marks: &mut NodeMarks) {
         let object = &event.object;
+        let node_moved = object.kind == Kind::Node && marks.moved(event);
+        let Scope::Changed { owners, nodes } = self else { return };
         match object.kind {
             Kind::Pod => {
                 if let Some(owner) = object.metadata.owner_references.first() {
@@ -82,7 +86,7 @@ impl Scope {
             // A deleted workload is noted the same way: garbage collection
             // then finds its replicas ownerless.
             Kind::Deployment | Kind::DaemonSet | Kind::Job => _ = owners.insert(object.metadata.uid.clone()),
-            Kind::Node => *nodes = true,
+            Kind::Node => *nodes |= node_moved,
             _ => {}
         }
     }
@@ -95,6 +99,34 @@ impl Scope {
                 owners.contains(&workload.metadata.uid) || (*nodes && workload.kind == Kind::DaemonSet)
             }
         }
+    }
+}
+
+/// What the DaemonSets read of each node (labels, taints, architecture,
+/// readiness), as a hash per node, kept by the reconcile loop across passes.
+#[derive(Debug, Default)]
+pub struct NodeMarks(HashMap<String, u64>);
+
+impl NodeMarks {
+    /// Whether `event` (of a Node) changed what DaemonSets read of it; a
+    /// node seen for the first time, or deleted, did.
+    fn moved(&mut self, event: &WatchEvent) -> bool {
+        use std::hash::{Hash, Hasher};
+        let node = &event.object;
+        if event.event_type == crate::store::EventType::Deleted {
+            self.0.remove(&node.metadata.name);
+            return true;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        node.metadata.labels.hash(&mut hasher);
+        serde_json::to_string(&node.typed_spec::<crate::manifest::types::NodeSpec>().unwrap_or_default())
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        let status = node.typed_status::<NodeStatus>();
+        status.node_info.architecture.hash(&mut hasher);
+        status.is_ready().hash(&mut hasher);
+        let mark = hasher.finish();
+        self.0.insert(node.metadata.name.clone(), mark) != Some(mark)
     }
 }
 

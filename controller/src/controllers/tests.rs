@@ -450,15 +450,16 @@ fn a_scoped_pass_reconciles_the_workloads_the_changes_touched() {
     let mut untouched = Snapshot::read(&f.store);
     untouched.scope = Scope::nothing();
     let node = f.store.get(&ObjectKey::new(Kind::Node, "", "edge-1")).unwrap();
-    untouched
-        .scope
-        .note(&crate::store::WatchEvent { event_type: crate::store::EventType::Modified, object: node.into() });
+    untouched.scope.note(
+        &crate::store::WatchEvent { event_type: crate::store::EventType::Modified, object: node.into() },
+        &mut NodeMarks::default(),
+    );
     assert_eq!(creates(&untouched), 0);
     // ...the delete of its replica names it...
     let mut touched = Snapshot::read(&f.store);
     touched.scope = Scope::nothing();
     for event in f.store.subscribe(since).unwrap().backlog {
-        touched.scope.note(&event);
+        touched.scope.note(&event, &mut NodeMarks::default());
     }
     assert!(touched.scope.wants(f.store.view().get(&key).unwrap()));
     assert_eq!(creates(&touched), 1);
@@ -576,4 +577,36 @@ fn a_daemon_set_replica_past_what_a_document_holds_is_named_by_the_controller() 
         .collect();
     // The document holds the first sixteen by replica id; the last says so.
     assert_eq!(left_out, [pods.last().unwrap().metadata.name.as_str()]);
+}
+
+/// A node's write that changes nothing a DaemonSet reads (its usage) does
+/// not make every DaemonSet reconcile every node; its labels or readiness
+/// do.
+#[test]
+fn only_what_daemon_sets_read_of_a_node_scopes_them_in() {
+    use crate::store::{EventType, WatchEvent};
+    let f = Fixture::new();
+    f.node("edge-1", "4", "4Gi", &[("site", "a")]);
+    let node = || f.store.get(&ObjectKey::new(Kind::Node, "", "edge-1")).unwrap();
+    let mut marks = NodeMarks::default();
+    let noted = |object: ApiObject, marks: &mut NodeMarks| {
+        let mut scope = Scope::nothing();
+        scope.note(&WatchEvent { event_type: EventType::Modified, object: object.into() }, marks);
+        scope == Scope::Changed { owners: Default::default(), nodes: true }
+    };
+    assert!(noted(node(), &mut marks), "a node first seen");
+    assert!(!noted(node(), &mut marks), "the same again");
+    let mut used = node();
+    let mut status: crate::status::NodeStatus = used.status();
+    status.usage = Some(crate::status::Usage { cpu_millis: 900, memory_bytes: 1 << 30 });
+    used.set_status(&status);
+    assert!(!noted(used.clone(), &mut marks), "only its usage moved");
+    let mut relabelled = used.clone();
+    relabelled.metadata.labels.insert("site".into(), "b".into());
+    assert!(noted(relabelled.clone(), &mut marks), "a label changed");
+    let mut lost = relabelled;
+    let mut status: crate::status::NodeStatus = lost.status();
+    status.conditions = vec![crate::status::Condition::new(ConditionType::Ready, false, "Unreachable", "")];
+    lost.set_status(&status);
+    assert!(noted(lost, &mut marks), "its readiness changed");
 }
