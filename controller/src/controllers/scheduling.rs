@@ -359,24 +359,27 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     let nodes: Vec<Arc<sched::Node>> =
         snapshot.nodes.iter().map(|n| n.memo(|n| Arc::new(scheduler_node(n))).into_owned()).collect();
     // Every replica that holds its node (not ended, not deleted by this pass,
-    // not leaving a lost node).
-    let bound = snapshot
-        .pods
-        .iter()
-        .filter_map(|pod| Some((pod, pod.node_name()?)))
-        .filter(|(pod, _)| !pod.typed_status::<PodStatus>().is_finished())
-        .filter(|(pod, _)| deleted.is_empty() || !deleted.contains(&pod.key()))
-        .filter(|(pod, _)| {
-            !evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str()))
-        })
-        .map(|(pod, node)| {
+    // not leaving a lost node), read node by node from the store's index:
+    // the node's id is shared, not made again per replica.
+    let leaving_nodes: BTreeSet<&str> = evictions.pods.iter().filter_map(|p| p.node_name()).collect();
+    let mut bound = Vec::with_capacity(snapshot.pods.len());
+    for node in &nodes {
+        let leaving_here = leaving_nodes.contains(node.id.as_str());
+        for pod in snapshot.pods_on(node.id.as_str()) {
+            if pod.typed_status::<PodStatus>().is_finished()
+                || (!deleted.is_empty() && deleted.contains(&pod.key()))
+                || (leaving_here
+                    && evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str())))
+            {
+                continue;
+            }
             // What the scheduler reads of a bound replica: its id, workload
             // and requests (not its constraints), from the model kept with
             // the stored replica.
             let model = pod.memo(|pod| scheduler_replica(pod, &pod.typed_spec::<PodSpec>().unwrap_or_default()));
-            sched::BoundReplica { replica: model.occupying(), node: node.into() }
-        })
-        .collect();
+            bound.push(sched::BoundReplica { replica: model.occupying(), node: node.id.clone() });
+        }
+    }
     let mut view = sched::ClusterView { nodes, bound };
     let replicas: Vec<sched::Replica> = placing.iter().map(|p| p.replica.clone()).collect();
     let plan = flotilla_scheduler::schedule(&view, &replicas, 0);
