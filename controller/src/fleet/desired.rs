@@ -272,25 +272,30 @@ fn build_all(
     dirty: &Dirty,
     all: bool,
 ) -> Frames {
-    let snapshot = Snapshot::read(store);
-    let generation = snapshot.resource_version;
+    // The store's view, not a snapshot of every kind: a pass after a few
+    // replicas moved reads the nodes they moved to and those nodes' replicas.
+    let view = store.view();
+    let generation = view.resource_version;
+    let nodes: Vec<&Arc<ApiObject>> = if dirty.all {
+        view.list(Kind::Node, None).collect()
+    } else {
+        dirty.nodes.iter().filter_map(|name| view.get(&ObjectKey::new(Kind::Node, "", name))).collect()
+    };
     let mut by_node: BTreeMap<String, Vec<&ApiObject>> = BTreeMap::new();
     let mut retired: BTreeMap<String, Vec<(String, ObjectKey)>> = BTreeMap::new();
-    for node in snapshot.nodes.iter().filter(|n| dirty.wants(&n.metadata.name)) {
+    for node in &nodes {
         by_node.entry(node.metadata.name.clone()).or_default();
     }
-    let node_arch: HashMap<&str, String> = snapshot
-        .nodes
+    let node_arch: HashMap<&str, String> = nodes
         .iter()
-        .filter(|n| dirty.wants(&n.metadata.name))
         .map(|n| (n.metadata.name.as_str(), n.typed_status::<NodeStatus>().node_info.architecture.clone()))
         .collect();
     // Only bound pods of the nodes being built are read: from the store's
     // index by node, unless every document is built.
     let pods: Vec<&ApiObject> = if dirty.all {
-        snapshot.pods.iter().map(|p| &**p).collect()
+        view.list(Kind::Pod, None).map(|p| &**p).collect()
     } else {
-        dirty.nodes.iter().flat_map(|node| snapshot.pods_on(node)).collect()
+        dirty.nodes.iter().flat_map(|node| view.pods_on(node)).map(|p| &**p).collect()
     };
     for pod in pods {
         let Some(node) = pod.node_name() else { continue };
@@ -306,7 +311,9 @@ fn build_all(
             by_node.entry(node.to_owned()).or_default().push(pod);
         }
     }
-    let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
+    let config_maps: Vec<Arc<ApiObject>> = view.list(Kind::ConfigMap, None).cloned().collect();
+    let secrets: Vec<Arc<ApiObject>> = view.list(Kind::Secret, None).cloned().collect();
+    let refs = References { config_maps: &config_maps, secrets: &secrets };
     let mut out = Vec::new();
     let mut documents = published.lock();
     let image_of = |pod: &ApiObject, spec: &PodSpec| -> Result<(String, [u8; 32]), String> {
@@ -371,8 +378,11 @@ fn build_all(
     // With no Service and no table published, there is nothing to build:
     // the scan of every pod is skipped.
     let any_tables = !tables.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-    if (dirty.services || dirty.all) && (!snapshot.services.is_empty() || any_tables) {
-        out.extend(service_tables(&snapshot, generation, key, tables, all));
+    if (dirty.services || dirty.all) && (view.list(Kind::Service, None).next().is_some() || any_tables) {
+        // Services read endpoints across the fleet: a snapshot of their own,
+        // numbered by the version it shows.
+        let snapshot = Snapshot::read(store);
+        out.extend(service_tables(&snapshot, snapshot.resource_version, key, tables, all));
     }
     out
 }
