@@ -12,27 +12,42 @@ pub struct Table {
     wide: bool,
     namespaced: bool,
     pub(super) now: SystemTime,
-    /// AGE cells hold `\0` and the time, turned into an age when written
-    /// out: everything else of a row depends on the object's version only,
-    /// so the server keeps rows with the objects.
-    deferred_age: bool,
+}
+
+/// One cell of a row: text, or an AGE, whose text depends on when it is
+/// written out. Everything else of a row depends on the object's version
+/// only, so the server keeps rows with the objects and writes ages per
+/// answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    /// As shown.
+    Text(String),
+    /// The age since this RFC 3339 time.
+    Age(String),
+}
+
+impl From<String> for Cell {
+    fn from(text: String) -> Self {
+        Cell::Text(text)
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(text: &str) -> Self {
+        Cell::Text(text.to_owned())
+    }
+}
+
+/// A row of cells from values that are text or [`Cell`]s.
+macro_rules! cells {
+    ($($cell:expr),* $(,)?) => { vec![$(Cell::from($cell)),*] };
 }
 
 impl Table {
     /// The table of `kind`; `wide` adds kubectl's `-o wide` columns,
     /// `all_namespaces` the NAMESPACE column (for namespaced kinds).
     pub fn new(kind: Kind, wide: bool, all_namespaces: bool) -> Self {
-        Table {
-            kind,
-            wide,
-            namespaced: all_namespaces && kind.is_namespaced(),
-            now: SystemTime::now(),
-            deferred_age: false,
-        }
-    }
-
-    fn age_cell(&self, timestamp: &str) -> String {
-        if self.deferred_age { format!("\0{timestamp}") } else { age(timestamp, self.now) }
+        Table { kind, wide, namespaced: all_namespaces && kind.is_namespaced(), now: SystemTime::now() }
     }
 
     /// The table as the API answers `?as=table` ([`TableList`] as JSON).
@@ -55,16 +70,15 @@ impl Table {
             namespaced: bool,
             pieces: Vec<Piece>,
         }
-        let keeper = Table { deferred_age: true, ..*self };
         let make = |o: &ApiObject| {
             let mut row = RenderedRows::default();
-            for (c, cell) in keeper.row(o).iter().enumerate() {
+            for (c, cell) in self.cells(o).iter().enumerate() {
                 if c > 0 {
                     row.json(b",");
                 }
-                match cell.strip_prefix('\0') {
-                    Some(timestamp) => row.pieces.push(Piece::Age(humantime::parse_rfc3339_weak(timestamp).ok())),
-                    None => row.json(&serde_json::to_vec(cell).unwrap_or_default()),
+                match cell {
+                    Cell::Age(timestamp) => row.pieces.push(Piece::Age(humantime::parse_rfc3339_weak(timestamp).ok())),
+                    Cell::Text(text) => row.json(&serde_json::to_vec(text).unwrap_or_default()),
                 }
             }
             KeptRow { kind: self.kind, wide: self.wide, namespaced: self.namespaced, pieces: row.pieces }
@@ -140,9 +154,20 @@ impl Table {
         h
     }
 
-    /// One object's cells.
+    /// One object's cells as shown now.
     pub fn row(&self, o: &ApiObject) -> Vec<String> {
-        let age = self.age_cell(&o.metadata.creation_timestamp);
+        let cells = self.cells(o).into_iter();
+        cells
+            .map(|cell| match cell {
+                Cell::Text(text) => text,
+                Cell::Age(since) => age(&since, self.now),
+            })
+            .collect()
+    }
+
+    /// One object's cells, ages unwritten.
+    pub fn cells(&self, o: &ApiObject) -> Vec<Cell> {
+        let age = Cell::Age(o.metadata.creation_timestamp.clone());
         let name = o.metadata.name.clone();
         // As JSON only for the kinds read that way (not the fleet's pods).
         let spec_json = || o.field("spec").unwrap_or(Value::Null);
@@ -158,7 +183,7 @@ impl Table {
                     s.phase.to_string()
                 };
                 let node = o.node_name().unwrap_or("<none>").to_owned();
-                vec![name, ready.into(), or_unknown(shown), s.restart_count.to_string(), node, age]
+                cells![name, ready, or_unknown(shown), s.restart_count.to_string(), node, age]
             }
             Kind::Node => {
                 let s = o.typed_status::<NodeStatus>();
@@ -176,13 +201,13 @@ impl Table {
                     state.push_str(",SchedulingDisabled");
                 }
                 let cap = |k: &str| s.capacity.get(k).cloned().unwrap_or_else(|| "-".into());
-                vec![name, state, or_dash(&s.node_info.architecture), cap("cpu"), cap("memory"), cap("pods"), age]
+                cells![name, state, or_dash(&s.node_info.architecture), cap("cpu"), cap("memory"), cap("pods"), age]
             }
             Kind::Deployment => {
                 let spec = spec_json();
                 let s: DeploymentStatus = o.status();
                 let want = spec.get("replicas").and_then(|v| v.as_u64()).unwrap_or(1);
-                vec![
+                cells![
                     name,
                     format!("{}/{want}", s.ready_replicas),
                     s.updated_replicas.to_string(),
@@ -193,7 +218,7 @@ impl Table {
             }
             Kind::DaemonSet => {
                 let s: DaemonSetStatus = o.status();
-                vec![
+                cells![
                     name,
                     s.desired_number_scheduled.to_string(),
                     s.current_number_scheduled.to_string(),
@@ -218,7 +243,7 @@ impl Table {
                 } else {
                     "Running"
                 };
-                vec![name, format!("{}/{want}", s.succeeded), state.into(), age]
+                cells![name, format!("{}/{want}", s.succeeded), state, age]
             }
             Kind::Service => {
                 let spec = spec_json();
@@ -233,22 +258,22 @@ impl Table {
                         .collect::<Vec<_>>()
                         .join(",")
                 });
-                vec![name, service_type, or_dash(&ports), labels_text(spec.get("selector")), age]
+                cells![name, service_type, or_dash(&ports), labels_text(spec.get("selector")), age]
             }
-            Kind::ConfigMap => vec![name, o.data_keys().len().to_string(), age],
+            Kind::ConfigMap => cells![name, o.data_keys().len().to_string(), age],
             Kind::Secret => {
                 let t = o
                     .content::<crate::object::SecretData>()
                     .map(|s| s.secret_type.clone())
                     .filter(|t| !t.is_empty())
                     .unwrap_or_else(|| "Opaque".to_owned());
-                vec![name, t, o.data_keys().len().to_string(), age]
+                cells![name, t, o.data_keys().len().to_string(), age]
             }
-            Kind::Namespace => vec![name, age],
+            Kind::Namespace => cells![name, age],
             Kind::Event => {
                 let f = crate::events::fields(o);
                 let object = format!("{}/{}", f.involved_object.kind.to_lowercase(), f.involved_object.name);
-                vec![self.age_cell(&f.last_timestamp), f.event_type, f.reason, object, f.count.to_string(), f.message]
+                cells![Cell::Age(f.last_timestamp), f.event_type, f.reason, object, f.count.to_string(), f.message]
             }
         };
         if self.wide {
@@ -261,7 +286,7 @@ impl Table {
                     } else {
                         ("-".into(), "-".into())
                     };
-                    row.extend([cpu, mem, or_dash(&s.message)]);
+                    row.extend([cpu, mem, or_dash(&s.message)].map(Cell::Text));
                 }
                 Kind::Node => {
                     let s: NodeStatus = o.status();
@@ -270,7 +295,9 @@ impl Table {
                         None => ("-".into(), "-".into()),
                     };
                     let labels: Vec<String> = o.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    row.extend([cpu, mem, or_dash(&s.node_info.agent_version), or_dash(&labels.join(","))]);
+                    row.extend(
+                        [cpu, mem, or_dash(&s.node_info.agent_version), or_dash(&labels.join(","))].map(Cell::Text),
+                    );
                 }
                 Kind::Deployment | Kind::DaemonSet | Kind::Job => {
                     let spec = spec_json();
@@ -279,18 +306,18 @@ impl Table {
                         .and_then(|v| v.as_array())
                         .map(|cs| cs.iter().filter_map(|c| c.get("image")?.as_str()).collect::<Vec<_>>().join(","))
                         .unwrap_or_default();
-                    row.extend([or_dash(&images), labels_text(spec.pointer("/selector/matchLabels"))]);
+                    row.extend([or_dash(&images), labels_text(spec.pointer("/selector/matchLabels"))].map(Cell::Text));
                 }
                 Kind::Service => {
                     let status: crate::fleet::services::ServiceStatus = o.status();
                     let endpoints: Vec<String> = status.endpoints.values().flatten().cloned().collect();
-                    row.push(if endpoints.is_empty() { "<none>".into() } else { endpoints.join(",") });
+                    row.push(Cell::Text(if endpoints.is_empty() { "<none>".into() } else { endpoints.join(",") }));
                 }
                 _ => {}
             }
         }
         if self.namespaced {
-            row.insert(0, o.metadata.namespace.clone());
+            row.insert(0, Cell::Text(o.metadata.namespace.clone()));
         }
         row
     }
