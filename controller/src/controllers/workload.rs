@@ -14,8 +14,7 @@ use crate::object::{ApiObject, OwnerReference, StoredPodSpec};
 use crate::status::PodStatus;
 use crate::store::Op;
 
-/// Label carrying the template hash on derived replicas.
-pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+pub use crate::object::TEMPLATE_HASH_LABEL;
 
 /// A short, stable hash of a pod template (FNV-1a, 16 bits as 4 hex digits).
 pub fn template_hash(template: &PodTemplate) -> String {

@@ -266,18 +266,26 @@ impl Spec {
     }
 }
 
-/// Pod templates seen so far, by their JSON: replicas read back from the
-/// store each hold their own copy until [`Spec::share_template`] makes
-/// equal ones one.
+/// Pod templates seen so far, by the workload and template hash their
+/// replicas carry: replicas read back from the store each hold their own
+/// copy until [`Spec::share_template`] makes equal ones one.
 #[derive(Debug, Default)]
-pub struct SharedTemplates(HashMap<Vec<u8>, Arc<PodSpec>>);
+pub struct SharedTemplates(HashMap<(String, String), Arc<PodSpec>>);
 
 impl Spec {
-    /// Makes a Pod's template the one already seen with the same content.
-    pub fn share_template(&mut self, seen: &mut SharedTemplates) {
+    /// Makes a Pod's template the one already seen under `key` (its owner's
+    /// uid and its `pod-template-hash` label), when the two are equal: the
+    /// key only says where to look, equality decides.
+    pub fn share_template(&mut self, key: (String, String), seen: &mut SharedTemplates) {
         let Spec::Pod(pod) = self else { return };
-        let Ok(json) = serde_json::to_vec(&*pod.template) else { return };
-        pod.template = seen.0.entry(json).or_insert_with(|| pod.template.clone()).clone();
+        match seen.0.entry(key) {
+            std::collections::hash_map::Entry::Occupied(kept) => {
+                if **kept.get() == *pod.template {
+                    pod.template = kept.get().clone();
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => _ = slot.insert(pod.template.clone()),
+        }
     }
 }
 

@@ -124,6 +124,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Label carrying the template hash on the replicas a workload derives
+/// from one template.
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
 /// A stored object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiObject {
@@ -326,12 +330,16 @@ impl ApiObject {
         self.derived = Derived::default();
     }
 
-    /// Shares a Pod's template with an equal one already seen (the store
-    /// does this for replicas it reads back, which would otherwise each
-    /// hold a copy).
+    /// Shares a Pod's template with an equal one already seen from the same
+    /// workload and template (the store does this for replicas it reads
+    /// back, which would otherwise each hold a copy). Pods without an owner
+    /// or template hash are compared with the first such pod seen.
     pub fn share_template(&mut self, seen: &mut SharedTemplates) {
+        let owner = self.metadata.owner_references.first().map(|o| o.uid.clone()).unwrap_or_default();
+        let hash = self.metadata.labels.get(TEMPLATE_HASH_LABEL).cloned().unwrap_or_default();
+        let key = (owner, hash);
         if let Some(spec) = &mut self.spec {
-            spec.share_template(seen);
+            spec.share_template(key, seen);
         }
     }
 

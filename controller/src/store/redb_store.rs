@@ -575,6 +575,40 @@ mod tests {
     }
 
     #[test]
+    fn replicas_share_by_workload_and_template_hash_only_when_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = |name: &str, image: &str, hash: &str| {
+            let mut pod = ApiObject::new(Kind::Pod, "default", name);
+            pod.set_field("spec", json!({ "containers": [{ "name": "c", "image": image }] }));
+            pod.metadata.labels.insert(crate::object::TEMPLATE_HASH_LABEL.into(), hash.into());
+            pod.metadata.owner_references.push(crate::object::OwnerReference {
+                kind: Kind::Deployment,
+                name: "web".into(),
+                uid: "uid-web".into(),
+            });
+            pod
+        };
+        {
+            let store = open(dir.path());
+            let pods =
+                [pod("a", "web:1", "h1"), pod("b", "web:1", "h1"), pod("c", "web:2", "h1"), pod("d", "web:1", "h2")];
+            store.commit(pods.into_iter().map(Op::Apply).collect()).unwrap();
+        }
+        let store = open(dir.path());
+        let view = store.view();
+        let template = |name: &str| {
+            let key = ObjectKey::new(Kind::Pod, "default", name);
+            view.get(&key).unwrap().spec_ref::<crate::object::StoredPodSpec>().unwrap().template.clone()
+        };
+        assert!(Arc::ptr_eq(&template("a"), &template("b")));
+        // Same key, other content (a hash collision): kept apart.
+        assert!(!Arc::ptr_eq(&template("a"), &template("c")));
+        assert_eq!(template("c").containers[0].image, "web:2");
+        // Equal content under another template hash is not looked for.
+        assert!(!Arc::ptr_eq(&template("a"), &template("d")));
+    }
+
+    #[test]
     fn an_apply_keeps_the_servers_image_pin_unless_the_content_changes() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
