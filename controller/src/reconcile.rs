@@ -23,7 +23,11 @@ pub use crate::controllers::Snapshot;
 
 /// Runs passes until the task is aborted. `eviction` tells each pass what
 /// the transport knows about evicting lost nodes' replicas.
-pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + Send + Sync + 'static) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    eviction: impl Fn() -> EvictionPolicy + Send + Sync + 'static,
+    default_registry: String,
+) {
     let mut live = match store.subscribe(0) {
         Ok(subscription) => subscription.live,
         Err(e) => {
@@ -46,9 +50,12 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
         let pass_scope = std::mem::replace(&mut scope, Scope::nothing());
         let pass_store = store.clone();
         let policy = eviction();
+        let registry = default_registry.clone();
         let mut resync = IDLE_RESYNC;
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref(), policy, pass_scope)).await {
+        match tokio::task::spawn_blocking(move || reconcile_pass(pass_store.as_ref(), policy, pass_scope, registry))
+            .await
+        {
             Ok(Ok(pass)) => {
                 if pass.writes > 0 {
                     tracing::debug!(writes = pass.writes, "reconcile pass");
@@ -89,7 +96,11 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
         if let Ok(event) = changed {
             match event {
                 Some(event) => scope.note(&event, &mut node_marks),
-                None => scope = Scope::All,
+                None => {
+                    // Changes were missed: the marks may be stale too.
+                    scope = Scope::All;
+                    node_marks = NodeMarks::default();
+                }
             }
             tokio::time::sleep(took.clamp(Duration::from_millis(20), MAX_SETTLE)).await;
         }
@@ -99,6 +110,7 @@ pub async fn run(store: Arc<dyn Store>, eviction: impl Fn() -> EvictionPolicy + 
                 Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
                 Err(_) => {
                     scope = Scope::All;
+                    node_marks = NodeMarks::default();
                     break;
                 }
             }
@@ -117,7 +129,7 @@ const IDLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// One pass: read, plan, write. Returns the number of writes.
 pub fn reconcile_once(store: &dyn Store) -> Result<usize, crate::store::StoreError> {
-    reconcile_pass(store, EvictionPolicy::default(), Scope::All).map(|pass| pass.writes)
+    reconcile_pass(store, EvictionPolicy::default(), Scope::All, String::new()).map(|pass| pass.writes)
 }
 
 /// What a pass did.
@@ -127,9 +139,15 @@ struct Pass {
     requeue: Requeue,
 }
 
-fn reconcile_pass(store: &dyn Store, eviction: EvictionPolicy, scope: Scope) -> Result<Pass, crate::store::StoreError> {
+fn reconcile_pass(
+    store: &dyn Store,
+    eviction: EvictionPolicy,
+    scope: Scope,
+    default_registry: String,
+) -> Result<Pass, crate::store::StoreError> {
     let mut snapshot = Snapshot::read(store);
     snapshot.eviction = eviction;
+    snapshot.default_registry = default_registry;
     snapshot.scope = scope;
     let (ops, requeue) = controllers::plan(&snapshot);
     let pass = Pass { writes: ops.len(), requeue };

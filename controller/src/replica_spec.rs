@@ -70,6 +70,16 @@ impl References<'_> {
 /// pinned digest a replica runs.
 pub type ImageOf<'f> = &'f dyn Fn(&ApiObject, &PodSpec) -> Result<(String, [u8; 32]), String>;
 
+/// An image reference as the wire spells it: registry and tag written out
+/// (`default_registry` and `latest` for what the manifest leaves out),
+/// without a digest (the document carries the pinned one).
+pub fn wire_image(image: &str, default_registry: &str) -> String {
+    let parts = firmware_proto::image::split_reference(image.split('@').next().unwrap_or_default());
+    let registry = parts.registry.unwrap_or(default_registry);
+    let tag = parts.tag.unwrap_or(firmware_proto::image::DEFAULT_TAG);
+    format!("{registry}/{}:{tag}", parts.repository)
+}
+
 /// Why a bound replica is not in its node's document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
@@ -387,4 +397,18 @@ fn bounded<const N: usize>(text: &str, what: &str) -> Result<heapless::String<N>
 fn text_list<const B: usize, const I: usize>(items: &[String], what: &str) -> Result<TextList<B, I>, String> {
     TextList::from_strs(items.iter().map(String::as_str))
         .map_err(|_| format!("{what}: at most {I} items and {B} bytes in all"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_spelled_on_the_wire_with_registry_and_tag() {
+        assert_eq!(wire_image("busybox", "reg:7440"), "reg:7440/busybox:latest");
+        assert_eq!(wire_image("library/web:1.2", "reg:7440"), "reg:7440/library/web:1.2");
+        assert_eq!(wire_image("10.0.0.1:5000/a/b:2", "reg:7440"), "10.0.0.1:5000/a/b:2");
+        let digest = format!("web:1@sha256:{}", "ab".repeat(32));
+        assert_eq!(wire_image(&digest, "r"), "r/web:1");
+    }
 }

@@ -154,7 +154,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let fleet = fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
     let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: fleet.log_requests.clone() };
     let eviction = fleet.eviction.clone();
-    let reconciler = tokio::spawn(reconcile::run(store.clone(), move || eviction.policy()));
+    let reconciler =
+        tokio::spawn(reconcile::run(store.clone(), move || eviction.policy(), config.fleet.default_registry.clone()));
     let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(

@@ -103,7 +103,9 @@ fn scheduler_node(node: &ApiObject) -> sched::Node {
         match name.as_str() {
             "cpu" => allocatable.cpu_millis = q.as_millis() as u64,
             "memory" => allocatable.memory_bytes = q.as_units() as u64,
-            "pods" => max_workloads = q.as_units() as u32,
+            // No more than one desired document holds, whatever the node
+            // says it could run.
+            "pods" => max_workloads = (q.as_units() as u32).min(firmware_proto::MAX_REPLICAS as u32),
             other => _ = allocatable.extended.insert(other.to_owned(), q.as_units() as u64),
         }
     }
@@ -224,16 +226,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         })
         .collect();
     // Made only if a replica bound at creation still waits to start.
-    let arch_of: std::cell::OnceCell<HashMap<&str, &str>> = std::cell::OnceCell::new();
+    // (Read as the publisher reads it, a status kept as JSON included.)
+    let arch_of: std::cell::OnceCell<HashMap<&str, String>> = std::cell::OnceCell::new();
     let arch_of = || {
         arch_of.get_or_init(|| {
             snapshot
                 .nodes
                 .iter()
-                .map(|n| {
-                    let arch = n.status_ref::<NodeStatus>().map_or("", |s| s.node_info.architecture.as_str());
-                    (n.metadata.name.as_str(), arch)
-                })
+                .map(|n| (n.metadata.name.as_str(), n.typed_status::<NodeStatus>().node_info.architecture.clone()))
                 .collect()
         })
     };
@@ -266,13 +266,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                 // off that node's document, and says why. (One that runs
                 // was started by its node: nothing to check.)
                 if status.phase == PodPhase::Pending && image_pinning::is_pinned(pod) && !pod.is_retired() {
-                    let arch = arch_of().get(node).copied().unwrap_or("");
+                    let arch = arch_of().get(node).map_or("", String::as_str);
                     if !image_pinning::can_run_on(pod, arch) {
                         let archs = image_pinning::archs_of(pod).unwrap_or_default().join(",");
                         let message = format!("the image has no linux/{arch} variant for node {node} (has {archs})");
                         blocked.push((pod, "ArchMismatch", message));
-                    } else if condition(&status.conditions, ConditionType::PodScheduled).is_none() {
-                        // Never placed, so never checked against the wire.
+                    } else if !condition(&status.conditions, ConditionType::PodScheduled).is_some_and(|c| c.is_true()) {
+                        // Never placed, so never checked against the wire
+                        // (and checked again while it says why it waits).
                         created_bound.push((pod, node));
                     }
                 }
@@ -322,7 +323,12 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         }
     }
     let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
-    blocked.extend(left_out_of_documents(snapshot, &created_bound, &refs, arch_of()));
+    let image_of = |pod: &ApiObject, spec: &PodSpec| wire_image_of(pod, spec, &snapshot.default_registry);
+    let gone = |pod: &ApiObject| {
+        (!deleted.is_empty() && deleted.contains(&pod.key()))
+            || evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str()))
+    };
+    blocked.extend(left_out_of_documents(snapshot, &created_bound, &refs, arch_of(), &image_of, &gone));
     let mut ops = Vec::new();
     for (pod, reason, message) in blocked {
         pending_status(pod, reason, &message, &mut ops);
@@ -343,7 +349,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     // it out of the node's document).
     let mut placing: Vec<Placing<'_>> = Vec::with_capacity(moving.len() + pending.len());
     for candidate in moving.into_iter().chain(pending) {
-        match replica_spec::check(candidate.pod, &refs, &image_as_written) {
+        match replica_spec::check(candidate.pod, &refs, &image_of) {
             Ok(()) => placing.push(candidate),
             Err(why) => match candidate.leaving {
                 Some(leaving) => unbind(candidate.pod, why.reason, leaving, &why.message, &mut ops),
@@ -435,14 +441,12 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     ops
 }
 
-/// The image of a replica as its manifest names it, with its pinned digest.
-/// The publisher spells out the default registry, which only makes the
-/// reference longer: a manifest's image is already held to the wire's
-/// length when it is applied.
-fn image_as_written(pod: &ApiObject, spec: &PodSpec) -> Result<(String, [u8; 32]), String> {
+/// The image of a replica as the wire spells it (as the publisher spells
+/// it), with its pinned digest.
+fn wire_image_of(pod: &ApiObject, spec: &PodSpec, default_registry: &str) -> Result<(String, [u8; 32]), String> {
     let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
     let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
-    Ok((image.split('@').next().unwrap_or_default().to_owned(), digest))
+    Ok((replica_spec::wire_image(image, default_registry), digest))
 }
 
 /// Replicas bound at creation (a DaemonSet's) that their node's document
@@ -452,16 +456,20 @@ fn image_as_written(pod: &ApiObject, spec: &PodSpec) -> Result<(String, [u8; 32]
 /// Secrets that may not fit one document, whichever the document leaves
 /// out. Only nodes with a replica bound at creation still pending are
 /// projected.
+/// Replicas this pass deletes, retires or moves off a lost node (`gone`)
+/// are not in the document.
 fn left_out_of_documents<'s>(
     snapshot: &'s Snapshot,
     created_bound: &[(&'s ApiObject, &'s str)],
     refs: &References<'_>,
-    arch_of: &HashMap<&str, &str>,
+    arch_of: &HashMap<&str, String>,
+    image_of: replica_spec::ImageOf<'_>,
+    gone: &dyn Fn(&ApiObject) -> bool,
 ) -> Vec<(&'s ApiObject, &'static str, String)> {
     let mut out = Vec::new();
     let mut nodes: BTreeSet<&str> = BTreeSet::new();
     for &(pod, node) in created_bound {
-        match replica_spec::check(pod, refs, &image_as_written) {
+        match replica_spec::check(pod, refs, image_of) {
             Ok(()) => {
                 nodes.insert(node);
             }
@@ -469,16 +477,16 @@ fn left_out_of_documents<'s>(
         }
     }
     for node in nodes {
-        let arch = arch_of.get(node).copied().unwrap_or("");
+        let arch = arch_of.get(node).map_or("", String::as_str);
         let listed: Vec<&ApiObject> =
-            snapshot.pods_on(node).into_iter().filter(|p| replica_spec::listed(p, arch)).collect();
+            snapshot.pods_on(node).into_iter().filter(|p| replica_spec::listed(p, arch) && !gone(p)).collect();
         let crowded = listed.len() > firmware_proto::MAX_REPLICAS;
         if !crowded
             && !listed.iter().any(|p| p.typed_spec::<PodSpec>().is_some_and(|s| replica_spec::has_references(&s)))
         {
             continue;
         }
-        for (pod, why) in replica_spec::document(listed, refs, &image_as_written).left_out {
+        for (pod, why) in replica_spec::document(listed, refs, image_of).left_out {
             if !out.iter().any(|(p, _, _)| std::ptr::eq(*p, pod)) {
                 out.push((pod, why.reason, why.message));
             }
@@ -525,4 +533,19 @@ fn pending_status(pod: &ApiObject, reason: &str, message: &str, ops: &mut Vec<Op
     let mut updated = pod.clone();
     updated.set_status(&status);
     ops.push(Op::UpdateStatus(updated));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Kind;
+
+    #[test]
+    fn a_node_offering_more_pods_than_a_document_holds_is_held_to_the_document() {
+        let mut node = ApiObject::new(Kind::Node, "", "big");
+        node.set_field("status", serde_json::json!({"capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"}}));
+        assert_eq!(scheduler_node(&node).max_workloads, firmware_proto::MAX_REPLICAS as u32);
+        node.set_field("status", serde_json::json!({"capacity": {"cpu": "1", "memory": "1Gi", "pods": "4"}}));
+        assert_eq!(scheduler_node(&node).max_workloads, 4);
+    }
 }

@@ -33,6 +33,10 @@ pub struct Snapshot {
     pub now: Option<std::time::SystemTime>,
     /// What the pass is told about evicting lost nodes' replicas.
     pub eviction: super::node_lifecycle::EvictionPolicy,
+    /// The registry images without one are pulled from (the server's
+    /// `--default-registry`): the wire spells it out, and what a replica's
+    /// document can hold is checked as the wire spells it.
+    pub default_registry: String,
     /// The store's resourceVersion it shows.
     pub resource_version: u64,
     /// The store's view it was read from, with its indexes (pods by owner,
@@ -148,6 +152,7 @@ impl Snapshot {
             events: list(Kind::Event),
             now: Some(std::time::SystemTime::now()),
             eviction: Default::default(),
+            default_registry: String::new(),
             resource_version: view.resource_version,
             view: Some(view),
             scope: Scope::All,

@@ -31,7 +31,6 @@ use crate::store::{EventType, Store, WatchEvent};
 
 use crate::controllers::image_pinning;
 pub use crate::controllers::image_pinning::{IMAGE_ARCHS_ANNOTATION, IMAGE_DIGEST_ANNOTATION};
-use crate::pinning::split_reference;
 
 /// What was last published for one node.
 #[derive(Debug, Clone)]
@@ -319,8 +318,7 @@ fn build_all(
     let image_of = |pod: &ApiObject, spec: &PodSpec| -> Result<(String, [u8; 32]), String> {
         let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
         let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
-        let (registry, name, tag) = split_reference(image.split('@').next().unwrap_or_default(), default_registry);
-        Ok((format!("{registry}/{name}:{tag}"), digest))
+        Ok((replica_spec::wire_image(image, default_registry), digest))
     };
     for (node, pods) in by_node {
         let Ok(node_id) = firmware_proto::NodeId::new(&node) else {
