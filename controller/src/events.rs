@@ -43,7 +43,10 @@ pub fn fields(event: &ApiObject) -> EventFields {
 /// Deletes events that last happened more than [`TTL`] ago.
 pub fn collect_garbage(events: &[Arc<ApiObject>], now: SystemTime, ops: &mut Vec<Op>) {
     for event in events {
-        let last = humantime::parse_rfc3339_weak(&fields(event).last_timestamp).unwrap_or(SystemTime::UNIX_EPOCH);
+        let last = event
+            .content::<EventFields>()
+            .and_then(|f| humantime::parse_rfc3339_weak(&f.last_timestamp).ok())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         if now.duration_since(last).is_ok_and(|age| age > TTL) {
             ops.push(Op::Delete(event.key(), None));
         }

@@ -220,14 +220,7 @@ impl Resolver {
     }
 }
 
-/// `(registry, repository, tag)` of a reference without its digest, with
-/// `default_registry` and `latest` for what it does not name. The agent
-/// splits references the same way ([`firmware_proto::image`]).
-pub fn split_reference<'a>(image: &'a str, default_registry: &'a str) -> (&'a str, &'a str, &'a str) {
-    let parts = firmware_proto::image::split_reference(image);
-    let tag = parts.tag.unwrap_or(firmware_proto::image::DEFAULT_TAG);
-    (parts.registry.unwrap_or(default_registry), parts.repository, tag)
-}
+pub use crate::replica_spec::split_reference;
 
 #[cfg(test)]
 mod tests {

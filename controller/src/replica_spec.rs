@@ -66,18 +66,20 @@ impl References<'_> {
     }
 }
 
-/// The image reference (registry spelled out as the caller spells it) and
-/// pinned digest a replica runs.
-pub type ImageOf<'f> = &'f dyn Fn(&ApiObject, &PodSpec) -> Result<(String, [u8; 32]), String>;
+/// `(registry, repository, tag)` of a reference without its digest, with
+/// `default_registry` and `latest` for what it does not name. The agent
+/// splits references the same way ([`firmware_proto::image`]).
+pub fn split_reference<'a>(image: &'a str, default_registry: &'a str) -> (&'a str, &'a str, &'a str) {
+    let parts = firmware_proto::image::split_reference(image);
+    let tag = parts.tag.unwrap_or(firmware_proto::image::DEFAULT_TAG);
+    (parts.registry.unwrap_or(default_registry), parts.repository, tag)
+}
 
-/// An image reference as the wire spells it: registry and tag written out
-/// (`default_registry` and `latest` for what the manifest leaves out),
+/// An image reference as the wire spells it: registry and tag written out,
 /// without a digest (the document carries the pinned one).
 pub fn wire_image(image: &str, default_registry: &str) -> String {
-    let parts = firmware_proto::image::split_reference(image.split('@').next().unwrap_or_default());
-    let registry = parts.registry.unwrap_or(default_registry);
-    let tag = parts.tag.unwrap_or(firmware_proto::image::DEFAULT_TAG);
-    format!("{registry}/{}:{tag}", parts.repository)
+    let (registry, repository, tag) = split_reference(image.split('@').next().unwrap_or_default(), default_registry);
+    format!("{registry}/{repository}:{tag}")
 }
 
 /// Why a bound replica is not in its node's document.
@@ -112,27 +114,89 @@ pub fn listed(pod: &ApiObject, arch: &str) -> bool {
         && image_pinning::can_run_on(pod, arch)
 }
 
-/// Whether a replica takes anything from a ConfigMap or Secret (what a
-/// document may run out of room for).
-pub fn has_references(spec: &PodSpec) -> bool {
-    spec.volumes.iter().any(|v| v.config_map.is_some() || v.secret.is_some())
-        || spec.containers.iter().any(|c| {
-            !c.env_from.is_empty()
-                || c.env.iter().any(|e| {
-                    e.value_from.as_ref().is_some_and(|f| f.config_map_key_ref.is_some() || f.secret_key_ref.is_some())
-                })
-        })
+/// A ConfigMap or Secret a replica takes something from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference<'s> {
+    /// A Secret, else a ConfigMap.
+    pub secret: bool,
+    /// Its name (in the replica's namespace).
+    pub name: &'s str,
+    /// The key an env var takes; `None` for all of it.
+    pub key: Option<&'s str>,
+    /// Whether the replica runs without it.
+    pub optional: bool,
+    /// Where the replica takes it (`env MODE`, `envFrom`, `volume rules`).
+    pub place: Place<'s>,
+}
+
+/// Where a replica takes a [`Reference`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place<'s> {
+    /// An env var's `valueFrom`.
+    Env(&'s str),
+    /// `envFrom`.
+    EnvFrom,
+    /// A volume.
+    Volume(&'s str),
+}
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Env(name) => write!(f, "env {name}"),
+            Place::EnvFrom => f.write_str("envFrom"),
+            Place::Volume(name) => write!(f, "volume {name}"),
+        }
+    }
+}
+
+/// Every ConfigMap and Secret a replica takes something from, in the order
+/// the spec names them.
+pub fn references(spec: &PodSpec) -> Vec<Reference<'_>> {
+    let mut out: Vec<Reference<'_>> = Vec::new();
+    let mut add = |secret, name, key, optional, place| {
+        out.push(Reference { secret, name, key, optional, place });
+    };
+    for container in &spec.containers {
+        for env in &container.env {
+            if let Some(source) = &env.value_from {
+                if let Some(r) = &source.config_map_key_ref {
+                    add(false, r.name.as_str(), Some(r.key.as_str()), r.optional, Place::Env(env.name.as_str()));
+                }
+                if let Some(r) = &source.secret_key_ref {
+                    add(true, r.name.as_str(), Some(r.key.as_str()), r.optional, Place::Env(env.name.as_str()));
+                }
+            }
+        }
+        for from in &container.env_from {
+            if let Some(r) = &from.config_map_ref {
+                add(false, r.name.as_str(), None, r.optional, Place::EnvFrom);
+            }
+            if let Some(r) = &from.secret_ref {
+                add(true, r.name.as_str(), None, r.optional, Place::EnvFrom);
+            }
+        }
+    }
+    for volume in &spec.volumes {
+        if let Some(r) = &volume.config_map {
+            add(false, r.name.as_str(), None, r.optional, Place::Volume(volume.name.as_str()));
+        }
+        if let Some(r) = &volume.secret {
+            add(true, r.secret_name.as_str(), None, r.optional, Place::Volume(volume.name.as_str()));
+        }
+    }
+    out
 }
 
 /// Projects one node's replicas into its document: in replica-id order, as
 /// many as a document holds. The publisher sends the result; the
 /// scheduling controller makes the same projection to say, on the replica,
 /// why one is left out, so that the publisher writes nothing back.
-pub fn document<'p>(mut pods: Vec<&'p ApiObject>, refs: &References<'_>, image_of: ImageOf<'_>) -> Document<'p> {
+pub fn document<'p>(mut pods: Vec<&'p ApiObject>, refs: &References<'_>, default_registry: &str) -> Document<'p> {
     pods.sort_by_cached_key(|p| replica_id(p));
     let mut document = Document::default();
     for pod in pods {
-        match project(pod, refs, image_of, &mut document.table) {
+        match project(pod, refs, default_registry, &mut document.table) {
             Ok(replica) if document.replicas.len() < firmware_proto::MAX_REPLICAS => {
                 document.replicas.push(replica);
                 document.pods.push(pod);
@@ -155,21 +219,24 @@ pub fn document<'p>(mut pods: Vec<&'p ApiObject>, refs: &References<'_>, image_o
 
 /// Whether `pod` alone projects onto the wire (a document of its own): what
 /// is checked before a replica is bound.
-pub fn check(pod: &ApiObject, refs: &References<'_>, image_of: ImageOf<'_>) -> Result<(), LeftOut> {
-    project(pod, refs, image_of, &mut ConfigTable::default())
+pub fn check(pod: &ApiObject, refs: &References<'_>, default_registry: &str) -> Result<(), LeftOut> {
+    project(pod, refs, default_registry, &mut ConfigTable::default())
         .map(drop)
         .map_err(|message| LeftOut { reason: "InvalidReplica", message })
 }
 
+/// `default_registry` spells out images that name none, as the agent pulls
+/// them.
 fn project(
     pod: &ApiObject,
     refs: &References<'_>,
-    image_of: ImageOf<'_>,
+    default_registry: &str,
     table: &mut ConfigTable,
 ) -> Result<ReplicaSpec, String> {
     let spec = pod.typed_spec::<PodSpec>().ok_or("the pod's spec is unreadable")?;
-    let (image, digest) = image_of(pod, &spec)?;
-    build(pod, &spec, &image, digest, refs, table)
+    let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
+    let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
+    build(pod, &spec, &wire_image(image, default_registry), digest, refs, table)
 }
 
 /// The replica id of a pod on its node: its name, prefixed with the

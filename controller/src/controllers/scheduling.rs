@@ -157,52 +157,19 @@ fn scheduler_replica(pod: &ApiObject, spec: &PodSpec) -> sched::Replica {
 
 /// References a pod needs before it can run: `(kind, name, key, where)`.
 fn missing_references(pod: &PodSpec, namespace: &str, snapshot: &Snapshot) -> Vec<String> {
-    let find = |list: &[Arc<ApiObject>], name: &str| {
-        list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).cloned()
-    };
     let mut missing = Vec::new();
-    let mut check = |kind: &str, name: &str, key: Option<&str>, optional: bool, place: String| {
-        if optional {
-            return;
-        }
-        let list = if kind == "configmap" { &snapshot.config_maps } else { &snapshot.secrets };
-        match find(list, name) {
-            None => missing.push(format!("{kind} {name:?} not found ({place})")),
+    for r in replica_spec::references(pod).into_iter().filter(|r| !r.optional) {
+        let (kind, list) = if r.secret { ("secret", &snapshot.secrets) } else { ("configmap", &snapshot.config_maps) };
+        let name = r.name;
+        match list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name) {
+            None => missing.push(format!("{kind} {name:?} not found ({})", r.place)),
             Some(object) => {
-                if let Some(key) = key
+                if let Some(key) = r.key
                     && !object.data_keys().iter().any(|k| k == key)
                 {
-                    missing.push(format!("{kind} {name:?} has no key {key:?} ({place})"));
+                    missing.push(format!("{kind} {name:?} has no key {key:?} ({})", r.place));
                 }
             }
-        }
-    };
-    for container in &pod.containers {
-        for env in &container.env {
-            if let Some(source) = &env.value_from {
-                if let Some(r) = &source.config_map_key_ref {
-                    check("configmap", &r.name, Some(&r.key), r.optional, format!("env {}", env.name));
-                }
-                if let Some(r) = &source.secret_key_ref {
-                    check("secret", &r.name, Some(&r.key), r.optional, format!("env {}", env.name));
-                }
-            }
-        }
-        for from in &container.env_from {
-            if let Some(r) = &from.config_map_ref {
-                check("configmap", &r.name, None, r.optional, "envFrom".to_owned());
-            }
-            if let Some(r) = &from.secret_ref {
-                check("secret", &r.name, None, r.optional, "envFrom".to_owned());
-            }
-        }
-    }
-    for volume in &pod.volumes {
-        if let Some(r) = &volume.config_map {
-            check("configmap", &r.name, None, r.optional, format!("volume {}", volume.name));
-        }
-        if let Some(r) = &volume.secret {
-            check("secret", &r.secret_name, None, r.optional, format!("volume {}", volume.name));
         }
     }
     missing
@@ -323,12 +290,16 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         }
     }
     let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
-    let image_of = |pod: &ApiObject, spec: &PodSpec| wire_image_of(pod, spec, &snapshot.default_registry);
+    let registry = snapshot.default_registry.as_str();
+    // What no longer holds its node after this pass: deleted or retired by
+    // it, or leaving a lost node (looked up only on the nodes left).
+    let leaving_nodes: BTreeSet<&str> = evictions.pods.iter().filter_map(|p| p.node_name()).collect();
     let gone = |pod: &ApiObject| {
         (!deleted.is_empty() && deleted.contains(&pod.key()))
-            || evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str()))
+            || (pod.node_name().is_some_and(|n| leaving_nodes.contains(n))
+                && evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str())))
     };
-    blocked.extend(left_out_of_documents(snapshot, &created_bound, &refs, arch_of(), &image_of, &gone));
+    blocked.extend(left_out_of_documents(snapshot, &created_bound, &refs, arch_of(), registry, &gone));
     let mut ops = Vec::new();
     for (pod, reason, message) in blocked {
         pending_status(pod, reason, &message, &mut ops);
@@ -349,7 +320,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     // it out of the node's document).
     let mut placing: Vec<Placing<'_>> = Vec::with_capacity(moving.len() + pending.len());
     for candidate in moving.into_iter().chain(pending) {
-        match replica_spec::check(candidate.pod, &refs, &image_of) {
+        match replica_spec::check(candidate.pod, &refs, registry) {
             Ok(()) => placing.push(candidate),
             Err(why) => match candidate.leaving {
                 Some(leaving) => unbind(candidate.pod, why.reason, leaving, &why.message, &mut ops),
@@ -364,19 +335,13 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     // view, not copied.
     let nodes: Vec<Arc<sched::Node>> =
         snapshot.nodes.iter().map(|n| n.memo(|n| Arc::new(scheduler_node(n))).into_owned()).collect();
-    // Every replica that holds its node (not ended, not deleted by this pass,
-    // not leaving a lost node), read node by node from the store's index:
-    // the node's id is shared, not made again per replica.
-    let leaving_nodes: BTreeSet<&str> = evictions.pods.iter().filter_map(|p| p.node_name()).collect();
+    // Every replica that holds its node (not ended, not gone), read node by
+    // node from the store's index: the node's id is shared, not made again
+    // per replica.
     let mut bound = Vec::with_capacity(snapshot.pods.len());
     for node in &nodes {
-        let leaving_here = leaving_nodes.contains(node.id.as_str());
         for pod in snapshot.pods_on(node.id.as_str()) {
-            if pod.typed_status::<PodStatus>().is_finished()
-                || (!deleted.is_empty() && deleted.contains(&pod.key()))
-                || (leaving_here
-                    && evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str())))
-            {
+            if pod.typed_status::<PodStatus>().is_finished() || gone(pod) {
                 continue;
             }
             // What the scheduler reads of a bound replica: its id, workload
@@ -441,35 +406,25 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     ops
 }
 
-/// The image of a replica as the wire spells it (as the publisher spells
-/// it), with its pinned digest.
-fn wire_image_of(pod: &ApiObject, spec: &PodSpec, default_registry: &str) -> Result<(String, [u8; 32]), String> {
-    let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
-    let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
-    Ok((replica_spec::wire_image(image, default_registry), digest))
-}
-
 /// Replicas bound at creation (a DaemonSet's) that their node's document
 /// would leave out, with why: one that does not project onto the wire,
 /// and, on a node with more replicas than a document holds (DaemonSets do
 /// not go through the scheduler's slot count) or with ConfigMaps and
 /// Secrets that may not fit one document, whichever the document leaves
 /// out. Only nodes with a replica bound at creation still pending are
-/// projected.
-/// Replicas this pass deletes, retires or moves off a lost node (`gone`)
-/// are not in the document.
+/// projected, without the replicas this pass removes from them (`gone`).
 fn left_out_of_documents<'s>(
     snapshot: &'s Snapshot,
     created_bound: &[(&'s ApiObject, &'s str)],
     refs: &References<'_>,
     arch_of: &HashMap<&str, String>,
-    image_of: replica_spec::ImageOf<'_>,
+    default_registry: &str,
     gone: &dyn Fn(&ApiObject) -> bool,
 ) -> Vec<(&'s ApiObject, &'static str, String)> {
     let mut out = Vec::new();
     let mut nodes: BTreeSet<&str> = BTreeSet::new();
     for &(pod, node) in created_bound {
-        match replica_spec::check(pod, refs, image_of) {
+        match replica_spec::check(pod, refs, default_registry) {
             Ok(()) => {
                 nodes.insert(node);
             }
@@ -482,11 +437,13 @@ fn left_out_of_documents<'s>(
             snapshot.pods_on(node).into_iter().filter(|p| replica_spec::listed(p, arch) && !gone(p)).collect();
         let crowded = listed.len() > firmware_proto::MAX_REPLICAS;
         if !crowded
-            && !listed.iter().any(|p| p.typed_spec::<PodSpec>().is_some_and(|s| replica_spec::has_references(&s)))
+            && !listed
+                .iter()
+                .any(|p| p.typed_spec::<PodSpec>().is_some_and(|s| !replica_spec::references(&s).is_empty()))
         {
             continue;
         }
-        for (pod, why) in replica_spec::document(listed, refs, image_of).left_out {
+        for (pod, why) in replica_spec::document(listed, refs, default_registry).left_out {
             if !out.iter().any(|(p, _, _)| std::ptr::eq(*p, pod)) {
                 out.push((pod, why.reason, why.message));
             }

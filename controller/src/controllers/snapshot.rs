@@ -221,15 +221,4 @@ impl Snapshot {
         }
         owned
     }
-
-    /// The pods bound to each node, from one scan of the pods.
-    pub fn pods_by_node(&self) -> HashMap<&str, Vec<&ApiObject>> {
-        let mut bound: HashMap<&str, Vec<&ApiObject>> = HashMap::new();
-        for pod in &self.pods {
-            if let Some(node) = pod.node_name() {
-                bound.entry(node).or_default().push(pod);
-            }
-        }
-        bound
-    }
 }

@@ -23,13 +23,11 @@ use super::credentials::ControllerKey;
 use super::{FleetConfig, Topics};
 use crate::controllers::Snapshot;
 use crate::manifest::Kind;
-use crate::manifest::types::PodSpec;
 use crate::object::{ApiObject, ObjectKey};
 use crate::replica_spec::{self, References};
 use crate::status::{NodeStatus, PodStatus};
 use crate::store::{EventType, Store, WatchEvent};
 
-use crate::controllers::image_pinning;
 pub use crate::controllers::image_pinning::{IMAGE_ARCHS_ANNOTATION, IMAGE_DIGEST_ANNOTATION};
 
 /// What was last published for one node.
@@ -315,11 +313,6 @@ fn build_all(
     let refs = References { config_maps: &config_maps, secrets: &secrets };
     let mut out = Vec::new();
     let mut documents = published.lock();
-    let image_of = |pod: &ApiObject, spec: &PodSpec| -> Result<(String, [u8; 32]), String> {
-        let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
-        let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
-        Ok((replica_spec::wire_image(image, default_registry), digest))
-    };
     for (node, pods) in by_node {
         let Ok(node_id) = firmware_proto::NodeId::new(&node) else {
             tracing::warn!(node, "node name is not a valid node id; no document");
@@ -327,7 +320,8 @@ fn build_all(
         };
         // What is left out is said on the replica by the scheduling
         // controller, which makes the same projection.
-        let replica_spec::Document { replicas, table, pods, left_out } = replica_spec::document(pods, &refs, &image_of);
+        let replica_spec::Document { replicas, table, pods, left_out } =
+            replica_spec::document(pods, &refs, default_registry);
         for (pod, why) in &left_out {
             tracing::debug!(node, pod = %pod.metadata.name, reason = why.reason, message = why.message, "replica left out of its node's document");
         }

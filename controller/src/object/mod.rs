@@ -204,10 +204,10 @@ impl Serialize for ApiObject {
         enum Part<'a> {
             Spec(&'a Spec),
             Status(&'a Status),
-            Json(Value),
+            Json(&'a Value),
         }
         let other = self.other.as_ref().map(Content::to_map).unwrap_or_default();
-        let mut rest: Vec<(&str, Part<'_>)> = other.iter().map(|(k, v)| (k.as_str(), Part::Json(v.clone()))).collect();
+        let mut rest: Vec<(&str, Part<'_>)> = other.iter().map(|(k, v)| (k.as_str(), Part::Json(v))).collect();
         if let Some(spec) = &self.spec {
             rest.push(("spec", Part::Spec(spec)));
         }
