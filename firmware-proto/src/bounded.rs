@@ -157,10 +157,16 @@ impl<'de, const N: usize> Deserialize<'de> for Name<N> {
 /// one buffer of `BYTES` bytes, plus the end offset of each of at most
 /// `ITEMS` items. A list of 16 short strings thus costs its bytes, not
 /// 16 x the longest string as `Vec<String<N>, 16>` would.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-struct Packed<const BYTES: usize, const ITEMS: usize> {
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Packed<const BYTES: usize, const ITEMS: usize> {
     bytes: heapless::Vec<u8, BYTES>,
     ends: heapless::Vec<u16, ITEMS>,
+}
+
+impl<const BYTES: usize, const ITEMS: usize> Default for Packed<BYTES, ITEMS> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<const BYTES: usize, const ITEMS: usize> Packed<BYTES, ITEMS> {
@@ -256,7 +262,7 @@ impl<const BYTES: usize, const ITEMS: usize> Serialize for TextList<BYTES, ITEMS
 
 impl<'de, const BYTES: usize, const ITEMS: usize> Deserialize<'de> for TextList<BYTES, ITEMS> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_seq(PackedVisitor::<BYTES, ITEMS, TextItems>(PhantomData)).map(TextList)
+        deserializer.deserialize_seq(PackedVisitor::<Packed<BYTES, ITEMS>, TextItems>(PhantomData)).map(TextList)
     }
 }
 
@@ -311,11 +317,11 @@ impl<const BYTES: usize, const ITEMS: usize> Serialize for ByteList<BYTES, ITEMS
 
 impl<'de, const BYTES: usize, const ITEMS: usize> Deserialize<'de> for ByteList<BYTES, ITEMS> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_seq(PackedVisitor::<BYTES, ITEMS, ByteItems>(PhantomData)).map(ByteList)
+        deserializer.deserialize_seq(PackedVisitor::<Packed<BYTES, ITEMS>, ByteItems>(PhantomData)).map(ByteList)
     }
 }
 
-struct SerBytes<'a>(&'a [u8]);
+pub(crate) struct SerBytes<'a>(pub(crate) &'a [u8]);
 
 impl Serialize for SerBytes<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -324,11 +330,11 @@ impl Serialize for SerBytes<'_> {
 }
 
 /// Whether a packed list holds strings or byte strings.
-trait ItemKind {
+pub(crate) trait ItemKind {
     fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(d: D, v: V) -> Result<V::Value, D::Error>;
 }
-struct TextItems;
-struct ByteItems;
+pub(crate) struct TextItems;
+pub(crate) struct ByteItems;
 impl ItemKind for TextItems {
     fn deserialize_item<'de, D: Deserializer<'de>, V: Visitor<'de>>(d: D, v: V) -> Result<V::Value, D::Error> {
         d.deserialize_str(v)
@@ -340,31 +346,47 @@ impl ItemKind for ByteItems {
     }
 }
 
-struct PackedVisitor<const BYTES: usize, const ITEMS: usize, K>(PhantomData<K>);
+/// Where a packed list's items go as they are decoded: the inline
+/// [`Packed`] here, or the heap-backed store of [`crate::heap`].
+pub(crate) trait PackedStore: Default {
+    /// Items and bytes it holds at most, for error messages.
+    const CAPACITY: (usize, usize);
+    /// Appends one item, refusing it past either capacity.
+    fn push_item(&mut self, item: &[u8]) -> Result<(), CapacityError>;
+}
 
-impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> Visitor<'de> for PackedVisitor<BYTES, ITEMS, K> {
-    type Value = Packed<BYTES, ITEMS>;
+impl<const BYTES: usize, const ITEMS: usize> PackedStore for Packed<BYTES, ITEMS> {
+    const CAPACITY: (usize, usize) = (ITEMS, BYTES);
+    fn push_item(&mut self, item: &[u8]) -> Result<(), CapacityError> {
+        self.push(item)
+    }
+}
+
+pub(crate) struct PackedVisitor<P, K>(pub(crate) PhantomData<(P, K)>);
+
+impl<'de, P: PackedStore, K: ItemKind> Visitor<'de> for PackedVisitor<P, K> {
+    type Value = P;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a list of at most {ITEMS} items and {BYTES} bytes")
+        let (items, bytes) = P::CAPACITY;
+        write!(f, "a list of at most {items} items and {bytes} bytes")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut packed = Packed::new();
+        let mut packed = P::default();
         // Each element is appended straight into `packed` by the seed, so the
         // decoder never holds an item anywhere else.
-        while seq.next_element_seed(ItemSeed::<BYTES, ITEMS, K> { packed: &mut packed, kind: PhantomData })?.is_some() {
-        }
+        while seq.next_element_seed(ItemSeed::<P, K> { packed: &mut packed, kind: PhantomData })?.is_some() {}
         Ok(packed)
     }
 }
 
-struct ItemSeed<'p, const BYTES: usize, const ITEMS: usize, K> {
-    packed: &'p mut Packed<BYTES, ITEMS>,
+struct ItemSeed<'p, P, K> {
+    packed: &'p mut P,
     kind: PhantomData<K>,
 }
 
-impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> DeserializeSeed<'de> for ItemSeed<'_, BYTES, ITEMS, K> {
+impl<'de, P: PackedStore, K: ItemKind> DeserializeSeed<'de> for ItemSeed<'_, P, K> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -372,7 +394,7 @@ impl<'de, const BYTES: usize, const ITEMS: usize, K: ItemKind> DeserializeSeed<'
     }
 }
 
-impl<'de, const BYTES: usize, const ITEMS: usize, K> Visitor<'de> for ItemSeed<'_, BYTES, ITEMS, K> {
+impl<'de, P: PackedStore, K> Visitor<'de> for ItemSeed<'_, P, K> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -380,11 +402,11 @@ impl<'de, const BYTES: usize, const ITEMS: usize, K> Visitor<'de> for ItemSeed<'
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.packed.push(v.as_bytes()).map_err(E::custom)
+        self.packed.push_item(v.as_bytes()).map_err(E::custom)
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
-        self.packed.push(v).map_err(E::custom)
+        self.packed.push_item(v).map_err(E::custom)
     }
 }
 

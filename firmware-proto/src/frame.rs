@@ -29,10 +29,16 @@ use crate::msg::{
 };
 
 /// The protocol version this crate speaks and writes in byte 0 of a frame.
-pub const PROTOCOL_VERSION: u8 = 1;
-/// The largest frame any decoder accepts, and any encoder writes, in bytes.
-/// Larger input is refused before a single byte of it is parsed.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The largest frame of every kind but the Linux profile's documents
+/// ([`MessageKind::max_frame_len`]), in bytes. Larger input is refused
+/// before a single byte of it is parsed.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// The largest frame of any kind: a Linux-profile pod document.
+pub const MAX_ANY_FRAME_LEN: usize = 4 * 1024 * 1024;
+/// The largest Linux-profile config object frame: 1 MiB of file contents,
+/// 64 KiB of file names and room for the rest.
+pub const MAX_CONFIG_FRAME_LEN: usize = (1024 + 64 + 8) * 1024;
 /// Length of the per-node MAC that ends a node frame.
 pub const MAC_LEN: usize = 16;
 /// Length of the Ed25519 signature that ends a controller frame.
@@ -61,6 +67,10 @@ pub enum MessageKind {
     Logs = 7,
     /// [`ServiceTable`], controller to node.
     Services = 8,
+    /// [`crate::pod::PodDocument`], controller to a Linux-profile node.
+    Pods = 9,
+    /// [`crate::pod::ConfigBlob`], controller to a Linux-profile node.
+    Config = 10,
 }
 
 impl MessageKind {
@@ -68,7 +78,13 @@ impl MessageKind {
     pub const FROM_NODE: [MessageKind; 5] =
         [MessageKind::Hello, MessageKind::Online, MessageKind::Status, MessageKind::Event, MessageKind::Logs];
     /// Every kind the controller sends.
-    pub const TO_NODE: [MessageKind; 3] = [MessageKind::Desired, MessageKind::LogRequest, MessageKind::Services];
+    pub const TO_NODE: [MessageKind; 5] = [
+        MessageKind::Desired,
+        MessageKind::LogRequest,
+        MessageKind::Services,
+        MessageKind::Pods,
+        MessageKind::Config,
+    ];
 
     /// The kind for a byte, if it names one.
     pub const fn from_byte(byte: u8) -> Option<MessageKind> {
@@ -81,13 +97,31 @@ impl MessageKind {
             6 => MessageKind::LogRequest,
             7 => MessageKind::Logs,
             8 => MessageKind::Services,
+            9 => MessageKind::Pods,
+            10 => MessageKind::Config,
             _ => return None,
         })
     }
 
     /// Whether nodes send this kind (and so it ends with seq + MAC).
     pub const fn is_from_node(self) -> bool {
-        !matches!(self, MessageKind::Desired | MessageKind::LogRequest | MessageKind::Services)
+        !matches!(
+            self,
+            MessageKind::Desired
+                | MessageKind::LogRequest
+                | MessageKind::Services
+                | MessageKind::Pods
+                | MessageKind::Config
+        )
+    }
+
+    /// The largest frame of this kind, in bytes.
+    pub const fn max_frame_len(self) -> usize {
+        match self {
+            MessageKind::Pods => MAX_ANY_FRAME_LEN,
+            MessageKind::Config => MAX_CONFIG_FRAME_LEN,
+            _ => MAX_FRAME_LEN,
+        }
     }
 
     /// The topic leaf this kind travels on (`nodes/{id}/<leaf>`).
@@ -101,6 +135,9 @@ impl MessageKind {
             MessageKind::LogRequest => "logreq",
             MessageKind::Logs => "logs",
             MessageKind::Services => "services",
+            MessageKind::Pods => "pods",
+            // One retained topic per object: `config/{hex digest}`.
+            MessageKind::Config => "config",
         }
     }
 }
@@ -159,6 +196,24 @@ impl Message for DesiredState<'_> {
 
     fn validate(&self) -> Result<(), &'static str> {
         DesiredState::validate(self)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Message for crate::pod::PodDocument {
+    const KIND: MessageKind = MessageKind::Pods;
+
+    fn validate(&self) -> Result<(), &'static str> {
+        crate::pod::PodDocument::validate(self)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Message for crate::pod::ConfigBlob {
+    const KIND: MessageKind = MessageKind::Config;
+
+    fn validate(&self) -> Result<(), &'static str> {
+        crate::pod::ConfigBlob::validate(self)
     }
 }
 
@@ -408,10 +463,11 @@ impl fmt::Display for EncodeError {
 
 impl core::error::Error for EncodeError {}
 
-/// Reads and checks the two header bytes.
+/// Reads and checks the two header bytes, and the frame's length against
+/// its kind's limit.
 pub fn peek_kind(bytes: &[u8]) -> Result<MessageKind, DecodeError> {
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_FRAME_LEN });
+    if bytes.len() > MAX_ANY_FRAME_LEN {
+        return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_ANY_FRAME_LEN });
     }
     let [version, kind, ..] = *bytes else {
         return Err(DecodeError::TooShort { len: bytes.len() });
@@ -419,7 +475,11 @@ pub fn peek_kind(bytes: &[u8]) -> Result<MessageKind, DecodeError> {
     if version != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion { found: version, supported: PROTOCOL_VERSION });
     }
-    MessageKind::from_byte(kind).ok_or(DecodeError::UnknownKind { found: kind })
+    let kind = MessageKind::from_byte(kind).ok_or(DecodeError::UnknownKind { found: kind })?;
+    if bytes.len() > kind.max_frame_len() {
+        return Err(DecodeError::TooLarge { len: bytes.len(), max: kind.max_frame_len() });
+    }
+    Ok(kind)
 }
 
 /// Encodes a message a node sends (its kind is in [`MessageKind::FROM_NODE`])
@@ -433,7 +493,7 @@ pub fn encode_node<'b, M: Message>(
 ) -> Result<&'b mut [u8], EncodeError> {
     const { assert!(M::KIND.is_from_node(), "a controller message goes in a signed frame: use encode_signed") };
     message.validate().map_err(|reason| EncodeError::Invalid { reason })?;
-    let buf = limit(buf);
+    let buf = limit(buf, M::KIND);
     let mut len = write_header(M::KIND, buf)?;
     len += write_body(message, &mut buf[len..])?;
     len += write_body(&seq, &mut buf[len..])?;
@@ -470,7 +530,7 @@ pub fn encode_signed<'b, M: Message>(
 ) -> Result<&'b mut [u8], EncodeError> {
     const { assert!(!M::KIND.is_from_node(), "a node message goes in a MAC'd frame: use encode_node") };
     message.validate().map_err(|reason| EncodeError::Invalid { reason })?;
-    let buf = limit(buf);
+    let buf = limit(buf, M::KIND);
     let mut len = write_header(M::KIND, buf)?;
     len += write_body(message, &mut buf[len..])?;
     let signature = sign(&buf[..len]);
@@ -514,7 +574,11 @@ pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeE
         MessageKind::Status => read_message(body).map(|(m, r)| (NodeMessage::Status(m), r))?,
         MessageKind::Event => read_message(body).map(|(m, r)| (NodeMessage::Event(m), r))?,
         MessageKind::Logs => read_message(body).map(|(m, r)| (NodeMessage::Logs(m), r))?,
-        MessageKind::Desired | MessageKind::LogRequest | MessageKind::Services => {
+        MessageKind::Desired
+        | MessageKind::LogRequest
+        | MessageKind::Services
+        | MessageKind::Pods
+        | MessageKind::Config => {
             return Err(DecodeError::UnexpectedKind { found: kind });
         }
     };
@@ -584,8 +648,8 @@ fn split_authenticator(bytes: &[u8], kind: MessageKind, len: usize) -> Result<(&
     Ok(bytes.split_at(bytes.len() - len))
 }
 
-fn limit(buf: &mut [u8]) -> &mut [u8] {
-    let len = buf.len().min(MAX_FRAME_LEN);
+fn limit(buf: &mut [u8], kind: MessageKind) -> &mut [u8] {
+    let len = buf.len().min(kind.max_frame_len());
     &mut buf[..len]
 }
 
@@ -641,13 +705,23 @@ mod with_alloc {
 
     use super::*;
 
-    /// Runs an encoder on a frame-sized scratch buffer and returns a copy of
-    /// what it wrote, sized to it: a truncated buffer would keep its whole
-    /// capacity, and the controller keeps one frame per node (64 KiB each,
-    /// 655 MB at 10,000 nodes, for documents of a few hundred bytes).
-    fn into_vec(encode: impl FnOnce(&mut [u8]) -> Result<&mut [u8], EncodeError>) -> Result<Vec<u8>, EncodeError> {
-        let mut scratch = alloc::vec![0u8; MAX_FRAME_LEN];
-        Ok(encode(&mut scratch)?.to_vec())
+    /// Header and body in a `Vec` grown to fit (no frame-sized scratch: a
+    /// pod document may be 4 MiB, and the controller keeps one frame per
+    /// node, so each is sized to its bytes).
+    fn header_and_body<M: Message>(message: &M) -> Result<Vec<u8>, EncodeError> {
+        message.validate().map_err(|reason| EncodeError::Invalid { reason })?;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&[PROTOCOL_VERSION, M::KIND as u8]);
+        postcard::to_extend(message, out).map_err(|_| EncodeError::Invalid { reason: "value cannot be serialized" })
+    }
+
+    fn finish(mut out: Vec<u8>, kind: MessageKind, authenticator: &[u8]) -> Result<Vec<u8>, EncodeError> {
+        if out.len() + authenticator.len() > kind.max_frame_len() {
+            return Err(EncodeError::BufferFull);
+        }
+        out.extend_from_slice(authenticator);
+        out.shrink_to_fit();
+        Ok(out)
     }
 
     /// [`encode_node`] into a fresh `Vec`.
@@ -656,7 +730,14 @@ mod with_alloc {
         seq: u64,
         mac: impl FnOnce(&[u8]) -> MacTag,
     ) -> Result<Vec<u8>, EncodeError> {
-        into_vec(|buf| encode_node(message, seq, mac, buf))
+        const { assert!(M::KIND.is_from_node(), "a controller message goes in a signed frame") };
+        let out = header_and_body(message)?;
+        let out = postcard::to_extend(&seq, out).map_err(|_| EncodeError::BufferFull)?;
+        if out.len() + MAC_LEN > M::KIND.max_frame_len() {
+            return Err(EncodeError::BufferFull);
+        }
+        let tag = mac(&out);
+        finish(out, M::KIND, &tag.0)
     }
 
     /// [`encode_node_frame`] into a fresh `Vec`.
@@ -665,7 +746,13 @@ mod with_alloc {
         seq: u64,
         mac: impl FnOnce(&[u8]) -> MacTag,
     ) -> Result<Vec<u8>, EncodeError> {
-        into_vec(|buf| encode_node_frame(message, seq, mac, buf))
+        match message {
+            NodeMessage::Hello(m) => encode_node_to_vec(m, seq, mac),
+            NodeMessage::Online(m) => encode_node_to_vec(m, seq, mac),
+            NodeMessage::Status(m) => encode_node_to_vec(m, seq, mac),
+            NodeMessage::Event(m) => encode_node_to_vec(m, seq, mac),
+            NodeMessage::Logs(m) => encode_node_to_vec(m, seq, mac),
+        }
     }
 
     /// [`encode_signed`] into a fresh `Vec`.
@@ -673,7 +760,13 @@ mod with_alloc {
         message: &M,
         sign: impl FnOnce(&[u8]) -> Signature,
     ) -> Result<Vec<u8>, EncodeError> {
-        into_vec(|buf| encode_signed(message, sign, buf))
+        const { assert!(!M::KIND.is_from_node(), "a node message goes in a MAC'd frame") };
+        let out = header_and_body(message)?;
+        if out.len() + SIGNATURE_LEN > M::KIND.max_frame_len() {
+            return Err(EncodeError::BufferFull);
+        }
+        let signature = sign(&out);
+        finish(out, M::KIND, &signature.0)
     }
 }
 

@@ -24,11 +24,15 @@ pub mod bounded;
 #[cfg(feature = "alloc")]
 pub mod enrol;
 pub mod frame;
+#[cfg(feature = "alloc")]
+pub mod heap;
 pub mod image;
 #[cfg(feature = "mac")]
 pub mod mac;
 pub mod mqtt;
 pub mod msg;
+#[cfg(feature = "alloc")]
+pub mod pod;
 pub mod samples;
 
 #[doc = include_str!("../WIRE.md")]
@@ -36,7 +40,8 @@ pub mod wire_format {}
 
 pub use bounded::{ByteList, Bytes, CapacityError, Name, NameError, TextList};
 pub use frame::{
-    DecodeError, Decoded, DesiredView, EncodeError, Items, MAC_LEN, MAX_FRAME_LEN, Message, MessageKind, NodeFrame,
+    DecodeError, Decoded, DesiredView, EncodeError, Items, MAC_LEN, MAX_ANY_FRAME_LEN, MAX_CONFIG_FRAME_LEN,
+    MAX_FRAME_LEN, Message, MessageKind, NodeFrame,
     NodeMessage, PROTOCOL_VERSION, SIGNATURE_LEN, decode_desired_frame, decode_node_frame, decode_signed, encode_node,
     encode_node_frame, encode_signed, peek_kind,
 };

@@ -18,9 +18,21 @@ use crate::bounded::{ByteList, Bytes, Name, TextList};
 pub const NODE_ID_MAX: usize = 48;
 /// Maximum bytes in a replica id (Kubernetes' DNS label limit).
 pub const REPLICA_ID_MAX: usize = 63;
-/// Maximum replicas in one node's desired-state document, and so the most
-/// workloads one node can run.
+/// Maximum replicas in one compact-profile desired document, and so the
+/// most workloads a compact-profile node runs.
 pub const MAX_REPLICAS: usize = 16;
+/// Maximum replicas (pods) in one Linux-profile document
+/// ([`crate::pod::PodDocument`]).
+pub const LINUX_MAX_PODS: usize = 64;
+/// Maximum replicas one heartbeat reports: the larger profile's.
+pub const MAX_STATUS_REPLICAS: usize = LINUX_MAX_PODS;
+/// Maximum per-container entries in one heartbeat (only pods of more than
+/// one container report them).
+pub const MAX_STATUS_CONTAINERS: usize = 256;
+/// Maximum bytes in a container name (a DNS label).
+pub const CONTAINER_NAME_MAX: usize = 63;
+/// Maximum bytes in a gRPC probe's service name.
+pub const GRPC_SERVICE_MAX: usize = 96;
 /// Maximum labels a node reports.
 pub const MAX_LABELS: usize = 16;
 /// Maximum bytes in a label or taint key.
@@ -102,6 +114,44 @@ pub type MacTag = Bytes<16>;
 pub type Signature = Bytes<64>;
 /// A human-readable reason, cut to [`REASON_MAX`] bytes.
 pub type Reason = heapless::String<REASON_MAX>;
+/// A container's name within its pod.
+pub type ContainerName = Name<CONTAINER_NAME_MAX>;
+
+/// Which desired document a node takes: the limits it can hold.
+///
+/// The compact profile is sized for a microcontroller that decodes with no
+/// allocator (one container per replica, a few KiB of config); the Linux
+/// profile for an agent with megabytes to spare (pods of several
+/// containers, large args and env, ConfigMaps of up to 1 MiB sent as
+/// objects of their own). A node names its profile in its [`Hello`]; the
+/// controller places on it only what the profile holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Profile {
+    /// [`DesiredState`] documents: [`MAX_REPLICAS`] single-container
+    /// replicas, inline config objects.
+    Compact,
+    /// [`crate::pod::PodDocument`] documents with
+    /// [`crate::pod::ConfigBlob`]s.
+    Linux,
+}
+
+impl Profile {
+    /// The most replicas one document of this profile holds.
+    pub const fn max_replicas(self) -> usize {
+        match self {
+            Profile::Compact => MAX_REPLICAS,
+            Profile::Linux => LINUX_MAX_PODS,
+        }
+    }
+
+    /// The name operators see (`compact`, `linux`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Profile::Compact => "compact",
+            Profile::Linux => "linux",
+        }
+    }
+}
 
 /// CPU architecture, as OCI image platforms name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -159,7 +209,8 @@ pub struct Capacity {
     pub cpu_millis: u32,
     /// Memory in bytes.
     pub memory_bytes: u64,
-    /// Maximum replicas the node runs at once (at most [`MAX_REPLICAS`]).
+    /// Maximum replicas the node runs at once (at most its profile's
+    /// [`Profile::max_replicas`]).
     pub max_workloads: u16,
 }
 
@@ -232,6 +283,8 @@ pub struct Hello {
     pub agent_version: heapless::String<VERSION_MAX>,
     /// The highest protocol version the node speaks.
     pub max_protocol_version: u8,
+    /// The desired-document profile the node takes.
+    pub profile: Profile,
 }
 
 /// Whether the node is connected; `nodes/{id}/online`, retained. The agent
@@ -358,7 +411,45 @@ pub struct Status {
     /// Usage of the whole node.
     pub usage: NodeUsage,
     /// Every replica the node runs or is stopping.
-    pub replicas: heapless::Vec<ReplicaStatus, MAX_REPLICAS>,
+    pub replicas: heapless::Vec<ReplicaStatus, MAX_STATUS_REPLICAS>,
+    /// Each container of the replicas above that run more than one (init
+    /// containers first, then the app containers, in document order). A
+    /// single-container replica's entry above is its container's.
+    pub containers: heapless::Vec<ContainerStatus, MAX_STATUS_CONTAINERS>,
+}
+
+/// Where one container of a pod is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// Not started (waiting for its image, its init containers, a back-off).
+    Waiting,
+    /// Its process runs.
+    Running,
+    /// It ended and stays ended (an init container that completed, or by
+    /// the restart policy).
+    Terminated,
+}
+
+/// One container of a multi-container replica, in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// Index of its replica in [`Status::replicas`].
+    pub replica: u8,
+    /// Index of the container in its pod: init containers first, then the
+    /// app containers.
+    pub container: u8,
+    /// Where it is.
+    pub state: ContainerState,
+    /// Running and passing its readiness probe (if any).
+    pub ready: bool,
+    /// Restarts on this node.
+    pub restarts: u32,
+    /// How its last run ended.
+    pub last_exit: Option<Exit>,
+    /// CPU usage in millicores.
+    pub cpu_millis: u32,
+    /// Memory working set in KiB.
+    pub memory_kib: u32,
 }
 
 /// Which probe.
@@ -427,6 +518,8 @@ pub struct Event {
     pub replica: Option<ReplicaId>,
     /// What happened.
     pub kind: EventKind,
+    /// The container concerned in a pod of several, or `None`.
+    pub container: Option<ContainerName>,
 }
 
 // ---------------------------------------------------------------------------
@@ -554,6 +647,14 @@ pub enum ProbeAction {
     Tcp {
         /// Port.
         port: u16,
+    },
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`)
+    /// answers SERVING.
+    Grpc {
+        /// Port.
+        port: u16,
+        /// The service asked about; empty for the server as a whole.
+        service: heapless::String<GRPC_SERVICE_MAX>,
     },
 }
 
@@ -796,6 +897,8 @@ pub struct LogRequest {
     pub tail_lines: u32,
     /// At most this many bytes of output in the whole answer.
     pub max_bytes: u32,
+    /// Which container of the replica; `None` for its first app container.
+    pub container: Option<ContainerName>,
 }
 
 /// Node -> controller on `nodes/{id}/logs`: one piece of the answer to a
@@ -885,11 +988,20 @@ impl DesiredState<'_> {
 }
 
 impl Status {
-    /// Checks what the types cannot: slots are unique.
+    /// Checks what the types cannot: slots are unique, container entries
+    /// point at a replica of this heartbeat and are unique.
     pub fn validate(&self) -> Result<(), &'static str> {
         for (i, entry) in self.replicas.iter().enumerate() {
             if self.replicas[..i].iter().any(|r| r.replica == entry.replica) {
                 return Err("two status entries are about the same replica");
+            }
+        }
+        for (i, entry) in self.containers.iter().enumerate() {
+            if usize::from(entry.replica) >= self.replicas.len() {
+                return Err("a container entry points past the replicas");
+            }
+            if self.containers[..i].iter().any(|c| (c.replica, c.container) == (entry.replica, entry.container)) {
+                return Err("two container entries are about the same container");
             }
         }
         Ok(())

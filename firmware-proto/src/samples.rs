@@ -37,6 +37,7 @@ pub fn hello() -> Hello {
         devices,
         agent_version: s("0.1.0"),
         max_protocol_version: crate::frame::PROTOCOL_VERSION,
+        profile: Profile::Linux,
     }
 }
 
@@ -61,7 +62,28 @@ pub fn status(replicas: usize) -> Status {
         generation: 42,
         usage: NodeUsage { cpu_millis: 120, memory_kib: 310_000, disk_free_mib: 5_800 },
         replicas: entries,
+        containers: heapless::Vec::new(),
     }
+}
+
+/// A heartbeat of a node running one pod of an app container and a
+/// sidecar (container entries: the sidecar, index 0, then the app).
+pub fn pod_status() -> Status {
+    let mut status = status(1);
+    for (container, memory_kib) in [(0u8, 4_096), (1, 12_288)] {
+        let entry = ContainerStatus {
+            replica: 0,
+            container,
+            state: ContainerState::Running,
+            ready: true,
+            restarts: 0,
+            last_exit: None,
+            cpu_millis: 1,
+            memory_kib,
+        };
+        status.containers.push(entry).expect("fits");
+    }
+    status
 }
 
 /// An OOM-kill event.
@@ -70,6 +92,7 @@ pub fn event() -> Event {
         at_unix_ms: 1_795_000_000_000,
         replica: Some(Name::new("sensor-1a2b-0").expect("valid")),
         kind: EventKind::OomKilled { limit_bytes: 64 << 20 },
+        container: None,
     }
 }
 
@@ -100,6 +123,7 @@ pub fn log_request() -> LogRequest {
         offset: None,
         tail_lines: 100,
         max_bytes: 65_536,
+        container: None,
     }
 }
 
@@ -195,5 +219,117 @@ pub fn desired(replicas: usize) -> DesiredDocument {
         generation: 42,
         replicas: (0..replicas).map(replica).collect(),
         config: alloc::vec![config()],
+    }
+}
+
+/// A Linux-profile pod: a sensor reader with an init container that waits
+/// for its config, a metrics-exporter sidecar, and an emptyDir both share.
+#[cfg(feature = "alloc")]
+pub fn pod(index: usize) -> crate::pod::PodSpec {
+    use crate::heap::{List, Text, Texts};
+    use crate::pod::{Container, Mount, PodSpec, PodVolume, PodVolumeSource};
+
+    let base = replica(index);
+    let text = |t: &str| Text::new(t).expect("fits");
+    let texts = |items: &[&str]| Texts::from_strs(items.iter().copied()).expect("fits");
+    let mount = |volume: u16, path: &str, read_only: bool| Mount {
+        volume,
+        mount_path: text(path),
+        read_only,
+        sub_path: Text::default(),
+    };
+    let container = |name: &str, image: &str| Container {
+        name: Name::new(name).expect("valid"),
+        image: ImageRef { reference: s(image), digest: Bytes([0xab; 32]) },
+        command: Texts::new(),
+        args: Texts::new(),
+        env: Texts::new(),
+        working_dir: Text::default(),
+        user: base.user,
+        resources: Resources {
+            cpu_request_millis: 50,
+            memory_request_bytes: 16 << 20,
+            cpu_limit_millis: None,
+            memory_limit_bytes: Some(32 << 20),
+            pids_limit: None,
+        },
+        extended: List::new(),
+        devices: List::new(),
+        ports: List::new(),
+        mounts: List::new(),
+        startup_probe: None,
+        readiness_probe: None,
+        liveness_probe: None,
+        read_only_rootfs: true,
+        seccomp: Seccomp::RuntimeDefault,
+        sidecar: false,
+    };
+    let mut init = container("wait-config", "registry.local:7441/busybox:1.36");
+    init.command = texts(&["sh", "-c", "test -s /etc/sensor/sensor.toml"]);
+    init.mounts.push(mount(0, "/etc/sensor", true)).expect("fits");
+    let mut exporter = container("exporter", "registry.local:7441/exporter:0.4");
+    exporter.sidecar = true;
+    exporter.args = texts(&["--listen=:9100", "--spool=/spool"]);
+    exporter.ports.push(Port { name: s("metrics"), container_port: 9100, host_port: None, protocol: Protocol::Tcp }).expect("fits");
+    exporter.mounts.push(mount(1, "/spool", true)).expect("fits");
+    let mut app = container("sensor", "registry.local:7441/sensor:1.2");
+    app.command = texts(&["/bin/sensor"]);
+    app.args = texts(&["--period", "5s", "--spool", "/spool"]);
+    app.env = texts(&["LINE=3", "RUST_LOG=info", "POD_NAME=sensor-1a2b-0", "NODE_NAME=pi-line3-07"]);
+    app.resources = base.resources;
+    app.ports = List::try_from(base.ports.iter().cloned().collect::<alloc::vec::Vec<_>>()).expect("fits");
+    app.devices = List::try_from(base.devices.iter().cloned().collect::<alloc::vec::Vec<_>>()).expect("fits");
+    app.readiness_probe = base.readiness_probe.clone();
+    app.mounts.push(mount(0, "/etc/sensor", true)).expect("fits");
+    app.mounts.push(mount(1, "/spool", false)).expect("fits");
+    let mut volumes = List::new();
+    let config = PodVolume { name: Name::new("config").expect("valid"), source: PodVolumeSource::Config { index: 0 } };
+    volumes.push(config).expect("fits");
+    let spool = PodVolumeSource::EmptyDir { in_memory: false, size_limit_bytes: Some(64 << 20) };
+    volumes.push(PodVolume { name: Name::new("spool").expect("valid"), source: spool }).expect("fits");
+    let mut init_containers = List::new();
+    init_containers.push(init).expect("fits");
+    init_containers.push(exporter).expect("fits");
+    let mut containers = List::new();
+    containers.push(app).expect("fits");
+    PodSpec {
+        id: base.id,
+        init_containers,
+        containers,
+        volumes,
+        restart_policy: RestartPolicy::Always,
+        termination_grace_s: 10,
+    }
+}
+
+/// The sample config object as a Linux-profile blob.
+#[cfg(feature = "alloc")]
+pub fn config_blob() -> crate::pod::ConfigBlob {
+    let compact = config();
+    let mut contents = crate::heap::Blobs::new();
+    for file in compact.contents.iter() {
+        contents.push(file).expect("fits");
+    }
+    crate::pod::ConfigBlob {
+        name: crate::heap::Text::new(&compact.name).expect("fits"),
+        secret: false,
+        file_names: crate::heap::Texts::from_strs(compact.file_names.iter()).expect("fits"),
+        contents,
+    }
+}
+
+/// A Linux-profile document (generation 42) with `pods` sample pods naming
+/// the sample config blob by `digest`.
+#[cfg(feature = "alloc")]
+pub fn pod_document(pods: usize, digest: Digest) -> crate::pod::PodDocument {
+    use crate::pod::{ConfigRef, PodDocument};
+    let mut config = crate::heap::List::new();
+    let size = postcard::to_allocvec(&config_blob()).map(|b| b.len() as u32).unwrap_or(0);
+    config.push(ConfigRef { name: crate::heap::Text::new("sensor-config").expect("fits"), secret: false, digest, size }).expect("fits");
+    PodDocument {
+        node_id: node_id(),
+        generation: 42,
+        pods: crate::heap::List::try_from((0..pods).map(pod).collect::<alloc::vec::Vec<_>>()).expect("fits"),
+        config,
     }
 }

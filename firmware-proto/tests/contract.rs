@@ -85,9 +85,9 @@ fn a_sealed_frame_carries_the_mac_of_everything_before_it() {
     let key: [u8; 32] = core::array::from_fn(|i| i as u8);
     let message = NodeMessage::Online(Presence::Online);
     let frame = encode_node_frame_to_vec(&message, 7, |bytes| node_mac(&key, bytes)).unwrap();
-    // 01 version, 02 Online, 00 Presence::Online, 07 seq, then
-    // HMAC-SHA256(key 00 01 .. 1f, 01 02 00 07) cut to 16 bytes.
-    assert_eq!(hex(&frame), "01020007e7c8535ed0677d5590c1a92e2ede36d2");
+    // 02 version, 02 Online, 00 Presence::Online, 07 seq, then
+    // HMAC-SHA256(key 00 01 .. 1f, 02 02 00 07) cut to 16 bytes.
+    assert_eq!(hex(&frame), "0202000725dd2cb4b5f4f5cfc8c19cc5193e8e41");
     let decoded = decode_node_frame(&frame).unwrap();
     assert!(verify_node_mac(&key, decoded.authenticated, &decoded.frame.mac));
     assert!(!verify_node_mac(&[0; 32], decoded.authenticated, &decoded.frame.mac));

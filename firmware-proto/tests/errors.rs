@@ -22,8 +22,8 @@ fn oversized_input_is_refused_before_parsing() {
 #[test]
 fn unknown_version_and_kind_are_named() {
     let mut bytes = online_frame();
-    bytes[0] = 2;
-    assert_eq!(decode_node_frame(&bytes), Err(DecodeError::UnsupportedVersion { found: 2, supported: 1 }));
+    bytes[0] = 1;
+    assert_eq!(decode_node_frame(&bytes), Err(DecodeError::UnsupportedVersion { found: 1, supported: 2 }));
     let mut bytes = online_frame();
     bytes[1] = 0;
     assert_eq!(decode_node_frame(&bytes), Err(DecodeError::UnknownKind { found: 0 }));

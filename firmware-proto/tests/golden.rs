@@ -29,29 +29,29 @@ fn check_node(message: NodeMessage, golden: &str) {
 
 #[test]
 fn online_frame_is_header_presence_seq_and_mac() {
-    // 01 version, 02 kind Online, 00 Presence::Online, e8 07 = varint 1000, then the MAC.
-    check_node(NodeMessage::Online(Presence::Online), "010200e80711111111111111111111111111111111");
+    // 02 version, 02 kind Online, 00 Presence::Online, e8 07 = varint 1000, then the MAC.
+    check_node(NodeMessage::Online(Presence::Online), "020200e80711111111111111111111111111111111");
 }
 
 #[test]
 fn offline_last_will() {
-    check_node(NodeMessage::Online(Presence::Offline), "010201e80711111111111111111111111111111111");
+    check_node(NodeMessage::Online(Presence::Offline), "020201e80711111111111111111111111111111111");
 }
 
 #[test]
 fn empty_heartbeat_field_by_field() {
-    // 01 03 | 2a generation 42 | 78 cpu 120 | f0 f5 12 memory 310000 KiB |
-    // a8 2d disk 5800 MiB | 00 no replicas | e8 07 seq | MAC
-    check_node(NodeMessage::Status(samples::status(0)), "01032a78f0f512a82d00e80711111111111111111111111111111111");
+    // 02 03 | 2a generation 42 | 78 cpu 120 | f0 f5 12 memory 310000 KiB |
+    // a8 2d disk 5800 MiB | 00 no replicas | 00 no container entries | e8 07 seq | MAC
+    check_node(NodeMessage::Status(samples::status(0)), "02032a78f0f512a82d0000e80711111111111111111111111111111111");
 }
 
 #[test]
 fn heartbeat_with_two_replicas() {
     // Each replica: 00 nn slot | 03 Running | 00 restarts | 00 no exit |
-    // 02 Ready | cpu varint | memory KiB varint
+    // 02 Ready | cpu varint | memory KiB varint; then 00 no container entries
     check_node(
         NodeMessage::Status(samples::status(2)),
-        "01032a78f0f512a82d02000003000002038060000103000002048064e80711111111111111111111111111111111",
+        "02032a78f0f512a82d0200000300000203806000010300000204806400e80711111111111111111111111111111111",
     );
 }
 
@@ -60,9 +60,9 @@ fn hello() {
     check_node(
         NodeMessage::Hello(samples::hello()),
         concat!(
-            "01010b70692d6c696e65332d30370100a01f808080800410d81d808080c203100210666c6f74696c6c612e696f2f7a6f",
+            "02010b70692d6c696e65332d30370100a01f808080800410d81d808080c203100210666c6f74696c6c612e696f2f7a6f",
             "6e65066c696e652d330663616d6572610001047a6f6e6503646d7a000112666c6f74696c6c612e696f2f73657269616c",
-            "01010c2f6465762f7474795553423005302e312e3001e80711111111111111111111111111111111",
+            "01010c2f6465762f7474795553423005302e312e300201e80711111111111111111111111111111111",
         ),
     );
 }
@@ -71,25 +71,25 @@ fn hello() {
 fn oom_event() {
     check_node(
         NodeMessage::Event(samples::event()),
-        "010480bcd9f29e34010d73656e736f722d316132622d300280808020e80711111111111111111111111111111111",
+        "020480bcd9f29e34010d73656e736f722d316132622d30028080802000e80711111111111111111111111111111111",
     );
 }
 
 #[test]
 fn log_chunk() {
-    // 01 07 | 07 request | 00 index | 0e 14 data bytes | 01 end: 0e next_offset 14, 00 no error | seq | MAC
+    // 02 07 | 07 request | 00 index | 0e 14 data bytes | 01 end: 0e next_offset 14, 00 no error | seq | MAC
     check_node(
         NodeMessage::Logs(samples::log_chunk()),
-        "010707000e743d32312e350a743d32312e360a010e00e80711111111111111111111111111111111",
+        "020707000e743d32312e350a743d32312e360a010e00e80711111111111111111111111111111111",
     );
 }
 
 #[test]
 fn service_table() {
-    // 01 08 | node id | 2a generation | 01 one port: 03 "web", 04 "http", 50 port 80, 00 TCP,
+    // 02 08 | node id | 2a generation | 01 one port: 03 "web", 04 "http", 50 port 80, 00 TCP,
     // 02 endpoints: 0a 4d 00 0b, 90 3f (8080) | 0a 4d 00 0c, 90 3f | signature
     let golden = concat!(
-        "01080b70692d6c696e65332d30372a010377656204687474705000020a4d000b903f0a4d000c903f",
+        "02080b70692d6c696e65332d30372a010377656204687474705000020a4d000b903f0a4d000c903f",
         "22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
     );
     let table = samples::service_table();
@@ -103,9 +103,9 @@ fn service_table() {
 
 #[test]
 fn log_request() {
-    // 01 06 | node id | 07 request | replica id | 00 no offset | 64 tail 100 | 80 80 04 max 65536 | signature
+    // 02 06 | node id | 07 request | replica id | 00 no offset | 64 tail 100 | 80 80 04 max 65536 | 00 first container | signature
     let golden = concat!(
-        "01060b70692d6c696e65332d3037070d73656e736f722d316132622d300064808004",
+        "02060b70692d6c696e65332d3037070d73656e736f722d316132622d30006480800400",
         "22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
     );
     let request = samples::log_request();
@@ -121,7 +121,7 @@ fn log_request() {
 #[test]
 fn desired_document_with_one_replica() {
     let golden = concat!(
-        "01050b70692d6c696e65332d30372a010d73656e736f722d316132622d301e72656769737472792e6c6f63616c3a3734",
+        "02050b70692d6c696e65332d30372a010d73656e736f722d316132622d301e72656769737472792e6c6f63616c3a3734",
         "34312f73656e736f723a312e32abababababababababababababababababababababababababababababababab010b2f",
         "62696e2f73656e736f7202082d2d706572696f6402357302064c494e453d330d525553545f4c4f473d696e666f0001e8",
         "07e807648080801001f4030180808020014000010c2f6465762f747479555342300c2f6465762f747479555342300301",
@@ -152,12 +152,14 @@ fn message_kind_bytes_never_change() {
         (MessageKind::LogRequest, 6),
         (MessageKind::Logs, 7),
         (MessageKind::Services, 8),
+        (MessageKind::Pods, 9),
+        (MessageKind::Config, 10),
     ];
     for (kind, byte) in kinds {
         assert_eq!(kind as u8, byte);
         assert_eq!(MessageKind::from_byte(byte), Some(kind));
     }
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
     for kind in MessageKind::FROM_NODE {
         assert!(kind.is_from_node(), "{kind}");
     }

@@ -65,8 +65,7 @@ fn hello() -> impl Strategy<Value = Hello> {
             count,
             paths,
         })),
-        text(),
-        any::<u8>(),
+        (text(), any::<u8>(), prop_oneof![Just(Profile::Compact), Just(Profile::Linux)]),
     )
         .prop_map(
             |(
@@ -78,8 +77,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                 labels,
                 taints,
                 devices,
-                agent_version,
-                max_protocol_version,
+                (agent_version, max_protocol_version, profile),
             )| {
                 Hello {
                     node_id,
@@ -92,6 +90,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                     devices,
                     agent_version,
                     max_protocol_version,
+                    profile,
                 }
             },
         )
@@ -140,8 +139,21 @@ fn status() -> impl Strategy<Value = Status> {
         any::<u32>(),
         prop::option::of(name::<REPLICA_ID_MAX>()),
     );
-    (any::<u64>(), any::<(u32, u32, u32)>(), prop::collection::vec(entry, 0..=MAX_REPLICAS)).prop_map(
-        |(generation, (cpu, mem, disk), entries)| {
+    let container = (
+        any::<u8>(),
+        prop_oneof![Just(ContainerState::Waiting), Just(ContainerState::Running), Just(ContainerState::Terminated)],
+        any::<bool>(),
+        any::<u32>(),
+        prop::option::of(exit()),
+        any::<(u32, u32)>(),
+    );
+    (
+        any::<u64>(),
+        any::<(u32, u32, u32)>(),
+        prop::collection::vec(entry, 0..=MAX_STATUS_REPLICAS),
+        prop::collection::vec(container, 0..8),
+    )
+        .prop_map(|(generation, (cpu, mem, disk), entries, containers)| {
             let mut replicas = heapless::Vec::new();
             for (i, (phase, restarts, last_exit, readiness, cpu_millis, memory_kib, id)) in
                 entries.into_iter().enumerate()
@@ -156,9 +168,22 @@ fn status() -> impl Strategy<Value = Status> {
                 let entry = ReplicaStatus { replica, phase, restarts, last_exit, readiness, cpu_millis, memory_kib };
                 replicas.push(entry).unwrap();
             }
-            Status { generation, usage: NodeUsage { cpu_millis: cpu, memory_kib: mem, disk_free_mib: disk }, replicas }
-        },
-    )
+            let mut entries = heapless::Vec::new();
+            if !replicas.is_empty() {
+                // Valid refs: a replica of this heartbeat, unique by position.
+                for (i, (replica, state, ready, restarts, last_exit, (cpu_millis, memory_kib))) in
+                    containers.into_iter().enumerate()
+                {
+                    let replica = replica % replicas.len() as u8;
+                    let container = i as u8;
+                    let entry =
+                        ContainerStatus { replica, container, state, ready, restarts, last_exit, cpu_millis, memory_kib };
+                    entries.push(entry).unwrap();
+                }
+            }
+            let usage = NodeUsage { cpu_millis: cpu, memory_kib: mem, disk_free_mib: disk };
+            Status { generation, usage, replicas, containers: entries }
+        })
 }
 
 fn probe_kind() -> impl Strategy<Value = ProbeKind> {
@@ -181,11 +206,9 @@ fn event() -> impl Strategy<Value = Event> {
         (digest(), text()).prop_map(|(image, reason)| EventKind::PullFailed { image, reason }),
         (any::<u64>(), text()).prop_map(|(generation, reason)| EventKind::Rejected { generation, reason }),
     ];
-    (any::<u64>(), prop::option::of(name()), kind).prop_map(|(at_unix_ms, replica, kind)| Event {
-        at_unix_ms,
-        replica,
-        kind,
-    })
+    (any::<u64>(), prop::option::of(name()), kind, prop::option::of(name())).prop_map(
+        |(at_unix_ms, replica, kind, container)| Event { at_unix_ms, replica, kind, container },
+    )
 }
 
 fn log_chunk() -> impl Strategy<Value = LogChunk> {
@@ -221,16 +244,24 @@ fn service_table() -> impl Strategy<Value = ServiceTable> {
 }
 
 fn log_request() -> impl Strategy<Value = LogRequest> {
-    (name(), any::<u64>(), name(), prop::option::of(any::<u64>()), any::<u32>(), any::<u32>()).prop_map(
-        |(node_id, request_id, replica, offset, tail_lines, max_bytes)| LogRequest {
+    (
+        name(),
+        any::<u64>(),
+        name(),
+        prop::option::of(any::<u64>()),
+        any::<u32>(),
+        any::<u32>(),
+        prop::option::of(name()),
+    )
+        .prop_map(|(node_id, request_id, replica, offset, tail_lines, max_bytes, container)| LogRequest {
             node_id,
             request_id,
             replica,
             offset,
             tail_lines,
             max_bytes,
-        },
-    )
+            container,
+        })
 }
 
 fn probe() -> impl Strategy<Value = Probe> {
@@ -242,6 +273,7 @@ fn probe() -> impl Strategy<Value = Probe> {
             https
         }),
         any::<u16>().prop_map(|port| ProbeAction::Tcp { port }),
+        (any::<u16>(), text()).prop_map(|(port, service)| ProbeAction::Grpc { port, service }),
     ];
     (action, any::<(u16, u16, u16, u8, u8)>()).prop_map(
         |(action, (initial_delay_s, period_s, timeout_s, success_threshold, failure_threshold))| Probe {
@@ -402,6 +434,188 @@ fn desired() -> impl Strategy<Value = DesiredDocument> {
         })
 }
 
+// Linux profile
+
+fn heap_text<const N: usize>() -> impl Strategy<Value = heap::Text<N>> {
+    "\\PC{0,24}".prop_map(|s| heap::Text::new(truncated::<N>(&s).as_str()).unwrap())
+}
+
+fn texts<const BYTES: usize, const ITEMS: usize>() -> impl Strategy<Value = heap::Texts<BYTES, ITEMS>> {
+    prop::collection::vec("\\PC{0,40}", 0..12).prop_map(|items| {
+        let mut list = heap::Texts::new();
+        for item in &items {
+            if list.push(item).is_err() {
+                break;
+            }
+        }
+        list
+    })
+}
+
+fn list<T: std::fmt::Debug, const N: usize>(item: impl Strategy<Value = T>) -> impl Strategy<Value = heap::List<T, N>> {
+    prop::collection::vec(item, 0..=N.min(4)).prop_map(|v| heap::List::try_from(v).unwrap())
+}
+
+fn container(volumes: usize, sidecar: bool) -> impl Strategy<Value = pod::Container> {
+    let mount = (0..volumes.max(1) as u16, heap_text(), any::<bool>(), "([a-z]{1,8}(/[a-z]{1,8}){0,2})?").prop_map(
+        |(volume, mount_path, read_only, sub_path)| pod::Mount {
+            volume,
+            mount_path,
+            read_only,
+            sub_path: heap::Text::new(&sub_path).unwrap(),
+        },
+    );
+    let first = (
+        name(),
+        (text(), digest()).prop_map(|(reference, digest)| ImageRef { reference, digest }),
+        texts(),
+        texts(),
+        texts(),
+        heap_text(),
+        prop::option::of(any::<(u32, u32)>().prop_map(|(uid, gid)| User { uid, gid })),
+        any::<(u32, u64, Option<u32>)>().prop_map(|(cpu_request_millis, memory_request_bytes, cpu_limit_millis)| {
+            Resources { cpu_request_millis, memory_request_bytes, cpu_limit_millis, ..Resources::default() }
+        }),
+    );
+    let second = (
+        list((any::<u16>(), text(), any::<u16>()).prop_map(|(container_port, name, host)| Port {
+            name,
+            container_port,
+            host_port: (host % 2 == 0).then_some(host),
+            protocol: Protocol::Tcp,
+        })),
+        if volumes == 0 { Just(heap::List::new()).boxed() } else { list(mount).boxed() },
+        prop::option::of(probe()),
+        prop::option::of(probe()),
+        any::<bool>(),
+    );
+    (first, second).prop_map(
+        move |(
+            (name, image, command, args, env, working_dir, user, resources),
+            (ports, mounts, readiness_probe, liveness_probe, read_only_rootfs),
+        )| pod::Container {
+            name,
+            image,
+            command,
+            args,
+            env,
+            working_dir,
+            user,
+            resources,
+            extended: heap::List::new(),
+            devices: heap::List::new(),
+            ports,
+            mounts,
+            startup_probe: None,
+            readiness_probe,
+            liveness_probe,
+            read_only_rootfs,
+            seccomp: Seccomp::RuntimeDefault,
+            sidecar,
+        },
+    )
+}
+
+fn pod_spec(config_len: usize) -> impl Strategy<Value = pod::PodSpec> {
+    let source = prop_oneof![
+        (any::<bool>(), prop::option::of(any::<u64>()))
+            .prop_map(|(in_memory, size_limit_bytes)| pod::PodVolumeSource::EmptyDir { in_memory, size_limit_bytes }),
+        heap_text().prop_map(|path| pod::PodVolumeSource::HostPath { path }),
+        (0..config_len.max(1)).prop_map(move |i| if config_len == 0 {
+            pod::PodVolumeSource::EmptyDir { in_memory: true, size_limit_bytes: None }
+        } else {
+            pod::PodVolumeSource::Config { index: i as u16 }
+        }),
+    ];
+    (0usize..4).prop_flat_map(move |volumes| {
+        (
+            name(),
+            prop::collection::vec(source.clone(), volumes),
+            prop::collection::vec((container(volumes, false), any::<bool>()), 0..3),
+            prop::collection::vec(container(volumes, false), 1..3),
+            any::<u16>(),
+        )
+            .prop_map(|(id, sources, init, app, termination_grace_s)| {
+                // Names unique within the pod: suffixed by position.
+                let unique = |i: usize, n: &Name<CONTAINER_NAME_MAX>| {
+                    Name::new(&format!("c{i}-{}", &n.as_str()[..n.as_str().len().min(40)])).unwrap()
+                };
+                let mut init_containers = heap::List::new();
+                for (i, (mut c, sidecar)) in init.into_iter().enumerate() {
+                    c.name = unique(i, &c.name);
+                    c.sidecar = sidecar;
+                    init_containers.push(c).unwrap();
+                }
+                let mut containers = heap::List::new();
+                for (i, mut c) in app.into_iter().enumerate() {
+                    c.name = unique(10 + i, &c.name);
+                    containers.push(c).unwrap();
+                }
+                let mut volumes = heap::List::new();
+                for (i, source) in sources.into_iter().enumerate() {
+                    volumes.push(pod::PodVolume { name: Name::new(&format!("v{i}")).unwrap(), source }).unwrap();
+                }
+                pod::PodSpec {
+                    id,
+                    init_containers,
+                    containers,
+                    volumes,
+                    restart_policy: RestartPolicy::OnFailure,
+                    termination_grace_s,
+                }
+            })
+    })
+}
+
+fn config_ref() -> impl Strategy<Value = pod::ConfigRef> {
+    (heap_text(), any::<bool>(), digest(), any::<u32>()).prop_map(|(name, secret, digest, size)| pod::ConfigRef {
+        name,
+        secret,
+        digest,
+        size,
+    })
+}
+
+fn pod_document() -> impl Strategy<Value = pod::PodDocument> {
+    (name(), any::<u64>(), 0usize..3)
+        .prop_flat_map(|(node_id, generation, config_len)| {
+            (
+                Just(node_id),
+                Just(generation),
+                prop::collection::vec(pod_spec(config_len), 0..4),
+                prop::collection::vec(config_ref(), config_len),
+            )
+        })
+        .prop_map(|(node_id, generation, mut pods, config)| {
+            for (i, p) in pods.iter_mut().enumerate() {
+                p.id = Name::new(&format!("p{i}-{}", &p.id.as_str()[..p.id.as_str().len().min(40)])).unwrap();
+            }
+            pod::PodDocument {
+                node_id,
+                generation,
+                pods: heap::List::try_from(pods).unwrap(),
+                config: heap::List::try_from(config).unwrap(),
+            }
+        })
+}
+
+fn config_blob() -> impl Strategy<Value = pod::ConfigBlob> {
+    (
+        heap_text(),
+        any::<bool>(),
+        prop::collection::vec(("[a-z][a-z0-9.]{0,12}", prop::collection::vec(any::<u8>(), 0..2000)), 0..6),
+    )
+        .prop_map(|(name, secret, files)| {
+            let mut file_names = heap::Texts::new();
+            let mut contents = heap::Blobs::new();
+            for (file, data) in files {
+                file_names.push(&file).unwrap();
+                contents.push(&data).unwrap();
+            }
+            pod::ConfigBlob { name, secret, file_names, contents }
+        })
+}
+
 fn node_message() -> impl Strategy<Value = NodeMessage> {
     prop_oneof![
         hello().prop_map(NodeMessage::Hello),
@@ -441,6 +655,22 @@ proptest! {
         prop_assert_eq!(decoded.frame.signature, signature);
         prop_assert_eq!(decoded.frame.replica_count(), document.replicas.len());
         prop_assert_eq!(DesiredDocument::from(&decoded.frame), document);
+    }
+
+    #[test]
+    fn pod_documents_round_trip(document in pod_document(), signature in any::<[u8; 32]>()) {
+        let signature = Bytes([signature, signature].concat().try_into().unwrap());
+        let bytes = encode_signed_to_vec(&document, |_| signature).unwrap();
+        let decoded = decode_signed::<pod::PodDocument>(&bytes).unwrap();
+        prop_assert_eq!(decoded.authenticated, &bytes[..bytes.len() - SIGNATURE_LEN]);
+        prop_assert_eq!(decoded.frame, (document, signature));
+    }
+
+    #[test]
+    fn config_blobs_round_trip(blob in config_blob()) {
+        let bytes = encode_signed_to_vec(&blob, |_| Signature::default()).unwrap();
+        prop_assert_eq!(pod::signed_body(&bytes).unwrap(), &bytes[2..bytes.len() - SIGNATURE_LEN]);
+        prop_assert_eq!(decode_signed::<pod::ConfigBlob>(&bytes).unwrap().frame.0, blob);
     }
 
     #[test]
@@ -495,13 +725,21 @@ fn decode_everything(bytes: &[u8]) {
         let again = encode_signed_to_vec(&request.frame.0, |_| request.frame.1).unwrap();
         assert_eq!(decode_signed::<LogRequest>(&again).unwrap().frame, request.frame);
     }
+    if let Ok(document) = decode_signed::<pod::PodDocument>(bytes) {
+        let again = encode_signed_to_vec(&document.frame.0, |_| document.frame.1).unwrap();
+        assert_eq!(decode_signed::<pod::PodDocument>(&again).unwrap().frame, document.frame);
+    }
+    if let Ok(blob) = decode_signed::<pod::ConfigBlob>(bytes) {
+        let again = encode_signed_to_vec(&blob.frame.0, |_| blob.frame.1).unwrap();
+        assert_eq!(decode_signed::<pod::ConfigBlob>(&again).unwrap().frame, blob.frame);
+    }
 }
 
 /// Random bytes, most with a valid header so the body parsers get exercised
 /// instead of every case stopping at the version byte.
 fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
     let header = prop_oneof![
-        3 => (Just(PROTOCOL_VERSION), 0u8..10).prop_map(|(v, k)| vec![v, k]),
+        3 => (Just(PROTOCOL_VERSION), 0u8..12).prop_map(|(v, k)| vec![v, k]),
         1 => prop::collection::vec(any::<u8>(), 0..3),
     ];
     (header, prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(mut h, body)| {
@@ -565,6 +803,18 @@ proptest! {
     #[test]
     fn mutated_node_frames_never_panic(message in node_message(), mutations in prop::collection::vec(mutation(), 1..4)) {
         decode_everything(&mutate(encode_node(&message, 9, MacTag::default()), &mutations));
+    }
+
+    #[test]
+    fn mutated_pod_documents_never_panic(document in pod_document(), mutations in prop::collection::vec(mutation(), 1..4)) {
+        let bytes = encode_signed_to_vec(&document, |_| Signature::default()).unwrap();
+        decode_everything(&mutate(bytes, &mutations));
+    }
+
+    #[test]
+    fn mutated_config_blobs_never_panic(blob in config_blob(), mutations in prop::collection::vec(mutation(), 1..4)) {
+        let bytes = encode_signed_to_vec(&blob, |_| Signature::default()).unwrap();
+        decode_everything(&mutate(bytes, &mutations));
     }
 
     #[test]

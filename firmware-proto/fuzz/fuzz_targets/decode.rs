@@ -6,6 +6,7 @@ use firmware_proto::{
     LogRequest, ServiceTable, decode_desired_frame, decode_node_frame, decode_signed, encode_node_frame_to_vec,
     encode_signed_to_vec, peek_kind,
 };
+use firmware_proto::pod::{ConfigBlob, PodDocument};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,5 +27,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = decode_signed::<LogRequest>(data) {
         let again = encode_signed_to_vec(&request.frame.0, |_| request.frame.1).expect("a decoded request encodes");
         assert_eq!(decode_signed::<LogRequest>(&again).expect("re-encoded request decodes").frame, request.frame);
+    }
+    // The Linux profile's documents and config objects.
+    if let Ok(document) = decode_signed::<PodDocument>(data) {
+        let again = encode_signed_to_vec(&document.frame.0, |_| document.frame.1).expect("a decoded document encodes");
+        assert_eq!(decode_signed::<PodDocument>(&again).expect("re-encoded document decodes").frame, document.frame);
+    }
+    if let Ok(blob) = decode_signed::<ConfigBlob>(data) {
+        let again = encode_signed_to_vec(&blob.frame.0, |_| blob.frame.1).expect("a decoded blob encodes");
+        assert_eq!(decode_signed::<ConfigBlob>(&again).expect("re-encoded blob decodes").frame, blob.frame);
     }
 });
