@@ -296,3 +296,85 @@ impl ConfigBlob {
         Ok(())
     }
 }
+
+/// The name a compact replica's one container takes as a pod container.
+pub const COMPACT_CONTAINER_NAME: &str = "main";
+
+impl From<&crate::msg::ConfigObject> for ConfigBlob {
+    fn from(object: &crate::msg::ConfigObject) -> Self {
+        let mut contents = Blobs::new();
+        for file in object.contents.iter() {
+            // Cannot fail: the compact capacities are far below these.
+            let _ = contents.push(file);
+        }
+        ConfigBlob {
+            name: Text::new(&object.name).unwrap_or_default(),
+            secret: object.secret,
+            file_names: Texts::from_strs(object.file_names.iter()).unwrap_or_default(),
+            contents,
+        }
+    }
+}
+
+impl From<&crate::msg::ReplicaSpec> for PodSpec {
+    /// A compact replica as the one-container pod it stands for (its
+    /// container named [`COMPACT_CONTAINER_NAME`]); a `Config` volume keeps
+    /// its index into the document's config objects.
+    fn from(replica: &crate::msg::ReplicaSpec) -> Self {
+        use crate::msg::VolumeSource;
+        // Nothing here can fail: every compact capacity is below the Linux one.
+        let texts = |items: &mut dyn Iterator<Item = &str>| Texts::from_strs(items).unwrap_or_default();
+        let text = |item: &str| Text::new(item).unwrap_or_default();
+        let mut volumes = List::new();
+        let mut mounts = List::new();
+        for (i, volume) in replica.volumes.iter().enumerate() {
+            let source = match &volume.source {
+                VolumeSource::EmptyDir { in_memory, size_limit_bytes } => {
+                    PodVolumeSource::EmptyDir { in_memory: *in_memory, size_limit_bytes: *size_limit_bytes }
+                }
+                VolumeSource::HostPath { path } => PodVolumeSource::HostPath { path: text(path) },
+                VolumeSource::Config { index } => PodVolumeSource::Config { index: u16::from(*index) },
+            };
+            let name = Name::new(&volume.name).unwrap_or_else(|_| Name::new("volume").unwrap_or_default());
+            let _ = volumes.push(PodVolume { name, source });
+            let _ = mounts.push(Mount {
+                volume: i as u16,
+                mount_path: text(&volume.mount_path),
+                read_only: volume.read_only,
+                sub_path: Text::default(),
+            });
+        }
+        let container = Container {
+            name: Name::new(COMPACT_CONTAINER_NAME).unwrap_or_default(),
+            image: replica.image.clone(),
+            command: texts(&mut replica.command.iter()),
+            args: texts(&mut replica.args.iter()),
+            env: texts(&mut replica.env.iter()),
+            working_dir: text(&replica.working_dir),
+            user: replica.user,
+            resources: replica.resources,
+            extended: List::try_from(replica.extended.iter().cloned().collect::<alloc::vec::Vec<_>>())
+                .unwrap_or_default(),
+            devices: List::try_from(replica.devices.iter().cloned().collect::<alloc::vec::Vec<_>>())
+                .unwrap_or_default(),
+            ports: List::try_from(replica.ports.iter().cloned().collect::<alloc::vec::Vec<_>>()).unwrap_or_default(),
+            mounts,
+            startup_probe: replica.startup_probe.clone(),
+            readiness_probe: replica.readiness_probe.clone(),
+            liveness_probe: replica.liveness_probe.clone(),
+            read_only_rootfs: replica.read_only_rootfs,
+            seccomp: replica.seccomp,
+            sidecar: false,
+        };
+        let mut containers = List::new();
+        let _ = containers.push(container);
+        PodSpec {
+            id: replica.id.clone(),
+            init_containers: List::new(),
+            containers,
+            volumes,
+            restart_policy: replica.restart_policy,
+            termination_grace_s: replica.termination_grace_s,
+        }
+    }
+}

@@ -31,8 +31,14 @@ use crate::enrolment::Enrolment;
 use crate::logs::LogService;
 use crate::services::ServiceDirectory;
 
-/// Largest payload accepted or sent: one frame plus room for the header.
-const MAX_PACKET: usize = firmware_proto::frame::MAX_FRAME_LEN + 1024;
+/// Largest packet accepted: the largest frame (a pod document) plus room
+/// for the MQTT header.
+const MAX_INCOMING: usize = firmware_proto::frame::MAX_ANY_FRAME_LEN + 1024;
+/// Largest packet sent: a node frame plus room for the MQTT header.
+const MAX_OUTGOING: usize = firmware_proto::frame::MAX_FRAME_LEN + 1024;
+/// Frames from the controller waiting to be applied: a whole document's
+/// config objects and the document fit, so none is dropped at connect.
+const INCOMING_FRAMES: usize = firmware_proto::pod::LINUX_MAX_CONFIG_OBJECTS + 8;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -96,6 +102,26 @@ impl Topics {
         self.scheme.node(&self.node, kind)
     }
 
+    /// What to subscribe to for `kind`: config objects have one topic each,
+    /// `config/{hex digest}`.
+    fn filter(&self, kind: MessageKind) -> String {
+        match kind {
+            MessageKind::Config => format!("{}/+", self.leaf(kind)),
+            _ => self.leaf(kind),
+        }
+    }
+
+    /// Whether `topic` is this node's topic for `kind`.
+    fn is_topic_of(&self, topic: &str, kind: MessageKind) -> bool {
+        match kind {
+            MessageKind::Config => topic
+                .strip_prefix(self.leaf(kind).as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|digest| digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())),
+            _ => topic == self.leaf(kind),
+        }
+    }
+
     /// The kind of a frame received on `topic`, read from the frame's own
     /// header: only a kind sent to nodes, and only on this node's topic for
     /// that kind. Anything else (garbage, a node's message, a frame on
@@ -106,7 +132,7 @@ impl Topics {
         if kind.is_from_node() {
             return Err(format!("a {kind} message is one nodes send, not receive"));
         }
-        if topic != self.leaf(kind) {
+        if !self.is_topic_of(topic, kind) {
             return Err(format!("a {kind} message on a topic that is not this node's {kind} topic"));
         }
         Ok(kind)
@@ -165,10 +191,10 @@ impl Channel {
         let mut options = MqttOptions::new(enrolment.node_name.clone(), host, port);
         options.set_keep_alive(config.keep_alive);
         options.set_credentials(enrolment.mqtt_username.clone(), enrolment.mqtt_password.clone());
-        options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        options.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
         options.set_clean_session(true);
         let (client, mut event_loop) = AsyncClient::new(options, 64);
-        let (desired_tx, desired) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (desired_tx, desired) = std::sync::mpsc::sync_channel::<Vec<u8>>(INCOMING_FRAMES);
         let hello: Arc<Mutex<Option<firmware_proto::Hello>>> = Arc::default();
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let wake = Arc::new(tokio::sync::Notify::new());
@@ -215,11 +241,18 @@ impl Channel {
                         // Dispatched on the kind in the frame's header,
                         // which must match the topic it came on.
                         match topics.received(&publish.topic, &publish.payload) {
-                            Ok(MessageKind::Desired) => {
+                            Ok(MessageKind::Desired | MessageKind::Pods) => {
                                 answered.store(connection << 1 | 1, Ordering::Release);
                                 deliver(&desired_tx, publish.payload.to_vec());
                                 wake.notify_one();
                             }
+                            Ok(MessageKind::Config) => {
+                                deliver(&desired_tx, publish.payload.to_vec());
+                                wake.notify_one();
+                            }
+                            // A config object's retained message cleared:
+                            // the agent drops objects no document names.
+                            Err(_) if publish.payload.is_empty() => {}
                             Ok(MessageKind::Services) => {
                                 if let Err(reason) = services.apply(&publish.payload) {
                                     tracing::warn!(reason, "service table refused");
@@ -360,7 +393,7 @@ fn deliver(desired: &SyncSender<Vec<u8>>, frame: Vec<u8>) {
 /// subscriptions) and publish presence and registration (retained).
 fn on_connect(client: &AsyncClient, signer: &Signer, topics: &Topics, hello: &Mutex<Option<firmware_proto::Hello>>) {
     for kind in MessageKind::TO_NODE {
-        if let Err(e) = client.try_subscribe(topics.leaf(kind), QoS::AtLeastOnce) {
+        if let Err(e) = client.try_subscribe(topics.filter(kind), QoS::AtLeastOnce) {
             tracing::warn!(leaf = %kind, error = %e, "cannot queue a subscription");
         }
     }
@@ -486,5 +519,15 @@ mod tests {
         assert!(topics.received("p/nodes/n/status", &status).unwrap_err().contains("nodes send"));
         assert!(topics.received("p/nodes/n/desired", b"").unwrap_err().contains("not a frame"));
         assert!(topics.received("p/nodes/n/desired", &[1, 99]).unwrap_err().contains("not a frame"));
+        // Pod documents and config objects, each on its own topics.
+        let pods = encode_signed_to_vec(&samples::pod_document(1, Bytes([0; 32])), |_| Bytes([0; 64])).unwrap();
+        assert_eq!(topics.received("p/nodes/n/pods", &pods), Ok(MessageKind::Pods));
+        let blob = encode_signed_to_vec(&samples::config_blob(), |_| Bytes([0; 64])).unwrap();
+        let digest = "ab".repeat(32);
+        assert_eq!(topics.received(&format!("p/nodes/n/config/{digest}"), &blob), Ok(MessageKind::Config));
+        assert!(topics.received("p/nodes/n/config", &blob).is_err());
+        assert!(topics.received("p/nodes/n/config/x/y", &blob).is_err());
+        assert!(topics.received(&format!("p/nodes/other/config/{digest}"), &blob).is_err());
+        assert_eq!(topics.filter(MessageKind::Config), "p/nodes/n/config/+");
     }
 }

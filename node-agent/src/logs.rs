@@ -134,12 +134,25 @@ impl LogService {
     pub fn answer(&self, frame: &[u8]) -> Result<Vec<LogChunk>, String> {
         let (request, _) = crate::signed::check(frame, decode_signed::<LogRequest>, &self.verify, &self.node_id)
             .map_err(|refusal| refusal.describe("log request"))?;
-        let path = self.paths.log(request.replica.as_str());
+        let path = match &request.container {
+            Some(container) => self.paths.log(&crate::pod::unit_id(request.replica.as_str(), container.as_str())),
+            None => match self.only_log_of(request.replica.as_str()) {
+                Ok(path) => path,
+                Err(reason) => {
+                    let end = LogEnd { next_offset: 0, error: Some(truncated(&reason)) };
+                    return Ok(chunks(request.request_id, &[], end));
+                }
+            },
+        };
         let max_bytes = request.max_bytes.min(ANSWER_MAX_BYTES);
         let (data, end) = match read(&path, request.offset, request.tail_lines, max_bytes) {
             Ok(Some(answer)) => (answer.data, LogEnd { next_offset: answer.next_offset, error: None }),
             Ok(None) => {
-                let reason = format!("no output recorded for {} on {}", request.replica, self.node_id);
+                let who = match &request.container {
+                    Some(container) => format!("container {container} of {}", request.replica),
+                    None => request.replica.to_string(),
+                };
+                let reason = format!("no output recorded for {who} on {}", self.node_id);
                 (Vec::new(), LogEnd { next_offset: 0, error: Some(truncated(&reason)) })
             }
             Err(e) => {
@@ -148,6 +161,31 @@ impl LogService {
             }
         };
         Ok(chunks(request.request_id, &data, end))
+    }
+}
+
+impl LogService {
+    /// The log of a pod's only container, for a request naming none.
+    fn only_log_of(&self, replica: &str) -> Result<std::path::PathBuf, String> {
+        let prefix = format!("{replica}.");
+        let dir = self.paths.data_dir.join("logs");
+        let mut found: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.starts_with(&prefix) && name.ends_with(".log"))
+            .filter(|name| !name[prefix.len()..name.len() - 4].contains('.'))
+            .collect();
+        found.sort();
+        match found.as_slice() {
+            [] => Err(format!("no output recorded for {replica} on {}", self.node_id)),
+            [one] => Ok(dir.join(one)),
+            several => {
+                let names: Vec<&str> = several.iter().map(|n| &n[prefix.len()..n.len() - 4]).collect();
+                Err(format!("{replica} has several containers: name one of {}", names.join(", ")))
+            }
+        }
     }
 }
 
@@ -302,6 +340,7 @@ mod tests {
             offset: None,
             tail_lines: 0,
             max_bytes: 1 << 20,
+            container: None,
         }
     }
 
@@ -311,7 +350,10 @@ mod tests {
         let (service, key) = service(dir.path());
         let output: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        std::fs::write(dir.path().join("logs/web-1.log"), &output).unwrap();
+        std::fs::write(dir.path().join("logs/web-1.web.log"), &output).unwrap();
+        // The pod's only container, named or not.
+        let named = LogRequest { container: Some(Name::new("web").unwrap()), ..request("edge-1", "web-1") };
+        assert_eq!(service.answer(&signed(&named, &key)).unwrap().len(), 3);
         let chunks = service.answer(&signed(&request("edge-1", "web-1"), &key)).unwrap();
         assert_eq!(chunks.len(), 3);
         assert!(chunks.iter().enumerate().all(|(i, c)| c.index == i as u32 && c.request_id == 9));
@@ -338,6 +380,14 @@ mod tests {
         let unknown = service.answer(&signed(&request("edge-1", "nobody"), &key)).unwrap();
         let end = unknown[0].end.clone().unwrap();
         assert!(end.error.unwrap().contains("no output recorded for nobody"));
+        // A pod of several containers: the request must name one.
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        for container in ["app", "proxy"] {
+            std::fs::write(dir.path().join(format!("logs/two-0.{container}.log")), "x\n").unwrap();
+        }
+        let answer = service.answer(&signed(&request("edge-1", "two-0"), &key)).unwrap();
+        let error = answer[0].end.clone().unwrap().error.unwrap();
+        assert_eq!(error.as_str(), "two-0 has several containers: name one of app, proxy");
     }
 
     #[test]

@@ -152,6 +152,7 @@ fn hello(node_id: &firmware_proto::NodeId, labels: &[(String, String)]) -> anyho
         devices: heapless::Vec::new(),
         agent_version: firmware_proto::bounded::truncated(env!("CARGO_PKG_VERSION")),
         max_protocol_version: firmware_proto::PROTOCOL_VERSION,
+        profile: firmware_proto::Profile::Linux,
     })
 }
 
@@ -267,7 +268,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             if seen_file != Some(stamp) {
                 seen_file = Some(stamp);
                 match std::fs::read(file) {
-                    Ok(frame) => match agent.offer_desired(&frame) {
+                    Ok(frame) => match agent.offer_frame(&frame) {
                         Ok(true) => tracing::info!(generation = agent.generation(), "desired document applied"),
                         Ok(false) => tracing::debug!("desired document unchanged"),
                         Err(e) => tracing::warn!(file = %file.display(), error = %e, "desired document rejected"),
@@ -303,11 +304,13 @@ impl Cycle {
     /// Returns whether a connection came up since the last call.
     pub fn receive<R: Runtime>(&mut self, agent: &mut Agent<R>, channel: &Channel, frames: Vec<Vec<u8>>) -> bool {
         for frame in frames {
-            match agent.offer_desired(&frame) {
+            let config = firmware_proto::peek_kind(&frame) == Ok(firmware_proto::MessageKind::Config);
+            match agent.offer_frame(&frame) {
+                Ok(true) if config => tracing::debug!("config object kept"),
                 Ok(true) => tracing::info!(generation = agent.generation(), "desired document applied"),
-                Ok(false) => tracing::debug!("desired document unchanged"),
+                Ok(false) => tracing::debug!("desired document or config object unchanged"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "desired document rejected");
+                    tracing::warn!(error = %e, "desired document or config object rejected");
                     channel.send_event(firmware_proto::Event {
                         at_unix_ms: now_ms(),
                         replica: None,
@@ -315,6 +318,7 @@ impl Cycle {
                             generation: 0,
                             reason: firmware_proto::bounded::truncated(&e.to_string()),
                         },
+                        container: None,
                     });
                 }
             }
@@ -334,8 +338,13 @@ impl Cycle {
         }
         agent.probe(now);
         let now = now_ms().max(now);
-        let phases: Vec<_> =
-            agent.replica_statuses(now).into_iter().map(|r| (r.phase, r.restarts, r.readiness)).collect();
+        let statuses = agent.statuses(now);
+        let mut phases: Vec<_> = statuses.replicas.iter().map(|r| (r.phase, r.restarts, r.readiness)).collect();
+        // A container of a pod changing counts too (its readiness, restarts).
+        phases.extend(statuses.containers.iter().map(|c| {
+            let readiness = if c.ready { firmware_proto::Readiness::Ready } else { firmware_proto::Readiness::NotReady };
+            (firmware_proto::Phase::Unknown, c.restarts, readiness)
+        }));
         if now >= self.next_heartbeat || phases != self.last_phases {
             let heartbeat = agent.heartbeat(now);
             tracing::debug!(?heartbeat, "heartbeat");

@@ -26,6 +26,16 @@ impl Signed for DesiredView<'_> {
     }
 }
 
+impl Signed for (firmware_proto::pod::PodDocument, Signature) {
+    fn node_id(&self) -> &NodeId {
+        &self.0.node_id
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.1
+    }
+}
+
 impl Signed for (ServiceTable, Signature) {
     fn node_id(&self) -> &NodeId {
         &self.0.node_id

@@ -15,9 +15,10 @@ use std::hash::{Hash, Hasher};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use firmware_proto::{ConfigObject, ReplicaSpec, VolumeSource};
+use firmware_proto::pod::{ConfigBlob, Container, PodDocument, PodVolumeSource};
 
 use crate::image::{Availability, Images, PreparedRootfs, RunConfig, Sha256};
+use crate::pod::{ConfigObjects, Unit};
 use crate::runtime::{ContainerConfig, DeviceSpec, MountSpec};
 
 /// Directories the agent owns, under its data directory.
@@ -33,13 +34,21 @@ impl Paths {
     pub fn image_rootfs(&self, digest: &[u8; 32]) -> PathBuf {
         self.data_dir.join("images").join(Sha256(*digest).hex()).join("rootfs")
     }
-    /// Per-replica volumes.
-    pub fn volumes(&self, replica: &str) -> PathBuf {
-        self.data_dir.join("volumes").join(replica)
+    /// A pod's volumes, shared by its containers.
+    pub fn volumes(&self, pod: &str) -> PathBuf {
+        self.data_dir.join("volumes").join(pod)
     }
-    /// Per-replica logs.
-    pub fn log(&self, replica: &str) -> PathBuf {
-        self.data_dir.join("logs").join(format!("{replica}.log"))
+    /// A container's log (`id` as [`crate::pod::unit_id`] makes it).
+    pub fn log(&self, id: &str) -> PathBuf {
+        self.data_dir.join("logs").join(format!("{id}.log"))
+    }
+    /// Config objects the applied document names, as their signed frames.
+    pub fn config_dir(&self) -> PathBuf {
+        self.data_dir.join("config")
+    }
+    /// One config object's frame.
+    pub fn config_object(&self, digest: &[u8; 32]) -> PathBuf {
+        self.config_dir().join(format!("{}.frame", Sha256(*digest).hex()))
     }
     /// libcontainer's state.
     pub fn runtime_state(&self) -> PathBuf {
@@ -81,9 +90,9 @@ pub enum WorkloadError {
     /// The image's user is a name the image's /etc/passwd (or /etc/group) lacks.
     #[error("image user {0:?} is not in the image's /etc/passwd or /etc/group")]
     UnknownUser(String),
-    /// A volume refers to a config object the document does not carry.
-    #[error("volume {0} refers to a ConfigMap/Secret missing from the desired document")]
-    MissingConfig(String),
+    /// A volume's config object has not arrived yet.
+    #[error("{0}")]
+    ConfigPending(crate::pod::Missing),
     /// The replica asks for a seccomp profile and this build cannot apply one.
     #[error("the replica asks for the default seccomp profile but this agent was built without seccomp")]
     SeccompUnavailable,
@@ -101,67 +110,80 @@ pub enum WorkloadError {
 }
 
 /// A stable hash of everything that makes a container: a change means the
-/// container must be replaced; equal means leave it running.
-pub fn spec_hash(spec: &ReplicaSpec, config: &[ConfigObject]) -> u64 {
+/// container must be replaced; equal means leave it running. The pod's
+/// volumes it mounts and the digests of their config objects count.
+pub fn unit_hash(unit: &Unit<'_>, document: &PodDocument) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    spec.hash(&mut hasher);
-    for volume in &spec.volumes {
-        if let VolumeSource::Config { index } = volume.source
-            && let Some(object) = config.get(usize::from(index))
-        {
-            object.hash(&mut hasher);
+    unit.container.hash(&mut hasher);
+    unit.pod.restart_policy.hash(&mut hasher);
+    unit.pod.termination_grace_s.hash(&mut hasher);
+    for mount in unit.container.mounts.iter() {
+        if let Some(volume) = unit.pod.volumes.get(usize::from(mount.volume)) {
+            volume.hash(&mut hasher);
+            if let PodVolumeSource::Config { index } = volume.source
+                && let Some(reference) = document.config.get(usize::from(index))
+            {
+                reference.hash(&mut hasher);
+            }
         }
     }
     hasher.finish()
 }
 
-/// The container for a replica, if its image is here: otherwise the pull
-/// is started (or its failure reported) and the replica waits. Makes the
-/// container's root filesystem, writes ConfigMap/Secret files and creates
-/// emptyDir directories as side effects.
+/// The container for one container of a pod, if its image is here:
+/// otherwise the pull is started (or its failure reported) and it waits.
+/// Makes the container's root filesystem, writes ConfigMap/Secret files and
+/// creates emptyDir directories as side effects.
 pub fn prepare(
     paths: &Paths,
     images: &mut Images,
-    spec: &ReplicaSpec,
-    config: &[ConfigObject],
+    unit: &Unit<'_>,
+    document: &PodDocument,
+    config: &ConfigObjects,
     now_ms: u64,
 ) -> Result<ContainerConfig, WorkloadError> {
-    let ready = match images.availability(&spec.image, now_ms) {
+    let image = &unit.container.image;
+    let ready = match images.availability(image, now_ms) {
         Availability::Ready(ready) => ready,
-        Availability::Pulling => return Err(WorkloadError::ImagePulling(spec.image.reference.to_string())),
+        Availability::Pulling => return Err(WorkloadError::ImagePulling(image.reference.to_string())),
         Availability::Failed(reason) => return Err(WorkloadError::ImagePullFailed(reason)),
     };
-    let rootfs = images.prepare_rootfs(spec.id.as_str(), &spec.image, &ready).map_err(WorkloadError::Rootfs)?;
-    container_config_on(paths, spec, config, &rootfs)
+    let rootfs = images.prepare_rootfs(&unit.id, image, &ready).map_err(WorkloadError::Rootfs)?;
+    container_config_on(paths, unit, document, config, &rootfs)
 }
 
-/// The container for a replica whose image is preloaded (see
+/// The container for one container of a pod whose image is preloaded (see
 /// [`crate::image::store`]), for tools that place a root filesystem
 /// themselves (benchmarks). The agent uses [`prepare`].
 pub fn container_config(
     paths: &Paths,
-    spec: &ReplicaSpec,
-    config: &[ConfigObject],
+    unit: &Unit<'_>,
+    document: &PodDocument,
+    config: &ConfigObjects,
 ) -> Result<ContainerConfig, WorkloadError> {
-    let rootfs = paths.image_rootfs(&spec.image.digest.0);
+    let image = &unit.container.image;
+    let rootfs = paths.image_rootfs(&image.digest.0);
     if !rootfs.is_dir() {
         return Err(WorkloadError::NotPreloaded {
-            reference: spec.image.reference.to_string(),
-            digest: Sha256(spec.image.digest.0).hex(),
+            reference: image.reference.to_string(),
+            digest: Sha256(image.digest.0).hex(),
         });
     }
-    container_config_on(paths, spec, config, &PreparedRootfs { path: rootfs, run: None })
+    container_config_on(paths, unit, document, config, &PreparedRootfs { path: rootfs, run: None })
 }
 
-/// The container for a replica on a prepared root filesystem. Writes
-/// ConfigMap/Secret files and creates emptyDir directories as a side effect.
+/// The container for one container of a pod on a prepared root
+/// filesystem. Writes ConfigMap/Secret files and creates emptyDir
+/// directories (shared by the pod's containers) as a side effect.
 pub fn container_config_on(
     paths: &Paths,
-    spec: &ReplicaSpec,
-    config: &[ConfigObject],
+    unit: &Unit<'_>,
+    document: &PodDocument,
+    config: &ConfigObjects,
     image: &PreparedRootfs,
 ) -> Result<ContainerConfig, WorkloadError> {
-    let id = spec.id.as_str().to_owned();
+    let spec = unit.container;
+    let pod_id = unit.pod.id.as_str();
     let run = image.run.clone().unwrap_or_default();
     let args = command_line(spec, &run);
     if args.is_empty() {
@@ -172,43 +194,47 @@ pub fn container_config_on(
         return Err(WorkloadError::SeccompUnavailable);
     }
     let mut mounts = Vec::new();
-    for volume in &spec.volumes {
+    for mount in spec.mounts.iter() {
+        // The decoder checked the index is inside the pod.
+        let volume = &unit.pod.volumes[usize::from(mount.volume)];
         let name = volume.name.to_string();
-        let dir = paths.volumes(&id).join(&name);
+        let dir = paths.volumes(pod_id).join(&name);
         let volume_err = |e: std::io::Error| WorkloadError::Volume { volume: name.clone(), reason: e.to_string() };
-        let mount = match &volume.source {
-            VolumeSource::EmptyDir { in_memory: true, .. } => MountSpec {
-                source: PathBuf::new(),
-                destination: volume.mount_path.to_string(),
-                read_only: false,
-                tmpfs: true,
-            },
-            VolumeSource::EmptyDir { .. } => {
-                std::fs::create_dir_all(&dir).map_err(volume_err)?;
-                MountSpec {
-                    source: dir,
-                    destination: volume.mount_path.to_string(),
-                    read_only: volume.read_only,
-                    tmpfs: false,
+        let destination = mount.mount_path.to_string();
+        let (source, read_only) = match &volume.source {
+            PodVolumeSource::EmptyDir { in_memory: true, size_limit_bytes } => {
+                if !shared_by_several(unit, mount.volume) && mount.sub_path.is_empty() {
+                    // One container: a tmpfs of its own, as before.
+                    mounts.push(MountSpec { source: PathBuf::new(), destination, read_only: false, tmpfs: true });
+                    continue;
                 }
+                crate::volumes::ensure_tmpfs(&dir, *size_limit_bytes).map_err(volume_err)?;
+                (dir, mount.read_only)
             }
-            VolumeSource::HostPath { path } => MountSpec {
-                source: PathBuf::from(path.as_str()),
-                destination: volume.mount_path.to_string(),
-                read_only: volume.read_only,
-                tmpfs: false,
-            },
-            VolumeSource::Config { index } => {
-                let object =
-                    config.get(usize::from(*index)).ok_or_else(|| WorkloadError::MissingConfig(name.clone()))?;
-                write_config_files(&dir, object).map_err(|e| match e {
+            PodVolumeSource::EmptyDir { .. } => {
+                std::fs::create_dir_all(&dir).map_err(volume_err)?;
+                (dir, mount.read_only)
+            }
+            PodVolumeSource::HostPath { path } => (PathBuf::from(path.as_str()), mount.read_only),
+            PodVolumeSource::Config { index } => {
+                let object = config.get(document, *index).map_err(WorkloadError::ConfigPending)?;
+                write_config_files(&dir, &object).map_err(|e| match e {
                     ConfigWriteError::Io(e) => volume_err(e),
                     ConfigWriteError::BadName(n) => WorkloadError::BadFileName(n),
                 })?;
-                MountSpec { source: dir, destination: volume.mount_path.to_string(), read_only: true, tmpfs: false }
+                (dir, true)
             }
         };
-        mounts.push(mount);
+        let source = if mount.sub_path.is_empty() {
+            source
+        } else {
+            let inside = source.join(mount.sub_path.as_str());
+            if matches!(volume.source, PodVolumeSource::EmptyDir { .. }) && !inside.exists() {
+                std::fs::create_dir_all(&inside).map_err(volume_err)?;
+            }
+            inside
+        };
+        mounts.push(MountSpec { source, destination, read_only, tmpfs: false });
     }
     let (uid, gid) = match spec.user {
         Some(user) => (user.uid, user.gid),
@@ -216,8 +242,8 @@ pub fn container_config_on(
     };
     let cwd = [spec.working_dir.as_str(), run.working_dir.as_str()].into_iter().find(|d| !d.is_empty());
     Ok(ContainerConfig {
-        id: id.clone(),
-        hostname: id.clone(),
+        id: unit.id.clone(),
+        hostname: pod_id.to_owned(),
         rootfs: image.path.clone(),
         args,
         env: merged_env(&run.env, spec.env.iter()),
@@ -235,14 +261,30 @@ pub fn container_config_on(
             .iter()
             .map(|d| DeviceSpec { host_path: d.host_path.to_string(), container_path: d.container_path.to_string() })
             .collect(),
-        log_path: paths.log(&id),
+        log_path: paths.log(&unit.id),
         seccomp,
     })
 }
 
+/// Whether more than one container of the unit's pod mounts this volume.
+fn shared_by_several(unit: &Unit<'_>, volume: u16) -> bool {
+    unit.pod.all_containers().filter(|c| c.mounts.iter().any(|m| m.volume == volume)).count() > 1
+}
+
+/// Removes a pod's volume directory (`volumes/{pod}`), unmounting any
+/// shared in-memory emptyDir in it first.
+pub fn remove_volumes(dir: &Path) {
+    crate::volumes::release(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "removing a pod's volumes failed");
+    }
+}
+
 /// Kubernetes' rule: `command` replaces the entrypoint and the image's
 /// cmd; `args` alone replace the cmd.
-fn command_line(spec: &ReplicaSpec, run: &RunConfig) -> Vec<String> {
+fn command_line(spec: &Container, run: &RunConfig) -> Vec<String> {
     let owned = |items: &mut dyn Iterator<Item = &str>| items.map(str::to_owned).collect::<Vec<_>>();
     let (program, args) = match (spec.command.is_empty(), spec.args.is_empty()) {
         (false, _) => (owned(&mut spec.command.iter()), owned(&mut spec.args.iter())),
@@ -303,7 +345,7 @@ enum ConfigWriteError {
     BadName(String),
 }
 
-fn write_config_files(dir: &Path, object: &ConfigObject) -> Result<(), ConfigWriteError> {
+fn write_config_files(dir: &Path, object: &ConfigBlob) -> Result<(), ConfigWriteError> {
     std::fs::create_dir_all(dir).map_err(ConfigWriteError::Io)?;
     for (name, content) in object.file_names.iter().zip(object.contents.iter()) {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
@@ -320,42 +362,90 @@ fn write_config_files(dir: &Path, object: &ConfigObject) -> Result<(), ConfigWri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firmware_proto::heap::Texts;
+    use firmware_proto::pod::PodSpec;
 
-    fn replica(image_digest: [u8; 32]) -> ReplicaSpec {
-        let mut spec = firmware_proto::samples::replica(0);
-        spec.image.digest = firmware_proto::Bytes(image_digest);
-        spec
+    fn document(image_digest: [u8; 32]) -> (PodDocument, ConfigObjects) {
+        let blob = firmware_proto::samples::config_blob();
+        let digest = firmware_proto::Bytes([5; 32]);
+        let mut document = firmware_proto::samples::pod_document(1, digest);
+        for c in document.pods.as_mut_slice()[0].init_containers.as_mut_slice() {
+            c.image.digest = firmware_proto::Bytes(image_digest);
+        }
+        document.pods.as_mut_slice()[0].containers.as_mut_slice()[0].image.digest = firmware_proto::Bytes(image_digest);
+        let mut config = ConfigObjects::default();
+        config.insert(digest, blob);
+        (document, config)
     }
 
     fn preloaded(dir: &Path) -> PreparedRootfs {
         PreparedRootfs { path: dir.join("rootfs"), run: None }
     }
 
-    #[test]
-    fn a_replica_maps_to_a_container_with_its_limits_and_volumes() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths { data_dir: dir.path().to_owned() };
-        let spec = replica([7; 32]);
-        let config_objects = vec![firmware_proto::samples::config()];
-        let container = container_config_on(&paths, &spec, &config_objects, &preloaded(dir.path())).unwrap();
-        assert_eq!(container.id, spec.id.as_str());
-        assert_eq!(container.rootfs, dir.path().join("rootfs"));
-        assert_eq!(container.memory_limit_bytes, spec.resources.memory_limit_bytes);
-        assert_eq!(container.args.first().map(String::as_str), spec.command.iter().next());
-        assert_eq!(spec_hash(&spec, &config_objects), spec_hash(&spec.clone(), &config_objects));
-        let mut changed = spec.clone();
-        changed.resources.memory_limit_bytes = Some(1);
-        assert_ne!(spec_hash(&spec, &config_objects), spec_hash(&changed, &config_objects));
-
-        // A preloaded image, without the image store (benchmarks).
-        assert!(matches!(container_config(&paths, &spec, &config_objects), Err(WorkloadError::NotPreloaded { .. })));
-        std::fs::create_dir_all(paths.image_rootfs(&[7; 32])).unwrap();
-        let container = container_config(&paths, &spec, &config_objects).unwrap();
-        assert_eq!(container.rootfs, paths.image_rootfs(&[7; 32]));
+    fn app(pod: &PodSpec) -> Unit<'_> {
+        Unit::all(pod).pop().unwrap()
     }
 
     #[test]
-    fn the_image_config_fills_what_the_replica_leaves_out() {
+    fn a_container_of_a_pod_maps_to_a_runtime_container_with_its_limits_and_the_pods_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths { data_dir: dir.path().to_owned() };
+        let (document, config) = document([7; 32]);
+        let pod = &document.pods[0];
+        let unit = app(pod);
+        let container = container_config_on(&paths, &unit, &document, &config, &preloaded(dir.path())).unwrap();
+        assert_eq!(container.id, "sensor-1a2b-0.sensor");
+        assert_eq!(container.hostname, "sensor-1a2b-0");
+        assert_eq!(container.rootfs, dir.path().join("rootfs"));
+        assert_eq!(container.memory_limit_bytes, unit.container.resources.memory_limit_bytes);
+        assert_eq!(container.args.first().map(String::as_str), unit.container.command.iter().next());
+        // The config volume's files and the shared emptyDir, in the pod's directory.
+        let volumes = paths.volumes("sensor-1a2b-0");
+        assert_eq!(container.mounts[0].source, volumes.join("config"));
+        assert_eq!(std::fs::read_to_string(volumes.join("config/sensor.toml")).unwrap(), "threshold = 40\n");
+        assert_eq!(container.mounts[1].source, volumes.join("spool"));
+        let sidecar = &Unit::all(pod)[1];
+        let exporter = container_config_on(&paths, sidecar, &document, &config, &preloaded(dir.path())).unwrap();
+        assert_eq!(exporter.mounts[0].source, volumes.join("spool"), "the same directory");
+        assert!(exporter.mounts[0].read_only);
+
+        assert_eq!(unit_hash(&unit, &document), unit_hash(&app(&pod.clone()), &document.clone()));
+        let mut changed = document.clone();
+        changed.pods.as_mut_slice()[0].containers.as_mut_slice()[0].resources.memory_limit_bytes = Some(1);
+        assert_ne!(unit_hash(&unit, &document), unit_hash(&app(&changed.pods[0]), &changed));
+        let mut new_config = document.clone();
+        new_config.config.as_mut_slice()[0].digest = firmware_proto::Bytes([6; 32]);
+        assert_ne!(unit_hash(&unit, &document), unit_hash(&app(&new_config.pods[0]), &new_config), "config changed");
+        let missing = container_config_on(&paths, &app(&new_config.pods[0]), &new_config, &config, &preloaded(dir.path()));
+        let Err(WorkloadError::ConfigPending(missing)) = missing else { panic!("{missing:?}") };
+        assert!(missing.to_string().starts_with("waiting for ConfigMap sensor-config (sha256:060606060606"), "{missing}");
+
+        // A preloaded image, without the image store (benchmarks).
+        assert!(matches!(container_config(&paths, &unit, &document, &config), Err(WorkloadError::NotPreloaded { .. })));
+        std::fs::create_dir_all(paths.image_rootfs(&[7; 32])).unwrap();
+        let container = container_config(&paths, &unit, &document, &config).unwrap();
+        assert_eq!(container.rootfs, paths.image_rootfs(&[7; 32]));
+
+        remove_volumes(&volumes);
+        assert!(!volumes.exists());
+    }
+
+    #[test]
+    fn a_sub_path_mounts_a_directory_inside_the_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths { data_dir: dir.path().to_owned() };
+        let (mut document, config) = document([7; 32]);
+        document.pods.as_mut_slice()[0].containers.as_mut_slice()[0].mounts.as_mut_slice()[1].sub_path =
+            firmware_proto::heap::Text::new("app/data").unwrap();
+        let pod = &document.pods[0];
+        let container = container_config_on(&paths, &app(pod), &document, &config, &preloaded(dir.path())).unwrap();
+        let inside = paths.volumes("sensor-1a2b-0").join("spool/app/data");
+        assert_eq!(container.mounts[1].source, inside);
+        assert!(inside.is_dir());
+    }
+
+    #[test]
+    fn the_image_config_fills_what_the_container_leaves_out() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths { data_dir: dir.path().to_owned() };
         std::fs::create_dir_all(dir.path().join("rootfs/etc")).unwrap();
@@ -370,33 +460,40 @@ mod tests {
             user: "app".into(),
         };
         let image = PreparedRootfs { path: dir.path().join("rootfs"), run: Some(run) };
-        let mut spec = replica([7; 32]);
-        spec.command = firmware_proto::TextList::default();
-        spec.args = firmware_proto::TextList::default();
-        spec.env = firmware_proto::TextList::from_strs(["MODE=replica", "EXTRA=1"]).unwrap();
-        spec.working_dir = heapless::String::new();
-        spec.user = None;
-        spec.volumes.clear();
-        let c = container_config_on(&paths, &spec, &[], &image).unwrap();
+        let (mut document, config) = document([7; 32]);
+        let set = |document: &mut PodDocument, f: &dyn Fn(&mut Container)| {
+            f(&mut document.pods.as_mut_slice()[0].containers.as_mut_slice()[0])
+        };
+        set(&mut document, &|c| {
+            c.command = Texts::new();
+            c.args = Texts::new();
+            c.env = Texts::from_strs(["MODE=replica", "EXTRA=1"]).unwrap();
+            c.working_dir = Default::default();
+            c.user = None;
+            c.mounts = Default::default();
+        });
+        let c = container_config_on(&paths, &app(&document.pods[0]), &document, &config, &image).unwrap();
         assert_eq!(c.args, ["/bin/server", "--port", "80"]);
         assert_eq!(c.env, ["PATH=/bin", "MODE=replica", "EXTRA=1"]);
         assert_eq!((c.cwd.as_str(), c.uid, c.gid), ("/srv", 1000, 1001));
 
-        spec.args = firmware_proto::TextList::from_strs(["--port", "8080"]).unwrap();
-        assert_eq!(container_config_on(&paths, &spec, &[], &image).unwrap().args, ["/bin/server", "--port", "8080"]);
-        spec.command = firmware_proto::TextList::from_strs(["/bin/sh", "-c"]).unwrap();
-        spec.args = firmware_proto::TextList::default();
-        assert_eq!(container_config_on(&paths, &spec, &[], &image).unwrap().args, ["/bin/sh", "-c"], "no image cmd");
+        set(&mut document, &|c| c.args = Texts::from_strs(["--port", "8080"]).unwrap());
+        let c = container_config_on(&paths, &app(&document.pods[0]), &document, &config, &image).unwrap();
+        assert_eq!(c.args, ["/bin/server", "--port", "8080"]);
+        set(&mut document, &|c| {
+            c.command = Texts::from_strs(["/bin/sh", "-c"]).unwrap();
+            c.args = Texts::new();
+        });
+        let c = container_config_on(&paths, &app(&document.pods[0]), &document, &config, &image).unwrap();
+        assert_eq!(c.args, ["/bin/sh", "-c"], "no image cmd");
 
         assert_eq!(image_user(&image.path, "42").unwrap(), (42, 0));
         assert_eq!(image_user(&image.path, "app:staff").unwrap(), (1000, 50));
         assert_eq!(image_user(&image.path, "1000:7").unwrap(), (1000, 7));
         assert!(matches!(image_user(&image.path, "nobody"), Err(WorkloadError::UnknownUser(_))));
 
-        spec.command = firmware_proto::TextList::default();
-        assert!(matches!(
-            container_config_on(&paths, &spec, &[], &preloaded(dir.path())),
-            Err(WorkloadError::NoCommand)
-        ));
+        set(&mut document, &|c| c.command = Texts::new());
+        let none = container_config_on(&paths, &app(&document.pods[0]), &document, &config, &preloaded(dir.path()));
+        assert!(matches!(none, Err(WorkloadError::NoCommand)));
     }
 }

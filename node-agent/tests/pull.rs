@@ -623,7 +623,15 @@ fn document(generation: u64, id: &str, image: Option<&ImageRef>) -> Vec<u8> {
         replica.liveness_probe = None;
         replica.restart_policy = RestartPolicy::Always;
     }
-    firmware_proto::encode_signed_to_vec(&document.as_state(), |_| Bytes([0; 64])).unwrap()
+    // The Linux profile's document: each replica a pod of one container, `main`.
+    let pods: Vec<firmware_proto::pod::PodSpec> = document.replicas.iter().map(Into::into).collect();
+    let document = firmware_proto::pod::PodDocument {
+        node_id: document.node_id,
+        generation,
+        pods: pods.try_into().unwrap(),
+        config: Default::default(),
+    };
+    firmware_proto::encode_signed_to_vec(&document, |_| Bytes([0; 64])).unwrap()
 }
 
 /// Reconciles until `done` says so; returns the events seen on the way.
@@ -665,11 +673,12 @@ fn containers_run_the_pulled_image(rootfs: RootfsMode, id: &str) {
     let layout = build_images(dir.path());
     let image = layout.push(&registry, "a", "web");
     let data = dir.path().join("agent");
-    let id = format!("{id}-{}", std::process::id());
+    let pod = format!("{id}-{}", std::process::id());
+    let id = format!("{pod}.main");
     let _cleanup = Containers { data: data.clone(), ids: vec![id.clone()] };
     let mut agent = agent(&data, rootfs);
 
-    agent.offer_desired(&document(1, &id, Some(&image))).unwrap();
+    agent.offer_desired(&document(1, &pod, Some(&image))).unwrap();
     agent.reconcile(now_ms()).unwrap();
     assert_eq!(agent.replica_statuses(now_ms())[0].phase, Phase::Pulling);
     let events = reconcile_until(&mut agent, "container running", |agent, _| running_pid(agent, &id).is_some());
@@ -714,7 +723,7 @@ fn containers_run_the_pulled_image(rootfs: RootfsMode, id: &str) {
     }
 
     // Removed from the document: the container goes, and its root filesystem with it.
-    agent.offer_desired(&document(2, &id, None)).unwrap();
+    agent.offer_desired(&document(2, &pod, None)).unwrap();
     reconcile_until(&mut agent, "container removed", |agent, _| agent.runtime().state(&id).unwrap().is_none());
     assert_eq!(is_mounted(&container.join("rootfs")), None);
     assert!(!container.exists(), "{} left behind", container.display());
@@ -743,15 +752,16 @@ fn a_tampered_blob_is_rejected_and_the_replica_keeps_its_old_version() {
     let next =
         image_ref(&next.reference.replace(&registry.addr.to_string(), &proxy.addr.to_string()), Sha256(next.digest.0));
     let data = dir.path().join("agent");
-    let id = format!("pull-tamper-{}", std::process::id());
+    let pod = format!("pull-tamper-{}", std::process::id());
+    let id = format!("{pod}.main");
     let _cleanup = Containers { data: data.clone(), ids: vec![id.clone()] };
     let mut agent = agent(&data, RootfsMode::Auto);
 
-    agent.offer_desired(&document(1, &id, Some(&good))).unwrap();
+    agent.offer_desired(&document(1, &pod, Some(&good))).unwrap();
     reconcile_until(&mut agent, "first version running", |agent, _| running_pid(agent, &id).is_some());
     let pid = running_pid(&mut agent, &id);
 
-    agent.offer_desired(&document(2, &id, Some(&next))).unwrap();
+    agent.offer_desired(&document(2, &pod, Some(&next))).unwrap();
     let events = reconcile_until(&mut agent, "PullFailed", |_, events| {
         events.iter().any(|e| matches!(e, EventKind::PullFailed { .. }))
     });

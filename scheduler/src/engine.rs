@@ -303,6 +303,7 @@ fn quantize(free: u64, alloc: u64) -> usize {
 #[derive(PartialEq, Eq, Hash)]
 struct PoolKey<'a> {
     ready: bool,
+    compact: bool,
     arch: &'a str,
     os: &'a str,
     labels: Vec<(&'a str, &'a str)>,
@@ -317,6 +318,7 @@ struct PoolKey<'a> {
 #[derive(PartialEq, Eq, Hash)]
 struct ClassKey<'a> {
     arch: Option<&'a str>,
+    exceeds_compact: Option<&'a str>,
     os: Option<&'a str>,
     selector: &'a BTreeMap<String, String>,
     tolerations: &'a [crate::model::Toleration],
@@ -372,6 +374,7 @@ pub(crate) fn compile<'a>(view: &'a ClusterView, pending: &'a [Replica]) -> (Sta
         } else {
             let key = PoolKey {
                 ready: n.ready,
+                compact: n.compact_profile,
                 arch: &n.arch,
                 os: &n.os,
                 labels: label_keys
@@ -467,6 +470,7 @@ pub(crate) fn compile<'a>(view: &'a ClusterView, pending: &'a [Replica]) -> (Sta
             r.requests.extended.iter().filter(|(_, a)| **a > 0).map(|(k, a)| (ext_index[k.as_str()], *a)).collect();
         let key = ClassKey {
             arch: r.arch.as_deref(),
+            exceeds_compact: r.exceeds_compact.as_deref(),
             os: r.os.as_deref(),
             selector: &r.node_selector,
             tolerations: &r.tolerations,

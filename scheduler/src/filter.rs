@@ -53,6 +53,19 @@ impl StaticFilter for ArchOs {
     }
 }
 
+/// A node taking the compact document profile holds only replicas within
+/// its limits.
+pub(crate) struct Profile;
+
+impl StaticFilter for Profile {
+    fn check(&self, node: &Node, r: &Replica) -> Result<(), Rejection> {
+        match &r.exceeds_compact {
+            Some(limit) if node.compact_profile => Err(Rejection::CompactProfile { limit: limit.clone() }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Every nodeSelector entry must be a node label with the same value.
 pub(crate) struct NodeSelector;
 
@@ -99,7 +112,8 @@ impl StaticFilter for TopologyKey {
 }
 
 /// The static filters, in reporting order.
-pub(crate) const STATIC_FILTERS: [&dyn StaticFilter; 5] = [&Ready, &ArchOs, &NodeSelector, &Taints, &TopologyKey];
+pub(crate) const STATIC_FILTERS: [&dyn StaticFilter; 6] =
+    [&Ready, &ArchOs, &Profile, &NodeSelector, &Taints, &TopologyKey];
 
 /// Runs every static filter; the first failure is the reason.
 pub(crate) fn check_static(node: &Node, r: &Replica) -> Result<(), Rejection> {

@@ -209,6 +209,11 @@ pub struct Node {
     pub allocatable: Resources,
     /// Maximum number of replicas on the node.
     pub max_workloads: u32,
+    /// The node takes the compact desired-document profile (a
+    /// microcontroller-sized one): replicas that need more are not placed
+    /// there.
+    #[serde(default)]
+    pub compact_profile: bool,
 }
 
 impl Node {
@@ -225,7 +230,14 @@ impl Node {
             capacity: allocatable.clone(),
             allocatable,
             max_workloads,
+            compact_profile: false,
         }
+    }
+
+    /// Marks the node as taking the compact document profile (builder style).
+    pub fn with_compact_profile(mut self) -> Self {
+        self.compact_profile = true;
+        self
     }
 
     /// Adds a label (builder style).
@@ -304,6 +316,10 @@ pub struct Replica {
     pub topology_spread: Option<TopologySpread>,
     /// Ranking of feasible nodes.
     pub score_mode: ScoreMode,
+    /// Why the compact document profile cannot hold the replica (the limit
+    /// it exceeds), if it cannot: then only full-profile nodes take it.
+    #[serde(default)]
+    pub exceeds_compact: Option<String>,
 }
 
 impl Replica {
@@ -325,6 +341,7 @@ impl Replica {
             max_per_node: None,
             topology_spread: None,
             score_mode: ScoreMode::BinPack,
+            exceeds_compact: None,
         }
     }
 

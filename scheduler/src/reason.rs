@@ -58,6 +58,12 @@ pub enum Rejection {
         /// OS of the node.
         node: String,
     },
+    /// The node takes the compact document profile, which cannot hold the
+    /// replica.
+    CompactProfile {
+        /// The limit the replica exceeds, e.g. `2 containers (it holds 1)`.
+        limit: String,
+    },
     /// A nodeSelector entry is missing or different on the node.
     SelectorMismatch {
         /// Selector key.
@@ -112,6 +118,7 @@ impl Rejection {
             Self::NotReady => "node(s) not ready".to_owned(),
             Self::ArchMismatch { required, .. } => format!("node(s) not {required}"),
             Self::OsMismatch { required, .. } => format!("node(s) not running {required}"),
+            Self::CompactProfile { limit } => format!("node(s) take the compact document profile: {limit}"),
             Self::SelectorMismatch { key, value } => {
                 format!("node(s) didn't match nodeSelector {{{key}: {value}}}")
             }

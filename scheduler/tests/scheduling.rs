@@ -53,6 +53,25 @@ fn placement_table() {
             unplaced: vec![],
         },
         Case {
+            name: "a pod the compact document profile cannot hold goes only to full-profile nodes",
+            nodes: vec![node("mcu", 1000, 1024).with_compact_profile(), node("pi", 1000, 1024)],
+            bound: vec![],
+            pending: vec![
+                Replica { exceeds_compact: Some("2 containers (it holds 1)".into()), ..replica("sidecar", "web", 100, 64) },
+                replica("small", "sensor", 100, 64),
+            ],
+            placed: vec![("sidecar", "pi"), ("small", "pi")],
+            unplaced: vec![],
+        },
+        Case {
+            name: "with only compact-profile nodes the reason names the limit",
+            nodes: vec![node("mcu-1", 1000, 1024).with_compact_profile(), node("mcu-2", 1000, 1024).with_compact_profile()],
+            bound: vec![],
+            pending: vec![Replica { exceeds_compact: Some("2 containers (it holds 1)".into()), ..replica("sidecar", "web", 100, 64) }],
+            placed: vec![],
+            unplaced: vec![("sidecar", "0/2 nodes available: 2 node(s) take the compact document profile: 2 containers (it holds 1)")],
+        },
+        Case {
             name: "a node that is not ready is never used",
             nodes: vec![node("n1", 1000, 1024).with_ready(false)],
             bound: vec![],

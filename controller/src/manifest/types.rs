@@ -79,9 +79,13 @@ pub struct PodTemplate {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
-    /// Containers (Flotilla runs exactly one per replica).
+    /// The app containers, started together once the init containers have.
     #[serde(default)]
     pub containers: Vec<Container>,
+    /// Run in order before the app containers, each to completion; one
+    /// with `restartPolicy: Always` is a sidecar that stays up beside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
     /// `Always`, `OnFailure` or `Never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
@@ -185,6 +189,9 @@ pub struct Container {
     /// User, read-only root, seccomp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// `Always` on an init container makes it a sidecar (Kubernetes 1.29).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
 }
 
 /// An `env` entry.
@@ -211,6 +218,38 @@ pub struct EnvVarSource {
     /// A Secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<KeyRef>,
+    /// A field of the pod (downward API): `metadata.name`,
+    /// `metadata.namespace`, `metadata.labels['k']`, `spec.nodeName`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<FieldRef>,
+    /// A container's request or limit (downward API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldRef>,
+}
+
+/// `valueFrom.fieldRef`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldRef {
+    /// The field, e.g. `metadata.name`.
+    pub field_path: String,
+    /// Accepted for compatibility (`v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+}
+
+/// `valueFrom.resourceFieldRef`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceFieldRef {
+    /// `limits.cpu`, `limits.memory`, `requests.cpu`, `requests.memory`.
+    pub resource: String,
+    /// Whose: required outside the container itself (defaults to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The unit the value is counted in (default `1`: cores, bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<QuantityText>,
 }
 
 /// A reference to one key of a ConfigMap or Secret.
@@ -419,6 +458,9 @@ pub struct VolumeMount {
     /// Mount read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// A path inside the volume to mount instead of its root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
 }
 
 /// A `volumes` entry: exactly one source must be set.

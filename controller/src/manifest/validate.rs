@@ -1,11 +1,12 @@
 //! Rules a parsed object must meet before it is stored: Kubernetes' own
-//! (names, ports, selectors) and Flotilla's (one container per replica, and
-//! the wire protocol's capacities, so that whatever is stored can reach a
-//! node).
+//! (names, ports, selectors) and Flotilla's (the Linux document profile's
+//! capacities, so that whatever is stored can reach a node; what the
+//! compact profile cannot hold is placed only on Linux-profile nodes).
 
 use std::collections::BTreeMap;
 
 use firmware_proto as wire;
+use firmware_proto::pod as linux;
 
 use super::types::*;
 use super::{Body, Object, Quantity};
@@ -165,15 +166,20 @@ fn int_or_percent(path: &str, value: Option<&IntOrString>) -> Result {
 }
 
 fn pod(path: &str, spec: &PodSpec, policies: &[&str]) -> Result {
-    match spec.containers.len() {
-        0 => return fail(format!("{path}.containers"), "at least one container is required"),
-        1 => {}
-        _ => {
-            return fail(
-                format!("{path}.containers[1]"),
-                "not supported yet: Flotilla runs one container per replica (split sidecars into their own workload)",
-            );
-        }
+    if spec.containers.is_empty() {
+        return fail(format!("{path}.containers"), "at least one container is required");
+    }
+    if spec.containers.len() > linux::MAX_CONTAINERS {
+        return fail(format!("{path}.containers"), format!("at most {} containers in a pod", linux::MAX_CONTAINERS));
+    }
+    if spec.init_containers.len() > linux::MAX_INIT_CONTAINERS {
+        return fail(
+            format!("{path}.initContainers"),
+            format!("at most {} init containers in a pod", linux::MAX_INIT_CONTAINERS),
+        );
+    }
+    if spec.volumes.len() > linux::LINUX_MAX_VOLUMES {
+        return fail(format!("{path}.volumes"), format!("at most {} volumes in a pod", linux::LINUX_MAX_VOLUMES));
     }
     if let Some(policy) = &spec.restart_policy
         && !policies.contains(&policy.as_str())
@@ -204,7 +210,10 @@ fn pod(path: &str, spec: &PodSpec, policies: &[&str]) -> Result {
     let mut volume_names = Vec::new();
     for (i, volume) in spec.volumes.iter().enumerate() {
         let at = format!("{path}.volumes[{i}]");
-        name(&format!("{at}.name"), &volume.name, wire::OBJECT_NAME_MAX)?;
+        name(&format!("{at}.name"), &volume.name, linux::VOLUME_NAME_MAX)?;
+        if volume_names.contains(&volume.name.as_str()) {
+            return fail(format!("{at}.name"), format!("two volumes are named {:?}", volume.name));
+        }
         let sources = [
             volume.empty_dir.is_some(),
             volume.host_path.is_some(),
@@ -222,19 +231,65 @@ fn pod(path: &str, spec: &PodSpec, policies: &[&str]) -> Result {
         }
         volume_names.push(volume.name.as_str());
     }
-    container(&format!("{path}.containers[0]"), &spec.containers[0], &volume_names)
+    let mut container_names: Vec<&str> = Vec::new();
+    let all = spec.init_containers.iter().map(|c| ("initContainers", c)).chain(spec.containers.iter().map(|c| ("containers", c)));
+    let mut index = BTreeMap::<&str, usize>::new();
+    for (list, c) in all {
+        let i = index.entry(list).or_default();
+        let at = format!("{path}.{list}[{i}]");
+        *i += 1;
+        if container_names.contains(&c.name.as_str()) {
+            return fail(format!("{at}.name"), format!("two containers of the pod are named {:?}", c.name));
+        }
+        container_names.push(&c.name);
+        match (list, c.restart_policy.as_deref()) {
+            (_, None) | ("initContainers", Some("Always")) => {}
+            ("initContainers", Some(other)) => {
+                return fail(format!("{at}.restartPolicy"), format!("{other:?}: only Always (a sidecar) is allowed"));
+            }
+            (_, Some(_)) => {
+                return fail(format!("{at}.restartPolicy"), "only init containers take a restartPolicy (sidecars)");
+            }
+        }
+        container(&at, c, &volume_names, spec)?;
+    }
+    Ok(())
 }
 
-fn container(path: &str, c: &Container, volumes: &[&str]) -> Result {
-    name(&format!("{path}.name"), &c.name, 63)?;
+/// Fields of the pod a `fieldRef` may name (the downward API), besides
+/// `metadata.labels['k']` and `metadata.annotations['k']`.
+pub(crate) const FIELD_PATHS: [&str; 10] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+    "metadata.generateName",
+];
+
+/// Whether a `fieldRef` path names a field the controller resolves.
+pub(crate) fn known_field_path(path: &str) -> bool {
+    FIELD_PATHS.contains(&path)
+        || ["metadata.labels['", "metadata.annotations['"]
+            .iter()
+            .any(|prefix| path.strip_prefix(prefix).and_then(|rest| rest.strip_suffix("']")).is_some_and(|k| !k.is_empty()))
+}
+
+fn container(path: &str, c: &Container, volumes: &[&str], pod: &PodSpec) -> Result {
+    name(&format!("{path}.name"), &c.name, wire::CONTAINER_NAME_MAX)?;
     if c.image.trim().is_empty() {
         return fail(format!("{path}.image"), "required");
     }
     if c.image.len() > wire::IMAGE_REF_MAX {
         return fail(format!("{path}.image"), format!("longer than {} bytes", wire::IMAGE_REF_MAX));
     }
-    wire_list(&format!("{path}.command"), c.command.iter().map(String::len), wire::COMMAND_ITEMS, wire::COMMAND_BYTES)?;
-    wire_list(&format!("{path}.args"), c.args.iter().map(String::len), wire::ARGS_ITEMS, wire::ARGS_BYTES)?;
+    let (argv_items, argv_bytes) = (linux::LINUX_ARGV_ITEMS, linux::LINUX_ARGV_BYTES);
+    wire_list(&format!("{path}.command"), c.command.iter().map(String::len), argv_items, argv_bytes)?;
+    wire_list(&format!("{path}.args"), c.args.iter().map(String::len), argv_items, argv_bytes)?;
     for (i, env) in c.env.iter().enumerate() {
         let at = format!("{path}.env[{i}]");
         if env.name.is_empty() || env.name.contains('=') {
@@ -242,16 +297,14 @@ fn container(path: &str, c: &Container, volumes: &[&str]) -> Result {
         }
         match (&env.value, &env.value_from) {
             (Some(_), Some(_)) => return fail(at, "set value or valueFrom, not both"),
-            (_, Some(from)) if from.config_map_key_ref.is_some() == from.secret_key_ref.is_some() => {
-                return fail(format!("{at}.valueFrom"), "needs exactly one of configMapKeyRef or secretKeyRef");
-            }
+            (_, Some(from)) => env_source(&format!("{at}.valueFrom"), from, pod)?,
             _ => {}
         }
     }
-    if c.env.len() > wire::ENV_ITEMS {
+    if c.env.len() > linux::LINUX_ENV_ITEMS {
         return fail(
             format!("{path}.env"),
-            format!("at most {} variables fit a device's desired state", wire::ENV_ITEMS),
+            format!("at most {} variables fit a device's desired state", linux::LINUX_ENV_ITEMS),
         );
     }
     for (i, from) in c.env_from.iter().enumerate() {
@@ -259,8 +312,8 @@ fn container(path: &str, c: &Container, volumes: &[&str]) -> Result {
             return fail(format!("{path}.envFrom[{i}]"), "needs exactly one of configMapRef or secretRef");
         }
     }
-    if c.ports.len() > wire::MAX_PORTS {
-        return fail(format!("{path}.ports"), format!("at most {} ports", wire::MAX_PORTS));
+    if c.ports.len() > linux::LINUX_MAX_PORTS {
+        return fail(format!("{path}.ports"), format!("at most {} ports", linux::LINUX_MAX_PORTS));
     }
     for (i, port) in c.ports.iter().enumerate() {
         let at = format!("{path}.ports[{i}]");
@@ -274,8 +327,8 @@ fn container(path: &str, c: &Container, volumes: &[&str]) -> Result {
         }
     }
     resources(&format!("{path}.resources"), &c.resources)?;
-    if c.volume_mounts.len() > wire::MAX_VOLUMES {
-        return fail(format!("{path}.volumeMounts"), format!("at most {} volume mounts", wire::MAX_VOLUMES));
+    if c.volume_mounts.len() > linux::LINUX_MAX_MOUNTS {
+        return fail(format!("{path}.volumeMounts"), format!("at most {} volume mounts", linux::LINUX_MAX_MOUNTS));
     }
     for (i, mount) in c.volume_mounts.iter().enumerate() {
         let at = format!("{path}.volumeMounts[{i}]");
@@ -283,6 +336,11 @@ fn container(path: &str, c: &Container, volumes: &[&str]) -> Result {
             return fail(format!("{at}.name"), format!("no volume named {:?} in the pod's volumes", mount.name));
         }
         absolute_path(&format!("{at}.mountPath"), &mount.mount_path)?;
+        if let Some(sub) = &mount.sub_path
+            && (sub.starts_with('/') || sub.split('/').any(|part| part == "..") || sub.len() > linux::LINUX_PATH_MAX)
+        {
+            return fail(format!("{at}.subPath"), format!("{sub:?} must be a relative path inside the volume, without '..'"));
+        }
     }
     for (field, probe) in [
         ("livenessProbe", &c.liveness_probe),
@@ -306,6 +364,57 @@ fn container(path: &str, c: &Container, volumes: &[&str]) -> Result {
             if id.is_some_and(|id| !(0..=i64::from(u32::MAX)).contains(&id)) {
                 return fail(format!("{path}.securityContext.{field}"), "must be a uid/gid between 0 and 4294967295");
             }
+        }
+    }
+    Ok(())
+}
+
+/// One `valueFrom`: exactly one source, and a downward-API field or
+/// resource the controller resolves.
+fn env_source(path: &str, from: &EnvVarSource, pod: &PodSpec) -> Result {
+    let sources = [
+        from.config_map_key_ref.is_some(),
+        from.secret_key_ref.is_some(),
+        from.field_ref.is_some(),
+        from.resource_field_ref.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return fail(path, "needs exactly one of configMapKeyRef, secretKeyRef, fieldRef or resourceFieldRef");
+    }
+    if let Some(field) = &from.field_ref
+        && !known_field_path(&field.field_path)
+    {
+        return fail(
+            format!("{path}.fieldRef.fieldPath"),
+            format!(
+                "{:?} is not supported; use one of {}, metadata.labels['KEY'] or metadata.annotations['KEY']",
+                field.field_path,
+                FIELD_PATHS.join(", ")
+            ),
+        );
+    }
+    if let Some(resource) = &from.resource_field_ref {
+        const RESOURCES: [&str; 6] = [
+            "limits.cpu",
+            "limits.memory",
+            "limits.ephemeral-storage",
+            "requests.cpu",
+            "requests.memory",
+            "requests.ephemeral-storage",
+        ];
+        if !RESOURCES.contains(&resource.resource.as_str()) {
+            return fail(
+                format!("{path}.resourceFieldRef.resource"),
+                format!("{:?} is not one of {}", resource.resource, RESOURCES.join(", ")),
+            );
+        }
+        if let Some(name) = &resource.container_name
+            && !pod.containers.iter().chain(&pod.init_containers).any(|c| c.name == *name)
+        {
+            return fail(format!("{path}.resourceFieldRef.containerName"), format!("no container named {name:?}"));
+        }
+        if let Some(divisor) = &resource.divisor {
+            quantity(&format!("{path}.resourceFieldRef.divisor"), divisor)?;
         }
     }
     Ok(())

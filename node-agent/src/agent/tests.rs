@@ -3,6 +3,7 @@
 use firmware_proto::samples;
 
 use super::*;
+use firmware_proto::DesiredDocument;
 use crate::runtime::fake::FakeRuntime;
 
 const GOOD: [u8; 64] = [9; 64];
@@ -11,8 +12,52 @@ fn verifier() -> Verifier {
     Box::new(|_, signature| signature.0 == GOOD)
 }
 
+/// The Linux-profile document for `document`'s single-container replicas
+/// (each a pod of one container named `main`), and its config objects'
+/// frames.
+fn pods(document: &DesiredDocument, signature: [u8; 64]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let sign = |_: &[u8]| firmware_proto::Bytes(signature);
+    let mut config = firmware_proto::heap::List::new();
+    let mut blobs = Vec::new();
+    for object in &document.config {
+        let blob = ConfigBlob::from(object);
+        let frame = firmware_proto::encode_signed_to_vec(&blob, |_| firmware_proto::Bytes(GOOD)).unwrap();
+        let digest: [u8; 32] = sha2::Sha256::digest(firmware_proto::pod::signed_body(&frame).unwrap()).into();
+        let reference = firmware_proto::pod::ConfigRef {
+            name: firmware_proto::heap::Text::new(&object.name).unwrap(),
+            secret: object.secret,
+            digest: firmware_proto::Bytes(digest),
+            size: frame.len() as u32,
+        };
+        config.push(reference).unwrap();
+        blobs.push(frame);
+    }
+    let pods: Vec<PodSpec> = document.replicas.iter().map(PodSpec::from).collect();
+    let document = PodDocument {
+        node_id: document.node_id.clone(),
+        generation: document.generation,
+        pods: firmware_proto::heap::List::try_from(pods).unwrap(),
+        config,
+    };
+    (firmware_proto::encode_signed_to_vec(&document, sign).unwrap(), blobs)
+}
+
 fn frame(document: &DesiredDocument, signature: [u8; 64]) -> Vec<u8> {
-    firmware_proto::encode_signed_to_vec(&document.as_state(), |_| firmware_proto::Bytes(signature)).unwrap()
+    pods(document, signature).0
+}
+
+/// Offers a document's config objects, then the document.
+fn offer(agent: &mut Agent<FakeRuntime>, document: &DesiredDocument, signature: [u8; 64]) -> Result<bool, Rejected> {
+    let (frame, blobs) = pods(document, signature);
+    for blob in blobs {
+        agent.offer_config(&blob).unwrap();
+    }
+    agent.offer_desired(&frame)
+}
+
+/// The runtime id of sample replica `i`'s one container.
+fn unit(i: usize) -> String {
+    format!("sensor-1a2b-{i}.main")
 }
 
 struct Fixture {
@@ -47,13 +92,13 @@ fn document(generation: u64, replicas: usize, policy: RestartPolicy) -> DesiredD
 fn a_document_starts_its_replicas_and_a_second_pass_changes_nothing() {
     let f = Fixture::new();
     let mut agent = f.agent(FakeRuntime::default());
-    assert!(agent.offer_desired(&frame(&document(1, 3, RestartPolicy::Always), GOOD)).unwrap());
+    assert!(offer(&mut agent, &document(1, 3, RestartPolicy::Always), GOOD).unwrap());
     assert_eq!(agent.reconcile(0).unwrap(), 6, "create + start for each of 3");
     assert_eq!(agent.reconcile(100).unwrap(), 0);
     let started = agent.take_events().iter().filter(|e| e.kind == EventKind::Started).count();
     assert_eq!(started, 3);
     // The same document again (a retained redelivery) is a no-op.
-    assert!(!agent.offer_desired(&frame(&document(1, 3, RestartPolicy::Always), GOOD)).unwrap());
+    assert!(!offer(&mut agent, &document(1, 3, RestartPolicy::Always), GOOD).unwrap());
     assert_eq!(agent.reconcile(200).unwrap(), 0);
 }
 
@@ -61,15 +106,15 @@ fn a_document_starts_its_replicas_and_a_second_pass_changes_nothing() {
 fn forged_replayed_and_misaddressed_documents_are_rejected_and_change_nothing() {
     let f = Fixture::new();
     let mut agent = f.agent(FakeRuntime::default());
-    agent.offer_desired(&frame(&document(5, 1, RestartPolicy::Always), GOOD)).unwrap();
+    offer(&mut agent, &document(5, 1, RestartPolicy::Always), GOOD).unwrap();
     agent.reconcile(0).unwrap();
     let forged = agent.offer_desired(&frame(&document(6, 0, RestartPolicy::Always), [1; 64]));
     assert!(matches!(forged, Err(Rejected::BadSignature)), "{forged:?}");
-    let replay = agent.offer_desired(&frame(&document(4, 0, RestartPolicy::Always), GOOD));
+    let replay = offer(&mut agent, &document(4, 0, RestartPolicy::Always), GOOD);
     assert!(matches!(replay, Err(Rejected::Stale { applied: 5, found: 4 })), "{replay:?}");
     let mut other = document(7, 0, RestartPolicy::Always);
     other.node_id = firmware_proto::Name::new("someone-else").unwrap();
-    assert!(matches!(agent.offer_desired(&frame(&other, GOOD)), Err(Rejected::WrongNode { .. })));
+    assert!(matches!(offer(&mut agent, &other, GOOD), Err(Rejected::WrongNode { .. })));
     assert!(matches!(agent.offer_desired(b"\x01\x05garbage"), Err(Rejected::Malformed(_))));
     assert!(matches!(agent.offer_desired(&[]), Err(Rejected::Malformed(_))));
     // Still running generation 5's replica.
@@ -82,9 +127,9 @@ fn forged_replayed_and_misaddressed_documents_are_rejected_and_change_nothing() 
 fn always_restarts_with_exponential_back_off_and_never_leaves_it_stopped() {
     let f = Fixture::new();
     let mut agent = f.agent(FakeRuntime::default());
-    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    offer(&mut agent, &document(1, 1, RestartPolicy::Always), GOOD).unwrap();
     agent.reconcile(0).unwrap();
-    let id = samples::replica(0).id.to_string();
+    let id = unit(0);
     let mut restarts_at = Vec::new();
     let mut now = 0;
     for _ in 0..5 {
@@ -116,9 +161,9 @@ fn on_failure_and_never_follow_their_policies_and_oom_is_reported() {
     let mut agent = f.agent(FakeRuntime::default());
     let mut doc = document(1, 3, RestartPolicy::OnFailure);
     doc.replicas[2].restart_policy = RestartPolicy::Never;
-    agent.offer_desired(&frame(&doc, GOOD)).unwrap();
+    offer(&mut agent, &doc, GOOD).unwrap();
     agent.reconcile(0).unwrap();
-    let ids: Vec<String> = doc.replicas.iter().map(|r| r.id.to_string()).collect();
+    let ids: Vec<String> = (0..3).map(unit).collect();
     agent.runtime().exit(&ids[0], ExitInfo { code: Some(0), signal: None, oom_killed: false });
     agent.runtime().exit(&ids[1], ExitInfo { code: Some(137), signal: Some(9), oom_killed: true });
     agent.runtime().exit(&ids[2], ExitInfo { code: Some(3), signal: None, oom_killed: false });
@@ -138,40 +183,40 @@ fn on_failure_and_never_follow_their_policies_and_oom_is_reported() {
 fn a_changed_replica_is_replaced_gracefully_and_a_removed_one_is_stopped() {
     let f = Fixture::new();
     let mut agent = f.agent(FakeRuntime::default());
-    agent.offer_desired(&frame(&document(1, 2, RestartPolicy::Always), GOOD)).unwrap();
+    offer(&mut agent, &document(1, 2, RestartPolicy::Always), GOOD).unwrap();
     agent.reconcile(0).unwrap();
     let mut next = document(2, 1, RestartPolicy::Always);
     next.replicas[0].env = firmware_proto::TextList::from_strs(["LINE=4"]).unwrap();
-    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    offer(&mut agent, &next, GOOD).unwrap();
     let calls_before = agent.runtime().calls.len();
     agent.reconcile(1_000).unwrap();
     let calls: Vec<String> = agent.runtime().calls[calls_before..].to_vec();
-    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-1 15")), "SIGTERM first: {calls:?}");
-    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0 15")), "{calls:?}");
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-1.main 15")), "SIGTERM first: {calls:?}");
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0.main 15")), "{calls:?}");
     // The fake stops on SIGTERM: the next pass deletes, the one after creates the new one.
     agent.reconcile(1_100).unwrap();
     agent.reconcile(1_200).unwrap();
     let containers = &agent.runtime().containers;
-    assert_eq!(containers.keys().collect::<Vec<_>>(), ["sensor-1a2b-0"]);
-    assert_eq!(containers["sensor-1a2b-0"].0.env, vec!["LINE=4".to_owned()]);
+    assert_eq!(containers.keys().collect::<Vec<_>>(), ["sensor-1a2b-0.main"]);
+    assert_eq!(containers["sensor-1a2b-0.main"].0.env, vec!["LINE=4".to_owned()]);
 }
 
 #[test]
 fn after_a_restart_the_agent_keeps_running_containers_and_brings_back_missing_ones_from_disk() {
     let f = Fixture::new();
     let mut first = f.agent(FakeRuntime::default());
-    first.offer_desired(&frame(&document(3, 2, RestartPolicy::Always), GOOD)).unwrap();
+    offer(&mut first, &document(3, 2, RestartPolicy::Always), GOOD).unwrap();
     first.reconcile(0).unwrap();
     // Reboot: one container survived (re-adopted), the other is gone.
     let mut runtime = std::mem::take(first.runtime());
     drop(first);
-    runtime.containers.remove("sensor-1a2b-1");
+    runtime.containers.remove("sensor-1a2b-1.main");
     runtime.calls.clear();
     let mut second = f.agent(runtime);
     assert_eq!(second.generation(), 3, "document restored without any network");
     second.reconcile(10).unwrap();
     let calls = &second.runtime().calls;
-    assert_eq!(calls, &vec!["create sensor-1a2b-1".to_owned(), "start sensor-1a2b-1".to_owned()]);
+    assert_eq!(calls, &vec!["create sensor-1a2b-1.main".to_owned(), "start sensor-1a2b-1.main".to_owned()]);
 }
 
 /// A registry that accepts connections and never answers: pulls from it
@@ -190,10 +235,10 @@ fn a_missing_image_is_pulled_and_blocks_only_its_replica() {
     let mut doc = document(1, 2, RestartPolicy::Always);
     doc.replicas[1].image.digest = firmware_proto::Bytes([1; 32]);
     doc.replicas[1].image.reference = reference.as_str().try_into().unwrap();
-    agent.offer_desired(&frame(&doc, GOOD)).unwrap();
+    offer(&mut agent, &doc, GOOD).unwrap();
     agent.reconcile(0).unwrap();
     assert_eq!(agent.runtime().containers.len(), 1);
-    let blocked = agent.persisted.records["sensor-1a2b-1"].blocked.clone().unwrap();
+    let blocked = agent.persisted.records["sensor-1a2b-1.main"].blocked.clone().unwrap();
     assert_eq!(blocked, format!("pulling image {reference}"));
     assert_eq!(agent.replica_statuses(0)[1].phase, Phase::Pulling);
 }
@@ -203,12 +248,12 @@ fn a_new_image_is_pulled_while_the_old_container_keeps_running() {
     let f = Fixture::new();
     let (_registry, reference) = silent_registry();
     let mut agent = f.agent(FakeRuntime::default());
-    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    offer(&mut agent, &document(1, 1, RestartPolicy::Always), GOOD).unwrap();
     agent.reconcile(0).unwrap();
     let mut next = document(2, 1, RestartPolicy::Always);
     next.replicas[0].image.digest = firmware_proto::Bytes([2; 32]);
     next.replicas[0].image.reference = reference.as_str().try_into().unwrap();
-    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    offer(&mut agent, &next, GOOD).unwrap();
     let calls_before = agent.runtime().calls.len();
     for now in [1_000, 2_000, 3_000] {
         agent.reconcile(now).unwrap();
@@ -219,7 +264,7 @@ fn a_new_image_is_pulled_while_the_old_container_keeps_running() {
     std::fs::create_dir_all(Paths { data_dir: f.dir.path().to_owned() }.image_rootfs(&[2; 32])).unwrap();
     agent.reconcile(4_000).unwrap();
     let calls: Vec<String> = agent.runtime().calls[calls_before..].to_vec();
-    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0 15")), "{calls:?}");
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0.main 15")), "{calls:?}");
 }
 
 #[test]
@@ -227,7 +272,7 @@ fn a_replica_swapped_for_another_runs_until_the_new_ones_image_is_here() {
     let f = Fixture::new();
     let (_registry, reference) = silent_registry();
     let mut agent = f.agent(FakeRuntime::default());
-    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    offer(&mut agent, &document(1, 1, RestartPolicy::Always), GOOD).unwrap();
     agent.reconcile(0).unwrap();
     // A rollout without surge: the old replica leaves the document and its
     // replacement (another id, a new image) arrives in the same one.
@@ -235,7 +280,7 @@ fn a_replica_swapped_for_another_runs_until_the_new_ones_image_is_here() {
     next.replicas.remove(0);
     next.replicas[0].image.digest = firmware_proto::Bytes([3; 32]);
     next.replicas[0].image.reference = reference.as_str().try_into().unwrap();
-    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    offer(&mut agent, &next, GOOD).unwrap();
     let calls_before = agent.runtime().calls.len();
     for now in [1_000, 2_000, 3_000] {
         agent.reconcile(now).unwrap();
@@ -244,39 +289,39 @@ fn a_replica_swapped_for_another_runs_until_the_new_ones_image_is_here() {
     std::fs::create_dir_all(Paths { data_dir: f.dir.path().to_owned() }.image_rootfs(&[3; 32])).unwrap();
     agent.reconcile(4_000).unwrap();
     let calls: Vec<String> = agent.runtime().calls[calls_before..].to_vec();
-    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0 15")), "{calls:?}");
+    assert!(calls.iter().any(|c| c.starts_with("kill sensor-1a2b-0.main 15")), "{calls:?}");
 }
 
 #[test]
 fn a_replacement_waits_for_the_replica_holding_its_port_to_stop() {
     let f = Fixture::new();
     let mut runtime = FakeRuntime::default();
-    runtime.ignore_sigterm.insert("sensor-1a2b-0".into());
+    runtime.ignore_sigterm.insert("sensor-1a2b-0.main".into());
     let mut agent = f.agent(runtime);
     let first = document(1, 1, RestartPolicy::Always);
     let grace_ms = u64::from(first.replicas[0].termination_grace_s) * 1000;
-    agent.offer_desired(&frame(&first, GOOD)).unwrap();
+    offer(&mut agent, &first, GOOD).unwrap();
     agent.reconcile(0).unwrap();
     // Its replacement: another id, the same port (the sample's 8080).
     let mut next = document(2, 2, RestartPolicy::Always);
     next.replicas.remove(0);
     assert_eq!(next.replicas[0].ports, first.replicas[0].ports);
-    agent.offer_desired(&frame(&next, GOOD)).unwrap();
+    offer(&mut agent, &next, GOOD).unwrap();
     agent.reconcile(1_000).unwrap();
     agent.reconcile(2_000).unwrap();
     let containers: Vec<String> = agent.runtime().containers.keys().cloned().collect();
-    assert_eq!(containers, ["sensor-1a2b-0"], "the old one ignores SIGTERM and still holds the port");
-    let blocked = agent.persisted.records["sensor-1a2b-1"].blocked.clone().unwrap();
-    assert!(blocked.contains("waiting for sensor-1a2b-0 to stop"), "{blocked}");
+    assert_eq!(containers, ["sensor-1a2b-0.main"], "the old one ignores SIGTERM and still holds the port");
+    let blocked = agent.persisted.records["sensor-1a2b-1.main"].blocked.clone().unwrap();
+    assert!(blocked.contains("waiting for sensor-1a2b-0.main to stop"), "{blocked}");
     // The grace period ends: SIGKILL, delete, and only then the new one.
     for now in [1_000 + grace_ms + 1, 1_100 + grace_ms, 1_200 + grace_ms] {
         agent.reconcile(now).unwrap();
     }
     let containers: Vec<String> = agent.runtime().containers.keys().cloned().collect();
-    assert_eq!(containers, ["sensor-1a2b-1"]);
+    assert_eq!(containers, ["sensor-1a2b-1.main"]);
     let calls = &agent.runtime().calls;
-    let killed = calls.iter().position(|c| c == "kill sensor-1a2b-0 9").expect("SIGKILL after the grace");
-    let created = calls.iter().position(|c| c == "create sensor-1a2b-1").unwrap();
+    let killed = calls.iter().position(|c| c == "kill sensor-1a2b-0.main 9").expect("SIGKILL after the grace");
+    let created = calls.iter().position(|c| c == "create sensor-1a2b-1.main").unwrap();
     assert!(killed < created, "{calls:?}");
 }
 
@@ -285,12 +330,12 @@ fn root_filesystems_of_replicas_that_are_gone_are_removed() {
     let f = Fixture::new();
     let containers = f.dir.path().join("containers");
     std::fs::create_dir_all(containers.join("gone-replica/rootfs")).unwrap();
-    std::fs::create_dir_all(containers.join("sensor-1a2b-0/rootfs")).unwrap();
+    std::fs::create_dir_all(containers.join("sensor-1a2b-0.main/rootfs")).unwrap();
     let mut agent = f.agent(FakeRuntime::default());
-    agent.offer_desired(&frame(&document(1, 1, RestartPolicy::Always), GOOD)).unwrap();
+    offer(&mut agent, &document(1, 1, RestartPolicy::Always), GOOD).unwrap();
     agent.reconcile(0).unwrap();
     assert!(!containers.join("gone-replica").exists());
-    assert!(containers.join("sensor-1a2b-0").exists(), "a desired replica's stays");
+    assert!(containers.join("sensor-1a2b-0.main").exists(), "a desired replica's stays");
 }
 
 #[test]
@@ -317,9 +362,9 @@ fn a_failing_liveness_probe_kills_and_restarts_the_container_and_says_why() {
         success_threshold: 1,
         failure_threshold: 2,
     });
-    agent.offer_desired(&frame(&doc, GOOD)).unwrap();
+    offer(&mut agent, &doc, GOOD).unwrap();
     agent.reconcile(0).unwrap();
-    let id = doc.replicas[0].id.to_string();
+    let id = unit(0);
     assert_eq!(agent.probe(0), 1);
     agent.runtime().exec_results.insert(id.clone(), Some(1));
     assert_eq!(agent.probe(500), 0, "not due before the period");
@@ -335,4 +380,155 @@ fn a_failing_liveness_probe_kills_and_restarts_the_container_and_says_why() {
     assert_eq!(status.phase, Phase::Running);
     let events = agent.take_events();
     assert!(events.iter().any(|e| matches!(e.kind, EventKind::ProbeFailed { .. })));
+}
+
+/// The sample pod (init container, sidecar, app) and its config object,
+/// offered to `agent`. Returns the three container ids.
+fn offer_pod(agent: &mut Agent<FakeRuntime>, edit: impl FnOnce(&mut PodSpec)) -> [String; 3] {
+    let blob = firmware_proto::encode_signed_to_vec(&samples::config_blob(), |_| firmware_proto::Bytes(GOOD)).unwrap();
+    let digest = sha2::Sha256::digest(firmware_proto::pod::signed_body(&blob).unwrap()).into();
+    let mut document = samples::pod_document(1, firmware_proto::Bytes(digest));
+    edit(&mut document.pods.as_mut_slice()[0]);
+    assert!(agent.offer_config(&blob).unwrap());
+    let frame = firmware_proto::encode_signed_to_vec(&document, |_| firmware_proto::Bytes(GOOD)).unwrap();
+    assert!(agent.offer_desired(&frame).unwrap());
+    ["wait-config", "exporter", "sensor"].map(|c| format!("sensor-1a2b-0.{c}"))
+}
+
+fn created(agent: &mut Agent<FakeRuntime>) -> Vec<String> {
+    agent.runtime().calls.iter().filter_map(|c| c.strip_prefix("create ")).map(str::to_owned).collect()
+}
+
+const OK: ExitInfo = ExitInfo { code: Some(0), signal: None, oom_killed: false };
+const FAIL: ExitInfo = ExitInfo { code: Some(1), signal: None, oom_killed: false };
+
+#[test]
+fn init_containers_run_to_completion_in_order_then_the_sidecar_and_app_start() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let [init, sidecar, app] = offer_pod(&mut agent, |_| {});
+    agent.reconcile(0).unwrap();
+    assert_eq!(created(&mut agent), [init.clone()], "only the first init container");
+    let statuses = agent.statuses(0);
+    assert_eq!(statuses.replicas[0].phase, Phase::Pending);
+    let states: Vec<WireState> = statuses.containers.iter().map(|c| c.state).collect();
+    assert_eq!(states, [WireState::Running, WireState::Waiting, WireState::Waiting]);
+    assert_eq!(agent.persisted.records[&app].blocked.as_deref(), Some("waiting for init container wait-config"));
+
+    agent.runtime().exit(&init, OK);
+    agent.reconcile(10).unwrap();
+    agent.reconcile(20).unwrap();
+    assert_eq!(created(&mut agent), [init.clone(), sidecar.clone(), app.clone()], "sidecar before the app");
+    let statuses = agent.statuses(20);
+    assert_eq!(statuses.replicas[0].phase, Phase::Running);
+    assert_eq!(statuses.replicas[0].readiness, Readiness::Starting, "the app's readiness probe has not passed");
+    let states: Vec<(WireState, bool)> = statuses.containers.iter().map(|c| (c.state, c.ready)).collect();
+    assert_eq!(states, [(WireState::Terminated, false), (WireState::Running, true), (WireState::Running, false)]);
+    // Events name the container.
+    let started: Vec<String> = agent
+        .take_events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Started)
+        .map(|e| e.container.unwrap().to_string())
+        .collect();
+    assert_eq!(started, ["wait-config", "exporter", "sensor"]);
+    // The init container does not run again.
+    agent.reconcile(30).unwrap();
+    assert_eq!(created(&mut agent).len(), 3);
+}
+
+#[test]
+fn a_failing_init_container_holds_the_pod_with_its_reason() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let [init, _, app] = offer_pod(&mut agent, |_| {});
+    agent.reconcile(0).unwrap();
+    agent.runtime().exit(&init, FAIL);
+    agent.reconcile(10).unwrap();
+    let statuses = agent.statuses(10);
+    assert_eq!(statuses.replicas[0].phase, Phase::CrashLoopBackOff);
+    assert_eq!(statuses.replicas[0].last_exit.map(|e| e.code), Some(1));
+    assert_eq!(statuses.containers[0].restarts, 1);
+    // Restarted after the back-off; the app never started.
+    agent.reconcile(1_100).unwrap();
+    assert_eq!(created(&mut agent), [init.clone(), init.clone()]);
+    assert!(!agent.runtime().containers.contains_key(&app));
+
+    // Under `restartPolicy: Never` the pod fails.
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let [init, _, _] = offer_pod(&mut agent, |pod| pod.restart_policy = RestartPolicy::Never);
+    agent.reconcile(0).unwrap();
+    agent.runtime().exit(&init, FAIL);
+    agent.reconcile(10).unwrap();
+    agent.reconcile(5_000).unwrap();
+    assert_eq!(agent.statuses(5_000).replicas[0].phase, Phase::Failed);
+    assert_eq!(created(&mut agent), [init]);
+}
+
+#[test]
+fn containers_of_a_pod_share_its_volumes_and_a_job_pod_stops_its_sidecar_when_done() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let [init, sidecar, app] = offer_pod(&mut agent, |pod| pod.restart_policy = RestartPolicy::Never);
+    agent.reconcile(0).unwrap();
+    agent.runtime().exit(&init, OK);
+    agent.reconcile(10).unwrap();
+    agent.reconcile(20).unwrap();
+    let spool = |agent: &mut Agent<FakeRuntime>, id: &str| {
+        let mounts = &agent.runtime().containers[id].0.mounts;
+        mounts.iter().find(|m| m.destination == "/spool").unwrap().source.clone()
+    };
+    assert_eq!(spool(&mut agent, &sidecar), spool(&mut agent, &app));
+    assert!(spool(&mut agent, &app).ends_with("volumes/sensor-1a2b-0/spool"));
+
+    agent.runtime().exit(&app, OK);
+    agent.reconcile(30).unwrap();
+    agent.reconcile(40).unwrap();
+    assert!(agent.runtime().calls.contains(&format!("kill {sidecar} 15")), "{:?}", agent.runtime().calls);
+    agent.reconcile(50).unwrap();
+    agent.reconcile(60).unwrap();
+    assert!(agent.runtime().containers.is_empty());
+    assert_eq!(agent.statuses(60).replicas[0].phase, Phase::Succeeded);
+    agent.reconcile(70).unwrap();
+    assert_eq!(created(&mut agent).len(), 3, "nothing restarts");
+
+    // The pod leaves the document: its volumes go with it.
+    let volumes = f.dir.path().join("volumes/sensor-1a2b-0");
+    assert!(volumes.exists());
+    let empty = document(43, 0, RestartPolicy::Always);
+    offer(&mut agent, &empty, GOOD).unwrap();
+    agent.reconcile(80).unwrap();
+    assert!(!volumes.exists());
+}
+
+#[test]
+fn a_pod_waits_for_its_config_object_and_starts_once_it_arrives() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let blob = firmware_proto::encode_signed_to_vec(&samples::config_blob(), |_| firmware_proto::Bytes(GOOD)).unwrap();
+    let digest: [u8; 32] = sha2::Sha256::digest(firmware_proto::pod::signed_body(&blob).unwrap()).into();
+    let document = samples::pod_document(1, firmware_proto::Bytes(digest));
+    let frame = firmware_proto::encode_signed_to_vec(&document, |_| firmware_proto::Bytes(GOOD)).unwrap();
+    agent.offer_desired(&frame).unwrap();
+    agent.reconcile(0).unwrap();
+    assert!(agent.runtime().containers.is_empty());
+    let blocked = agent.persisted.records["sensor-1a2b-0.wait-config"].blocked.clone().unwrap();
+    assert!(blocked.starts_with("waiting for ConfigMap sensor-config (sha256:"), "{blocked}");
+    // A forged object is refused; the real one lets the pod start, and is
+    // kept on disk for a reboot without network.
+    let forged = firmware_proto::encode_signed_to_vec(&samples::config_blob(), |_| firmware_proto::Bytes([1; 64])).unwrap();
+    assert!(agent.offer_frame(&forged).is_err());
+    assert!(agent.offer_frame(&blob).unwrap());
+    agent.reconcile(10).unwrap();
+    assert_eq!(created(&mut agent), ["sensor-1a2b-0.wait-config"]);
+    assert!(Paths { data_dir: f.dir.path().to_owned() }.config_object(&digest).exists());
+    // A compact document is the other profile's.
+    let compact = firmware_proto::encode_signed_to_vec(&document_compact(), |_| firmware_proto::Bytes(GOOD)).unwrap();
+    assert!(matches!(agent.offer_frame(&compact), Err(Rejected::WrongProfile { .. })));
+}
+
+fn document_compact() -> firmware_proto::DesiredState<'static> {
+    static NODE: std::sync::OnceLock<firmware_proto::NodeId> = std::sync::OnceLock::new();
+    firmware_proto::DesiredState { node_id: NODE.get_or_init(samples::node_id), generation: 9, replicas: &[], config: &[] }
 }

@@ -32,7 +32,7 @@ pub mod unpack;
 
 use std::path::{Path, PathBuf};
 
-use firmware_proto::{EventKind, ImageRef, ReplicaSpec};
+use firmware_proto::{EventKind, ImageRef};
 
 pub use error::PullError;
 pub use oci::{Platform, Sha256};
@@ -196,21 +196,24 @@ impl Images {
         self.puller.state(&Sha256(image.digest.0))
     }
 
-    /// Tells the store what the desired replicas and the existing
-    /// containers are: images no replica uses may be garbage-collected when
-    /// the store is over budget, their finished pulls are forgotten, and
-    /// root filesystems of neither (a replica removed before its container
-    /// was created) are removed.
-    pub fn retain<'a>(&mut self, replicas: &[ReplicaSpec], containers: impl IntoIterator<Item = &'a str>) {
-        let in_use: Vec<Sha256> = replicas.iter().map(|r| Sha256(r.image.digest.0)).collect();
+    /// Tells the store which images the desired containers use and which
+    /// containers (desired or existing) to keep: images none uses may be
+    /// garbage-collected when the store is over budget, their finished
+    /// pulls are forgotten, and root filesystems of containers in neither
+    /// (one removed before it was created) are removed.
+    pub fn retain<'a>(
+        &mut self,
+        images: impl IntoIterator<Item = &'a ImageRef>,
+        containers: impl IntoIterator<Item = &'a str>,
+    ) {
+        let in_use: Vec<Sha256> = images.into_iter().map(|image| Sha256(image.digest.0)).collect();
         for (digest, _) in self.puller.states() {
             if !in_use.contains(&digest) {
                 self.forget(&digest); // finished ones only: the puller keeps running ones
             }
         }
         self.puller.set_in_use(in_use);
-        let mut keep: Vec<&str> = containers.into_iter().collect();
-        keep.extend(replicas.iter().map(|r| r.id.as_str()));
+        let keep: Vec<&str> = containers.into_iter().collect();
         let Ok(entries) = std::fs::read_dir(self.store.containers()) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();

@@ -1,0 +1,42 @@
+//! Pod volumes on the device that need more than a directory: an
+//! in-memory emptyDir shared by several containers of a pod is one tmpfs,
+//! mounted once on the pod's volume directory and bind-mounted into each.
+
+use std::path::Path;
+
+/// Mounts a tmpfs on `dir` (creating it) unless one is mounted there.
+pub fn ensure_tmpfs(dir: &Path, size_limit_bytes: Option<u64>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let canonical = dir.canonicalize()?;
+    if mount_points().iter().any(|p| Path::new(p) == canonical) {
+        return Ok(());
+    }
+    let options = size_limit_bytes.map(|size| format!("size={size},mode=1777")).unwrap_or_else(|| "mode=1777".into());
+    nix::mount::mount(
+        Some("tmpfs"),
+        &canonical,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Unmounts everything mounted under `dir`, deepest first.
+pub fn release(dir: &Path) {
+    let Ok(canonical) = dir.canonicalize() else { return };
+    let mut points: Vec<String> =
+        mount_points().into_iter().filter(|p| Path::new(p).starts_with(&canonical)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        if let Err(e) = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = point, error = %e, "cannot unmount a pod volume");
+        }
+    }
+}
+
+fn mount_points() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Field 5 is the mount point, with spaces and the like octal-escaped.
+    info.lines().filter_map(|line| line.split(' ').nth(4)).map(|p| p.replace("\\040", " ")).collect()
+}
