@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use firmware_proto::bounded::TextList;
-use firmware_proto::{Bytes, DesiredDocument, Name, ReplicaSpec, Resources, Signature, User, samples};
+use firmware_proto::pod::PodDocument;
+use firmware_proto::{Bytes, Name, ReplicaSpec, Resources, Signature, User, samples};
 use flotilla_agent::runtime::helper::HelperRuntime;
 use flotilla_agent::runtime::{ContainerConfig, Runtime, Status, bundle};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -282,7 +283,7 @@ impl Bench {
     /// atomically, not fsynced) in the benchmark's directory.
     fn bundle_write_ms(&self, runs: usize) -> anyhow::Result<f64> {
         let document = desired_document(&self.node, "bundle-write", &["/bin/true".to_owned()])?;
-        let config = container_config(&document.replicas[0], &self.rootfs, self.dir.path())?;
+        let config = container_config(&document, &self.rootfs, self.dir.path())?;
         let target = self.dir.path().join("bundle-write");
         let mut times = Vec::new();
         for _ in 0..runs {
@@ -315,17 +316,16 @@ impl Bench {
 
     fn run_flotilla(&mut self, token: &str, command: &[String]) -> anyhow::Result<(Duration, Phases)> {
         // What the controller sends, encoded before the clock starts.
-        let frame =
-            firmware_proto::encode_signed_to_vec(&desired_document(&self.node, token, command)?.as_state(), |_| {
-                Bytes(DUMMY_SIGNATURE)
-            })?;
+        let frame = firmware_proto::encode_signed_to_vec(&desired_document(&self.node, token, command)?, |_| {
+            Bytes(DUMMY_SIGNATURE)
+        })?;
 
         let t0 = Instant::now();
-        let decoded = firmware_proto::decode_desired_frame(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;
-        ensure!(verify(decoded.authenticated, &decoded.frame.signature), "signature refused");
-        ensure!(decoded.frame.node_id == self.node, "document for another node");
-        let replica = decoded.frame.replicas().next().context("no replica in the document")?;
-        let config = container_config(&replica, &self.rootfs, self.dir.path())?;
+        let decoded = firmware_proto::decode_signed::<PodDocument>(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(verify(decoded.authenticated, &decoded.frame.1), "signature refused");
+        let document = decoded.frame.0;
+        ensure!(document.node_id == self.node, "document for another node");
+        let config = container_config(&document, &self.rootfs, self.dir.path())?;
         let decode = t0.elapsed();
         self.runtime.create(&config)?;
         let create = t0.elapsed();
@@ -378,7 +378,7 @@ impl Bench {
         // The agent's own config.json for the same replica (bundle prepared
         // before the clock: `runc run` gets it ready-made).
         let frame_doc = desired_document(&self.node, token, command)?;
-        let config = container_config(&frame_doc.replicas[0], &self.rootfs, self.dir.path())?;
+        let config = container_config(&frame_doc, &self.rootfs, self.dir.path())?;
         let bundle_dir = self.dir.path().join("oci-bundles").join(&config.id);
         std::fs::create_dir_all(&bundle_dir)?;
         let mut spec = bundle::spec(&config)?;
@@ -440,9 +440,10 @@ fn verify(_authenticated: &[u8], signature: &Signature) -> bool {
     signature.0 == DUMMY_SIGNATURE
 }
 
-/// A desired document for one replica running `command`, with the sample
-/// replica's limits (memory, cpu, pids) and no volume, device or probe.
-fn desired_document(node: &firmware_proto::NodeId, id: &str, command: &[String]) -> anyhow::Result<DesiredDocument> {
+/// A desired document for one pod of one container running `command`, with
+/// the sample replica's limits (memory, cpu, pids) and no volume, device or
+/// probe.
+fn desired_document(node: &firmware_proto::NodeId, id: &str, command: &[String]) -> anyhow::Result<PodDocument> {
     let sample = samples::replica(0);
     let replica = ReplicaSpec {
         id: Name::new(id)?,
@@ -465,21 +466,24 @@ fn desired_document(node: &firmware_proto::NodeId, id: &str, command: &[String])
         read_only_rootfs: false,
         ..sample
     };
-    Ok(DesiredDocument { node_id: node.clone(), generation: 1, replicas: vec![replica], config: vec![] })
+    let pods = vec![firmware_proto::pod::PodSpec::from(&replica)];
+    Ok(PodDocument { node_id: node.clone(), generation: 1, pods: pods.try_into()?, config: Default::default() })
 }
 
-/// Replica -> container config with the agent's own mapping
-/// (`flotilla_agent::workload`); `rootfs` is the image, already unpacked on
-/// disk, linked where the agent's image store keeps it.
-fn container_config(replica: &ReplicaSpec, rootfs: &Path, dir: &Path) -> anyhow::Result<ContainerConfig> {
+/// The document's one container -> container config with the agent's own
+/// mapping (`flotilla_agent::workload`); `rootfs` is the image, already
+/// unpacked on disk, linked where the agent's image store keeps it.
+fn container_config(document: &PodDocument, rootfs: &Path, dir: &Path) -> anyhow::Result<ContainerConfig> {
+    let pod = document.pods.first().context("no pod in the document")?;
+    let unit = flotilla_agent::pod::Unit::all(pod).pop().context("no container in the pod")?;
     let paths = flotilla_agent::workload::Paths { data_dir: dir.to_owned() };
-    let store = paths.image_rootfs(&replica.image.digest.0);
+    let store = paths.image_rootfs(&unit.container.image.digest.0);
     if !store.exists() {
         std::fs::create_dir_all(store.parent().expect("rootfs has a parent"))?;
         std::os::unix::fs::symlink(rootfs, &store)?;
     }
-    flotilla_agent::workload::container_config(&paths, replica, &[])
-        .map_err(|e| anyhow::anyhow!("replica {}: {e}", replica.id))
+    flotilla_agent::workload::container_config(&paths, &unit, document, &Default::default())
+        .map_err(|e| anyhow::anyhow!("container {}: {e}", unit.id))
 }
 
 /// Waits until the container writes `token` into the FIFO; returns the time

@@ -407,6 +407,11 @@ pub struct LogsArgs {
     /// Namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+    /// Which container of the pod (default: the one its
+    /// `kubectl.kubernetes.io/default-container` annotation names, else the
+    /// first app container). Init containers and sidecars are named too.
+    #[arg(short = 'c', long, value_name = "NAME")]
+    pub container: Option<String>,
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
     pub tail: Option<u32>,

@@ -1,68 +1,149 @@
-//! A bound Pod -> the [`ReplicaSpec`] its node runs, with the ConfigMap and
-//! Secret files it mounts. Everything the agent needs is resolved here
-//! (env from ConfigMaps and Secrets, quantities, probe ports), so the agent
-//! never reads the store.
+//! A bound Pod -> the [`WirePod`] its node runs (the Linux document
+//! profile), with the ConfigMap and Secret objects it mounts; and, for a
+//! node that takes the compact profile, that pod lowered to the compact
+//! [`ReplicaSpec`] when it fits ([`compact`]). Everything the agent needs is
+//! resolved here (env from ConfigMaps, Secrets and the downward API,
+//! quantities, probe ports, image digests), so the agent never reads the
+//! store.
 
-use firmware_proto::{
-    ConfigObject, ImageRef, Port, Probe, ProbeAction, Protocol, ReplicaSpec, Resources, RestartPolicy, Seccomp,
-    TextList, User, VolumeMount, VolumeSource,
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use firmware_proto::heap::{List, Text, Texts};
+use firmware_proto::pod::{
+    self as linux, ConfigBlob, ConfigRef, Container as WireContainer, Mount, PodSpec as WirePod, PodVolume,
+    PodVolumeSource,
 };
-use std::sync::Arc;
+use firmware_proto::{ImageRef, Port, Probe, ProbeAction, Protocol, Resources, RestartPolicy, Seccomp, User};
+use sha2::Digest as _;
 
 use crate::controllers::image_pinning;
 use crate::manifest::Quantity;
-use crate::manifest::types::{Container, IntOrString, PodSpec, QuantityText};
+use crate::manifest::types::{Container, EnvVarSource, IntOrString, PodSpec, QuantityText};
 use crate::object::ApiObject;
+
+pub mod compact;
+
+/// One ConfigMap or Secret as its node receives it: the object, and the
+/// sha256 of its encoding (what the document names it by).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ConfigEntry {
+    /// The files.
+    pub blob: ConfigBlob,
+    /// sha256 of the blob's encoded body.
+    pub digest: [u8; 32],
+    /// Bytes of the encoded body.
+    pub size: u32,
+}
 
 /// The ConfigMaps and Secrets of one desired document, in the order their
 /// volumes refer to them by index.
 #[derive(Debug, Default)]
 pub struct ConfigTable {
     /// Objects in document order.
-    pub objects: Vec<ConfigObject>,
+    pub objects: Vec<Arc<ConfigEntry>>,
     keys: Vec<(bool, String)>,
 }
 
+/// Entries already built, by `(uid, resourceVersion, secret)`: a 1 MiB
+/// ConfigMap is encoded and hashed once, not once per replica and pass.
+static ENTRIES: Mutex<Option<EntryCache>> = Mutex::new(None);
+/// `(uid, resourceVersion, secret)` -> entry.
+type EntryCache = HashMap<(String, String, bool), Arc<ConfigEntry>>;
+/// Entries kept at most; past it the cache starts over.
+const ENTRIES_MAX: usize = 4096;
+
 impl ConfigTable {
-    fn index_of(&mut self, secret: bool, object: &ApiObject) -> Result<u8, String> {
+    fn index_of(&mut self, secret: bool, object: &ApiObject) -> Result<u16, String> {
         let key = (secret, object.metadata.name.clone());
         if let Some(i) = self.keys.iter().position(|k| *k == key) {
-            return Ok(i as u8);
+            return Ok(i as u16);
         }
-        if self.objects.len() >= firmware_proto::MAX_CONFIG_OBJECTS {
-            return Err(format!("more than {} ConfigMaps/Secrets on one node", firmware_proto::MAX_CONFIG_OBJECTS));
+        if self.objects.len() >= linux::LINUX_MAX_CONFIG_OBJECTS {
+            return Err(format!("more than {} ConfigMaps/Secrets on one node", linux::LINUX_MAX_CONFIG_OBJECTS));
         }
-        let mut config = ConfigObject {
-            name: bounded(&object.metadata.name, "config object name")?,
-            secret,
-            file_names: TextList::default(),
-            contents: firmware_proto::ByteList::default(),
-        };
-        for (name, bytes) in object.config_entries() {
-            config.file_names.push(&name).map_err(|_| format!("{}: too many or too long file names", name))?;
-            config
-                .contents
-                .push(&bytes)
-                .map_err(|_| format!("{}/{name}: config files are limited to 4 KiB in all", object.metadata.name))?;
-        }
-        self.objects.push(config);
+        self.objects.push(entry(secret, object)?);
         self.keys.push(key);
-        Ok((self.objects.len() - 1) as u8)
+        Ok((self.objects.len() - 1) as u16)
+    }
+
+    /// What the document says of each object.
+    pub fn refs(&self) -> List<ConfigRef, { linux::LINUX_MAX_CONFIG_OBJECTS }> {
+        let refs: Vec<ConfigRef> = self
+            .objects
+            .iter()
+            .map(|e| ConfigRef {
+                name: e.blob.name.clone(),
+                secret: e.blob.secret,
+                digest: firmware_proto::Bytes(e.digest),
+                size: e.size,
+            })
+            .collect();
+        // At most LINUX_MAX_CONFIG_OBJECTS were admitted by `index_of`.
+        List::try_from(refs).unwrap_or_default()
     }
 }
 
-/// Where ConfigMaps and Secrets are looked up.
+/// The entry of a ConfigMap or Secret, built once per version of it.
+fn entry(secret: bool, object: &ApiObject) -> Result<Arc<ConfigEntry>, String> {
+    let cache_key = (object.metadata.uid.clone(), object.metadata.resource_version.clone(), secret);
+    let cacheable = !cache_key.0.is_empty() && !cache_key.1.is_empty();
+    if cacheable
+        && let Some(found) = ENTRIES.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|m| m.get(&cache_key))
+    {
+        return Ok(found.clone());
+    }
+    let name = &object.metadata.name;
+    let mut blob = ConfigBlob {
+        name: Text::new(name).map_err(|_| format!("config object name {name:?} is too long"))?,
+        secret,
+        file_names: Texts::new(),
+        contents: Default::default(),
+    };
+    for (key, bytes) in object.config_entries() {
+        blob.file_names.push(&key).map_err(|_| {
+            format!(
+                "{name}: more than {} keys or {} bytes of key names",
+                linux::LINUX_CONFIG_FILES,
+                linux::LINUX_CONFIG_NAMES_BYTES
+            )
+        })?;
+        blob.contents.push(&bytes).map_err(|_| format!("{name}/{key}: a ConfigMap or Secret holds at most 1 MiB"))?;
+    }
+    let body = postcard::to_allocvec(&blob).map_err(|e| format!("{name}: {e}"))?;
+    let entry = Arc::new(ConfigEntry { digest: sha2::Sha256::digest(&body).into(), size: body.len() as u32, blob });
+    if cacheable {
+        let mut cache = ENTRIES.lock().unwrap_or_else(|p| p.into_inner());
+        let map = cache.get_or_insert_with(HashMap::new);
+        if map.len() >= ENTRIES_MAX {
+            map.clear();
+        }
+        map.insert(cache_key, entry.clone());
+    }
+    Ok(entry)
+}
+
+/// Where ConfigMaps and Secrets are looked up, and the node the document
+/// is for (the downward API's `spec.nodeName`, `status.hostIP`).
 pub struct References<'a> {
     /// ConfigMaps.
     pub config_maps: &'a [Arc<ApiObject>],
     /// Secrets.
     pub secrets: &'a [Arc<ApiObject>],
+    /// The node, when known (not when a replica is checked before binding).
+    pub node: Option<&'a ApiObject>,
 }
 
 impl References<'_> {
     fn find(&self, secret: bool, namespace: &str, name: &str) -> Option<&ApiObject> {
         let list = if secret { self.secrets } else { self.config_maps };
         list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
+    }
+
+    fn node_address(&self) -> &str {
+        self.node
+            .and_then(|n| n.metadata.labels.get(crate::controllers::endpoints::ADDRESS_LABEL))
+            .map_or("", String::as_str)
     }
 }
 
@@ -85,7 +166,7 @@ pub fn wire_image(image: &str, default_registry: &str) -> String {
 /// Why a bound replica is not in its node's document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
-    /// `TooManyReplicas` or `InvalidReplica`.
+    /// `TooManyReplicas`, `InvalidReplica` or `CompactProfile`.
     pub reason: &'static str,
     /// What is wrong, for the operator.
     pub message: String,
@@ -94,12 +175,12 @@ pub struct LeftOut {
 /// One node's desired document, projected from the replicas bound to it.
 #[derive(Debug, Default)]
 pub struct Document<'p> {
-    /// The replicas, in replica-id order.
-    pub replicas: Vec<ReplicaSpec>,
+    /// The pods, in replica-id order.
+    pub pods: Vec<WirePod>,
     /// The ConfigMaps and Secrets they mount, in volume index order.
     pub table: ConfigTable,
-    /// The pod each replica stands for, in the same order.
-    pub pods: Vec<&'p ApiObject>,
+    /// The replica each pod stands for, in the same order.
+    pub objects: Vec<&'p ApiObject>,
     /// Replicas the document cannot hold, and why.
     pub left_out: Vec<(&'p ApiObject, LeftOut)>,
 }
@@ -151,13 +232,13 @@ impl std::fmt::Display for Place<'_> {
 }
 
 /// Every ConfigMap and Secret a replica takes something from, in the order
-/// the spec names them.
+/// the spec names them (init containers first).
 pub fn references(spec: &PodSpec) -> Vec<Reference<'_>> {
     let mut out: Vec<Reference<'_>> = Vec::new();
     let mut add = |secret, name, key, optional, place| {
         out.push(Reference { secret, name, key, optional, place });
     };
-    for container in &spec.containers {
+    for container in spec.init_containers.iter().chain(&spec.containers) {
         for env in &container.env {
             if let Some(source) = &env.value_from {
                 if let Some(r) = &source.config_map_key_ref {
@@ -188,55 +269,88 @@ pub fn references(spec: &PodSpec) -> Vec<Reference<'_>> {
     out
 }
 
+/// Room left in a pod document for framing and the config references.
+const DOCUMENT_MARGIN: usize = 64 * 1024;
+
 /// Projects one node's replicas into its document: in replica-id order, as
-/// many as a document holds. The publisher sends the result; the
-/// scheduling controller makes the same projection to say, on the replica,
-/// why one is left out, so that the publisher writes nothing back.
-pub fn document<'p>(mut pods: Vec<&'p ApiObject>, refs: &References<'_>, default_registry: &str) -> Document<'p> {
+/// many as a document of the node's `profile` holds. The publisher sends
+/// the result; the scheduling controller makes the same projection to say,
+/// on the replica, why one is left out, so that the publisher writes
+/// nothing back.
+pub fn document<'p>(
+    mut pods: Vec<&'p ApiObject>,
+    refs: &References<'_>,
+    default_registry: &str,
+    profile: firmware_proto::Profile,
+) -> Document<'p> {
     pods.sort_by_cached_key(|p| replica_id(p));
     let mut document = Document::default();
+    let mut bytes = 0;
+    let max = profile.max_replicas();
     for pod in pods {
-        match project(pod, refs, default_registry, &mut document.table) {
-            Ok(replica) if document.replicas.len() < firmware_proto::MAX_REPLICAS => {
-                document.replicas.push(replica);
-                document.pods.push(pod);
+        // A pod that does not fit leaves the table as it was.
+        let objects_before = document.table.objects.len();
+        let keys_before = document.table.keys.len();
+        let projected = project(pod, refs, default_registry, &mut document.table).and_then(|wire| match profile {
+            firmware_proto::Profile::Compact => compact::lower(&wire, &document.table)
+                .map(|_| wire)
+                .map_err(|message| LeftOut { reason: "CompactProfile", message }),
+            firmware_proto::Profile::Linux => Ok(wire),
+        });
+        let size = projected.as_ref().map_or(0, |wire| postcard::to_allocvec(wire).map_or(0, |b| b.len()));
+        let outcome = match projected {
+            Ok(_) if document.pods.len() >= max => Err(LeftOut {
+                reason: "TooManyReplicas",
+                message: format!(
+                    "its node already runs {max} replicas, the most one {} document holds",
+                    profile.name()
+                ),
+            }),
+            Ok(_) if bytes + size > linux::MAX_PODS_FRAME_LEN - DOCUMENT_MARGIN => Err(LeftOut {
+                reason: "TooManyReplicas",
+                message: format!("its node's document would pass {} MiB with it", linux::MAX_PODS_FRAME_LEN >> 20),
+            }),
+            other => other,
+        };
+        match outcome {
+            Ok(wire) => {
+                bytes += size;
+                document.pods.push(wire);
+                document.objects.push(pod);
             }
-            Ok(_) => document.left_out.push((
-                pod,
-                LeftOut {
-                    reason: "TooManyReplicas",
-                    message: format!(
-                        "its node already runs {} replicas, the most one desired document holds",
-                        firmware_proto::MAX_REPLICAS
-                    ),
-                },
-            )),
-            Err(message) => document.left_out.push((pod, LeftOut { reason: "InvalidReplica", message })),
+            Err(why) => {
+                document.table.objects.truncate(objects_before);
+                document.table.keys.truncate(keys_before);
+                document.left_out.push((pod, why));
+            }
         }
     }
     document
 }
 
-/// Whether `pod` alone projects onto the wire (a document of its own): what
-/// is checked before a replica is bound.
-pub fn check(pod: &ApiObject, refs: &References<'_>, default_registry: &str) -> Result<(), LeftOut> {
-    project(pod, refs, default_registry, &mut ConfigTable::default())
-        .map(drop)
-        .map_err(|message| LeftOut { reason: "InvalidReplica", message })
+/// What a replica alone projects to: the pod its node would run (with the
+/// objects it mounts), or why none can. Checked before a replica is bound;
+/// [`compact::lower`] of the result says whether a compact-profile node
+/// could hold it.
+pub fn check(
+    pod: &ApiObject,
+    refs: &References<'_>,
+    default_registry: &str,
+) -> Result<(WirePod, ConfigTable), LeftOut> {
+    let mut table = ConfigTable::default();
+    let wire = project(pod, refs, default_registry, &mut table)?;
+    Ok((wire, table))
 }
 
-/// `default_registry` spells out images that name none, as the agent pulls
-/// them.
 fn project(
     pod: &ApiObject,
     refs: &References<'_>,
     default_registry: &str,
     table: &mut ConfigTable,
-) -> Result<ReplicaSpec, String> {
-    let spec = pod.typed_spec::<PodSpec>().ok_or("the pod's spec is unreadable")?;
-    let image = spec.containers.first().map(|c| c.image.as_str()).unwrap_or_default();
-    let digest = image_pinning::pinned_digest(pod).ok_or("its image digest annotation is not a sha256 digest")?;
-    build(pod, &spec, &wire_image(image, default_registry), digest, refs, table)
+) -> Result<WirePod, LeftOut> {
+    let invalid = |message: String| LeftOut { reason: "InvalidReplica", message };
+    let spec = pod.typed_spec::<PodSpec>().ok_or_else(|| invalid("the pod's spec is unreadable".into()))?;
+    build(pod, &spec, default_registry, refs, table).map_err(invalid)
 }
 
 /// The replica id of a pod on its node: its name, prefixed with the
@@ -250,156 +364,274 @@ pub fn replica_id(pod: &ApiObject) -> String {
     }
 }
 
-/// Converts a pod. `image` is its image reference with the registry
-/// spelled out; `digest` the digest the controller pinned.
+/// Converts a pod: every container with its image's pinned digest and the
+/// registry spelled out, the pod's volumes, the objects they mount (added
+/// to `table`).
 pub fn build(
     pod: &ApiObject,
     spec: &PodSpec,
-    image: &str,
-    digest: [u8; 32],
+    default_registry: &str,
     refs: &References<'_>,
     table: &mut ConfigTable,
-) -> Result<ReplicaSpec, String> {
-    let container = match spec.containers.as_slice() {
-        [one] => one,
-        [] => return Err("the pod has no container".into()),
-        _ => return Err("pods with more than one container are not supported yet".into()),
-    };
-    let namespace = pod.metadata.namespace.as_str();
-    let mut replica = ReplicaSpec {
-        id: firmware_proto::ReplicaId::new(&replica_id(pod)).map_err(|e| format!("replica id: {e}"))?,
-        image: ImageRef { reference: bounded(image, "image")?, digest: firmware_proto::Bytes(digest) },
-        command: text_list(&container.command, "command")?,
-        args: text_list(&container.args, "args")?,
-        env: text_list(&env_of(container, namespace, refs)?, "env")?,
-        working_dir: bounded(container.working_dir.as_deref().unwrap_or(""), "workingDir")?,
-        user: None,
-        resources: resources(container),
-        extended: heapless::Vec::new(),
-        devices: heapless::Vec::new(),
-        ports: heapless::Vec::new(),
-        volumes: heapless::Vec::new(),
-        startup_probe: None,
-        readiness_probe: None,
-        liveness_probe: None,
-        restart_policy: RestartPolicy::Always,
-        read_only_rootfs: false,
-        seccomp: Seccomp::RuntimeDefault,
-        termination_grace_s: 30,
-    };
-    for port in &container.ports {
-        let protocol = match port.protocol.as_deref() {
-            Some("UDP") => Protocol::Udp,
-            _ => Protocol::Tcp,
-        };
-        let container_port = u16::try_from(port.container_port).map_err(|_| "containerPort out of range".to_owned())?;
-        let host_port =
-            port.host_port.map(u16::try_from).transpose().map_err(|_| "hostPort out of range".to_owned())?;
-        replica
-            .ports
-            .push(Port { name: bounded(&port.name, "port name")?, container_port, host_port, protocol })
-            .map_err(|_| format!("more than {} ports", firmware_proto::MAX_PORTS))?;
+) -> Result<WirePod, String> {
+    if spec.containers.is_empty() {
+        return Err("the pod has no container".into());
     }
-    for mount in &container.volume_mounts {
-        let volume = spec
-            .volumes
-            .iter()
-            .find(|v| v.name == mount.name)
-            .ok_or_else(|| format!("volumeMount {:?} names no volume", mount.name))?;
+    let namespace = pod.metadata.namespace.as_str();
+    let mut volumes: List<PodVolume, { linux::LINUX_MAX_VOLUMES }> = List::new();
+    for volume in &spec.volumes {
         let source = if let Some(empty) = &volume.empty_dir {
-            VolumeSource::EmptyDir {
+            PodVolumeSource::EmptyDir {
                 in_memory: empty.medium.as_deref() == Some("Memory"),
                 size_limit_bytes: empty.size_limit.as_ref().and_then(quantity).map(|q| q.as_units() as u64),
             }
         } else if let Some(host) = &volume.host_path {
-            VolumeSource::HostPath { path: bounded(&host.path, "hostPath")? }
+            PodVolumeSource::HostPath { path: text(&host.path, "hostPath")? }
         } else if let Some(r) = &volume.config_map {
-            let object =
-                refs.find(false, namespace, &r.name).ok_or_else(|| format!("configmap {:?} not found", r.name))?;
-            VolumeSource::Config { index: table.index_of(false, object)? }
+            match refs.find(false, namespace, &r.name) {
+                Some(object) => PodVolumeSource::Config { index: table.index_of(false, object)? },
+                None if r.optional => PodVolumeSource::EmptyDir { in_memory: false, size_limit_bytes: None },
+                None => return Err(format!("configmap {:?} not found", r.name)),
+            }
         } else if let Some(r) = &volume.secret {
-            let object = refs
-                .find(true, namespace, &r.secret_name)
-                .ok_or_else(|| format!("secret {:?} not found", r.secret_name))?;
-            VolumeSource::Config { index: table.index_of(true, object)? }
+            match refs.find(true, namespace, &r.secret_name) {
+                Some(object) => PodVolumeSource::Config { index: table.index_of(true, object)? },
+                None if r.optional => PodVolumeSource::EmptyDir { in_memory: true, size_limit_bytes: None },
+                None => return Err(format!("secret {:?} not found", r.secret_name)),
+            }
         } else {
             return Err(format!("volume {:?}: no supported source", volume.name));
         };
-        replica
-            .volumes
-            .push(VolumeMount {
-                name: bounded(&mount.name, "volume name")?,
-                mount_path: bounded(&mount.mount_path, "mountPath")?,
-                read_only: mount.read_only,
-                source,
-            })
-            .map_err(|_| format!("more than {} volumes", firmware_proto::MAX_VOLUMES))?;
+        let name =
+            firmware_proto::Name::new(&volume.name).map_err(|e| format!("volume name {:?}: {e}", volume.name))?;
+        volumes
+            .push(PodVolume { name, source })
+            .map_err(|_| format!("more than {} volumes", linux::LINUX_MAX_VOLUMES))?;
     }
-    replica.startup_probe = container.startup_probe.as_ref().map(|p| probe(p, container)).transpose()?;
-    replica.readiness_probe = container.readiness_probe.as_ref().map(|p| probe(p, container)).transpose()?;
-    replica.liveness_probe = container.liveness_probe.as_ref().map(|p| probe(p, container)).transpose()?;
-    replica.restart_policy = match spec.restart_policy.as_deref() {
-        Some("Never") => RestartPolicy::Never,
-        Some("OnFailure") => RestartPolicy::OnFailure,
-        _ => RestartPolicy::Always,
-    };
-    if let Some(security) = &container.security_context {
-        replica.read_only_rootfs = security.read_only_root_filesystem.unwrap_or(false);
-        if let Some(uid) = security.run_as_user {
-            let uid = u32::try_from(uid).map_err(|_| "runAsUser out of range".to_owned())?;
-            let gid = u32::try_from(security.run_as_group.unwrap_or(uid as i64))
-                .map_err(|_| "runAsGroup out of range".to_owned())?;
-            replica.user = Some(User { uid, gid });
-        }
-        if security.seccomp_profile.as_ref().is_some_and(|p| p.profile_type == "Unconfined") {
-            replica.seccomp = Seccomp::Unconfined;
-        }
+    let context = Context { pod, spec, refs, namespace, default_registry };
+    let mut init_containers = List::new();
+    for c in &spec.init_containers {
+        let mut wire = context.container(c)?;
+        wire.sidecar = c.restart_policy.as_deref() == Some("Always");
+        init_containers.push(wire).map_err(|_| format!("more than {} init containers", linux::MAX_INIT_CONTAINERS))?;
     }
-    replica.termination_grace_s = spec.termination_grace_period_seconds.unwrap_or(30).min(u16::MAX as u32) as u16;
-    Ok(replica)
+    let mut containers = List::new();
+    for c in &spec.containers {
+        containers
+            .push(context.container(c)?)
+            .map_err(|_| format!("more than {} containers", linux::MAX_CONTAINERS))?;
+    }
+    Ok(WirePod {
+        id: firmware_proto::ReplicaId::new(&replica_id(pod)).map_err(|e| format!("replica id: {e}"))?,
+        init_containers,
+        containers,
+        volumes,
+        restart_policy: match spec.restart_policy.as_deref() {
+            Some("Never") => RestartPolicy::Never,
+            Some("OnFailure") => RestartPolicy::OnFailure,
+            _ => RestartPolicy::Always,
+        },
+        termination_grace_s: spec.termination_grace_period_seconds.unwrap_or(30).min(u16::MAX as u32) as u16,
+    })
 }
 
-fn env_of(container: &Container, namespace: &str, refs: &References<'_>) -> Result<Vec<String>, String> {
-    let mut env = Vec::new();
-    for from in &container.env_from {
-        let (secret, r) = match (&from.config_map_ref, &from.secret_ref) {
+/// What converting one container of a pod needs.
+struct Context<'a> {
+    pod: &'a ApiObject,
+    spec: &'a PodSpec,
+    refs: &'a References<'a>,
+    namespace: &'a str,
+    default_registry: &'a str,
+}
+
+impl Context<'_> {
+    fn container(&self, container: &Container) -> Result<WireContainer, String> {
+        let digest = image_pinning::pinned_digest(self.pod, &container.name)
+            .ok_or_else(|| format!("container {}: its image digest is not pinned", container.name))?;
+        let image = wire_image(&container.image, self.default_registry);
+        let mut wire = WireContainer {
+            name: firmware_proto::Name::new(&container.name)
+                .map_err(|e| format!("container name {:?}: {e}", container.name))?,
+            image: ImageRef { reference: bounded(&image, "image")?, digest: firmware_proto::Bytes(digest) },
+            command: texts(&container.command, "command")?,
+            args: texts(&container.args, "args")?,
+            env: texts(&self.env_of(container)?, "env")?,
+            working_dir: text(container.working_dir.as_deref().unwrap_or(""), "workingDir")?,
+            user: None,
+            resources: resources(container),
+            extended: List::new(),
+            devices: List::new(),
+            ports: List::new(),
+            mounts: List::new(),
+            startup_probe: container.startup_probe.as_ref().map(|p| probe(p, container)).transpose()?,
+            readiness_probe: container.readiness_probe.as_ref().map(|p| probe(p, container)).transpose()?,
+            liveness_probe: container.liveness_probe.as_ref().map(|p| probe(p, container)).transpose()?,
+            read_only_rootfs: false,
+            seccomp: Seccomp::RuntimeDefault,
+            sidecar: false,
+        };
+        for port in &container.ports {
+            let protocol = match port.protocol.as_deref() {
+                Some("UDP") => Protocol::Udp,
+                _ => Protocol::Tcp,
+            };
+            let container_port =
+                u16::try_from(port.container_port).map_err(|_| "containerPort out of range".to_owned())?;
+            let host_port =
+                port.host_port.map(u16::try_from).transpose().map_err(|_| "hostPort out of range".to_owned())?;
+            wire.ports
+                .push(Port { name: bounded(&port.name, "port name")?, container_port, host_port, protocol })
+                .map_err(|_| format!("more than {} ports", linux::LINUX_MAX_PORTS))?;
+        }
+        for mount in &container.volume_mounts {
+            let volume = self
+                .spec
+                .volumes
+                .iter()
+                .position(|v| v.name == mount.name)
+                .ok_or_else(|| format!("volumeMount {:?} names no volume", mount.name))?;
+            let config = {
+                let v = &self.spec.volumes[volume];
+                v.config_map.is_some() || v.secret.is_some()
+            };
+            wire.mounts
+                .push(Mount {
+                    volume: volume as u16,
+                    mount_path: text(&mount.mount_path, "mountPath")?,
+                    read_only: mount.read_only || config,
+                    sub_path: text(mount.sub_path.as_deref().unwrap_or(""), "subPath")?,
+                })
+                .map_err(|_| format!("more than {} volume mounts", linux::LINUX_MAX_MOUNTS))?;
+        }
+        if let Some(security) = &container.security_context {
+            wire.read_only_rootfs = security.read_only_root_filesystem.unwrap_or(false);
+            if let Some(uid) = security.run_as_user {
+                let uid = u32::try_from(uid).map_err(|_| "runAsUser out of range".to_owned())?;
+                let gid = u32::try_from(security.run_as_group.unwrap_or(uid as i64))
+                    .map_err(|_| "runAsGroup out of range".to_owned())?;
+                wire.user = Some(User { uid, gid });
+            }
+            if security.seccomp_profile.as_ref().is_some_and(|p| p.profile_type == "Unconfined") {
+                wire.seccomp = Seccomp::Unconfined;
+            }
+        }
+        Ok(wire)
+    }
+
+    fn env_of(&self, container: &Container) -> Result<Vec<String>, String> {
+        let (namespace, refs) = (self.namespace, self.refs);
+        let mut env = Vec::new();
+        for from in &container.env_from {
+            let (secret, r) = match (&from.config_map_ref, &from.secret_ref) {
+                (Some(r), _) => (false, r),
+                (None, Some(r)) => (true, r),
+                (None, None) => continue,
+            };
+            match refs.find(secret, namespace, &r.name) {
+                Some(object) => {
+                    for (key, bytes) in object.config_entries() {
+                        env.push(format!("{}{key}={}", from.prefix, String::from_utf8_lossy(&bytes)));
+                    }
+                }
+                None if r.optional => {}
+                None => return Err(format!("envFrom: {:?} not found", r.name)),
+            }
+        }
+        for var in &container.env {
+            let value = match (&var.value, &var.value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(source)) => match self.value_from(var.name.as_str(), source, container)? {
+                    Some(value) => value,
+                    None => continue,
+                },
+                (None, None) => String::new(),
+            };
+            env.push(format!("{}={value}", var.name));
+        }
+        Ok(env)
+    }
+
+    /// An env var's `valueFrom`; `None` for an optional key that is absent.
+    fn value_from(&self, var: &str, source: &EnvVarSource, container: &Container) -> Result<Option<String>, String> {
+        if let Some(field) = &source.field_ref {
+            return self.field(&field.field_path).map(Some);
+        }
+        if let Some(resource) = &source.resource_field_ref {
+            let whose = match &resource.container_name {
+                Some(name) => self
+                    .spec
+                    .containers
+                    .iter()
+                    .chain(&self.spec.init_containers)
+                    .find(|c| c.name == *name)
+                    .ok_or_else(|| format!("env {var}: no container named {name:?}"))?,
+                None => container,
+            };
+            return Ok(Some(self.resource(whose, &resource.resource, resource.divisor.as_ref())));
+        }
+        let (secret, r) = match (&source.config_map_key_ref, &source.secret_key_ref) {
             (Some(r), _) => (false, r),
             (None, Some(r)) => (true, r),
-            (None, None) => continue,
+            (None, None) => return Ok(None),
         };
-        match refs.find(secret, namespace, &r.name) {
-            Some(object) => {
-                for (key, bytes) in object.config_entries() {
-                    env.push(format!("{}{key}={}", from.prefix, String::from_utf8_lossy(&bytes)));
-                }
-            }
-            None if r.optional => {}
-            None => return Err(format!("envFrom: {:?} not found", r.name)),
+        let found = self
+            .refs
+            .find(secret, self.namespace, &r.name)
+            .and_then(|o| o.config_entries().into_iter().find(|(k, _)| *k == r.key));
+        match found {
+            Some((_, bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            None if r.optional => Ok(None),
+            None => Err(format!("env {var}: key {:?} of {:?} not found", r.key, r.name)),
         }
     }
-    for var in &container.env {
-        let value = match (&var.value, &var.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(source)) => {
-                let (secret, r) = match (&source.config_map_key_ref, &source.secret_key_ref) {
-                    (Some(r), _) => (false, r),
-                    (None, Some(r)) => (true, r),
-                    (None, None) => continue,
-                };
-                let found = refs
-                    .find(secret, namespace, &r.name)
-                    .and_then(|o| o.config_entries().into_iter().find(|(k, _)| *k == r.key));
-                match found {
-                    Some((_, bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-                    None if r.optional => continue,
-                    None => return Err(format!("env {}: key {:?} of {:?} not found", var.name, r.key, r.name)),
+
+    /// A downward-API `fieldRef`, resolved for this replica on its node.
+    fn field(&self, path: &str) -> Result<String, String> {
+        let meta = &self.pod.metadata;
+        let node = self.pod.node_name().unwrap_or_default();
+        let address = self.refs.node_address();
+        let keyed = |prefix: &str| path.strip_prefix(prefix).and_then(|rest| rest.strip_suffix("']"));
+        Ok(match path {
+            "metadata.name" => meta.name.clone(),
+            "metadata.namespace" => meta.namespace.clone(),
+            "metadata.uid" => meta.uid.clone(),
+            "metadata.generateName" => String::new(),
+            "spec.nodeName" => node.to_owned(),
+            "spec.serviceAccountName" => "default".to_owned(),
+            // Containers share the device's network: the pod's address is
+            // the device's.
+            "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => address.to_owned(),
+            _ => {
+                if let Some(key) = keyed("metadata.labels['") {
+                    meta.labels.get(key).cloned().unwrap_or_default()
+                } else if let Some(key) = keyed("metadata.annotations['") {
+                    meta.annotations.get(key).cloned().unwrap_or_default()
+                } else {
+                    return Err(format!("fieldRef {path:?} is not supported"));
                 }
             }
-            (None, None) => String::new(),
-        };
-        env.push(format!("{}={value}", var.name));
+        })
     }
-    Ok(env)
+
+    /// A downward-API `resourceFieldRef`: the quantity in units of the
+    /// divisor, rounded up; a limit not set is the node's allocatable.
+    fn resource(&self, container: &Container, resource: &str, divisor: Option<&QuantityText>) -> String {
+        let (section, name) = resource.split_once('.').unwrap_or(("limits", resource));
+        let map = if section == "requests" { &container.resources.requests } else { &container.resources.limits };
+        let fallback = if section == "requests" { &container.resources.limits } else { &container.resources.requests };
+        let node = || -> Option<Quantity> {
+            let status = self.refs.node?.typed_status::<crate::status::NodeStatus>();
+            status.allocatable.get(name).and_then(|text| Quantity::parse(text).ok())
+        };
+        let value = map
+            .get(name)
+            .and_then(quantity)
+            .or_else(|| if section == "requests" { fallback.get(name).and_then(quantity) } else { None })
+            .or_else(|| if section == "limits" { node() } else { None });
+        let Some(value) = value else { return "0".into() };
+        let divisor = divisor.and_then(quantity).map_or(1000, |d| d.as_millis().max(1));
+        value.as_millis().div_ceil(divisor).to_string()
+    }
 }
 
 fn resources(container: &Container) -> Resources {
@@ -429,7 +661,14 @@ fn probe(p: &crate::manifest::types::Probe, container: &Container) -> Result<Pro
         }
     };
     let action = if let Some(exec) = &p.exec {
-        ProbeAction::Exec { command: text_list(&exec.command, "probe command")? }
+        let command = firmware_proto::TextList::from_strs(exec.command.iter().map(String::as_str)).map_err(|_| {
+            format!(
+                "probe command: at most {} items and {} bytes",
+                firmware_proto::COMMAND_ITEMS,
+                firmware_proto::COMMAND_BYTES
+            )
+        })?;
+        ProbeAction::Exec { command }
     } else if let Some(http) = &p.http_get {
         ProbeAction::HttpGet {
             path: bounded(http.path.as_deref().unwrap_or("/"), "probe path")?,
@@ -461,9 +700,36 @@ fn bounded<const N: usize>(text: &str, what: &str) -> Result<heapless::String<N>
     firmware_proto::bounded::bounded(text).map_err(|_| format!("{what} is longer than {N} bytes"))
 }
 
-fn text_list<const B: usize, const I: usize>(items: &[String], what: &str) -> Result<TextList<B, I>, String> {
-    TextList::from_strs(items.iter().map(String::as_str))
+fn text<const N: usize>(value: &str, what: &str) -> Result<Text<N>, String> {
+    Text::new(value).map_err(|_| format!("{what} is longer than {N} bytes"))
+}
+
+fn texts<const B: usize, const I: usize>(items: &[String], what: &str) -> Result<Texts<B, I>, String> {
+    Texts::from_strs(items.iter().map(String::as_str))
         .map_err(|_| format!("{what}: at most {I} items and {B} bytes in all"))
+}
+
+/// What a compact replica is when the pod it stands for is lowered; kept
+/// here for the tests of both.
+#[cfg(test)]
+pub(crate) fn sample_pod(containers: serde_json::Value) -> ApiObject {
+    let mut pod = ApiObject::new(crate::manifest::Kind::Pod, "default", "web-0");
+    pod.metadata.uid = "u-1".into();
+    pod.set_field("spec", containers);
+    let names: Vec<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| {
+            pod.typed_spec::<PodSpec>()
+                .map(|s| {
+                    let v = if *list == "containers" { s.containers.clone() } else { s.init_containers.clone() };
+                    v.into_iter().map(|c| c.name).collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let digests: Vec<String> = names.iter().map(|n| format!("{n}=sha256:{}", "ab".repeat(32))).collect();
+    pod.metadata.annotations.insert(image_pinning::IMAGE_DIGEST_ANNOTATION.into(), digests.join(","));
+    pod
 }
 
 #[cfg(test)]
@@ -477,5 +743,110 @@ mod tests {
         assert_eq!(wire_image("10.0.0.1:5000/a/b:2", "reg:7440"), "10.0.0.1:5000/a/b:2");
         let digest = format!("web:1@sha256:{}", "ab".repeat(32));
         assert_eq!(wire_image(&digest, "r"), "r/web:1");
+    }
+
+    fn no_refs() -> References<'static> {
+        References { config_maps: &[], secrets: &[], node: None }
+    }
+
+    #[test]
+    fn a_pod_of_several_containers_becomes_one_wire_pod_sharing_its_volumes() {
+        let pod = sample_pod(serde_json::json!({
+            "initContainers": [
+                { "name": "migrate", "image": "busybox", "command": ["sh", "-c", "true"] },
+                { "name": "proxy", "image": "envoy:1", "restartPolicy": "Always" },
+            ],
+            "containers": [
+                { "name": "app", "image": "web:1", "volumeMounts": [{ "name": "cache", "mountPath": "/cache" }] },
+                { "name": "logs", "image": "busybox",
+                  "volumeMounts": [{ "name": "cache", "mountPath": "/var/log/app", "subPath": "logs", "readOnly": true }] },
+            ],
+            "volumes": [{ "name": "cache", "emptyDir": {} }],
+        }));
+        let (wire, _) = check(&pod, &no_refs(), "reg:7440").unwrap();
+        let names: Vec<&str> = wire.all_containers().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["migrate", "proxy", "app", "logs"]);
+        assert!(!wire.init_containers[0].sidecar && wire.init_containers[1].sidecar);
+        assert_eq!(wire.containers[0].mounts[0].volume, wire.containers[1].mounts[0].volume);
+        assert_eq!(wire.containers[1].mounts[0].sub_path.as_str(), "logs");
+        assert_eq!(wire.containers[0].image.reference.as_str(), "reg:7440/web:1");
+        // The compact profile holds one container per replica.
+        let (wire, table) = check(&pod, &no_refs(), "reg:7440").unwrap();
+        let why = compact::lower(&wire, &table).unwrap_err();
+        assert_eq!(why, "4 containers with init containers (the compact profile runs one container per replica)");
+    }
+
+    #[test]
+    fn the_downward_api_is_resolved_per_replica_on_its_node() {
+        let mut pod = sample_pod(serde_json::json!({
+            "containers": [{
+                "name": "app", "image": "web:1",
+                "resources": { "limits": { "memory": "64Mi" }, "requests": { "cpu": "250m" } },
+                "env": [
+                    { "name": "POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                    { "name": "NS", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                    { "name": "NODE", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+                    { "name": "HOST_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.hostIP" } } },
+                    { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
+                    { "name": "APP", "valueFrom": { "fieldRef": { "fieldPath": "metadata.labels['app']" } } },
+                    { "name": "MEM_MI", "valueFrom": { "resourceFieldRef": { "resource": "limits.memory", "divisor": "1Mi" } } },
+                    { "name": "CPU_M", "valueFrom": { "resourceFieldRef": { "resource": "requests.cpu", "divisor": "1m" } } },
+                    { "name": "CPU", "valueFrom": { "resourceFieldRef": { "resource": "limits.cpu" } } },
+                ],
+            }],
+        }));
+        pod.metadata.labels.insert("app".into(), "web".into());
+        pod.set_node_name(Some("edge-3"));
+        let mut node = ApiObject::new(crate::manifest::Kind::Node, "", "edge-3");
+        node.metadata.labels.insert(crate::controllers::endpoints::ADDRESS_LABEL.into(), "10.77.0.13".into());
+        let mut status = crate::status::NodeStatus::default();
+        status.allocatable.insert("cpu".into(), "1500m".into());
+        node.set_status(&status);
+        let refs = References { config_maps: &[], secrets: &[], node: Some(&node) };
+        let (wire, _) = check(&pod, &refs, "r").unwrap();
+        let env: Vec<&str> = wire.containers[0].env.iter().collect();
+        assert_eq!(
+            env,
+            [
+                "POD=web-0",
+                "NS=default",
+                "NODE=edge-3",
+                "HOST_IP=10.77.0.13",
+                "POD_IP=10.77.0.13",
+                "APP=web",
+                "MEM_MI=64",
+                "CPU_M=250",
+                "CPU=2",
+            ],
+            "no cpu limit: the node's allocatable, in whole cores rounded up"
+        );
+    }
+
+    #[test]
+    fn a_config_object_is_one_entry_named_by_its_digest_and_built_once_per_version() {
+        let mut map = ApiObject::new(crate::manifest::Kind::ConfigMap, "default", "settings");
+        map.metadata.uid = "cm-1".into();
+        map.metadata.resource_version = "5".into();
+        map.set_field("data", serde_json::json!({ "big.txt": "x".repeat(600 * 1024), "small": "1" }));
+        let maps = [Arc::new(map)];
+        let refs = References { config_maps: &maps, secrets: &[], node: None };
+        let pod = sample_pod(serde_json::json!({
+            "containers": [
+                { "name": "a", "image": "web:1", "volumeMounts": [{ "name": "s", "mountPath": "/etc/s" }] },
+                { "name": "b", "image": "web:1", "volumeMounts": [{ "name": "s", "mountPath": "/etc/s" }] },
+            ],
+            "volumes": [{ "name": "s", "configMap": { "name": "settings" } }],
+        }));
+        let (wire, table) = check(&pod, &refs, "r").unwrap();
+        assert_eq!(table.objects.len(), 1);
+        let entry = &table.objects[0];
+        let body = postcard::to_allocvec(&entry.blob).unwrap();
+        assert_eq!(entry.digest, <[u8; 32]>::from(sha2::Sha256::digest(&body)));
+        assert!(wire.containers.iter().all(|c| c.mounts[0].read_only), "config volumes mount read-only");
+        let (_, again) = check(&pod, &refs, "r").unwrap();
+        assert!(Arc::ptr_eq(&again.objects[0], entry), "the same version is not encoded twice");
+        // 600 KiB is past the compact profile's 4 KiB.
+        let why = compact::lower(&wire, &table).unwrap_err();
+        assert!(why.contains("2 containers"), "{why}");
     }
 }

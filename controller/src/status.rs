@@ -207,6 +207,73 @@ pub struct PodStatus {
     /// Latest usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Each app container, for a pod of more than one container (a pod of
+    /// one is its container).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+    /// Each init container (sidecars too), likewise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_container_statuses: Vec<ContainerStatus>,
+}
+
+/// One container of a pod, as its node reports it (Kubernetes' shape).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name.
+    pub name: String,
+    /// Running and passing its readiness probe.
+    #[serde(default)]
+    pub ready: bool,
+    /// Restarts on its node.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Where it is: exactly one of the three.
+    #[serde(default)]
+    pub state: ContainerState,
+    /// Latest usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// `running`, `waiting` or `terminated`, as Kubernetes writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    /// Its process runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Not started yet (or between restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<StateReason>,
+    /// Ended for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<StateReason>,
+}
+
+/// Why a container waits or ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateReason {
+    /// One word (`CrashLoopBackOff`, `Completed`, `Error`, `OOMKilled`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// How it last exited, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+impl PodStatus {
+    /// `READY` as `kubectl get pods` shows it: ready app containers of all
+    /// `containers` (from the spec).
+    pub fn ready_of(&self, containers: usize) -> String {
+        if self.container_statuses.is_empty() {
+            let ready = usize::from(self.is_ready()).min(containers.max(1));
+            return format!("{ready}/{}", containers.max(1));
+        }
+        let ready = self.container_statuses.iter().filter(|c| c.ready).count();
+        format!("{ready}/{}", self.container_statuses.len())
+    }
 }
 
 /// A replica's phase, Kubernetes' pod phases.
@@ -270,6 +337,22 @@ pub struct NodeInfo {
     /// The agent's version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent_version: String,
+    /// The desired-document profile the node takes: `linux` (pods of
+    /// several containers, large config) or `compact` (microcontroller
+    /// sized). Empty for nodes that never said: Linux.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub document_profile: String,
+}
+
+impl NodeInfo {
+    /// The node's document profile.
+    pub fn profile(&self) -> firmware_proto::Profile {
+        if self.document_profile == firmware_proto::Profile::Compact.name() {
+            firmware_proto::Profile::Compact
+        } else {
+            firmware_proto::Profile::Linux
+        }
+    }
 }
 
 /// `status` of a Node.

@@ -78,13 +78,8 @@ impl MessageKind {
     pub const FROM_NODE: [MessageKind; 5] =
         [MessageKind::Hello, MessageKind::Online, MessageKind::Status, MessageKind::Event, MessageKind::Logs];
     /// Every kind the controller sends.
-    pub const TO_NODE: [MessageKind; 5] = [
-        MessageKind::Desired,
-        MessageKind::LogRequest,
-        MessageKind::Services,
-        MessageKind::Pods,
-        MessageKind::Config,
-    ];
+    pub const TO_NODE: [MessageKind; 5] =
+        [MessageKind::Desired, MessageKind::LogRequest, MessageKind::Services, MessageKind::Pods, MessageKind::Config];
 
     /// The kind for a byte, if it names one.
     pub const fn from_byte(byte: u8) -> Option<MessageKind> {

@@ -41,9 +41,8 @@ pub mod wire_format {}
 pub use bounded::{ByteList, Bytes, CapacityError, Name, NameError, TextList};
 pub use frame::{
     DecodeError, Decoded, DesiredView, EncodeError, Items, MAC_LEN, MAX_ANY_FRAME_LEN, MAX_CONFIG_FRAME_LEN,
-    MAX_FRAME_LEN, Message, MessageKind, NodeFrame,
-    NodeMessage, PROTOCOL_VERSION, SIGNATURE_LEN, decode_desired_frame, decode_node_frame, decode_signed, encode_node,
-    encode_node_frame, encode_signed, peek_kind,
+    MAX_FRAME_LEN, Message, MessageKind, NodeFrame, NodeMessage, PROTOCOL_VERSION, SIGNATURE_LEN, decode_desired_frame,
+    decode_node_frame, decode_signed, encode_node, encode_node_frame, encode_signed, peek_kind,
 };
 #[cfg(feature = "alloc")]
 pub use frame::{encode_node_frame_to_vec, encode_node_to_vec, encode_signed_to_vec};

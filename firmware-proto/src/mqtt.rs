@@ -49,6 +49,16 @@ impl Topics {
         format!("{}/nodes/{node}/{}", self.prefix, kind.topic_leaf())
     }
 
+    /// The retained topic of one config object for `node`:
+    /// `{prefix}/nodes/{node}/config/{hex digest}`.
+    pub fn config(&self, node: &str, digest: &[u8; 32]) -> String {
+        let mut hex = String::with_capacity(64);
+        for byte in digest {
+            let _ = core::fmt::Write::write_fmt(&mut hex, format_args!("{byte:02x}"));
+        }
+        format!("{}/{hex}", self.node(node, MessageKind::Config))
+    }
+
     /// What the controller subscribes to: every node's messages, one
     /// filter per kind a node sends.
     pub fn controller_filters(&self) -> Vec<String> {

@@ -16,12 +16,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Name;
 use crate::heap::{Blobs, List, Text, Texts};
 use crate::msg::{
     ContainerName, DeviceMapping, Digest, ExtendedRequest, ImageRef, MAX_DEVICE_MAPPINGS, MAX_EXTENDED_REQUESTS,
     NodeId, Port, Probe, ReplicaId, Resources, RestartPolicy, Seccomp, User,
 };
-use crate::Name;
 
 /// Maximum app containers in one pod.
 pub const MAX_CONTAINERS: usize = 16;

@@ -270,7 +270,10 @@ pub fn pod(index: usize) -> crate::pod::PodSpec {
     let mut exporter = container("exporter", "registry.local:7441/exporter:0.4");
     exporter.sidecar = true;
     exporter.args = texts(&["--listen=:9100", "--spool=/spool"]);
-    exporter.ports.push(Port { name: s("metrics"), container_port: 9100, host_port: None, protocol: Protocol::Tcp }).expect("fits");
+    exporter
+        .ports
+        .push(Port { name: s("metrics"), container_port: 9100, host_port: None, protocol: Protocol::Tcp })
+        .expect("fits");
     exporter.mounts.push(mount(1, "/spool", true)).expect("fits");
     let mut app = container("sensor", "registry.local:7441/sensor:1.2");
     app.command = texts(&["/bin/sensor"]);
@@ -325,7 +328,9 @@ pub fn pod_document(pods: usize, digest: Digest) -> crate::pod::PodDocument {
     use crate::pod::{ConfigRef, PodDocument};
     let mut config = crate::heap::List::new();
     let size = postcard::to_allocvec(&config_blob()).map(|b| b.len() as u32).unwrap_or(0);
-    config.push(ConfigRef { name: crate::heap::Text::new("sensor-config").expect("fits"), secret: false, digest, size }).expect("fits");
+    config
+        .push(ConfigRef { name: crate::heap::Text::new("sensor-config").expect("fits"), secret: false, digest, size })
+        .expect("fits");
     PodDocument {
         node_id: node_id(),
         generation: 42,

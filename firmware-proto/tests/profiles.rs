@@ -30,9 +30,7 @@ fn config_blob_golden() {
     // 02 0a | 0d "sensor-config" | 00 ConfigMap | 01 one name: 0b "sensor.toml" |
     // 01 one content: 0f "threshold = 40\n" | signature
     let frame = encode_signed_to_vec(&samples::config_blob(), |_| SIGNATURE).unwrap();
-    let golden = concat!(
-        "020a0d73656e736f722d636f6e66696700010b73656e736f722e746f6d6c010f7468726573686f6c64203d2034300a",
-    );
+    let golden = "020a0d73656e736f722d636f6e66696700010b73656e736f722e746f6d6c010f7468726573686f6c64203d2034300a";
     assert_eq!(hex(&frame[..frame.len() - SIGNATURE_LEN]), golden);
     let decoded = decode_signed::<ConfigBlob>(&frame).unwrap();
     assert_eq!(decoded.frame, (samples::config_blob(), SIGNATURE));
@@ -47,7 +45,8 @@ fn linux_pod_document_golden() {
     let frame = encode_signed_to_vec(&document, |_| SIGNATURE).unwrap();
     let golden = include_str!("golden/pod-document.hex").trim();
     assert_eq!(hex(&frame), golden, "encoding of the pod document changed");
-    let bytes: Vec<u8> = (0..golden.len()).step_by(2).map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap()).collect();
+    let bytes: Vec<u8> =
+        (0..golden.len()).step_by(2).map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap()).collect();
     let decoded = decode_signed::<PodDocument>(&bytes).unwrap();
     assert_eq!(decoded.frame, (document, SIGNATURE));
     let pod = &decoded.frame.0.pods[0];
@@ -60,7 +59,8 @@ fn linux_pod_document_golden() {
 fn heartbeat_with_container_entries_golden() {
     // ... 01 replica entry ... | 02 container entries: 00 replica 0, 00 container 0,
     // 01 Running, 01 ready, 00 restarts, 00 no exit, 01 cpu, 80 20 memory 4096 KiB | (the app: 80 60, 12288 KiB) | seq
-    let frame = encode_node_frame_to_vec(&NodeMessage::Status(samples::pod_status()), 1000, |_| MacTag::default()).unwrap();
+    let frame =
+        encode_node_frame_to_vec(&NodeMessage::Status(samples::pod_status()), 1000, |_| MacTag::default()).unwrap();
     let golden = "02032a78f0f512a82d0100000300000203806002000001010000018020000101010000018060e807";
     assert_eq!(hex(&frame[..frame.len() - MAC_LEN]), golden);
     assert_eq!(decode_node_frame(&frame).unwrap().frame.message, NodeMessage::Status(samples::pod_status()));
@@ -86,7 +86,10 @@ fn compact_profile_refuses_more_replicas_than_it_holds() {
     body.extend(postcard::to_allocvec(&replicas).unwrap());
     body.push(0);
     let err = decode_desired_frame(&signed_frame(MessageKind::Desired, &body)).unwrap_err();
-    assert_eq!(err, DecodeError::Malformed { kind: MessageKind::Desired, detail: "a list is longer than its capacity" });
+    assert_eq!(
+        err,
+        DecodeError::Malformed { kind: MessageKind::Desired, detail: "a list is longer than its capacity" }
+    );
     // The encoder refuses it too.
     let document = DesiredDocument { node_id: samples::node_id(), generation: 42, replicas, config: vec![] };
     assert!(matches!(encode_signed_to_vec(&document.as_state(), |_| SIGNATURE), Err(EncodeError::Invalid { .. })));
@@ -138,7 +141,9 @@ fn linux_profile_refuses_more_pods_than_it_holds() {
 
 #[test]
 fn linux_profile_refuses_a_config_object_over_1_mib() {
-    let body = postcard::to_allocvec(&("big", false, vec!["data.bin"], vec![vec![7u8; pod::LINUX_CONFIG_DATA_BYTES + 1]])).unwrap();
+    let body =
+        postcard::to_allocvec(&("big", false, vec!["data.bin"], vec![vec![7u8; pod::LINUX_CONFIG_DATA_BYTES + 1]]))
+            .unwrap();
     let err = decode_signed::<ConfigBlob>(&signed_frame(MessageKind::Config, &body)).unwrap_err();
     assert!(matches!(err, DecodeError::Malformed { kind: MessageKind::Config, .. }), "{err}");
     // Past the frame limit, refused before parsing.

@@ -176,8 +176,16 @@ fn status() -> impl Strategy<Value = Status> {
                 {
                     let replica = replica % replicas.len() as u8;
                     let container = i as u8;
-                    let entry =
-                        ContainerStatus { replica, container, state, ready, restarts, last_exit, cpu_millis, memory_kib };
+                    let entry = ContainerStatus {
+                        replica,
+                        container,
+                        state,
+                        ready,
+                        restarts,
+                        last_exit,
+                        cpu_millis,
+                        memory_kib,
+                    };
                     entries.push(entry).unwrap();
                 }
             }
@@ -206,9 +214,8 @@ fn event() -> impl Strategy<Value = Event> {
         (digest(), text()).prop_map(|(image, reason)| EventKind::PullFailed { image, reason }),
         (any::<u64>(), text()).prop_map(|(generation, reason)| EventKind::Rejected { generation, reason }),
     ];
-    (any::<u64>(), prop::option::of(name()), kind, prop::option::of(name())).prop_map(
-        |(at_unix_ms, replica, kind, container)| Event { at_unix_ms, replica, kind, container },
-    )
+    (any::<u64>(), prop::option::of(name()), kind, prop::option::of(name()))
+        .prop_map(|(at_unix_ms, replica, kind, container)| Event { at_unix_ms, replica, kind, container })
 }
 
 fn log_chunk() -> impl Strategy<Value = LogChunk> {
@@ -244,15 +251,7 @@ fn service_table() -> impl Strategy<Value = ServiceTable> {
 }
 
 fn log_request() -> impl Strategy<Value = LogRequest> {
-    (
-        name(),
-        any::<u64>(),
-        name(),
-        prop::option::of(any::<u64>()),
-        any::<u32>(),
-        any::<u32>(),
-        prop::option::of(name()),
-    )
+    (name(), any::<u64>(), name(), prop::option::of(any::<u64>()), any::<u32>(), any::<u32>(), prop::option::of(name()))
         .prop_map(|(node_id, request_id, replica, offset, tail_lines, max_bytes, container)| LogRequest {
             node_id,
             request_id,

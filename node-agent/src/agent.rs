@@ -318,13 +318,14 @@ impl<R: Runtime> Agent<R> {
                         );
                         for reference in document.config.iter() {
                             let file = self.paths.config_object(&reference.digest.0);
-                            match std::fs::read(&file).map_err(|e| e.to_string()).and_then(|f| self.check_config(&f))
-                            {
+                            match std::fs::read(&file).map_err(|e| e.to_string()).and_then(|f| self.check_config(&f)) {
                                 Ok((digest, blob)) if digest == reference.digest.0 => {
                                     self.config.insert(firmware_proto::Bytes(digest), blob)
                                 }
                                 Ok(_) => tracing::error!(file = %file.display(), "a stored config object changed"),
-                                Err(e) => tracing::warn!(file = %file.display(), error = %e, "a config object is not stored; waiting for it"),
+                                Err(e) => {
+                                    tracing::warn!(file = %file.display(), error = %e, "a config object is not stored; waiting for it")
+                                }
                             }
                         }
                         self.desired = Some(Arc::new(document));
@@ -444,8 +445,7 @@ impl<R: Runtime> Agent<R> {
             }
         }
         let dir = self.paths.config_dir();
-        let keep: Vec<String> =
-            document.config.iter().map(|r| crate::image::Sha256(r.digest.0).hex()).collect();
+        let keep: Vec<String> = document.config.iter().map(|r| crate::image::Sha256(r.digest.0).hex()).collect();
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -536,7 +536,9 @@ impl<R: Runtime> Agent<R> {
             .iter()
             .filter(|u| !running.contains_key(&u.id))
             .filter(|u| !self.persisted.records.get(&u.id).is_some_and(|rec| rec.finished))
-            .any(|u| matches!(self.images.availability(&u.container.image, now_ms), crate::image::Availability::Pulling));
+            .any(|u| {
+                matches!(self.images.availability(&u.container.image, now_ms), crate::image::Availability::Pulling)
+            });
 
         for (id, state) in running {
             if units.iter().any(|u| u.id == *id) {
@@ -804,8 +806,7 @@ impl<R: Runtime> Agent<R> {
     ) -> Result<Step, RuntimeError> {
         let id = unit.id.as_str();
         let mut step = Step::default();
-        let prepared =
-            crate::workload::prepare(&self.paths, &mut self.images, unit, document, &self.config, now_ms);
+        let prepared = crate::workload::prepare(&self.paths, &mut self.images, unit, document, &self.config, now_ms);
         let mut container = match prepared {
             Ok(container) => container,
             Err(e) => {
@@ -1191,7 +1192,8 @@ fn pod_status(units: &[UnitStatus]) -> ReplicaStatus {
         Phase::Pending
     };
     let serving: Vec<&UnitStatus> = units.iter().filter(|u| !u.init || u.sidecar).collect();
-    status.readiness = if serving.iter().all(|u| u.readiness == Readiness::NoProbe) && serving.iter().all(|u| u.ready()) {
+    status.readiness = if serving.iter().all(|u| u.readiness == Readiness::NoProbe) && serving.iter().all(|u| u.ready())
+    {
         Readiness::NoProbe
     } else if serving.iter().all(|u| u.ready()) {
         Readiness::Ready

@@ -342,7 +342,8 @@ impl Cycle {
         let mut phases: Vec<_> = statuses.replicas.iter().map(|r| (r.phase, r.restarts, r.readiness)).collect();
         // A container of a pod changing counts too (its readiness, restarts).
         phases.extend(statuses.containers.iter().map(|c| {
-            let readiness = if c.ready { firmware_proto::Readiness::Ready } else { firmware_proto::Readiness::NotReady };
+            let readiness =
+                if c.ready { firmware_proto::Readiness::Ready } else { firmware_proto::Readiness::NotReady };
             (firmware_proto::Phase::Unknown, c.restarts, readiness)
         }));
         if now >= self.next_heartbeat || phases != self.last_phases {

@@ -25,8 +25,7 @@ pub fn ensure_tmpfs(dir: &Path, size_limit_bytes: Option<u64>) -> std::io::Resul
 /// Unmounts everything mounted under `dir`, deepest first.
 pub fn release(dir: &Path) {
     let Ok(canonical) = dir.canonicalize() else { return };
-    let mut points: Vec<String> =
-        mount_points().into_iter().filter(|p| Path::new(p).starts_with(&canonical)).collect();
+    let mut points: Vec<String> = mount_points().into_iter().filter(|p| Path::new(p).starts_with(&canonical)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for point in points {
         if let Err(e) = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH) {

@@ -416,9 +416,13 @@ mod tests {
         let mut new_config = document.clone();
         new_config.config.as_mut_slice()[0].digest = firmware_proto::Bytes([6; 32]);
         assert_ne!(unit_hash(&unit, &document), unit_hash(&app(&new_config.pods[0]), &new_config), "config changed");
-        let missing = container_config_on(&paths, &app(&new_config.pods[0]), &new_config, &config, &preloaded(dir.path()));
+        let missing =
+            container_config_on(&paths, &app(&new_config.pods[0]), &new_config, &config, &preloaded(dir.path()));
         let Err(WorkloadError::ConfigPending(missing)) = missing else { panic!("{missing:?}") };
-        assert!(missing.to_string().starts_with("waiting for ConfigMap sensor-config (sha256:060606060606"), "{missing}");
+        assert!(
+            missing.to_string().starts_with("waiting for ConfigMap sensor-config (sha256:060606060606"),
+            "{missing}"
+        );
 
         // A preloaded image, without the image store (benchmarks).
         assert!(matches!(container_config(&paths, &unit, &document, &config), Err(WorkloadError::NotPreloaded { .. })));

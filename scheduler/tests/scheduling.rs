@@ -57,7 +57,10 @@ fn placement_table() {
             nodes: vec![node("mcu", 1000, 1024).with_compact_profile(), node("pi", 1000, 1024)],
             bound: vec![],
             pending: vec![
-                Replica { exceeds_compact: Some("2 containers (it holds 1)".into()), ..replica("sidecar", "web", 100, 64) },
+                Replica {
+                    exceeds_compact: Some("2 containers (it holds 1)".into()),
+                    ..replica("sidecar", "web", 100, 64)
+                },
                 replica("small", "sensor", 100, 64),
             ],
             placed: vec![("sidecar", "pi"), ("small", "pi")],
@@ -65,11 +68,20 @@ fn placement_table() {
         },
         Case {
             name: "with only compact-profile nodes the reason names the limit",
-            nodes: vec![node("mcu-1", 1000, 1024).with_compact_profile(), node("mcu-2", 1000, 1024).with_compact_profile()],
+            nodes: vec![
+                node("mcu-1", 1000, 1024).with_compact_profile(),
+                node("mcu-2", 1000, 1024).with_compact_profile(),
+            ],
             bound: vec![],
-            pending: vec![Replica { exceeds_compact: Some("2 containers (it holds 1)".into()), ..replica("sidecar", "web", 100, 64) }],
+            pending: vec![Replica {
+                exceeds_compact: Some("2 containers (it holds 1)".into()),
+                ..replica("sidecar", "web", 100, 64)
+            }],
             placed: vec![],
-            unplaced: vec![("sidecar", "0/2 nodes available: 2 node(s) take the compact document profile: 2 containers (it holds 1)")],
+            unplaced: vec![(
+                "sidecar",
+                "0/2 nodes available: 2 node(s) take the compact document profile: 2 containers (it holds 1)",
+            )],
         },
         Case {
             name: "a node that is not ready is never used",

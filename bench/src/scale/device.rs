@@ -78,6 +78,7 @@ impl Profile {
             devices: heapless::Vec::new(),
             agent_version: firmware_proto::bounded::truncated(env!("CARGO_PKG_VERSION")),
             max_protocol_version: firmware_proto::PROTOCOL_VERSION,
+            profile: firmware_proto::Profile::Linux,
         })
     }
 }
@@ -302,10 +303,9 @@ impl Running {
     /// device already (a preloaded root filesystem, as air-gapped devices
     /// are provisioned), so no pull is made.
     fn cache_images(&self, frame: &[u8]) {
-        let Ok(decoded) = firmware_proto::decode_desired_frame(frame) else { return };
-        let document = firmware_proto::DesiredDocument::from(&decoded.frame);
-        for replica in &document.replicas {
-            let rootfs = self.paths.image_rootfs(&replica.image.digest.0);
+        let Ok(decoded) = firmware_proto::decode_signed::<firmware_proto::pod::PodDocument>(frame) else { return };
+        for container in decoded.frame.0.pods.iter().flat_map(|p| p.all_containers()) {
+            let rootfs = self.paths.image_rootfs(&container.image.digest.0);
             if !rootfs.is_dir() {
                 let _ = std::fs::create_dir_all(&rootfs);
             }

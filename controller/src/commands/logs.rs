@@ -7,7 +7,15 @@ use super::*;
 pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let client = Client::new(&args.client.server, &args.client.token_file())?;
-    let mut query = format!("limitBytes={}", args.limit_bytes);
+    let container = match &args.container {
+        // Container names are DNS labels: nothing in one needs escaping.
+        Some(name) if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            anyhow::bail!("{name:?} is not a container name (lowercase letters, digits and '-')")
+        }
+        Some(name) => format!("&container={name}"),
+        None => String::new(),
+    };
+    let mut query = format!("limitBytes={}{container}", args.limit_bytes);
     if let Some(tail) = args.tail {
         query.push_str(&format!("&tailLines={tail}"));
     }
@@ -23,8 +31,8 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
         let Some(from) = offset else {
             anyhow::bail!("the server gave no offset to follow from");
         };
-        let (data, next) =
-            client.pod_log(&args.namespace, &args.name, &format!("limitBytes={}&offset={from}", args.limit_bytes))?;
+        let query = format!("limitBytes={}&offset={from}{container}", args.limit_bytes);
+        let (data, next) = client.pod_log(&args.namespace, &args.name, &query)?;
         out.write_all(&data)?;
         out.flush()?;
         offset = next;

@@ -174,7 +174,9 @@ impl Table {
         let mut row = match self.kind {
             Kind::Pod => {
                 let s = o.typed_status::<PodStatus>();
-                let ready = if s.is_ready() { "1/1" } else { "0/1" };
+                let containers =
+                    o.typed_spec::<crate::manifest::types::PodSpec>().map_or(1, |spec| spec.containers.len());
+                let ready = s.ready_of(containers);
                 let shown = if o.is_retired() {
                     "Terminating".to_owned()
                 } else if s.phase == crate::status::PodPhase::Pending && !s.reason.is_empty() {

@@ -2,8 +2,10 @@
 //! replica was pinned, and the scheduler knows which architectures those
 //! bytes exist for before it places the replica.
 //!
-//! A replica is pinned once: its image's digest and architectures go into
-//! its annotations ([`IMAGE_DIGEST_ANNOTATION`], [`IMAGE_ARCHS_ANNOTATION`]).
+//! A replica is pinned once, when every image its containers name (init
+//! containers too) is resolved: the digests and the architectures all of
+//! them exist for go into its annotations ([`IMAGE_DIGEST_ANNOTATION`],
+//! [`IMAGE_ARCHS_ANNOTATION`]).
 //! Until then the scheduler does not place it and its node's document does
 //! not list it, so no replica is ever bound to a node its image cannot run
 //! on and then taken back. Resolving a tag asks a registry: that half is
@@ -17,9 +19,11 @@ use crate::object::ApiObject;
 use crate::status::PodStatus;
 use crate::store::Op;
 
-/// Annotation holding the image digest a replica was pinned to.
+/// Annotation holding the image digest a replica was pinned to:
+/// `sha256:<hex>` when its containers share one image, else
+/// `<container>=sha256:<hex>,...` for each container.
 pub const IMAGE_DIGEST_ANNOTATION: &str = "flotilla.io/image-digest";
-/// Annotation holding the architectures that image exists for
+/// Annotation holding the architectures all its images exist for
 /// (`amd64,arm64`); the scheduler places the replica only on those.
 pub const IMAGE_ARCHS_ANNOTATION: &str = "flotilla.io/image-archs";
 /// Annotation saying why the image could not be pinned yet (the scheduler
@@ -47,10 +51,17 @@ pub struct Plan {
     pub to_resolve: BTreeSet<String>,
 }
 
-/// The image a replica runs (its first container's).
-pub fn image_of(pod: &ApiObject) -> Option<String> {
-    let spec = pod.typed_spec::<PodSpec>()?;
-    spec.containers.first().map(|c| c.image.clone())
+/// The images a replica's containers run, each once, init containers'
+/// first.
+pub fn images_of(pod: &ApiObject) -> Vec<String> {
+    let Some(spec) = pod.typed_spec::<PodSpec>() else { return Vec::new() };
+    let mut images: Vec<String> = Vec::new();
+    for container in spec.init_containers.iter().chain(&spec.containers) {
+        if !images.contains(&container.image) {
+            images.push(container.image.clone());
+        }
+    }
+    images
 }
 
 /// Whether the replica's image is pinned.
@@ -58,9 +69,28 @@ pub fn is_pinned(pod: &ApiObject) -> bool {
     pod.metadata.annotations.contains_key(IMAGE_DIGEST_ANNOTATION)
 }
 
-/// The digest a replica's image is pinned to, if it is pinned.
-pub fn pinned_digest(pod: &ApiObject) -> Option<[u8; 32]> {
-    parse_digest(pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION)?)
+/// The digest the image of a replica's `container` is pinned to, if it
+/// is pinned.
+pub fn pinned_digest(pod: &ApiObject, container: &str) -> Option<[u8; 32]> {
+    let pinned = pod.metadata.annotations.get(IMAGE_DIGEST_ANNOTATION)?;
+    if !pinned.contains('=') {
+        return parse_digest(pinned);
+    }
+    pinned.split(',').find_map(|entry| {
+        let (name, digest) = entry.split_once('=')?;
+        (name == container).then(|| parse_digest(digest)).flatten()
+    })
+}
+
+/// The annotation value for a pod whose containers (name, image) resolved
+/// to `digests` (by image).
+fn digest_annotation(containers: &[(String, String)], digests: &BTreeMap<&str, [u8; 32]>) -> String {
+    let text = |image: &str| format!("sha256:{}", hex::encode(digests[image]));
+    let first = containers.first().map(|(_, image)| image.as_str()).unwrap_or_default();
+    if containers.iter().all(|(_, image)| image == first) {
+        return text(first);
+    }
+    containers.iter().map(|(name, image)| format!("{name}={}", text(image))).collect::<Vec<_>>().join(",")
 }
 
 /// `sha256:<64 hex digits>` -> the digest's bytes.
@@ -93,10 +123,13 @@ pub fn plan(snapshot: &Snapshot, answers: &Answers) -> Plan {
         if is_pinned(pod) || pod.is_retired() || pod.typed_status::<PodStatus>().is_finished() {
             continue;
         }
-        let Some(image) = image_of(pod) else { continue };
+        let images = images_of(pod);
+        if images.is_empty() {
+            continue;
+        }
         // A slice of writes per pass (see `super::PASS_SLICE`); the images
         // still to resolve are all named.
-        if plan.ops.len() >= super::PASS_SLICE && answers.contains_key(&image) {
+        if plan.ops.len() >= super::PASS_SLICE && images.iter().all(|i| answers.contains_key(i)) {
             continue;
         }
         // Decide first; copy the replica only to write it.
@@ -105,23 +138,41 @@ pub fn plan(snapshot: &Snapshot, answers: &Answers) -> Plan {
             change(&mut pinned.metadata.annotations);
             plan.ops.push(Op::Apply(pinned));
         };
-        match answers.get(&image) {
-            None => _ = plan.to_resolve.insert(image),
-            Some(Ok(resolved)) => written(&|annotations| {
-                annotations.remove(IMAGE_ERROR_ANNOTATION);
-                annotations
-                    .insert(IMAGE_DIGEST_ANNOTATION.to_owned(), format!("sha256:{}", hex::encode(resolved.digest)));
-                if !resolved.archs.is_empty() {
-                    annotations.insert(IMAGE_ARCHS_ANNOTATION.to_owned(), resolved.archs.join(","));
-                }
-            }),
-            Some(Err(reason)) => {
-                let reason = format!("cannot pin image {image:?}: {reason}");
-                if pod.metadata.annotations.get(IMAGE_ERROR_ANNOTATION) != Some(&reason) {
-                    written(&|annotations| _ = annotations.insert(IMAGE_ERROR_ANNOTATION.to_owned(), reason.clone()));
-                }
-            }
+        let unanswered: Vec<&String> = images.iter().filter(|i| !answers.contains_key(*i)).collect();
+        if !unanswered.is_empty() {
+            plan.to_resolve.extend(unanswered.into_iter().cloned());
+            continue;
         }
+        if let Some((image, Err(reason))) = images.iter().map(|i| (i, &answers[i])).find(|(_, a)| a.is_err()) {
+            let reason = format!("cannot pin image {image:?}: {reason}");
+            if pod.metadata.annotations.get(IMAGE_ERROR_ANNOTATION) != Some(&reason) {
+                written(&|annotations| _ = annotations.insert(IMAGE_ERROR_ANNOTATION.to_owned(), reason.clone()));
+            }
+            continue;
+        }
+        let resolved: Vec<(&str, &PinnedImage)> =
+            images.iter().filter_map(|i| answers[i].as_ref().ok().map(|r| (i.as_str(), r))).collect();
+        let digests: BTreeMap<&str, [u8; 32]> = resolved.iter().map(|(i, r)| (*i, r.digest)).collect();
+        let containers: Vec<(String, String)> = pod
+            .typed_spec::<PodSpec>()
+            .map(|s| s.init_containers.iter().chain(&s.containers).map(|c| (c.name.clone(), c.image.clone())).collect())
+            .unwrap_or_default();
+        // Where every image exists: the intersection of the known lists.
+        let mut archs: Option<Vec<String>> = None;
+        for (_, r) in resolved.iter().filter(|(_, r)| !r.archs.is_empty()) {
+            archs = Some(match archs {
+                None => r.archs.clone(),
+                Some(so_far) => so_far.into_iter().filter(|a| r.archs.contains(a)).collect(),
+            });
+        }
+        let digest = digest_annotation(&containers, &digests);
+        written(&|annotations| {
+            annotations.remove(IMAGE_ERROR_ANNOTATION);
+            annotations.insert(IMAGE_DIGEST_ANNOTATION.to_owned(), digest.clone());
+            if let Some(archs) = &archs {
+                annotations.insert(IMAGE_ARCHS_ANNOTATION.to_owned(), archs.join(","));
+            }
+        });
     }
     plan
 }
@@ -163,6 +214,37 @@ mod tests {
         assert_eq!(written[0].metadata.resource_version, "7", "written against what was read");
         assert!(!is_pinned(written[2]));
         assert!(written[2].metadata.annotations[IMAGE_ERROR_ANNOTATION].contains("registry unreachable"));
+    }
+
+    #[test]
+    fn a_pod_of_several_images_is_pinned_once_all_resolve_and_runs_where_all_exist() {
+        let mut pod = ApiObject::new(Kind::Pod, "default", "p");
+        pod.set_field(
+            "spec",
+            serde_json::json!({
+                "initContainers": [{ "name": "init", "image": "busybox:1" }],
+                "containers": [{ "name": "app", "image": "web:1" }, { "name": "proxy", "image": "busybox:1" }],
+            }),
+        );
+        let snapshot = Snapshot { pods: vec![Arc::new(pod)], ..Snapshot::default() };
+        let mut answers = Answers::new();
+        answers
+            .insert("web:1".into(), Ok(PinnedImage { digest: [1; 32], archs: vec!["amd64".into(), "arm64".into()] }));
+        let half = plan(&snapshot, &answers);
+        assert!(half.ops.is_empty(), "not pinned before every image resolves");
+        assert_eq!(half.to_resolve.into_iter().collect::<Vec<_>>(), ["busybox:1"]);
+        answers.insert("busybox:1".into(), Ok(PinnedImage { digest: [2; 32], archs: vec!["arm64".into()] }));
+        let Op::Apply(pinned) = &plan(&snapshot, &answers).ops[0] else { panic!() };
+        let ones = "01".repeat(32);
+        let twos = "02".repeat(32);
+        assert_eq!(
+            pinned.metadata.annotations[IMAGE_DIGEST_ANNOTATION],
+            format!("init=sha256:{twos},app=sha256:{ones},proxy=sha256:{twos}")
+        );
+        assert_eq!(pinned_digest(pinned, "app"), Some([1; 32]));
+        assert_eq!(pinned_digest(pinned, "proxy"), Some([2; 32]));
+        assert_eq!(pinned_digest(pinned, "nobody"), None);
+        assert_eq!(archs_of(pinned), Some(vec!["arm64"]), "only where both images exist");
     }
 
     #[test]

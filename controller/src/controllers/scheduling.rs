@@ -98,6 +98,7 @@ fn scheduler_node(node: &ApiObject) -> sched::Node {
     let list = if status.allocatable.is_empty() { &status.capacity } else { &status.allocatable };
     let mut allocatable = sched::Resources::new(0, 0);
     let mut max_workloads = 0;
+    let profile = status.node_info.profile();
     for (name, text) in list {
         let Some(q) = quantity(text) else { continue };
         match name.as_str() {
@@ -105,7 +106,7 @@ fn scheduler_node(node: &ApiObject) -> sched::Node {
             "memory" => allocatable.memory_bytes = q.as_units() as u64,
             // No more than one desired document holds, whatever the node
             // says it could run.
-            "pods" => max_workloads = (q.as_units() as u32).min(firmware_proto::MAX_REPLICAS as u32),
+            "pods" => max_workloads = (q.as_units() as u32).min(profile.max_replicas() as u32),
             other => _ = allocatable.extended.insert(other.to_owned(), q.as_units() as u64),
         }
     }
@@ -116,6 +117,7 @@ fn scheduler_node(node: &ApiObject) -> sched::Node {
     out.os = status.node_info.operating_system.clone();
     out.labels = node.metadata.labels.clone();
     out.taints = spec.taints.iter().filter_map(taint).collect();
+    out.compact_profile = profile == firmware_proto::Profile::Compact;
     out
 }
 
@@ -289,7 +291,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             }
         }
     }
-    let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets };
+    let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets, node: None };
     let registry = snapshot.default_registry.as_str();
     // What no longer holds its node after this pass: deleted or retired by
     // it, or leaving a lost node (looked up only on the nodes left).
@@ -299,7 +301,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             || (pod.node_name().is_some_and(|n| leaving_nodes.contains(n))
                 && evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str())))
     };
-    blocked.extend(left_out_of_documents(snapshot, &created_bound, &refs, arch_of(), registry, &gone));
+    blocked.extend(left_out_of_documents(snapshot, &created_bound, arch_of(), registry, &gone));
     let mut ops = Vec::new();
     for (pod, reason, message) in blocked {
         pending_status(pod, reason, &message, &mut ops);
@@ -319,9 +321,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     // What the wire cannot carry is never bound (the publisher would leave
     // it out of the node's document).
     let mut placing: Vec<Placing<'_>> = Vec::with_capacity(moving.len() + pending.len());
-    for candidate in moving.into_iter().chain(pending) {
+    for mut candidate in moving.into_iter().chain(pending) {
         match replica_spec::check(candidate.pod, &refs, registry) {
-            Ok(()) => placing.push(candidate),
+            Ok((wire, table)) => {
+                // Only nodes of the Linux profile take what the compact
+                // one cannot hold.
+                candidate.replica.exceeds_compact = replica_spec::compact::lower(&wire, &table).err();
+                placing.push(candidate)
+            }
             Err(why) => match candidate.leaving {
                 Some(leaving) => unbind(candidate.pod, why.reason, leaving, &why.message, &mut ops),
                 None => pending_status(candidate.pod, why.reason, &why.message, &mut ops),
@@ -416,16 +423,16 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
 fn left_out_of_documents<'s>(
     snapshot: &'s Snapshot,
     created_bound: &[(&'s ApiObject, &'s str)],
-    refs: &References<'_>,
     arch_of: &HashMap<&str, String>,
     default_registry: &str,
     gone: &dyn Fn(&ApiObject) -> bool,
 ) -> Vec<(&'s ApiObject, &'static str, String)> {
     let mut out = Vec::new();
     let mut nodes: BTreeSet<&str> = BTreeSet::new();
+    let unplaced = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets, node: None };
     for &(pod, node) in created_bound {
-        match replica_spec::check(pod, refs, default_registry) {
-            Ok(()) => {
+        match replica_spec::check(pod, &unplaced, default_registry) {
+            Ok(_) => {
                 nodes.insert(node);
             }
             Err(why) => out.push((pod, why.reason, why.message)),
@@ -433,17 +440,22 @@ fn left_out_of_documents<'s>(
     }
     for node in nodes {
         let arch = arch_of.get(node).map_or("", String::as_str);
+        let object = snapshot.nodes.iter().find(|n| n.metadata.name == node).map(|n| &**n);
+        let profile =
+            object.map_or(firmware_proto::Profile::Linux, |n| n.typed_status::<NodeStatus>().node_info.profile());
         let listed: Vec<&ApiObject> =
             snapshot.pods_on(node).into_iter().filter(|p| replica_spec::listed(p, arch) && !gone(p)).collect();
-        let crowded = listed.len() > firmware_proto::MAX_REPLICAS;
+        let crowded = listed.len() > profile.max_replicas();
         if !crowded
+            && profile == firmware_proto::Profile::Linux
             && !listed
                 .iter()
                 .any(|p| p.typed_spec::<PodSpec>().is_some_and(|s| !replica_spec::references(&s).is_empty()))
         {
             continue;
         }
-        for (pod, why) in replica_spec::document(listed, refs, default_registry).left_out {
+        let refs = References { node: object, ..unplaced };
+        for (pod, why) in replica_spec::document(listed, &refs, default_registry, profile).left_out {
             if !out.iter().any(|(p, _, _)| std::ptr::eq(*p, pod)) {
                 out.push((pod, why.reason, why.message));
             }
@@ -501,8 +513,15 @@ mod tests {
     fn a_node_offering_more_pods_than_a_document_holds_is_held_to_the_document() {
         let mut node = ApiObject::new(Kind::Node, "", "big");
         node.set_field("status", serde_json::json!({"capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"}}));
-        assert_eq!(scheduler_node(&node).max_workloads, firmware_proto::MAX_REPLICAS as u32);
+        assert_eq!(scheduler_node(&node).max_workloads, firmware_proto::LINUX_MAX_PODS as u32);
         node.set_field("status", serde_json::json!({"capacity": {"cpu": "1", "memory": "1Gi", "pods": "4"}}));
         assert_eq!(scheduler_node(&node).max_workloads, 4);
+        // A compact-profile node: its document holds fewer.
+        node.set_field(
+            "status",
+            serde_json::json!({"capacity": {"pods": "110"}, "nodeInfo": {"documentProfile": "compact"}}),
+        );
+        assert_eq!(scheduler_node(&node).max_workloads, firmware_proto::MAX_REPLICAS as u32);
+        assert!(scheduler_node(&node).compact_profile);
     }
 }

@@ -74,15 +74,31 @@ impl Fixture {
     }
 
     fn node_of_arch(&self, name: &str, arch: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) {
+        self.node_with(
+            name,
+            labels,
+            json!({"capacity": {"cpu": cpu, "memory": memory, "pods": "16"},
+               "nodeInfo": {"architecture": arch, "operatingSystem": "linux"},
+               "conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+    }
+
+    /// A node that takes the compact document profile.
+    fn compact_node(&self, name: &str, cpu: &str, memory: &str) {
+        self.node_with(
+            name,
+            &[],
+            json!({"capacity": {"cpu": cpu, "memory": memory, "pods": "16"},
+               "nodeInfo": {"architecture": "arm64", "operatingSystem": "linux", "documentProfile": "compact"},
+               "conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+    }
+
+    fn node_with(&self, name: &str, labels: &[(&str, &str)], status: serde_json::Value) {
         let mut node = ApiObject::new(Kind::Node, "", name);
         node.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.store.commit(vec![Op::Apply(node.clone())]).unwrap();
-        node.set_field(
-            "status",
-            json!({"capacity": {"cpu": cpu, "memory": memory, "pods": "16"},
-                   "nodeInfo": {"architecture": arch, "operatingSystem": "linux"},
-                   "conditions": [{"type": "Ready", "status": "True"}]}),
-        );
+        node.set_field("status", status);
         self.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
     }
 
@@ -530,9 +546,9 @@ fn a_daemon_set_waits_on_the_clock_only_for_min_ready_seconds() {
 fn a_replica_the_wire_cannot_carry_is_never_bound_and_says_why() {
     let f = Fixture::new();
     f.node("pi-1", "4", "4Gi", &[]);
-    // 5 KiB of configuration: more than a desired document carries for one
-    // ConfigMap (4 KiB), which only the projection onto the wire knows.
-    let big = "x".repeat(5 * 1024);
+    // Over 1 MiB of configuration: more than a ConfigMap carries (as in
+    // Kubernetes), which only the projection onto the wire knows.
+    let big = "x".repeat((1 << 20) + 1);
     f.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rules}}\ndata: {{rules.txt: {big}}}\n"));
     f.apply(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  \
@@ -546,7 +562,7 @@ fn a_replica_the_wire_cannot_carry_is_never_bound_and_says_why() {
     let status: PodStatus = pod.status();
     assert_eq!(pod.node_name(), None, "bound although its node's document would leave it out");
     assert_eq!((status.phase, status.reason.as_str()), (crate::status::PodPhase::Pending, "InvalidReplica"));
-    assert!(status.message.contains("4 KiB"), "{}", status.message);
+    assert!(status.message.contains("at most 1 MiB"), "{}", status.message);
     // Made to fit, it is placed.
     f.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: rules}\ndata: {rules.txt: small}\n");
     f.settle();
@@ -554,9 +570,39 @@ fn a_replica_the_wire_cannot_carry_is_never_bound_and_says_why() {
 }
 
 #[test]
+fn a_pod_the_compact_profile_cannot_hold_goes_only_to_a_linux_profile_node_and_says_why() {
+    let f = Fixture::new();
+    f.compact_node("mcu-1", "4", "4Gi");
+    // 5 KiB of configuration: past the compact profile's 4 KiB per object.
+    let big = "x".repeat(5 * 1024);
+    f.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rules}}\ndata: {{rules.txt: {big}}}\n"));
+    f.apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  \
+         selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      \
+         containers:\n      - name: web\n        image: registry.local/web:1\n        \
+         volumeMounts: [{name: rules, mountPath: /etc/rules}]\n      \
+         volumes: [{name: rules, configMap: {name: rules}}]\n",
+    );
+    f.settle();
+    let pod = &f.pods()[0];
+    let status: PodStatus = pod.status();
+    assert_eq!(pod.node_name(), None);
+    assert_eq!(status.reason, "Unschedulable");
+    assert_eq!(
+        status.message,
+        "0/1 nodes available: 1 node(s) take the compact document profile: ConfigMap rules of 1 files in 5120 bytes \
+         (the compact profile holds 16 files in 4096 bytes)"
+    );
+    f.node("pi-1", "4", "4Gi", &[]);
+    f.settle();
+    assert_eq!(f.pods()[0].node_name(), Some("pi-1"));
+}
+
+#[test]
 fn a_daemon_set_replica_past_what_a_document_holds_is_named_by_the_controller() {
     let f = Fixture::new();
-    f.node("pi-1", "4", "8Gi", &[]);
+    // A compact-profile node: its document holds 16 replicas.
+    f.compact_node("pi-1", "4", "8Gi");
     f.apply(&deployment(firmware_proto::MAX_REPLICAS as u32, "8Mi").replace("cpu: 250m", "cpu: 10m"));
     f.settle();
     assert!(f.pods().iter().all(|p| p.node_name() == Some("pi-1")));

@@ -13,8 +13,10 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, S
 
 use super::credentials::Enrolment;
 
-/// Largest MQTT payload the broker accepts: one frame plus the topic.
-pub const MAX_PAYLOAD: usize = firmware_proto::frame::MAX_FRAME_LEN + 1024;
+/// Largest MQTT payload the broker accepts: the largest frame (a Linux
+/// profile's pod document) plus the topic. Buffers grow to what arrives,
+/// so a device that sends small frames costs no more for it.
+pub const MAX_PAYLOAD: usize = firmware_proto::frame::MAX_ANY_FRAME_LEN + 1024;
 
 /// What rumqttd keeps of the messages on one subscription filter. It keeps
 /// a log per filter and frees old data only when a segment fills, so these

@@ -60,7 +60,9 @@ pub fn spawn(
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
     options.set_keep_alive(config.keep_alive);
     options.set_credentials(CONTROLLER_USER, enrolment.controller_password());
-    options.set_max_packet_size(super::broker::MAX_PAYLOAD, super::broker::MAX_PAYLOAD);
+    // Nodes send small frames; the controller sends documents to 4 MiB.
+    let from_nodes = firmware_proto::frame::MAX_FRAME_LEN + 1024;
+    options.set_max_packet_size(from_nodes, super::broker::MAX_PAYLOAD);
     options.set_clean_session(true);
     let (client, mut event_loop) = AsyncClient::new(options, 1024);
     let subscriber = client.clone();

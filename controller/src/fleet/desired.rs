@@ -1,6 +1,10 @@
 //! Desired-state publication: level-triggered, one retained QoS 1 document
 //! per node, signed, republished only when its content changes (and after
-//! every reconnect to the broker).
+//! every reconnect to the broker). A node of the Linux profile gets a pod
+//! document on `pods` and each ConfigMap or Secret its pods mount as a
+//! retained object of its own on `config/{digest}` (cleared when no longer
+//! named); a node of the compact profile gets the compact document, with
+//! its config inline, on `desired`.
 //!
 //! The generation is the store's resourceVersion when the document was
 //! built: it increases across controller restarts without any state of its
@@ -42,11 +46,27 @@ pub struct Published {
     /// Replica ids in document order, with the pod each stands for: status
     /// messages name replicas by slot or id.
     pub replicas: Vec<(String, ObjectKey)>,
-    /// Each replica's image digest (pull events name images, not replicas).
-    pub images: Vec<[u8; 32]>,
+    /// Each replica's image digests (pull events name images, not replicas).
+    pub images: Vec<Vec<[u8; 32]>>,
+    /// Each replica's containers in the order heartbeats number them (init
+    /// containers first).
+    pub containers: Vec<Vec<ContainerShape>>,
+    /// The config objects published for the node, by digest.
+    config: Vec<[u8; 32]>,
     /// Replicas a rollout retired from this node (not in the document): the
     /// inbox deletes each once the node stops reporting it.
     pub retired: Vec<(String, ObjectKey)>,
+}
+
+/// One container of a published replica: what its heartbeat entry means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerShape {
+    /// Its name.
+    pub name: String,
+    /// An init container (a sidecar is one too).
+    pub init: bool,
+    /// A sidecar.
+    pub sidecar: bool,
 }
 
 /// The documents last published, shared with the inbox.
@@ -195,6 +215,7 @@ pub async fn run(
     };
     let default_registry: Arc<str> = config.default_registry.clone().into();
     let tables = Arc::new(PublishedTables::default());
+    let blobs = Arc::new(BlobFrames::default());
     let mut changes = Changes { pods: HashMap::new(), dirty: Dirty::everything() };
     let mut publish_all = false;
     let mut last_full = tokio::time::Instant::now();
@@ -208,18 +229,23 @@ pub async fn run(
             let pass = {
                 let (store, key, published, default_registry) =
                     (store.clone(), key.clone(), published.clone(), default_registry.clone());
-                let tables = tables.clone();
+                let (tables, blobs) = (tables.clone(), blobs.clone());
                 let all = publish_all;
                 tokio::task::spawn_blocking(move || {
-                    build_all(store.as_ref(), &key, &published, &tables, &default_registry, &dirty, all)
+                    let sources = Sources { key: &key, published: &published, tables: &tables, blobs: &blobs };
+                    build_all(store.as_ref(), &sources, &default_registry, &dirty, all)
                 })
             };
             match pass.await {
                 Ok(frames) => {
-                    for (node, kind, frame) in frames {
+                    for (node, kind, digest, frame) in frames {
+                        let topic = match digest {
+                            Some(digest) => topics.config(&node, &digest),
+                            None => topics.node(&node, kind),
+                        };
                         // `publish` waits for room in the client's queue rather
                         // than dropping a document.
-                        if let Err(e) = client.publish(topics.node(&node, kind), QoS::AtLeastOnce, true, frame).await {
+                        if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, frame).await {
                             tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect");
                         }
                     }
@@ -253,22 +279,55 @@ pub async fn run(
     }
 }
 
-/// `(node, kind, frame)` to publish on the node's topic for that kind.
-type Frames = Vec<(String, MessageKind, Vec<u8>)>;
+/// `(node, kind, config digest, frame)` to publish on the node's topic for
+/// that kind (a config object's: `config/{digest}`; an empty frame clears
+/// it).
+type Frames = Vec<(String, MessageKind, Option<[u8; 32]>, Vec<u8>)>;
+
+/// Signed config object frames by digest: the same bytes for every node
+/// (a config object names no node), signed once.
+#[derive(Debug, Default)]
+struct BlobFrames(Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>);
+
+impl BlobFrames {
+    fn frame(&self, entry: &replica_spec::ConfigEntry, key: &ControllerKey) -> Option<Arc<Vec<u8>>> {
+        let mut frames = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(frame) = frames.get(&entry.digest) {
+            return Some(frame.clone());
+        }
+        match firmware_proto::encode_signed_to_vec(&entry.blob, |bytes| key.sign(bytes)) {
+            Ok(frame) => {
+                let frame = Arc::new(frame);
+                frames.insert(entry.digest, frame.clone());
+                Some(frame)
+            }
+            Err(e) => {
+                tracing::error!(name = %entry.blob.name, error = %e, "cannot encode a config object");
+                None
+            }
+        }
+    }
+
+    /// Forgets frames of objects no published document names.
+    fn retain(&self, named: &HashSet<[u8; 32]>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|digest, _| named.contains(digest));
+    }
+}
+
+/// What a pass signs with and remembers.
+struct Sources<'a> {
+    key: &'a ControllerKey,
+    published: &'a PublishedDocuments,
+    tables: &'a PublishedTables,
+    blobs: &'a BlobFrames,
+}
 
 /// Builds the documents of the `dirty` nodes; returns the frames to
 /// publish: changed ones, or all of them when `all`. A replica is listed
 /// once its image is pinned (and only where that image can run: the
 /// scheduler says why elsewhere).
-fn build_all(
-    store: &dyn Store,
-    key: &ControllerKey,
-    published: &PublishedDocuments,
-    tables: &PublishedTables,
-    default_registry: &str,
-    dirty: &Dirty,
-    all: bool,
-) -> Frames {
+fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, dirty: &Dirty, all: bool) -> Frames {
+    let Sources { key, published, tables, blobs } = *sources;
     // The store's view, not a snapshot of every kind: a pass after a few
     // replicas moved reads the nodes they moved to and those nodes' replicas.
     let view = store.view();
@@ -287,6 +346,7 @@ fn build_all(
         .iter()
         .map(|n| (n.metadata.name.as_str(), n.typed_status::<NodeStatus>().node_info.architecture.clone()))
         .collect();
+    let node_object: HashMap<&str, &ApiObject> = nodes.iter().map(|n| (n.metadata.name.as_str(), &***n)).collect();
     // Only bound pods of the nodes being built are read: from the store's
     // index by node, unless every document is built.
     let pods: Vec<&ApiObject> = if dirty.all {
@@ -310,7 +370,6 @@ fn build_all(
     }
     let config_maps: Vec<Arc<ApiObject>> = view.list(Kind::ConfigMap, None).cloned().collect();
     let secrets: Vec<Arc<ApiObject>> = view.list(Kind::Secret, None).cloned().collect();
-    let refs = References { config_maps: &config_maps, secrets: &secrets };
     let mut out = Vec::new();
     let mut documents = published.lock();
     for (node, pods) in by_node {
@@ -318,23 +377,65 @@ fn build_all(
             tracing::warn!(node, "node name is not a valid node id; no document");
             continue;
         };
+        let object = node_object.get(node.as_str()).copied();
+        let profile =
+            object.map_or(firmware_proto::Profile::Linux, |n| n.typed_status::<NodeStatus>().node_info.profile());
+        let refs = References { config_maps: &config_maps, secrets: &secrets, node: object };
         // What is left out is said on the replica by the scheduling
         // controller, which makes the same projection.
-        let replica_spec::Document { replicas, table, pods, left_out } =
-            replica_spec::document(pods, &refs, default_registry);
-        for (pod, why) in &left_out {
+        let document = replica_spec::document(pods, &refs, default_registry, profile);
+        for (pod, why) in &document.left_out {
             tracing::debug!(node, pod = %pod.metadata.name, reason = why.reason, message = why.message, "replica left out of its node's document");
         }
         let keys: Vec<(String, ObjectKey)> =
-            replicas.iter().zip(&pods).map(|(replica, pod)| (replica.id.as_str().to_owned(), pod.key())).collect();
-        let images: Vec<[u8; 32]> = replicas.iter().map(|r| r.image.digest.0).collect();
+            document.pods.iter().zip(&document.objects).map(|(p, o)| (p.id.as_str().to_owned(), o.key())).collect();
+        let images: Vec<Vec<[u8; 32]>> =
+            document.pods.iter().map(|p| p.all_containers().map(|c| c.image.digest.0).collect()).collect();
+        let config: Vec<[u8; 32]> = document.table.objects.iter().map(|e| e.digest).collect();
+        let containers: Vec<Vec<ContainerShape>> = document
+            .pods
+            .iter()
+            .map(|p| {
+                let init = p.init_containers.iter().map(|c| (c, true));
+                init.chain(p.containers.iter().map(|c| (c, false)))
+                    .map(|(c, init)| ContainerShape { name: c.name.to_string(), init, sidecar: c.sidecar })
+                    .collect()
+            })
+            .collect();
         let fingerprint = {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            replicas.hash(&mut hasher);
-            table.objects.hash(&mut hasher);
+            profile.hash(&mut hasher);
+            document.pods.hash(&mut hasher);
+            config.hash(&mut hasher);
             hasher.finish()
         };
         let retired = retired.remove(&node).unwrap_or_default();
+        let kind = match profile {
+            firmware_proto::Profile::Linux => MessageKind::Pods,
+            firmware_proto::Profile::Compact => MessageKind::Desired,
+        };
+        let objects = |previous: &[[u8; 32]]| -> Frames {
+            if profile == firmware_proto::Profile::Compact {
+                return Vec::new();
+            }
+            let mut frames: Frames = document
+                .table
+                .objects
+                .iter()
+                .filter(|e| all || !previous.contains(&e.digest))
+                .filter_map(|e| {
+                    Some((node.clone(), MessageKind::Config, Some(e.digest), (*blobs.frame(e, key)?).clone()))
+                })
+                .collect();
+            // Objects no longer named: their retained messages cleared.
+            frames.extend(
+                previous
+                    .iter()
+                    .filter(|d| !config.contains(d))
+                    .map(|d| (node.clone(), MessageKind::Config, Some(*d), Vec::new())),
+            );
+            frames
+        };
         if let Some(previous) = documents.get_mut(&node)
             && previous.fingerprint == fingerprint
         {
@@ -342,29 +443,65 @@ fn build_all(
                 Arc::make_mut(previous).retired = retired;
             }
             if all {
-                out.push((node.clone(), MessageKind::Desired, previous.frame.clone()));
+                out.extend(objects(&[]));
+                out.push((node.clone(), kind, None, previous.frame.clone()));
             }
             continue;
         }
-        let document =
-            firmware_proto::DesiredState { node_id: &node_id, generation, replicas: &replicas, config: &table.objects };
-        match firmware_proto::encode_signed_to_vec(&document, |bytes| key.sign(bytes)) {
+        let encoded = match profile {
+            firmware_proto::Profile::Linux => {
+                let pods = firmware_proto::heap::List::try_from(document.pods.clone()).map_err(|e| e.to_string());
+                pods.and_then(|pods| {
+                    let doc =
+                        firmware_proto::pod::PodDocument { node_id, generation, pods, config: document.table.refs() };
+                    firmware_proto::encode_signed_to_vec(&doc, |bytes| key.sign(bytes)).map_err(|e| e.to_string())
+                })
+            }
+            firmware_proto::Profile::Compact => replica_spec::compact::document(&document.pods, &document.table)
+                .and_then(|(replicas, config)| {
+                    let doc = firmware_proto::DesiredState {
+                        node_id: &node_id,
+                        generation,
+                        replicas: &replicas,
+                        config: &config,
+                    };
+                    firmware_proto::encode_signed_to_vec(&doc, |bytes| key.sign(bytes)).map_err(|e| e.to_string())
+                }),
+        };
+        match encoded {
             Ok(frame) => {
                 tracing::info!(
                     node,
                     generation,
-                    replicas = replicas.len(),
+                    profile = profile.name(),
+                    replicas = document.pods.len(),
+                    config_objects = config.len(),
                     bytes = frame.len(),
                     "desired state changed"
                 );
-                out.push((node.clone(), MessageKind::Desired, frame.clone()));
+                let previous = documents.get(&node).map(|p| p.config.clone()).unwrap_or_default();
+                out.extend(objects(&previous));
+                out.push((node.clone(), kind, None, frame.clone()));
                 documents.insert(
                     node,
-                    Arc::new(Published { generation, fingerprint, frame, replicas: keys, images, retired }),
+                    Arc::new(Published {
+                        generation,
+                        fingerprint,
+                        frame,
+                        replicas: keys,
+                        images,
+                        containers,
+                        config,
+                        retired,
+                    }),
                 );
             }
             Err(e) => tracing::error!(node, error = %e, "cannot encode the desired document"),
         }
+    }
+    if dirty.all {
+        let named: HashSet<[u8; 32]> = documents.values().flat_map(|d| d.config.iter().copied()).collect();
+        blobs.retain(&named);
     }
     drop(documents);
     // With no Service and no table published, there is nothing to build:
@@ -400,7 +537,7 @@ fn service_tables(
             && *previous == fingerprint
         {
             if all {
-                out.push((node, MessageKind::Services, frame.clone()));
+                out.push((node, MessageKind::Services, None, frame.clone()));
             }
             continue;
         }
@@ -409,7 +546,7 @@ fn service_tables(
             Ok(frame) => {
                 tracing::debug!(node, generation, services = ports.len(), "service table changed");
                 published.insert(node.clone(), (fingerprint, frame.clone()));
-                out.push((node, MessageKind::Services, frame));
+                out.push((node, MessageKind::Services, None, frame));
             }
             Err(e) => tracing::error!(node, error = %e, "cannot encode the service table"),
         }

@@ -29,7 +29,8 @@ use crate::manifest::Kind;
 use crate::manifest::types::NodeSpec;
 use crate::object::{ApiObject, ObjectKey};
 use crate::status::{
-    Condition, ConditionType, NodeInfo, NodeStatus, PodPhase, PodStatus, Usage, condition, set_condition,
+    Condition, ConditionType, ContainerState, ContainerStatus, NodeInfo, NodeStatus, PodPhase, PodStatus, StateReason,
+    Usage, condition, set_condition,
 };
 use crate::store::{Op, Store, StoreError, View};
 
@@ -312,6 +313,7 @@ impl Inbox {
             }
             .into(),
             agent_version: hello.agent_version.to_string(),
+            document_profile: hello.profile.name().to_owned(),
         };
         tracing::info!(node, arch = arch_name(hello.arch), agent = %hello.agent_version, "node registered");
         self.track(node).ready = Some(ReadyState { ready: true, reason: "AgentHello".into() });
@@ -393,17 +395,22 @@ impl Inbox {
                 }
             }
         }
-        for replica in &status.replicas {
-            let key = match &replica.replica {
+        for (entry, replica) in status.replicas.iter().enumerate() {
+            let position = match &replica.replica {
                 // Slots index the document the node applied: only the one
                 // published last is known here.
                 ReplicaRef::Slot(_) if status.generation != document.generation => None,
-                ReplicaRef::Slot(slot) => document.replicas.get(usize::from(*slot)).map(|(_, key)| key),
-                ReplicaRef::Id(id) => document.replicas.iter().find(|(r, _)| r == id.as_str()).map(|(_, key)| key),
+                ReplicaRef::Slot(slot) => Some(usize::from(*slot)).filter(|s| *s < document.replicas.len()),
+                ReplicaRef::Id(id) => document.replicas.iter().position(|(r, _)| r == id.as_str()),
             };
             // A replica the node no longer holds (moved, deleted) is not its
             // to report on.
-            let Some(key) = key else { continue };
+            let Some(position) = position else { continue };
+            let key = &document.replicas[position].1;
+            let shapes = document.containers.get(position).map_or(&[][..], Vec::as_slice);
+            let entries: Vec<&firmware_proto::ContainerStatus> =
+                status.containers.iter().filter(|c| usize::from(c.replica) == entry).collect();
+            let containers = container_statuses(shapes, &entries);
             let report = replica.clone();
             let node = node.to_owned();
             self.pending.push(
@@ -414,7 +421,7 @@ impl Inbox {
                         return;
                     }
                     let old: PodStatus = pod.status();
-                    let new = reported_status(&old, &report);
+                    let new = reported_status(&old, &report, &containers);
                     if new != old {
                         pod.set_status(&new);
                     }
@@ -461,8 +468,8 @@ impl Inbox {
     /// one named, or every replica of the node using that image.
     fn pod_message(&mut self, node: &str, replica: &str, image: &[u8; 32], reason: &str, message: &str) {
         let Some(document) = self.published.get(node) else { return };
-        for ((id, key), digest) in document.replicas.iter().zip(&document.images) {
-            if !(id == replica || (replica.is_empty() && digest == image)) {
+        for ((id, key), digests) in document.replicas.iter().zip(&document.images) {
+            if !(id == replica || (replica.is_empty() && digests.contains(image))) {
                 continue;
             }
             let (reason, message) = (reason.to_owned(), message.to_owned());
@@ -620,8 +627,91 @@ fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Optio
     (ops, nodes)
 }
 
+/// A pod's containers as its heartbeat's entries say.
+#[derive(Debug, Clone, Default)]
+struct Containers {
+    init: Vec<ContainerStatus>,
+    app: Vec<ContainerStatus>,
+    /// `Init:1/2` and the like while init containers run.
+    init_progress: Option<String>,
+}
+
+/// A pod's containers as its heartbeat's entries say; empty for a pod of
+/// one container (its replica entry speaks for it).
+fn container_statuses(
+    shapes: &[super::desired::ContainerShape],
+    entries: &[&firmware_proto::ContainerStatus],
+) -> Containers {
+    let (mut init, mut app) = (Vec::new(), Vec::new());
+    if shapes.len() < 2 {
+        return Containers::default();
+    }
+    for (index, shape) in shapes.iter().enumerate() {
+        let entry = entries.iter().find(|e| usize::from(e.container) == index);
+        let exit = entry.and_then(|e| e.last_exit);
+        let reason = |exit: Option<Exit>| match exit {
+            Some(Exit { reason: ExitReason::OomKilled, .. }) => "OOMKilled",
+            Some(Exit { code: 0, .. }) => "Completed",
+            Some(_) => "Error",
+            None => "",
+        };
+        let state = match entry.map(|e| e.state) {
+            Some(firmware_proto::ContainerState::Running) => {
+                ContainerState { running: Some(Default::default()), ..Default::default() }
+            }
+            Some(firmware_proto::ContainerState::Terminated) => ContainerState {
+                terminated: Some(StateReason { reason: reason(exit).into(), exit_code: exit.map(|e| e.code) }),
+                ..Default::default()
+            },
+            // Waiting after a run: backing off before its restart.
+            _ => {
+                let why = if exit.is_some() { "CrashLoopBackOff" } else { "PodInitializing" };
+                ContainerState {
+                    waiting: Some(StateReason { reason: why.into(), exit_code: exit.map(|e| e.code) }),
+                    ..Default::default()
+                }
+            }
+        };
+        let status = ContainerStatus {
+            name: shape.name.clone(),
+            ready: entry.is_some_and(|e| e.ready),
+            restart_count: entry.map_or(0, |e| e.restarts),
+            state,
+            usage: entry
+                .filter(|e| e.state == firmware_proto::ContainerState::Running)
+                .map(|e| Usage { cpu_millis: u64::from(e.cpu_millis), memory_bytes: u64::from(e.memory_kib) * 1024 }),
+        };
+        if shape.init { init.push(status) } else { app.push(status) }
+    }
+    let init_progress = init_progress(shapes, &init);
+    Containers { init, app, init_progress }
+}
+
+/// `Init:1/2`, `Init:CrashLoopBackOff`, `Init:Error`: what `kubectl get
+/// pods` shows for a pod still in its init containers, if it is. A
+/// sidecar counts once it runs; another init container once it completed.
+fn init_progress(shapes: &[super::desired::ContainerShape], init: &[ContainerStatus]) -> Option<String> {
+    let done = |(shape, c): &(&super::desired::ContainerShape, &ContainerStatus)| {
+        if shape.sidecar {
+            c.state.running.is_some()
+        } else {
+            c.state.terminated.as_ref().is_some_and(|t| t.exit_code == Some(0))
+        }
+    };
+    let pairs: Vec<(&super::desired::ContainerShape, &ContainerStatus)> =
+        shapes.iter().filter(|s| s.init).zip(init).collect();
+    let (_, pending) = pairs.iter().find(|pair| !done(pair))?;
+    if pending.state.waiting.as_ref().is_some_and(|w| w.reason == "CrashLoopBackOff") {
+        return Some("Init:CrashLoopBackOff".into());
+    }
+    if pending.state.terminated.is_some() {
+        return Some("Init:Error".into());
+    }
+    Some(format!("Init:{}/{}", pairs.iter().filter(|pair| done(pair)).count(), pairs.len()))
+}
+
 /// `old` as one status report of the replica says it is now.
-fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus) -> PodStatus {
+fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus, containers: &Containers) -> PodStatus {
     let mut new = old.clone();
     let (phase, reason) = match replica.phase {
         Phase::Pending => (PodPhase::Pending, "ContainerCreating"),
@@ -657,6 +747,31 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus) -> 
     if usage_moved(old.usage.as_ref(), &usage) {
         new.usage = Some(usage);
     }
+    // Still in its init containers: Pending (or Failed) with how far it got.
+    if let Some(progress) = &containers.init_progress {
+        if new.phase != PodPhase::Failed {
+            new.phase = PodPhase::Pending;
+        }
+        new.reason = progress.clone();
+    }
+    // Usage jitters: a container's is kept unless it moved enough (as the
+    // pod's), so that an idle pod costs no write per heartbeat.
+    let keep_usage = |new: &[ContainerStatus], old: &[ContainerStatus]| -> Vec<ContainerStatus> {
+        new.iter()
+            .map(|c| {
+                let mut c = c.clone();
+                if let (Some(now), Some(before)) =
+                    (&c.usage, old.iter().find(|o| o.name == c.name).and_then(|o| o.usage.as_ref()))
+                    && !usage_moved(Some(before), now)
+                {
+                    c.usage = Some(before.clone());
+                }
+                c
+            })
+            .collect()
+    };
+    new.init_container_statuses = keep_usage(&containers.init, &old.init_container_statuses);
+    new.container_statuses = keep_usage(&containers.app, &old.container_statuses);
     new
 }
 

@@ -34,6 +34,8 @@ use crate::store::Store;
 
 /// The response header naming the offset a follow-up request continues at.
 pub const OFFSET_HEADER: &str = "flotilla-log-offset";
+/// Response header naming the container whose output the answer holds.
+pub const CONTAINER_HEADER: &str = "flotilla-log-container";
 /// How long the API waits for a node's whole answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Output returned when the request names no limit.
@@ -123,11 +125,13 @@ impl LogRequests {
         }
     }
 
-    /// Asks `node` for `replica`'s output and waits for the whole answer.
+    /// Asks `node` for the output of `replica`'s `container` and waits for
+    /// the whole answer.
     pub async fn fetch(
         &self,
         node: &str,
         replica: firmware_proto::ReplicaId,
+        container: Option<firmware_proto::ContainerName>,
         offset: Option<u64>,
         tail_lines: u32,
         max_bytes: u32,
@@ -135,7 +139,7 @@ impl LogRequests {
         let send_error = |reason: String| LogError::Send { node: node.to_owned(), reason };
         let node_id = firmware_proto::NodeId::new(node).map_err(|e| send_error(format!("node id: {e}")))?;
         let request_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let request = LogRequest { node_id, request_id, replica, offset, tail_lines, max_bytes };
+        let request = LogRequest { node_id, request_id, replica, offset, tail_lines, max_bytes, container };
         let frame = encode_signed_to_vec(&request, |bytes| self.inner.key.sign(bytes))
             .map_err(|e| send_error(e.to_string()))?;
         let (sender, mut chunks) = mpsc::unbounded_channel();
@@ -204,6 +208,37 @@ pub struct LogQuery {
     /// Continue at this offset (the previous answer's `flotilla-log-offset`).
     #[serde(default)]
     pub offset: Option<u64>,
+    /// Which container of the pod (default: the one its
+    /// `kubectl.kubernetes.io/default-container` annotation names, else its
+    /// first app container).
+    #[serde(default)]
+    pub container: Option<String>,
+}
+
+/// The annotation naming the container `logs` shows by default.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// The container of `pod` a log request is for: the one asked, or the
+/// default; an error naming the choices if the pod has no such container.
+fn log_container(pod: &crate::object::ApiObject, asked: Option<&str>) -> Result<String, ApiError> {
+    let spec = pod.typed_spec::<crate::manifest::types::PodSpec>().unwrap_or_default();
+    let names: Vec<&str> = spec.containers.iter().chain(&spec.init_containers).map(|c| c.name.as_str()).collect();
+    let name = match asked {
+        Some(name) => name,
+        None => match pod.metadata.annotations.get(DEFAULT_CONTAINER_ANNOTATION) {
+            Some(name) => name.as_str(),
+            None => names.first().copied().unwrap_or_default(),
+        },
+    };
+    if names.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "NoSuchContainer",
+            format!("pod {} has no container {name:?}: choose one of {}", pod.metadata.name, names.join(", ")),
+        ))
+    }
 }
 
 pub(crate) async fn pod_log(
@@ -230,14 +265,20 @@ pub(crate) async fn pod_log(
     }
     let replica = firmware_proto::ReplicaId::new(&replica_id(&pod))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadReplicaId", e.to_string()))?;
+    let container = log_container(&pod, query.container.as_deref())?;
+    let container_id = firmware_proto::ContainerName::new(&container)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadContainerName", e.to_string()))?;
     let tail_lines = query.tail_lines.unwrap_or(0);
     let limit = query.limit_bytes.unwrap_or(DEFAULT_LIMIT_BYTES);
-    match api.requests.fetch(node, replica, query.offset, tail_lines, limit).await {
+    match api.requests.fetch(node, replica, Some(container_id), query.offset, tail_lines, limit).await {
         Ok(answer) => {
             let mut response = answer.data.into_response();
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
             headers.insert(OFFSET_HEADER, HeaderValue::from(answer.next_offset));
+            if let Ok(value) = HeaderValue::from_str(&container) {
+                headers.insert(CONTAINER_HEADER, value);
+            }
             Ok(response)
         }
         Err(e @ LogError::Timeout { .. }) => {

@@ -45,7 +45,9 @@ pub fn acl(prefix: &str) -> String {
         let _ = writeln!(out, "pattern write {}", topics.node("%u", kind));
     }
     for kind in MessageKind::TO_NODE {
-        let _ = writeln!(out, "pattern read {}", topics.node("%u", kind));
+        // Config objects: one topic each under `config/`.
+        let suffix = if kind == MessageKind::Config { "/+" } else { "" };
+        let _ = writeln!(out, "pattern read {}{suffix}", topics.node("%u", kind));
     }
     out
 }
@@ -108,6 +110,8 @@ mod tests {
         assert!(acl.contains("pattern write flotilla/v1/nodes/%u/status"));
         assert!(acl.contains("pattern read flotilla/v1/nodes/%u/desired"));
         assert!(acl.contains("pattern read flotilla/v1/nodes/%u/logreq"));
+        assert!(acl.contains("pattern read flotilla/v1/nodes/%u/pods"));
+        assert!(acl.contains("pattern read flotilla/v1/nodes/%u/config/+"));
         assert!(acl.contains("pattern write flotilla/v1/nodes/%u/logs"));
         assert!(!acl.contains("pattern write flotilla/v1/nodes/%u/logreq"));
         assert!(!acl.contains("pattern write flotilla/v1/nodes/%u/desired"));

@@ -232,7 +232,11 @@ fn pod(path: &str, spec: &PodSpec, policies: &[&str]) -> Result {
         volume_names.push(volume.name.as_str());
     }
     let mut container_names: Vec<&str> = Vec::new();
-    let all = spec.init_containers.iter().map(|c| ("initContainers", c)).chain(spec.containers.iter().map(|c| ("containers", c)));
+    let all = spec
+        .init_containers
+        .iter()
+        .map(|c| ("initContainers", c))
+        .chain(spec.containers.iter().map(|c| ("containers", c)));
     let mut index = BTreeMap::<&str, usize>::new();
     for (list, c) in all {
         let i = index.entry(list).or_default();
@@ -274,9 +278,9 @@ pub(crate) const FIELD_PATHS: [&str; 10] = [
 /// Whether a `fieldRef` path names a field the controller resolves.
 pub(crate) fn known_field_path(path: &str) -> bool {
     FIELD_PATHS.contains(&path)
-        || ["metadata.labels['", "metadata.annotations['"]
-            .iter()
-            .any(|prefix| path.strip_prefix(prefix).and_then(|rest| rest.strip_suffix("']")).is_some_and(|k| !k.is_empty()))
+        || ["metadata.labels['", "metadata.annotations['"].iter().any(|prefix| {
+            path.strip_prefix(prefix).and_then(|rest| rest.strip_suffix("']")).is_some_and(|k| !k.is_empty())
+        })
 }
 
 fn container(path: &str, c: &Container, volumes: &[&str], pod: &PodSpec) -> Result {
@@ -339,7 +343,10 @@ fn container(path: &str, c: &Container, volumes: &[&str], pod: &PodSpec) -> Resu
         if let Some(sub) = &mount.sub_path
             && (sub.starts_with('/') || sub.split('/').any(|part| part == "..") || sub.len() > linux::LINUX_PATH_MAX)
         {
-            return fail(format!("{at}.subPath"), format!("{sub:?} must be a relative path inside the volume, without '..'"));
+            return fail(
+                format!("{at}.subPath"),
+                format!("{sub:?} must be a relative path inside the volume, without '..'"),
+            );
         }
     }
     for (field, probe) in [

@@ -3,8 +3,8 @@
 use firmware_proto::samples;
 
 use super::*;
-use firmware_proto::DesiredDocument;
 use crate::runtime::fake::FakeRuntime;
+use firmware_proto::DesiredDocument;
 
 const GOOD: [u8; 64] = [9; 64];
 
@@ -408,7 +408,7 @@ fn init_containers_run_to_completion_in_order_then_the_sidecar_and_app_start() {
     let mut agent = f.agent(FakeRuntime::default());
     let [init, sidecar, app] = offer_pod(&mut agent, |_| {});
     agent.reconcile(0).unwrap();
-    assert_eq!(created(&mut agent), [init.clone()], "only the first init container");
+    assert_eq!(created(&mut agent), std::slice::from_ref(&init), "only the first init container");
     let statuses = agent.statuses(0);
     assert_eq!(statuses.replicas[0].phase, Phase::Pending);
     let states: Vec<WireState> = statuses.containers.iter().map(|c| c.state).collect();
@@ -517,7 +517,8 @@ fn a_pod_waits_for_its_config_object_and_starts_once_it_arrives() {
     assert!(blocked.starts_with("waiting for ConfigMap sensor-config (sha256:"), "{blocked}");
     // A forged object is refused; the real one lets the pod start, and is
     // kept on disk for a reboot without network.
-    let forged = firmware_proto::encode_signed_to_vec(&samples::config_blob(), |_| firmware_proto::Bytes([1; 64])).unwrap();
+    let forged =
+        firmware_proto::encode_signed_to_vec(&samples::config_blob(), |_| firmware_proto::Bytes([1; 64])).unwrap();
     assert!(agent.offer_frame(&forged).is_err());
     assert!(agent.offer_frame(&blob).unwrap());
     agent.reconcile(10).unwrap();
@@ -530,5 +531,10 @@ fn a_pod_waits_for_its_config_object_and_starts_once_it_arrives() {
 
 fn document_compact() -> firmware_proto::DesiredState<'static> {
     static NODE: std::sync::OnceLock<firmware_proto::NodeId> = std::sync::OnceLock::new();
-    firmware_proto::DesiredState { node_id: NODE.get_or_init(samples::node_id), generation: 9, replicas: &[], config: &[] }
+    firmware_proto::DesiredState {
+        node_id: NODE.get_or_init(samples::node_id),
+        generation: 9,
+        replicas: &[],
+        config: &[],
+    }
 }
