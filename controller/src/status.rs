@@ -264,15 +264,22 @@ pub struct StateReason {
 }
 
 impl PodStatus {
-    /// `READY` as `kubectl get pods` shows it: ready app containers of all
-    /// `containers` (from the spec).
-    pub fn ready_of(&self, containers: usize) -> String {
+    /// `READY` as `kubectl get pods` shows it: ready containers of the app
+    /// containers and sidecars `spec` names.
+    pub fn ready_of(&self, spec: &crate::manifest::types::PodSpec) -> String {
+        let sidecars: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .map(|c| c.name.as_str())
+            .collect();
+        let total = (spec.containers.len() + sidecars.len()).max(1);
         if self.container_statuses.is_empty() {
-            let ready = usize::from(self.is_ready()).min(containers.max(1));
-            return format!("{ready}/{}", containers.max(1));
+            return format!("{}/{total}", usize::from(self.is_ready()).min(total));
         }
-        let ready = self.container_statuses.iter().filter(|c| c.ready).count();
-        format!("{ready}/{}", self.container_statuses.len())
+        let ready = self.container_statuses.iter().filter(|c| c.ready).count()
+            + self.init_container_statuses.iter().filter(|c| c.ready && sidecars.contains(&c.name.as_str())).count();
+        format!("{ready}/{total}")
     }
 }
 

@@ -833,6 +833,23 @@ impl<R: Runtime> Agent<R> {
         record.finished = false;
         match self.runtime.create(&container) {
             Ok(()) | Err(RuntimeError::AlreadyExists(_)) => {}
+            // This container cannot be made (its command is not in the
+            // image, its bundle cannot be written): it backs off and says
+            // why, as an exit would, and the other containers go on.
+            Err(e @ (RuntimeError::Container { .. } | RuntimeError::Bundle { .. })) => {
+                let reason = e.to_string();
+                tracing::warn!(container = %id, error = %reason, "cannot create the container; backing off");
+                let _ = self.runtime.delete(id, true);
+                self.images.release_rootfs(id);
+                record.blocked = Some(reason.clone());
+                record.restarts += 1;
+                record.backoff_until_ms = now_ms + self.backoff.delay_ms(record.restarts);
+                let generation = self.generation();
+                let reason = firmware_proto::bounded::truncated(&reason);
+                self.event(now_ms, unit, EventKind::Rejected { generation, reason });
+                step.changed = true;
+                return Ok(step);
+            }
             Err(e) => {
                 record.blocked = Some(e.to_string());
                 self.persisted.records.insert(id.to_owned(), std::mem::take(record));

@@ -23,9 +23,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Info) => {
             println!(
-                "flotilla-agent {} protocol v{} arch {} os {}",
+                "flotilla-agent {} protocol v{} profile {} arch {} os {}",
                 env!("CARGO_PKG_VERSION"),
                 firmware_proto::PROTOCOL_VERSION,
+                firmware_proto::Profile::Linux.name(),
                 std::env::consts::ARCH,
                 std::env::consts::OS
             );

@@ -42,8 +42,11 @@ pub struct RunArgs {
     /// One-time join token from `flotilla node token create`.
     #[arg(long, env = "FLOTILLA_JOIN_TOKEN")]
     pub token: Option<String>,
-    /// A signed desired-state document to apply (re-read when it changes).
-    #[arg(long)]
+    /// A signed desired-state document to apply (re-read when it changes);
+    /// or a directory of signed frames: the pod document and the config
+    /// objects it names, as the controller publishes them (offline
+    /// provisioning).
+    #[arg(long, value_name = "FILE|DIR")]
     pub desired_file: Option<PathBuf>,
     /// Labels this node reports (repeat: --label zone=line-3 --label camera=yes).
     #[arg(long = "label", value_parser = parse_label)]
@@ -156,6 +159,20 @@ fn hello(node_id: &firmware_proto::NodeId, labels: &[(String, String)]) -> anyho
     })
 }
 
+/// The frames `--desired-file` names: the file, or every file in the
+/// directory (sorted).
+fn frame_files(path: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+            files.sort();
+            files
+        }
+        Err(_) if path.is_file() => vec![path.to_owned()],
+        Err(_) => Vec::new(),
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
 }
@@ -261,19 +278,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             std::thread::sleep(Duration::from_millis(args.tick_ms));
         }
-        if let Some(file) = &args.desired_file
-            && let Ok(meta) = std::fs::metadata(file)
-        {
-            let stamp = (meta.modified().unwrap_or(UNIX_EPOCH), meta.len());
-            if seen_file != Some(stamp) {
+        if let Some(path) = &args.desired_file {
+            let files = frame_files(path);
+            let stamp = files.iter().fold((UNIX_EPOCH, 0u64), |(time, len), file| {
+                let meta = std::fs::metadata(file).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok()).unwrap_or(UNIX_EPOCH);
+                (time.max(modified), len + meta.map_or(0, |m| m.len()))
+            });
+            if !files.is_empty() && seen_file != Some(stamp) {
                 seen_file = Some(stamp);
-                match std::fs::read(file) {
-                    Ok(frame) => match agent.offer_frame(&frame) {
-                        Ok(true) => tracing::info!(generation = agent.generation(), "desired document applied"),
-                        Ok(false) => tracing::debug!("desired document unchanged"),
+                // Config objects first, so the document finds them.
+                let mut frames: Vec<(PathBuf, Vec<u8>)> =
+                    files.into_iter().filter_map(|f| std::fs::read(&f).ok().map(|b| (f, b))).collect();
+                frames.sort_by_key(|(_, b)| firmware_proto::peek_kind(b) != Ok(firmware_proto::MessageKind::Config));
+                for (file, frame) in frames {
+                    match agent.offer_frame(&frame) {
+                        Ok(true) => tracing::info!(file = %file.display(), generation = agent.generation(), "applied"),
+                        Ok(false) => tracing::debug!(file = %file.display(), "unchanged"),
                         Err(e) => tracing::warn!(file = %file.display(), error = %e, "desired document rejected"),
-                    },
-                    Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot read the desired document"),
+                    }
                 }
             }
         }

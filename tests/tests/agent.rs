@@ -1,6 +1,8 @@
 //! The real `flotilla-agent run` with real containers: it applies a signed
-//! desired document, survives `kill -9` without restarting its containers,
-//! and brings workloads back from local state with no controller.
+//! desired document (a directory of frames, as `--desired-file` takes for
+//! offline provisioning: the pod document and its config objects), survives
+//! `kill -9` without restarting its containers, and brings workloads back
+//! from local state with no controller.
 //!
 //! Needs root (CI runs as root); see node-agent/tests/containers.rs.
 
@@ -13,6 +15,7 @@ use firmware_proto::{Bytes, DesiredDocument, Name, RestartPolicy, TextList, samp
 use flotilla_agent::runtime::helper::HelperRuntime;
 use flotilla_agent::runtime::{ContainerState, Runtime, Status};
 use flotilla_e2e::binary;
+use sha2::Digest as _;
 
 const NODE: &str = "e2e-node";
 const IMAGE: [u8; 32] = [0x5a; 32];
@@ -45,7 +48,8 @@ fn setup() -> Setup {
     let signing = SigningKey::from_bytes(&[42; 32]);
     let key_file = dir.path().join("controller.pub");
     std::fs::write(&key_file, hex(signing.verifying_key().as_bytes())).unwrap();
-    let desired_file = dir.path().join("desired.bin");
+    let desired_file = dir.path().join("desired");
+    std::fs::create_dir_all(&desired_file).unwrap();
     Setup { data, key_file, desired_file, signing, _dir: dir }
 }
 
@@ -68,11 +72,42 @@ fn document(tag: &str, generation: u64, replicas: usize) -> DesiredDocument {
     document
 }
 
+/// The pods the replicas stand for (one container each, `main`), their
+/// config objects and the document naming them, signed with `key`, as
+/// frames in the desired directory.
+fn write_desired_signed(setup: &Setup, document: &DesiredDocument, key: &SigningKey) {
+    let sign = |bytes: &[u8]| Bytes(key.sign(bytes).to_bytes());
+    let mut config = Vec::new();
+    for (i, object) in document.config.iter().enumerate() {
+        let blob = firmware_proto::pod::ConfigBlob::from(object);
+        let frame = firmware_proto::encode_signed_to_vec(&blob, sign).unwrap();
+        let digest: [u8; 32] = sha2::Sha256::digest(firmware_proto::pod::signed_body(&frame).unwrap()).into();
+        std::fs::write(setup.desired_file.join(format!("config-{i}.frame")), &frame).unwrap();
+        config.push(firmware_proto::pod::ConfigRef {
+            name: firmware_proto::heap::Text::new(&object.name).unwrap(),
+            secret: object.secret,
+            digest: Bytes(digest),
+            size: frame.len() as u32,
+        });
+    }
+    let pods: Vec<firmware_proto::pod::PodSpec> = document.replicas.iter().map(Into::into).collect();
+    let pods = firmware_proto::pod::PodDocument {
+        node_id: document.node_id.clone(),
+        generation: document.generation,
+        pods: pods.try_into().unwrap(),
+        config: config.try_into().unwrap(),
+    };
+    std::fs::write(setup.desired_file.join("pods.frame"), firmware_proto::encode_signed_to_vec(&pods, sign).unwrap())
+        .unwrap();
+}
+
 fn write_desired(setup: &Setup, document: &DesiredDocument) {
-    let frame =
-        firmware_proto::encode_signed_to_vec(&document.as_state(), |bytes| Bytes(setup.signing.sign(bytes).to_bytes()))
-            .unwrap();
-    std::fs::write(&setup.desired_file, frame).unwrap();
+    write_desired_signed(setup, document, &setup.signing);
+}
+
+/// The runtime id of a replica's one container.
+fn container_ids(document: &DesiredDocument) -> Vec<String> {
+    document.replicas.iter().map(|r| format!("{}.main", r.id)).collect()
 }
 
 /// Kills the agent when the test ends, even when it fails.
@@ -142,7 +177,7 @@ fn log_of(data: &Path, id: &str) -> String {
 fn kill_9_and_restart_re_adopts_running_containers_and_an_offline_restart_brings_them_back() {
     let setup = setup();
     let document = document("adopt", 1, 2);
-    let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
+    let ids = container_ids(&document);
     write_desired(&setup, &document);
     let mut agent = start_agent(&setup, true);
     let mut runtime = observer(&setup);
@@ -186,7 +221,7 @@ fn kill_9_and_restart_re_adopts_running_containers_and_an_offline_restart_brings
 fn forged_documents_are_refused_and_the_running_workloads_stay() {
     let setup = setup();
     let document = document("forged", 1, 1);
-    let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
+    let ids = container_ids(&document);
     write_desired(&setup, &document);
     let mut agent = start_agent(&setup, true);
     let mut runtime = observer(&setup);
@@ -194,14 +229,10 @@ fn forged_documents_are_refused_and_the_running_workloads_stay() {
     // A document with no replicas, signed by someone else.
     let mut forged = self::document("forged", 2, 0);
     forged.replicas.clear();
-    let frame = firmware_proto::encode_signed_to_vec(&forged.as_state(), |bytes| {
-        Bytes(SigningKey::from_bytes(&[7; 32]).sign(bytes).to_bytes())
-    })
-    .unwrap();
-    std::fs::write(&setup.desired_file, frame).unwrap();
+    write_desired_signed(&setup, &forged, &SigningKey::from_bytes(&[7; 32]));
     // Garbage too: it must not crash the agent.
     std::thread::sleep(Duration::from_millis(500));
-    std::fs::write(&setup.desired_file, b"\x01\x05 not a frame").unwrap();
+    std::fs::write(setup.desired_file.join("pods.frame"), b"\x02\x09 not a frame").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(agent.0.try_wait().unwrap().is_none(), "the agent must keep running");
     let still = wait_running(&mut runtime, &ids);
@@ -225,7 +256,7 @@ fn a_failing_liveness_probe_restarts_the_container_and_the_status_says_why() {
         success_threshold: 1,
         failure_threshold: 1,
     });
-    let ids: Vec<String> = document.replicas.iter().map(|r| r.id.to_string()).collect();
+    let ids = container_ids(&document);
     write_desired(&setup, &document);
     let _agent = start_agent(&setup, true);
     let mut runtime = observer(&setup);

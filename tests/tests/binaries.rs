@@ -15,7 +15,7 @@ fn agent_reports_its_version_and_protocol() {
     let out = Command::new(binary("flotilla-agent").unwrap()).arg("info").output().unwrap();
     assert!(out.status.success());
     let info = String::from_utf8(out.stdout).unwrap();
-    assert!(info.contains("protocol v1"), "{info}");
+    assert!(info.contains("protocol v2 profile linux"), "{info}");
 }
 
 #[test]

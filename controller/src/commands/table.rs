@@ -174,9 +174,7 @@ impl Table {
         let mut row = match self.kind {
             Kind::Pod => {
                 let s = o.typed_status::<PodStatus>();
-                let containers =
-                    o.typed_spec::<crate::manifest::types::PodSpec>().map_or(1, |spec| spec.containers.len());
-                let ready = s.ready_of(containers);
+                let ready = s.ready_of(&o.typed_spec::<crate::manifest::types::PodSpec>().unwrap_or_default());
                 let shown = if o.is_retired() {
                     "Terminating".to_owned()
                 } else if s.phase == crate::status::PodPhase::Pending && !s.reason.is_empty() {

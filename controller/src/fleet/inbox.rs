@@ -457,6 +457,16 @@ impl Inbox {
                 tracing::warn!(node, replica, reason = %reason, "image pull failed");
                 self.pod_message(node, &replica, &image.0, "ImagePullFailed", reason);
             }
+            // A container the node could not create: said on its replica
+            // until it runs.
+            EventKind::Rejected { reason, .. } if !replica.is_empty() => {
+                let message = match &event.container {
+                    Some(container) => format!("container {container}: {reason}"),
+                    None => reason.to_string(),
+                };
+                tracing::warn!(node, replica, message, "a container could not be created");
+                self.pod_message(node, &replica, &[0; 32], "CreateContainerError", &message);
+            }
             EventKind::Rejected { generation, reason } => {
                 tracing::warn!(node, generation, reason = %reason, "the node refused its desired document");
             }
@@ -726,8 +736,10 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus, con
     };
     new.phase = phase;
     if new.reason != reason {
+        // Pull progress, and why a container backs off, stay said.
+        let keep = reason == "Pulling" || (reason == "CrashLoopBackOff" && old.reason == "CreateContainerError");
         new.reason = reason.into();
-        if reason != "Pulling" {
+        if !keep {
             new.message.clear();
         }
     }

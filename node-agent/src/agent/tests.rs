@@ -538,3 +538,32 @@ fn document_compact() -> firmware_proto::DesiredState<'static> {
         config: &[],
     }
 }
+
+#[test]
+fn a_container_that_cannot_be_created_backs_off_says_why_and_holds_up_no_other() {
+    let f = Fixture::new();
+    let mut runtime = FakeRuntime::default();
+    let reason = "exec process failed: executable 'sh' not found in $PATH";
+    runtime.fail_create.insert(unit(0), reason.into());
+    let mut agent = f.agent(runtime);
+    offer(&mut agent, &document(1, 2, RestartPolicy::Always), GOOD).unwrap();
+    agent.reconcile(0).unwrap();
+    assert_eq!(agent.runtime().containers.keys().collect::<Vec<_>>(), [&unit(1)], "the other replica starts");
+    let statuses = agent.replica_statuses(10);
+    assert_eq!(statuses[0].phase, Phase::CrashLoopBackOff);
+    assert_eq!(statuses[0].restarts, 1);
+    let said: Vec<String> = agent
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Rejected { reason, .. } => Some(reason.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(said.iter().any(|r| r.contains("not found in $PATH")), "{said:?}");
+    // Tried again only after the back-off.
+    agent.reconcile(500).unwrap();
+    agent.reconcile(1_100).unwrap();
+    let creates = agent.runtime().calls.iter().filter(|c| **c == format!("create {}", unit(0))).count();
+    assert_eq!(creates, 2);
+}

@@ -16,6 +16,8 @@ pub struct FakeRuntime {
     pub exec_results: BTreeMap<String, Option<i32>>,
     /// Containers that ignore SIGTERM (like a PID 1 without a handler).
     pub ignore_sigterm: std::collections::BTreeSet<String>,
+    /// Containers whose create fails, with libcontainer's reason.
+    pub fail_create: BTreeMap<String, String>,
     next_pid: i32,
 }
 
@@ -33,6 +35,10 @@ impl FakeRuntime {
 impl Runtime for FakeRuntime {
     fn create(&mut self, config: &ContainerConfig) -> Result<(), RuntimeError> {
         self.calls.push(format!("create {}", config.id));
+        if let Some(reason) = self.fail_create.get(&config.id) {
+            let (operation, id, reason) = ("create".into(), config.id.clone(), reason.clone());
+            return Err(RuntimeError::Container { operation, id, reason });
+        }
         if self.containers.contains_key(&config.id) {
             return Err(RuntimeError::AlreadyExists(config.id.clone()));
         }

@@ -1,0 +1,164 @@
+//! Pods of several containers on real agents, from the realistic manifests
+//! in `tests/manifests/` (their `busybox:1.36` swapped for the image pushed
+//! into the controller's registry):
+//!
+//! - `shop-frontend-sidecar.yaml`: the init container runs first and
+//!   completes, the sidecar starts before the app and stays up, both share
+//!   the app's emptyDir (the sidecar ships the lines the app writes), the
+//!   app reads its own name, node and limit from env and a ConfigMap file
+//!   by subPath; `get pods` says READY 2/2 and `logs -c` reads each
+//!   container;
+//! - `orders-wait-for-database.yaml`: an init container that fails holds the
+//!   pod (`Init:...`, the app never starts) and its output says why.
+//!
+//! Needs root (containers).
+
+use std::path::Path;
+use std::time::Duration;
+
+use flotilla_e2e::ControllerProcess;
+use flotilla_e2e::fleet::{AgentProcess, apply, pod_list, push_busybox, wait_for_ready_nodes, wait_until};
+use serde_json::Value;
+
+fn manifest(name: &str, image: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests").join(name);
+    // The test image is a static busybox alone: its applets by name.
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("busybox:1.36", image)
+        .replace(r#"["sh", "-c""#, r#"["/bin/busybox", "sh", "-c""#)
+        .replace(r#"["test", "#, r#"["/bin/busybox", "test", "#)
+}
+
+fn pod_named(controller: &ControllerProcess, prefix: &str) -> Option<Value> {
+    pod_list(controller).into_iter().find(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+}
+
+fn logs(controller: &ControllerProcess, pod: &str, container: Option<&str>) -> String {
+    let mut command = controller.cli().unwrap();
+    command.args(["logs", pod]);
+    if let Some(container) = container {
+        command.args(["-c", container]);
+    }
+    let output = command.output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+/// [`wait_until`], and on a timeout what the pods, the agent and the
+/// controller say.
+fn wait_or_explain<T>(
+    what: &str,
+    timeout: Duration,
+    controller: &ControllerProcess,
+    agent: &AgentProcess,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if std::time::Instant::now() > deadline {
+            let tail = |text: String| {
+                text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\npods: {:#?}\nagent log:\n{}\ncontroller log:\n{}",
+                pod_list(controller),
+                tail(agent.log()),
+                tail(controller.log_text())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn get_pods(controller: &ControllerProcess) -> String {
+    String::from_utf8(controller.cli().unwrap().args(["get", "pods"]).output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn a_pod_with_an_init_container_and_a_sidecar_shares_its_volumes_and_reads_its_own_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&dir.path().join("controller")).unwrap();
+    let image = push_busybox(&controller, dir.path());
+    let agent = AgentProcess::start(&controller, "pods-a", &dir.path().join("a"));
+    wait_for_ready_nodes(&controller, 1, Duration::from_secs(20));
+
+    apply(&controller, &manifest("shop-frontend-sidecar.yaml", &image));
+    let pod = wait_or_explain("shop-frontend Running and ready", Duration::from_secs(90), &controller, &agent, || {
+        let pod = pod_named(&controller, "shop-frontend-")?;
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        (pod["status"]["phase"] == "Running" && ready).then_some(pod)
+    });
+    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    let running: Vec<String> = agent.running().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        running,
+        [format!("{name}.frontend"), format!("{name}.log-shipper")],
+        "the app and its sidecar run; the init container completed"
+    );
+    let init = &pod["status"]["initContainerStatuses"];
+    assert_eq!(init[0]["name"], "migrate");
+    assert_eq!(init[0]["state"]["terminated"]["exitCode"], 0, "{pod}");
+    assert!(init[1]["state"]["running"].is_object(), "the sidecar runs: {pod}");
+    let table = get_pods(&controller);
+    let row = table.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.split_whitespace().nth(1) == Some("2/2"), "app + sidecar ready: {table}");
+
+    // The app's own view: identity from the downward API, the init
+    // container's file, the ConfigMap file by subPath (the default
+    // container, by the annotation).
+    let app = wait_until("the app's first line", Duration::from_secs(20), || {
+        let out = logs(&controller, &name, None);
+        out.contains("schema=").then_some(out)
+    });
+    assert!(
+        app.contains(&format!("pod={name} namespace=default node=pods-a ip=")),
+        "identity from the downward API: {app}"
+    );
+    assert!(app.contains("memory=64Mi"), "{app}");
+    assert!(app.contains("schema=schema-v7"), "the init container's work, shared by emptyDir: {app}");
+    assert!(app.contains("FEATURE_FLAGS=checkout,search"), "the ConfigMap file by subPath: {app}");
+    // The sidecar ships what the app writes to their shared emptyDir.
+    let shipped = wait_until("the sidecar ships the app's log lines", Duration::from_secs(20), || {
+        let out = logs(&controller, &name, Some("log-shipper"));
+        out.contains("GET /checkout 200 request=2").then_some(out)
+    });
+    assert!(shipped.contains("request=1"), "{shipped}");
+    assert!(logs(&controller, &name, Some("migrate")).contains("migrated to schema-v7"));
+    let unknown = logs(&controller, &name, Some("nginx"));
+    assert!(unknown.contains("has no container \"nginx\": choose one of frontend, migrate, log-shipper"), "{unknown}");
+}
+
+#[test]
+fn a_failing_init_container_holds_its_pod_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&dir.path().join("controller")).unwrap();
+    let image = push_busybox(&controller, dir.path());
+    let agent = AgentProcess::start(&controller, "pods-b", &dir.path().join("b"));
+    wait_for_ready_nodes(&controller, 1, Duration::from_secs(20));
+
+    apply(&controller, &manifest("orders-wait-for-database.yaml", &image));
+    let pod =
+        wait_or_explain("orders held by its init container", Duration::from_secs(60), &controller, &agent, || {
+            let pod = pod_named(&controller, "orders-")?;
+            let init = &pod["status"]["initContainerStatuses"][0];
+            (init["restartCount"].as_u64() >= Some(1)).then_some(pod)
+        });
+    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
+    let reason = pod["status"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("Init:"), "{pod}");
+    assert!(
+        agent.running().iter().all(|(id, _)| id != &format!("{name}.orders")),
+        "the app container never starts: {:?}",
+        agent.running()
+    );
+    let out = logs(&controller, &name, Some("wait-for-db"));
+    assert!(out.contains("orders-db.shop.svc:5432 is not reachable yet"), "{out}");
+    let table = get_pods(&controller);
+    assert!(table.lines().any(|l| l.starts_with(&name) && l.contains(" 0/1 ") && l.contains("Init:")), "{table}");
+}
