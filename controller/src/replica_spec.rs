@@ -677,8 +677,13 @@ fn probe(p: &crate::manifest::types::Probe, container: &Container) -> Result<Pro
         }
     } else if let Some(tcp) = &p.tcp_socket {
         ProbeAction::Tcp { port: port_of(&tcp.port)? }
+    } else if let Some(grpc) = &p.grpc {
+        ProbeAction::Grpc {
+            port: u16::try_from(grpc.port).map_err(|_| format!("probe port {} out of range", grpc.port))?,
+            service: bounded(grpc.service.as_deref().unwrap_or(""), "grpc probe service")?,
+        }
     } else {
-        return Err("a probe needs exec, httpGet or tcpSocket".into());
+        return Err("a probe needs exec, httpGet, tcpSocket or grpc".into());
     };
     let clamp16 = |v: Option<i64>, default: u16| v.map_or(default, |v| v.clamp(0, u16::MAX as i64) as u16);
     let clamp8 = |v: Option<i64>, default: u8| v.map_or(default, |v| v.clamp(1, u8::MAX as i64) as u8);

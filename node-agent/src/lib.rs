@@ -21,6 +21,7 @@ pub mod agent;
 pub mod channel;
 pub mod cli;
 pub mod enrolment;
+pub mod grpc;
 pub mod image;
 pub mod logs;
 pub mod persist;

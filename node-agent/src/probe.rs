@@ -76,10 +76,13 @@ pub fn run(probe: &Probe, container_id: &str, runtime: &mut impl Runtime) -> boo
         ProbeAction::HttpGet { path, port, https: false } => http_get_ok(*port, path, timeout),
         // TLS would double the agent's size; an https probe fails visibly.
         ProbeAction::HttpGet { https: true, .. } => false,
-        ProbeAction::Grpc { port, .. } => {
-            tracing::warn!(container = container_id, port, "gRPC probes are not supported yet: the probe fails");
-            false
-        }
+        ProbeAction::Grpc { port, service } => match crate::grpc::check(*port, service, timeout) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::debug!(container = container_id, port, %why, "gRPC probe");
+                false
+            }
+        },
     }
 }
 

@@ -132,6 +132,35 @@ pub fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
     format!("{registry}/e2e/busybox:1")
 }
 
+/// Builds the example images (`images/build-examples`) and pushes each of
+/// `tags` (e.g. `hello-http:0.1`, all its platforms) into the controller's
+/// registry under `examples/`; returns their references.
+pub fn push_examples(controller: &ControllerProcess, dir: &Path, tags: &[&str]) -> Vec<String> {
+    let layout = dir.join("examples");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/build-examples");
+    let output = Command::new(&script)
+        .arg(&layout)
+        .env("FLOTILLA_IMAGE", binary("flotilla-image").unwrap())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "build-examples: {}", String::from_utf8_lossy(&output.stderr));
+    let registry = controller.url.trim_start_matches("http://").to_owned();
+    tags.iter()
+        .map(|tag| {
+            let output = Command::new("skopeo")
+                .args(["copy", "--quiet", "--all", "--dest-tls-verify=false", "--dest-creds"])
+                .arg(format!("flotilla:{}", controller.token().unwrap()))
+                .arg(format!("oci:{}:{tag}", layout.display()))
+                .arg(format!("docker://{registry}/examples/{tag}"))
+                .output()
+                .expect("skopeo is installed by scripts/setup");
+            assert!(output.status.success(), "skopeo copy {tag}: {}", String::from_utf8_lossy(&output.stderr));
+            format!("{registry}/examples/{tag}")
+        })
+        .collect()
+}
+
 /// A script that sleeps until SIGTERM ends it at once (a shell as PID 1
 /// ignores SIGTERM without a trap).
 pub const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";

@@ -9,15 +9,20 @@
 //!   by subPath; `get pods` says READY 2/2 and `logs -c` reads each
 //!   container;
 //! - `orders-wait-for-database.yaml`: an init container that fails holds the
-//!   pod (`Init:...`, the app never starts) and its output says why.
+//!   pod (`Init:...`, the app never starts) and its output says why;
+//! - `checkout-grpc.yaml`: `grpc` readiness and liveness probes against the
+//!   `hello-grpc` example (tonic's health service): v1 rolls out, and a v2
+//!   that never reports SERVING fails its rollout and is rolled back.
 //!
-//! Needs root (containers).
+//! Needs root (containers, network namespaces).
 
 use std::path::Path;
 use std::time::Duration;
 
 use flotilla_e2e::ControllerProcess;
-use flotilla_e2e::fleet::{AgentProcess, apply, pod_list, push_busybox, wait_for_ready_nodes, wait_until};
+use flotilla_e2e::fleet::{
+    AgentProcess, apply, pod_list, push_busybox, push_examples, wait_for_ready_nodes, wait_until,
+};
 use serde_json::Value;
 
 fn manifest(name: &str, image: &str) -> String {
@@ -161,4 +166,53 @@ fn a_failing_init_container_holds_its_pod_and_says_why() {
     assert!(out.contains("orders-db.shop.svc:5432 is not reachable yet"), "{out}");
     let table = get_pods(&controller);
     assert!(table.lines().any(|l| l.starts_with(&name) && l.contains(" 0/1 ") && l.contains("Init:")), "{table}");
+}
+
+fn rollout_status(controller: &ControllerProcess) -> (bool, String) {
+    let output =
+        controller.cli().unwrap().args(["rollout", "status", "deploy/checkout", "--timeout", "120s"]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[test]
+fn a_grpc_probe_gates_a_rollout_and_one_that_never_serves_is_rolled_back() {
+    // Two devices, each in a network namespace of its own: replicas that
+    // listen on a port never share one.
+    let network = flotilla_e2e::netns::Network::create(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start_on_host(&dir.path().join("controller"), network.host_ip()).unwrap();
+    let image = push_examples(&controller, dir.path(), &["hello-grpc:0.1"]).remove(0);
+    let agent =
+        AgentProcess::start_in(&controller, "pods-c", &dir.path().join("c"), Some(network.namespace(0).unwrap()));
+    let _other =
+        AgentProcess::start_in(&controller, "pods-d", &dir.path().join("d"), Some(network.namespace(1).unwrap()));
+    let checkout = |health: &str| {
+        manifest("checkout-grpc.yaml", &image)
+            .replace("hello-grpc:0.1", &image)
+            .replace("{name: HEALTH, value: serving}", &format!("{{name: HEALTH, value: {health}}}"))
+    };
+    wait_for_ready_nodes(&controller, 2, Duration::from_secs(20));
+
+    apply(&controller, &checkout("serving"));
+    let (ok, text) = rollout_status(&controller);
+    assert!(ok, "v1 (SERVING) rolls out: {text}\n{}", agent.log());
+    let ready = pod_list(&controller)
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count();
+    assert_eq!(ready, 2);
+
+    // v2 answers NOT_SERVING: never ready, the rollout fails and is undone.
+    apply(&controller, &checkout("not-serving"));
+    let (ok, text) = rollout_status(&controller);
+    assert!(!ok, "a revision that never serves must not roll out: {text}");
+    assert!(text.contains("rollout of revision 2 failed"), "{text}");
+    assert!(text.contains("rolled back to revision 1"), "{text}");
+    let events = String::from_utf8(controller.cli().unwrap().args(["get", "events"]).output().unwrap().stdout).unwrap();
+    assert!(events.lines().any(|l| l.contains("ProbeFailed") || l.contains("RolledBack")), "{events}");
 }

@@ -14,37 +14,20 @@
 //! Needs root (network namespaces, containers).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use flotilla_e2e::fleet::{AgentProcess, apply, is_serving, pod_list, push_busybox, wait_for_ready_nodes, wait_until};
+use flotilla_e2e::fleet::{
+    AgentProcess, apply, is_serving, pod_list, push_busybox, push_examples, wait_for_ready_nodes, wait_until,
+};
 use flotilla_e2e::netns::Network;
-use flotilla_e2e::{ControllerProcess, binary};
+use flotilla_e2e::ControllerProcess;
 use serde_json::Value;
 
 /// Builds the example images and pushes hello-http into the registry.
 fn push_hello_http(controller: &ControllerProcess, dir: &Path) -> String {
-    let layout = dir.join("examples");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/build-examples");
-    let output = Command::new(&script)
-        .arg(&layout)
-        .env("FLOTILLA_IMAGE", binary("flotilla-image").unwrap())
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "build-examples: {}", String::from_utf8_lossy(&output.stderr));
-    let registry = controller.url.trim_start_matches("http://").to_owned();
-    let output = Command::new("skopeo")
-        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false", "--dest-creds"])
-        .arg(format!("flotilla:{}", controller.token().unwrap()))
-        .arg(format!("oci:{}:hello-http:0.1", layout.display()))
-        .arg(format!("docker://{registry}/examples/hello-http:0.1"))
-        .output()
-        .expect("skopeo is installed by scripts/setup");
-    assert!(output.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
-    format!("{registry}/examples/hello-http:0.1")
+    push_examples(controller, dir, &["hello-http:0.1"]).remove(0)
 }
 
 /// The web Deployment at `version` and its Service. A replica listens on

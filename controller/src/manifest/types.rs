@@ -374,6 +374,9 @@ pub struct Probe {
     /// TCP connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_socket: Option<TcpSocketAction>,
+    /// gRPC health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcAction>,
     /// Seconds before the first check (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_delay_seconds: Option<i64>,
@@ -418,6 +421,16 @@ pub struct HttpGetAction {
 pub struct TcpSocketAction {
     /// Port number or name.
     pub port: IntOrString,
+}
+
+/// `grpc` probe action: the standard gRPC health check (Kubernetes 1.24+).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrpcAction {
+    /// Port number (Kubernetes takes no name here).
+    pub port: i64,
+    /// The service asked about; empty or absent for the server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// `securityContext` of a container.

@@ -467,9 +467,15 @@ fn quantity(path: &str, text: &QuantityText) -> Result<Quantity> {
 }
 
 fn probe(path: &str, probe: &Probe) -> Result {
-    let actions = [probe.exec.is_some(), probe.http_get.is_some(), probe.tcp_socket.is_some()];
+    let actions = [probe.exec.is_some(), probe.http_get.is_some(), probe.tcp_socket.is_some(), probe.grpc.is_some()];
     if actions.iter().filter(|a| **a).count() != 1 {
-        return fail(path, "needs exactly one of exec, httpGet or tcpSocket");
+        return fail(path, "needs exactly one of exec, httpGet, tcpSocket or grpc");
+    }
+    if let Some(grpc) = &probe.grpc {
+        port_number(&format!("{path}.grpc.port"), grpc.port)?;
+        if grpc.service.as_deref().is_some_and(|s| s.len() > wire::GRPC_SERVICE_MAX) {
+            return fail(format!("{path}.grpc.service"), format!("longer than {} bytes", wire::GRPC_SERVICE_MAX));
+        }
     }
     if let Some(exec) = &probe.exec
         && exec.command.is_empty()
@@ -528,8 +534,8 @@ fn absolute_path(path: &str, value: &str) -> Result {
     if !value.starts_with('/') || value.split('/').any(|part| part == "..") {
         return fail(path, format!("{value:?} must be an absolute path without '..'"));
     }
-    if value.len() > wire::PATH_MAX {
-        return fail(path, format!("longer than {} bytes", wire::PATH_MAX));
+    if value.len() > linux::LINUX_PATH_MAX {
+        return fail(path, format!("longer than {} bytes", linux::LINUX_PATH_MAX));
     }
     Ok(())
 }
