@@ -505,6 +505,29 @@ pub struct ServiceStatus {
     /// Ready endpoints, `address:port`, per Service port (`name` or the port number).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, Vec<String>>,
+    /// For a `NodePort` or `LoadBalancer` Service: the devices' port each
+    /// Service port is served on (the same key as `endpoints`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_ports: BTreeMap<String, u16>,
+    /// For a `LoadBalancer` Service: the devices serving it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+/// `status.loadBalancer`, as Kubernetes shapes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerStatus {
+    /// One per device running a ready replica.
+    #[serde(default)]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+/// One `status.loadBalancer.ingress` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerIngress {
+    /// The device's address.
+    pub ip: String,
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ fn realistic_manifests_apply_with_the_expected_warnings() {
         parsed.objects.iter().map(|o| (o.kind, format!("{}/{}", o.metadata.namespace, o.metadata.name))).collect();
     let expected = [
         (Kind::Job, "line-3/calibrate"),
+        (Kind::Deployment, "default/checkout"),
+        (Kind::Service, "default/checkout"),
         (Kind::DaemonSet, "default/collector"),
         (Kind::Node, "/pi-line3-07"),
         (Kind::Deployment, "default/orders"),
@@ -26,6 +28,8 @@ fn realistic_manifests_apply_with_the_expected_warnings() {
         (Kind::Deployment, "line-3/sensor"),
         (Kind::ConfigMap, "default/frontend-settings"),
         (Kind::Deployment, "default/shop-frontend"),
+        (Kind::Deployment, "default/storefront"),
+        (Kind::Service, "default/storefront"),
         (Kind::Namespace, "/shop"),
         (Kind::Deployment, "shop/web"),
         (Kind::Service, "shop/web"),
@@ -43,6 +47,9 @@ fn realistic_manifests_apply_with_the_expected_warnings() {
     assert_eq!(
         warnings,
         [
+            "storefront-loadbalancer.yaml#2: spec.type: LoadBalancer: edge devices have no cloud load balancer; \
+             the Service is served on port 80 of each device running a ready replica (status.loadBalancer.ingress \
+             lists their addresses)",
             "web-app-from-kubernetes.yaml#2: kind ServiceAccount (v1) has no meaning in Flotilla, skipped",
             "web-app-from-kubernetes.yaml#3: spec.template.spec.serviceAccountName: not supported, ignored",
             "web-app-from-kubernetes.yaml#3: spec.template.spec.affinity: not supported, ignored",

@@ -860,6 +860,9 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Ready endpoints, at most [`MAX_ENDPOINTS`] (empty: none ready).
     pub endpoints: heapless::Vec<Endpoint, MAX_ENDPOINTS>,
+    /// Also serve this port on every address of the device (a NodePort or
+    /// LoadBalancer Service, on a device running one of its replicas).
+    pub node_port: Option<u16>,
 }
 
 /// Controller -> node on `nodes/{id}/services` (retained), signed: every

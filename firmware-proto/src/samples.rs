@@ -109,6 +109,7 @@ pub fn service_table() -> ServiceTable {
         port: 80,
         protocol: Protocol::Tcp,
         endpoints,
+        node_port: None,
     };
     services.push(web).expect("fits");
     ServiceTable { node_id: node_id(), generation: 42, services }

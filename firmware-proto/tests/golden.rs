@@ -87,9 +87,9 @@ fn log_chunk() {
 #[test]
 fn service_table() {
     // 02 08 | node id | 2a generation | 01 one port: 03 "web", 04 "http", 50 port 80, 00 TCP,
-    // 02 endpoints: 0a 4d 00 0b, 90 3f (8080) | 0a 4d 00 0c, 90 3f | signature
+    // 02 endpoints: 0a 4d 00 0b, 90 3f (8080) | 0a 4d 00 0c, 90 3f | 00 no node port | signature
     let golden = concat!(
-        "02080b70692d6c696e65332d30372a010377656204687474705000020a4d000b903f0a4d000c903f",
+        "02080b70692d6c696e65332d30372a010377656204687474705000020a4d000b903f0a4d000c903f00",
         "22222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
     );
     let table = samples::service_table();

@@ -241,6 +241,7 @@ fn service_table() -> impl Strategy<Value = ServiceTable> {
             port,
             protocol: Protocol::Tcp,
             endpoints: heapless::Vec::from_slice(&endpoints).expect("within capacity"),
+            node_port: (port % 3 == 0).then_some(port),
         },
     );
     (name(), any::<u64>(), prop::collection::vec(port, 0..4)).prop_map(|(node_id, generation, services)| ServiceTable {

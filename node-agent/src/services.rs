@@ -168,11 +168,21 @@ impl Forwarders {
         let wanted: BTreeMap<SocketAddrV4, Vec<SocketAddr>> = ports
             .iter()
             .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| {
-                let local = SocketAddrV4::new(local_address(p.service.as_str()), p.port);
-                let endpoints =
+            .flat_map(|p| {
+                let endpoints: Vec<SocketAddr> =
                     p.endpoints.iter().map(|e| SocketAddr::from((Ipv4Addr::from(e.address), e.port))).collect();
-                (local, endpoints)
+                let local = SocketAddrV4::new(local_address(p.service.as_str()), p.port);
+                // A NodePort or LoadBalancer Service on a device running
+                // one of its replicas: served on every address too. On the
+                // Service's own port, that listener is the local one as well
+                // (Linux refuses a wildcard beside a listening address).
+                match p.node_port {
+                    Some(port) if port == p.port => vec![(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), endpoints)],
+                    Some(port) => {
+                        vec![(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), endpoints.clone()), (local, endpoints)]
+                    }
+                    None => vec![(local, endpoints)],
+                }
             })
             .collect();
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());

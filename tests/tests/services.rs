@@ -18,11 +18,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use flotilla_e2e::ControllerProcess;
 use flotilla_e2e::fleet::{
     AgentProcess, apply, is_serving, pod_list, push_busybox, push_examples, wait_for_ready_nodes, wait_until,
 };
 use flotilla_e2e::netns::Network;
-use flotilla_e2e::ControllerProcess;
 use serde_json::Value;
 
 /// Builds the example images and pushes hello-http into the registry.
@@ -269,4 +269,61 @@ fn service_endpoints_reach_workloads_and_a_rollout_never_leaves_none_ready() {
             .then_some(())
     });
     drop(agents);
+}
+
+/// `storefront-loadbalancer.yaml` as written for a cloud: its LoadBalancer
+/// Service is served on port 80 of each device running a ready replica,
+/// those devices are its `status.loadBalancer.ingress`, and apply says why.
+#[test]
+fn a_load_balancer_service_is_served_on_the_devices_running_its_replicas() {
+    let network = Network::create(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start_on_host(&dir.path().join("controller"), network.host_ip()).unwrap();
+    let hello = push_hello_http(&controller, dir.path());
+    let _agents: Vec<AgentProcess> = (0..2)
+        .map(|i| {
+            let name = format!("lb-{}", i + 1);
+            AgentProcess::start_in(&controller, &name, &dir.path().join(&name), Some(network.namespace(i).unwrap()))
+        })
+        .collect();
+    wait_for_ready_nodes(&controller, 2, Duration::from_secs(30));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/storefront-loadbalancer.yaml");
+    let manifest = std::fs::read_to_string(path).unwrap().replace("image: hello-http:0.1", &format!("image: {hello}"));
+    let mut apply = controller.cli().unwrap();
+    apply.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), manifest.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("edge devices have no cloud load balancer"), "{said}");
+
+    let devices = [network.device_ip(0).to_string(), network.device_ip(1).to_string()];
+    let ingress = wait_until("both devices in status.loadBalancer.ingress", Duration::from_secs(120), || {
+        let output = controller.cli().unwrap().args(["get", "service", "storefront", "-o", "json"]).output().ok()?;
+        let service: Value = serde_json::from_slice(&output.stdout).ok()?;
+        let mut ips: Vec<String> = service["status"]["loadBalancer"]["ingress"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect();
+        ips.sort();
+        (ips.len() == 2).then_some((ips, service))
+    });
+    assert_eq!(ingress.0, devices, "{}", ingress.1);
+    assert_eq!(ingress.1["status"]["nodePorts"]["http"], 80, "{}", ingress.1);
+    // From outside the devices (the host, on the bridge): port 80 of each
+    // device answers, from a storefront replica.
+    for device in &devices {
+        let answer = wait_until(&format!("{device}:80 answers"), Duration::from_secs(30), || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect((device.as_str(), 80)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text.contains("hello from storefront-").then_some(text)
+        });
+        assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "{answer}");
+    }
 }

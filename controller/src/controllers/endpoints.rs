@@ -32,8 +32,11 @@ pub use crate::status::ServiceStatus;
 pub struct Resolved<'a> {
     /// The Service.
     pub service: &'a Arc<ApiObject>,
-    /// Its ports, each with its ready endpoints.
-    pub ports: Vec<(ServicePort, Vec<Endpoint>)>,
+    /// Its ports, each with its ready endpoints and, for a `NodePort` or
+    /// `LoadBalancer` Service, the devices' port it is served on.
+    pub ports: Vec<(ServicePort, Vec<Endpoint>, Option<u16>)>,
+    /// A `LoadBalancer` Service.
+    pub load_balancer: bool,
 }
 
 /// Every Service's ports and their ready endpoints.
@@ -43,15 +46,65 @@ pub fn resolve(snapshot: &Snapshot) -> Vec<Resolved<'_>> {
         .iter()
         .filter_map(|n| Some((n.metadata.name.as_str(), n.metadata.labels.get(ADDRESS_LABEL)?.parse().ok()?)))
         .collect();
+    let mut services: Vec<&Arc<ApiObject>> = snapshot.services.iter().collect();
+    services.sort_by_key(|s| s.key());
+    let specs: Vec<Option<ServiceSpec>> = services.iter().map(|s| s.spec::<ServiceSpec>()).collect();
+    let exposed = node_ports(&services, &specs);
     let mut out = Vec::new();
-    for service in &snapshot.services {
-        let Some(spec) = service.spec::<ServiceSpec>() else { continue };
+    for (i, (service, spec)) in services.into_iter().zip(&specs).enumerate() {
+        let Some(spec) = spec else { continue };
         let ports = spec
             .ports
             .iter()
-            .map(|port| (port.clone(), endpoints(service, &spec, port, &snapshot.pods, &addresses)))
+            .enumerate()
+            .map(|(p, port)| {
+                let endpoints = endpoints(service, spec, port, &snapshot.pods, &addresses);
+                (port.clone(), endpoints, exposed.get(&(i, p)).copied())
+            })
             .collect();
-        out.push(Resolved { service, ports });
+        out.push(Resolved { service, ports, load_balancer: spec.service_type.as_deref() == Some("LoadBalancer") });
+    }
+    out
+}
+
+/// The devices' port of each port of each exposed Service, by (Service,
+/// port) position: a `LoadBalancer` Service's own port (as a cloud load
+/// balancer would listen on it); a `NodePort` Service's `nodePort`, or one
+/// chosen from 30000-32767, stable for the Service and port and unused by
+/// the others.
+fn node_ports(services: &[&Arc<ApiObject>], specs: &[Option<ServiceSpec>]) -> BTreeMap<(usize, usize), u16> {
+    let mut out = BTreeMap::new();
+    let mut used: std::collections::BTreeSet<u16> = specs
+        .iter()
+        .flatten()
+        .flat_map(|s| s.ports.iter().filter_map(|p| p.node_port))
+        .filter_map(|p| u16::try_from(p).ok())
+        .collect();
+    let range = crate::manifest::validate::NODE_PORTS;
+    let span = (range.end() - range.start() + 1) as u64;
+    for (i, spec) in specs.iter().enumerate() {
+        let Some(spec) = spec.as_ref().filter(|s| s.exposed()) else { continue };
+        let load_balancer = spec.service_type.as_deref() == Some("LoadBalancer");
+        for (p, port) in spec.ports.iter().enumerate() {
+            let chosen = match (load_balancer, port.node_port) {
+                (true, _) => u16::try_from(port.port).ok(),
+                (false, Some(given)) => u16::try_from(given).ok(),
+                (false, None) => {
+                    let key = format!("{}/{}/{p}", services[i].metadata.namespace, services[i].metadata.name);
+                    // FNV-1a: stable across builds.
+                    let hash = key
+                        .bytes()
+                        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+                    (0..span)
+                        .map(|step| (*range.start() as u64 + (hash + step) % span) as u16)
+                        .find(|candidate| !used.contains(candidate))
+                }
+            };
+            if let Some(chosen) = chosen {
+                used.insert(chosen);
+                out.insert((i, p), chosen);
+            }
+        }
     }
     out
 }
@@ -59,10 +112,21 @@ pub fn resolve(snapshot: &Snapshot) -> Vec<Resolved<'_>> {
 /// The status a resolved Service shows.
 pub fn status_of(resolved: &Resolved<'_>) -> ServiceStatus {
     let mut status = ServiceStatus::default();
-    for (port, endpoints) in &resolved.ports {
+    let mut devices: Vec<Ipv4Addr> = Vec::new();
+    for (port, endpoints, node_port) in &resolved.ports {
         let key = if port.name.is_empty() { port.port.to_string() } else { port.name.clone() };
         let shown = endpoints.iter().map(|e| format!("{}:{}", Ipv4Addr::from(e.address), e.port)).collect();
-        status.endpoints.insert(key, shown);
+        status.endpoints.insert(key.clone(), shown);
+        if let Some(node_port) = node_port {
+            status.node_ports.insert(key, *node_port);
+        }
+        devices.extend(endpoints.iter().map(|e| Ipv4Addr::from(e.address)));
+    }
+    if resolved.load_balancer {
+        devices.sort();
+        devices.dedup();
+        let ingress = devices.into_iter().map(|ip| crate::status::LoadBalancerIngress { ip: ip.to_string() }).collect();
+        status.load_balancer = Some(crate::status::LoadBalancerStatus { ingress });
     }
     status
 }
@@ -119,7 +183,8 @@ fn target_port(pod: &ApiObject, port: &ServicePort) -> Option<u16> {
         Some(IntOrString::Int(n)) => *n,
         Some(IntOrString::String(name)) => {
             let spec = pod.typed_spec::<PodSpec>()?;
-            spec.containers.iter().flat_map(|c| &c.ports).find(|p| &p.name == name)?.container_port
+            let containers = spec.containers.iter().chain(&spec.init_containers);
+            containers.flat_map(|c| &c.ports).find(|p| &p.name == name)?.container_port
         }
     };
     u16::try_from(number).ok().filter(|p| *p != 0)
@@ -196,5 +261,43 @@ mod tests {
         let mut again = Vec::new();
         reconcile(&snapshot, &mut again);
         assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn exposed_services_get_devices_ports_and_a_load_balancer_lists_its_devices() {
+        let service = |name: &str, spec: &str| {
+            Arc::new(object(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: web}}\n{spec}"
+            )))
+        };
+        let snapshot = Snapshot {
+            services: vec![
+                service("lb", "  type: LoadBalancer\n  ports: [{name: http, port: 80, targetPort: http}]\n"),
+                service("np", "  type: NodePort\n  ports: [{name: http, port: 8000, targetPort: http}]\n"),
+                service("fixed", "  type: NodePort\n  ports: [{port: 8001, targetPort: 8080, nodePort: 30080}]\n"),
+                service("plain", "  ports: [{port: 8002, targetPort: 8080}]\n"),
+            ],
+            nodes: [node("edge-1", "10.77.0.11"), node("edge-2", "10.77.0.12")].map(Arc::new).into(),
+            pods: [pod("web-1", "web", "edge-2", true, false), pod("web-2", "web", "edge-1", true, false)]
+                .map(Arc::new)
+                .into(),
+            ..Snapshot::default()
+        };
+        let resolved = resolve(&snapshot);
+        let by_name = |name: &str| resolved.iter().find(|r| r.service.metadata.name == name).unwrap();
+        let lb = status_of(by_name("lb"));
+        assert_eq!(lb.node_ports["http"], 80, "a load balancer listens on the Service's port");
+        let ingress: Vec<&str> = lb.load_balancer.as_ref().unwrap().ingress.iter().map(|i| i.ip.as_str()).collect();
+        assert_eq!(ingress, ["10.77.0.11", "10.77.0.12"]);
+        let chosen = status_of(by_name("np")).node_ports["http"];
+        assert!((30000..=32767).contains(&chosen) && chosen != 30080, "{chosen}");
+        assert_eq!(
+            status_of(&resolve(&snapshot).into_iter().find(|r| r.service.metadata.name == "np").unwrap()).node_ports["http"],
+            chosen,
+            "stable"
+        );
+        assert_eq!(status_of(by_name("fixed")).node_ports["8001"], 30080);
+        let plain = status_of(by_name("plain"));
+        assert!(plain.node_ports.is_empty() && plain.load_balancer.is_none());
     }
 }

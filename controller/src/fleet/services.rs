@@ -19,6 +19,8 @@ pub use crate::controllers::endpoints::{ADDRESS_LABEL, ServiceStatus};
 struct Resolved {
     namespace: String,
     port: ServicePort,
+    /// The devices' port, for an exposed Service.
+    node_port: Option<u16>,
 }
 
 /// The service tables of every node that needs one (nodes with replicas in
@@ -28,9 +30,10 @@ pub fn tables(snapshot: &Snapshot) -> BTreeMap<String, Vec<ServicePort>> {
     for service in endpoints::resolve(snapshot) {
         // Named like replicas on a node: `<namespace>.<name>` outside `default`.
         let Ok(name) = firmware_proto::Name::new(&replica_id(service.service)) else { continue };
-        for (port, endpoints) in service.ports {
+        for (port, endpoints, node_port) in service.ports {
             resolved.push(Resolved {
                 namespace: service.service.metadata.namespace.clone(),
+                node_port,
                 port: ServicePort {
                     service: name.clone(),
                     port_name: firmware_proto::bounded::truncated(&port.name),
@@ -41,6 +44,7 @@ pub fn tables(snapshot: &Snapshot) -> BTreeMap<String, Vec<ServicePort>> {
                         firmware_proto::Protocol::Tcp
                     },
                     endpoints: endpoints.into_iter().take(MAX_ENDPOINTS).collect(),
+                    node_port: None,
                 },
             });
         }
@@ -52,12 +56,28 @@ pub fn tables(snapshot: &Snapshot) -> BTreeMap<String, Vec<ServicePort>> {
             namespaces.entry(node.to_owned()).or_default().insert(pod.metadata.namespace.as_str());
         }
     }
+    // A NodePort or LoadBalancer Service is served on the devices that
+    // run one of its ready replicas (an endpoint at the device's address).
+    let addresses: BTreeMap<&str, [u8; 4]> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let address: std::net::Ipv4Addr = n.metadata.labels.get(ADDRESS_LABEL)?.parse().ok()?;
+            Some((n.metadata.name.as_str(), address.octets()))
+        })
+        .collect();
     let mut out = BTreeMap::new();
     for (node, spaces) in namespaces {
+        let here = addresses.get(node.as_str());
         let ports: Vec<ServicePort> = resolved
             .iter()
             .filter(|r| spaces.contains(r.namespace.as_str()))
-            .map(|r| r.port.clone())
+            .map(|r| {
+                let mut port = r.port.clone();
+                port.node_port =
+                    r.node_port.filter(|_| here.is_some_and(|a| port.endpoints.iter().any(|e| &e.address == a)));
+                port
+            })
             .take(MAX_SERVICES)
             .collect();
         out.insert(node, ports);
@@ -114,5 +134,16 @@ mod tests {
         let web = &by_node["edge-2"][0];
         assert_eq!((web.service.as_str(), web.port), ("web", 80));
         assert_eq!(web.endpoints.as_slice(), [Endpoint { address: [10, 77, 0, 11], port: 8080 }]);
+        assert_eq!(web.node_port, None, "a ClusterIP Service is not served on the devices' addresses");
+
+        // As a LoadBalancer: served on port 80 of the device running the
+        // ready replica (edge-1), not on the other.
+        let mut exposed = ApiObject::clone(&snapshot.services[0]);
+        let mut spec: crate::manifest::types::ServiceSpec = exposed.spec().unwrap();
+        spec.service_type = Some("LoadBalancer".into());
+        exposed.set_spec(spec);
+        let by_node = tables(&Snapshot { services: vec![Arc::new(exposed)], ..snapshot });
+        assert_eq!(by_node["edge-1"][0].node_port, Some(80));
+        assert_eq!(by_node["edge-2"][0].node_port, None);
     }
 }

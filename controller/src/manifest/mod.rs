@@ -13,7 +13,7 @@
 
 mod quantity;
 pub mod types;
-mod validate;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::io::Read;
@@ -412,6 +412,17 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
     }
     if kind.is_namespaced() && metadata.namespace.is_empty() {
         metadata.namespace = "default".to_owned();
+    }
+    if let Body::Service(spec) = &body
+        && spec.service_type.as_deref() == Some("LoadBalancer")
+    {
+        let ports: Vec<String> = spec.ports.iter().map(|p| p.port.to_string()).collect();
+        let message = format!(
+            "LoadBalancer: edge devices have no cloud load balancer; the Service is served on port {} of \
+             each device running a ready replica (status.loadBalancer.ingress lists their addresses)",
+            ports.join(", ")
+        );
+        parsed.warnings.push(Warning { location: location.clone(), path: "spec.type".into(), message });
     }
     let object = Object { kind, metadata, body };
     validate::object(&object).map_err(|e| invalid(&e.path, e.reason))?;

@@ -639,9 +639,19 @@ pub struct ServiceSpec {
     /// Ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
-    /// `ClusterIP` (default) or `NodePort`; others are refused.
+    /// `ClusterIP` (default): reached from the replicas' devices at a
+    /// local address; `NodePort` and `LoadBalancer`: also served on a port
+    /// of every address of each device running a ready replica (edge
+    /// devices have no cloud load balancer); `ExternalName` is refused.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub service_type: Option<String>,
+}
+
+impl ServiceSpec {
+    /// Served on the devices' own addresses too (`NodePort`, `LoadBalancer`).
+    pub fn exposed(&self) -> bool {
+        matches!(self.service_type.as_deref(), Some("NodePort" | "LoadBalancer"))
+    }
 }
 
 /// A Service port.
@@ -659,6 +669,10 @@ pub struct ServicePort {
     /// `TCP` (default) or `UDP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// The devices' port for a `NodePort` Service (30000-32767; chosen by
+    /// the controller when not given, shown in the Service's status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<i64>,
 }
 
 /// `spec` of a Node (nodes register themselves; this is what an operator sets).

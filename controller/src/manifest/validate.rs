@@ -557,16 +557,30 @@ fn config_key(path: &str, key: &str) -> Result {
     if ok { Ok(()) } else { fail(format!("{path}.{key}"), "keys are letters, digits, '-', '_' or '.'") }
 }
 
+/// The ports Kubernetes gives `NodePort` Services.
+pub(crate) const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
 fn service(spec: &ServiceSpec) -> Result {
     match spec.service_type.as_deref() {
-        None | Some("ClusterIP" | "NodePort") => {}
+        None | Some("ClusterIP" | "NodePort" | "LoadBalancer") => {}
         Some(other) => {
-            return fail("spec.type", format!("{other:?} is not supported yet; use ClusterIP or NodePort"));
+            return fail(
+                "spec.type",
+                format!("{other:?} is not supported yet; use ClusterIP, NodePort or LoadBalancer"),
+            );
         }
     }
     for (i, port) in spec.ports.iter().enumerate() {
         let at = format!("spec.ports[{i}]");
         port_number(&format!("{at}.port"), port.port)?;
+        if let Some(node_port) = port.node_port {
+            if !spec.exposed() {
+                return fail(format!("{at}.nodePort"), "only a NodePort or LoadBalancer Service has one");
+            }
+            if !NODE_PORTS.contains(&node_port) {
+                return fail(format!("{at}.nodePort"), format!("{node_port} is not between 30000 and 32767"));
+            }
+        }
         if let Some(target) = &port.target_port {
             probe_port(&format!("{at}.targetPort"), target)?;
         }
