@@ -10,6 +10,7 @@ mod footprint;
 mod msg_sizes;
 mod pack;
 mod passes;
+mod profiles;
 mod rollout;
 mod scale;
 mod sched;
@@ -41,6 +42,9 @@ enum Bench {
     /// The controller's reconcile passes in process at fleet scale (real store and controllers,
     /// nodes and device reports written directly): idle pass and node-loss pass times, memory.
     Passes(passes::PassesArgs),
+    /// The largest desired document of each profile (compact, Linux): bytes, decode time, and the
+    /// agent's apply of the Linux one (time, memory held).
+    Profiles,
     /// Run the scheduler on bin-packing instances (BPPLIB 1-D or 2-D text files).
     Pack(pack::PackArgs),
     /// A 20-replica rolling update across 4 agents: time, most replicas running at once, fewest ready (root).
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Fleet(args) => scale::run(args),
         Bench::Footprint(args) => footprint::run(args),
         Bench::MsgSizes => msg_sizes::run(),
+        Bench::Profiles => profiles::run(),
         Bench::Pack(args) => pack::run(args),
         Bench::Passes(args) => passes::run(args),
         Bench::Rollout(args) => rollout::run(args),

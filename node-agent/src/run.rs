@@ -121,7 +121,7 @@ fn hello(node_id: &firmware_proto::NodeId, labels: &[(String, String)]) -> anyho
     let capacity = firmware_proto::Capacity {
         cpu_millis: cpus * 1000,
         memory_bytes: memory,
-        max_workloads: firmware_proto::MAX_REPLICAS as u16,
+        max_workloads: firmware_proto::Profile::Linux.max_replicas() as u16,
     };
     // Keep some of the device for the system and the agent itself.
     let allocatable = firmware_proto::Capacity {
@@ -371,7 +371,14 @@ impl Cycle {
         }));
         if now >= self.next_heartbeat || phases != self.last_phases {
             let heartbeat = agent.heartbeat(now);
-            tracing::debug!(?heartbeat, "heartbeat");
+            // Counts, not the whole message: Debug of every wire type would
+            // cost the agent's binary kilobytes.
+            tracing::debug!(
+                generation = heartbeat.generation,
+                replicas = heartbeat.replicas.len(),
+                containers = heartbeat.containers.len(),
+                "heartbeat"
+            );
             if let Some(path) = &self.status_file {
                 write_status(path, &heartbeat);
             }
@@ -383,7 +390,7 @@ impl Cycle {
             self.last_phases = phases;
         }
         for event in agent.take_events() {
-            tracing::debug!(?event, "event");
+            tracing::debug!(replica = event.replica.as_ref().map(|r| r.as_str()), "event");
             if let Some(channel) = channel {
                 channel.send_event(event);
             }

@@ -33,6 +33,7 @@ fn manifest(name: &str, image: &str) -> String {
         .replace("busybox:1.36", image)
         .replace(r#"["sh", "-c""#, r#"["/bin/busybox", "sh", "-c""#)
         .replace(r#"["test", "#, r#"["/bin/busybox", "test", "#)
+        .replace("- \"sh\"\n            - \"-c\"", "- \"/bin/busybox\"\n            - \"sh\"\n            - \"-c\"")
 }
 
 fn pod_named(controller: &ControllerProcess, prefix: &str) -> Option<Value> {
@@ -215,4 +216,54 @@ fn a_grpc_probe_gates_a_rollout_and_one_that_never_serves_is_rolled_back() {
     assert!(text.contains("rolled back to revision 1"), "{text}");
     let events = String::from_utf8(controller.cli().unwrap().args(["get", "events"]).output().unwrap().stdout).unwrap();
     assert!(events.lines().any(|l| l.contains("ProbeFailed") || l.contains("RolledBack")), "{events}");
+}
+
+/// What the compact profile cannot hold runs unchanged on a Linux device:
+/// `node-exporter-daemonset.yaml` (35 args in 1,187 bytes, eight host
+/// paths), `line-3-vibration-sensors.yaml` (24 replicas on one device,
+/// 1,137 bytes of env each, an 11.8 KB ConfigMap) and a 900 KiB ConfigMap,
+/// sent to the device as an object of its own.
+#[test]
+fn manifests_past_the_compact_limits_run_unchanged_on_a_linux_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&dir.path().join("controller")).unwrap();
+    let image = push_busybox(&controller, dir.path());
+    let agent = AgentProcess::start(&controller, "pods-e", &dir.path().join("e"));
+    wait_for_ready_nodes(&controller, 1, Duration::from_secs(20));
+
+    apply(&controller, &manifest("node-exporter-daemonset.yaml", &image));
+    // The test's agent carries no `line` label.
+    apply(&controller, &manifest("line-3-vibration-sensors.yaml", &image).replace("nodeSelector: {line: line-3}", ""));
+    let weights = "0.125,".repeat(150 * 1024);
+    apply(
+        &controller,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: model-weights}}\ndata:\n  weights.csv: \"{weights}\"\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: inference}}\nspec:\n  terminationGracePeriodSeconds: 1\n  \
+             containers:\n  - name: model\n    image: {image}\n    \
+             command: [/bin/busybox, sh, -c, \"wc -c /models/weights.csv; trap 'exit 0' TERM; while true; do sleep 1; done\"]\n    \
+             volumeMounts: [{{name: weights, mountPath: /models}}]\n  volumes: [{{name: weights, configMap: {{name: model-weights}}}}]\n"
+        ),
+    );
+    wait_or_explain("26 replicas running on the one device", Duration::from_secs(120), &controller, &agent, || {
+        let pods = pod_list(&controller);
+        let running = |p: &Value| p["status"]["phase"] == "Running" && p["status"]["reason"].is_null();
+        (pods.len() == 26 && pods.iter().all(running)).then_some(())
+    });
+    if agent.running().len() != 26 {
+        let text = agent.log();
+        let log: Vec<&str> =
+            text.lines().filter(|l| l.contains("node-exporter") && !l.contains("libcgroups")).collect();
+        panic!("{:?}\n{}", agent.running(), log[log.len().saturating_sub(30)..].join("\n"));
+    }
+
+    let exporter = pod_named(&controller, "node-exporter-").unwrap();
+    let out = logs(&controller, exporter["metadata"]["name"].as_str().unwrap(), None);
+    assert!(out.contains("node-exporter: 35 flags"), "{out}");
+    assert_eq!(out.matches("mounted /host/").count(), 8, "{out}");
+    let sensor = pod_named(&controller, "vibration-sensor-").unwrap();
+    let out = logs(&controller, sensor["metadata"]["name"].as_str().unwrap(), None);
+    assert!(out.contains("401 calibration rows"), "{out}");
+    let out = logs(&controller, "inference", None);
+    assert!(out.contains(&format!("{} /models/weights.csv", weights.len())), "{out}");
 }
