@@ -131,9 +131,7 @@ pub fn run() -> anyhow::Result<()> {
         std::hint::black_box(count);
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    let owned_before = heap_bytes();
     let owned = DesiredDocument::from(&firmware_proto::decode_desired_frame(&frame).unwrap().frame);
-    let owned_heap = heap_bytes().saturating_sub(owned_before);
     println!(
         "{}",
         json!({
@@ -144,7 +142,6 @@ pub fn run() -> anyhow::Result<()> {
             "config_objects": owned.config.len(),
             "decode_ms_median": median_ms(times),
             "decoder_working_bytes": std::mem::size_of::<firmware_proto::DesiredView>() + std::mem::size_of::<firmware_proto::ReplicaSpec>(),
-            "owned_copy_memory_bytes": owned_heap,
             "measures": "decode of the frame and one pass over its replicas, each decoded in turn into a stack value (no allocator); decoder_working_bytes = the view plus one replica",
         })
     );
