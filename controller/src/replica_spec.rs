@@ -42,7 +42,7 @@ pub struct ConfigEntry {
 pub struct ConfigTable {
     /// Objects in document order.
     pub objects: Vec<Arc<ConfigEntry>>,
-    keys: Vec<(bool, String)>,
+    keys: Vec<(bool, String, String)>,
 }
 
 /// Entries already built, by `(uid, resourceVersion, secret)`: a 1 MiB
@@ -55,7 +55,7 @@ const ENTRIES_MAX: usize = 4096;
 
 impl ConfigTable {
     fn index_of(&mut self, secret: bool, object: &ApiObject) -> Result<u16, String> {
-        let key = (secret, object.metadata.name.clone());
+        let key = (secret, object.metadata.namespace.clone(), object.metadata.name.clone());
         if let Some(i) = self.keys.iter().position(|k| *k == key) {
             return Ok(i as u16);
         }

@@ -17,7 +17,7 @@ use common::{require_root, run, run_json, s};
 use flotilla_images::layout::OciLayout;
 use flotilla_images::platform::Arch;
 
-const TAGS: [&str; 3] = ["busybox:1.35", "hello-http:0.1", "sensor:0.1"];
+const TAGS: [&str; 4] = ["busybox:1.35", "hello-grpc:0.1", "hello-http:0.1", "sensor:0.1"];
 
 /// Runs the script into `out` and returns its last stdout line.
 fn build_examples(out: &Path) -> String {
@@ -78,6 +78,17 @@ fn builds_all_examples_for_both_platforms_reproducibly_and_they_run() {
     let mut arm64 = Command::new("qemu-aarch64-static");
     arm64.arg(hello_arm64.join("bin/hello-http"));
     check_hello_http(arm64, "arm64");
+
+    // hello-grpc starts and says what it serves (the agent's gRPC probe is
+    // checked against it in tests/tests/grpc_probe.rs).
+    let grpc = unpack(&out, "hello-grpc:0.1", "amd64", dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child =
+        chroot(&grpc, &["/bin/hello-grpc"]).env("PORT", port.to_string()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    stop(&mut child);
+    assert_eq!(line.trim(), format!("hello-grpc 0.1.0 listening on 0.0.0.0:{port} health SERVING"));
 }
 
 /// Copies one platform of `tag` out with skopeo, unpacks it with umoci and

@@ -186,8 +186,10 @@ pub struct Agent<R: Runtime> {
     images: Images,
 }
 
-/// How many config objects may wait for a document that names them.
+/// How many config objects, and bytes of them, may wait for a document
+/// that names them (retained objects are all replayed on reconnect).
 const EARLY_CONFIG_MAX: usize = 64;
+const EARLY_CONFIG_BYTES: usize = 16 << 20;
 
 /// The three probes of one running container.
 #[derive(Debug, Clone, Default)]
@@ -425,7 +427,9 @@ impl<R: Runtime> Agent<R> {
             write_private(&path, frame).map_err(|e| format!("storing config object {}: {e}", path.display()))?;
         } else {
             self.early_config.push((digest.0, frame.to_vec()));
-            if self.early_config.len() > EARLY_CONFIG_MAX {
+            while self.early_config.len() > EARLY_CONFIG_MAX
+                || self.early_config.iter().map(|(_, f)| f.len()).sum::<usize>() > EARLY_CONFIG_BYTES
+            {
                 self.early_config.remove(0);
             }
             let keep: Vec<[u8; 32]> = self.early_config.iter().map(|(d, _)| *d).collect();
@@ -507,7 +511,10 @@ impl<R: Runtime> Agent<R> {
         for kind in self.images.take_events(now_ms) {
             self.outbox.push(Event { at_unix_ms: now_ms, replica: None, kind, container: None });
         }
-        let mut step = self.stop_removed(&running, &units, now_ms)?;
+        // With no document (none yet, or the stored one is of an older
+        // protocol after an offline upgrade), what runs keeps running and
+        // nothing is removed until one arrives.
+        let mut step = if desired.is_some() { self.stop_removed(&running, &units, now_ms)? } else { Step::default() };
         if let Some(document) = &desired {
             for pod in document.pods.iter() {
                 step += self.reconcile_pod(pod, document, &units, &running, now_ms)?;
@@ -603,6 +610,11 @@ impl<R: Runtime> Agent<R> {
             .iter()
             .filter(|u| !u.init)
             .all(|u| self.persisted.records.get(&u.id).is_some_and(|r| r.finished) && !running.contains_key(&u.id));
+        // Once an app container was created the pod is initialised: a
+        // sidecar restarting later holds nothing up.
+        let initialised = pod_units.iter().filter(|u| !u.init).any(|u| {
+            running.contains_key(&u.id) || self.persisted.records.get(&u.id).is_some_and(|r| r.spec_hash != 0)
+        });
         for unit in &pod_units {
             if unit.container.sidecar && app_done {
                 step += self.retire_sidecar(unit, running, now_ms)?;
@@ -610,7 +622,7 @@ impl<R: Runtime> Agent<R> {
             }
             let (unit_step, progress) = self.reconcile_unit(unit, document, units, running, gate.as_deref(), now_ms)?;
             step += unit_step;
-            if unit.init && gate.is_none() {
+            if unit.init && gate.is_none() && !initialised {
                 let ready = if unit.container.sidecar { Progress::Up } else { Progress::Completed };
                 if progress != ready {
                     gate = Some(format!("waiting for init container {}", unit.container.name));

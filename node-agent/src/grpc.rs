@@ -67,12 +67,8 @@ pub fn check(port: u16, service: &str, timeout: Duration) -> Result<(), Unhealth
     stream.write_all(&request(port, service)).map_err(transport)?;
     let mut answer = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Unhealthy::Transport("timed out".into()));
-        }
-        stream.set_read_timeout(Some(left)).map_err(transport)?;
-        let (kind, flags, stream_id, payload) = read_frame(&mut stream).map_err(transport)?;
+        let (kind, flags, stream_id, payload) =
+            read_frame(&mut ByDeadline { stream: &stream, deadline }).map_err(transport)?;
         match kind {
             SETTINGS if flags & ACK == 0 => stream.write_all(&frame(SETTINGS, ACK, 0, &[])).map_err(transport)?,
             PING if flags & ACK == 0 => stream.write_all(&frame(PING, ACK, 0, &payload)).map_err(transport)?,
@@ -129,6 +125,25 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
     out.extend_from_slice(payload);
     out
+}
+
+/// Reads that all end by one deadline: a server trickling bytes cannot hold
+/// the probe (and the agent's loop it runs on) past its timeout.
+struct ByDeadline<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for ByDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
 }
 
 fn read_frame(stream: &mut impl Read) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
@@ -281,6 +296,25 @@ mod tests {
         let mut out = Vec::new();
         integer(&mut out, 0, 5, 10);
         assert_eq!(out, [10], "RFC 7541 C.1.1");
+    }
+
+    #[test]
+    fn a_server_trickling_bytes_cannot_hold_the_probe_past_its_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // A frame header, one byte every 100 ms: each read succeeds.
+            for byte in [0u8, 0, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0] {
+                std::thread::sleep(Duration::from_millis(100));
+                if stream.write_all(&[byte]).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        assert!(matches!(check(port, "", Duration::from_millis(500)), Err(Unhealthy::Transport(_))));
+        assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -228,11 +228,8 @@ pub fn container_config_on(
         let source = if mount.sub_path.is_empty() {
             source
         } else {
-            let inside = source.join(mount.sub_path.as_str());
-            if matches!(volume.source, PodVolumeSource::EmptyDir { .. }) && !inside.exists() {
-                std::fs::create_dir_all(&inside).map_err(volume_err)?;
-            }
-            inside
+            let create = matches!(volume.source, PodVolumeSource::EmptyDir { .. });
+            beneath(&source, mount.sub_path.as_str(), create).map_err(volume_err)?
         };
         mounts.push(MountSpec { source, destination, read_only, tmpfs: false });
     }
@@ -264,6 +261,27 @@ pub fn container_config_on(
         log_path: paths.log(&unit.id),
         seccomp,
     })
+}
+
+/// `sub` inside the volume at `root`, creating missing directories when
+/// `create`. A component that is a symlink is refused: a container could
+/// otherwise plant one in a shared volume and have the device's own files
+/// mounted into a sibling (Kubernetes' subPath CVE-2017-1002101). The path
+/// was checked to be relative and free of `..` when it was decoded.
+fn beneath(root: &Path, sub: &str, create: bool) -> std::io::Result<PathBuf> {
+    let mut path = root.to_owned();
+    for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(std::io::Error::other(format!("subPath {sub:?}: {part} is a symlink")));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => std::fs::create_dir(&path)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(path)
 }
 
 /// Whether more than one container of the unit's pod mounts this volume.
@@ -446,6 +464,17 @@ mod tests {
         let inside = paths.volumes("sensor-1a2b-0").join("spool/app/data");
         assert_eq!(container.mounts[1].source, inside);
         assert!(inside.is_dir());
+        // A symlink planted in the volume does not lead out of it.
+        let spool = paths.volumes("sensor-1a2b-0").join("spool");
+        std::os::unix::fs::symlink("/", spool.join("escape")).unwrap();
+        document.pods.as_mut_slice()[0].containers.as_mut_slice()[0].mounts.as_mut_slice()[1].sub_path =
+            firmware_proto::heap::Text::new("escape/etc").unwrap();
+        let pod = &document.pods[0];
+        let refused = container_config_on(&paths, &app(pod), &document, &config, &preloaded(dir.path()));
+        assert!(
+            matches!(&refused, Err(WorkloadError::Volume { reason, .. }) if reason.contains("symlink")),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -136,14 +136,19 @@ pub fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
 /// `tags` (e.g. `hello-http:0.1`, all its platforms) into the controller's
 /// registry under `examples/`; returns their references.
 pub fn push_examples(controller: &ControllerProcess, dir: &Path, tags: &[&str]) -> Vec<String> {
+    // One build at a time: builds share their work directory under target/.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let layout = dir.join("examples");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/build-examples");
-    let output = Command::new(&script)
-        .arg(&layout)
-        .env("FLOTILLA_IMAGE", binary("flotilla-image").unwrap())
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
+    let output = {
+        let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+        Command::new(&script)
+            .arg(&layout)
+            .env("FLOTILLA_IMAGE", binary("flotilla-image").unwrap())
+            .stdout(Stdio::null())
+            .output()
+            .unwrap()
+    };
     assert!(output.status.success(), "build-examples: {}", String::from_utf8_lossy(&output.stderr));
     let registry = controller.url.trim_start_matches("http://").to_owned();
     tags.iter()

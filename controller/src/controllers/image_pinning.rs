@@ -165,6 +165,13 @@ pub fn plan(snapshot: &Snapshot, answers: &Answers) -> Plan {
                 Some(so_far) => so_far.into_iter().filter(|a| r.archs.contains(a)).collect(),
             });
         }
+        if archs.as_ref().is_some_and(Vec::is_empty) {
+            let reason = format!("no architecture has all of this pod's images ({})", images.join(", "));
+            if pod.metadata.annotations.get(IMAGE_ERROR_ANNOTATION) != Some(&reason) {
+                written(&|annotations| _ = annotations.insert(IMAGE_ERROR_ANNOTATION.to_owned(), reason.clone()));
+            }
+            continue;
+        }
         let digest = digest_annotation(&containers, &digests);
         written(&|annotations| {
             annotations.remove(IMAGE_ERROR_ANNOTATION);

@@ -60,9 +60,10 @@ pub fn spawn(
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
     options.set_keep_alive(config.keep_alive);
     options.set_credentials(CONTROLLER_USER, enrolment.controller_password());
-    // Nodes send small frames; the controller sends documents to 4 MiB.
-    let from_nodes = firmware_proto::frame::MAX_FRAME_LEN + 1024;
-    options.set_max_packet_size(from_nodes, super::broker::MAX_PAYLOAD);
+    // The broker's limit both ways: a node frame over its 64 KiB is refused
+    // by the decoder (and logged); refusing it here would drop the
+    // connection, and a retained one would drop it on every reconnect.
+    options.set_max_packet_size(super::broker::MAX_PAYLOAD, super::broker::MAX_PAYLOAD);
     options.set_clean_session(true);
     let (client, mut event_loop) = AsyncClient::new(options, 1024);
     let subscriber = client.clone();

@@ -640,6 +640,9 @@ fn build_ops(view: &View, pending: &mut Pending) -> (Vec<Op>, Vec<(String, Optio
 /// A pod's containers as its heartbeat's entries say.
 #[derive(Debug, Clone, Default)]
 struct Containers {
+    /// The heartbeat had entries for this pod (one past the heartbeat's
+    /// room for entries has none: what is stored stays).
+    reported: bool,
     init: Vec<ContainerStatus>,
     app: Vec<ContainerStatus>,
     /// `Init:1/2` and the like while init containers run.
@@ -653,7 +656,7 @@ fn container_statuses(
     entries: &[&firmware_proto::ContainerStatus],
 ) -> Containers {
     let (mut init, mut app) = (Vec::new(), Vec::new());
-    if shapes.len() < 2 {
+    if shapes.len() < 2 || entries.is_empty() {
         return Containers::default();
     }
     for (index, shape) in shapes.iter().enumerate() {
@@ -693,8 +696,11 @@ fn container_statuses(
         };
         if shape.init { init.push(status) } else { app.push(status) }
     }
-    let init_progress = init_progress(shapes, &init);
-    Containers { init, app, init_progress }
+    // Once an app container ran, the pod is past its init containers: a
+    // sidecar that restarts (or a Job's, stopped) is not "Init:" again.
+    let started = app.iter().any(|c| c.state.waiting.as_ref().is_none_or(|w| w.reason != "PodInitializing"));
+    let init_progress = if started { None } else { init_progress(shapes, &init) };
+    Containers { reported: true, init, app, init_progress }
 }
 
 /// `Init:1/2`, `Init:CrashLoopBackOff`, `Init:Error`: what `kubectl get
@@ -782,8 +788,10 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus, con
             })
             .collect()
     };
-    new.init_container_statuses = keep_usage(&containers.init, &old.init_container_statuses);
-    new.container_statuses = keep_usage(&containers.app, &old.container_statuses);
+    if containers.reported {
+        new.init_container_statuses = keep_usage(&containers.init, &old.init_container_statuses);
+        new.container_statuses = keep_usage(&containers.app, &old.container_statuses);
+    }
     new
 }
 

@@ -567,3 +567,39 @@ fn a_container_that_cannot_be_created_backs_off_says_why_and_holds_up_no_other()
     let creates = agent.runtime().calls.iter().filter(|c| **c == format!("create {}", unit(0))).count();
     assert_eq!(creates, 2);
 }
+
+#[test]
+fn a_sidecar_restarting_after_the_pod_started_holds_up_no_app_container() {
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let [init, sidecar, app] = offer_pod(&mut agent, |_| {});
+    agent.reconcile(0).unwrap();
+    agent.runtime().exit(&init, OK);
+    agent.reconcile(10).unwrap();
+    agent.reconcile(20).unwrap();
+    // The sidecar crashes and backs off; meanwhile the app exits too.
+    agent.runtime().exit(&sidecar, FAIL);
+    agent.runtime().exit(&app, FAIL);
+    agent.reconcile(30).unwrap();
+    agent.reconcile(1_100).unwrap();
+    assert!(agent.runtime().containers.contains_key(&app), "the app restarts on its own back-off");
+    assert_ne!(agent.statuses(1_100).replicas[0].phase, Phase::Pending);
+}
+
+#[test]
+fn with_no_document_loaded_what_runs_keeps_running() {
+    let f = Fixture::new();
+    let mut first = f.agent(FakeRuntime::default());
+    offer(&mut first, &document(1, 2, RestartPolicy::Always), GOOD).unwrap();
+    first.reconcile(0).unwrap();
+    let runtime = std::mem::take(first.runtime());
+    drop(first);
+    // The stored document no longer verifies (an agent upgraded offline to
+    // a newer protocol): nothing is stopped while no document is loaded.
+    std::fs::remove_file(Paths { data_dir: f.dir.path().to_owned() }.state_file()).unwrap();
+    let mut second = f.agent(runtime);
+    assert_eq!(second.generation(), 0);
+    second.reconcile(10).unwrap();
+    assert_eq!(second.runtime().containers.len(), 2);
+    assert!(second.runtime().calls.iter().all(|c| !c.starts_with("kill")), "{:?}", second.runtime().calls);
+}
