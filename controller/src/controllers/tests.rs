@@ -542,14 +542,9 @@ fn a_daemon_set_waits_on_the_clock_only_for_min_ready_seconds() {
     assert!(waits_on_the_clock(&Snapshot::read(&f.store)));
 }
 
-#[test]
-fn a_replica_the_wire_cannot_carry_is_never_bound_and_says_why() {
-    let f = Fixture::new();
-    f.node("pi-1", "4", "4Gi", &[]);
-    // Over 1 MiB of configuration: more than a ConfigMap carries (as in
-    // Kubernetes), which only the projection onto the wire knows.
-    let big = "x".repeat((1 << 20) + 1);
-    f.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rules}}\ndata: {{rules.txt: {big}}}\n"));
+/// A ConfigMap `rules` holding `content`, and one web replica mounting it.
+fn apply_web_with_rules(f: &Fixture, content: &str) {
+    f.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rules}}\ndata: {{rules.txt: {content}}}\n"));
     f.apply(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  \
          selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      \
@@ -557,6 +552,16 @@ fn a_replica_the_wire_cannot_carry_is_never_bound_and_says_why() {
          volumeMounts: [{name: rules, mountPath: /etc/rules}]\n      \
          volumes: [{name: rules, configMap: {name: rules}}]\n",
     );
+}
+
+#[test]
+fn a_replica_the_wire_cannot_carry_is_never_bound_and_says_why() {
+    let f = Fixture::new();
+    f.node("pi-1", "4", "4Gi", &[]);
+    // Over 1 MiB of configuration: more than a ConfigMap carries (as in
+    // Kubernetes), which only the projection onto the wire knows.
+    let big = "x".repeat((1 << 20) + 1);
+    apply_web_with_rules(&f, &big);
     f.settle();
     let pod = &f.pods()[0];
     let status: PodStatus = pod.status();
@@ -575,14 +580,7 @@ fn a_pod_the_compact_profile_cannot_hold_goes_only_to_a_linux_profile_node_and_s
     f.compact_node("mcu-1", "4", "4Gi");
     // 5 KiB of configuration: past the compact profile's 4 KiB per object.
     let big = "x".repeat(5 * 1024);
-    f.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rules}}\ndata: {{rules.txt: {big}}}\n"));
-    f.apply(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  \
-         selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      \
-         containers:\n      - name: web\n        image: registry.local/web:1\n        \
-         volumeMounts: [{name: rules, mountPath: /etc/rules}]\n      \
-         volumes: [{name: rules, configMap: {name: rules}}]\n",
-    );
+    apply_web_with_rules(&f, &big);
     f.settle();
     let pod = &f.pods()[0];
     let status: PodStatus = pod.status();
