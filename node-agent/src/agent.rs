@@ -606,10 +606,16 @@ impl<R: Runtime> Agent<R> {
         let mut step = Step::default();
         let mut gate: Option<String> = None;
         let pod_units = Unit::all(pod);
-        let app_done = pod_units
-            .iter()
-            .filter(|u| !u.init)
-            .all(|u| self.persisted.records.get(&u.id).is_some_and(|r| r.finished) && !running.contains_key(&u.id));
+        let finished = |u: &Unit<'_>| {
+            self.persisted.records.get(&u.id).is_some_and(|r| r.finished) && !running.contains_key(&u.id)
+        };
+        // The pod is done: its app containers all ended for good, or an
+        // init container failed for good (restartPolicy Never).
+        let app_done = pod_units.iter().filter(|u| !u.init).all(finished)
+            || pod_units
+                .iter()
+                .filter(|u| u.runs_to_completion())
+                .any(|u| finished(u) && self.persisted.records.get(&u.id).is_some_and(|r| !r.completed()));
         // Once an app container was created the pod is initialised: a
         // sidecar restarting later holds nothing up.
         let initialised = pod_units.iter().filter(|u| !u.init).any(|u| {

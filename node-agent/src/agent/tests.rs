@@ -464,6 +464,25 @@ fn a_failing_init_container_holds_the_pod_with_its_reason() {
     agent.reconcile(5_000).unwrap();
     assert_eq!(agent.statuses(5_000).replicas[0].phase, Phase::Failed);
     assert_eq!(created(&mut agent), [init]);
+
+    // A sidecar started before the init container that failed for good is
+    // stopped with the pod.
+    let f = Fixture::new();
+    let mut agent = f.agent(FakeRuntime::default());
+    let [_, sidecar, _] = offer_pod(&mut agent, |pod| {
+        pod.restart_policy = RestartPolicy::Never;
+        pod.init_containers.as_mut_slice().swap(0, 1);
+    });
+    let init = "sensor-1a2b-0.wait-config".to_owned();
+    agent.reconcile(0).unwrap();
+    agent.reconcile(10).unwrap();
+    assert!(agent.runtime().containers.contains_key(&sidecar) && agent.runtime().containers.contains_key(&init));
+    agent.runtime().exit(&init, FAIL);
+    for now in [20, 30, 40, 50] {
+        agent.reconcile(now).unwrap();
+    }
+    assert!(agent.runtime().containers.is_empty(), "{:?}", agent.runtime().containers.keys());
+    assert_eq!(agent.statuses(50).replicas[0].phase, Phase::Failed);
 }
 
 #[test]
