@@ -512,6 +512,10 @@ pub struct ServiceStatus {
     /// For a `LoadBalancer` Service: the devices serving it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerStatus>,
+    /// Why the Service is not served as asked (a devices' port another
+    /// Service has).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// `status.loadBalancer`, as Kubernetes shapes it.

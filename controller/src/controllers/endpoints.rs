@@ -37,6 +37,8 @@ pub struct Resolved<'a> {
     pub ports: Vec<(ServicePort, Vec<Endpoint>, Option<u16>)>,
     /// A `LoadBalancer` Service.
     pub load_balancer: bool,
+    /// Why a port it asked for on the devices is not its.
+    pub conflict: Option<String>,
 }
 
 /// Every Service's ports and their ready endpoints.
@@ -59,10 +61,15 @@ pub fn resolve(snapshot: &Snapshot) -> Vec<Resolved<'_>> {
             .enumerate()
             .map(|(p, port)| {
                 let endpoints = endpoints(service, spec, port, &snapshot.pods, &addresses);
-                (port.clone(), endpoints, exposed.get(&(i, p)).copied())
+                (port.clone(), endpoints, exposed.ports.get(&(i, p)).copied())
             })
             .collect();
-        out.push(Resolved { service, ports, load_balancer: spec.service_type.as_deref() == Some("LoadBalancer") });
+        out.push(Resolved {
+            service,
+            ports,
+            load_balancer: spec.service_type.as_deref() == Some("LoadBalancer"),
+            conflict: exposed.conflicts.get(&i).cloned(),
+        });
     }
     out
 }
@@ -72,8 +79,11 @@ pub fn resolve(snapshot: &Snapshot) -> Vec<Resolved<'_>> {
 /// balancer would listen on it); a `NodePort` Service's `nodePort`, or one
 /// chosen from 30000-32767, stable for the Service and port and unused by
 /// the others.
-fn node_ports(services: &[&Arc<ApiObject>], specs: &[Option<ServiceSpec>]) -> BTreeMap<(usize, usize), u16> {
-    let mut out = BTreeMap::new();
+fn node_ports(services: &[&Arc<ApiObject>], specs: &[Option<ServiceSpec>]) -> NodePorts {
+    let mut out = NodePorts::default();
+    // Devices' ports given to a Service so far, in Service order: a second
+    // Service asking for one is not served there and says why.
+    let mut taken: BTreeMap<u16, String> = BTreeMap::new();
     let mut used: std::collections::BTreeSet<u16> = specs
         .iter()
         .flatten()
@@ -100,13 +110,32 @@ fn node_ports(services: &[&Arc<ApiObject>], specs: &[Option<ServiceSpec>]) -> BT
                         .find(|candidate| !used.contains(candidate))
                 }
             };
-            if let Some(chosen) = chosen {
-                used.insert(chosen);
-                out.insert((i, p), chosen);
+            let Some(chosen) = chosen else { continue };
+            let name = format!("{}/{}", services[i].metadata.namespace, services[i].metadata.name);
+            match taken.get(&chosen) {
+                Some(owner) if *owner != name => {
+                    out.conflicts.insert(
+                        i,
+                        format!("port {chosen} of the devices is already Service {owner}'s: not served there"),
+                    );
+                }
+                _ => {
+                    taken.insert(chosen, name);
+                    used.insert(chosen);
+                    out.ports.insert((i, p), chosen);
+                }
             }
         }
     }
     out
+}
+
+/// The devices' ports of exposed Services, and why a Service did not get
+/// one it asked for.
+#[derive(Default)]
+struct NodePorts {
+    ports: BTreeMap<(usize, usize), u16>,
+    conflicts: BTreeMap<usize, String>,
 }
 
 /// The status a resolved Service shows.
@@ -122,6 +151,7 @@ pub fn status_of(resolved: &Resolved<'_>) -> ServiceStatus {
         }
         devices.extend(endpoints.iter().map(|e| Ipv4Addr::from(e.address)));
     }
+    status.message = resolved.conflict.clone().unwrap_or_default();
     if resolved.load_balancer {
         devices.sort();
         devices.dedup();
@@ -299,5 +329,15 @@ mod tests {
         assert_eq!(status_of(by_name("fixed")).node_ports["8001"], 30080);
         let plain = status_of(by_name("plain"));
         assert!(plain.node_ports.is_empty() && plain.load_balancer.is_none());
+        assert!(lb.message.is_empty());
+
+        // A second LoadBalancer on port 80 is not served there, and says so.
+        let mut services = snapshot.services.clone();
+        services.push(service("lb2", "  type: LoadBalancer\n  ports: [{name: http, port: 80, targetPort: http}]\n"));
+        let snapshot = Snapshot { services, ..snapshot };
+        let resolved = resolve(&snapshot);
+        let second = status_of(resolved.iter().find(|r| r.service.metadata.name == "lb2").unwrap());
+        assert!(second.node_ports.is_empty());
+        assert_eq!(second.message, "port 80 of the devices is already Service default/lb's: not served there");
     }
 }
