@@ -714,25 +714,20 @@ fn texts<const B: usize, const I: usize>(items: &[String], what: &str) -> Result
         .map_err(|_| format!("{what}: at most {I} items and {B} bytes in all"))
 }
 
-/// What a compact replica is when the pod it stands for is lowered; kept
-/// here for the tests of both.
+/// A pod of `containers` (its spec, as JSON) with every image pinned: for
+/// the tests of the projection and of the compact lowering.
 #[cfg(test)]
 pub(crate) fn sample_pod(containers: serde_json::Value) -> ApiObject {
     let mut pod = ApiObject::new(crate::manifest::Kind::Pod, "default", "web-0");
     pod.metadata.uid = "u-1".into();
     pod.set_field("spec", containers);
-    let names: Vec<String> = ["initContainers", "containers"]
+    let spec = pod.typed_spec::<PodSpec>().unwrap_or_default().into_owned();
+    let digests: Vec<String> = spec
+        .init_containers
         .iter()
-        .flat_map(|list| {
-            pod.typed_spec::<PodSpec>()
-                .map(|s| {
-                    let v = if *list == "containers" { s.containers.clone() } else { s.init_containers.clone() };
-                    v.into_iter().map(|c| c.name).collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
+        .chain(&spec.containers)
+        .map(|c| format!("{}=sha256:{}", c.name, "ab".repeat(32)))
         .collect();
-    let digests: Vec<String> = names.iter().map(|n| format!("{n}=sha256:{}", "ab".repeat(32))).collect();
     pod.metadata.annotations.insert(image_pinning::IMAGE_DIGEST_ANNOTATION.into(), digests.join(","));
     pod
 }

@@ -237,8 +237,8 @@ pub struct Statuses {
 }
 
 fn exit_of(info: &ExitInfo, by_agent: Option<ExitReason>) -> Exit {
-    let reason = if matches!(by_agent, Some(ExitReason::LivenessFailed | ExitReason::Stopped)) {
-        by_agent.unwrap_or(ExitReason::Exited)
+    let reason = if let Some(reason @ (ExitReason::LivenessFailed | ExitReason::Stopped)) = by_agent {
+        reason
     } else if info.oom_killed {
         ExitReason::OomKilled
     } else if info.signal.is_some() {
@@ -967,16 +967,12 @@ impl<R: Runtime> Agent<R> {
     /// [`Agent::statuses`] with each running container's usage, summed per
     /// pod. Usage only here: cgroup reads every heartbeat, not every tick.
     fn statuses_with_usage(&mut self, now_ms: u64) -> Statuses {
-        let mut statuses = self.statuses(now_ms);
+        // One listing of the runtime for both the states and the samples.
+        let listed = self.running_containers();
+        let mut statuses = self.statuses_of(&listed, now_ms);
         let Some(document) = self.desired.clone() else { return statuses };
-        let running: std::collections::BTreeSet<String> = self
-            .runtime
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| s.status == Status::Running)
-            .map(|s| s.id)
-            .collect();
+        let running: std::collections::BTreeSet<&String> =
+            listed.iter().filter(|(_, s)| s.status == Status::Running).map(|(id, _)| id).collect();
         let mut entry = 0;
         for (slot, pod) in document.pods.iter().enumerate() {
             let units = Unit::all(pod);
@@ -1093,13 +1089,21 @@ impl<R: Runtime> Agent<R> {
     /// pods of several containers, without usage (that is sampled by
     /// [`Agent::heartbeat`]).
     pub fn statuses(&mut self, now_ms: u64) -> Statuses {
-        let running: BTreeMap<String, ContainerState> =
-            self.runtime.list().unwrap_or_default().into_iter().map(|s| (s.id.clone(), s)).collect();
+        let running = self.running_containers();
+        self.statuses_of(&running, now_ms)
+    }
+
+    /// The runtime's containers by id.
+    fn running_containers(&mut self) -> BTreeMap<String, ContainerState> {
+        self.runtime.list().unwrap_or_default().into_iter().map(|s| (s.id.clone(), s)).collect()
+    }
+
+    fn statuses_of(&self, running: &BTreeMap<String, ContainerState>, now_ms: u64) -> Statuses {
         let mut out = Statuses::default();
         let Some(desired) = self.desired.clone() else { return out };
         for (slot, pod) in desired.pods.iter().enumerate() {
             let units: Vec<UnitStatus> =
-                Unit::all(pod).iter().map(|unit| self.unit_status(unit, &running, now_ms)).collect();
+                Unit::all(pod).iter().map(|unit| self.unit_status(unit, running, now_ms)).collect();
             let mut replica = pod_status(&units);
             replica.replica = ReplicaRef::Slot(slot as u8);
             if units.len() > 1 {

@@ -312,14 +312,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 pub struct Cycle {
     heartbeat_ms: u64,
     next_heartbeat: u64,
-    last_phases: Vec<(firmware_proto::Phase, u32, firmware_proto::Readiness)>,
+    last_statuses: crate::agent::Statuses,
     status_file: Option<PathBuf>,
 }
 
 impl Cycle {
     /// Heartbeats every `heartbeat`; each is also written to `status_file`.
     pub fn new(heartbeat: Duration, status_file: Option<PathBuf>) -> Self {
-        Cycle { heartbeat_ms: heartbeat.as_millis() as u64, next_heartbeat: 0, last_phases: Vec::new(), status_file }
+        Cycle {
+            heartbeat_ms: heartbeat.as_millis() as u64,
+            next_heartbeat: 0,
+            last_statuses: Default::default(),
+            status_file,
+        }
     }
 
     /// Applies the desired frames that arrived (a refused one is reported
@@ -361,15 +366,9 @@ impl Cycle {
         }
         agent.probe(now);
         let now = now_ms().max(now);
+        // Pods' and containers' states without usage: a change is sent at once.
         let statuses = agent.statuses(now);
-        let mut phases: Vec<_> = statuses.replicas.iter().map(|r| (r.phase, r.restarts, r.readiness)).collect();
-        // A container of a pod changing counts too (its readiness, restarts).
-        phases.extend(statuses.containers.iter().map(|c| {
-            let readiness =
-                if c.ready { firmware_proto::Readiness::Ready } else { firmware_proto::Readiness::NotReady };
-            (firmware_proto::Phase::Unknown, c.restarts, readiness)
-        }));
-        if now >= self.next_heartbeat || phases != self.last_phases {
+        if now >= self.next_heartbeat || statuses != self.last_statuses {
             let heartbeat = agent.heartbeat(now);
             // Counts, not the whole message: Debug of every wire type would
             // cost the agent's binary kilobytes.
@@ -387,7 +386,7 @@ impl Cycle {
             }
             agent.rotate_logs(crate::logs::LogLimits::default());
             self.next_heartbeat = now + self.heartbeat_ms;
-            self.last_phases = phases;
+            self.last_statuses = statuses;
         }
         for event in agent.take_events() {
             tracing::debug!(replica = event.replica.as_ref().map(|r| r.as_str()), "event");
