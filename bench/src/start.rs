@@ -467,7 +467,13 @@ fn desired_document(node: &firmware_proto::NodeId, id: &str, command: &[String])
         ..sample
     };
     let pods = vec![firmware_proto::pod::PodSpec::from(&replica)];
-    Ok(PodDocument { node_id: node.clone(), generation: 1, pods: pods.try_into()?, config: Default::default() })
+    Ok(PodDocument {
+        node_id: node.clone(),
+        generation: 1,
+        pods: pods.try_into()?,
+        config: Default::default(),
+        claims: Default::default(),
+    })
 }
 
 /// The document's one container -> container config with the agent's own

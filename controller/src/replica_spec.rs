@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use firmware_proto::heap::{List, Text, Texts};
 use firmware_proto::pod::{
-    self as linux, ConfigBlob, ConfigRef, Container as WireContainer, Mount, PodSpec as WirePod, PodVolume,
+    self as linux, Claim, ConfigBlob, ConfigRef, Container as WireContainer, Mount, PodSpec as WirePod, PodVolume,
     PodVolumeSource,
 };
 use firmware_proto::{ImageRef, Port, Probe, ProbeAction, Protocol, Resources, RestartPolicy, Seccomp, User};
@@ -43,6 +43,8 @@ pub struct ConfigTable {
     /// Objects in document order.
     pub objects: Vec<Arc<ConfigEntry>>,
     keys: Vec<(bool, String, String)>,
+    /// The claims the pods mount, in document order.
+    pub claims: Vec<Claim>,
 }
 
 /// Entries already built, by `(uid, resourceVersion, secret)`: a 1 MiB
@@ -67,6 +69,18 @@ impl ConfigTable {
         Ok((self.objects.len() - 1) as u16)
     }
 
+    fn claim_index(&mut self, object: &ApiObject) -> Result<u16, String> {
+        let claim = claim_of(object)?;
+        if let Some(i) = self.claims.iter().position(|c| c.id == claim.id) {
+            return Ok(i as u16);
+        }
+        if self.claims.len() >= linux::LINUX_MAX_CLAIMS {
+            return Err(format!("more than {} persistent volume claims on one node", linux::LINUX_MAX_CLAIMS));
+        }
+        self.claims.push(claim);
+        Ok((self.claims.len() - 1) as u16)
+    }
+
     /// What the document says of each object.
     pub fn refs(&self) -> List<ConfigRef, { linux::LINUX_MAX_CONFIG_OBJECTS }> {
         let refs: Vec<ConfigRef> = self
@@ -82,6 +96,16 @@ impl ConfigTable {
         // At most LINUX_MAX_CONFIG_OBJECTS were admitted by `index_of`.
         List::try_from(refs).unwrap_or_default()
     }
+}
+
+/// A PersistentVolumeClaim as a document lists it: its directory's name
+/// is `{namespace}.{name}.{first 8 of its uid}`, so a claim deleted and
+/// made again under the same name starts empty.
+pub fn claim_of(object: &ApiObject) -> Result<Claim, String> {
+    let uid: String = object.metadata.uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let id = format!("{}.{}.{uid}", object.metadata.namespace, object.metadata.name);
+    let size_bytes = object.typed_spec::<crate::manifest::types::ClaimSpec>().map_or(0, |s| s.size_bytes());
+    Ok(Claim { id: Text::new(&id).map_err(|_| format!("claim id {id:?} is too long"))?, size_bytes })
 }
 
 /// The entry of a ConfigMap or Secret, built once per version of it.
@@ -132,12 +156,18 @@ pub struct References<'a> {
     pub secrets: &'a [Arc<ApiObject>],
     /// The node, when known (not when a replica is checked before binding).
     pub node: Option<&'a ApiObject>,
+    /// PersistentVolumeClaims.
+    pub claims: &'a [Arc<ApiObject>],
 }
 
 impl References<'_> {
     fn find(&self, secret: bool, namespace: &str, name: &str) -> Option<&ApiObject> {
         let list = if secret { self.secrets } else { self.config_maps };
         list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
+    }
+
+    fn claim(&self, namespace: &str, name: &str) -> Option<&ApiObject> {
+        self.claims.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
     }
 
     fn node_address(&self) -> &str {
@@ -399,6 +429,12 @@ pub fn build(
                 None if r.optional => PodVolumeSource::EmptyDir { in_memory: true, size_limit_bytes: None },
                 None => return Err(format!("secret {:?} not found", r.secret_name)),
             }
+        } else if let Some(c) = &volume.persistent_volume_claim {
+            let claim = refs
+                .claim(namespace, &c.claim_name)
+                .filter(|c| !c.is_retired())
+                .ok_or_else(|| format!("persistentvolumeclaim {:?} not found", c.claim_name))?;
+            PodVolumeSource::Claim { index: table.claim_index(claim)? }
         } else {
             return Err(format!("volume {:?}: no supported source", volume.name));
         };
@@ -490,15 +526,17 @@ impl Context<'_> {
                 .iter()
                 .position(|v| v.name == mount.name)
                 .ok_or_else(|| format!("volumeMount {:?} names no volume", mount.name))?;
-            let config = {
+            let forced_read_only = {
                 let v = &self.spec.volumes[volume];
-                v.config_map.is_some() || v.secret.is_some()
+                v.config_map.is_some()
+                    || v.secret.is_some()
+                    || v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only)
             };
             wire.mounts
                 .push(Mount {
                     volume: volume as u16,
                     mount_path: text(&mount.mount_path, "mountPath")?,
-                    read_only: mount.read_only || config,
+                    read_only: mount.read_only || forced_read_only,
                     sub_path: text(mount.sub_path.as_deref().unwrap_or(""), "subPath")?,
                 })
                 .map_err(|_| format!("more than {} volume mounts", linux::LINUX_MAX_MOUNTS))?;
@@ -746,7 +784,7 @@ mod tests {
     }
 
     fn no_refs() -> References<'static> {
-        References { config_maps: &[], secrets: &[], node: None }
+        References { config_maps: &[], secrets: &[], node: None, claims: &[] }
     }
 
     #[test]
@@ -802,7 +840,7 @@ mod tests {
         let mut status = crate::status::NodeStatus::default();
         status.allocatable.insert("cpu".into(), "1500m".into());
         node.set_status(&status);
-        let refs = References { config_maps: &[], secrets: &[], node: Some(&node) };
+        let refs = References { config_maps: &[], secrets: &[], node: Some(&node), claims: &[] };
         let (wire, _) = check(&pod, &refs, "r").unwrap();
         let env: Vec<&str> = wire.containers[0].env.iter().collect();
         assert_eq!(
@@ -829,7 +867,7 @@ mod tests {
         map.metadata.resource_version = "5".into();
         map.set_field("data", serde_json::json!({ "big.txt": "x".repeat(600 * 1024), "small": "1" }));
         let maps = [Arc::new(map)];
-        let refs = References { config_maps: &maps, secrets: &[], node: None };
+        let refs = References { config_maps: &maps, secrets: &[], node: None, claims: &[] };
         let pod = sample_pod(serde_json::json!({
             "containers": [
                 { "name": "a", "image": "web:1", "volumeMounts": [{ "name": "s", "mountPath": "/etc/s" }] },

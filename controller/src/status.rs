@@ -180,6 +180,14 @@ pub struct Usage {
     /// Memory working set in bytes.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// A node's free space for images and volumes (its data directory's
+    /// file system), bytes; 0 for a replica.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disk_free_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `status` of a Pod (a replica).
@@ -388,6 +396,26 @@ impl NodeStatus {
     pub fn is_ready(&self) -> bool {
         condition(&self.conditions, ConditionType::Ready).is_some_and(Condition::is_true)
     }
+}
+
+/// `status` of a PersistentVolumeClaim, written by the scheduling
+/// controller when it places the first replica that mounts the claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimStatus {
+    /// `Pending` until a replica that mounts it is placed, then `Bound`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    /// The device that holds its directory (Flotilla's: a local claim's
+    /// data is on one device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// `storage`: the size it was bound with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, String>,
+    /// The access modes it is served with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
 }
 
 /// `status` of a Deployment.

@@ -9,7 +9,7 @@ use std::path::Path;
 use flotilla_controller::manifest::parse_str;
 use serde_yaml_ng::Value;
 
-const BASES: [(&str, &str); 5] = [
+const BASES: [(&str, &str); 6] = [
     (
         "Pod",
         "{apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: app, image: 'busybox:1.36', \
@@ -35,6 +35,11 @@ const BASES: [(&str, &str); 5] = [
         "Service",
         "{apiVersion: v1, kind: Service, metadata: {name: s}, spec: {type: NodePort, selector: {app: web}, \
          ports: [{port: 80, targetPort: 8080}]}}",
+    ),
+    (
+        "PersistentVolumeClaim",
+        "{apiVersion: v1, kind: PersistentVolumeClaim, metadata: {name: data}, spec: {accessModes: [ReadWriteOnce], \
+         resources: {requests: {storage: 1Gi}}}}",
     ),
 ];
 

@@ -56,6 +56,10 @@ pub const LINUX_CONFIG_NAMES_BYTES: usize = 64 * 1024;
 /// Bytes for all file contents of one config object (1 MiB, Kubernetes'
 /// own limit for a ConfigMap or Secret).
 pub const LINUX_CONFIG_DATA_BYTES: usize = 1024 * 1024;
+/// Maximum claims one document lists.
+pub const LINUX_MAX_CLAIMS: usize = 64;
+/// Maximum bytes in a claim id (`{namespace}.{name}.{uid prefix}`).
+pub const CLAIM_ID_MAX: usize = 160;
 /// The largest [`PodDocument`] frame.
 pub const MAX_PODS_FRAME_LEN: usize = crate::frame::MAX_ANY_FRAME_LEN;
 pub use crate::frame::MAX_CONFIG_FRAME_LEN;
@@ -136,6 +140,25 @@ pub enum PodVolumeSource {
         /// Index into [`PodDocument::config`].
         index: u16,
     },
+    /// A persistent claim's directory, kept on the node across pods and
+    /// restarts until the document no longer lists the claim.
+    Claim {
+        /// Index into [`PodDocument::claims`].
+        index: u16,
+    },
+}
+
+/// A persistent volume claim held on this node: a directory that outlives
+/// the pods that mount it. The node keeps every claim its document lists
+/// and deletes the data of one it no longer lists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Claim {
+    /// Names its directory: a plain file name, unique in the document, that
+    /// a re-created claim of the same name does not share.
+    pub id: Text<CLAIM_ID_MAX>,
+    /// The size asked for, bytes: checked against the free disk when the
+    /// directory is made.
+    pub size_bytes: u64,
 }
 
 /// A pod volume mounted into one container.
@@ -210,6 +233,8 @@ pub struct PodDocument {
     pub pods: List<PodSpec, { crate::msg::LINUX_MAX_PODS }>,
     /// The config objects the pods' volumes name.
     pub config: List<ConfigRef, LINUX_MAX_CONFIG_OBJECTS>,
+    /// The claims this node holds, mounted by a pod or not.
+    pub claims: List<Claim, LINUX_MAX_CLAIMS>,
 }
 
 /// A ConfigMap's or Secret's files, on `nodes/{id}/config/{hex digest}`
@@ -238,8 +263,17 @@ impl PodDocument {
     /// Checks what the types cannot: unique pod ids, at least one app
     /// container, container names unique in their pod, sidecars only among
     /// init containers, mounts and config volumes pointing inside the
-    /// document, sub paths that stay inside their volume.
+    /// document, sub paths that stay inside their volume, claims with
+    /// unique plain ids.
     pub fn validate(&self) -> Result<(), &'static str> {
+        for (i, claim) in self.claims.iter().enumerate() {
+            if !plain_file_name(&claim.id) {
+                return Err("a claim id is empty or a path");
+            }
+            if self.claims[..i].iter().any(|c| c.id == claim.id) {
+                return Err("two claims share an id");
+            }
+        }
         for (i, pod) in self.pods.iter().enumerate() {
             if self.pods[..i].iter().any(|p| p.id == pod.id) {
                 return Err("two pods share an id");
@@ -262,6 +296,11 @@ impl PodDocument {
                     && usize::from(index) >= self.config.len()
                 {
                     return Err("a volume refers to a config object that is not in the document");
+                }
+                if let PodVolumeSource::Claim { index } = volume.source
+                    && usize::from(index) >= self.claims.len()
+                {
+                    return Err("a volume refers to a claim that is not in the document");
                 }
             }
             for mount in pod.all_containers().flat_map(|c| c.mounts.iter()) {

@@ -286,11 +286,14 @@ pub fn pod(index: usize) -> crate::pod::PodSpec {
     app.readiness_probe = base.readiness_probe.clone();
     app.mounts.push(mount(0, "/etc/sensor", true)).expect("fits");
     app.mounts.push(mount(1, "/spool", false)).expect("fits");
+    app.mounts.push(mount(2, "/var/lib/sensor", false)).expect("fits");
     let mut volumes = List::new();
     let config = PodVolume { name: Name::new("config").expect("valid"), source: PodVolumeSource::Config { index: 0 } };
     volumes.push(config).expect("fits");
     let spool = PodVolumeSource::EmptyDir { in_memory: false, size_limit_bytes: Some(64 << 20) };
     volumes.push(PodVolume { name: Name::new("spool").expect("valid"), source: spool }).expect("fits");
+    let history = PodVolume { name: Name::new("history").expect("valid"), source: PodVolumeSource::Claim { index: 0 } };
+    volumes.push(history).expect("fits");
     let mut init_containers = List::new();
     init_containers.push(init).expect("fits");
     init_containers.push(exporter).expect("fits");
@@ -323,10 +326,11 @@ pub fn config_blob() -> crate::pod::ConfigBlob {
 }
 
 /// A Linux-profile document (generation 42) with `pods` sample pods naming
-/// the sample config blob by `digest`.
+/// the sample config blob by `digest`, and the claim they keep their
+/// history in.
 #[cfg(feature = "alloc")]
 pub fn pod_document(pods: usize, digest: Digest) -> crate::pod::PodDocument {
-    use crate::pod::{ConfigRef, PodDocument};
+    use crate::pod::{Claim, ConfigRef, PodDocument};
     let mut config = crate::heap::List::new();
     let size = postcard::to_allocvec(&config_blob()).map(|b| b.len() as u32).unwrap_or(0);
     config
@@ -337,5 +341,10 @@ pub fn pod_document(pods: usize, digest: Digest) -> crate::pod::PodDocument {
         generation: 42,
         pods: crate::heap::List::try_from((0..pods).map(pod).collect::<alloc::vec::Vec<_>>()).expect("fits"),
         config,
+        claims: crate::heap::List::try_from(alloc::vec![Claim {
+            id: crate::heap::Text::new("default.sensor-history.5f0c2a91").expect("fits"),
+            size_bytes: 1 << 30,
+        }])
+        .expect("fits"),
     }
 }

@@ -53,6 +53,14 @@ fn linux_pod_document_golden() {
     let names: Vec<&str> = pod.all_containers().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["wait-config", "exporter", "sensor"]);
     assert!(pod.init_containers[1].sidecar);
+    // The claim the sensor keeps its history in, listed once by the document.
+    let document = &decoded.frame.0;
+    assert!(matches!(pod.volumes[2].source, firmware_proto::pod::PodVolumeSource::Claim { index: 0 }));
+    assert_eq!(
+        (document.claims[0].id.as_str(), document.claims[0].size_bytes),
+        ("default.sensor-history.5f0c2a91", 1 << 30)
+    );
+    assert_eq!(document.validate(), Ok(()));
 }
 
 #[test]

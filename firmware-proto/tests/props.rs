@@ -516,7 +516,7 @@ fn container(volumes: usize, sidecar: bool) -> impl Strategy<Value = pod::Contai
     )
 }
 
-fn pod_spec(config_len: usize) -> impl Strategy<Value = pod::PodSpec> {
+fn pod_spec(config_len: usize, claims_len: usize) -> impl Strategy<Value = pod::PodSpec> {
     let source = prop_oneof![
         (any::<bool>(), prop::option::of(any::<u64>()))
             .prop_map(|(in_memory, size_limit_bytes)| pod::PodVolumeSource::EmptyDir { in_memory, size_limit_bytes }),
@@ -525,6 +525,11 @@ fn pod_spec(config_len: usize) -> impl Strategy<Value = pod::PodSpec> {
             pod::PodVolumeSource::EmptyDir { in_memory: true, size_limit_bytes: None }
         } else {
             pod::PodVolumeSource::Config { index: i as u16 }
+        }),
+        (0..claims_len.max(1)).prop_map(move |i| if claims_len == 0 {
+            pod::PodVolumeSource::EmptyDir { in_memory: false, size_limit_bytes: None }
+        } else {
+            pod::PodVolumeSource::Claim { index: i as u16 }
         }),
     ];
     (0usize..4).prop_flat_map(move |volumes| {
@@ -577,16 +582,17 @@ fn config_ref() -> impl Strategy<Value = pod::ConfigRef> {
 }
 
 fn pod_document() -> impl Strategy<Value = pod::PodDocument> {
-    (name(), any::<u64>(), 0usize..3)
-        .prop_flat_map(|(node_id, generation, config_len)| {
+    (name(), any::<u64>(), 0usize..3, 0usize..3)
+        .prop_flat_map(|(node_id, generation, config_len, claims_len)| {
             (
                 Just(node_id),
                 Just(generation),
-                prop::collection::vec(pod_spec(config_len), 0..4),
+                prop::collection::vec(pod_spec(config_len, claims_len), 0..4),
                 prop::collection::vec(config_ref(), config_len),
+                prop::collection::vec(any::<u64>(), claims_len),
             )
         })
-        .prop_map(|(node_id, generation, mut pods, config)| {
+        .prop_map(|(node_id, generation, mut pods, config, sizes)| {
             for (i, p) in pods.iter_mut().enumerate() {
                 p.id = Name::new(&format!("p{i}-{}", &p.id.as_str()[..p.id.as_str().len().min(40)])).unwrap();
             }
@@ -595,6 +601,17 @@ fn pod_document() -> impl Strategy<Value = pod::PodDocument> {
                 generation,
                 pods: heap::List::try_from(pods).unwrap(),
                 config: heap::List::try_from(config).unwrap(),
+                claims: heap::List::try_from(
+                    sizes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, size_bytes)| pod::Claim {
+                            id: heap::Text::new(&format!("default.data-{i}.0a1b2c3d")).unwrap(),
+                            size_bytes,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap(),
             }
         })
 }

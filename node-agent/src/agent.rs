@@ -574,7 +574,18 @@ impl<R: Runtime> Agent<R> {
             step.changed = true;
         }
         self.remove_volumes_of_gone_pods(running, units);
+        self.remove_claims_not_listed(running, units);
         Ok(step)
+    }
+
+    /// A claim's data goes once the document no longer lists it, and no
+    /// container of a pod that left the document still runs (it may be
+    /// writing to it while it stops).
+    fn remove_claims_not_listed(&self, running: &BTreeMap<String, ContainerState>, units: &[Unit<'_>]) {
+        let Some(document) = self.desired.as_deref() else { return };
+        if running.keys().all(|id| units.iter().any(|u| u.id == *id)) {
+            crate::claims::prune(&self.paths.data_dir, document);
+        }
     }
 
     /// emptyDir volumes live as long as their pod on this node.
@@ -930,10 +941,8 @@ impl<R: Runtime> Agent<R> {
     /// The heartbeat: generation, node usage and every pod's status.
     pub fn heartbeat(&mut self, now_ms: u64) -> firmware_proto::Status {
         let node = self.usage.node();
-        // The statvfs field types are u32 on some 32-bit targets.
-        #[allow(clippy::unnecessary_cast)]
-        let disk_free_mib = nix::sys::statvfs::statvfs(&self.paths.data_dir)
-            .map(|s| (s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20)) as u32)
+        let disk_free_mib = crate::claims::free_bytes(&self.paths.data_dir)
+            .map(|bytes| u32::try_from(bytes >> 20).unwrap_or(u32::MAX))
             .unwrap_or(0);
         let statuses = self.statuses_with_usage(now_ms);
         let mut replicas = heapless::Vec::new();

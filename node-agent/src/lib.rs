@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod channel;
+pub mod claims;
 pub mod cli;
 pub mod enrolment;
 pub mod grpc;

@@ -125,6 +125,11 @@ pub fn unit_hash(unit: &Unit<'_>, document: &PodDocument) -> u64 {
             {
                 reference.hash(&mut hasher);
             }
+            if let PodVolumeSource::Claim { index } = volume.source
+                && let Some(claim) = document.claims.get(usize::from(index))
+            {
+                claim.hash(&mut hasher);
+            }
         }
     }
     hasher.finish()
@@ -224,11 +229,18 @@ pub fn container_config_on(
                 })?;
                 (dir, true)
             }
+            PodVolumeSource::Claim { index } => {
+                // The decoder checked the index is inside the document.
+                let claim = &document.claims[usize::from(*index)];
+                let dir = crate::claims::ensure(&paths.data_dir, claim)
+                    .map_err(|e| WorkloadError::Volume { volume: name.clone(), reason: e.to_string() })?;
+                (dir, mount.read_only)
+            }
         };
         let source = if mount.sub_path.is_empty() {
             source
         } else {
-            let create = matches!(volume.source, PodVolumeSource::EmptyDir { .. });
+            let create = matches!(volume.source, PodVolumeSource::EmptyDir { .. } | PodVolumeSource::Claim { .. });
             beneath(&source, mount.sub_path.as_str(), create).map_err(volume_err)?
         };
         mounts.push(MountSpec { source, destination, read_only, tmpfs: false });

@@ -630,6 +630,7 @@ fn document(generation: u64, id: &str, image: Option<&ImageRef>) -> Vec<u8> {
         generation,
         pods: pods.try_into().unwrap(),
         config: Default::default(),
+        claims: Default::default(),
     };
     firmware_proto::encode_signed_to_vec(&document, |_| Bytes([0; 64])).unwrap()
 }

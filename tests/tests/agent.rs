@@ -96,6 +96,7 @@ fn write_desired_signed(setup: &Setup, document: &DesiredDocument, key: &Signing
         generation: document.generation,
         pods: pods.try_into().unwrap(),
         config: config.try_into().unwrap(),
+        claims: Default::default(),
     };
     std::fs::write(setup.desired_file.join("pods.frame"), firmware_proto::encode_signed_to_vec(&pods, sign).unwrap())
         .unwrap();

@@ -137,6 +137,9 @@ impl Table {
             Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
             Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
             Kind::Namespace => vec!["NAME", "AGE"],
+            Kind::PersistentVolumeClaim => {
+                vec!["NAME", "STATUS", "NODE", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"]
+            }
             Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT", "MESSAGE"],
         };
         if self.wide {
@@ -270,6 +273,20 @@ impl Table {
                 cells![name, t, o.data_keys().len().to_string(), age]
             }
             Kind::Namespace => cells![name, age],
+            Kind::PersistentVolumeClaim => {
+                let spec = o.typed_spec::<crate::manifest::types::ClaimSpec>().unwrap_or_default();
+                let s: crate::status::ClaimStatus = o.status();
+                let phase = if o.is_retired() { "Terminating".to_owned() } else { s.phase.clone() };
+                let size = spec.resources.requests.get("storage").map(|q| q.text()).unwrap_or_default();
+                let modes =
+                    if spec.access_modes.is_empty() { "RWO".to_owned() } else { access_modes(&spec.access_modes) };
+                let class = spec
+                    .storage_class_name
+                    .clone()
+                    .unwrap_or_else(|| crate::manifest::types::LOCAL_STORAGE_CLASS.to_owned());
+                let node = s.node_name.clone().unwrap_or_default();
+                cells![name, or_dash(&phase), or_dash(&node), or_dash(&size), modes, class, age]
+            }
             Kind::Event => {
                 let f = crate::events::fields(o);
                 let object = format!("{}/{}", f.involved_object.kind.to_lowercase(), f.involved_object.name);
@@ -406,6 +423,18 @@ pub struct ColumnDefinition {
 pub struct TableRow {
     /// The cells, in column order.
     pub cells: Vec<String>,
+}
+
+/// kubectl's short forms of access modes (`RWO,ROX`).
+fn access_modes(modes: &[String]) -> String {
+    let short = |m: &String| match m.as_str() {
+        "ReadWriteOnce" => "RWO".to_owned(),
+        "ReadOnlyMany" => "ROX".to_owned(),
+        "ReadWriteMany" => "RWX".to_owned(),
+        "ReadWriteOncePod" => "RWOP".to_owned(),
+        other => other.to_owned(),
+    };
+    modes.iter().map(short).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`job`]: run to completion.
 //! - [`node_lifecycle`]: a lost node's replicas move (eviction).
 //! - [`scheduling`]: pending, pinned replicas -> nodes.
+//! - [`claims`]: which device a replica's persistent volume claims hold it to.
 //! - [`image_pinning`]: image digests and architectures on replicas.
 //! - [`endpoints`]: each Service's ready endpoints.
 //! - [`workload`]: replica names and templates, shared by the workload
@@ -30,12 +31,14 @@
 //! | Pod `metadata.annotations[flotilla.io/image-digest, image-archs, image-error]` | [`image_pinning`] |
 //! | Pod `metadata.deletionTimestamp` | the rollouts (`Op::Retire`, set once by the store) |
 //! | Pod `spec.nodeName`, status `PodScheduled` and Pending reasons (also `InvalidReplica`, `TooManyReplicas`: what its node's document leaves out) | [`scheduling`] |
-//! | Pod status of a lost node's DaemonSet replica (`Unknown`, `NodeLost`); deletes of its retired replicas | [`node_lifecycle`] |
+//! | Pod status of a lost node's DaemonSet replica (`Unknown`, `NodeLost`) and of a replica its claim holds there (`Unknown`, `WaitingForVolume`); deletes of its retired replicas | [`node_lifecycle`] |
+//! | PersistentVolumeClaim `status` (the device it is bound to) | [`scheduling`] (see [`claims`]) |
 //! | Node `Ready` condition (registration, leases, Last Will) | the fleet inbox |
 //! | Deployment, DaemonSet, Job `status` | [`deployment`], [`daemonset`], [`job`] |
 //! | Service `status` (endpoints) | [`endpoints`] |
 //! | Pod status reported by the node (phase once running, restarts, usage, Ready) | the fleet inbox |
 
+pub mod claims;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;

@@ -12,12 +12,15 @@
 //!   stopped, and the node is gone);
 //! - a DaemonSet's stays bound and says `Unknown` / `NodeLost` (it belongs
 //!   to that node and runs again when the node is back);
+//! - one that mounts a claim bound to that node stays bound and says
+//!   `Unknown` / `WaitingForVolume` (its data is there), unless the claim's
+//!   `flotilla.io/on-device-lost` annotation says `reschedule`;
 //! - any other is handed to [`super::scheduling`] to be placed elsewhere
 //!   in the same pass ([`Evictions::moving`]): one write binds it to its new
 //!   node, or unbinds it with the reason no node can take it.
 //!
-//! Writes: the status of a lost node's DaemonSet replicas, and deletes of
-//! its retired replicas. `spec.nodeName` stays the scheduling controller's.
+//! Writes: the status of a lost node's DaemonSet replicas and of those its
+//! claims hold there, and deletes of its retired replicas. `spec.nodeName` stays the scheduling controller's.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -99,6 +102,14 @@ pub fn reconcile<'s>(
     }
     // The lost nodes' pods, from the store's index by node.
     let mut moving_from: BTreeMap<&str, usize> = BTreeMap::new();
+    let claims = super::claims::Claims::new(snapshot);
+    let held = |pod: &ApiObject, node: &str| {
+        if claims.is_empty() {
+            return None;
+        }
+        let spec = pod.typed_spec::<crate::manifest::types::PodSpec>()?;
+        claims.holding(&spec, &pod.metadata.namespace, node)
+    };
     for (node, why) in &lost {
         for pod in snapshot.pods_on(node) {
             let status = pod.typed_status::<PodStatus>();
@@ -108,16 +119,12 @@ pub fn reconcile<'s>(
             if pod.is_retired() {
                 ops.push(Op::Delete(pod.key(), Some(pod.resource_version())));
             } else if pod.metadata.owner_references.iter().any(|o| o.kind == Kind::DaemonSet) {
-                if status.reason != "NodeLost" {
-                    let mut status = status.into_owned();
-                    status.phase = PodPhase::Unknown;
-                    status.reason = "NodeLost".into();
-                    status.message = format!("node {node} lost ({why}); it runs again when the node is back");
-                    set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, false, "NodeLost", ""));
-                    let mut marked = ApiObject::clone(pod);
-                    marked.set_status(&status);
-                    ops.push(Op::UpdateStatus(marked));
-                }
+                let message = format!("node {node} lost ({why}); it runs again when the node is back");
+                stays(pod, &status, "NodeLost", message, ops);
+            } else if let Some(claim) = held(pod, node) {
+                let why = format!("was lost ({why})");
+                let message = super::claims::waiting_message(&claim.metadata.name, node, &why);
+                stays(pod, &status, "WaitingForVolume", message, ops);
             } else {
                 let key = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
                 evictions.moving.insert(key, format!("node {node} lost ({why})"));
@@ -130,6 +137,22 @@ pub fn reconcile<'s>(
         tracing::warn!(node, replicas, reason = %lost[node], "node lost: its replicas move");
     }
     (evictions, requeue)
+}
+
+/// Marks a replica that stays on its lost node: `Unknown`, not Ready, and
+/// why (once).
+fn stays(pod: &ApiObject, status: &PodStatus, reason: &str, message: String, ops: &mut Vec<Op>) {
+    if status.reason == reason {
+        return;
+    }
+    let mut status = status.clone();
+    status.phase = PodPhase::Unknown;
+    status.reason = reason.into();
+    status.message = message;
+    set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, false, reason, ""));
+    let mut marked = ApiObject::clone(pod);
+    marked.set_status(&status);
+    ops.push(Op::UpdateStatus(marked));
 }
 
 /// The status of a replica leaving a lost node: `Pending` until its new

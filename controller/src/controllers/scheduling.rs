@@ -27,6 +27,7 @@ use crate::store::Op;
 
 use crate::replica_spec::{self, References};
 
+use super::claims::{self, Claims};
 use super::node_lifecycle::{self, Evictions};
 use super::{PASS_SLICE, Snapshot, image_pinning};
 
@@ -110,12 +111,20 @@ fn scheduler_node(node: &ApiObject) -> sched::Node {
             other => _ = allocatable.extended.insert(other.to_owned(), q.as_units() as u64),
         }
     }
+    // Room for new claims: the free disk the agent reports (less, when a
+    // pass places claims, what the claims bound there already asked).
+    if let Some(free) = status.usage.as_ref().map(|u| u.disk_free_bytes).filter(|b| *b > 0) {
+        allocatable.extended.insert(claims::LOCAL_STORAGE.to_owned(), free);
+    }
     let mut out = sched::Node::new(&node.metadata.name, allocatable.clone(), max_workloads)
         .with_ready(status.is_ready() && !spec.unschedulable);
     out.capacity = allocatable;
     out.arch = status.node_info.architecture.clone();
     out.os = status.node_info.operating_system.clone();
     out.labels = node.metadata.labels.clone();
+    // Every node answers to its own name, whatever labels a Node manifest
+    // left it: claims pin replicas by it.
+    out.labels.insert(claims::HOSTNAME_LABEL.to_owned(), node.metadata.name.clone());
     out.taints = spec.taints.iter().filter_map(taint).collect();
     out.compact_profile = profile == firmware_proto::Profile::Compact;
     out
@@ -212,6 +221,10 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
     let mut unbinds: Vec<(&ApiObject, &str, &str, String)> = Vec::new();
     let mut created_bound: Vec<(&ApiObject, &str)> = Vec::new();
+    let claims = Claims::new(snapshot);
+    // Claims bound this pass: by the first replica placed that mounts one.
+    let mut binding: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut claim_ops: Vec<Op> = Vec::new();
     // What may need placing or a word: pending replicas and those in an
     // unknown phase (the store's index by phase), and those leaving lost
     // nodes. The rest of the fleet, running, is read only if something is
@@ -230,6 +243,20 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         let leaving = evictions.moving.get(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str()));
         match (pod.node_name(), leaving) {
             (Some(node), None) => {
+                // Bound at creation with a claim not bound yet: the claim
+                // is bound to its node.
+                if status.phase == PodPhase::Pending
+                    && !claims.is_empty()
+                    && !pod.is_retired()
+                    && let Some(spec) = pod.typed_spec::<PodSpec>()
+                    && let Ok(needs) = claims.needs(&spec, &pod.metadata.namespace)
+                {
+                    for claim in needs.binds {
+                        if binding.insert(claim.key()) {
+                            claim_ops.push(Op::UpdateStatus(claims::bound_to(claim, node)));
+                        }
+                    }
+                }
                 // Bound at creation (a DaemonSet's, a replacement in place)
                 // to a node its image turned out not to run on: it stays
                 // off that node's document, and says why. (One that runs
@@ -250,11 +277,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             (_, leaving) => {
                 let Some(spec) = pod.typed_spec::<PodSpec>() else { continue };
                 let missing = missing_references(&spec, &pod.metadata.namespace, snapshot);
-                // Placed only once its references exist and the scheduler
-                // knows where its image runs: never bound first and taken
-                // back.
+                let needs = claims.needs(&spec, &pod.metadata.namespace);
+                // Placed only once its references exist, its claims' device
+                // is there and the scheduler knows where its image runs:
+                // never bound first and taken back.
                 let waiting = if !missing.is_empty() {
                     Some(("MissingReference", missing.join("; ")))
+                } else if let Err((reason, message)) = &needs {
+                    Some((*reason, message.clone()))
                 } else if !image_pinning::is_pinned(pod) {
                     let message = match pod.metadata.annotations.get(image_pinning::IMAGE_ERROR_ANNOTATION) {
                         Some(error) => error.clone(),
@@ -267,12 +297,25 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                 } else {
                     None
                 };
+                let needs = needs.unwrap_or_default();
+                let replica = || {
+                    let mut replica = scheduler_replica(pod, &spec);
+                    Claims::constrain(&needs, &mut replica);
+                    replica
+                };
+                // One replica at a time binds a claim: the others that
+                // mount it follow it there in a later pass.
+                if waiting.is_none() && needs.binds.iter().any(|c| binding.contains(&c.key())) {
+                    continue;
+                }
+                let mut placing = |replica, leaving| {
+                    binding.extend(needs.binds.iter().map(|c| c.key()));
+                    Placing { pod, replica, leaving, pinned_by: needs.node.clone(), binds: needs.binds.clone() }
+                };
                 match (waiting, leaving) {
                     // Leaving a lost node for a wait: off the node first.
                     (Some((reason, message)), Some(why)) => unbinds.push((pod, reason, why.as_str(), message)),
-                    (Some(("ImageNotPinned", message)), None) => {
-                        unpinned.push((pod, scheduler_replica(pod, &spec), message))
-                    }
+                    (Some(("ImageNotPinned", message)), None) => unpinned.push((pod, replica(), message)),
                     (Some((reason, message)), None) => blocked.push((pod, reason, message)),
                     (None, Some(why)) => {
                         // Spread, not packed: a lost node's replicas go to
@@ -280,18 +323,21 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                         // start them at once (one device starts its
                         // containers one after another) and no one device
                         // takes them all.
-                        let mut replica = scheduler_replica(pod, &spec);
+                        let mut replica = replica();
                         replica.score_mode = sched::ScoreMode::Spread;
-                        moving.push(Placing { pod, replica, leaving: Some(why.as_str()) });
+                        moving.push(placing(replica, Some(why.as_str())));
                     }
-                    (None, None) => {
-                        pending.push(Placing { pod, replica: scheduler_replica(pod, &spec), leaving: None })
-                    }
+                    (None, None) => pending.push(placing(replica(), None)),
                 }
             }
         }
     }
-    let refs = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets, node: None };
+    let refs = References {
+        config_maps: &snapshot.config_maps,
+        secrets: &snapshot.secrets,
+        node: None,
+        claims: &snapshot.claims,
+    };
     let registry = snapshot.default_registry.as_str();
     // What no longer holds its node after this pass: deleted or retired by
     // it, or leaving a lost node (looked up only on the nodes left).
@@ -302,7 +348,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                 && evictions.moving.contains_key(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str())))
     };
     blocked.extend(left_out_of_documents(snapshot, &created_bound, arch_of(), registry, &gone));
-    let mut ops = Vec::new();
+    let mut ops = claim_ops;
     for (pod, reason, message) in blocked {
         pending_status(pod, reason, &message, &mut ops);
     }
@@ -340,8 +386,20 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     }
     // Each node's model is kept with the stored node and shared with the
     // view, not copied.
-    let nodes: Vec<Arc<sched::Node>> =
+    let mut nodes: Vec<Arc<sched::Node>> =
         snapshot.nodes.iter().map(|n| n.memo(|n| Arc::new(scheduler_node(n))).into_owned()).collect();
+    // A claim reserves its size on its device: what a new one may take is
+    // the free disk less the claims bound there.
+    if placing.iter().any(|p| !p.binds.is_empty()) {
+        let reserved = claims.bound_bytes();
+        for node in &mut nodes {
+            if let Some(bytes) = reserved.get(node.id.as_str())
+                && let Some(free) = Arc::make_mut(node).allocatable.extended.get_mut(claims::LOCAL_STORAGE)
+            {
+                *free = free.saturating_sub(*bytes);
+            }
+        }
+    }
     // Every replica that holds its node (not ended, not gone), read node by
     // node from the store's index: the node's id is shared, not made again
     // per replica.
@@ -381,10 +439,22 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         let mut status_only = bound;
         status_only.metadata.resource_version.clear();
         ops.push(Op::UpdateStatus(status_only));
+        // Its claims are bound where it landed, in the same commit.
+        for claim in &placing.binds {
+            ops.push(Op::UpdateStatus(claims::bound_to(claim, placement.node.as_str())));
+        }
     }
     for unplaced in &plan.unplaced {
         let Some(placing) = by_id.get(unplaced.replica.as_str()) else { continue };
-        let reason = unplaced.reason.to_string();
+        let reason = match &placing.pinned_by {
+            Some((node, claim)) => {
+                format!(
+                    "claim {claim:?} holds its data on device {node}, which cannot take it now: {}",
+                    unplaced.reason
+                )
+            }
+            None => unplaced.reason.to_string(),
+        };
         match placing.leaving {
             Some(why) => unbind(placing.pod, "Unschedulable", why, &reason, &mut ops),
             None => pending_status(placing.pod, "Unschedulable", &reason, &mut ops),
@@ -429,7 +499,12 @@ fn left_out_of_documents<'s>(
 ) -> Vec<(&'s ApiObject, &'static str, String)> {
     let mut out = Vec::new();
     let mut nodes: BTreeSet<&str> = BTreeSet::new();
-    let unplaced = References { config_maps: &snapshot.config_maps, secrets: &snapshot.secrets, node: None };
+    let unplaced = References {
+        config_maps: &snapshot.config_maps,
+        secrets: &snapshot.secrets,
+        node: None,
+        claims: &snapshot.claims,
+    };
     for &(pod, node) in created_bound {
         match replica_spec::check(pod, &unplaced, default_registry) {
             Ok(_) => {
@@ -470,6 +545,10 @@ struct Placing<'s> {
     replica: sched::Replica,
     /// Why it leaves its node, if it leaves a lost one.
     leaving: Option<&'s str>,
+    /// The device its claims hold it to, and the claim that does.
+    pinned_by: Option<(&'s str, String)>,
+    /// Claims it binds where it is placed.
+    binds: Vec<&'s ApiObject>,
 }
 
 /// Takes a replica leaving a lost node off it: `NodeLost`, and in its

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub secrets: Vec<Arc<ApiObject>>,
     /// Services.
     pub services: Vec<Arc<ApiObject>>,
+    /// PersistentVolumeClaims.
+    pub claims: Vec<Arc<ApiObject>>,
     /// Events.
     pub events: Vec<Arc<ApiObject>>,
     /// When it was read: rollouts time readiness and deadlines against it.
@@ -149,6 +151,7 @@ impl Snapshot {
             config_maps: list(Kind::ConfigMap),
             secrets: list(Kind::Secret),
             services: list(Kind::Service),
+            claims: list(Kind::PersistentVolumeClaim),
             events: list(Kind::Event),
             now: Some(std::time::SystemTime::now()),
             eviction: Default::default(),

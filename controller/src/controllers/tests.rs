@@ -642,7 +642,7 @@ fn only_what_daemon_sets_read_of_a_node_scopes_them_in() {
     assert!(!noted(node(), &mut marks), "the same again");
     let mut used = node();
     let mut status: crate::status::NodeStatus = used.status();
-    status.usage = Some(crate::status::Usage { cpu_millis: 900, memory_bytes: 1 << 30 });
+    status.usage = Some(crate::status::Usage { cpu_millis: 900, memory_bytes: 1 << 30, ..Default::default() });
     used.set_status(&status);
     assert!(!noted(used.clone(), &mut marks), "only its usage moved");
     let mut relabelled = used.clone();
@@ -653,4 +653,138 @@ fn only_what_daemon_sets_read_of_a_node_scopes_them_in() {
     status.conditions = vec![crate::status::Condition::new(ConditionType::Ready, false, "Unreachable", "")];
     lost.set_status(&status);
     assert!(noted(lost, &mut marks), "its readiness changed");
+}
+
+/// A device with free disk for claims.
+fn disk_node(f: &Fixture, name: &str, disk_free: &str) {
+    let free = crate::manifest::Quantity::parse(disk_free).unwrap().as_units() as u64;
+    f.node_with(
+        name,
+        &[],
+        json!({"capacity": {"cpu": "4", "memory": "4Gi", "pods": "16"},
+               "nodeInfo": {"architecture": "arm64", "operatingSystem": "linux"},
+               "conditions": [{"type": "Ready", "status": "True"}],
+               "usage": {"cpuMillis": 0, "memoryBytes": 0, "diskFreeBytes": free}}),
+    );
+}
+
+fn claim_and_database(size: &str, policy: Option<&str>, image: &str) -> String {
+    let annotations = policy.map_or(String::new(), |p| format!("  annotations: {{flotilla.io/on-device-lost: {p}}}\n"));
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n{annotations}spec:\n  \
+         accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: {size}}}}}\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: db}}\nspec:\n  replicas: 1\n  \
+         selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      \
+         containers:\n      - name: db\n        image: {image}\n        \
+         volumeMounts: [{{name: data, mountPath: /var/lib/db}}]\n      \
+         volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]\n"
+    )
+}
+
+fn claim_status(f: &Fixture) -> crate::status::ClaimStatus {
+    f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data")).unwrap().status()
+}
+
+fn lose(f: &Fixture, name: &str) {
+    let mut node = f.store.get(&ObjectKey::new(Kind::Node, "", name)).unwrap();
+    let mut status: crate::status::NodeStatus = node.status();
+    let mut unreachable = crate::status::Condition::new(ConditionType::Ready, false, "Unreachable", "last will");
+    unreachable.last_transition_time =
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() - Duration::from_secs(5)).to_string();
+    crate::status::set_condition(&mut status.conditions, unreachable);
+    node.set_status(&status);
+    f.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
+}
+
+fn live(f: &Fixture) -> Vec<ApiObject> {
+    f.pods().into_iter().filter(|p| !p.is_retired()).collect()
+}
+
+#[test]
+fn a_claim_binds_where_its_first_replica_lands_and_holds_its_replicas_there() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    disk_node(&f, "pi-2", "8Gi");
+    f.apply(&claim_and_database("2Gi", None, "registry.local/db:1"));
+    f.settle();
+    let pods = live(&f);
+    assert_eq!(pods.len(), 1);
+    let first = pods[0].node_name().unwrap().to_owned();
+    let claim = claim_status(&f);
+    assert_eq!((claim.phase.as_str(), claim.node_name.as_deref()), ("Bound", Some(first.as_str())));
+    assert_eq!(claim.capacity["storage"], "2Gi");
+
+    // A rollout: the new replica goes where the data is, however empty the
+    // other device.
+    f.apply(&claim_and_database("2Gi", None, "registry.local/db:2"));
+    f.settle();
+    let new: Vec<ApiObject> = live(&f).into_iter().filter(|p| p.metadata.name != pods[0].metadata.name).collect();
+    assert_eq!(new.len(), 1, "{:?}", names(&live(&f)));
+    assert_eq!(new[0].node_name(), Some(first.as_str()));
+
+    // The device is lost: its replicas stay, waiting for it, and say why.
+    lose(&f, &first);
+    f.settle();
+    for pod in live(&f) {
+        let status: PodStatus = pod.status();
+        assert_eq!(pod.node_name(), Some(first.as_str()), "{} moved", pod.metadata.name);
+        assert_eq!((status.phase.as_str(), status.reason.as_str()), ("Unknown", "WaitingForVolume"));
+        assert!(
+            status.message.contains(&format!("device {first}, which was lost (Unreachable)")),
+            "{}",
+            status.message
+        );
+    }
+    assert_eq!(claim_status(&f).node_name.as_deref(), Some(first.as_str()), "the claim stays");
+}
+
+#[test]
+fn a_claim_whose_policy_is_reschedule_moves_with_its_replica_and_starts_empty() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    disk_node(&f, "pi-2", "8Gi");
+    f.apply(&claim_and_database("2Gi", Some("reschedule"), "registry.local/db:1"));
+    f.settle();
+    let first = live(&f)[0].node_name().unwrap().to_owned();
+    lose(&f, &first);
+    f.settle();
+    let pods = live(&f);
+    let other = if first == "pi-1" { "pi-2" } else { "pi-1" };
+    assert_eq!(pods[0].node_name(), Some(other));
+    assert_eq!(claim_status(&f).node_name.as_deref(), Some(other), "bound again where it landed");
+}
+
+#[test]
+fn a_replica_waits_with_a_reason_for_a_missing_claim_a_claim_too_big_and_a_lost_device() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    // No claim yet.
+    f.apply(claim_and_database("2Gi", None, "registry.local/db:1").split("---").nth(1).unwrap());
+    f.settle();
+    let status: PodStatus = live(&f)[0].status();
+    assert_eq!(status.reason, "MissingReference");
+    assert!(status.message.contains("persistentvolumeclaim \"data\" not found"), "{}", status.message);
+
+    // A claim larger than any device's free disk is not bound.
+    f.apply(&claim_and_database("20Gi", None, "registry.local/db:1"));
+    f.settle();
+    let status: PodStatus = live(&f)[0].status();
+    assert_eq!(status.reason, "Unschedulable");
+    assert!(status.message.contains(super::claims::LOCAL_STORAGE), "{}", status.message);
+    assert_eq!(claim_status(&f).node_name, None);
+    assert_eq!(live(&f)[0].node_name(), None);
+
+    // Room once the device reports more free disk; then a new replica of a
+    // claim on a lost device waits for it, unplaced.
+    disk_node(&f, "pi-1", "64Gi");
+    f.settle();
+    assert_eq!(live(&f)[0].node_name(), Some("pi-1"));
+    lose(&f, "pi-1");
+    f.settle();
+    f.store.commit(vec![Op::Delete(live(&f)[0].key(), None)]).unwrap();
+    f.settle();
+    let pods = live(&f);
+    let status: PodStatus = pods[0].status();
+    assert_eq!((pods[0].node_name(), status.reason.as_str()), (None, "WaitingForVolume"));
+    assert!(status.message.contains("device pi-1, which is not ready (Unreachable)"), "{}", status.message);
 }

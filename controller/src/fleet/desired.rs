@@ -29,7 +29,7 @@ use crate::controllers::Snapshot;
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey};
 use crate::replica_spec::{self, References};
-use crate::status::{NodeStatus, PodStatus};
+use crate::status::{ClaimStatus, NodeStatus, PodStatus};
 use crate::store::{EventType, Store, WatchEvent};
 
 pub use crate::controllers::image_pinning::{IMAGE_ARCHS_ANNOTATION, IMAGE_DIGEST_ANNOTATION};
@@ -186,7 +186,9 @@ impl Changes {
                 self.dirty.services = true;
             }
             Kind::Service => self.dirty.services = true,
-            Kind::ConfigMap | Kind::Secret => self.dirty.all = true,
+            // Claims change rarely (bound once, deleted once), and the node
+            // a deleted one was on is known only from what it was.
+            Kind::ConfigMap | Kind::Secret | Kind::PersistentVolumeClaim => self.dirty.all = true,
             _ => {}
         }
     }
@@ -370,6 +372,18 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
     }
     let config_maps: Vec<Arc<ApiObject>> = view.list(Kind::ConfigMap, None).cloned().collect();
     let secrets: Vec<Arc<ApiObject>> = view.list(Kind::Secret, None).cloned().collect();
+    let claims: Vec<Arc<ApiObject>> = view.list(Kind::PersistentVolumeClaim, None).cloned().collect();
+    // Each node keeps the claims bound to it, mounted by a pod or not: a
+    // claim a document leaves out is deleted on the device.
+    let mut claims_on: HashMap<&str, Vec<firmware_proto::pod::Claim>> = HashMap::new();
+    for claim in &claims {
+        let Some(node) = claim.typed_status::<ClaimStatus>().node_name.clone() else { continue };
+        let Some(node) = node_object.get_key_value(node.as_str()).map(|(n, _)| *n) else { continue };
+        match replica_spec::claim_of(claim) {
+            Ok(listed) => claims_on.entry(node).or_default().push(listed),
+            Err(e) => tracing::warn!(claim = %claim.metadata.name, error = e, "claim left out of its node's document"),
+        }
+    }
     let mut out = Vec::new();
     let mut documents = published.lock();
     for (node, pods) in by_node {
@@ -380,7 +394,7 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
         let object = node_object.get(node.as_str()).copied();
         let profile =
             object.map_or(firmware_proto::Profile::Linux, |n| n.typed_status::<NodeStatus>().node_info.profile());
-        let refs = References { config_maps: &config_maps, secrets: &secrets, node: object };
+        let refs = References { config_maps: &config_maps, secrets: &secrets, node: object, claims: &claims };
         // What is left out is said on the replica by the scheduling
         // controller, which makes the same projection.
         let document = replica_spec::document(pods, &refs, default_registry, profile);
@@ -392,6 +406,12 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
         let images: Vec<Vec<[u8; 32]>> =
             document.pods.iter().map(|p| p.all_containers().map(|c| c.image.digest.0).collect()).collect();
         let config: Vec<[u8; 32]> = document.table.objects.iter().map(|e| e.digest).collect();
+        let mut node_claims = document.table.claims.clone();
+        for bound in claims_on.get(node.as_str()).into_iter().flatten() {
+            if !node_claims.iter().any(|c| c.id == bound.id) {
+                node_claims.push(bound.clone());
+            }
+        }
         let containers: Vec<Vec<ContainerShape>> = document
             .pods
             .iter()
@@ -407,6 +427,7 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
             profile.hash(&mut hasher);
             document.pods.hash(&mut hasher);
             config.hash(&mut hasher);
+            node_claims.hash(&mut hasher);
             hasher.finish()
         };
         let retired = retired.remove(&node).unwrap_or_default();
@@ -451,9 +472,10 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
         let encoded = match profile {
             firmware_proto::Profile::Linux => {
                 let pods = firmware_proto::heap::List::try_from(document.pods.clone()).map_err(|e| e.to_string());
-                pods.and_then(|pods| {
-                    let doc =
-                        firmware_proto::pod::PodDocument { node_id, generation, pods, config: document.table.refs() };
+                let claims = firmware_proto::heap::List::try_from(node_claims).map_err(|e| e.to_string());
+                pods.and_then(|pods| Ok((pods, claims?))).and_then(|(pods, claims)| {
+                    let config = document.table.refs();
+                    let doc = firmware_proto::pod::PodDocument { node_id, generation, pods, config, claims };
                     firmware_proto::encode_signed_to_vec(&doc, |bytes| key.sign(bytes)).map_err(|e| e.to_string())
                 })
             }

@@ -431,6 +431,7 @@ impl Inbox {
         let usage = Usage {
             cpu_millis: u64::from(status.usage.cpu_millis),
             memory_bytes: u64::from(status.usage.memory_kib) * 1024,
+            disk_free_bytes: u64::from(status.usage.disk_free_mib) << 20,
         };
         self.pending.push(
             ObjectKey::new(Kind::Node, "", node),
@@ -690,9 +691,11 @@ fn container_statuses(
             ready: entry.is_some_and(|e| e.ready),
             restart_count: entry.map_or(0, |e| e.restarts),
             state,
-            usage: entry
-                .filter(|e| e.state == firmware_proto::ContainerState::Running)
-                .map(|e| Usage { cpu_millis: u64::from(e.cpu_millis), memory_bytes: u64::from(e.memory_kib) * 1024 }),
+            usage: entry.filter(|e| e.state == firmware_proto::ContainerState::Running).map(|e| Usage {
+                cpu_millis: u64::from(e.cpu_millis),
+                memory_bytes: u64::from(e.memory_kib) * 1024,
+                ..Usage::default()
+            }),
         };
         if shape.init { init.push(status) } else { app.push(status) }
     }
@@ -761,7 +764,11 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus, con
         &mut new.conditions,
         Condition::new(ConditionType::Ready, ready, if ready { "" } else { "NotReady" }, ""),
     );
-    let usage = Usage { cpu_millis: u64::from(replica.cpu_millis), memory_bytes: u64::from(replica.memory_kib) * 1024 };
+    let usage = Usage {
+        cpu_millis: u64::from(replica.cpu_millis),
+        memory_bytes: u64::from(replica.memory_kib) * 1024,
+        ..Usage::default()
+    };
     if usage_moved(old.usage.as_ref(), &usage) {
         new.usage = Some(usage);
     }
@@ -797,15 +804,19 @@ fn reported_status(old: &PodStatus, replica: &firmware_proto::ReplicaStatus, con
 
 /// Whether reported usage differs enough from what is stored to be worth
 /// a store write: by more than a quarter and more than 10 m of CPU or
-/// 256 KiB of memory. Usage jitters on every heartbeat; writing each jitter
-/// of 10,000 devices kept the store busy with nothing to say.
+/// 256 KiB of memory; free disk by more than a sixteenth and 64 MiB (what
+/// a new claim is checked against). Usage jitters on every heartbeat;
+/// writing each jitter of 10,000 devices kept the store busy with nothing
+/// to say.
 fn usage_moved(stored: Option<&Usage>, reported: &Usage) -> bool {
-    let moved = |old: u64, new: u64, floor: u64| {
+    let moved = |old: u64, new: u64, floor: u64, share: u64| {
         let delta = old.abs_diff(new);
-        delta > floor && delta.saturating_mul(4) > old
+        delta > floor && delta.saturating_mul(share) > old
     };
     stored.is_none_or(|old| {
-        moved(old.cpu_millis, reported.cpu_millis, 10) || moved(old.memory_bytes, reported.memory_bytes, 256 << 10)
+        moved(old.cpu_millis, reported.cpu_millis, 10, 4)
+            || moved(old.memory_bytes, reported.memory_bytes, 256 << 10, 4)
+            || moved(old.disk_free_bytes, reported.disk_free_bytes, 64 << 20, 16)
     })
 }
 
@@ -954,17 +965,22 @@ mod tests {
 
     #[test]
     fn usage_is_written_when_it_moves_by_more_than_a_quarter() {
-        let usage = |cpu_millis, mib: u64| Usage { cpu_millis, memory_bytes: mib << 20 };
+        let usage = |cpu_millis, mib: u64| Usage { cpu_millis, memory_bytes: mib << 20, ..Usage::default() };
         assert!(usage_moved(None, &usage(0, 0)));
         assert!(!usage_moved(Some(&usage(100, 64)), &usage(110, 70)), "jitter");
         assert!(!usage_moved(Some(&usage(0, 0)), &usage(8, 0)), "below the floors");
         // A small container's first real figures are written: a 4 MiB floor
         // left every busybox replica of the demo at 0 for good.
-        let kib = |cpu_millis, kib: u64| Usage { cpu_millis, memory_bytes: kib << 10 };
+        let kib = |cpu_millis, kib: u64| Usage { cpu_millis, memory_bytes: kib << 10, ..Usage::default() };
         assert!(usage_moved(Some(&usage(0, 0)), &kib(0, 492)), "0 -> 492 KiB");
         assert!(!usage_moved(Some(&kib(0, 492)), &kib(0, 520)), "jitter of a small one");
         assert!(usage_moved(Some(&usage(100, 64)), &usage(200, 64)), "cpu doubled");
         assert!(usage_moved(Some(&usage(100, 64)), &usage(100, 128)), "memory doubled");
         assert!(usage_moved(Some(&usage(400, 64)), &usage(100, 64)), "cpu fell");
+        // Free disk: what a new claim is checked against.
+        let disk = |gib: u64| Usage { disk_free_bytes: gib << 30, ..usage(100, 64) };
+        assert!(!usage_moved(Some(&disk(32)), &disk(31)), "a thirty-second of the disk");
+        assert!(usage_moved(Some(&disk(32)), &disk(24)), "a quarter of the disk");
+        assert!(usage_moved(Some(&usage(100, 64)), &disk(8)), "first figure");
     }
 }

@@ -48,6 +48,8 @@ pub enum Kind {
     Namespace,
     /// Something that happened to an object, written by the controller (v1).
     Event,
+    /// Storage a replica keeps across rollouts: a directory on one device (v1).
+    PersistentVolumeClaim,
 }
 
 impl Kind {
@@ -76,6 +78,7 @@ impl Kind {
             "Secret" => Kind::Secret,
             "Node" => Kind::Node,
             "Namespace" => Kind::Namespace,
+            "PersistentVolumeClaim" => Kind::PersistentVolumeClaim,
             _ => return None,
         })
     }
@@ -97,7 +100,6 @@ const SKIPPED_KINDS: &[&str] = &[
     "ClusterRoleBinding",
     "Ingress",
     "IngressClass",
-    "PersistentVolumeClaim",
     "PersistentVolume",
     "StorageClass",
     "HorizontalPodAutoscaler",
@@ -134,6 +136,8 @@ pub enum Body {
     Secret(SecretData),
     /// A Node's operator-set spec.
     Node(NodeSpec),
+    /// A PersistentVolumeClaim's spec.
+    PersistentVolumeClaim(ClaimSpec),
     /// A Namespace has no content.
     Namespace,
 }
@@ -378,6 +382,8 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
         Kind::Node => {
             typed::<SpecDoc<NodeSpec>>(&location, value, &mut ignored).map(|d| (d.metadata, Body::Node(d.spec)))?
         }
+        Kind::PersistentVolumeClaim => typed::<SpecDoc<ClaimSpec>>(&location, value, &mut ignored)
+            .map(|d| (d.metadata, Body::PersistentVolumeClaim(d.spec)))?,
         Kind::Namespace => {
             typed::<SpecDoc<IgnoredSpec>>(&location, value, &mut ignored).map(|d| (d.metadata, Body::Namespace))?
         }
@@ -424,10 +430,34 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
         );
         parsed.warnings.push(Warning { location: location.clone(), path: "spec.type".into(), message });
     }
+    if let Body::PersistentVolumeClaim(spec) = &body {
+        claim_warnings(spec, &location, parsed);
+    }
     let object = Object { kind, metadata, body };
     validate::object(&object).map_err(|e| invalid(&e.path, e.reason))?;
     parsed.objects.push(object);
     Ok(())
+}
+
+/// What a claim asks for that a directory on one device serves otherwise.
+fn claim_warnings(spec: &ClaimSpec, location: &Location, parsed: &mut Parsed) {
+    let mut warn = |path: &str, message: String| {
+        parsed.warnings.push(Warning { location: location.clone(), path: path.to_owned(), message })
+    };
+    if let Some(class) = spec.storage_class_name.as_deref().filter(|c| *c != LOCAL_STORAGE_CLASS && !c.is_empty()) {
+        warn(
+            "spec.storageClassName",
+            format!("storage class {class:?} is served by {LOCAL_STORAGE_CLASS}: a directory on the replica's device"),
+        );
+    }
+    for (i, mode) in spec.access_modes.iter().enumerate() {
+        if !matches!(mode.as_str(), "ReadWriteOnce" | "ReadWriteOncePod") {
+            warn(
+                &format!("spec.accessModes[{i}]"),
+                format!("{mode}: a local claim is on one device; it is served as ReadWriteOnce"),
+            );
+        }
+    }
 }
 
 /// Deserializes `value` as `T`, collecting the paths of ignored fields and

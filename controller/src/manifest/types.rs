@@ -494,6 +494,56 @@ pub struct Volume {
     /// A Secret's keys as files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretVolumeSource>,
+    /// A PersistentVolumeClaim's directory on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<ClaimVolumeSource>,
+}
+
+/// `persistentVolumeClaim` volume source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimVolumeSource {
+    /// The claim's name, in the pod's namespace.
+    pub claim_name: String,
+    /// Mount it read-only in every container.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The storage class of a claim backed by a directory on its device, the
+/// only kind of volume an edge device has.
+pub const LOCAL_STORAGE_CLASS: &str = "flotilla.io/local";
+
+/// `spec` of a PersistentVolumeClaim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimSpec {
+    /// [`LOCAL_STORAGE_CLASS`] when unset; another name is served by it, with
+    /// a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// `ReadWriteOnce` (the default) or `ReadWriteOncePod`; others are served
+    /// as `ReadWriteOnce`, with a warning: a directory is on one device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    /// `requests.storage`: the size checked against the device's free disk.
+    #[serde(default)]
+    pub resources: ResourceRequirements,
+    /// `Filesystem`; `Block` is not supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
+}
+
+impl ClaimSpec {
+    /// `resources.requests.storage`, in bytes (0 when absent or invalid:
+    /// validation refuses both).
+    pub fn size_bytes(&self) -> u64 {
+        self.resources
+            .requests
+            .get("storage")
+            .and_then(|q| crate::manifest::Quantity::parse(&q.text()).ok())
+            .map_or(0, |q| u64::try_from(q.as_units()).unwrap_or(u64::MAX))
+    }
 }
 
 /// `emptyDir`.

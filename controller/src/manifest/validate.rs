@@ -70,7 +70,32 @@ pub(super) fn object(object: &Object) -> Result {
             label(&format!("spec.taints[{i}]"), &t.key, &t.value)?;
             taint_effect(&format!("spec.taints[{i}].effect"), &t.effect, false)
         }),
+        Body::PersistentVolumeClaim(spec) => claim(spec, &object.metadata.annotations),
         Body::Namespace => Ok(()),
+    }
+}
+
+/// The annotation on a claim that says what its replicas do when its device
+/// is lost: `wait` (the default) or `reschedule` (start elsewhere, empty).
+pub const ON_DEVICE_LOST_ANNOTATION: &str = "flotilla.io/on-device-lost";
+
+fn claim(spec: &ClaimSpec, annotations: &BTreeMap<String, String>) -> Result {
+    let Some(size) = spec.resources.requests.get("storage") else {
+        return fail("spec.resources.requests.storage", "missing: a claim needs a size (e.g. storage: 1Gi)");
+    };
+    let size = quantity("spec.resources.requests.storage", size)?;
+    if size.as_units() == 0 {
+        return fail("spec.resources.requests.storage", "must be more than 0");
+    }
+    if let Some(mode) = spec.volume_mode.as_deref().filter(|m| *m != "Filesystem") {
+        return fail("spec.volumeMode", format!("{mode}: not supported yet (only Filesystem)"));
+    }
+    match annotations.get(ON_DEVICE_LOST_ANNOTATION).map(String::as_str) {
+        None | Some("wait" | "reschedule") => Ok(()),
+        Some(other) => fail(
+            format!("metadata.annotations[{ON_DEVICE_LOST_ANNOTATION}]"),
+            format!("{other:?} is not wait or reschedule"),
+        ),
     }
 }
 
@@ -219,9 +244,16 @@ fn pod(path: &str, spec: &PodSpec, policies: &[&str]) -> Result {
             volume.host_path.is_some(),
             volume.config_map.is_some(),
             volume.secret.is_some(),
+            volume.persistent_volume_claim.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
-            return fail(at, "needs exactly one supported source: emptyDir, hostPath, configMap or secret");
+            return fail(
+                at,
+                "needs exactly one supported source: emptyDir, hostPath, configMap, secret or persistentVolumeClaim",
+            );
+        }
+        if let Some(claim) = &volume.persistent_volume_claim {
+            name(&format!("{at}.persistentVolumeClaim.claimName"), &claim.claim_name, 63)?;
         }
         if let Some(limit) = volume.empty_dir.as_ref().and_then(|d| d.size_limit.as_ref()) {
             quantity(&format!("{at}.emptyDir.sizeLimit"), limit)?;

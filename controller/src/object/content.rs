@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::manifest::Kind;
-use crate::manifest::types::{DaemonSetSpec, DeploymentSpec, JobSpec, NodeSpec, PodSpec, ServiceSpec};
-use crate::status::{DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, ServiceStatus};
+use crate::manifest::types::{ClaimSpec, DaemonSetSpec, DeploymentSpec, JobSpec, NodeSpec, PodSpec, ServiceSpec};
+use crate::status::{ClaimStatus, DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, ServiceStatus};
 
 /// A stored Pod's `spec`: its template's, and the node it is bound to (set
 /// by the scheduling controller only; a manifest cannot name it).
@@ -240,6 +240,7 @@ typed_part! {
         Pod(StoredPodSpec),
         Service(ServiceSpec),
         Node(NodeSpec),
+        PersistentVolumeClaim(ClaimSpec),
     }
 }
 
@@ -252,6 +253,7 @@ typed_part! {
         Pod(PodStatus),
         Service(ServiceStatus),
         Node(NodeStatus),
+        PersistentVolumeClaim(ClaimStatus),
     }
 }
 

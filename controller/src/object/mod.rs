@@ -36,6 +36,7 @@ pub const RESOURCES: &[(&str, Kind)] = &[
     ("nodes", Kind::Node),
     ("namespaces", Kind::Namespace),
     ("events", Kind::Event),
+    ("persistentvolumeclaims", Kind::PersistentVolumeClaim),
 ];
 
 /// The URL resource name of a kind (`Deployment` -> `deployments`).
@@ -57,6 +58,7 @@ pub fn kind_from_resource(name: &str) -> Option<Kind> {
         "nodes" | "node" | "no" => Kind::Node,
         "namespaces" | "namespace" | "ns" => Kind::Namespace,
         "events" | "event" | "ev" => Kind::Event,
+        "persistentvolumeclaims" | "persistentvolumeclaim" | "pvc" => Kind::PersistentVolumeClaim,
         _ => return None,
     })
 }
@@ -538,6 +540,7 @@ impl ApiObject {
             Body::Pod(s) => out.set_spec(StoredPodSpec { template: Arc::new(s.clone()), node_name: None }),
             Body::Service(s) => out.set_spec(s.clone()),
             Body::Node(s) => out.set_spec(s.clone()),
+            Body::PersistentVolumeClaim(s) => out.set_spec(s.clone()),
             Body::Namespace => {}
             Body::ConfigMap(d) => {
                 if !d.data.is_empty() || !d.binary_data.is_empty() {

@@ -54,6 +54,9 @@ pub fn lower(pod: &WirePod, table: &ConfigTable) -> Result<ReplicaSpec, String> 
                 }
                 VolumeSource::Config { index: *index as u8 }
             }
+            PodVolumeSource::Claim { .. } => {
+                return Err("a persistentVolumeClaim volume (the compact profile has no claims)".into());
+            }
         };
         let mount = VolumeMount {
             // Names are at most VOLUME_NAME_MAX = OBJECT_NAME_MAX bytes.
@@ -143,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_pod_within_the_compact_limits_lowers_and_one_past_them_names_the_limit() {
-        let refs = References { config_maps: &[], secrets: &[], node: None };
+        let refs = References { config_maps: &[], secrets: &[], node: None, claims: &[] };
         let pod = sample_pod(serde_json::json!({
             "containers": [{ "name": "app", "image": "sensor:1", "args": ["--period", "5s"],
                              "volumeMounts": [{ "name": "spool", "mountPath": "/spool" }] }],

@@ -38,6 +38,7 @@ fn pods(document: &DesiredDocument, signature: [u8; 64]) -> (Vec<u8>, Vec<Vec<u8
         generation: document.generation,
         pods: firmware_proto::heap::List::try_from(pods).unwrap(),
         config,
+        claims: Default::default(),
     };
     (firmware_proto::encode_signed_to_vec(&document, sign).unwrap(), blobs)
 }
