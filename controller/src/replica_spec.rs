@@ -432,7 +432,6 @@ pub fn build(
         } else if let Some(c) = &volume.persistent_volume_claim {
             let claim = refs
                 .claim(namespace, &c.claim_name)
-                .filter(|c| !c.is_retired())
                 .ok_or_else(|| format!("persistentvolumeclaim {:?} not found", c.claim_name))?;
             PodVolumeSource::Claim { index: table.claim_index(claim)? }
         } else {

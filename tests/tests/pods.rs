@@ -12,7 +12,11 @@
 //!   pod (`Init:...`, the app never starts) and its output says why;
 //! - `checkout-grpc.yaml`: `grpc` readiness and liveness probes against the
 //!   `hello-grpc` example (tonic's health service): v1 rolls out, and a v2
-//!   that never reports SERVING fails its rollout and is rolled back.
+//!   that never reports SERVING fails its rollout and is rolled back;
+//! - `line-3-history-claim.yaml`: a PersistentVolumeClaim keeps the
+//!   recorder's data on its device across a rollout and an agent restart,
+//!   the replica waits for its device while it is lost, and deleting the
+//!   claim deletes the data.
 //!
 //! Needs root (containers, network namespaces).
 
@@ -266,4 +270,113 @@ fn manifests_past_the_compact_limits_run_unchanged_on_a_linux_device() {
     assert!(out.contains("401 calibration rows"), "{out}");
     let out = logs(&controller, "inference", None);
     assert!(out.contains(&format!("{} /models/weights.csv", weights.len())), "{out}");
+}
+
+fn claim_dir(agent: &AgentProcess) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(agent.data.join("claims")).ok()?;
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("default.line-3-history.")))
+}
+
+fn running_recorder(controller: &ControllerProcess) -> Option<(String, String)> {
+    let pod = pod_list(controller).into_iter().find(|p| {
+        p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("history-recorder-"))
+            && p["metadata"]["deletionTimestamp"].is_null()
+            && p["status"]["phase"] == "Running"
+    })?;
+    Some((pod["metadata"]["name"].as_str()?.to_owned(), pod["spec"]["nodeName"].as_str()?.to_owned()))
+}
+
+#[test]
+fn a_replica_with_a_local_claim_keeps_its_data_across_a_rollout_and_waits_for_its_lost_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&dir.path().join("controller")).unwrap();
+    let image = push_busybox(&controller, dir.path());
+    let mut agents = vec![
+        AgentProcess::start(&controller, "pods-g", &dir.path().join("g")),
+        AgentProcess::start(&controller, "pods-h", &dir.path().join("h")),
+    ];
+    wait_for_ready_nodes(&controller, 2, Duration::from_secs(20));
+    let recorder = |revision: &str| {
+        manifest("line-3-history-claim.yaml", &image).replace(
+            r#"{name: RECORDER_REVISION, value: "1"}"#,
+            &format!(r#"{{name: RECORDER_REVISION, value: "{revision}"}}"#),
+        )
+    };
+
+    apply(&controller, &recorder("1"));
+    let (first, node) =
+        wait_or_explain("the recorder running", Duration::from_secs(60), &controller, &agents[0], || {
+            running_recorder(&controller)
+        });
+    let holder = if node == "pods-g" { 0 } else { 1 };
+    let pvc = String::from_utf8(controller.cli().unwrap().args(["get", "pvc"]).output().unwrap().stdout).unwrap();
+    let row = pvc.lines().find(|l| l.starts_with("line-3-history")).unwrap_or_default().to_owned();
+    assert_eq!(
+        row.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["line-3-history", "Bound", &node, "256Mi"],
+        "{pvc}"
+    );
+    let data =
+        wait_until("the claim's directory on its device", Duration::from_secs(10), || claim_dir(&agents[holder]));
+    assert!(claim_dir(&agents[1 - holder]).is_none(), "only the device that holds the claim has it");
+
+    // A rollout: the new recorder runs on the same device and reads what
+    // the old one wrote.
+    apply(&controller, &recorder("2"));
+    let (second, again) =
+        wait_or_explain("revision 2 running", Duration::from_secs(60), &controller, &agents[holder], || {
+            running_recorder(&controller).filter(|(name, _)| *name != first)
+        });
+    assert_eq!(again, node, "the claim holds its replica on its device");
+    let out = wait_until("revision 2's history", Duration::from_secs(20), || {
+        let out = logs(&controller, &second, None);
+        out.contains("revision 2").then_some(out)
+    });
+    assert!(out.contains(&format!("recorder {first} revision 1 started on {node}")), "{out}");
+    assert!(out.contains(&format!("recorder {second} revision 2 started on {node}")), "{out}");
+
+    // The device is lost: the recorder waits for it, bound there, and says
+    // why; nothing starts empty on the other device.
+    agents[holder].kill9();
+    let waiting = wait_until("the recorder waiting for its device", Duration::from_secs(60), || {
+        let pod = pod_named(&controller, &second)?;
+        (pod["status"]["reason"] == "WaitingForVolume").then_some(pod)
+    });
+    assert_eq!(waiting["spec"]["nodeName"], node.as_str());
+    let message = waiting["status"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("claim \"line-3-history\" holds its data on device {node}")), "{message}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agents[1 - holder].running().is_empty(), "nothing runs on the other device");
+    assert_eq!(pod_list(&controller).len(), 1);
+
+    // Back: the same replica runs there again, its data intact.
+    agents[holder] = AgentProcess::start(&controller, &node, &agents[holder].data.clone());
+    wait_or_explain("the recorder running again", Duration::from_secs(60), &controller, &agents[holder], || {
+        running_recorder(&controller).filter(|(name, _)| *name == second)
+    });
+    let starts = std::fs::read_to_string(data.join("starts.log")).unwrap();
+    assert!(starts.contains("revision 1") && starts.contains("revision 2"), "{starts}");
+
+    // Deleting the claim deletes the data, once nothing mounts it: until
+    // then it is Terminating and the recorder keeps writing.
+    let delete = |what: &[&str]| {
+        let output = controller.cli().unwrap().arg("delete").args(what).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let said = delete(&["pvc", "line-3-history"]);
+    assert!(said.contains("replicas still mount it"), "{said}");
+    let pvc = String::from_utf8(controller.cli().unwrap().args(["get", "pvc"]).output().unwrap().stdout).unwrap();
+    assert!(pvc.contains("Terminating"), "{pvc}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(data.join("samples.log").exists() && running_recorder(&controller).is_some());
+    delete(&["deployment", "history-recorder"]);
+    wait_or_explain("the claim's data deleted", Duration::from_secs(60), &controller, &agents[holder], || {
+        (!data.exists()).then_some(())
+    });
+    let pvc = String::from_utf8(controller.cli().unwrap().args(["get", "pvc"]).output().unwrap().stdout).unwrap();
+    assert!(!pvc.contains("line-3-history"), "{pvc}");
 }

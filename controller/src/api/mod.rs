@@ -594,7 +594,22 @@ pub struct DeleteQuery {
 
 async fn delete_one(state: Shared, key: ObjectKey, query: DeleteQuery) -> Result<Json<ApiObject>, ApiError> {
     let store = state.store.clone();
-    let outcome = blocking(move || store.commit(vec![Op::Delete(key, query.resource_version)])).await??;
+    let outcome = blocking(move || {
+        // A claim that replicas still mount is retired (Terminating), and
+        // deleted, data and all, once none does (the garbage collector's).
+        if key.kind == Kind::PersistentVolumeClaim {
+            let view = store.view();
+            let in_use = view
+                .list(Kind::Pod, Some(key.namespace.as_str()))
+                .any(|p| crate::controllers::claims::uses(p, &key.name));
+            if in_use && let Some(claim) = view.get(&key) {
+                let uid = claim.metadata.uid.clone();
+                return store.commit(vec![Op::Retire { key, uid }]);
+            }
+        }
+        store.commit(vec![Op::Delete(key, query.resource_version)])
+    })
+    .await??;
     Ok(Json(outcome[0].object().clone()))
 }
 

@@ -17,6 +17,10 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     for key in keys {
         match client.delete(&key) {
+            Ok(object) if object.is_retired() && key.kind == Kind::PersistentVolumeClaim => println!(
+                "{} deleting: replicas still mount it; it and its data go once they are gone",
+                display_key(&key)
+            ),
             Ok(_) => println!("{} deleted", display_key(&key)),
             Err(e) => {
                 eprintln!("error: {e:#}");

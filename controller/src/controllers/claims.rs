@@ -77,6 +77,10 @@ impl<'s> Claims<'s> {
                 let message = format!("persistentvolumeclaim {name:?} not found (volume {:?})", volume.name);
                 return Err(("MissingReference", message));
             };
+            if claim.is_retired() {
+                let message = format!("persistentvolumeclaim {name:?} is being deleted (volume {:?})", volume.name);
+                return Err(("MissingReference", message));
+            }
             let status = claim.typed_status::<ClaimStatus>();
             let Some(bound) = status.node_name.as_deref() else {
                 needs.binds.push(claim);
@@ -140,6 +144,27 @@ impl<'s> Claims<'s> {
             }
         }
         out
+    }
+}
+
+/// Whether `pod` mounts the claim `name` (of its namespace) and has not
+/// ended: a claim it mounts is not deleted under it.
+pub fn uses(pod: &ApiObject, name: &str) -> bool {
+    !pod.typed_status::<crate::status::PodStatus>().is_finished()
+        && pod.typed_spec::<PodSpec>().is_some_and(|spec| {
+            spec.volumes.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name))
+        })
+}
+
+/// Deletes the claims whose deletion waited for the replicas that mounted
+/// them (`flotilla delete pvc` retires a claim in use): once none is left.
+pub fn collect_deleted(snapshot: &Snapshot, ops: &mut Vec<crate::store::Op>) {
+    for claim in snapshot.claims.iter().filter(|c| c.is_retired()) {
+        let namespace = claim.metadata.namespace.as_str();
+        let in_use = snapshot.pods.iter().any(|p| p.metadata.namespace == namespace && uses(p, &claim.metadata.name));
+        if !in_use {
+            ops.push(crate::store::Op::Delete(claim.key(), Some(claim.resource_version())));
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Garbage collection: replicas whose owner is gone (deleted, or re-created
-//! under the same name with another uid), and events past their time.
+//! under the same name with another uid), events past their time, and
+//! deleted claims no replica mounts any more.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -51,4 +52,5 @@ pub fn reconcile(snapshot: &Snapshot, now: SystemTime, ops: &mut Vec<Op>) {
         }
     }
     crate::events::collect_garbage(&snapshot.events, now, ops);
+    super::claims::collect_deleted(snapshot, ops);
 }

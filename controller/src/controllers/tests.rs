@@ -788,3 +788,25 @@ fn a_replica_waits_with_a_reason_for_a_missing_claim_a_claim_too_big_and_a_lost_
     assert_eq!((pods[0].node_name(), status.reason.as_str()), (None, "WaitingForVolume"));
     assert!(status.message.contains("device pi-1, which is not ready (Unreachable)"), "{}", status.message);
 }
+
+#[test]
+fn a_deleted_claim_waits_for_the_replicas_that_mount_it_and_blocks_new_ones() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    f.apply(&claim_and_database("2Gi", None, "registry.local/db:1"));
+    f.settle();
+    let key = ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data");
+    let uid = f.store.get(&key).unwrap().metadata.uid.clone();
+    f.store.commit(vec![Op::Retire { key: key.clone(), uid }]).unwrap();
+    f.settle();
+    assert!(f.store.get(&key).is_some(), "kept while its replica mounts it");
+    assert_eq!(live(&f)[0].node_name(), Some("pi-1"), "the running replica is left alone");
+
+    // Once nothing mounts it, it goes; a replica made after does not
+    // start without it.
+    f.store.commit(vec![Op::Delete(live(&f)[0].key(), None)]).unwrap();
+    f.settle();
+    assert!(f.store.get(&key).is_none(), "deleted once nothing mounts it");
+    let status: PodStatus = live(&f)[0].status();
+    assert_eq!((live(&f)[0].node_name(), status.reason.as_str()), (None, "MissingReference"));
+}
