@@ -294,7 +294,7 @@ fn a_replica_with_a_local_claim_keeps_its_data_across_a_rollout_and_waits_for_it
     let dir = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(&dir.path().join("controller")).unwrap();
     let image = push_busybox(&controller, dir.path());
-    let mut agents = vec![
+    let mut agents = [
         AgentProcess::start(&controller, "pods-g", &dir.path().join("g")),
         AgentProcess::start(&controller, "pods-h", &dir.path().join("h")),
     ];
