@@ -501,6 +501,36 @@ pub struct DaemonSetStatus {
     pub number_available: u32,
 }
 
+/// `status` of a StatefulSet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetStatus {
+    /// The generation this status describes.
+    #[serde(default)]
+    pub observed_generation: u64,
+    /// Replicas that exist (not being replaced or removed).
+    #[serde(default)]
+    pub replicas: u32,
+    /// Ready replicas.
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// Replicas of the revision the update started from.
+    #[serde(default)]
+    pub current_replicas: u32,
+    /// Replicas of the current template.
+    #[serde(default)]
+    pub updated_replicas: u32,
+    /// Replicas ready for at least `minReadySeconds`.
+    #[serde(default)]
+    pub available_replicas: u32,
+    /// `<name>-<template hash>` the update started from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub current_revision: String,
+    /// `<name>-<template hash>` of the current template.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub update_revision: String,
+}
+
 /// `status` of a Job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -9,7 +9,7 @@ use std::path::Path;
 use flotilla_controller::manifest::parse_str;
 use serde_yaml_ng::Value;
 
-const BASES: [(&str, &str); 6] = [
+const BASES: [(&str, &str); 7] = [
     (
         "Pod",
         "{apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: app, image: 'busybox:1.36', \
@@ -25,6 +25,11 @@ const BASES: [(&str, &str); 6] = [
         "DaemonSet",
         "{apiVersion: apps/v1, kind: DaemonSet, metadata: {name: d}, spec: {selector: {matchLabels: {app: d}}, \
          template: {metadata: {labels: {app: d}}, spec: {containers: [{name: app, image: 'busybox:1.36'}]}}}}",
+    ),
+    (
+        "StatefulSet",
+        "{apiVersion: apps/v1, kind: StatefulSet, metadata: {name: s}, spec: {selector: {matchLabels: {app: s}}, \
+         template: {metadata: {labels: {app: s}}, spec: {containers: [{name: app, image: 'busybox:1.36'}]}}}}",
     ),
     (
         "Job",

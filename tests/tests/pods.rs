@@ -380,3 +380,73 @@ fn a_replica_with_a_local_claim_keeps_its_data_across_a_rollout_and_waits_for_it
     let pvc = String::from_utf8(controller.cli().unwrap().args(["get", "pvc"]).output().unwrap().stdout).unwrap();
     assert!(!pvc.contains("line-3-history"), "{pvc}");
 }
+
+#[test]
+fn a_stateful_sets_replicas_keep_their_names_devices_and_data_through_an_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&dir.path().join("controller")).unwrap();
+    let image = push_busybox(&controller, dir.path());
+    let agent = AgentProcess::start(&controller, "pods-i", &dir.path().join("i"));
+    let _other = AgentProcess::start(&controller, "pods-j", &dir.path().join("j"));
+    wait_for_ready_nodes(&controller, 2, Duration::from_secs(20));
+    let store = |schema: &str| {
+        manifest("line-3-timeseries-statefulset.yaml", &image).replace(
+            r#"{name: SCHEMA_VERSION, value: "1"}"#,
+            &format!(r#"{{name: SCHEMA_VERSION, value: "{schema}"}}"#),
+        )
+    };
+    // Both replicas running, each of the template `schema` was applied with.
+    let running = |hash: Option<&str>| {
+        let pods = pod_list(&controller);
+        let ours: Vec<&Value> = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running")
+            .filter(|p| hash.is_none_or(|h| p["metadata"]["labels"]["pod-template-hash"] == h))
+            .collect();
+        let mut out: Vec<(String, String, String)> = ours
+            .iter()
+            .map(|p| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                (
+                    text(&p["metadata"]["name"]),
+                    text(&p["spec"]["nodeName"]),
+                    text(&p["metadata"]["labels"]["pod-template-hash"]),
+                )
+            })
+            .collect();
+        out.sort();
+        (out.len() == 2).then_some(out)
+    };
+
+    apply(&controller, &store("1"));
+    let first =
+        wait_or_explain("both replicas running", Duration::from_secs(90), &controller, &agent, || running(None));
+    assert_eq!([first[0].0.as_str(), first[1].0.as_str()], ["timeseries-0", "timeseries-1"]);
+    let pvc = String::from_utf8(controller.cli().unwrap().args(["get", "pvc"]).output().unwrap().stdout).unwrap();
+    for (i, (_, node, _)) in first.iter().enumerate() {
+        let row = pvc.lines().find(|l| l.starts_with(&format!("series-timeseries-{i} "))).unwrap_or_default();
+        assert!(row.contains("Bound") && row.contains(node.as_str()), "claim {i} on {node}: {pvc}");
+    }
+
+    // The update replaces each under its own name on its own device, and
+    // each reads what it wrote before.
+    apply(&controller, &store("2"));
+    let old_hash = first[0].2.clone();
+    let second = wait_or_explain("both replicas updated", Duration::from_secs(120), &controller, &agent, || {
+        running(None).filter(|pods| pods.iter().all(|(_, _, hash)| *hash != old_hash))
+    });
+    for ((name, node, _), (_, before, _)) in second.iter().zip(&first) {
+        assert_eq!(node, before, "{name} stays on its claim's device");
+        let out = wait_until("the replica's history", Duration::from_secs(20), || {
+            let out = logs(&controller, name, None);
+            out.contains("schema 2").then_some(out)
+        });
+        assert!(out.contains(&format!("{name} schema 1\n{name} schema 2")), "{name}: {out}");
+    }
+    let sets =
+        String::from_utf8(controller.cli().unwrap().args(["get", "statefulsets"]).output().unwrap().stdout).unwrap();
+    assert!(
+        sets.lines().any(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["timeseries", "2/2", "2"]),
+        "{sets}"
+    );
+}

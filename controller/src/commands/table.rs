@@ -132,6 +132,7 @@ impl Table {
             Kind::Node => vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "PODS", "AGE"],
             Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "REVISION", "AGE"],
             Kind::DaemonSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            Kind::StatefulSet => vec!["NAME", "READY", "UP-TO-DATE", "AGE"],
             Kind::Job => vec!["NAME", "COMPLETIONS", "STATUS", "AGE"],
             Kind::Service => vec!["NAME", "TYPE", "PORTS", "SELECTOR", "AGE"],
             Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
@@ -146,7 +147,7 @@ impl Table {
             match self.kind {
                 Kind::Pod => h.extend(["CPU(m)", "MEMORY", "MESSAGE"]),
                 Kind::Node => h.extend(["CPU-USED(m)", "MEMORY-USED", "VERSION", "LABELS"]),
-                Kind::Deployment | Kind::DaemonSet | Kind::Job => h.extend(["IMAGES", "SELECTOR"]),
+                Kind::Deployment | Kind::DaemonSet | Kind::Job | Kind::StatefulSet => h.extend(["IMAGES", "SELECTOR"]),
                 Kind::Service => h.push("ENDPOINTS"),
                 _ => {}
             }
@@ -230,6 +231,12 @@ impl Table {
                     s.number_available.to_string(),
                     age,
                 ]
+            }
+            Kind::StatefulSet => {
+                let spec = spec_json();
+                let s: crate::status::StatefulSetStatus = o.status();
+                let want = spec.get("replicas").and_then(|v| v.as_u64()).unwrap_or(1);
+                cells![name, format!("{}/{want}", s.ready_replicas), s.updated_replicas.to_string(), age]
             }
             Kind::Job => {
                 let spec = spec_json();
@@ -316,7 +323,7 @@ impl Table {
                         [cpu, mem, or_dash(&s.node_info.agent_version), or_dash(&labels.join(","))].map(Cell::Text),
                     );
                 }
-                Kind::Deployment | Kind::DaemonSet | Kind::Job => {
+                Kind::Deployment | Kind::DaemonSet | Kind::Job | Kind::StatefulSet => {
                     let spec = spec_json();
                     let images = spec
                         .pointer("/template/spec/containers")

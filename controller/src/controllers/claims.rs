@@ -158,7 +158,15 @@ pub fn uses(pod: &ApiObject, name: &str) -> bool {
 
 /// Deletes the claims whose deletion waited for the replicas that mounted
 /// them (`flotilla delete pvc` retires a claim in use): once none is left.
+/// Retires the claims whose owner (a StatefulSet whose claims go with it)
+/// is gone.
 pub fn collect_deleted(snapshot: &Snapshot, ops: &mut Vec<crate::store::Op>) {
+    for claim in snapshot.claims.iter().filter(|c| !c.is_retired()) {
+        let Some(owner) = claim.metadata.owner_references.first() else { continue };
+        if !snapshot.stateful_sets.iter().any(|s| s.metadata.uid == owner.uid) {
+            ops.push(crate::store::Op::Retire { key: claim.key(), uid: claim.metadata.uid.clone() });
+        }
+    }
     for claim in snapshot.claims.iter().filter(|c| c.is_retired()) {
         let namespace = claim.metadata.namespace.as_str();
         let in_use = snapshot.pods.iter().any(|p| p.metadata.namespace == namespace && uses(p, &claim.metadata.name));

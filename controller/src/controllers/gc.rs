@@ -20,6 +20,7 @@ pub fn reconcile(snapshot: &Snapshot, now: SystemTime, ops: &mut Vec<Op>) {
         (Kind::Deployment, &snapshot.deployments),
         (Kind::DaemonSet, &snapshot.daemon_sets),
         (Kind::Job, &snapshot.jobs),
+        (Kind::StatefulSet, &snapshot.stateful_sets),
     ]
     .into_iter()
     .flat_map(|(kind, list)| {

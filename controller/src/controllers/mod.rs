@@ -4,6 +4,7 @@
 //! - [`gc`]: replicas whose owner is gone, old events.
 //! - [`deployment`]: rollouts (surge, availability, rollback).
 //! - [`daemonset`]: one replica per eligible node, node-by-node updates.
+//! - [`statefulset`]: replicas with stable names and claims of their own.
 //! - [`job`]: run to completion.
 //! - [`node_lifecycle`]: a lost node's replicas move (eviction).
 //! - [`scheduling`]: pending, pinned replicas -> nodes.
@@ -34,7 +35,8 @@
 //! | Pod status of a lost node's DaemonSet replica (`Unknown`, `NodeLost`) and of a replica its claim holds there (`Unknown`, `WaitingForVolume`); deletes of its retired replicas | [`node_lifecycle`] |
 //! | PersistentVolumeClaim `status` (the device it is bound to) | [`scheduling`] (see [`claims`]) |
 //! | Node `Ready` condition (registration, leases, Last Will) | the fleet inbox |
-//! | Deployment, DaemonSet, Job `status` | [`deployment`], [`daemonset`], [`job`] |
+//! | Deployment, DaemonSet, Job, StatefulSet `status` | [`deployment`], [`daemonset`], [`job`], [`statefulset`] |
+//! | PersistentVolumeClaims made from `volumeClaimTemplates` (create; delete by the retention policy) | [`statefulset`]; deletes of retired claims no replica mounts: [`gc`] |
 //! | Service `status` (endpoints) | [`endpoints`] |
 //! | Pod status reported by the node (phase once running, restarts, usage, Ready) | the fleet inbox |
 
@@ -48,6 +50,7 @@ pub mod job;
 pub mod node_lifecycle;
 pub mod scheduling;
 pub mod snapshot;
+pub mod statefulset;
 pub mod workload;
 
 use std::time::{Duration, SystemTime};
@@ -139,12 +142,14 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
         (Kind::Deployment, &snapshot.deployments),
         (Kind::DaemonSet, &snapshot.daemon_sets),
         (Kind::Job, &snapshot.jobs),
+        (Kind::StatefulSet, &snapshot.stateful_sets),
     ];
     for (kind, list) in workloads {
         for workload in list {
             let wants = match kind {
                 Kind::Deployment => deployment::requeue(workload),
                 Kind::DaemonSet => daemonset::requeue(workload),
+                Kind::StatefulSet => statefulset::requeue(workload),
                 _ => job::requeue(workload),
             };
             requeue = requeue.sooner(wants);
@@ -155,6 +160,7 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
             match kind {
                 Kind::Deployment => deployment::reconcile(workload, &owned, now, &mut budget, &mut ops),
                 Kind::DaemonSet => daemonset::reconcile(workload, &owned, &snapshot.nodes, now, &mut ops),
+                Kind::StatefulSet => statefulset::reconcile(workload, &owned, &snapshot.claims, now, &mut ops),
                 _ => job::reconcile(workload, &owned, now, &mut budget, &mut ops),
             }
             reconciled += 1;

@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub deployments: Vec<Arc<ApiObject>>,
     /// DaemonSets.
     pub daemon_sets: Vec<Arc<ApiObject>>,
+    /// StatefulSets.
+    pub stateful_sets: Vec<Arc<ApiObject>>,
     /// Jobs.
     pub jobs: Vec<Arc<ApiObject>>,
     /// Pods (replicas).
@@ -91,7 +93,9 @@ impl Scope {
             }
             // A deleted workload is noted the same way: garbage collection
             // then finds its replicas ownerless.
-            Kind::Deployment | Kind::DaemonSet | Kind::Job => _ = owners.insert(object.metadata.uid.clone()),
+            Kind::Deployment | Kind::DaemonSet | Kind::Job | Kind::StatefulSet => {
+                _ = owners.insert(object.metadata.uid.clone())
+            }
             Kind::Node => *nodes |= node_moved,
             _ => {}
         }
@@ -145,6 +149,7 @@ impl Snapshot {
         Snapshot {
             deployments: list(Kind::Deployment),
             daemon_sets: list(Kind::DaemonSet),
+            stateful_sets: list(Kind::StatefulSet),
             jobs: list(Kind::Job),
             pods: list(Kind::Pod),
             nodes: list(Kind::Node),

@@ -810,3 +810,120 @@ fn a_deleted_claim_waits_for_the_replicas_that_mount_it_and_blocks_new_ones() {
     let status: PodStatus = live(&f)[0].status();
     assert_eq!((live(&f)[0].node_name(), status.reason.as_str()), (None, "MissingReference"));
 }
+
+fn stateful_set(replicas: u32, image: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: {replicas}\n  \
+         serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n{extra}  template:\n    \
+         metadata: {{labels: {{app: db}}}}\n    spec:\n      containers:\n      - name: db\n        image: {image}\n        \
+         volumeMounts: [{{name: data, mountPath: /var/lib/db}}]\n  \
+         volumeClaimTemplates:\n  - metadata: {{name: data}}\n    \
+         spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n"
+    )
+}
+
+/// The agent's word: the replica runs and is ready.
+fn make_ready(f: &Fixture, name: &str) {
+    let mut pod = f.store.get(&ObjectKey::new(Kind::Pod, "default", name)).unwrap();
+    let mut status: PodStatus = pod.status();
+    status.phase = crate::status::PodPhase::Running;
+    status.reason.clear();
+    crate::status::set_condition(
+        &mut status.conditions,
+        crate::status::Condition::new(ConditionType::Ready, true, "ProbesPassed", ""),
+    );
+    pod.set_status(&status);
+    f.store.commit(vec![Op::UpdateStatus(pod)]).unwrap();
+}
+
+/// The agent's word: a retired replica stopped (it is deleted).
+fn stopped(f: &Fixture) -> Vec<String> {
+    let retired: Vec<ApiObject> = f.pods().into_iter().filter(|p| p.is_retired()).collect();
+    for pod in &retired {
+        f.store.commit(vec![Op::Delete(pod.key(), None)]).unwrap();
+    }
+    retired.iter().map(|p| p.metadata.name.clone()).collect()
+}
+
+fn claim_node(f: &Fixture, name: &str) -> Option<String> {
+    let claim = f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", name))?;
+    claim.status::<crate::status::ClaimStatus>().node_name
+}
+
+#[test]
+fn a_stateful_set_makes_its_replicas_in_order_each_on_the_device_of_its_own_claim() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    disk_node(&f, "pi-2", "8Gi");
+    f.apply(&stateful_set(3, "registry.local/db:1", ""));
+    f.settle();
+    // One at a time, in order: db-1 waits for db-0 to be ready.
+    assert_eq!(names(&live(&f)), ["db-0"]);
+    for next in ["db-1", "db-2"] {
+        let last = names(&live(&f)).last().unwrap().clone();
+        make_ready(&f, &last);
+        f.settle();
+        assert!(names(&live(&f)).contains(&next.to_owned()), "{next} after {last}: {:?}", names(&live(&f)));
+    }
+    make_ready(&f, "db-2");
+    f.settle();
+    let nodes: Vec<String> = live(&f).iter().map(|p| p.node_name().unwrap().to_owned()).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            claim_node(&f, &format!("data-db-{i}")).as_deref(),
+            Some(node.as_str()),
+            "each on its claim's device"
+        );
+    }
+    let set = f.store.get(&ObjectKey::new(Kind::StatefulSet, "default", "db")).unwrap();
+    let status: crate::status::StatefulSetStatus = set.status();
+    assert_eq!((status.replicas, status.ready_replicas, status.updated_replicas), (3, 3, 3));
+
+    // An update: highest ordinal first, one at a time, each replacement of
+    // the same name on the same device.
+    f.apply(&stateful_set(3, "registry.local/db:2", ""));
+    for expected in ["db-2", "db-1", "db-0"] {
+        f.settle();
+        assert_eq!(stopped(&f), [expected]);
+        f.settle();
+        let pod = f.store.get(&ObjectKey::new(Kind::Pod, "default", expected)).unwrap();
+        let ordinal: usize = expected[3..].parse().unwrap();
+        assert_eq!(pod.node_name(), Some(nodes[ordinal].as_str()), "{expected} back on its claim's device");
+        make_ready(&f, expected);
+    }
+    f.settle();
+    let status: crate::status::StatefulSetStatus =
+        f.store.get(&ObjectKey::new(Kind::StatefulSet, "default", "db")).unwrap().status();
+    assert_eq!((status.updated_replicas, &status.current_revision), (3, &status.update_revision));
+
+    // Scaled down: highest first; the claims stay.
+    f.apply(&stateful_set(1, "registry.local/db:2", ""));
+    f.settle();
+    assert_eq!(stopped(&f), ["db-2"]);
+    f.settle();
+    assert_eq!(stopped(&f), ["db-1"]);
+    f.settle();
+    assert_eq!(names(&live(&f)), ["db-0"]);
+    assert!(claim_node(&f, "data-db-2").is_some(), "kept (Retain)");
+}
+
+#[test]
+fn a_parallel_stateful_set_whose_claims_go_when_scaled_deletes_them_with_its_replicas() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    let extra = "  podManagementPolicy: Parallel\n  \
+                 persistentVolumeClaimRetentionPolicy: {whenScaled: Delete, whenDeleted: Delete}\n";
+    f.apply(&stateful_set(2, "registry.local/db:1", extra));
+    f.settle();
+    assert_eq!(names(&live(&f)), ["db-0", "db-1"], "all at once");
+    f.apply(&stateful_set(1, "registry.local/db:1", extra));
+    f.settle();
+    stopped(&f);
+    f.settle();
+    assert!(f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data-db-1")).is_none());
+    assert!(claim_node(&f, "data-db-0").is_some());
+    // Deleted with the set once its last replica is gone.
+    f.store.commit(vec![Op::Delete(ObjectKey::new(Kind::StatefulSet, "default", "db"), None)]).unwrap();
+    f.settle();
+    assert!(f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data-db-0")).is_none());
+}

@@ -50,13 +50,15 @@ pub enum Kind {
     Event,
     /// Storage a replica keeps across rollouts: a directory on one device (v1).
     PersistentVolumeClaim,
+    /// Replicas with stable names and a claim each (apps/v1).
+    StatefulSet,
 }
 
 impl Kind {
     /// The apiVersion Kubernetes uses for this kind.
     pub const fn api_version(self) -> &'static str {
         match self {
-            Kind::Deployment | Kind::DaemonSet => "apps/v1",
+            Kind::Deployment | Kind::DaemonSet | Kind::StatefulSet => "apps/v1",
             Kind::Job => "batch/v1",
             _ => "v1",
         }
@@ -79,6 +81,7 @@ impl Kind {
             "Node" => Kind::Node,
             "Namespace" => Kind::Namespace,
             "PersistentVolumeClaim" => Kind::PersistentVolumeClaim,
+            "StatefulSet" => Kind::StatefulSet,
             _ => return None,
         })
     }
@@ -109,7 +112,6 @@ const SKIPPED_KINDS: &[&str] = &[
     "PriorityClass",
     "LimitRange",
     "ResourceQuota",
-    "StatefulSet",
     "ReplicaSet",
     "CronJob",
     "Endpoints",
@@ -138,6 +140,8 @@ pub enum Body {
     Node(NodeSpec),
     /// A PersistentVolumeClaim's spec.
     PersistentVolumeClaim(ClaimSpec),
+    /// A StatefulSet's spec.
+    StatefulSet(StatefulSetSpec),
     /// A Namespace has no content.
     Namespace,
 }
@@ -384,6 +388,8 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
         }
         Kind::PersistentVolumeClaim => typed::<SpecDoc<ClaimSpec>>(&location, value, &mut ignored)
             .map(|d| (d.metadata, Body::PersistentVolumeClaim(d.spec)))?,
+        Kind::StatefulSet => typed::<SpecDoc<StatefulSetSpec>>(&location, value, &mut ignored)
+            .map(|d| (d.metadata, Body::StatefulSet(d.spec)))?,
         Kind::Namespace => {
             typed::<SpecDoc<IgnoredSpec>>(&location, value, &mut ignored).map(|d| (d.metadata, Body::Namespace))?
         }
@@ -431,7 +437,12 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
         parsed.warnings.push(Warning { location: location.clone(), path: "spec.type".into(), message });
     }
     if let Body::PersistentVolumeClaim(spec) = &body {
-        claim_warnings(spec, &location, parsed);
+        claim_warnings(spec, "spec", &location, parsed);
+    }
+    if let Body::StatefulSet(spec) = &body {
+        for (i, template) in spec.volume_claim_templates.iter().enumerate() {
+            claim_warnings(&template.spec, &format!("spec.volumeClaimTemplates[{i}].spec"), &location, parsed);
+        }
     }
     let object = Object { kind, metadata, body };
     validate::object(&object).map_err(|e| invalid(&e.path, e.reason))?;
@@ -440,20 +451,20 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
 }
 
 /// What a claim asks for that a directory on one device serves otherwise.
-fn claim_warnings(spec: &ClaimSpec, location: &Location, parsed: &mut Parsed) {
+fn claim_warnings(spec: &ClaimSpec, at: &str, location: &Location, parsed: &mut Parsed) {
     let mut warn = |path: &str, message: String| {
         parsed.warnings.push(Warning { location: location.clone(), path: path.to_owned(), message })
     };
     if let Some(class) = spec.storage_class_name.as_deref().filter(|c| *c != LOCAL_STORAGE_CLASS && !c.is_empty()) {
         warn(
-            "spec.storageClassName",
+            &format!("{at}.storageClassName"),
             format!("storage class {class:?} is served by {LOCAL_STORAGE_CLASS}: a directory on the replica's device"),
         );
     }
     for (i, mode) in spec.access_modes.iter().enumerate() {
         if !matches!(mode.as_str(), "ReadWriteOnce" | "ReadWriteOncePod") {
             warn(
-                &format!("spec.accessModes[{i}]"),
+                &format!("{at}.accessModes[{i}]"),
                 format!("{mode}: a local claim is on one device; it is served as ReadWriteOnce"),
             );
         }

@@ -655,6 +655,119 @@ pub struct DaemonSetSpec {
     pub revision_history_limit: Option<i64>,
 }
 
+/// `spec` of a StatefulSet: replicas with stable names (`<name>-0`,
+/// `<name>-1`...) and a claim of their own each, made from
+/// `volumeClaimTemplates`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetSpec {
+    /// Replica count (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    /// Which replicas belong to it.
+    #[serde(default)]
+    pub selector: LabelSelector,
+    /// The headless Service Kubernetes names the replicas under: accepted;
+    /// on a device the replicas are reached through their Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The pod template.
+    #[serde(default)]
+    pub template: PodTemplate,
+    /// One claim per replica per entry, `<template name>-<name>-<ordinal>`,
+    /// mounted as the volume of the template's name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_claim_templates: Vec<ClaimTemplate>,
+    /// `RollingUpdate` (default: highest ordinal first, one at a time, from
+    /// `partition` up) or `OnDelete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<StatefulSetUpdateStrategy>,
+    /// `OrderedReady` (default: one at a time, in order) or `Parallel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_management_policy: Option<String>,
+    /// Seconds a new replica must be ready to count as available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i64>,
+    /// Old revisions kept (accepted; a StatefulSet keeps none here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i64>,
+    /// What happens to the claims when replicas go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim_retention_policy: Option<ClaimRetentionPolicy>,
+}
+
+/// A `volumeClaimTemplates` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimTemplate {
+    /// Its name (the volume's), labels and annotations.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The claims' spec.
+    #[serde(default)]
+    pub spec: ClaimSpec,
+}
+
+/// A StatefulSet's `updateStrategy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetUpdateStrategy {
+    /// `RollingUpdate` (default) or `OnDelete`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub strategy_type: Option<String>,
+    /// Rolling update bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<StatefulSetRollingUpdate>,
+}
+
+/// A StatefulSet's `rollingUpdate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetRollingUpdate {
+    /// Replicas with a lower ordinal keep their template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i64>,
+}
+
+/// `persistentVolumeClaimRetentionPolicy`: `Retain` (default) or `Delete`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRetentionPolicy {
+    /// When the StatefulSet is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_deleted: Option<String>,
+    /// When it is scaled down (the claims of the replicas that go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_scaled: Option<String>,
+}
+
+impl StatefulSetSpec {
+    /// The name of the claim ordinal `ordinal` gets from `template`.
+    pub fn claim_name(template: &ClaimTemplate, set: &str, ordinal: u32) -> String {
+        format!("{}-{set}-{ordinal}", template.metadata.name)
+    }
+
+    /// The pod spec of replica `ordinal`: the template's, with each claim
+    /// template mounted as the volume of its name (replacing one the
+    /// template declares under that name, as Kubernetes does).
+    pub fn pod_spec(&self, set: &str, ordinal: u32) -> PodSpec {
+        let mut spec = self.template.spec.clone();
+        for template in &self.volume_claim_templates {
+            let source = ClaimVolumeSource { claim_name: Self::claim_name(template, set, ordinal), read_only: false };
+            let volume = Volume {
+                name: template.metadata.name.clone(),
+                persistent_volume_claim: Some(source),
+                ..Volume::default()
+            };
+            match spec.volumes.iter_mut().find(|v| v.name == volume.name) {
+                Some(existing) => *existing = volume,
+                None => spec.volumes.push(volume),
+            }
+        }
+        spec
+    }
+}
+
 /// `spec` of a Job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -70,7 +70,8 @@ pub(super) fn object(object: &Object) -> Result {
             label(&format!("spec.taints[{i}]"), &t.key, &t.value)?;
             taint_effect(&format!("spec.taints[{i}].effect"), &t.effect, false)
         }),
-        Body::PersistentVolumeClaim(spec) => claim(spec, &object.metadata.annotations),
+        Body::PersistentVolumeClaim(spec) => claim("spec", spec, &object.metadata.annotations),
+        Body::StatefulSet(spec) => stateful_set(spec, &object.metadata.name),
         Body::Namespace => Ok(()),
     }
 }
@@ -79,24 +80,79 @@ pub(super) fn object(object: &Object) -> Result {
 /// is lost: `wait` (the default) or `reschedule` (start elsewhere, empty).
 pub const ON_DEVICE_LOST_ANNOTATION: &str = "flotilla.io/on-device-lost";
 
-fn claim(spec: &ClaimSpec, annotations: &BTreeMap<String, String>) -> Result {
+fn claim(path: &str, spec: &ClaimSpec, annotations: &BTreeMap<String, String>) -> Result {
+    let size_path = format!("{path}.resources.requests.storage");
     let Some(size) = spec.resources.requests.get("storage") else {
-        return fail("spec.resources.requests.storage", "missing: a claim needs a size (e.g. storage: 1Gi)");
+        return fail(size_path, "missing: a claim needs a size (e.g. storage: 1Gi)");
     };
-    let size = quantity("spec.resources.requests.storage", size)?;
-    if size.as_units() == 0 {
-        return fail("spec.resources.requests.storage", "must be more than 0");
+    if quantity(&size_path, size)?.as_units() == 0 {
+        return fail(size_path, "must be more than 0");
     }
     if let Some(mode) = spec.volume_mode.as_deref().filter(|m| *m != "Filesystem") {
-        return fail("spec.volumeMode", format!("{mode}: not supported yet (only Filesystem)"));
+        return fail(format!("{path}.volumeMode"), format!("{mode}: not supported yet (only Filesystem)"));
     }
+    let annotations_path = format!("{}metadata", path.strip_suffix("spec").unwrap_or(path));
     match annotations.get(ON_DEVICE_LOST_ANNOTATION).map(String::as_str) {
         None | Some("wait" | "reschedule") => Ok(()),
         Some(other) => fail(
-            format!("metadata.annotations[{ON_DEVICE_LOST_ANNOTATION}]"),
+            format!("{annotations_path}.annotations[{ON_DEVICE_LOST_ANNOTATION}]"),
             format!("{other:?} is not wait or reschedule"),
         ),
     }
+}
+
+fn stateful_set(spec: &StatefulSetSpec, name: &str) -> Result {
+    non_negative("spec.replicas", spec.replicas)?;
+    selector_matches("spec", &spec.selector, &spec.template)?;
+    if let Some(strategy) = &spec.update_strategy {
+        match strategy.strategy_type.as_deref() {
+            None | Some("RollingUpdate" | "OnDelete") => {}
+            Some(other) => {
+                return fail("spec.updateStrategy.type", format!("{other:?} is not RollingUpdate or OnDelete"));
+            }
+        }
+        non_negative(
+            "spec.updateStrategy.rollingUpdate.partition",
+            strategy.rolling_update.as_ref().and_then(|r| r.partition),
+        )?;
+    }
+    match spec.pod_management_policy.as_deref() {
+        None | Some("OrderedReady" | "Parallel") => {}
+        Some(other) => return fail("spec.podManagementPolicy", format!("{other:?} is not OrderedReady or Parallel")),
+    }
+    non_negative("spec.minReadySeconds", spec.min_ready_seconds)?;
+    if let Some(policy) = &spec.persistent_volume_claim_retention_policy {
+        for (field, value) in [("whenDeleted", &policy.when_deleted), ("whenScaled", &policy.when_scaled)] {
+            if let Some(value) = value.as_deref().filter(|v| !matches!(*v, "Retain" | "Delete")) {
+                return fail(
+                    format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+                    format!("{value:?} is not Retain or Delete"),
+                );
+            }
+        }
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (i, template) in spec.volume_claim_templates.iter().enumerate() {
+        let at = format!("spec.volumeClaimTemplates[{i}]");
+        self::name(&format!("{at}.metadata.name"), &template.metadata.name, linux::VOLUME_NAME_MAX)?;
+        if names.contains(&template.metadata.name.as_str()) {
+            return fail(
+                format!("{at}.metadata.name"),
+                format!("two claim templates are named {:?}", template.metadata.name),
+            );
+        }
+        names.push(&template.metadata.name);
+        // The claims' names must be names too.
+        let claim_name = StatefulSetSpec::claim_name(template, name, 0);
+        self::name(&format!("{at}.metadata.name"), &claim_name, 63).map_err(|_| RuleError {
+            path: format!("{at}.metadata.name"),
+            reason: format!("its claims ({claim_name}, ...) would be longer than 63 characters"),
+        })?;
+        claim(&format!("{at}.spec"), &template.spec, &template.metadata.annotations)?;
+    }
+    // The template as each replica gets it: its mounts may name a claim
+    // template's volume.
+    pod("spec.template.spec", &spec.pod_spec(name, 0), &["Always"])
 }
 
 /// DNS-1123 label: lowercase alphanumerics and `-`, alphanumeric at both ends.

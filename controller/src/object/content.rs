@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::manifest::Kind;
-use crate::manifest::types::{ClaimSpec, DaemonSetSpec, DeploymentSpec, JobSpec, NodeSpec, PodSpec, ServiceSpec};
-use crate::status::{ClaimStatus, DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, ServiceStatus};
+use crate::manifest::types::{
+    ClaimSpec, DaemonSetSpec, DeploymentSpec, JobSpec, NodeSpec, PodSpec, ServiceSpec, StatefulSetSpec,
+};
+use crate::status::{
+    ClaimStatus, DaemonSetStatus, DeploymentStatus, JobStatus, NodeStatus, PodStatus, ServiceStatus, StatefulSetStatus,
+};
 
 /// A stored Pod's `spec`: its template's, and the node it is bound to (set
 /// by the scheduling controller only; a manifest cannot name it).
@@ -241,6 +245,7 @@ typed_part! {
         Service(ServiceSpec),
         Node(NodeSpec),
         PersistentVolumeClaim(ClaimSpec),
+        StatefulSet(StatefulSetSpec),
     }
 }
 
@@ -254,6 +259,7 @@ typed_part! {
         Service(ServiceStatus),
         Node(NodeStatus),
         PersistentVolumeClaim(ClaimStatus),
+        StatefulSet(StatefulSetStatus),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::manifest::{Body, Kind, Object};
 pub const RESOURCES: &[(&str, Kind)] = &[
     ("deployments", Kind::Deployment),
     ("daemonsets", Kind::DaemonSet),
+    ("statefulsets", Kind::StatefulSet),
     ("jobs", Kind::Job),
     ("pods", Kind::Pod),
     ("services", Kind::Service),
@@ -50,6 +51,7 @@ pub fn kind_from_resource(name: &str) -> Option<Kind> {
     Some(match name.as_str() {
         "deployments" | "deployment" | "deploy" => Kind::Deployment,
         "daemonsets" | "daemonset" | "ds" => Kind::DaemonSet,
+        "statefulsets" | "statefulset" | "sts" => Kind::StatefulSet,
         "jobs" | "job" => Kind::Job,
         "pods" | "pod" | "po" | "replicas" | "replica" => Kind::Pod,
         "services" | "service" | "svc" => Kind::Service,
@@ -541,6 +543,7 @@ impl ApiObject {
             Body::Service(s) => out.set_spec(s.clone()),
             Body::Node(s) => out.set_spec(s.clone()),
             Body::PersistentVolumeClaim(s) => out.set_spec(s.clone()),
+            Body::StatefulSet(s) => out.set_spec(s.clone()),
             Body::Namespace => {}
             Body::ConfigMap(d) => {
                 if !d.data.is_empty() || !d.binary_data.is_empty() {
