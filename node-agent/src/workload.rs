@@ -125,10 +125,12 @@ pub fn unit_hash(unit: &Unit<'_>, document: &PodDocument) -> u64 {
             {
                 reference.hash(&mut hasher);
             }
+            // The claim's id, not its size: a resized claim is the same
+            // directory, and its containers keep running.
             if let PodVolumeSource::Claim { index } = volume.source
                 && let Some(claim) = document.claims.get(usize::from(index))
             {
-                claim.hash(&mut hasher);
+                claim.id.hash(&mut hasher);
             }
         }
     }

@@ -443,10 +443,11 @@ fn a_stateful_sets_replicas_keep_their_names_devices_and_data_through_an_update(
         });
         assert!(out.contains(&format!("{name} schema 1\n{name} schema 2")), "{name}: {out}");
     }
-    let sets =
-        String::from_utf8(controller.cli().unwrap().args(["get", "statefulsets"]).output().unwrap().stdout).unwrap();
-    assert!(
-        sets.lines().any(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["timeseries", "2/2", "2"]),
-        "{sets}"
-    );
+    // The set's status follows its replicas' reports.
+    wait_until("get statefulsets: 2/2 ready, 2 up to date", Duration::from_secs(20), || {
+        let sets = controller.cli().unwrap().args(["get", "statefulsets"]).output().unwrap().stdout;
+        let sets = String::from_utf8(sets).unwrap();
+        let row = ["timeseries", "2/2", "2"];
+        sets.lines().any(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == row).then_some(())
+    });
 }

@@ -11,7 +11,7 @@
 //! which case the replica moves and the claim is bound again where it
 //! lands, empty (the old device deletes the data when it hears).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::manifest::types::{ClaimSpec, PodSpec};
 use crate::manifest::validate::ON_DEVICE_LOST_ANNOTATION;
@@ -28,10 +28,16 @@ pub const LOCAL_STORAGE: &str = "flotilla.io/local-storage";
 /// The node label that names the node itself (written on registration).
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
-/// Claims by (namespace, name), and node readiness by name.
+/// The extended resource that counts claims per device: a document lists
+/// at most [`firmware_proto::pod::LINUX_MAX_CLAIMS`].
+pub const CLAIM_SLOTS: &str = "flotilla.io/claims";
+
+/// Claims by (namespace, name), nodes by name, and the nodes lost for
+/// longer than the eviction grace.
 pub struct Claims<'s> {
     claims: HashMap<(&'s str, &'s str), &'s ApiObject>,
     nodes: HashMap<&'s str, &'s ApiObject>,
+    lost: HashSet<&'s str>,
 }
 
 /// What a replica's claims ask of its placement.
@@ -58,7 +64,21 @@ impl<'s> Claims<'s> {
                 .iter()
                 .map(|c| ((c.metadata.namespace.as_str(), c.metadata.name.as_str()), &**c))
                 .collect(),
-            nodes: snapshot.nodes.iter().map(|n| (n.metadata.name.as_str(), &**n)).collect(),
+            // Read only for bound claims: a fleet without claims does not
+            // index its nodes on every pass.
+            nodes: if snapshot.claims.is_empty() {
+                HashMap::new()
+            } else {
+                snapshot.nodes.iter().map(|n| (n.metadata.name.as_str(), &**n)).collect()
+            },
+            // A claim that moves when its device is lost moves only once the
+            // device counts as lost (past the eviction grace), not on a blip.
+            lost: if snapshot.claims.iter().any(|c| reschedules(c)) {
+                let now = snapshot.now.unwrap_or_else(std::time::SystemTime::now);
+                super::node_lifecycle::lost_nodes(snapshot, &snapshot.eviction, now).0.into_keys().collect()
+            } else {
+                HashSet::new()
+            },
         }
     }
 
@@ -88,7 +108,11 @@ impl<'s> Claims<'s> {
             };
             let node = match self.nodes.get_key_value(bound) {
                 Some((&node, object)) if object.typed_status::<NodeStatus>().is_ready() => node,
-                _ if reschedules(claim) => {
+                None if reschedules(claim) => {
+                    needs.binds.push(claim);
+                    continue;
+                }
+                Some(_) if reschedules(claim) && self.lost.contains(bound) => {
                     needs.binds.push(claim);
                     continue;
                 }
@@ -100,6 +124,12 @@ impl<'s> Claims<'s> {
                     return Err(("WaitingForVolume", waiting_message(name, bound, &why)));
                 }
             };
+            if let Some(wanted) = spec.node_selector.get(HOSTNAME_LABEL).filter(|w| *w != node) {
+                let message = format!(
+                    "nodeSelector {HOSTNAME_LABEL}={wanted}, but claim {name:?} holds its data on device {node}"
+                );
+                return Err(("VolumeNodeConflict", message));
+            }
             match &needs.node {
                 Some((other, other_claim)) if *other != node => {
                     let message = format!(
@@ -133,14 +163,51 @@ impl<'s> Claims<'s> {
         if needs.bind_bytes > 0 {
             *replica.requests.extended.entry(LOCAL_STORAGE.to_owned()).or_default() += needs.bind_bytes;
         }
+        if !needs.binds.is_empty() {
+            *replica.requests.extended.entry(CLAIM_SLOTS.to_owned()).or_default() += needs.binds.len() as u64;
+        }
     }
 
-    /// Bytes of claims bound to each node.
-    pub fn bound_bytes(&self) -> HashMap<String, u64> {
-        let mut out: HashMap<String, u64> = HashMap::new();
+    /// Claims not bound yet that a placed replica mounts (its binding and
+    /// the claim's were split by a commit, or the replica was bound at
+    /// creation): bound to that replica's node. Each with the node.
+    pub fn unbound_in_use(&self, snapshot: &'s Snapshot) -> Vec<(&'s ApiObject, &'s str)> {
+        let unbound: HashSet<(&str, &str)> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| !c.is_retired() && c.typed_status::<ClaimStatus>().node_name.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if unbound.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<(&ApiObject, &str)> = Vec::new();
+        for pod in &snapshot.pods {
+            let Some(node) = pod.node_name() else { continue };
+            if pod.is_retired() || pod.typed_status::<crate::status::PodStatus>().is_finished() {
+                continue;
+            }
+            let Some(spec) = pod.spec_ref::<PodSpec>() else { continue };
+            for source in spec.volumes.iter().filter_map(|v| v.persistent_volume_claim.as_ref()) {
+                let key = (pod.metadata.namespace.as_str(), source.claim_name.as_str());
+                if let Some(&key) = unbound.get(&key)
+                    && !out.iter().any(|(c, _)| (c.metadata.namespace.as_str(), c.metadata.name.as_str()) == key)
+                {
+                    out.push((self.claims[&key], node));
+                }
+            }
+        }
+        out
+    }
+
+    /// Claims bound to each node: how many, and their bytes.
+    pub fn bound_per_node(&self) -> HashMap<String, (u64, u64)> {
+        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
         for claim in self.claims.values() {
             if let Some(node) = claim.typed_status::<ClaimStatus>().node_name.clone() {
-                *out.entry(node).or_default() += size_of(claim);
+                let entry = out.entry(node).or_default();
+                entry.0 += 1;
+                entry.1 += size_of(claim);
             }
         }
         out
@@ -150,7 +217,10 @@ impl<'s> Claims<'s> {
 /// Whether `pod` mounts the claim `name` (of its namespace) and has not
 /// ended: a claim it mounts is not deleted under it.
 pub fn uses(pod: &ApiObject, name: &str) -> bool {
-    !pod.typed_status::<crate::status::PodStatus>().is_finished()
+    // A replica never placed has nothing on a device (Kubernetes' claim
+    // protection ignores it too), and could never start without the claim.
+    pod.node_name().is_some()
+        && !pod.typed_status::<crate::status::PodStatus>().is_finished()
         && pod.typed_spec::<PodSpec>().is_some_and(|spec| {
             spec.volumes.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name))
         })

@@ -160,7 +160,9 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<Op>, Requeue) {
             match kind {
                 Kind::Deployment => deployment::reconcile(workload, &owned, now, &mut budget, &mut ops),
                 Kind::DaemonSet => daemonset::reconcile(workload, &owned, &snapshot.nodes, now, &mut ops),
-                Kind::StatefulSet => statefulset::reconcile(workload, &owned, &snapshot.claims, now, &mut ops),
+                Kind::StatefulSet => {
+                    statefulset::reconcile(workload, &owned, &snapshot.claims, now, &mut budget, &mut ops)
+                }
                 _ => job::reconcile(workload, &owned, now, &mut budget, &mut ops),
             }
             reconciled += 1;

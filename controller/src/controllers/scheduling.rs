@@ -224,7 +224,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     let claims = Claims::new(snapshot);
     // Claims bound this pass: by the first replica placed that mounts one.
     let mut binding: BTreeSet<ObjectKey> = BTreeSet::new();
+    // A placed replica whose claim is not bound yet (bound at creation, or
+    // its claim's write was split from its binding by a commit): the claim
+    // is bound where the replica is.
     let mut claim_ops: Vec<Op> = Vec::new();
+    for (claim, node) in claims.unbound_in_use(snapshot) {
+        binding.insert(claim.key());
+        claim_ops.push(Op::UpdateStatus(claims::bound_to(claim, node)));
+    }
     // What may need placing or a word: pending replicas and those in an
     // unknown phase (the store's index by phase), and those leaving lost
     // nodes. The rest of the fleet, running, is read only if something is
@@ -243,20 +250,6 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         let leaving = evictions.moving.get(&(pod.metadata.namespace.as_str(), pod.metadata.name.as_str()));
         match (pod.node_name(), leaving) {
             (Some(node), None) => {
-                // Bound at creation with a claim not bound yet: the claim
-                // is bound to its node.
-                if status.phase == PodPhase::Pending
-                    && !claims.is_empty()
-                    && !pod.is_retired()
-                    && let Some(spec) = pod.typed_spec::<PodSpec>()
-                    && let Ok(needs) = claims.needs(&spec, &pod.metadata.namespace)
-                {
-                    for claim in needs.binds {
-                        if binding.insert(claim.key()) {
-                            claim_ops.push(Op::UpdateStatus(claims::bound_to(claim, node)));
-                        }
-                    }
-                }
                 // Bound at creation (a DaemonSet's, a replacement in place)
                 // to a node its image turned out not to run on: it stays
                 // off that node's document, and says why. (One that runs
@@ -389,14 +382,17 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     let mut nodes: Vec<Arc<sched::Node>> =
         snapshot.nodes.iter().map(|n| n.memo(|n| Arc::new(scheduler_node(n))).into_owned()).collect();
     // A claim reserves its size on its device: what a new one may take is
-    // the free disk less the claims bound there.
+    // the free disk less the claims bound there; and a device's document
+    // lists at most LINUX_MAX_CLAIMS claims.
     if placing.iter().any(|p| !p.binds.is_empty()) {
-        let reserved = claims.bound_bytes();
+        let bound = claims.bound_per_node();
         for node in &mut nodes {
-            if let Some(bytes) = reserved.get(node.id.as_str())
-                && let Some(free) = Arc::make_mut(node).allocatable.extended.get_mut(claims::LOCAL_STORAGE)
-            {
-                *free = free.saturating_sub(*bytes);
+            let (count, bytes) = bound.get(node.id.as_str()).copied().unwrap_or_default();
+            let model = Arc::make_mut(node);
+            let slots = (firmware_proto::pod::LINUX_MAX_CLAIMS as u64).saturating_sub(count);
+            model.allocatable.extended.insert(claims::CLAIM_SLOTS.to_owned(), slots);
+            if let Some(free) = model.allocatable.extended.get_mut(claims::LOCAL_STORAGE) {
+                *free = free.saturating_sub(bytes);
             }
         }
     }

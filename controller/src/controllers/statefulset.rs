@@ -40,6 +40,10 @@ use super::workload::{TEMPLATE_HASH_LABEL, status_op, template_hash};
 /// The label naming a StatefulSet replica (Kubernetes').
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 
+/// The label on the claims a StatefulSet made: only those are deleted by
+/// its retention policy, never a claim that merely has a similar name.
+pub const CLAIM_OF_LABEL: &str = "flotilla.io/stateful-set";
+
 /// When a StatefulSet's pass must run again with nothing changed: while a
 /// ready replica waits out `minReadySeconds`.
 pub fn requeue(set: &ApiObject) -> Requeue {
@@ -56,11 +60,18 @@ fn ordinal_of(set: &str, pod: &ApiObject) -> Option<u32> {
 }
 
 /// One pass over a StatefulSet.
-pub fn reconcile(set: &ApiObject, owned: &[&ApiObject], claims: &[Arc<ApiObject>], now: SystemTime, ops: &mut Vec<Op>) {
+pub fn reconcile(
+    set: &ApiObject,
+    owned: &[&ApiObject],
+    claims: &[Arc<ApiObject>],
+    now: SystemTime,
+    budget: &mut super::Budget,
+    ops: &mut Vec<Op>,
+) {
     let Some(spec) = set.spec::<StatefulSetSpec>() else { return };
     let name = set.metadata.name.as_str();
     let hash = template_hash(&spec.template);
-    let replicas = spec.replicas.unwrap_or(1).max(0) as u32;
+    let replicas = spec.replicas.unwrap_or(1).clamp(0, i64::from(u32::MAX)) as u32;
     let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
     let strategy = spec.update_strategy.clone().unwrap_or_default();
@@ -88,8 +99,11 @@ pub fn reconcile(set: &ApiObject, owned: &[&ApiObject], claims: &[Arc<ApiObject>
             let found =
                 claims.iter().find(|c| c.metadata.namespace == set.metadata.namespace && c.metadata.name == claim);
             if found.is_none() {
-                ops.push(Op::Apply(claim_for(set, &spec, template, claim, retention.when_deleted.as_deref())));
                 claims_missing = true;
+                // Made a slice per pass, like replicas (see `Budget`).
+                if budget.create() {
+                    ops.push(Op::Apply(claim_for(set, &spec, template, claim, retention.when_deleted.as_deref())));
+                }
             }
         }
     }
@@ -106,7 +120,11 @@ pub fn reconcile(set: &ApiObject, owned: &[&ApiObject], claims: &[Arc<ApiObject>
         }
     }
     if retention.when_scaled.as_deref() == Some("Delete") {
-        for claim in claims.iter().filter(|c| c.metadata.namespace == set.metadata.namespace) {
+        let made_here = |c: &&Arc<ApiObject>| {
+            c.metadata.namespace == set.metadata.namespace
+                && c.metadata.labels.get(CLAIM_OF_LABEL) == Some(&set.metadata.name)
+        };
+        for claim in claims.iter().filter(made_here) {
             let scaled_away = spec.volume_claim_templates.iter().any(|t| {
                 claim
                     .metadata
@@ -130,6 +148,9 @@ pub fn reconcile(set: &ApiObject, owned: &[&ApiObject], claims: &[Arc<ApiObject>
                     break;
                 }
                 continue;
+            }
+            if !budget.create() {
+                break;
             }
             ops.push(Op::Apply(replica(set, &spec, &hash, ordinal)));
             if !parallel {
@@ -217,6 +238,7 @@ fn claim_for(
     let mut claim = ApiObject::new(Kind::PersistentVolumeClaim, &set.metadata.namespace, &name);
     claim.metadata.labels = template.metadata.labels.clone();
     claim.metadata.labels.extend(spec.selector.match_labels.clone());
+    claim.metadata.labels.insert(CLAIM_OF_LABEL.to_owned(), set.metadata.name.clone());
     claim.metadata.annotations = template.metadata.annotations.clone();
     if when_deleted == Some("Delete") {
         claim.metadata.owner_references = vec![owner(set)];

@@ -787,6 +787,13 @@ fn a_replica_waits_with_a_reason_for_a_missing_claim_a_claim_too_big_and_a_lost_
     let status: PodStatus = pods[0].status();
     assert_eq!((pods[0].node_name(), status.reason.as_str()), (None, "WaitingForVolume"));
     assert!(status.message.contains("device pi-1, which is not ready (Unreachable)"), "{}", status.message);
+
+    // A replica never placed does not hold up the claim's deletion.
+    let key = ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data");
+    let uid = f.store.get(&key).unwrap().metadata.uid.clone();
+    f.store.commit(vec![Op::Retire { key: key.clone(), uid }]).unwrap();
+    f.settle();
+    assert!(f.store.get(&key).is_none());
 }
 
 #[test]
@@ -914,6 +921,8 @@ fn a_parallel_stateful_set_whose_claims_go_when_scaled_deletes_them_with_its_rep
     let extra = "  podManagementPolicy: Parallel\n  \
                  persistentVolumeClaimRetentionPolicy: {whenScaled: Delete, whenDeleted: Delete}\n";
     f.apply(&stateful_set(2, "registry.local/db:1", extra));
+    // A claim of the same shape that the set did not make is not its own.
+    f.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data-db-7}\nspec: {resources: {requests: {storage: 1Gi}}}\n");
     f.settle();
     assert_eq!(names(&live(&f)), ["db-0", "db-1"], "all at once");
     f.apply(&stateful_set(1, "registry.local/db:1", extra));
@@ -921,9 +930,51 @@ fn a_parallel_stateful_set_whose_claims_go_when_scaled_deletes_them_with_its_rep
     stopped(&f);
     f.settle();
     assert!(f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data-db-1")).is_none());
+    assert!(f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data-db-7")).is_some());
     assert!(claim_node(&f, "data-db-0").is_some());
     // Deleted with the set once its last replica is gone.
     f.store.commit(vec![Op::Delete(ObjectKey::new(Kind::StatefulSet, "default", "db"), None)]).unwrap();
     f.settle();
     assert!(f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data-db-0")).is_none());
+}
+
+#[test]
+fn a_reschedule_claim_moves_only_once_its_device_is_lost_past_the_grace() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    disk_node(&f, "pi-2", "8Gi");
+    f.apply(&claim_and_database("2Gi", Some("reschedule"), "registry.local/db:1"));
+    f.settle();
+    let first = live(&f)[0].node_name().unwrap().to_owned();
+    // Not ready just now (a blip, a broker reconnect): a new replica waits.
+    let mut node = f.store.get(&ObjectKey::new(Kind::Node, "", &first)).unwrap();
+    let mut status: crate::status::NodeStatus = node.status();
+    crate::status::set_condition(
+        &mut status.conditions,
+        crate::status::Condition::new(ConditionType::Ready, false, "Unreachable", "last will"),
+    );
+    node.set_status(&status);
+    f.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
+    f.store.commit(vec![Op::Delete(live(&f)[0].key(), None)]).unwrap();
+    reconcile_once(&f.store).unwrap();
+    reconcile_once(&f.store).unwrap();
+    let status: PodStatus = live(&f)[0].status();
+    assert_eq!(status.reason, "WaitingForVolume", "{}", status.message);
+    assert_eq!(claim_status(&f).node_name.as_deref(), Some(first.as_str()), "not moved on a blip");
+}
+
+#[test]
+fn a_placed_replica_whose_claim_lost_its_binding_binds_it_again_where_it_runs() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "8Gi");
+    f.apply(&claim_and_database("2Gi", None, "registry.local/db:1"));
+    f.settle();
+    make_ready(&f, &live(&f)[0].metadata.name);
+    // The claim's write was split from the replica's binding (a commit in
+    // chunks, a crash between them).
+    let mut claim = f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data")).unwrap();
+    claim.set_status(&crate::status::ClaimStatus::default());
+    f.store.commit(vec![Op::UpdateStatus(claim)]).unwrap();
+    f.settle();
+    assert_eq!(claim_status(&f).node_name.as_deref(), Some("pi-1"));
 }

@@ -436,6 +436,14 @@ fn parse_document(location: Location, value: serde_yaml_ng::Value, parsed: &mut 
         );
         parsed.warnings.push(Warning { location: location.clone(), path: "spec.type".into(), message });
     }
+    if let Body::Service(spec) = &body
+        && let Some(address) = spec.cluster_ip.as_deref().filter(|a| !a.is_empty() && *a != "None")
+    {
+        let message = format!(
+            "{address} is not used: a Service is reached at a local address of its own (127.77.x.y) on each device"
+        );
+        parsed.warnings.push(Warning { location: location.clone(), path: "spec.clusterIP".into(), message });
+    }
     if let Body::PersistentVolumeClaim(spec) = &body {
         claim_warnings(spec, "spec", &location, parsed);
     }
@@ -462,12 +470,17 @@ fn claim_warnings(spec: &ClaimSpec, at: &str, location: &Location, parsed: &mut 
         );
     }
     for (i, mode) in spec.access_modes.iter().enumerate() {
-        if !matches!(mode.as_str(), "ReadWriteOnce" | "ReadWriteOncePod") {
-            warn(
-                &format!("{at}.accessModes[{i}]"),
-                format!("{mode}: a local claim is on one device; it is served as ReadWriteOnce"),
-            );
-        }
+        let message = match mode.as_str() {
+            "ReadWriteOnce" => continue,
+            // Not enforced per replica: a rolling update's new replica
+            // mounts it beside the old one on their device.
+            "ReadWriteOncePod" => "ReadWriteOncePod is served as ReadWriteOnce: during a rolling update the \
+                                   new replica shares the claim with the old one on its device (strategy \
+                                   Recreate keeps one writer)"
+                .to_owned(),
+            _ => format!("{mode}: a local claim is on one device; it is served as ReadWriteOnce"),
+        };
+        warn(&format!("{at}.accessModes[{i}]"), message);
     }
 }
 

@@ -808,6 +808,12 @@ pub struct ServiceSpec {
     /// devices have no cloud load balancer); `ExternalName` is refused.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub service_type: Option<String>,
+    /// `None` for a headless Service (the usual companion of a
+    /// StatefulSet): accepted, and reached like any other. A fixed address
+    /// is noted: a Service is reached at a local address of its own on
+    /// each device.
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
 }
 
 impl ServiceSpec {

@@ -45,6 +45,13 @@ pub(super) fn object(object: &Object) -> Result {
         }
         Body::DaemonSet(spec) => {
             selector_matches("spec", &spec.selector, &spec.template)?;
+            if let Some(i) = spec.template.spec.volumes.iter().position(|v| v.persistent_volume_claim.is_some()) {
+                return fail(
+                    format!("spec.template.spec.volumes[{i}].persistentVolumeClaim"),
+                    "a DaemonSet runs a replica on every matching device and a claim is on one device: \
+                     use a StatefulSet's volumeClaimTemplates, or hostPath",
+                );
+            }
             strategy("spec.updateStrategy", spec.update_strategy.as_ref(), &["RollingUpdate", "OnDelete"])?;
             pod("spec.template.spec", &spec.template.spec, &["Always"])
         }
