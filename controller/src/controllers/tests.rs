@@ -681,6 +681,15 @@ fn claim_and_database(size: &str, policy: Option<&str>, image: &str) -> String {
     )
 }
 
+/// Two devices with room, the claim and its database placed: where.
+fn database_on_two_devices(f: &Fixture, policy: Option<&str>) -> String {
+    disk_node(f, "pi-1", "8Gi");
+    disk_node(f, "pi-2", "8Gi");
+    f.apply(&claim_and_database("2Gi", policy, "registry.local/db:1"));
+    f.settle();
+    live(f)[0].node_name().unwrap().to_owned()
+}
+
 fn claim_status(f: &Fixture) -> crate::status::ClaimStatus {
     f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data")).unwrap().status()
 }
@@ -703,13 +712,9 @@ fn live(f: &Fixture) -> Vec<ApiObject> {
 #[test]
 fn a_claim_binds_where_its_first_replica_lands_and_holds_its_replicas_there() {
     let f = Fixture::new();
-    disk_node(&f, "pi-1", "8Gi");
-    disk_node(&f, "pi-2", "8Gi");
-    f.apply(&claim_and_database("2Gi", None, "registry.local/db:1"));
-    f.settle();
+    let first = database_on_two_devices(&f, None);
     let pods = live(&f);
     assert_eq!(pods.len(), 1);
-    let first = pods[0].node_name().unwrap().to_owned();
     let claim = claim_status(&f);
     assert_eq!((claim.phase.as_str(), claim.node_name.as_deref()), ("Bound", Some(first.as_str())));
     assert_eq!(claim.capacity["storage"], "2Gi");
@@ -741,11 +746,7 @@ fn a_claim_binds_where_its_first_replica_lands_and_holds_its_replicas_there() {
 #[test]
 fn a_claim_whose_policy_is_reschedule_moves_with_its_replica_and_starts_empty() {
     let f = Fixture::new();
-    disk_node(&f, "pi-1", "8Gi");
-    disk_node(&f, "pi-2", "8Gi");
-    f.apply(&claim_and_database("2Gi", Some("reschedule"), "registry.local/db:1"));
-    f.settle();
-    let first = live(&f)[0].node_name().unwrap().to_owned();
+    let first = database_on_two_devices(&f, Some("reschedule"));
     lose(&f, &first);
     f.settle();
     let pods = live(&f);
@@ -941,11 +942,7 @@ fn a_parallel_stateful_set_whose_claims_go_when_scaled_deletes_them_with_its_rep
 #[test]
 fn a_reschedule_claim_moves_only_once_its_device_is_lost_past_the_grace() {
     let f = Fixture::new();
-    disk_node(&f, "pi-1", "8Gi");
-    disk_node(&f, "pi-2", "8Gi");
-    f.apply(&claim_and_database("2Gi", Some("reschedule"), "registry.local/db:1"));
-    f.settle();
-    let first = live(&f)[0].node_name().unwrap().to_owned();
+    let first = database_on_two_devices(&f, Some("reschedule"));
     // Not ready just now (a blip, a broker reconnect): a new replica waits.
     let mut node = f.store.get(&ObjectKey::new(Kind::Node, "", &first)).unwrap();
     let mut status: crate::status::NodeStatus = node.status();
