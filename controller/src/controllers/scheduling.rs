@@ -111,11 +111,6 @@ fn scheduler_node(node: &ApiObject) -> sched::Node {
             other => _ = allocatable.extended.insert(other.to_owned(), q.as_units() as u64),
         }
     }
-    // Room for new claims: the free disk the agent reports (less, when a
-    // pass places claims, what the claims bound there already asked).
-    if let Some(free) = status.usage.as_ref().map(|u| u.disk_free_bytes).filter(|b| *b > 0) {
-        allocatable.extended.insert(claims::LOCAL_STORAGE.to_owned(), free);
-    }
     let mut out = sched::Node::new(&node.metadata.name, allocatable.clone(), max_workloads)
         .with_ready(status.is_ready() && !spec.unschedulable);
     out.capacity = allocatable;
@@ -384,16 +379,17 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     // A claim reserves its size on its device: what a new one may take is
     // the free disk less the claims bound there; and a device's document
     // lists at most LINUX_MAX_CLAIMS claims.
+    // (Only in a pass that binds claims: the models kept with the nodes do
+    // not carry these, so a fleet without claims pays nothing for them.)
     if placing.iter().any(|p| !p.binds.is_empty()) {
         let bound = claims.bound_per_node();
-        for node in &mut nodes {
+        for (node, object) in nodes.iter_mut().zip(&snapshot.nodes) {
             let (count, bytes) = bound.get(node.id.as_str()).copied().unwrap_or_default();
+            let free = object.typed_status::<NodeStatus>().usage.as_ref().map_or(0, |u| u.disk_free_bytes);
             let model = Arc::make_mut(node);
             let slots = (firmware_proto::pod::LINUX_MAX_CLAIMS as u64).saturating_sub(count);
             model.allocatable.extended.insert(claims::CLAIM_SLOTS.to_owned(), slots);
-            if let Some(free) = model.allocatable.extended.get_mut(claims::LOCAL_STORAGE) {
-                *free = free.saturating_sub(bytes);
-            }
+            model.allocatable.extended.insert(claims::LOCAL_STORAGE.to_owned(), free.saturating_sub(bytes));
         }
     }
     // Every replica that holds its node (not ended, not gone), read node by
