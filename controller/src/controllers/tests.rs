@@ -407,14 +407,7 @@ fn a_lost_nodes_replicas_move_in_one_pass_spread_over_the_other_nodes() {
     assert!(leaving >= 3, "packed onto few nodes: {before:?}");
 
     // Its Last Will, past the eviction grace.
-    let mut node = f.store.get(&ObjectKey::new(Kind::Node, "", &lost)).unwrap();
-    let mut status: crate::status::NodeStatus = node.status();
-    let mut unreachable = crate::status::Condition::new(ConditionType::Ready, false, "Unreachable", "last will");
-    unreachable.last_transition_time =
-        humantime::format_rfc3339_millis(std::time::SystemTime::now() - Duration::from_secs(5)).to_string();
-    crate::status::set_condition(&mut status.conditions, unreachable);
-    node.set_status(&status);
-    f.store.commit(vec![Op::UpdateStatus(node)]).unwrap();
+    lose(&f, &lost);
 
     // One pass: unbound and bound again, never left unbound in between.
     assert!(reconcile_once(&f.store).unwrap() > 0);
@@ -694,6 +687,7 @@ fn claim_status(f: &Fixture) -> crate::status::ClaimStatus {
     f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", "data")).unwrap().status()
 }
 
+/// The node's Last Will, 5 s ago: past the eviction grace.
 fn lose(f: &Fixture, name: &str) {
     let mut node = f.store.get(&ObjectKey::new(Kind::Node, "", name)).unwrap();
     let mut status: crate::status::NodeStatus = node.status();
