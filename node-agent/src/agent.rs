@@ -1255,9 +1255,8 @@ fn pod_status(units: &[UnitStatus]) -> ReplicaStatus {
 
 /// Writes a file only this user may read (config objects may hold Secrets).
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    crate::persist::write_atomic(path, bytes)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    // Every file the agent persists is 0600 from its first byte.
+    crate::persist::write_atomic(path, bytes)
 }
 
 impl Probes {

@@ -141,6 +141,19 @@ fn a_pod_with_an_init_container_and_a_sidecar_shares_its_volumes_and_reads_its_o
     assert!(logs(&controller, &name, Some("migrate")).contains("migrated to schema-v7"));
     let unknown = logs(&controller, &name, Some("nginx"));
     assert!(unknown.contains("has no container \"nginx\": choose one of frontend, migrate, log-shipper"), "{unknown}");
+
+    // What can hold Secret values on the device is the agent's alone: its
+    // data directory 0700, its state and each container's spec 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&agent.data), 0o700);
+    assert_eq!(mode(&agent.data.join("agent-state.bin")), 0o600);
+    let specs: Vec<u32> = std::fs::read_dir(agent.data.join("bundles"))
+        .unwrap()
+        .flatten()
+        .map(|bundle| mode(&bundle.path().join("config.json")))
+        .collect();
+    assert!(!specs.is_empty() && specs.iter().all(|m| *m == 0o600), "{specs:?}");
 }
 
 #[test]

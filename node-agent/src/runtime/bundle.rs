@@ -281,10 +281,31 @@ pub fn spec(config: &ContainerConfig) -> Result<Value, RuntimeError> {
 pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<(), RuntimeError> {
     let bundle_err = |reason: String| RuntimeError::Bundle { id: config.id.clone(), reason };
     let spec = spec(config)?;
-    std::fs::create_dir_all(bundle).map_err(|e| bundle_err(format!("creating {}: {e}", bundle.display())))?;
+    // The spec holds the container's env, Secret values included: the
+    // bundle is root's alone (0700, config.json 0600).
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(bundle)
+            .and_then(|()| std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| bundle_err(format!("creating {}: {e}", bundle.display())))?;
+    }
     let bytes = serde_json::to_vec(&spec).map_err(|e| bundle_err(e.to_string()))?;
     let temp = bundle.join(".config.json.tmp");
-    std::fs::write(&temp, &bytes).map_err(|e| bundle_err(format!("writing {}: {e}", temp.display())))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .and_then(|mut file| file.write_all(&bytes))
+            .map_err(|e| bundle_err(format!("writing {}: {e}", temp.display())))?;
+    }
     // Read back with the loader libcontainer itself uses, so that a field of
     // the wrong shape fails here, not inside the container's init. Reusing
     // that loader (rather than `serde_json::from_value`) also keeps a second
@@ -411,6 +432,10 @@ mod tests {
         let loaded = oci_spec::runtime::Spec::load(dir.path().join("config.json")).unwrap();
         assert_eq!(loaded.hostname().as_deref(), Some("web-7f3a-0"));
         assert!(!dir.path().join(".config.json.tmp").exists());
+        // It holds the container's env, Secret values included: root's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(dir.path()), mode(&dir.path().join("config.json"))), (0o700, 0o600));
     }
 
     #[test]
