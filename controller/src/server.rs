@@ -151,7 +151,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         mqtt_url: config.fleet.advertised_mqtt_url.clone(),
         prefix: config.fleet.prefix.clone(),
     });
-    let fleet = fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key)?;
+    let fleet =
+        fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key, state.metrics.node_refusals())?;
     let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: fleet.log_requests.clone() };
     let eviction = fleet.eviction.clone();
     let reconciler =

@@ -134,6 +134,27 @@ impl ControllerProcess {
         Ok(std::fs::read_to_string(self.data_dir.join("token"))?.trim().to_owned())
     }
 
+    /// `/metrics` as it is now.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        Ok(ureq::get(format!("{}/metrics", self.url))
+            .header("Authorization", format!("Bearer {}", self.token()?))
+            .call()?
+            .body_mut()
+            .read_to_string()?)
+    }
+
+    /// The sum of a Prometheus counter over its labels, as `/metrics`
+    /// serves it now (0 when it has no series yet).
+    pub fn counter(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.metrics()?;
+        let series = format!("{name}_total");
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(&series) && l[series.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// A `flotilla` client command pointed at this server.
     pub fn cli(&self) -> anyhow::Result<std::process::Command> {
         let mut command = std::process::Command::new(binary("flotilla")?);

@@ -200,7 +200,8 @@ fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
     // mosq-a's login on mosq-b's status topic: Mosquitto's ACL denies it
     // (and still PUBACKs under MQTT 3.1.1, so mosquitto_pub succeeds).
     let enrolment: Value = serde_json::from_slice(&std::fs::read(a.data.join("enrolment.json")).unwrap()).unwrap();
-    let refused_before = controller.log_text().matches("node message refused").count();
+    let refused = || controller.counter("flotilla_node_messages_refused").unwrap();
+    let refused_before = refused();
     let status = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string(), "-i", "mosq-a:probe", "-u", "mosq-a", "-q", "1"])
         .args(["-P", enrolment["mqttPassword"].as_str().unwrap()])
@@ -212,11 +213,32 @@ fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
         mosquitto.log().contains("Denied PUBLISH from mosq-a:probe").then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        controller.log_text().matches("node message refused").count(),
-        refused_before,
-        "the denied message reached the controller"
-    );
+    assert_eq!(refused(), refused_before, "the denied message reached the controller");
+
+    // 500 malformed frames on mosq-a's own topic (its ACL allows it): all
+    // refused and counted, under its name, and logged in one line.
+    let lines_before = controller.log_text().matches("node message refused").count();
+    let mut flood = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string(), "-i", "mosq-a:flood", "-u", "mosq-a", "-q", "1"])
+        .args(["-P", enrolment["mqttPassword"].as_str().unwrap()])
+        .args(["-t", "flotilla/v1/nodes/mosq-a/status", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = flood.stdin.take().unwrap();
+        for i in 0..500 {
+            writeln!(stdin, "not a frame {i}").unwrap();
+        }
+    }
+    assert!(flood.wait().unwrap().success());
+    wait_until("500 refusals counted", Duration::from_secs(20), || (refused() >= refused_before + 500.0).then_some(()));
+    let metrics_line = r#"flotilla_node_messages_refused_total{node="mosq-a",reason="malformed"} 500"#;
+    let text = controller.metrics().unwrap();
+    assert!(text.contains(metrics_line), "{text}");
+    let lines = controller.log_text().matches("node message refused").count() - lines_before;
+    assert_eq!(lines, 1, "a flood is one line per node and reason per minute");
     assert!(all_running_on(&controller, 2, &["mosq-a", "mosq-b"]).is_some());
 }
 

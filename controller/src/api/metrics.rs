@@ -35,6 +35,7 @@ pub struct Metrics {
     apply_seconds: Histogram,
     objects: Family<KindLabels, Gauge>,
     resource_version: Gauge,
+    node_refusals: crate::fleet::refusals::RefusalCounter,
 }
 
 impl Default for Metrics {
@@ -54,11 +55,30 @@ impl Default for Metrics {
         registry.register("store_objects", "Objects in the store by kind", objects.clone());
         let resource_version = Gauge::default();
         registry.register("store_resource_version", "The store's latest resourceVersion", resource_version.clone());
-        Metrics { registry: Mutex::new(registry), requests, request_seconds, apply_seconds, objects, resource_version }
+        let node_refusals = crate::fleet::refusals::RefusalCounter::default();
+        registry.register(
+            "node_messages_refused",
+            "Messages from nodes refused, by enrolled node (or unknown) and reason",
+            node_refusals.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            request_seconds,
+            apply_seconds,
+            objects,
+            resource_version,
+            node_refusals,
+        }
     }
 }
 
 impl Metrics {
+    /// The counter of refused node messages, for the fleet inbox.
+    pub fn node_refusals(&self) -> crate::fleet::refusals::RefusalCounter {
+        self.node_refusals.clone()
+    }
+
     pub(super) fn observe_request(&self, method: &str, route: &str, code: u16, elapsed: Duration) {
         let labels = RequestLabels { method: method.to_owned(), route: route.to_owned(), code };
         self.requests.get_or_create(&labels).inc();

@@ -24,6 +24,7 @@ use super::channel::Incoming;
 use super::credentials::Enrolment;
 use super::desired::PublishedDocuments;
 use super::logs::LogRequests;
+use super::refusals::{Refusal, RefusalCounter, Refusals};
 use super::{FleetConfig, Topics};
 use crate::manifest::Kind;
 use crate::manifest::types::NodeSpec;
@@ -125,6 +126,7 @@ pub struct Inbox {
     started: Instant,
     pending: Pending,
     last_resync: Option<Instant>,
+    refusals: Refusals,
 }
 
 /// Starts the inbox thread.
@@ -182,7 +184,14 @@ impl Inbox {
             started: Instant::now(),
             pending: Pending::default(),
             last_resync: None,
+            refusals: Refusals::default(),
         }
+    }
+
+    /// Refusals counted into `counter` (the metrics registry's).
+    pub fn with_refusal_counter(mut self, counter: RefusalCounter) -> Self {
+        self.refusals = Refusals::with_counter(counter);
+        self
     }
 
     /// Log chunks from nodes go to `requests`; without, they are dropped.
@@ -204,30 +213,44 @@ impl Inbox {
         self.pending.messages += 1;
         match self.check(topic, payload, retained) {
             Ok((node, message)) => self.apply(&node, message),
-            Err(reason) => tracing::warn!(topic, bytes = payload.len(), reason, "node message refused"),
+            Err(refusal) => _ = self.refusals.record(&refusal, topic, payload.len(), Instant::now()),
         }
     }
 
-    fn check(&mut self, topic: &str, payload: &[u8], retained: bool) -> Result<(String, NodeMessage), String> {
-        let (node, leaf) = self.topics.parse(topic).ok_or("not a node topic")?;
+    fn check(&mut self, topic: &str, payload: &[u8], retained: bool) -> Result<(String, NodeMessage), Refusal> {
+        let (node, leaf) = self.topics.parse(topic).ok_or(Refusal::anonymous("topic", "not a node topic"))?;
+        // Named in the refusal only once the controller knows it: a topic
+        // names whatever its sender likes.
+        let enrolled = self.enrolment.node(node).is_some();
+        let refused = |reason: &'static str, detail: String| match enrolled {
+            true => Refusal::of(node, reason, detail),
+            false => Refusal::anonymous(reason, format!("{detail} (on {node}'s topic)")),
+        };
         if payload.is_empty() {
             // A cleared retained message (e.g. a node being removed).
-            return Err("empty payload".into());
+            return Err(refused("empty", "empty payload".into()));
         }
-        let decoded = decode_node_frame(payload).map_err(|e| format!("malformed payload: {e}"))?;
+        let decoded =
+            decode_node_frame(payload).map_err(|e| refused("malformed", format!("malformed payload: {e}")))?;
         let expected = decoded.frame.message.kind().topic_leaf();
         if leaf != expected {
-            return Err(format!("a {expected} message on the {leaf} topic"));
+            return Err(refused("wrong-topic", format!("a {expected} message on the {leaf} topic")));
         }
-        let credential = self.enrolment.node(node).ok_or_else(|| format!("node {node:?} is not enrolled"))?;
-        let key = credential.mac_key_bytes().ok_or("the node's stored MAC key is unreadable")?;
+        let credential = self
+            .enrolment
+            .node(node)
+            .ok_or_else(|| refused("not-enrolled", format!("node {node:?} is not enrolled")))?;
+        let key = credential
+            .mac_key_bytes()
+            .ok_or_else(|| refused("key", "the node's stored MAC key is unreadable".into()))?;
         if !verify_node_mac(&key, decoded.authenticated, &decoded.frame.mac) {
-            return Err(format!("bad MAC: not made with {node}'s key (forged, or another node's message)"));
+            let detail = format!("bad MAC: not made with {node}'s key (forged, or another node's message)");
+            return Err(refused("mac", detail));
         }
         if let NodeMessage::Hello(hello) = &decoded.frame.message
             && hello.node_id.as_str() != node
         {
-            return Err(format!("hello for {:?} on {node}'s topic", hello.node_id.as_str()));
+            return Err(refused("hello", format!("hello for {:?} on {node}'s topic", hello.node_id.as_str())));
         }
         let track = self.track(node);
         if track.key != key {
@@ -236,11 +259,14 @@ impl Inbox {
         }
         let seq = decoded.frame.seq;
         let kind = decoded.frame.message.kind();
-        let slot =
-            firmware_proto::MessageKind::FROM_NODE.iter().position(|k| *k == kind).ok_or("not a node message")?;
+        let slot = firmware_proto::MessageKind::FROM_NODE
+            .iter()
+            .position(|k| *k == kind)
+            .ok_or_else(|| Refusal::of(node, "wrong-topic", "not a node message"))?;
         let floor = &mut track.last_seq[slot];
         if seq <= *floor && !retained {
-            return Err(format!("replayed or reordered: sequence {seq} after {floor} on the {leaf} topic"));
+            let detail = format!("replayed or reordered: sequence {seq} after {floor} on the {leaf} topic");
+            return Err(Refusal::of(node, "replay", detail));
         }
         *floor = (*floor).max(seq);
         Ok((node.to_owned(), decoded.frame.message))

@@ -22,6 +22,7 @@ pub mod enrol_api;
 pub mod inbox;
 pub mod logs;
 pub mod mosquitto;
+pub mod refusals;
 pub mod services;
 
 use std::sync::Arc;
@@ -122,6 +123,7 @@ pub fn spawn(
     config: FleetConfig,
     enrolment: credentials::Enrolment,
     key: Arc<credentials::ControllerKey>,
+    refusals: refusals::RefusalCounter,
 ) -> anyhow::Result<Fleet> {
     let topics = Topics::new(&config.prefix);
     let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(INCOMING_QUEUE);
@@ -134,7 +136,8 @@ pub fn spawn(
     let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
     let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
         .with_log_requests(log_requests.clone())
-        .with_broker_link(link);
+        .with_broker_link(link)
+        .with_refusal_counter(refusals);
     let inbox = inbox::spawn(inbox, incoming_rx)?;
     let publisher = tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
     Ok(Fleet { log_requests, tasks: vec![connection, publisher], inbox, eviction })
