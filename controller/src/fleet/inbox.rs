@@ -221,7 +221,8 @@ impl Inbox {
         let (node, leaf) = self.topics.parse(topic).ok_or(Refusal::anonymous("topic", "not a node topic"))?;
         // Named in the refusal only once the controller knows it: a topic
         // names whatever its sender likes.
-        let enrolled = self.enrolment.node(node).is_some();
+        let credential = self.enrolment.node(node);
+        let enrolled = credential.is_some();
         let refused = |reason: &'static str, detail: String| match enrolled {
             true => Refusal::of(node, reason, detail),
             false => Refusal::anonymous(reason, format!("{detail} (on {node}'s topic)")),
@@ -236,10 +237,7 @@ impl Inbox {
         if leaf != expected {
             return Err(refused("wrong-topic", format!("a {expected} message on the {leaf} topic")));
         }
-        let credential = self
-            .enrolment
-            .node(node)
-            .ok_or_else(|| refused("not-enrolled", format!("node {node:?} is not enrolled")))?;
+        let credential = credential.ok_or_else(|| refused("not-enrolled", format!("node {node:?} is not enrolled")))?;
         let key = credential
             .mac_key_bytes()
             .ok_or_else(|| refused("key", "the node's stored MAC key is unreadable".into()))?;
