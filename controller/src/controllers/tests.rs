@@ -969,3 +969,27 @@ fn a_placed_replica_whose_claim_lost_its_binding_binds_it_again_where_it_runs() 
     f.settle();
     assert_eq!(claim_status(&f).node_name.as_deref(), Some("pi-1"));
 }
+
+#[test]
+fn a_device_holding_as_many_claims_as_a_document_lists_takes_no_new_one() {
+    let f = Fixture::new();
+    disk_node(&f, "pi-1", "64Gi");
+    // 64 claims already bound there (their replicas elsewhere, or gone).
+    for i in 0..firmware_proto::pod::LINUX_MAX_CLAIMS {
+        f.apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: old-{i}}}\n\
+             spec: {{resources: {{requests: {{storage: 1Mi}}}}}}\n"
+        ));
+        let claim = f.store.get(&ObjectKey::new(Kind::PersistentVolumeClaim, "default", &format!("old-{i}"))).unwrap();
+        f.store.commit(vec![Op::UpdateStatus(super::claims::bound_to(&claim, "pi-1"))]).unwrap();
+    }
+    f.apply(&claim_and_database("1Gi", None, "registry.local/db:1"));
+    f.settle();
+    let status: PodStatus = live(&f)[0].status();
+    assert_eq!((live(&f)[0].node_name(), status.reason.as_str()), (None, "Unschedulable"));
+    assert!(status.message.contains(super::claims::CLAIM_SLOTS), "{}", status.message);
+    // One fewer, and it fits.
+    f.store.commit(vec![Op::Delete(ObjectKey::new(Kind::PersistentVolumeClaim, "default", "old-0"), None)]).unwrap();
+    f.settle();
+    assert_eq!(live(&f)[0].node_name(), Some("pi-1"));
+}
