@@ -104,7 +104,7 @@ impl ConfigTable {
 pub fn claim_of(object: &ApiObject) -> Result<Claim, String> {
     let uid: String = object.metadata.uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
     let id = format!("{}.{}.{uid}", object.metadata.namespace, object.metadata.name);
-    let size_bytes = object.typed_spec::<crate::manifest::types::ClaimSpec>().map_or(0, |s| s.size_bytes());
+    let size_bytes = crate::controllers::claims::size_of(object);
     Ok(Claim { id: Text::new(&id).map_err(|_| format!("claim id {id:?} is too long"))?, size_bytes })
 }
 
@@ -147,6 +147,11 @@ fn entry(secret: bool, object: &ApiObject) -> Result<Arc<ConfigEntry>, String> {
     Ok(entry)
 }
 
+/// The object of `list` named `name` in `namespace`.
+fn named<'a>(list: &'a [Arc<ApiObject>], namespace: &str, name: &str) -> Option<&'a ApiObject> {
+    list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
+}
+
 /// Where ConfigMaps and Secrets are looked up, and the node the document
 /// is for (the downward API's `spec.nodeName`, `status.hostIP`).
 pub struct References<'a> {
@@ -162,12 +167,11 @@ pub struct References<'a> {
 
 impl References<'_> {
     fn find(&self, secret: bool, namespace: &str, name: &str) -> Option<&ApiObject> {
-        let list = if secret { self.secrets } else { self.config_maps };
-        list.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
+        named(if secret { self.secrets } else { self.config_maps }, namespace, name)
     }
 
     fn claim(&self, namespace: &str, name: &str) -> Option<&ApiObject> {
-        self.claims.iter().find(|o| o.metadata.namespace == namespace && o.metadata.name == name).map(|o| &**o)
+        named(self.claims, namespace, name)
     }
 
     fn node_address(&self) -> &str {

@@ -424,7 +424,8 @@ impl<R: Runtime> Agent<R> {
         self.config.insert(digest, blob);
         if named {
             let path = self.paths.config_object(&digest.0);
-            write_private(&path, frame).map_err(|e| format!("storing config object {}: {e}", path.display()))?;
+            crate::persist::write_atomic(&path, frame)
+                .map_err(|e| format!("storing config object {}: {e}", path.display()))?;
         } else {
             self.early_config.push((digest.0, frame.to_vec()));
             while self.early_config.len() > EARLY_CONFIG_MAX
@@ -444,7 +445,7 @@ impl<R: Runtime> Agent<R> {
         let Some(document) = &self.desired else { return };
         for (digest, frame) in arrived {
             let path = self.paths.config_object(digest);
-            if let Err(e) = write_private(&path, frame) {
+            if let Err(e) = crate::persist::write_atomic(&path, frame) {
                 tracing::error!(path = %path.display(), error = %e, "storing a config object failed (disk full?)");
             }
         }
@@ -1251,12 +1252,6 @@ fn pod_status(units: &[UnitStatus]) -> ReplicaStatus {
         Readiness::NotReady
     };
     status
-}
-
-/// Writes a file only this user may read (config objects may hold Secrets).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    // Every file the agent persists is 0600 from its first byte.
-    crate::persist::write_atomic(path, bytes)
 }
 
 impl Probes {

@@ -79,12 +79,9 @@ impl Enrolment {
 
     /// Stores it (atomic, 0600).
     pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         let path = Self::path(data_dir);
         crate::persist::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", path.display()))
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// The MAC key.

@@ -181,13 +181,7 @@ fn hostname() -> String {
 /// (container specs, config objects, its state). One made before, more
 /// open, is closed.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .with_context(|| format!("creating {}", dir.display()))
+    crate::persist::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 fn now_ms() -> u64 {

@@ -56,8 +56,9 @@ pub struct Needs<'s> {
 pub type Waiting = (&'static str, String);
 
 impl<'s> Claims<'s> {
-    /// Indexes the snapshot's claims and nodes.
-    pub fn new(snapshot: &'s Snapshot) -> Self {
+    /// Indexes the snapshot's claims and nodes; `lost`: the nodes lost
+    /// past the eviction grace, as the node-lifecycle step found them.
+    pub fn new(snapshot: &'s Snapshot, lost: impl IntoIterator<Item = &'s str>) -> Self {
         Claims {
             claims: snapshot
                 .claims
@@ -73,12 +74,7 @@ impl<'s> Claims<'s> {
             },
             // A claim that moves when its device is lost moves only once the
             // device counts as lost (past the eviction grace), not on a blip.
-            lost: if snapshot.claims.iter().any(|c| reschedules(c)) {
-                let now = snapshot.now.unwrap_or_else(std::time::SystemTime::now);
-                super::node_lifecycle::lost_nodes(snapshot, &snapshot.eviction, now).0.into_keys().collect()
-            } else {
-                HashSet::new()
-            },
+            lost: lost.into_iter().collect(),
         }
     }
 
@@ -172,7 +168,7 @@ impl<'s> Claims<'s> {
     /// the claim's were split by a commit, or the replica was bound at
     /// creation): bound to that replica's node. Each with the node.
     pub fn unbound_in_use(&self, snapshot: &'s Snapshot) -> Vec<(&'s ApiObject, &'s str)> {
-        let unbound: HashSet<(&str, &str)> = self
+        let mut unbound: HashSet<(&str, &str)> = self
             .claims
             .iter()
             .filter(|(_, c)| !c.is_retired() && c.typed_status::<ClaimStatus>().node_name.is_none())
@@ -190,9 +186,8 @@ impl<'s> Claims<'s> {
             let Some(spec) = pod.spec_ref::<PodSpec>() else { continue };
             for source in spec.volumes.iter().filter_map(|v| v.persistent_volume_claim.as_ref()) {
                 let key = (pod.metadata.namespace.as_str(), source.claim_name.as_str());
-                if let Some(&key) = unbound.get(&key)
-                    && !out.iter().any(|(c, _)| (c.metadata.namespace.as_str(), c.metadata.name.as_str()) == key)
-                {
+                // Each claim once: the first placed replica that mounts it.
+                if let Some(key) = unbound.take(&key) {
                     out.push((self.claims[&key], node));
                 }
             }
@@ -231,9 +226,10 @@ pub fn uses(pod: &ApiObject, name: &str) -> bool {
 /// Retires the claims whose owner (a StatefulSet whose claims go with it)
 /// is gone.
 pub fn collect_deleted(snapshot: &Snapshot, ops: &mut Vec<crate::store::Op>) {
+    let sets: HashSet<&str> = snapshot.stateful_sets.iter().map(|s| s.metadata.uid.as_str()).collect();
     for claim in snapshot.claims.iter().filter(|c| !c.is_retired()) {
         let Some(owner) = claim.metadata.owner_references.first() else { continue };
-        if !snapshot.stateful_sets.iter().any(|s| s.metadata.uid == owner.uid) {
+        if !sets.contains(owner.uid.as_str()) {
             ops.push(crate::store::Op::Retire { key: claim.key(), uid: claim.metadata.uid.clone() });
         }
     }

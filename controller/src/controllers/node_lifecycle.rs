@@ -60,6 +60,8 @@ pub struct Evictions<'s> {
     pub moving: BTreeMap<(&'s str, &'s str), String>,
     /// The replicas that move, as read.
     pub pods: Vec<&'s ApiObject>,
+    /// The nodes lost past the grace.
+    pub lost: Vec<&'s str>,
 }
 
 /// The nodes lost for longer than the grace, each with its reason; and when
@@ -102,7 +104,8 @@ pub fn reconcile<'s>(
     }
     // The lost nodes' pods, from the store's index by node.
     let mut moving_from: BTreeMap<&str, usize> = BTreeMap::new();
-    let claims = super::claims::Claims::new(snapshot);
+    evictions.lost = lost.keys().copied().collect();
+    let claims = super::claims::Claims::new(snapshot, evictions.lost.iter().copied());
     let held = |pod: &ApiObject, node: &str| {
         if claims.is_empty() {
             return None;

@@ -146,7 +146,7 @@ fn scheduler_replica(pod: &ApiObject, spec: &PodSpec) -> sched::Replica {
     replica.node_selector = spec.node_selector.clone();
     replica.tolerations = spec.tolerations.iter().filter_map(toleration).collect();
     if let Some(spread) = spec.topology_spread_constraints.first() {
-        if spread.topology_key == "kubernetes.io/hostname" {
+        if spread.topology_key == claims::HOSTNAME_LABEL {
             replica.max_per_node = Some(spread.max_skew.max(1));
         } else {
             replica.topology_spread =
@@ -216,7 +216,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     let mut blocked: Vec<(&ApiObject, &str, String)> = Vec::new();
     let mut unbinds: Vec<(&ApiObject, &str, &str, String)> = Vec::new();
     let mut created_bound: Vec<(&ApiObject, &str)> = Vec::new();
-    let claims = Claims::new(snapshot);
+    let claims = Claims::new(snapshot, evictions.lost.iter().copied());
     // Claims bound this pass: by the first replica placed that mounts one.
     let mut binding: BTreeSet<ObjectKey> = BTreeSet::new();
     // A placed replica whose claim is not bound yet (bound at creation, or

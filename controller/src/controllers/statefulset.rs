@@ -23,19 +23,19 @@
 //! Writes: its replicas (create, retire), its claims (create; delete when
 //! the retention policy says so), its `status`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::manifest::Kind;
 use crate::manifest::types::{ClaimTemplate, StatefulSetSpec};
-use crate::object::{ApiObject, OwnerReference, StoredPodSpec};
-use crate::status::{PodPhase, PodStatus, StatefulSetStatus};
+use crate::object::{ApiObject, StoredPodSpec};
+use crate::status::{PodStatus, StatefulSetStatus};
 use crate::store::Op;
 
 use super::Requeue;
 use super::deployment::{is_available, retire};
-use super::workload::{TEMPLATE_HASH_LABEL, status_op, template_hash};
+use super::workload::{self, TEMPLATE_HASH_LABEL, Template, status_op, template_hash};
 
 /// The label naming a StatefulSet replica (Kubernetes').
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -92,13 +92,16 @@ pub fn reconcile(
     let available = |pod: &ApiObject| live(&pod) && is_available(pod, min_ready, now);
 
     // Claims first: a replica is made only once its claims exist.
+    let existing: HashSet<&str> = claims
+        .iter()
+        .filter(|c| c.metadata.namespace == set.metadata.namespace)
+        .map(|c| c.metadata.name.as_str())
+        .collect();
     let mut claims_missing = false;
     for ordinal in 0..replicas {
         for template in &spec.volume_claim_templates {
             let claim = StatefulSetSpec::claim_name(template, name, ordinal);
-            let found =
-                claims.iter().find(|c| c.metadata.namespace == set.metadata.namespace && c.metadata.name == claim);
-            if found.is_none() {
+            if !existing.contains(claim.as_str()) {
                 claims_missing = true;
                 // Made a slice per pass, like replicas (see `Budget`).
                 if budget.create() {
@@ -207,23 +210,15 @@ pub fn reconcile(
     status_op(set, &status, ops);
 }
 
-/// Replica `ordinal` of `set`, its claim templates mounted.
+/// Replica `ordinal` of `set`: a workload replica whose spec mounts its
+/// own claims (so not shared with its siblings).
 fn replica(set: &ApiObject, spec: &StatefulSetSpec, hash: &str, ordinal: u32) -> ApiObject {
     let name = format!("{}-{ordinal}", set.metadata.name);
-    let mut pod = ApiObject::new(Kind::Pod, &set.metadata.namespace, &name);
-    pod.metadata.labels = spec.template.metadata.labels.clone();
-    pod.metadata.labels.insert(TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
+    let mut pod = workload::replica(set, &Template::new(&spec.template), hash, name.clone(), None);
     pod.metadata.labels.insert(POD_NAME_LABEL.to_owned(), name);
-    pod.metadata.annotations = spec.template.metadata.annotations.clone();
-    pod.metadata.owner_references = vec![owner(set)];
     let template = Arc::new(spec.pod_spec(&set.metadata.name, ordinal));
     pod.set_spec(StoredPodSpec { template, node_name: None });
-    pod.set_status(&PodStatus { phase: PodPhase::Pending, ..PodStatus::default() });
     pod
-}
-
-fn owner(set: &ApiObject) -> OwnerReference {
-    OwnerReference { kind: set.kind, name: set.metadata.name.clone(), uid: set.metadata.uid.clone() }
 }
 
 /// A claim from a template: its labels, the set's selector labels (as
@@ -241,7 +236,7 @@ fn claim_for(
     claim.metadata.labels.insert(CLAIM_OF_LABEL.to_owned(), set.metadata.name.clone());
     claim.metadata.annotations = template.metadata.annotations.clone();
     if when_deleted == Some("Delete") {
-        claim.metadata.owner_references = vec![owner(set)];
+        claim.metadata.owner_references = vec![workload::owner_of(set)];
     }
     claim.set_spec(template.spec.clone());
     claim

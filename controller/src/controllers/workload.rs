@@ -69,11 +69,15 @@ pub fn replica(owner: &ApiObject, template: &Template<'_>, hash: &str, name: Str
     pod.metadata.labels = template.metadata.labels.clone();
     pod.metadata.labels.insert(TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
     pod.metadata.annotations = template.metadata.annotations.clone();
-    pod.metadata.owner_references =
-        vec![OwnerReference { kind: owner.kind, name: owner.metadata.name.clone(), uid: owner.metadata.uid.clone() }];
+    pod.metadata.owner_references = vec![owner_of(owner)];
     pod.set_spec(StoredPodSpec { template: spec, node_name: node.map(str::to_owned) });
     pod.set_status(&PodStatus { phase: crate::status::PodPhase::Pending, ..PodStatus::default() });
     pod
+}
+
+/// A reference to `owner` from what it made.
+pub fn owner_of(owner: &ApiObject) -> OwnerReference {
+    OwnerReference { kind: owner.kind, name: owner.metadata.name.clone(), uid: owner.metadata.uid.clone() }
 }
 
 /// The ordinal a Deployment or Job replica name ends with.

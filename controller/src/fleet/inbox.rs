@@ -323,7 +323,7 @@ impl Inbox {
             .iter()
             .map(|l| (l.key.to_string(), l.value.to_string()))
             .chain([
-                ("kubernetes.io/hostname".to_owned(), node.to_owned()),
+                (crate::controllers::claims::HOSTNAME_LABEL.to_owned(), node.to_owned()),
                 ("kubernetes.io/arch".to_owned(), arch_name(hello.arch).to_owned()),
             ])
             .collect();

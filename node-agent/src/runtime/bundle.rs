@@ -283,15 +283,8 @@ pub fn write(bundle: &Path, config: &ContainerConfig) -> Result<(), RuntimeError
     let spec = spec(config)?;
     // The spec holds the container's env, Secret values included: the
     // bundle is root's alone (0700, config.json 0600).
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(bundle)
-            .and_then(|()| std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o700)))
-            .map_err(|e| bundle_err(format!("creating {}: {e}", bundle.display())))?;
-    }
+    crate::persist::create_private_dir(bundle)
+        .map_err(|e| bundle_err(format!("creating {}: {e}", bundle.display())))?;
     let bytes = serde_json::to_vec(&spec).map_err(|e| bundle_err(e.to_string()))?;
     let temp = bundle.join(".config.json.tmp");
     {
