@@ -170,7 +170,7 @@ pub enum Command {
     /// that crash-loops or misses progressDeadlineSeconds is rolled back by
     /// itself, and `rollout status` exits non-zero saying why.
     Rollout(RolloutArgs),
-    /// Enrol devices: `flotilla node token create|ls|revoke`, `flotilla node reset`.
+    /// Enrol devices: `flotilla node token create|ls|revoke`, `flotilla node revoke`.
     Node(NodeArgs),
     /// OCI images: build them, push them into a registry, list a registry.
     Image(ImageArgs),
@@ -488,6 +488,17 @@ pub struct ServerArgs {
     /// twice that. A dropped connection is noticed much sooner, by the MQTT Last Will.
     #[arg(long, default_value = "11m", value_parser = humantime::parse_duration)]
     pub lease: std::time::Duration,
+    /// Embedded broker: messages a second one device login may send, sustained (ten seconds'
+    /// worth may come at once). A login over this or --node-bytes-per-sec is disconnected and
+    /// refused for --node-cut-off. An agent sends far fewer.
+    #[arg(long, default_value = "20")]
+    pub node_messages_per_sec: std::num::NonZeroU32,
+    /// Embedded broker: bytes a second one device login may send, sustained.
+    #[arg(long, default_value = "262144")]
+    pub node_bytes_per_sec: std::num::NonZeroU32,
+    /// Embedded broker: how long a device login that went over its limits is refused.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub node_cut_off: std::time::Duration,
 }
 
 /// `flotilla node ...`.
@@ -503,16 +514,20 @@ pub struct NodeArgs {
 pub enum NodeCommand {
     /// Join tokens for new devices: `flotilla node token create|ls|revoke`.
     Token(NodeTokenArgs),
-    /// Forget an enrolled node's credentials so the name can enrol again.
+    /// Revoke an enrolled node: its credentials are removed and it is lost at once.
     ///
-    /// An enrolled name is never taken over: a device enrolling under a name
-    /// that is enrolled already is refused (409) until this runs. Afterwards
-    /// the node's broker login and MAC key stop working at once (a connection
-    /// already open stays up until it drops, but nothing it sends is
-    /// believed), and its Node object stays until `flotilla delete node NAME`.
-    /// To enrol the device again, remove `enrolment.json` from its data
-    /// directory and run the agent with `--join` and a join token.
-    Reset(NodeResetArgs),
+    /// Its broker login is refused from now on and, on the embedded broker,
+    /// its open connections are closed; anything it still sends (through an
+    /// external broker) is refused by the controller, which no longer has its
+    /// key. Its Node goes `Ready=False (Revoked)` and its replicas move as for
+    /// a lost node. With Mosquitto, run `flotilla mosquitto-config` again and
+    /// send Mosquitto SIGHUP: it then refuses the login and drops the
+    /// connection. The Node object stays until `flotilla delete node NAME`,
+    /// and the name may enrol again: remove `enrolment.json` from the
+    /// device's data directory and run the agent with `--join` and a join
+    /// token.
+    #[command(visible_alias = "reset")]
+    Revoke(NodeResetArgs),
 }
 
 /// `flotilla node token ...`.
@@ -582,7 +597,7 @@ pub struct TokenRevokeArgs {
     pub client: ClientArgs,
 }
 
-/// Options of `flotilla node reset`.
+/// Options of `flotilla node revoke`.
 #[derive(Debug, clap::Args)]
 pub struct NodeResetArgs {
     /// The node's name.

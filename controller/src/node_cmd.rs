@@ -1,4 +1,4 @@
-//! `flotilla node token create|ls|revoke` and `flotilla node reset`: join
+//! `flotilla node token create|ls|revoke` and `flotilla node revoke`: join
 //! tokens and enrolled names (the routes are in [`crate::fleet::enrol_api`]).
 
 use std::io::Write as _;
@@ -29,11 +29,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        NodeCommand::Reset(reset) => {
+        NodeCommand::Revoke(reset) => {
             let path = format!("/api/v1/node-credentials/{}", crate::client::encode_query(&reset.name));
             let answer: ResetResponse =
-                connect(&reset.client)?.delete_json(&path, &format!("resetting node {}", reset.name))?;
-            println!("node {} reset: its credentials are gone and the name may enrol again", answer.node_name);
+                connect(&reset.client)?.delete_json(&path, &format!("revoking node {}", reset.name))?;
+            println!(
+                "node {} revoked: its credentials are gone, its connections closed, its replicas move; the name may enrol again",
+                answer.node_name
+            );
             Ok(())
         }
     }

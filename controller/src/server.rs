@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub mqtt_listen: Option<SocketAddr>,
     /// The control channel.
     pub fleet: FleetConfig,
+    /// What one device login may send to the embedded broker.
+    pub login_limits: crate::fleet::gate::LoginLimits,
 }
 
 impl ServerConfig {
@@ -114,6 +116,12 @@ impl ServerConfig {
                 eviction_grace: args.eviction_grace,
                 lease: args.lease,
             },
+            login_limits: crate::fleet::gate::LoginLimits {
+                messages_per_second: args.node_messages_per_sec,
+                bytes_per_second: args.node_bytes_per_sec,
+                cut_off_for: args.node_cut_off,
+                ..Default::default()
+            },
         })
     }
 }
@@ -141,8 +149,15 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;
     let enrolment = Enrolment::load_or_create(&config.data_dir)?;
     let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
+    let mut fleet_config = config.fleet.clone();
     if let Some(listen) = config.mqtt_listen {
-        broker::start(listen, enrolment.clone(), 20_000, &config.fleet.prefix)?;
+        let refusals = state.metrics.node_refusals();
+        let broker =
+            broker::start(listen, enrolment.clone(), 20_000, &fleet_config.prefix, config.login_limits, refusals)
+                .await?;
+        // The controller's own connection skips the gate.
+        fleet_config.mqtt_host = broker.internal.ip().to_string();
+        fleet_config.mqtt_port = broker.internal.port();
     }
     let enrol_state = Arc::new(EnrolState {
         enrolment: enrolment.clone(),
@@ -151,8 +166,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         mqtt_url: config.fleet.advertised_mqtt_url.clone(),
         prefix: config.fleet.prefix.clone(),
     });
-    let fleet =
-        fleet::spawn(store.clone(), config.fleet.clone(), enrolment, controller_key, state.metrics.node_refusals())?;
+    let fleet = fleet::spawn(store.clone(), fleet_config, enrolment, controller_key, state.metrics.node_refusals())?;
     let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: fleet.log_requests.clone() };
     let eviction = fleet.eviction.clone();
     let reconciler =

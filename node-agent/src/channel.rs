@@ -272,7 +272,14 @@ impl Channel {
                     Err(e) => {
                         failures += 1;
                         let delay = backoff(failures);
-                        tracing::warn!(%broker, node = topics.node, error = %e, retry_in_ms = delay.as_millis() as u64, "control channel down; workloads keep running");
+                        let retry_in_ms = delay.as_millis() as u64;
+                        if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
+                            // Retried all the same: a cut-off ends, and a
+                            // broker's password file may be reloaded late.
+                            tracing::error!(%broker, node = topics.node, ?code, retry_in_ms, "the broker refused this node's login: if the node was revoked, enrol it again (remove enrolment.json, run with --join and a new token); workloads keep running");
+                        } else {
+                            tracing::warn!(%broker, node = topics.node, error = %e, retry_in_ms, "control channel down; workloads keep running");
+                        }
                         // The broker published (or will publish) this
                         // connection's will: the next one is a new epoch.
                         epoch = next_epoch(&config.epoch_file, epoch);

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 pub mod fleet;
+pub mod mosquitto;
 pub mod netns;
 
 /// Path of a workspace binary (`flotilla`, `flotilla-agent`, `flotilla-bench`)
@@ -122,6 +123,11 @@ impl ControllerProcess {
             anyhow::ensure!(std::time::Instant::now() < deadline, "server not ready in 30 s: {}", process.log_text());
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the server logged so far.

@@ -88,7 +88,7 @@ fn a_token_for_three_devices_enrols_three_then_tokens_are_listed_revoked_and_nam
     assert!(how_to.contains("one-time join token"), "{how_to}");
     let (status, answer) = enrol(&server, &fresh, "edge-1");
     assert_eq!(status, 409, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("flotilla node reset edge-1"), "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("flotilla node revoke edge-1"), "{answer}");
     assert_eq!(token_row(&server, &fresh_id)[1], "0/1");
 
     // Reset frees the name; the fresh token enrols it with new credentials.

@@ -13,14 +13,14 @@
 //! Needs root (CI runs as root). Replica names are unique per test: they are
 //! container ids and cgroup names on this one machine.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flotilla_e2e::ControllerProcess;
 use flotilla_e2e::fleet::{
     AgentProcess, all_running_on, apply, pods, push_busybox, shell_deployment, wait_for_ready_nodes, wait_until,
 };
-use flotilla_e2e::{ControllerProcess, binary};
+use flotilla_e2e::mosquitto::{Mosquitto, mosquitto_config};
 use serde_json::Value;
 
 #[test]
@@ -110,61 +110,6 @@ fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
     assert!(all_running_on(&controller, 4, &["fleet-b"]).is_some());
     drop(b);
     drop(a);
-}
-
-/// A Mosquitto broker on a free port, with the files `flotilla
-/// mosquitto-config` wrote; killed when dropped.
-struct Mosquitto {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Mosquitto {
-    fn start(config_dir: &Path) -> Mosquitto {
-        let log = config_dir.join("mosquitto.log");
-        let conf = config_dir.join("mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("mosquitto is installed by scripts/setup");
-        Mosquitto { child, log }
-    }
-
-    fn reload(&self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGHUP)
-            .unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mosquitto_config(controller_data: &Path, out: &Path, port: u16) {
-    let status = Command::new(binary("flotilla").unwrap())
-        .args(["mosquitto-config", "--port", &port.to_string(), "--data-dir"])
-        .arg(controller_data)
-        .arg("--out")
-        .arg(out)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mosquitto-config failed");
-    // Log denied publishes too (the test checks that the broker refused
-    // one); root keeps root (the files live in a private temporary dir).
-    let conf = out.join("mosquitto.conf");
-    let text = std::fs::read_to_string(&conf).unwrap() + "log_type all\nlog_dest stderr\nuser root\n";
-    std::fs::write(&conf, text).unwrap();
 }
 
 #[test]

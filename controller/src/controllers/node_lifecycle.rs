@@ -2,7 +2,8 @@
 //!
 //! The fleet inbox hears the nodes and writes what it hears: a node's
 //! `Ready` condition goes `False` with reason `Unreachable` (its Last
-//! Will), `LeaseExpired` (no heartbeat) or `AgentShutdown`. This controller
+//! Will), `LeaseExpired` (no heartbeat), `AgentShutdown` or `Revoked` (its
+//! credentials were removed). This controller
 //! decides what follows, from the condition alone: once a node has been
 //! lost for the eviction grace (timed from the condition's transition, so a
 //! controller restart does not restart the clock), its replicas are
@@ -33,7 +34,7 @@ use crate::store::Op;
 use super::{Requeue, Snapshot};
 
 /// Reasons of a node's `Ready=False` that make its replicas move.
-pub const LOST_REASONS: [&str; 3] = ["Unreachable", "LeaseExpired", "AgentShutdown"];
+pub const LOST_REASONS: [&str; 4] = ["Unreachable", "LeaseExpired", "AgentShutdown", "Revoked"];
 
 /// What the pass is told about evictions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! The embedded MQTT broker (rumqttd), for a fleet that needs no other
-//! server. Large fleets point `--mqtt-url` at Mosquitto instead (see the
+//! The embedded MQTT broker (rumqttd behind the [gate](super::gate)), for a
+//! fleet that needs no other server. Large fleets point `--mqtt-url` at Mosquitto instead (see the
 //! README for the measured trade-off).
 //!
 //! rumqttd has no stop API (rumqtt#771): its threads live as long as the
@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 
-use super::credentials::Enrolment;
+use super::credentials::{CONTROLLER_USER, Enrolment};
+use super::gate::{Gate, GateSettings, LoginLimits};
+use super::refusals::RefusalCounter;
 
 /// Largest MQTT payload the broker accepts: the largest frame (a Linux
 /// profile's pod document) plus the topic. Buffers grow to what arrives,
@@ -29,15 +31,32 @@ pub const MAX_PAYLOAD: usize = firmware_proto::frame::MAX_ANY_FRAME_LEN + 1024;
 const DEVICE_FILTER_LOG: (usize, usize) = (64 << 10, 2);
 const CONTROLLER_FILTER_LOG: (usize, usize) = (4 << 20, 4);
 
-/// Starts the broker on `listen`; logins are checked against `enrolment`.
+/// The embedded broker, running.
+pub struct EmbeddedBroker {
+    /// rumqttd's loopback listener: the controller's own connection.
+    pub internal: SocketAddr,
+    /// The devices' door on the public listener.
+    pub gate: Gate,
+}
+
+/// Starts rumqttd on a loopback port and the gate in front of it on
+/// `listen`; device logins are checked against `enrolment` by the gate.
 /// `prefix` is the topic prefix (`flotilla/v1`): the controller's filters
 /// under it get a longer log than a device's.
-pub fn start(listen: SocketAddr, enrolment: Enrolment, max_connections: usize, prefix: &str) -> anyhow::Result<()> {
-    // rumqttd logs a bind failure on its own thread and carries on; binding
-    // here first turns the common case (port taken) into a clear error.
-    drop(std::net::TcpListener::bind(listen).with_context(|| {
-        format!("the embedded MQTT broker cannot listen on {listen} (is another broker running? use --mqtt-listen or --mqtt-url)")
-    })?);
+pub async fn start(
+    listen: SocketAddr,
+    enrolment: Enrolment,
+    max_connections: usize,
+    prefix: &str,
+    limits: LoginLimits,
+    refusals: RefusalCounter,
+) -> anyhow::Result<EmbeddedBroker> {
+    // rumqttd logs a bind failure on its own thread and carries on: it gets
+    // a port that was free a moment ago, and is waited for below.
+    let internal = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .context("finding a loopback port for the MQTT broker")?;
+    let gate_password = hex::encode(crate::store::random_bytes::<32>()?);
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 5_000,
         max_payload_size: MAX_PAYLOAD,
@@ -46,15 +65,28 @@ pub fn start(listen: SocketAddr, enrolment: Enrolment, max_connections: usize, p
         external_auth: None,
         dynamic_filters: true,
     };
+    let upstream_password = gate_password.clone();
+    let controller = enrolment.clone();
     connections.set_auth_handler(move |client_id: String, user: String, password: String| {
-        let allowed = enrolment.check_broker_login(&client_id, &user, &password);
+        // The controller with its own password; nodes only through the
+        // gate, which checked their password and sends its own.
+        let allowed = if user == CONTROLLER_USER {
+            controller.check_broker_login(&client_id, &user, &password)
+        } else {
+            crate::api::constant_time_eq(password.as_bytes(), gate_password.as_bytes())
+        };
         if !allowed {
-            tracing::warn!(client_id, user, "MQTT login refused");
+            tracing::warn!(client_id, user, "MQTT login on the broker's loopback port refused");
         }
         async move { allowed }
     });
-    let server =
-        ServerSettings { name: "flotilla".into(), listen, tls: None, next_connection_delay_ms: 0, connections };
+    let server = ServerSettings {
+        name: "flotilla".into(),
+        listen: internal,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -94,5 +126,46 @@ pub fn start(listen: SocketAddr, enrolment: Enrolment, max_connections: usize, p
             }
         })
         .context("starting the broker thread")?;
-    Ok(())
+    wait_listening(internal, &upstream_password).await?;
+    let settings = GateSettings {
+        listen,
+        upstream: internal,
+        upstream_password,
+        prefix: prefix.to_owned(),
+        limits,
+        max_connections,
+        max_packet: MAX_PAYLOAD,
+    };
+    let gate = Gate::start(settings, enrolment, refusals).await?;
+    Ok(EmbeddedBroker { internal, gate })
+}
+
+/// Waits until rumqttd takes a login on `addr` (the gate's; a bare TCP
+/// probe would make it log an error).
+async fn wait_listening(addr: SocketAddr, password: &str) -> anyhow::Result<()> {
+    use rumqttc::mqttbytes::v4::{Connect, Disconnect};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connect = Connect::new(format!("{CONTROLLER_USER}-gate-probe"));
+    connect.set_login("gate-probe", password);
+    let mut hello = bytes::BytesMut::new();
+    connect.write(&mut hello).map_err(|e| anyhow::anyhow!("encoding a CONNECT: {e:?}"))?;
+    Disconnect.write(&mut hello).map_err(|e| anyhow::anyhow!("encoding a DISCONNECT: {e:?}"))?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.write_all(&hello).await?;
+            let mut connack = [0u8; 4];
+            stream.read_exact(&mut connack).await?;
+            Ok::<_, std::io::Error>(connack)
+        };
+        match attempt.await {
+            Ok(connack) if connack[3] == 0 => return Ok(()),
+            Ok(connack) => anyhow::bail!("the embedded MQTT broker refused the gate's login (code {})", connack[3]),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("the embedded MQTT broker did not start on {addr}"));
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
 }

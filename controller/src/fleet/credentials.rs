@@ -328,13 +328,13 @@ pub enum EnrolError {
     },
     /// The name is taken; taking it over needs an operator.
     #[error(
-        "node {name:?} is already enrolled; an operator must run `flotilla node reset {name}` before it can enrol again"
+        "node {name:?} is already enrolled; an operator must run `flotilla node revoke {name}` before it can enrol again"
     )]
     AlreadyEnrolled {
         /// The name.
         name: String,
     },
-    /// `node reset` of a name that is not enrolled.
+    /// `node revoke` of a name that is not enrolled.
     #[error("node {name:?} is not enrolled")]
     NotEnrolled {
         /// The name.
@@ -365,10 +365,16 @@ type Change = Box<dyn FnOnce(&mut EnrolmentFile) -> (bool, Done) + Send>;
 /// Changes waiting for the writer. Bounded: callers wait when it is full.
 const QUEUE: usize = 1024;
 
+/// Removals a slow watcher may fall behind by before it rescans.
+const REMOVED_QUEUE: usize = 256;
+
 struct Shared {
     path: PathBuf,
     /// What is on disk; only the writer thread changes it.
     state: RwLock<EnrolmentFile>,
+    /// Names whose credentials were just removed, for whoever holds their
+    /// connections open (the broker gate, the inbox).
+    removed: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Join tokens and node credentials, shared by the API, the broker's auth
@@ -398,7 +404,8 @@ impl Enrolment {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let shared = Arc::new(Shared { path, state: RwLock::new(state) });
+        let (removed, _) = tokio::sync::broadcast::channel(REMOVED_QUEUE);
+        let shared = Arc::new(Shared { path, state: RwLock::new(state), removed });
         let (changes, queued) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = shared.clone();
         std::thread::Builder::new()
@@ -510,11 +517,19 @@ impl Enrolment {
     /// already open stays open until it drops, but nothing it sends is
     /// believed), and the name may enrol again.
     pub fn reset(&self, node: &str) -> Result<(), EnrolError> {
-        let node = node.to_owned();
-        self.update(move |state| match state.nodes.remove(&node) {
+        let name = node.to_owned();
+        self.update(move |state| match state.nodes.remove(&name) {
             Some(_) => Ok(()),
-            None => Err(EnrolError::NotEnrolled { name: node }),
-        })
+            None => Err(EnrolError::NotEnrolled { name }),
+        })?;
+        // No receiver is fine: nothing is open to close.
+        let _ = self.shared.removed.send(node.to_owned());
+        Ok(())
+    }
+
+    /// Names of nodes as their credentials are removed ([`Enrolment::reset`]).
+    pub fn watch_removed(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.shared.removed.subscribe()
     }
 
     /// The credentials of an enrolled node.
@@ -756,7 +771,7 @@ mod tests {
 
         let refused = enrolment.enrol(&token, "edge-1").unwrap_err();
         assert_eq!(refused, EnrolError::AlreadyEnrolled { name: "edge-1".into() });
-        assert!(refused.to_string().contains("`flotilla node reset edge-1`"), "{refused}");
+        assert!(refused.to_string().contains("`flotilla node revoke edge-1`"), "{refused}");
         assert_eq!(enrolment.node("edge-1"), Some(first.clone()), "the enrolled node keeps its credentials");
         assert!(enrolment.check_broker_login("edge-1", "edge-1", &first.password));
         assert_eq!(enrolment.tokens()[0].used, 1, "a refused enrolment spends no use");

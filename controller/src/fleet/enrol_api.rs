@@ -8,7 +8,8 @@
 //!   answers the node's credentials: broker login, MAC key, the controller's
 //!   public key to pin, topic prefix, broker URL and the token's labels.
 //! - `DELETE /api/v1/node-credentials/{name}` (API token): forgets a node's
-//!   credentials so the name may enrol again (`flotilla node reset`).
+//!   credentials: the node is revoked and the name may enrol again
+//!   (`flotilla node revoke`).
 //!
 //! The file writes behind them block (fsync, shared by concurrent callers:
 //! see [`super::credentials`]), so they run on tokio's blocking pool rather
@@ -201,7 +202,7 @@ pub(crate) async fn reset_node(
     authorize(&state, &headers)?;
     let node = name.clone();
     blocking(&state, move |e| e.reset(&node)).await?;
-    tracing::info!(node = name, "node credentials reset");
+    tracing::warn!(node = name, "node revoked: credentials removed, connections closed");
     Ok(Json(ResetResponse { node_name: name }))
 }
 

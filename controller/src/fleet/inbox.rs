@@ -127,6 +127,8 @@ pub struct Inbox {
     pending: Pending,
     last_resync: Option<Instant>,
     refusals: Refusals,
+    /// Nodes whose credentials were removed: lost at once.
+    removed: tokio::sync::broadcast::Receiver<String>,
 }
 
 /// Starts the inbox thread.
@@ -173,6 +175,7 @@ impl Inbox {
         published: PublishedDocuments,
     ) -> Self {
         Inbox {
+            removed: enrolment.watch_removed(),
             store,
             config,
             enrolment,
@@ -574,6 +577,7 @@ impl Inbox {
         if self.last_resync.is_none_or(|at| now.duration_since(at) >= RESYNC) {
             self.resync(now);
         }
+        self.revoked();
         // Hearing nothing from the broker says nothing about the nodes.
         if self.link.as_ref().is_some_and(|link| link.up_since().is_none()) {
             return;
@@ -589,6 +593,26 @@ impl Inbox {
         for name in expired {
             let message = format!("no heartbeat for {} s", lease.as_secs());
             self.set_ready(&name, false, "LeaseExpired", &message);
+        }
+    }
+
+    /// Nodes whose credentials were removed (`flotilla node revoke`) are
+    /// lost now: nothing they send is believed, and their Last Will, which
+    /// their own key seals, cannot be either.
+    fn revoked(&mut self) {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            let nodes = match self.removed.try_recv() {
+                Ok(node) => vec![node],
+                // Missed some: every node known here that is not enrolled.
+                Err(TryRecvError::Lagged(_)) => {
+                    self.nodes.keys().filter(|node| self.enrolment.node(node).is_none()).cloned().collect()
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            };
+            for node in nodes {
+                self.set_ready(&node, false, "Revoked", "its credentials were revoked");
+            }
         }
     }
 

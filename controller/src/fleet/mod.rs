@@ -19,6 +19,7 @@ pub mod channel;
 pub mod credentials;
 pub mod desired;
 pub mod enrol_api;
+pub mod gate;
 pub mod inbox;
 pub mod logs;
 pub mod mosquitto;

@@ -1,0 +1,68 @@
+//! A Mosquitto broker for the interop tests, configured with the files
+//! `flotilla mosquitto-config` writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::binary;
+
+/// A Mosquitto broker on a free port, with the files `flotilla
+/// mosquitto-config` wrote; killed when dropped.
+pub struct Mosquitto {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts `mosquitto -c config_dir/mosquitto.conf`, logging to
+    /// `config_dir/mosquitto.log`.
+    pub fn start(config_dir: &Path) -> Mosquitto {
+        let log = config_dir.join("mosquitto.log");
+        let conf = config_dir.join("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("mosquitto is installed by scripts/setup");
+        Mosquitto { child, log }
+    }
+
+    /// SIGHUP: Mosquitto reads its password and ACL files again.
+    pub fn reload(&self) {
+        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -HUP mosquitto");
+    }
+
+    /// What Mosquitto logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `flotilla mosquitto-config` for the controller data in
+/// `controller_data`, writing into `out` for a listener on `port`.
+pub fn mosquitto_config(controller_data: &Path, out: &Path, port: u16) {
+    let status = Command::new(binary("flotilla").unwrap())
+        .args(["mosquitto-config", "--port", &port.to_string(), "--data-dir"])
+        .arg(controller_data)
+        .arg("--out")
+        .arg(out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto-config failed");
+    // Log denied publishes too (the test checks that the broker refused
+    // one); root keeps root (the files live in a private temporary dir).
+    let conf = out.join("mosquitto.conf");
+    let text = std::fs::read_to_string(&conf).unwrap() + "log_type all\nlog_dest stderr\nuser root\n";
+    std::fs::write(&conf, text).unwrap();
+}
