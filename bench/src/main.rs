@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod api;
+mod connections;
 mod failover;
 mod fleet;
 mod footprint;
@@ -30,6 +31,9 @@ struct Cli {
 enum Bench {
     /// Controller API: apply latency, bulk load and listing 10,000 objects, on a real server process.
     Api(api::ApiArgs),
+    /// Broker memory per idle device connection: the embedded broker (gate + rumqttd) beside
+    /// Mosquitto (and rumqttd alone, from an older build, with --baseline-bin-dir).
+    Connections(connections::ConnectionsArgs),
     /// Node loss -> replicas running elsewhere, after kill -9 and after a silent partition (root).
     Failover(failover::FailoverArgs),
     /// Thousands of simulated devices (real agent and MQTT, simulated runtime) against a real
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().bench {
         Bench::Api(args) => api::run(args),
+        Bench::Connections(args) => connections::run(args),
         Bench::Failover(args) => failover::run(args),
         Bench::Fleet(args) => scale::run(args),
         Bench::Footprint(args) => footprint::run(args),

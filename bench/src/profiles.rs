@@ -107,6 +107,7 @@ fn largest_linux() -> (Vec<u8>, Vec<u8>, PodDocument) {
                 secret: false,
                 digest: Bytes(digest),
                 size: blob_frame.len() as u32,
+                sealed_key: None,
             })
             .collect();
         document.config = List::try_from(refs).unwrap();

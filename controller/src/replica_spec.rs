@@ -34,6 +34,30 @@ pub struct ConfigEntry {
     pub digest: [u8; 32],
     /// Bytes of the encoded body.
     pub size: u32,
+    /// A Secret's: the key its files are sealed with (sealed again for
+    /// each node in the node's document).
+    pub data_key: Option<[u8; 32]>,
+}
+
+/// What the data keys of Secrets are derived from: the controller's own
+/// secret, so a Secret version seals to the same blob after a restart (no
+/// resend, no restart on the devices). Set once at start.
+static DATA_KEY_ROOT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+
+/// Sets the root of the Secrets' data keys (`flotilla server` at start).
+/// A process that never sets it (tests, benchmarks) gets a random one.
+pub fn set_data_key_root(root: [u8; 32]) {
+    let _ = DATA_KEY_ROOT.set(root);
+}
+
+fn data_key_root() -> &'static [u8; 32] {
+    DATA_KEY_ROOT.get_or_init(|| {
+        let mut root = [0u8; 32];
+        // No randomness means no process can run at all; zeros then still
+        // keep Secrets from the broker's sight only as far as the key goes.
+        let _ = getrandom::fill(&mut root);
+        root
+    })
 }
 
 /// The ConfigMaps and Secrets of one desired document, in the order their
@@ -81,8 +105,9 @@ impl ConfigTable {
         Ok((self.claims.len() - 1) as u16)
     }
 
-    /// What the document says of each object.
-    pub fn refs(&self) -> List<ConfigRef, { linux::LINUX_MAX_CONFIG_OBJECTS }> {
+    /// What the document for the node with `seal_key` says of each object
+    /// (see [`References::seal_key`]).
+    pub fn refs(&self, seal_key: Option<[u8; 32]>) -> List<ConfigRef, { linux::LINUX_MAX_CONFIG_OBJECTS }> {
         let refs: Vec<ConfigRef> = self
             .objects
             .iter()
@@ -91,6 +116,12 @@ impl ConfigTable {
                 secret: e.blob.secret,
                 digest: firmware_proto::Bytes(e.digest),
                 size: e.size,
+                sealed_key: e.data_key.map(|data_key| {
+                    let sealed = firmware_proto::seal::seal(&seal_key.unwrap_or([0; 32]), &e.digest, &data_key);
+                    let mut bytes = [0u8; linux::SEALED_KEY_LEN];
+                    bytes.copy_from_slice(&sealed);
+                    firmware_proto::Bytes(bytes)
+                }),
             })
             .collect();
         // At most LINUX_MAX_CONFIG_OBJECTS were admitted by `index_of`.
@@ -124,7 +155,20 @@ fn entry(secret: bool, object: &ApiObject) -> Result<Arc<ConfigEntry>, String> {
         file_names: Texts::new(),
         contents: Default::default(),
     };
+    // A Secret's files are sealed under a key of this version of it.
+    let data_key = secret.then(|| {
+        let meta = &object.metadata;
+        let parts: [&[u8]; 4] =
+            [meta.namespace.as_bytes(), name.as_bytes(), meta.uid.as_bytes(), meta.resource_version.as_bytes()];
+        firmware_proto::seal::derive_key(data_key_root(), &parts)
+    });
     for (key, bytes) in object.config_entries() {
+        let bytes = match &data_key {
+            Some(data_key) => {
+                firmware_proto::seal::seal(data_key, &firmware_proto::seal::file_context(name, &key), &bytes)
+            }
+            None => bytes,
+        };
         blob.file_names.push(&key).map_err(|_| {
             format!(
                 "{name}: more than {} keys or {} bytes of key names",
@@ -135,7 +179,8 @@ fn entry(secret: bool, object: &ApiObject) -> Result<Arc<ConfigEntry>, String> {
         blob.contents.push(&bytes).map_err(|_| format!("{name}/{key}: a ConfigMap or Secret holds at most 1 MiB"))?;
     }
     let body = postcard::to_allocvec(&blob).map_err(|e| format!("{name}: {e}"))?;
-    let entry = Arc::new(ConfigEntry { digest: sha2::Sha256::digest(&body).into(), size: body.len() as u32, blob });
+    let digest = sha2::Sha256::digest(&body).into();
+    let entry = Arc::new(ConfigEntry { digest, size: body.len() as u32, blob, data_key });
     if cacheable {
         let mut cache = ENTRIES.lock().unwrap_or_else(|p| p.into_inner());
         let map = cache.get_or_insert_with(HashMap::new);
@@ -163,6 +208,11 @@ pub struct References<'a> {
     pub node: Option<&'a ApiObject>,
     /// PersistentVolumeClaims.
     pub claims: &'a [Arc<ApiObject>],
+    /// The node's seal key (`firmware_proto::seal`), when the document is
+    /// for a node whose key is known: what its Secret values are sealed
+    /// with. Without one they are sealed with a zero key, which sizes them
+    /// right and nothing more.
+    pub seal_key: Option<[u8; 32]>,
 }
 
 impl References<'_> {
@@ -447,7 +497,7 @@ pub fn build(
             .push(PodVolume { name, source })
             .map_err(|_| format!("more than {} volumes", linux::LINUX_MAX_VOLUMES))?;
     }
-    let context = Context { pod, spec, refs, namespace, default_registry };
+    let context = Context { pod, id: replica_id(pod), spec, refs, namespace, default_registry };
     let mut init_containers = List::new();
     for c in &spec.init_containers {
         let mut wire = context.container(c)?;
@@ -477,6 +527,8 @@ pub fn build(
 /// What converting one container of a pod needs.
 struct Context<'a> {
     pod: &'a ApiObject,
+    /// The replica id: the context Secret env is sealed in.
+    id: String,
     spec: &'a PodSpec,
     refs: &'a References<'a>,
     namespace: &'a str,
@@ -488,13 +540,15 @@ impl Context<'_> {
         let digest = image_pinning::pinned_digest(self.pod, &container.name)
             .ok_or_else(|| format!("container {}: its image digest is not pinned", container.name))?;
         let image = wire_image(&container.image, self.default_registry);
+        let (env, sealed_env) = split_env(self.env_of(container)?);
         let mut wire = WireContainer {
             name: firmware_proto::Name::new(&container.name)
                 .map_err(|e| format!("container name {:?}: {e}", container.name))?,
             image: ImageRef { reference: bounded(&image, "image")?, digest: firmware_proto::Bytes(digest) },
             command: texts(&container.command, "command")?,
             args: texts(&container.args, "args")?,
-            env: texts(&self.env_of(container)?, "env")?,
+            env: texts(&env, "env")?,
+            sealed_env: self.sealed_env(&sealed_env, &container.name)?,
             working_dir: text(container.working_dir.as_deref().unwrap_or(""), "workingDir")?,
             user: None,
             resources: resources(container),
@@ -559,7 +613,9 @@ impl Context<'_> {
         Ok(wire)
     }
 
-    fn env_of(&self, container: &Container) -> Result<Vec<String>, String> {
+    /// `(NAME=value, from a Secret)` in manifest order: `envFrom` first,
+    /// then `env`.
+    fn env_of(&self, container: &Container) -> Result<Vec<(String, bool)>, String> {
         let (namespace, refs) = (self.namespace, self.refs);
         let mut env = Vec::new();
         for from in &container.env_from {
@@ -571,7 +627,7 @@ impl Context<'_> {
             match refs.find(secret, namespace, &r.name) {
                 Some(object) => {
                     for (key, bytes) in object.config_entries() {
-                        env.push(format!("{}{key}={}", from.prefix, String::from_utf8_lossy(&bytes)));
+                        env.push((format!("{}{key}={}", from.prefix, String::from_utf8_lossy(&bytes)), secret));
                     }
                 }
                 None if r.optional => {}
@@ -579,6 +635,7 @@ impl Context<'_> {
             }
         }
         for var in &container.env {
+            let secret = var.value_from.as_ref().is_some_and(|source| source.secret_key_ref.is_some());
             let value = match (&var.value, &var.value_from) {
                 (Some(value), _) => value.clone(),
                 (None, Some(source)) => match self.value_from(var.name.as_str(), source, container)? {
@@ -587,9 +644,28 @@ impl Context<'_> {
                 },
                 (None, None) => String::new(),
             };
-            env.push(format!("{}={value}", var.name));
+            env.push((format!("{}={value}", var.name), secret && var.value.is_none()));
         }
         Ok(env)
+    }
+
+    /// Secret env entries sealed for the node (see [`firmware_proto::seal`]).
+    /// Unplaced replicas are sized with a zero key: a sealed value's length
+    /// does not depend on the key.
+    fn sealed_env<const B: usize, const I: usize>(
+        &self,
+        entries: &[String],
+        container: &str,
+    ) -> Result<firmware_proto::heap::Blobs<B, I>, String> {
+        let key = self.refs.seal_key.unwrap_or([0; 32]);
+        let context = firmware_proto::seal::env_context(&self.id, container);
+        let mut sealed = firmware_proto::heap::Blobs::new();
+        for entry in entries {
+            sealed
+                .push(&firmware_proto::seal::seal(&key, &context, entry.as_bytes()))
+                .map_err(|_| format!("env: at most {I} items and {B} bytes in all (Secret values sealed)"))?;
+        }
+        Ok(sealed)
     }
 
     /// An env var's `valueFrom`; `None` for an optional key that is absent.
@@ -750,6 +826,25 @@ fn text<const N: usize>(value: &str, what: &str) -> Result<Text<N>, String> {
     Text::new(value).map_err(|_| format!("{what} is longer than {N} bytes"))
 }
 
+/// Env entries split into plain and Secret ones. A name set twice keeps
+/// its last value, as Kubernetes does, so the two lists never name the same
+/// variable and their order on the device does not matter.
+fn split_env(entries: Vec<(String, bool)>) -> (Vec<String>, Vec<String>) {
+    let name = |entry: &str| entry.split_once('=').map_or(entry, |(n, _)| n).to_owned();
+    let mut last = HashMap::new();
+    for (i, (entry, _)) in entries.iter().enumerate() {
+        last.insert(name(entry), i);
+    }
+    let (mut plain, mut sealed) = (Vec::new(), Vec::new());
+    for (i, (entry, secret)) in entries.into_iter().enumerate() {
+        if last.get(&name(&entry)) != Some(&i) {
+            continue;
+        }
+        if secret { sealed.push(entry) } else { plain.push(entry) }
+    }
+    (plain, sealed)
+}
+
 fn texts<const B: usize, const I: usize>(items: &[String], what: &str) -> Result<Texts<B, I>, String> {
     Texts::from_strs(items.iter().map(String::as_str))
         .map_err(|_| format!("{what}: at most {I} items and {B} bytes in all"))
@@ -787,7 +882,7 @@ mod tests {
     }
 
     fn no_refs() -> References<'static> {
-        References { config_maps: &[], secrets: &[], node: None, claims: &[] }
+        References { config_maps: &[], secrets: &[], node: None, claims: &[], seal_key: None }
     }
 
     #[test]
@@ -843,7 +938,7 @@ mod tests {
         let mut status = crate::status::NodeStatus::default();
         status.allocatable.insert("cpu".into(), "1500m".into());
         node.set_status(&status);
-        let refs = References { config_maps: &[], secrets: &[], node: Some(&node), claims: &[] };
+        let refs = References { config_maps: &[], secrets: &[], node: Some(&node), claims: &[], seal_key: None };
         let (wire, _) = check(&pod, &refs, "r").unwrap();
         let env: Vec<&str> = wire.containers[0].env.iter().collect();
         assert_eq!(
@@ -870,7 +965,7 @@ mod tests {
         map.metadata.resource_version = "5".into();
         map.set_field("data", serde_json::json!({ "big.txt": "x".repeat(600 * 1024), "small": "1" }));
         let maps = [Arc::new(map)];
-        let refs = References { config_maps: &maps, secrets: &[], node: None, claims: &[] };
+        let refs = References { config_maps: &maps, secrets: &[], node: None, claims: &[], seal_key: None };
         let pod = sample_pod(serde_json::json!({
             "containers": [
                 { "name": "a", "image": "web:1", "volumeMounts": [{ "name": "s", "mountPath": "/etc/s" }] },
@@ -889,5 +984,71 @@ mod tests {
         // 600 KiB is past the compact profile's 4 KiB.
         let why = compact::lower(&wire, &table).unwrap_err();
         assert!(why.contains("2 containers"), "{why}");
+    }
+
+    #[test]
+    fn secret_values_are_sealed_for_the_one_node_and_open_with_its_key_only() {
+        use firmware_proto::seal;
+        let mut secret = ApiObject::new(crate::manifest::Kind::Secret, "default", "db");
+        secret.metadata.uid = "s-1".into();
+        secret.metadata.resource_version = "7".into();
+        secret.set_field("stringData", serde_json::json!({ "password": "hunter2-secret", "user": "admin" }));
+        let secrets = [Arc::new(secret)];
+        let pod = sample_pod(serde_json::json!({
+            "containers": [{
+                "name": "app", "image": "web:1",
+                "envFrom": [{ "secretRef": { "name": "db" }, "prefix": "DB_" }],
+                "env": [
+                    { "name": "PASSWORD", "valueFrom": { "secretKeyRef": { "name": "db", "key": "password" } } },
+                    { "name": "MODE", "value": "prod" },
+                    // Set after the Secret's: the plain value wins.
+                    { "name": "DB_user", "value": "reader" },
+                ],
+                "volumeMounts": [{ "name": "creds", "mountPath": "/etc/db" }],
+            }],
+            "volumes": [{ "name": "creds", "secret": { "secretName": "db" } }],
+        }));
+        let node_key = seal::node_seal_key(&[9; 32]);
+        let refs =
+            References { config_maps: &[], secrets: &secrets, node: None, claims: &[], seal_key: Some(node_key) };
+        let (wire, table) = check(&pod, &refs, "r").unwrap();
+        let container = &wire.containers[0];
+        let plain: Vec<&str> = container.env.iter().collect();
+        assert_eq!(plain, ["MODE=prod", "DB_user=reader"]);
+        let context = seal::env_context(wire.id.as_str(), "app");
+        let opened: Vec<String> = container
+            .sealed_env
+            .iter()
+            .map(|sealed| String::from_utf8(seal::open(&node_key, &context, sealed).unwrap()).unwrap())
+            .collect();
+        assert_eq!(opened, ["DB_password=hunter2-secret", "PASSWORD=hunter2-secret"]);
+        let other = seal::node_seal_key(&[8; 32]);
+        assert!(seal::open(&other, &context, container.sealed_env.iter().next().unwrap()).is_err());
+
+        // The files: sealed once under the version's data key, which the
+        // document carries sealed for this node.
+        let document = postcard::to_allocvec(&wire).unwrap();
+        let entry = &table.objects[0];
+        let blob = postcard::to_allocvec(&entry.blob).unwrap();
+        for bytes in [&document, &blob] {
+            assert!(!bytes.windows(b"hunter2".len()).any(|w| w == b"hunter2"), "a clear Secret value on the wire");
+        }
+        let reference = &table.refs(Some(node_key))[0];
+        let sealed_key = reference.sealed_key.as_ref().unwrap();
+        let data_key: [u8; 32] = seal::open(&node_key, &entry.digest, &sealed_key.0).unwrap().try_into().unwrap();
+        let names: Vec<&str> = entry.blob.file_names.iter().collect();
+        let password = names.iter().position(|n| *n == "password").unwrap();
+        let sealed_file = entry.blob.contents.iter().nth(password).unwrap();
+        assert_eq!(
+            seal::open(&data_key, &seal::file_context("db", "password"), sealed_file).unwrap(),
+            b"hunter2-secret"
+        );
+        assert!(seal::open(&other, &entry.digest, &table.refs(Some(other))[0].sealed_key.unwrap().0).is_ok());
+        assert_ne!(table.refs(Some(other))[0].sealed_key, reference.sealed_key.clone(), "each node its own");
+        // Rebuilt, the document is the same bytes: nothing is resent.
+        let (again, _) = check(&pod, &refs, "r").unwrap();
+        assert_eq!(postcard::to_allocvec(&again).unwrap(), document);
+        // A compact device cannot open sealed values.
+        assert!(compact::lower(&wire, &table).unwrap_err().contains("not supported on compact-profile devices yet"));
     }
 }

@@ -149,6 +149,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;
     let enrolment = Enrolment::load_or_create(&config.data_dir)?;
     let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
+    crate::replica_spec::set_data_key_root(controller_key.derive_secret("flotilla/v1 secret data keys"));
     let mut fleet_config = config.fleet.clone();
     if let Some(listen) = config.mqtt_listen {
         let refusals = state.metrics.node_refusals();

@@ -34,6 +34,8 @@ pub mod msg;
 #[cfg(feature = "alloc")]
 pub mod pod;
 pub mod samples;
+#[cfg(feature = "seal")]
+pub mod seal;
 
 #[doc = include_str!("../WIRE.md")]
 pub mod wire_format {}

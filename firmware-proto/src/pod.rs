@@ -16,12 +16,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Name;
 use crate::heap::{Blobs, List, Text, Texts};
 use crate::msg::{
     ContainerName, DeviceMapping, Digest, ExtendedRequest, ImageRef, MAX_DEVICE_MAPPINGS, MAX_EXTENDED_REQUESTS,
     NodeId, Port, Probe, ReplicaId, Resources, RestartPolicy, Seccomp, User,
 };
+use crate::{Bytes, Name};
 
 /// Maximum app containers in one pod.
 pub const MAX_CONTAINERS: usize = 16;
@@ -80,8 +80,12 @@ pub struct Container {
     /// Arguments override; empty keeps the image's.
     pub args: Texts<LINUX_ARGV_BYTES, LINUX_ARGV_ITEMS>,
     /// Environment as `NAME=value` entries, resolved by the controller
-    /// (ConfigMaps, Secrets, the downward API).
+    /// (ConfigMaps, the downward API).
     pub env: Texts<LINUX_ENV_BYTES, LINUX_ENV_ITEMS>,
+    /// Environment taken from Secrets: `NAME=value` entries each sealed for
+    /// this node (`crate::seal`, context: pod id and container name). No
+    /// name is in both lists.
+    pub sealed_env: Blobs<LINUX_ENV_BYTES, LINUX_ENV_ITEMS>,
     /// Working directory; empty keeps the image's.
     pub working_dir: Text<LINUX_PATH_MAX>,
     /// User to run as; `None` keeps the image's.
@@ -219,7 +223,13 @@ pub struct ConfigRef {
     pub digest: Digest,
     /// Bytes of the blob body, so a node can tell what it waits for.
     pub size: u32,
+    /// A Secret's: the key its files are sealed with, sealed for this node
+    /// (`crate::seal`, context: `digest`). `None` for a ConfigMap.
+    pub sealed_key: Option<Bytes<SEALED_KEY_LEN>>,
 }
+
+/// Bytes of a [`ConfigRef::sealed_key`]: a 32-byte key, nonce and tag.
+pub const SEALED_KEY_LEN: usize = 60;
 
 /// A Linux-profile node's whole desired state, on `nodes/{id}/pods`
 /// (retained, signed).
@@ -389,6 +399,7 @@ impl From<&crate::msg::ReplicaSpec> for PodSpec {
             command: texts(&mut replica.command.iter()),
             args: texts(&mut replica.args.iter()),
             env: texts(&mut replica.env.iter()),
+            sealed_env: Blobs::new(),
             working_dir: text(&replica.working_dir),
             user: replica.user,
             resources: replica.resources,

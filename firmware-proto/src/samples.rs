@@ -245,6 +245,7 @@ pub fn pod(index: usize) -> crate::pod::PodSpec {
         command: Texts::new(),
         args: Texts::new(),
         env: Texts::new(),
+        sealed_env: Default::default(),
         working_dir: Text::default(),
         user: base.user,
         resources: Resources {
@@ -334,7 +335,13 @@ pub fn pod_document(pods: usize, digest: Digest) -> crate::pod::PodDocument {
     let mut config = crate::heap::List::new();
     let size = postcard::to_allocvec(&config_blob()).map(|b| b.len() as u32).unwrap_or(0);
     config
-        .push(ConfigRef { name: crate::heap::Text::new("sensor-config").expect("fits"), secret: false, digest, size })
+        .push(ConfigRef {
+            name: crate::heap::Text::new("sensor-config").expect("fits"),
+            secret: false,
+            digest,
+            size,
+            sealed_key: None,
+        })
         .expect("fits");
     PodDocument {
         node_id: node_id(),

@@ -488,17 +488,25 @@ fn container(volumes: usize, sidecar: bool) -> impl Strategy<Value = pod::Contai
         prop::option::of(probe()),
         prop::option::of(probe()),
         any::<bool>(),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..3).prop_map(|items| {
+            let mut sealed = heap::Blobs::new();
+            for item in items {
+                sealed.push(&item).unwrap();
+            }
+            sealed
+        }),
     );
     (first, second).prop_map(
         move |(
             (name, image, command, args, env, working_dir, user, resources),
-            (ports, mounts, readiness_probe, liveness_probe, read_only_rootfs),
+            (ports, mounts, readiness_probe, liveness_probe, read_only_rootfs, sealed_env),
         )| pod::Container {
             name,
             image,
             command,
             args,
             env,
+            sealed_env,
             working_dir,
             user,
             resources,
@@ -573,12 +581,21 @@ fn pod_spec(config_len: usize, claims_len: usize) -> impl Strategy<Value = pod::
 }
 
 fn config_ref() -> impl Strategy<Value = pod::ConfigRef> {
-    (heap_text(), any::<bool>(), digest(), any::<u32>()).prop_map(|(name, secret, digest, size)| pod::ConfigRef {
-        name,
-        secret,
-        digest,
-        size,
-    })
+    (heap_text(), any::<bool>(), digest(), any::<u32>(), prop::option::of(any::<[u8; 32]>())).prop_map(
+        |(name, secret, digest, size, key)| pod::ConfigRef {
+            name,
+            secret,
+            digest,
+            size,
+            // 60 bytes: a 32-byte draw, then its first 28 again.
+            sealed_key: key.map(|k| {
+                let mut sealed = [0u8; pod::SEALED_KEY_LEN];
+                sealed[..32].copy_from_slice(&k);
+                sealed[32..].copy_from_slice(&k[..28]);
+                firmware_proto::Bytes(sealed)
+            }),
+        },
+    )
 }
 
 fn pod_document() -> impl Strategy<Value = pod::PodDocument> {

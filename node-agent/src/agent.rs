@@ -274,6 +274,11 @@ impl<R: Runtime> Agent<R> {
         agent
     }
 
+    /// Secrets in documents are opened with `key`, this node's seal key.
+    pub fn set_seal_key(&mut self, key: [u8; 32]) {
+        self.config.set_seal_key(key);
+    }
+
     /// Replaces the default image settings (disk budget, root filesystem mode).
     pub fn with_image_settings(mut self, settings: ImageSettings) -> Self {
         self.images = Images::new(&self.paths.data_dir, settings);

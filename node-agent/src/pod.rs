@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use firmware_proto::pod::{ConfigBlob, Container, PodDocument, PodSpec};
+use firmware_proto::pod::{ConfigBlob, ConfigRef, Container, PodDocument, PodSpec};
 use firmware_proto::{Digest, RestartPolicy};
 
 /// The runtime id of one container of a pod: `{pod}.{container}`.
@@ -81,6 +81,8 @@ impl Unit<'_> {
 #[derive(Debug, Default)]
 pub struct ConfigObjects {
     objects: BTreeMap<[u8; 32], Arc<ConfigBlob>>,
+    /// This node's seal key: what opens its Secrets (`firmware_proto::seal`).
+    seal_key: Option<[u8; 32]>,
 }
 
 /// Why a pod volume's config object is not here.
@@ -97,7 +99,74 @@ pub struct Missing {
     pub size: u32,
 }
 
+/// Why a Secret's sealed values do not open here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct SealError {
+    /// The Secret or container concerned.
+    pub what: String,
+    /// Why.
+    pub reason: String,
+}
+
 impl ConfigObjects {
+    /// Secrets are opened with `key`, this node's seal key.
+    pub fn set_seal_key(&mut self, key: [u8; 32]) {
+        self.seal_key = Some(key);
+    }
+
+    fn key(&self, what: &str) -> Result<&[u8; 32], SealError> {
+        self.seal_key.as_ref().ok_or_else(|| SealError {
+            what: what.to_owned(),
+            reason: "this agent has no seal key (not enrolled)".into(),
+        })
+    }
+
+    /// The files of `object`, the blob a document's `reference` names: a
+    /// Secret's opened (in memory only), a ConfigMap's as they are.
+    pub fn files(&self, reference: &ConfigRef, object: &ConfigBlob) -> Result<Vec<(String, Vec<u8>)>, SealError> {
+        let names = object.file_names.iter().map(str::to_owned);
+        if !reference.secret {
+            return Ok(names.zip(object.contents.iter().map(<[u8]>::to_vec)).collect());
+        }
+        let what = format!("Secret {}", object.name.as_str());
+        let failed = |reason: String| SealError { what: what.clone(), reason };
+        let sealed_key =
+            reference.sealed_key.as_ref().ok_or_else(|| failed("its key is not in the document".into()))?;
+        let data_key = firmware_proto::seal::open(self.key(&what)?, &reference.digest.0, &sealed_key.0)
+            .map_err(|e| failed(e.to_string()))?;
+        let data_key: [u8; 32] = data_key.try_into().map_err(|_| failed("its key is not 32 bytes".into()))?;
+        names
+            .zip(object.contents.iter())
+            .map(|(name, sealed)| {
+                let context = firmware_proto::seal::file_context(object.name.as_str(), &name);
+                let content = firmware_proto::seal::open(&data_key, &context, sealed)
+                    .map_err(|e| failed(format!("file {name}: {e}")))?;
+                Ok((name, content))
+            })
+            .collect()
+    }
+
+    /// A container's env entries taken from Secrets, opened (in memory only).
+    pub fn secret_env(&self, pod: &str, container: &Container) -> Result<Vec<String>, SealError> {
+        if container.sealed_env.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = format!("env of container {}", container.name.as_str());
+        let key = self.key(&what)?;
+        let context = firmware_proto::seal::env_context(pod, container.name.as_str());
+        container
+            .sealed_env
+            .iter()
+            .map(|sealed| {
+                let entry = firmware_proto::seal::open(key, &context, sealed)
+                    .map_err(|e| SealError { what: what.clone(), reason: e.to_string() })?;
+                String::from_utf8(entry)
+                    .map_err(|_| SealError { what: what.clone(), reason: "an entry is not UTF-8".into() })
+            })
+            .collect()
+    }
+
     /// Keeps an object (its digest already checked).
     pub fn insert(&mut self, digest: Digest, blob: ConfigBlob) {
         self.objects.insert(digest.0, Arc::new(blob));
@@ -142,6 +211,43 @@ impl ConfigObjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_opens_with_this_nodes_key_only() {
+        use firmware_proto::seal;
+        let (mac_key, data_key) = ([3u8; 32], [4u8; 32]);
+        let node_key = seal::node_seal_key(&mac_key);
+        let mut blob = firmware_proto::samples::config_blob();
+        blob.secret = true;
+        let name = blob.name.to_string();
+        let mut contents = firmware_proto::heap::Blobs::new();
+        contents.push(&seal::seal(&data_key, &seal::file_context(&name, "sensor.toml"), b"token = 42")).unwrap();
+        blob.contents = contents;
+        let digest = [6u8; 32];
+        let mut sealed_key = [0u8; firmware_proto::pod::SEALED_KEY_LEN];
+        sealed_key.copy_from_slice(&seal::seal(&node_key, &digest, &data_key));
+        let reference = ConfigRef {
+            name: blob.name.clone(),
+            secret: true,
+            digest: firmware_proto::Bytes(digest),
+            size: 0,
+            sealed_key: Some(firmware_proto::Bytes(sealed_key)),
+        };
+        let mut objects = ConfigObjects::default();
+        assert!(objects.files(&reference, &blob).unwrap_err().reason.contains("no seal key"));
+        objects.set_seal_key(seal::node_seal_key(&[5; 32]));
+        assert!(objects.files(&reference, &blob).is_err(), "another node's key");
+        objects.set_seal_key(node_key);
+        assert_eq!(objects.files(&reference, &blob).unwrap(), [("sensor.toml".to_owned(), b"token = 42".to_vec())]);
+        let unsealed = ConfigRef { sealed_key: None, ..reference };
+        assert!(objects.files(&unsealed, &blob).unwrap_err().reason.contains("not in the document"));
+
+        let mut container = firmware_proto::samples::pod(0).containers[0].clone();
+        let context = seal::env_context("web-0", container.name.as_str());
+        container.sealed_env.push(&seal::seal(&node_key, &context, b"PASSWORD=hunter2")).unwrap();
+        assert_eq!(objects.secret_env("web-0", &container).unwrap(), ["PASSWORD=hunter2"]);
+        assert!(objects.secret_env("web-1", &container).is_err(), "sealed for another pod");
+    }
 
     #[test]
     fn units_list_init_containers_first_with_their_restart_rules() {

@@ -225,6 +225,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let paths = Paths { data_dir: args.data_dir.clone() };
     crate::runtime::set_cgroup_parent(&format!("{}/{node_id}", crate::runtime::CGROUP_PARENT));
     let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
+    // A bundle's config.json holds its container's env, Secret values
+    // included: bundles live in memory.
+    crate::volumes::ensure_tmpfs_with_mode(&paths.bundles(), Some(64 << 20), 0o700)
+        .with_context(|| format!("mounting a tmpfs for container bundles on {}", paths.bundles().display()))?;
     let runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());
     let images = crate::image::ImageSettings { budget_mib: args.image_budget_mib, ..Default::default() };
     let services =
@@ -232,6 +236,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut agent = Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default())
         .with_image_settings(images)
         .with_services(services.clone());
+    if let Some(enrolment) = &enrolment {
+        agent.set_seal_key(firmware_proto::seal::node_seal_key(&enrolment.mac_key_bytes()?));
+    }
     tracing::info!(
         node = %node_id,
         generation = agent.generation(),

@@ -6,12 +6,21 @@ use std::path::Path;
 
 /// Mounts a tmpfs on `dir` (creating it) unless one is mounted there.
 pub fn ensure_tmpfs(dir: &Path, size_limit_bytes: Option<u64>) -> std::io::Result<()> {
+    ensure_tmpfs_with_mode(dir, size_limit_bytes, 0o1777)
+}
+
+/// [`ensure_tmpfs`] with the root directory's `mode`: what holds Secrets
+/// in clear lives only in memory.
+pub fn ensure_tmpfs_with_mode(dir: &Path, size_limit_bytes: Option<u64>, mode: u32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let canonical = dir.canonicalize()?;
     if mount_points().iter().any(|p| Path::new(p) == canonical) {
         return Ok(());
     }
-    let options = size_limit_bytes.map(|size| format!("size={size},mode=1777")).unwrap_or_else(|| "mode=1777".into());
+    let options = match size_limit_bytes {
+        Some(size) => format!("size={size},mode={mode:o}"),
+        None => format!("mode={mode:o}"),
+    };
     nix::mount::mount(
         Some("tmpfs"),
         &canonical,

@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use firmware_proto::pod::{ConfigBlob, Container, PodDocument, PodVolumeSource};
+use firmware_proto::pod::{Container, PodDocument, PodVolumeSource};
 
 use crate::image::{Availability, Images, PreparedRootfs, RunConfig, Sha256};
 use crate::pod::{ConfigObjects, Unit};
@@ -93,6 +93,9 @@ pub enum WorkloadError {
     /// A volume's config object has not arrived yet.
     #[error("{0}")]
     ConfigPending(crate::pod::Missing),
+    /// A Secret's sealed values do not open with this node's key.
+    #[error("{0}")]
+    Sealed(crate::pod::SealError),
     /// The replica asks for a seccomp profile and this build cannot apply one.
     #[error("the replica asks for the default seccomp profile but this agent was built without seccomp")]
     SeccompUnavailable,
@@ -225,7 +228,16 @@ pub fn container_config_on(
             PodVolumeSource::HostPath { path } => (PathBuf::from(path.as_str()), mount.read_only),
             PodVolumeSource::Config { index } => {
                 let object = config.get(document, *index).map_err(WorkloadError::ConfigPending)?;
-                write_config_files(&dir, &object).map_err(|e| match e {
+                // The decoder checked the index is inside the document.
+                let reference = &document.config[usize::from(*index)];
+                let files = config.files(reference, &object).map_err(WorkloadError::Sealed)?;
+                if reference.secret {
+                    // A Secret's files in clear live in memory only.
+                    let bytes: u64 = files.iter().map(|(_, content)| content.len() as u64 + 4096).sum();
+                    crate::volumes::ensure_tmpfs_with_mode(&dir, Some(bytes.max(1 << 20)), 0o755)
+                        .map_err(volume_err)?;
+                }
+                write_config_files(&dir, &files, reference.secret).map_err(|e| match e {
                     ConfigWriteError::Io(e) => volume_err(e),
                     ConfigWriteError::BadName(n) => WorkloadError::BadFileName(n),
                 })?;
@@ -247,6 +259,7 @@ pub fn container_config_on(
         };
         mounts.push(MountSpec { source, destination, read_only, tmpfs: false });
     }
+    let secret_env = config.secret_env(pod_id, spec).map_err(WorkloadError::Sealed)?;
     let (uid, gid) = match spec.user {
         Some(user) => (user.uid, user.gid),
         None => image_user(&image.path, &run.user)?,
@@ -257,7 +270,7 @@ pub fn container_config_on(
         hostname: pod_id.to_owned(),
         rootfs: image.path.clone(),
         args,
-        env: merged_env(&run.env, spec.env.iter()),
+        env: merged_env(&run.env, spec.env.iter().chain(secret_env.iter().map(String::as_str))),
         cwd: cwd.unwrap_or("/").to_owned(),
         uid,
         gid,
@@ -377,15 +390,16 @@ enum ConfigWriteError {
     BadName(String),
 }
 
-fn write_config_files(dir: &Path, object: &ConfigBlob) -> Result<(), ConfigWriteError> {
+fn write_config_files(dir: &Path, files: &[(String, Vec<u8>)], secret: bool) -> Result<(), ConfigWriteError> {
     std::fs::create_dir_all(dir).map_err(ConfigWriteError::Io)?;
-    for (name, content) in object.file_names.iter().zip(object.contents.iter()) {
+    for (name, content) in files {
+        let name = name.as_str();
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(ConfigWriteError::BadName(name.to_owned()));
         }
         let path = dir.join(name);
         crate::persist::write_atomic(&path, content).map_err(ConfigWriteError::Io)?;
-        let mode = if object.secret { 0o400 } else { 0o444 };
+        let mode = if secret { 0o400 } else { 0o444 };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(ConfigWriteError::Io)?;
     }
     Ok(())

@@ -88,6 +88,7 @@ fn write_desired_signed(setup: &Setup, document: &DesiredDocument, key: &Signing
             secret: object.secret,
             digest: Bytes(digest),
             size: frame.len() as u32,
+            sealed_key: None,
         });
     }
     let pods: Vec<firmware_proto::pod::PodSpec> = document.replicas.iter().map(Into::into).collect();

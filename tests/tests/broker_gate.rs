@@ -258,7 +258,7 @@ fn a_flood_of_bad_frames_from_one_login_is_cut_off_with_memory_and_log_flat() {
             }
             Ok((_, _refused)) => {
                 refused_connects += 1;
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(10));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }

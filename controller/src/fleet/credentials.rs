@@ -101,6 +101,12 @@ impl ControllerKey {
     pub fn public_key(&self) -> [u8; 32] {
         self.key.verifying_key().to_bytes()
     }
+
+    /// A secret derived from the signing key for `label`: the root of the
+    /// Secrets' data keys, which must outlive restarts as the key does.
+    pub fn derive_secret(&self, label: &str) -> [u8; 32] {
+        firmware_proto::seal::derive_key(&self.key.to_bytes(), &[label.as_bytes()])
+    }
 }
 
 /// What a node received at enrolment.

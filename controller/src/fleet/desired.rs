@@ -23,7 +23,7 @@ use std::time::Duration;
 use firmware_proto::MessageKind;
 use rumqttc::{AsyncClient, QoS};
 
-use super::credentials::ControllerKey;
+use super::credentials::{ControllerKey, Enrolment};
 use super::{FleetConfig, Topics};
 use crate::controllers::Snapshot;
 use crate::manifest::Kind;
@@ -198,16 +198,25 @@ impl Changes {
 /// triggering: nothing depends on having seen one event).
 const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
 
+/// What documents are signed and sealed with.
+pub struct Keys {
+    /// Signs every frame.
+    pub controller: Arc<ControllerKey>,
+    /// Each node's credentials, its seal key derived from them.
+    pub enrolment: Enrolment,
+}
+
 /// Runs the publisher until the runtime stops.
 pub async fn run(
     store: Arc<dyn Store>,
     config: FleetConfig,
-    key: Arc<ControllerKey>,
+    keys: Keys,
     topics: Topics,
     client: AsyncClient,
     published: PublishedDocuments,
     republish: Arc<tokio::sync::Notify>,
 ) {
+    let Keys { controller: key, enrolment } = keys;
     let mut live = match store.subscribe(0) {
         Ok(subscription) => subscription.live,
         Err(e) => {
@@ -231,10 +240,17 @@ pub async fn run(
             let pass = {
                 let (store, key, published, default_registry) =
                     (store.clone(), key.clone(), published.clone(), default_registry.clone());
+                let enrolment = enrolment.clone();
                 let (tables, blobs) = (tables.clone(), blobs.clone());
                 let all = publish_all;
                 tokio::task::spawn_blocking(move || {
-                    let sources = Sources { key: &key, published: &published, tables: &tables, blobs: &blobs };
+                    let sources = Sources {
+                        key: &key,
+                        enrolment: &enrolment,
+                        published: &published,
+                        tables: &tables,
+                        blobs: &blobs,
+                    };
                     build_all(store.as_ref(), &sources, &default_registry, &dirty, all)
                 })
             };
@@ -319,6 +335,8 @@ impl BlobFrames {
 /// What a pass signs with and remembers.
 struct Sources<'a> {
     key: &'a ControllerKey,
+    /// Each node's seal key comes from its credentials.
+    enrolment: &'a Enrolment,
     published: &'a PublishedDocuments,
     tables: &'a PublishedTables,
     blobs: &'a BlobFrames,
@@ -329,7 +347,7 @@ struct Sources<'a> {
 /// once its image is pinned (and only where that image can run: the
 /// scheduler says why elsewhere).
 fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, dirty: &Dirty, all: bool) -> Frames {
-    let Sources { key, published, tables, blobs } = *sources;
+    let Sources { key, enrolment, published, tables, blobs } = *sources;
     // The store's view, not a snapshot of every kind: a pass after a few
     // replicas moved reads the nodes they moved to and those nodes' replicas.
     let view = store.view();
@@ -394,7 +412,13 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
         let object = node_object.get(node.as_str()).copied();
         let profile =
             object.map_or(firmware_proto::Profile::Linux, |n| n.typed_status::<NodeStatus>().node_info.profile());
-        let refs = References { config_maps: &config_maps, secrets: &secrets, node: object, claims: &claims };
+        // A node not enrolled (any more) gets no key: its Secret values are
+        // sealed with a zero key, which it could not use anyway.
+        let seal_key = enrolment
+            .node(&node)
+            .and_then(|credential| credential.mac_key_bytes())
+            .map(|mac_key| firmware_proto::seal::node_seal_key(&mac_key));
+        let refs = References { config_maps: &config_maps, secrets: &secrets, node: object, claims: &claims, seal_key };
         // What is left out is said on the replica by the scheduling
         // controller, which makes the same projection.
         let document = replica_spec::document(pods, &refs, default_registry, profile);
@@ -474,7 +498,7 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
                 let pods = firmware_proto::heap::List::try_from(document.pods.clone()).map_err(|e| e.to_string());
                 let claims = firmware_proto::heap::List::try_from(node_claims).map_err(|e| e.to_string());
                 pods.and_then(|pods| Ok((pods, claims?))).and_then(|(pods, claims)| {
-                    let config = document.table.refs();
+                    let config = document.table.refs(seal_key);
                     let doc = firmware_proto::pod::PodDocument { node_id, generation, pods, config, claims };
                     firmware_proto::encode_signed_to_vec(&doc, |bytes| key.sign(bytes)).map_err(|e| e.to_string())
                 })

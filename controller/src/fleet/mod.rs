@@ -135,11 +135,13 @@ pub fn spawn(
         channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone(), link.clone());
     let published = desired::PublishedDocuments::default();
     let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
+    let seal_keys = enrolment.clone();
     let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
         .with_log_requests(log_requests.clone())
         .with_broker_link(link)
         .with_refusal_counter(refusals);
     let inbox = inbox::spawn(inbox, incoming_rx)?;
-    let publisher = tokio::spawn(desired::run(store, config, key, topics, client, published, republish));
+    let keys = desired::Keys { controller: key, enrolment: seal_keys };
+    let publisher = tokio::spawn(desired::run(store, config, keys, topics, client, published, republish));
     Ok(Fleet { log_requests, tasks: vec![connection, publisher], inbox, eviction })
 }

@@ -27,6 +27,11 @@ pub fn lower(pod: &WirePod, table: &ConfigTable) -> Result<ReplicaSpec, String> 
         heapless::String::try_from(value)
             .map_err(|_| format!("{what} {value:?} of {} bytes (the compact profile holds {PATH_MAX})", value.len()))
     };
+    // Sealing needs the Linux profile's agent; a compact device has none yet.
+    const SEALED: &str = "Secrets are not supported on compact-profile devices yet (they are sealed for Linux agents)";
+    if !container.sealed_env.is_empty() {
+        return Err(format!("env from a Secret: {SEALED}"));
+    }
     if container.mounts.len() > MAX_VOLUMES {
         return Err(format!("{} volume mounts (the compact profile holds {MAX_VOLUMES})", container.mounts.len()));
     }
@@ -46,6 +51,9 @@ pub fn lower(pod: &WirePod, table: &ConfigTable) -> Result<ReplicaSpec, String> 
             PodVolumeSource::HostPath { path } => VolumeSource::HostPath { path: short("hostPath", path)? },
             PodVolumeSource::Config { index } => {
                 let entry = table.objects.get(usize::from(*index)).ok_or("a config volume outside its document")?;
+                if entry.blob.secret {
+                    return Err(format!("a Secret volume: {SEALED}"));
+                }
                 config_object(entry)?;
                 if usize::from(*index) >= MAX_CONFIG_OBJECTS {
                     return Err(format!(
@@ -146,7 +154,7 @@ mod tests {
 
     #[test]
     fn a_pod_within_the_compact_limits_lowers_and_one_past_them_names_the_limit() {
-        let refs = References { config_maps: &[], secrets: &[], node: None, claims: &[] };
+        let refs = References { config_maps: &[], secrets: &[], node: None, claims: &[], seal_key: None };
         let pod = sample_pod(serde_json::json!({
             "containers": [{ "name": "app", "image": "sensor:1", "args": ["--period", "5s"],
                              "volumeMounts": [{ "name": "spool", "mountPath": "/spool" }] }],

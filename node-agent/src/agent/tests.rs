@@ -28,6 +28,7 @@ fn pods(document: &DesiredDocument, signature: [u8; 64]) -> (Vec<u8>, Vec<Vec<u8
             secret: object.secret,
             digest: firmware_proto::Bytes(digest),
             size: frame.len() as u32,
+            sealed_key: None,
         };
         config.push(reference).unwrap();
         blobs.push(frame);

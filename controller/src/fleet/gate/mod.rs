@@ -223,11 +223,6 @@ impl Gate {
         Ok(gate)
     }
 
-    /// How many connections are open now.
-    pub fn connections(&self) -> usize {
-        lock(&self.shared.logins).values().map(|login| lock(&login.connections).len()).sum()
-    }
-
     async fn accept(self, listener: TcpListener) {
         let slots = Arc::new(Semaphore::new(self.shared.settings.max_connections));
         loop {
