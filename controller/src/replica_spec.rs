@@ -53,9 +53,7 @@ pub fn set_data_key_root(root: [u8; 32]) {
 fn data_key_root() -> &'static [u8; 32] {
     DATA_KEY_ROOT.get_or_init(|| {
         let mut root = [0u8; 32];
-        // No randomness means no process can run at all; zeros then still
-        // keep Secrets from the broker's sight only as far as the key goes.
-        let _ = getrandom::fill(&mut root);
+        getrandom::fill(&mut root).expect("randomness from the OS for the Secrets' data keys");
         root
     })
 }
@@ -105,9 +103,8 @@ impl ConfigTable {
         Ok((self.claims.len() - 1) as u16)
     }
 
-    /// What the document for the node with `seal_key` says of each object
-    /// (see [`References::seal_key`]).
-    pub fn refs(&self, seal_key: Option<[u8; 32]>) -> List<ConfigRef, { linux::LINUX_MAX_CONFIG_OBJECTS }> {
+    /// What the document sealed as `sealing` says of each object.
+    pub fn refs(&self, sealing: &Sealing) -> List<ConfigRef, { linux::LINUX_MAX_CONFIG_OBJECTS }> {
         let refs: Vec<ConfigRef> = self
             .objects
             .iter()
@@ -117,7 +114,7 @@ impl ConfigTable {
                 digest: firmware_proto::Bytes(e.digest),
                 size: e.size,
                 sealed_key: e.data_key.map(|data_key| {
-                    let sealed = firmware_proto::seal::seal(&seal_key.unwrap_or([0; 32]), &e.digest, &data_key);
+                    let sealed = firmware_proto::seal::seal(&sealing.key(), &e.digest, &data_key);
                     let mut bytes = [0u8; linux::SEALED_KEY_LEN];
                     bytes.copy_from_slice(&sealed);
                     firmware_proto::Bytes(bytes)
@@ -208,11 +205,39 @@ pub struct References<'a> {
     pub node: Option<&'a ApiObject>,
     /// PersistentVolumeClaims.
     pub claims: &'a [Arc<ApiObject>],
-    /// The node's seal key (`firmware_proto::seal`), when the document is
-    /// for a node whose key is known: what its Secret values are sealed
-    /// with. Without one they are sealed with a zero key, which sizes them
-    /// right and nothing more.
-    pub seal_key: Option<[u8; 32]>,
+    /// What Secret values are sealed with.
+    pub sealing: Sealing,
+}
+
+/// What a projection seals Secret values with (`firmware_proto::seal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealing {
+    /// Nothing built is sent (the scheduler's check): values are sealed
+    /// with a zero key, which sizes them right and nothing more.
+    Sizing,
+    /// For the node with this seal key.
+    For([u8; 32]),
+    /// For a node with no credentials (revoked, never enrolled): a replica
+    /// that takes anything from a Secret is left out of its document.
+    Unsealable,
+}
+
+impl Sealing {
+    fn key(&self) -> [u8; 32] {
+        match self {
+            Sealing::For(key) => *key,
+            Sealing::Sizing | Sealing::Unsealable => [0; 32],
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Sealing::Unsealable => {
+                Err("its node has no credentials (revoked or not enrolled) to seal a Secret for".to_owned())
+            }
+            Sealing::Sizing | Sealing::For(_) => Ok(()),
+        }
+    }
 }
 
 impl References<'_> {
@@ -479,7 +504,10 @@ pub fn build(
             }
         } else if let Some(r) = &volume.secret {
             match refs.find(true, namespace, &r.secret_name) {
-                Some(object) => PodVolumeSource::Config { index: table.index_of(true, object)? },
+                Some(object) => {
+                    refs.sealing.check()?;
+                    PodVolumeSource::Config { index: table.index_of(true, object)? }
+                }
                 None if r.optional => PodVolumeSource::EmptyDir { in_memory: true, size_limit_bytes: None },
                 None => return Err(format!("secret {:?} not found", r.secret_name)),
             }
@@ -657,7 +685,11 @@ impl Context<'_> {
         entries: &[String],
         container: &str,
     ) -> Result<firmware_proto::heap::Blobs<B, I>, String> {
-        let key = self.refs.seal_key.unwrap_or([0; 32]);
+        if entries.is_empty() {
+            return Ok(firmware_proto::heap::Blobs::new());
+        }
+        self.refs.sealing.check()?;
+        let key = self.refs.sealing.key();
         let context = firmware_proto::seal::env_context(&self.id, container);
         let mut sealed = firmware_proto::heap::Blobs::new();
         for entry in entries {
@@ -882,7 +914,7 @@ mod tests {
     }
 
     fn no_refs() -> References<'static> {
-        References { config_maps: &[], secrets: &[], node: None, claims: &[], seal_key: None }
+        References { config_maps: &[], secrets: &[], node: None, claims: &[], sealing: Sealing::Sizing }
     }
 
     #[test]
@@ -938,7 +970,8 @@ mod tests {
         let mut status = crate::status::NodeStatus::default();
         status.allocatable.insert("cpu".into(), "1500m".into());
         node.set_status(&status);
-        let refs = References { config_maps: &[], secrets: &[], node: Some(&node), claims: &[], seal_key: None };
+        let refs =
+            References { config_maps: &[], secrets: &[], node: Some(&node), claims: &[], sealing: Sealing::Sizing };
         let (wire, _) = check(&pod, &refs, "r").unwrap();
         let env: Vec<&str> = wire.containers[0].env.iter().collect();
         assert_eq!(
@@ -965,7 +998,7 @@ mod tests {
         map.metadata.resource_version = "5".into();
         map.set_field("data", serde_json::json!({ "big.txt": "x".repeat(600 * 1024), "small": "1" }));
         let maps = [Arc::new(map)];
-        let refs = References { config_maps: &maps, secrets: &[], node: None, claims: &[], seal_key: None };
+        let refs = References { config_maps: &maps, secrets: &[], node: None, claims: &[], sealing: Sealing::Sizing };
         let pod = sample_pod(serde_json::json!({
             "containers": [
                 { "name": "a", "image": "web:1", "volumeMounts": [{ "name": "s", "mountPath": "/etc/s" }] },
@@ -1009,8 +1042,13 @@ mod tests {
             "volumes": [{ "name": "creds", "secret": { "secretName": "db" } }],
         }));
         let node_key = seal::node_seal_key(&[9; 32]);
-        let refs =
-            References { config_maps: &[], secrets: &secrets, node: None, claims: &[], seal_key: Some(node_key) };
+        let refs = References {
+            config_maps: &[],
+            secrets: &secrets,
+            node: None,
+            claims: &[],
+            sealing: Sealing::For(node_key),
+        };
         let (wire, table) = check(&pod, &refs, "r").unwrap();
         let container = &wire.containers[0];
         let plain: Vec<&str> = container.env.iter().collect();
@@ -1033,7 +1071,7 @@ mod tests {
         for bytes in [&document, &blob] {
             assert!(!bytes.windows(b"hunter2".len()).any(|w| w == b"hunter2"), "a clear Secret value on the wire");
         }
-        let reference = &table.refs(Some(node_key))[0];
+        let reference = &table.refs(&Sealing::For(node_key))[0];
         let sealed_key = reference.sealed_key.as_ref().unwrap();
         let data_key: [u8; 32] = seal::open(&node_key, &entry.digest, &sealed_key.0).unwrap().try_into().unwrap();
         let names: Vec<&str> = entry.blob.file_names.iter().collect();
@@ -1043,12 +1081,16 @@ mod tests {
             seal::open(&data_key, &seal::file_context("db", "password"), sealed_file).unwrap(),
             b"hunter2-secret"
         );
-        assert!(seal::open(&other, &entry.digest, &table.refs(Some(other))[0].sealed_key.unwrap().0).is_ok());
-        assert_ne!(table.refs(Some(other))[0].sealed_key, reference.sealed_key.clone(), "each node its own");
+        assert!(seal::open(&other, &entry.digest, &table.refs(&Sealing::For(other))[0].sealed_key.unwrap().0).is_ok());
+        assert_ne!(table.refs(&Sealing::For(other))[0].sealed_key, reference.sealed_key.clone(), "each node its own");
         // Rebuilt, the document is the same bytes: nothing is resent.
         let (again, _) = check(&pod, &refs, "r").unwrap();
         assert_eq!(postcard::to_allocvec(&again).unwrap(), document);
         // A compact device cannot open sealed values.
         assert!(compact::lower(&wire, &table).unwrap_err().contains("not supported on compact-profile devices yet"));
+        // A node with no credentials gets nothing of a Secret.
+        let unsealable = References { sealing: Sealing::Unsealable, ..refs };
+        let why = check(&pod, &unsealable, "r").unwrap_err();
+        assert!(why.message.contains("no credentials"), "{why:?}");
     }
 }

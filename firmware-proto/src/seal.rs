@@ -6,8 +6,8 @@
 //!   key travels, and the MAC and the seal never share a key.
 //! - A **sealed value** is `nonce (12) || ChaCha20-Poly1305 ciphertext and
 //!   tag (16)` ([`SEAL_OVERHEAD`] bytes more than the value). The nonce is
-//!   the first 12 bytes of HMAC-SHA256(key, aad length || aad || value):
-//!   the same value under the same key and context seals to the same bytes,
+//!   the first 12 bytes of HMAC-SHA256(nonce key, aad length || aad ||
+//!   value), the nonce key being HMAC-SHA256(key, a fixed label): the same value under the same key and context seals to the same bytes,
 //!   so a document rebuilt unchanged is byte-identical and not resent. It
 //!   tells only that two sealed values are equal, never what they hold.
 //! - Env vars taken from Secrets are sealed with the node's seal key, with
@@ -38,6 +38,9 @@ const TAG_LEN: usize = 16;
 
 /// The label a node's seal key is derived with.
 const SEAL_KEY_LABEL: &[u8] = b"flotilla/v1 seal key";
+
+/// The label the key that makes nonces is derived with, from the sealing key.
+const NONCE_KEY_LABEL: &[u8] = b"flotilla/v1 seal nonce";
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -87,7 +90,9 @@ pub fn derive_key(root: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
 
 /// `value` sealed under `key` in the context `aad` (see the module doc).
 pub fn seal(key: &[u8; 32], aad: &[u8], value: &[u8]) -> Vec<u8> {
-    let nonce_source = hmac(key, &[&(aad.len() as u64).to_be_bytes(), aad, value]);
+    // The nonce comes from a key of its own, not the cipher's.
+    let nonce_key = hmac(key, &[NONCE_KEY_LABEL]);
+    let nonce_source = hmac(&nonce_key, &[&(aad.len() as u64).to_be_bytes(), aad, value]);
     let nonce = Nonce::from(<[u8; NONCE_LEN]>::try_from(&nonce_source[..NONCE_LEN]).expect("12 of 32 bytes"));
     let cipher = ChaCha20Poly1305::new(&Key::from(*key));
     // Encryption fails only past ChaCha20's 256 GiB per nonce.

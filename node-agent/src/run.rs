@@ -202,6 +202,26 @@ fn write_status(path: &Path, status: &firmware_proto::Status) {
     }
 }
 
+/// Removes the `config.json` of every bundle in `bundles` unless a tmpfs is
+/// mounted there already.
+fn remove_disk_bundles(bundles: &Path) {
+    let on_tmpfs = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        let Ok(dir) = bundles.canonicalize() else { return false };
+        info.lines().any(|line| line.split(' ').nth(4).is_some_and(|point| Path::new(point) == dir))
+    });
+    if on_tmpfs {
+        return;
+    }
+    for entry in std::fs::read_dir(bundles).into_iter().flatten().flatten() {
+        let config = entry.path().join("config.json");
+        if config.exists()
+            && let Err(e) = std::fs::remove_file(&config)
+        {
+            tracing::warn!(path = %config.display(), error = %e, "cannot remove a bundle left on the disk");
+        }
+    }
+}
+
 /// Runs until killed. Containers keep running when the agent stops.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     create_private_dir(&args.data_dir)?;
@@ -226,7 +246,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::runtime::set_cgroup_parent(&format!("{}/{node_id}", crate::runtime::CGROUP_PARENT));
     let program = std::env::current_exe().context("locating the agent binary for its runtime helper")?;
     // A bundle's config.json holds its container's env, Secret values
-    // included: bundles live in memory.
+    // included: bundles live in memory. Ones an older agent left on the
+    // disk go first (their containers do not need them once created).
+    remove_disk_bundles(&paths.bundles());
     crate::volumes::ensure_tmpfs_with_mode(&paths.bundles(), Some(64 << 20), 0o700)
         .with_context(|| format!("mounting a tmpfs for container bundles on {}", paths.bundles().display()))?;
     let runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());

@@ -10,25 +10,23 @@ pub fn ensure_tmpfs(dir: &Path, size_limit_bytes: Option<u64>) -> std::io::Resul
 }
 
 /// [`ensure_tmpfs`] with the root directory's `mode`: what holds Secrets
-/// in clear lives only in memory.
+/// in clear lives only in memory. A tmpfs already there is resized to
+/// `size_limit_bytes` (a Secret grows with a new version).
 pub fn ensure_tmpfs_with_mode(dir: &Path, size_limit_bytes: Option<u64>, mode: u32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let canonical = dir.canonicalize()?;
-    if mount_points().iter().any(|p| Path::new(p) == canonical) {
-        return Ok(());
-    }
+    let mounted = mount_points().iter().any(|p| Path::new(p) == canonical);
     let options = match size_limit_bytes {
         Some(size) => format!("size={size},mode={mode:o}"),
+        None if mounted => return Ok(()),
         None => format!("mode={mode:o}"),
     };
-    nix::mount::mount(
-        Some("tmpfs"),
-        &canonical,
-        Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some(options.as_str()),
-    )
-    .map_err(std::io::Error::from)
+    let mut flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+    if mounted {
+        flags |= nix::mount::MsFlags::MS_REMOUNT;
+    }
+    nix::mount::mount(Some("tmpfs"), &canonical, Some("tmpfs"), flags, Some(options.as_str()))
+        .map_err(std::io::Error::from)
 }
 
 /// Unmounts everything mounted under `dir`, deepest first.

@@ -232,9 +232,10 @@ pub fn container_config_on(
                 let reference = &document.config[usize::from(*index)];
                 let files = config.files(reference, &object).map_err(WorkloadError::Sealed)?;
                 if reference.secret {
-                    // A Secret's files in clear live in memory only.
+                    // A Secret's files in clear live in memory only. Room
+                    // for two copies: each file is rewritten beside itself.
                     let bytes: u64 = files.iter().map(|(_, content)| content.len() as u64 + 4096).sum();
-                    crate::volumes::ensure_tmpfs_with_mode(&dir, Some(bytes.max(1 << 20)), 0o755)
+                    crate::volumes::ensure_tmpfs_with_mode(&dir, Some(2 * bytes + (1 << 20)), 0o755)
                         .map_err(volume_err)?;
                 }
                 write_config_files(&dir, &files, reference.secret).map_err(|e| match e {

@@ -325,7 +325,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         secrets: &snapshot.secrets,
         node: None,
         claims: &snapshot.claims,
-        seal_key: None,
+        sealing: crate::replica_spec::Sealing::Sizing,
     };
     let registry = snapshot.default_registry.as_str();
     // What no longer holds its node after this pass: deleted or retired by
@@ -497,7 +497,7 @@ fn left_out_of_documents<'s>(
         secrets: &snapshot.secrets,
         node: None,
         claims: &snapshot.claims,
-        seal_key: None,
+        sealing: crate::replica_spec::Sealing::Sizing,
     };
     for &(pod, node) in created_bound {
         match replica_spec::check(pod, &unplaced, default_registry) {

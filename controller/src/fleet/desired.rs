@@ -28,7 +28,7 @@ use super::{FleetConfig, Topics};
 use crate::controllers::Snapshot;
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey};
-use crate::replica_spec::{self, References};
+use crate::replica_spec::{self, References, Sealing};
 use crate::status::{ClaimStatus, NodeStatus, PodStatus};
 use crate::store::{EventType, Store, WatchEvent};
 
@@ -412,13 +412,12 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
         let object = node_object.get(node.as_str()).copied();
         let profile =
             object.map_or(firmware_proto::Profile::Linux, |n| n.typed_status::<NodeStatus>().node_info.profile());
-        // A node not enrolled (any more) gets no key: its Secret values are
-        // sealed with a zero key, which it could not use anyway.
-        let seal_key = enrolment
-            .node(&node)
-            .and_then(|credential| credential.mac_key_bytes())
-            .map(|mac_key| firmware_proto::seal::node_seal_key(&mac_key));
-        let refs = References { config_maps: &config_maps, secrets: &secrets, node: object, claims: &claims, seal_key };
+        // A node not enrolled (any more) gets no Secret at all.
+        let sealing = match enrolment.node(&node).and_then(|credential| credential.mac_key_bytes()) {
+            Some(mac_key) => Sealing::For(firmware_proto::seal::node_seal_key(&mac_key)),
+            None => Sealing::Unsealable,
+        };
+        let refs = References { config_maps: &config_maps, secrets: &secrets, node: object, claims: &claims, sealing };
         // What is left out is said on the replica by the scheduling
         // controller, which makes the same projection.
         let document = replica_spec::document(pods, &refs, default_registry, profile);
@@ -498,7 +497,7 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
                 let pods = firmware_proto::heap::List::try_from(document.pods.clone()).map_err(|e| e.to_string());
                 let claims = firmware_proto::heap::List::try_from(node_claims).map_err(|e| e.to_string());
                 pods.and_then(|pods| Ok((pods, claims?))).and_then(|(pods, claims)| {
-                    let config = document.table.refs(seal_key);
+                    let config = document.table.refs(&sealing);
                     let doc = firmware_proto::pod::PodDocument { node_id, generation, pods, config, claims };
                     firmware_proto::encode_signed_to_vec(&doc, |bytes| key.sign(bytes)).map_err(|e| e.to_string())
                 })

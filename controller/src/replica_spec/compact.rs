@@ -154,7 +154,13 @@ mod tests {
 
     #[test]
     fn a_pod_within_the_compact_limits_lowers_and_one_past_them_names_the_limit() {
-        let refs = References { config_maps: &[], secrets: &[], node: None, claims: &[], seal_key: None };
+        let refs = References {
+            config_maps: &[],
+            secrets: &[],
+            node: None,
+            claims: &[],
+            sealing: crate::replica_spec::Sealing::Sizing,
+        };
         let pod = sample_pod(serde_json::json!({
             "containers": [{ "name": "app", "image": "sensor:1", "args": ["--period", "5s"],
                              "volumeMounts": [{ "name": "spool", "mountPath": "/spool" }] }],

@@ -54,6 +54,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A read buffer that grew past this for one large frame is given back.
 const KEPT_BUFFER: usize = 64 << 10;
 
+/// Largest CONNECT: a login, a client id and a Last Will fit well within.
+/// Nothing larger is read from a peer that has not logged in.
+const MAX_CONNECT: usize = 64 << 10;
+
+/// Open connections one node login may hold at once.
+const CONNECTIONS_PER_LOGIN: usize = 4;
+
+/// How long a write to a device may wait for it to read: past it, the
+/// device is gone or stalling and its connection is closed.
+const DEVICE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What one login may send. The defaults are about ten times what an agent
 /// sends when busy: a heartbeat every few minutes, a status and a few
 /// events per container change, log lines when asked, and a burst of a
@@ -283,13 +294,11 @@ impl Shared {
         stream.set_nodelay(true).ok();
         let (mut device_rx, mut device_tx) = stream.into_split();
         let mut from_device = BytesMut::with_capacity(1024);
-        let (header, frame) = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            next_frame(&mut device_rx, &mut from_device, self.settings.max_packet),
-        )
-        .await
-        .context("no CONNECT in time")??
-        .context("closed before CONNECT")?;
+        let (header, frame) =
+            tokio::time::timeout(CONNECT_TIMEOUT, next_frame(&mut device_rx, &mut from_device, MAX_CONNECT))
+                .await
+                .context("no CONNECT in time")??
+                .context("closed before CONNECT")?;
         anyhow::ensure!(frame[0] >> 4 == 1, "the first packet is not a CONNECT");
         let mut connect = match Connect::read(header, frame) {
             Ok(connect) => connect,
@@ -310,6 +319,35 @@ impl Shared {
                 return Ok(());
             }
         };
+        // Registered before any wait, then checked again: a revocation
+        // between the login check and here closes this connection too.
+        let cancel = CancellationToken::new();
+        if let Peer::Node { name, login, connection, .. } = &peer {
+            lock(&login.connections).insert(*connection, cancel.clone());
+            let current = lock(&self.logins).get(name).is_some_and(|l| Arc::ptr_eq(l, login));
+            if !current || self.enrolment.node(name).is_none() {
+                cancel.cancel();
+            }
+        }
+        let result = tokio::select! {
+            r = self.relay(&peer, &connect, device_rx, from_device, device_tx) => r,
+            () = cancel.cancelled() => Ok(()),
+        };
+        if let Peer::Node { login, connection, .. } = &peer {
+            lock(&login.connections).remove(connection);
+        }
+        result
+    }
+
+    /// Connects to rumqttd as the device and relays both ways.
+    async fn relay(
+        &self,
+        peer: &Peer,
+        connect: &Connect,
+        mut device_rx: tokio::net::tcp::OwnedReadHalf,
+        from_device: BytesMut,
+        mut device_tx: tokio::net::tcp::OwnedWriteHalf,
+    ) -> anyhow::Result<()> {
         let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.settings.upstream))
             .await
             .context("the broker does not answer")?
@@ -317,21 +355,11 @@ impl Shared {
         upstream.set_nodelay(true).ok();
         let (mut broker_rx, mut broker_tx) = upstream.into_split();
         write_packet(&mut broker_tx, |b| connect.write(b)).await.context("forwarding CONNECT")?;
-
-        let cancel = CancellationToken::new();
-        if let Peer::Node { login, connection, .. } = &peer {
-            lock(&login.connections).insert(*connection, cancel.clone());
-        }
         let (to_device, asked) = mpsc::channel(64);
-        let result = tokio::select! {
-            r = self.device_to_broker(&peer, &mut device_rx, from_device, &mut broker_tx, &to_device) => r,
+        tokio::select! {
+            r = self.device_to_broker(peer, &mut device_rx, from_device, &mut broker_tx, &to_device) => r,
             r = self.broker_to_device(&mut broker_rx, &mut device_tx, asked) => r,
-            () = cancel.cancelled() => Ok(()),
-        };
-        if let Peer::Node { login, connection, .. } = &peer {
-            lock(&login.connections).remove(connection);
         }
-        result
     }
 
     /// Checks a CONNECT and rewrites a node's password to the gate's.
@@ -361,6 +389,11 @@ impl Shared {
         if state.is_cut_off(Instant::now()) {
             self.refuse(&Refusal::of(&name, "cut-off", "a login cut off for going over its limits"), "", 0);
             return Err(ConnectReturnCode::NotAuthorized);
+        }
+        if lock(&state.connections).len() >= CONNECTIONS_PER_LOGIN {
+            let detail = format!("over {CONNECTIONS_PER_LOGIN} connections at once");
+            self.refuse(&Refusal::of(&name, "connections", detail), "", 0);
+            return Err(ConnectReturnCode::ServiceUnavailable);
         }
         login.password.clone_from(&self.settings.upstream_password);
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +507,7 @@ impl Shared {
             tokio::select! {
                 biased;
                 request = asked.recv() => match request {
-                    Some(ToDevice::Packet(bytes)) => device.write_all(&bytes).await?,
+                    Some(ToDevice::Packet(bytes)) => write_device(device, &bytes).await?,
                     Some(ToDevice::Patch { pkid, allowed }) => {
                         patches.insert(pkid, allowed);
                     }
@@ -487,7 +520,7 @@ impl Shared {
                     if frame[0] >> 4 == 9 {
                         while let Ok(request) = asked.try_recv() {
                             match request {
-                                ToDevice::Packet(bytes) => device.write_all(&bytes).await?,
+                                ToDevice::Packet(bytes) => write_device(device, &bytes).await?,
                                 ToDevice::Patch { pkid, allowed } => {
                                     patches.insert(pkid, allowed);
                                 }
@@ -500,11 +533,11 @@ impl Shared {
                                 .iter()
                                 .map(|a| if *a { codes.next().unwrap_or(SubscribeReasonCode::Failure) } else { SubscribeReasonCode::Failure })
                                 .collect();
-                            device.write_all(&encode(|b| SubAck::new(ack.pkid, merged).write(b))?).await?;
+                            write_device(device, &encode(|b| SubAck::new(ack.pkid, merged).write(b))?).await?;
                             continue;
                         }
                     }
-                    device.write_all(&frame).await?;
+                    write_device(device, &frame).await?;
                     if buffer.is_empty() && buffer.capacity() > KEPT_BUFFER {
                         buffer = BytesMut::with_capacity(1024);
                     }
@@ -512,6 +545,14 @@ impl Shared {
             }
         }
     }
+}
+
+/// Writes to a device, which must read within [`DEVICE_WRITE_TIMEOUT`].
+async fn write_device(device: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> anyhow::Result<()> {
+    tokio::time::timeout(DEVICE_WRITE_TIMEOUT, device.write_all(bytes))
+        .await
+        .context("the device stopped reading")?
+        .context("writing to the device")
 }
 
 /// The next whole MQTT packet from `stream`, reading into `buffer` as
@@ -525,7 +566,9 @@ async fn next_frame(
         match mqttbytes::check(buffer.iter(), max_packet) {
             Ok(header) => return Ok(Some((header, buffer.split_to(header.frame_length()).freeze()))),
             Err(mqttbytes::Error::InsufficientBytes(more)) => {
-                buffer.reserve(more);
+                // What a header announces is not reserved up front: the
+                // buffer grows as bytes really come.
+                buffer.reserve(more.min(KEPT_BUFFER));
                 if stream.read_buf(buffer).await? == 0 {
                     anyhow::ensure!(buffer.is_empty(), "closed in the middle of a packet");
                     return Ok(None);
