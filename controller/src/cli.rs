@@ -496,6 +496,10 @@ pub struct ServerArgs {
     /// Embedded broker: bytes a second one device login may send, sustained.
     #[arg(long, default_value = "262144")]
     pub node_bytes_per_sec: std::num::NonZeroU32,
+    /// Largest API request body, in MiB: an apply over it is refused (413) with this limit in
+    /// the answer. Image uploads to the registry are not limited by it.
+    #[arg(long, default_value_t = (crate::api::DEFAULT_MAX_BODY >> 20) as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_request_body_mib: u64,
     /// Embedded broker: how long a device login that went over its limits is refused.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub node_cut_off: std::time::Duration,

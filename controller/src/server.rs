@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub fleet: FleetConfig,
     /// What one device login may send to the embedded broker.
     pub login_limits: crate::fleet::gate::LoginLimits,
+    /// Largest API request body, bytes.
+    pub max_body: usize,
 }
 
 impl ServerConfig {
@@ -122,6 +124,7 @@ impl ServerConfig {
                 cut_off_for: args.node_cut_off,
                 ..Default::default()
             },
+            max_body: (args.max_request_body_mib as usize).saturating_mul(1 << 20),
         })
     }
 }
@@ -143,6 +146,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         metrics: Metrics::default(),
         ready: AtomicBool::new(false),
         tables: Default::default(),
+        max_body: config.max_body,
     });
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await

@@ -53,6 +53,91 @@ pub struct ApiState {
     pub ready: std::sync::atomic::AtomicBool,
     /// The last table rows answered per list.
     pub tables: TableCache,
+    /// Largest request body the API takes (`--max-request-body-mib`).
+    pub max_body: usize,
+}
+
+/// The API's request body limit unless one is configured: room for a
+/// large apply (many objects, ConfigMaps of up to 1 MiB each).
+pub const DEFAULT_MAX_BODY: usize = 16 << 20;
+
+/// A body declared over the limit is still read, up to this much, and
+/// dropped, so the client sees the 413 instead of a connection reset in
+/// the middle of its upload.
+const DRAIN_PAST_LIMIT: u64 = 256 << 20;
+
+/// Middleware: a request whose declared body is over the limit is answered
+/// 413 with the limit in the JSON body (bodies without a length meet the
+/// same limit as they are read).
+pub async fn limit_body(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let max = state.max_body as u64;
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max => {
+            if length <= max + DRAIN_PAST_LIMIT {
+                let mut body = request.into_body().into_data_stream();
+                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                    if chunk.is_err() {
+                        break;
+                    }
+                }
+            }
+            too_large(state.max_body, Some(length)).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large(max: usize, length: Option<u64>) -> ApiError {
+    let size = length.map(|l| format!(" ({l} bytes)")).unwrap_or_default();
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        format!(
+            "the request body{size} is over the server's limit of {max} bytes ({} MiB; `flotilla server \
+             --max-request-body-mib`); split the manifest into several applies",
+            max >> 20
+        ),
+    )
+}
+
+/// Middleware: every error the API answers has the JSON body
+/// ([`ErrorBody`]), also the framework's own (a body that is not JSON, of
+/// the wrong shape or type, or over the limit).
+pub async fn json_errors(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(state.max_body, None).into_response();
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let reason = match status {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        StatusCode::UNPROCESSABLE_ENTITY => "Invalid",
+        s if s.is_server_error() => "InternalError",
+        _ => "BadRequest",
+    };
+    let error = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let mut answer = (status, Json(ErrorBody { error, reason: reason.to_owned() })).into_response();
+    // Headers that say more than the body (Allow on a 405) are kept.
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        answer.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    answer
 }
 
 /// The rows last rendered per list (kind, namespace, `-o wide`), with the

@@ -53,6 +53,7 @@ pub fn router(parts: Parts) -> Router {
             .merge(Router::new().route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::pod_log)).with_state(logs));
     }
     let with_token = with_token.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let max_body = state.max_body;
     let mut routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(super::readyz))
@@ -70,6 +71,13 @@ pub fn router(parts: Parts) -> Router {
                 .with_state(enrol),
         );
     }
+    // The API's body limit and error bodies; the registry (merged below)
+    // streams its blobs and answers in the OCI error format.
+    let routes = routes
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), super::json_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), super::limit_body));
+    let mut routes = routes;
     if let Some(registry) = parts.registry {
         // `/v2/` and the distribution API's paths, dispatched by the registry.
         routes = routes.merge(crate::registry::router(registry, state.token.clone()));

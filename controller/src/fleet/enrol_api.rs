@@ -224,6 +224,7 @@ mod tests {
             metrics: Metrics::default(),
             ready: true.into(),
             tables: Default::default(),
+            max_body: crate::api::DEFAULT_MAX_BODY,
         });
         let enrol = Arc::new(EnrolState {
             enrolment: Enrolment::load_or_create(dir).unwrap(),
