@@ -288,7 +288,7 @@ fn manifests_are_checked_before_they_are_stored() {
         serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 38},
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 37},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 1}]
         }))
         .unwrap()
@@ -303,6 +303,14 @@ fn manifests_are_checked_before_they_are_stored() {
     };
     assert_eq!(error_code(put("v1", &image(missing))), "MANIFEST_BLOB_UNKNOWN");
     let layer = upload(&server, "test/checks", b"x");
+    // Descriptors are checked against what is stored: a wrong size, a
+    // layer said to be gzip that is not.
+    let lying = String::from_utf8(image(layer)).unwrap().replace(r#""size":1"#, r#""size":999"#);
+    assert!(lying.contains("999"));
+    assert_eq!(error_code(put("v1", lying.as_bytes())), "MANIFEST_INVALID");
+    let not_gzip = String::from_utf8(image(layer)).unwrap().replace("layer.v1.tar\"", "layer.v1.tar+gzip\"");
+    assert!(not_gzip.contains("+gzip"));
+    assert_eq!(error_code(put("v1", not_gzip.as_bytes())), "MANIFEST_INVALID");
     let good = image(layer);
     assert_eq!(error_code(put(&missing.to_string(), &good)), "DIGEST_INVALID");
     assert_eq!(error_code(put("v1", b"{\"schemaVersion\": 2")), "MANIFEST_INVALID");
@@ -314,6 +322,31 @@ fn manifests_are_checked_before_they_are_stored() {
 
     let resolved = server.registry.resolve("test/checks", "v1").unwrap().unwrap();
     assert_eq!(resolved.platforms, vec![("linux".to_owned(), "arm64".to_owned())]);
+    // An index entry must say what its image is: platform, size, type.
+    let index = |architecture: &str, size: usize| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": Digest::of(&good).to_string(),
+                "size": size,
+                "platform": {"os": "linux", "architecture": architecture}
+            }]
+        }))
+        .unwrap()
+    };
+    let put_index = |body: &[u8]| {
+        agent()
+            .put(server.url("/v2/test/checks/manifests/multi"))
+            .header("Authorization", bearer())
+            .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+            .send(body)
+            .unwrap()
+    };
+    assert_eq!(error_code(put_index(&index("amd64", good.len()))), "MANIFEST_INVALID");
+    assert_eq!(error_code(put_index(&index("arm64", good.len() + 1))), "MANIFEST_INVALID");
+    assert_eq!(put_index(&index("arm64", good.len())).status(), 201);
     let mut response = agent().get(server.url("/v2/test/checks/manifests/v1")).call().unwrap();
     assert_eq!(response.body_mut().read_to_vec().unwrap(), good);
     let unknown = agent().get(server.url("/v2/test/checks/manifests/v2")).call().unwrap();

@@ -36,8 +36,19 @@ pub struct Manifest {
     pub media_type: String,
     /// Blobs that must be in the repository: an image's config and layers.
     pub blobs: Vec<Digest>,
+    /// What the manifest says of each of `blobs`, in the same order.
+    pub blob_descriptors: Vec<Described>,
     /// Manifests that must be in the repository: an index's entries.
     pub children: Vec<ChildManifest>,
+}
+
+/// What a descriptor says of the content it points at.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Described {
+    /// `size`, when given.
+    pub size: Option<u64>,
+    /// `mediaType`, when given.
+    pub media_type: Option<String>,
 }
 
 /// One entry of an index.
@@ -47,6 +58,8 @@ pub struct ChildManifest {
     pub digest: Digest,
     /// `(os, architecture)` from the entry's `platform`, when it has one.
     pub platform: Option<(String, String)>,
+    /// What the entry says of the child's size and media type.
+    pub described: Described,
 }
 
 impl Manifest {
@@ -68,8 +81,11 @@ struct RawManifest {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawDescriptor {
     digest: String,
+    size: Option<u64>,
+    media_type: Option<String>,
     /// Foreign layers (Windows base layers) live elsewhere and are never pushed.
     #[serde(default)]
     urls: Vec<String>,
@@ -110,23 +126,27 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Regis
         (None, None) => OCI_MANIFEST.to_owned(),
     };
     let digest = |d: &RawDescriptor| d.digest.parse::<Digest>().map_err(|e| invalid(e.to_string()));
+    let described = |d: &RawDescriptor| Described { size: d.size, media_type: d.media_type.clone() };
     let mut blobs = Vec::new();
+    let mut blob_descriptors = Vec::new();
     let mut children = Vec::new();
     if media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST {
         for entry in raw.manifests.iter().flatten() {
             let platform = entry.platform.as_ref().map(|p| (p.os.clone(), p.architecture.clone()));
-            children.push(ChildManifest { digest: digest(entry)?, platform });
+            children.push(ChildManifest { digest: digest(entry)?, platform, described: described(entry) });
         }
     } else if media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
         let config = raw.config.as_ref().ok_or_else(|| invalid("an image manifest needs a config".to_owned()))?;
         blobs.push(digest(config)?);
+        blob_descriptors.push(described(config));
         for layer in raw.layers.iter().flatten().filter(|l| l.urls.is_empty()) {
             blobs.push(digest(layer)?);
+            blob_descriptors.push(described(layer));
         }
     } else {
         return Err(invalid(format!("unsupported manifest media type {media_type:?}")));
     }
-    Ok(Manifest { media_type, blobs, children })
+    Ok(Manifest { media_type, blobs, blob_descriptors, children })
 }
 
 /// `(os, architecture)` of an image config blob, if it names them.

@@ -181,15 +181,21 @@ impl Registry {
             return Err(RegistryError::DigestInvalid { expected: *named, actual: digest });
         }
         let _guard = self.adding_references();
-        for blob in &parsed.blobs {
-            if self.storage.linked_blob(repo, blob).is_none() {
+        let invalid = RegistryError::ManifestInvalid;
+        for (i, (blob, described)) in parsed.blobs.iter().zip(&parsed.blob_descriptors).enumerate() {
+            let Some(path) = self.storage.linked_blob(repo, blob) else {
                 return Err(RegistryError::ManifestBlobUnknown(*blob));
-            }
+            };
+            let what = if i == 0 { "config" } else { "layer" };
+            check_blob(&path, described).map_err(|why| invalid(format!("{what} {blob}: {why}")))?;
         }
         for child in &parsed.children {
-            if self.storage.manifest_media_type(repo, &child.digest)?.is_none() {
+            let Some(stored_type) = self.storage.manifest_media_type(repo, &child.digest)? else {
                 return Err(RegistryError::ManifestBlobUnknown(child.digest));
-            }
+            };
+            let bytes = self.storage.read_blob(&child.digest)?.unwrap_or_default();
+            self.check_child(child, &stored_type, &bytes)
+                .map_err(|why| invalid(format!("entry {}: {why}", child.digest)))?;
         }
         self.storage.write_blob(&digest, bytes)?;
         self.storage.link_manifest(repo, &digest, &parsed.media_type)?;
@@ -197,6 +203,31 @@ impl Registry {
             self.storage.tag(repo, tag, &digest)?;
         }
         Ok(digest)
+    }
+
+    /// An index entry against the manifest it names: size, media type, and
+    /// the platform its image's config says.
+    fn check_child(&self, child: &manifest::ChildManifest, stored_type: &str, bytes: &[u8]) -> Result<(), String> {
+        if let Some(size) = child.described.size
+            && size != bytes.len() as u64
+        {
+            return Err(format!("the index says {size} bytes, the manifest has {}", bytes.len()));
+        }
+        if let Some(declared) = &child.described.media_type
+            && declared != stored_type
+        {
+            return Err(format!("the index says {declared}, the manifest is {stored_type}"));
+        }
+        let Some((os, architecture)) = &child.platform else { return Ok(()) };
+        let Ok(image) = manifest::parse(bytes, Some(stored_type)) else { return Ok(()) };
+        let config = image.blobs.first().map(|config| self.storage.read_blob(config)).transpose();
+        let Some(config) = config.map_err(|e| e.to_string())?.flatten() else { return Ok(()) };
+        match manifest::config_platform(&config) {
+            Some((config_os, config_arch)) if (&config_os, &config_arch) != (os, architecture) => {
+                Err(format!("the index says {os}/{architecture}, the image's config says {config_os}/{config_arch}"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The manifest a tag or digest names in `repo`, if any.
@@ -288,4 +319,32 @@ impl Registry {
             }
         }
     }
+}
+
+/// A stored blob against its descriptor: its size, and that a layer said
+/// to be gzip or zstd starts like one.
+fn check_blob(path: &std::path::Path, described: &manifest::Described) -> Result<(), String> {
+    use std::io::Read;
+    let actual = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if let Some(size) = described.size
+        && size != actual
+    {
+        return Err(format!("the manifest says {size} bytes, the blob has {actual}"));
+    }
+    let Some(media_type) = described.media_type.as_deref() else { return Ok(()) };
+    let magic: &[u8] = if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+        &[0x1f, 0x8b]
+    } else if media_type.ends_with("+zstd") {
+        &[0x28, 0xb5, 0x2f, 0xfd]
+    } else if manifest::is_manifest_type(media_type) {
+        return Err(format!("{media_type} is a manifest type, not a blob's"));
+    } else {
+        return Ok(());
+    };
+    let mut head = vec![0u8; magic.len()];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_err() || head != magic {
+        return Err(format!("the manifest says {media_type}, the blob does not start like one"));
+    }
+    Ok(())
 }
