@@ -111,6 +111,30 @@ fn every_invalid_manifest_is_refused_naming_its_field() {
 }
 
 #[test]
+fn names_are_dns_subdomains_where_kubernetes_takes_them() {
+    let parse = |text: &str| flotilla_controller::manifest::parse_str("names.yaml", text);
+    let accepted = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: line-3.sensor-calibration}\ndata: {a: b}\n---\n\
+                    apiVersion: v1\nkind: Secret\nmetadata: {name: db.credentials.v2}\nstringData: {p: q}\n";
+    let parsed = parse(accepted).unwrap();
+    assert_eq!(parsed.objects.len(), 2);
+    for (name, expected) in [
+        ("line-3..calibration", "DNS subdomain"),
+        ("-line-3.calibration", "DNS subdomain"),
+        (&"a".repeat(254), "at most 253"),
+    ] {
+        let text = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name:?}}}\ndata: {{a: b}}\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("metadata.name") && err.contains(expected), "{name}: {err}");
+    }
+    let claim = format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {}}}\n\
+         spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n",
+        "c".repeat(88)
+    );
+    assert!(parse(&claim).unwrap_err().to_string().contains("at most 87"));
+}
+
+#[test]
 fn a_bad_document_anywhere_means_nothing_is_returned() {
     // Good files first, then a bad one: the whole load fails.
     let result = load(&[corpus().join("sensor.yaml"), corpus().join("invalid/bad-name.yaml")]);

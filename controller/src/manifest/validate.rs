@@ -9,7 +9,7 @@ use firmware_proto as wire;
 use firmware_proto::pod as linux;
 
 use super::types::*;
-use super::{Body, Object, Quantity};
+use super::{Body, Kind, Object, Quantity};
 
 /// A broken rule, with the path of the field that breaks it.
 #[derive(Debug)]
@@ -26,7 +26,7 @@ fn fail(path: impl Into<String>, reason: impl Into<String>) -> Result {
 
 /// Checks one object.
 pub(super) fn object(object: &Object) -> Result {
-    name("metadata.name", &object.metadata.name, 63)?;
+    object_name(object)?;
     if object.kind.is_namespaced() {
         name("metadata.namespace", &object.metadata.namespace, 63)?;
     }
@@ -160,6 +160,58 @@ fn stateful_set(spec: &StatefulSetSpec, name: &str) -> Result {
     // The template as each replica gets it: its mounts may name a claim
     // template's volume.
     pod("spec.template.spec", &spec.pod_spec(name, 0), &["Always"])
+}
+
+/// `metadata.name` as Kubernetes checks it for the kind: a DNS subdomain
+/// where it takes one and Flotilla can (ConfigMap, Secret, claim), a DNS
+/// label where Kubernetes requires one (Namespace; Service, which must also
+/// start with a letter) and where Flotilla names replicas, containers and
+/// devices after it (a `.` would split a container id).
+fn object_name(object: &Object) -> Result {
+    let value = &object.metadata.name;
+    const PATH: &str = "metadata.name";
+    match object.kind {
+        Kind::ConfigMap | Kind::Secret => subdomain(PATH, value, 253),
+        // Its directory on the device is `{namespace}.{name}.{uid prefix}`,
+        // at most 160 bytes.
+        Kind::PersistentVolumeClaim => subdomain(PATH, value, 87),
+        Kind::Service => {
+            name(PATH, value, 63)?;
+            if value.starts_with(|c: char| c.is_ascii_digit()) {
+                return fail(PATH, format!("{value:?}: a Service's name must start with a letter (DNS-1035)"));
+            }
+            Ok(())
+        }
+        Kind::Deployment | Kind::DaemonSet | Kind::Job | Kind::StatefulSet | Kind::Pod => name(PATH, value, 63)
+            .map_err(|e| RuleError {
+                reason: format!("{} (Flotilla names replicas and containers after it)", e.reason),
+                ..e
+            }),
+        Kind::Node | Kind::Namespace | Kind::Event => name(PATH, value, 63),
+    }
+}
+
+/// DNS-1123 subdomain: DNS labels joined by `.`, at most `max` in all.
+fn subdomain(path: &str, value: &str, max: usize) -> Result {
+    if value.is_empty() {
+        return fail(path, "required");
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if value.len() <= max && value.split('.').all(label_ok) {
+        return Ok(());
+    }
+    fail(
+        path,
+        format!(
+            "{value:?} must be at most {max} lowercase letters, digits, '-' or '.', each part between dots \
+             starting and ending with a letter or digit (a DNS subdomain)"
+        ),
+    )
 }
 
 /// DNS-1123 label: lowercase alphanumerics and `-`, alphanumeric at both ends.
