@@ -500,6 +500,11 @@ pub struct ServerArgs {
     /// the answer. Image uploads to the registry are not limited by it.
     #[arg(long, default_value_t = (crate::api::DEFAULT_MAX_BODY >> 20) as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_request_body_mib: u64,
+    /// Free space, in MiB, that applies and image uploads leave on the data volume, for the
+    /// controllers' own writes; past it they are refused (507) with the figures [default: 5 % of
+    /// the volume, at most 256 MiB].
+    #[arg(long)]
+    pub disk_reserve_mib: Option<u64>,
     /// Embedded broker: how long a device login that went over its limits is refused.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub node_cut_off: std::time::Duration,

@@ -36,5 +36,6 @@ pub mod replica_spec;
 pub mod rollout_cmd;
 pub mod selector;
 pub mod server;
+pub mod space;
 pub mod status;
 pub mod store;

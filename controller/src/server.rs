@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub login_limits: crate::fleet::gate::LoginLimits,
     /// Largest API request body, bytes.
     pub max_body: usize,
+    /// Free bytes applies and uploads leave on the data volume (`None`:
+    /// 5 %, at most 256 MiB).
+    pub disk_reserve: Option<u64>,
 }
 
 impl ServerConfig {
@@ -125,6 +128,7 @@ impl ServerConfig {
                 ..Default::default()
             },
             max_body: (args.max_request_body_mib as usize).saturating_mul(1 << 20),
+            disk_reserve: args.disk_reserve_mib.map(|mib| mib.saturating_mul(1 << 20)),
         })
     }
 }
@@ -147,6 +151,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         ready: AtomicBool::new(false),
         tables: Default::default(),
         max_body: config.max_body,
+        space: crate::space::SpaceGuard::new(&config.data_dir, config.disk_reserve),
     });
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
@@ -191,7 +196,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let registry_dir = config.data_dir.join("registry");
     let registry = Arc::new(
         crate::registry::Registry::open(&registry_dir)
-            .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?,
+            .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?
+            .with_space_guard(crate::space::SpaceGuard::new(&config.data_dir, config.disk_reserve)),
     );
     let gc = tokio::spawn(registry.clone().run_gc(Duration::from_secs(3600), std::future::pending()));
     let app = api::routes::router(api::routes::Parts {

@@ -42,6 +42,7 @@ impl Server {
             ready: AtomicBool::new(true),
             tables: Default::default(),
             max_body: flotilla_controller::api::DEFAULT_MAX_BODY,
+            space: flotilla_controller::space::SpaceGuard::new(dir.path(), Some(0)),
         });
         // No grace period, so that garbage collection in these tests acts at once.
         let registry = Arc::new(Registry::open(&dir.path().join("registry")).unwrap().with_gc_grace(Duration::ZERO));

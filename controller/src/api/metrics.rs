@@ -35,6 +35,7 @@ pub struct Metrics {
     apply_seconds: Histogram,
     objects: Family<KindLabels, Gauge>,
     resource_version: Gauge,
+    store_write_failures: Gauge,
     node_refusals: crate::fleet::refusals::RefusalCounter,
 }
 
@@ -55,6 +56,12 @@ impl Default for Metrics {
         registry.register("store_objects", "Objects in the store by kind", objects.clone());
         let resource_version = Gauge::default();
         registry.register("store_resource_version", "The store's latest resourceVersion", resource_version.clone());
+        let store_write_failures = Gauge::default();
+        registry.register(
+            "store_write_failures",
+            "Store commits that failed on the disk since start (a full disk, mostly); /readyz says why while they fail",
+            store_write_failures.clone(),
+        );
         let node_refusals = crate::fleet::refusals::RefusalCounter::default();
         registry.register(
             "node_messages_refused",
@@ -68,6 +75,7 @@ impl Default for Metrics {
             apply_seconds,
             objects,
             resource_version,
+            store_write_failures,
             node_refusals,
         }
     }
@@ -95,6 +103,7 @@ pub(super) async fn render(State(state): State<Shared>) -> Response {
         state.metrics.objects.get_or_create(&KindLabels { kind: kind.to_string() }).set(count as i64);
     }
     state.metrics.resource_version.set(state.store.resource_version() as i64);
+    state.metrics.store_write_failures.set(state.store.write_failures() as i64);
     let mut text = String::new();
     let registry = state.metrics.registry.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {

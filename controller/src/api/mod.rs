@@ -55,6 +55,8 @@ pub struct ApiState {
     pub tables: TableCache,
     /// Largest request body the API takes (`--max-request-body-mib`).
     pub max_body: usize,
+    /// The free space writes through the API may not eat into.
+    pub space: crate::space::SpaceGuard,
 }
 
 /// The API's request body limit unless one is configured: room for a
@@ -72,6 +74,11 @@ const DRAIN_PAST_LIMIT: u64 = 256 << 20;
 pub async fn limit_body(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let max = state.max_body as u64;
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let writes = matches!(*request.method(), axum::http::Method::POST | axum::http::Method::PUT);
+    if writes && let Err(no_space) = state.space.check(declared.unwrap_or(0).min(max)) {
+        return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", no_space.to_string())
+            .into_response();
+    }
     match declared {
         Some(length) if length > max => {
             if length <= max + DRAIN_PAST_LIMIT {
@@ -200,6 +207,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             StoreError::Gone { .. } => (StatusCode::GONE, "Expired"),
             StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            StoreError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -253,11 +261,20 @@ async fn count_requests(State(state): State<Shared>, request: Request, next: Nex
     response
 }
 
+/// 200 `ok` when the controller runs and can write; else 503 with why.
 async fn readyz(State(state): State<Shared>) -> Response {
-    if state.ready.load(std::sync::atomic::Ordering::Acquire) {
-        "ok".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    let unavailable = |reason: &'static str, error: String| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, error).into_response()
+    };
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        return unavailable("Starting", "starting".into());
+    }
+    if let Some(error) = state.store.write_failure() {
+        return unavailable("StoreWritesFailing", format!("the store cannot write: {error}"));
+    }
+    match state.space.check(0) {
+        Ok(()) => "ok".into_response(),
+        Err(no_space) => unavailable("DiskFull", no_space.to_string()),
     }
 }
 

@@ -225,6 +225,7 @@ mod tests {
             ready: true.into(),
             tables: Default::default(),
             max_body: crate::api::DEFAULT_MAX_BODY,
+            space: crate::space::SpaceGuard::new(dir, Some(0)),
         });
         let enrol = Arc::new(EnrolState {
             enrolment: Enrolment::load_or_create(dir).unwrap(),

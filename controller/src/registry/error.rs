@@ -22,6 +22,10 @@ pub enum RegistryError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The data volume is full, or the upload would cross its reserve: the
+    /// upload's partial data is removed.
+    #[error("{0}; the upload was discarded")]
+    NoSpace(String),
     /// A repository name, tag or digest that breaks the spec's grammar.
     #[error(transparent)]
     Name(#[from] NameError),
@@ -112,6 +116,7 @@ impl RegistryError {
     pub fn code(&self) -> (StatusCode, &'static str) {
         match self {
             RegistryError::Io { .. } | RegistryError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            RegistryError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "DENIED"),
             RegistryError::Name(NameError::Repository(_)) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             RegistryError::Name(NameError::Tag(_)) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
             RegistryError::Name(NameError::Digest(_)) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),

@@ -111,6 +111,13 @@ impl Registry {
         Ok(Registry { storage, uploads, references: RwLock::new(()), gc_grace: DEFAULT_GC_GRACE })
     }
 
+    /// Refuses (and discards at once) an upload that would cross `space`'s
+    /// reserve or finds the volume full: 507.
+    pub fn with_space_guard(mut self, space: crate::space::SpaceGuard) -> Registry {
+        self.uploads = Uploads::new(self.storage.uploads_dir()).with_space_guard(space);
+        self
+    }
+
     /// Sets how old an unreferenced blob must be before garbage collection
     /// deletes it (default [`DEFAULT_GC_GRACE`]).
     pub fn with_gc_grace(mut self, grace: Duration) -> Registry {

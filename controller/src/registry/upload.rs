@@ -33,6 +33,8 @@ pub struct Uploads {
     /// Hash state of sessions touched since the server started. The async
     /// mutex also serialises requests on one session.
     progress: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Progress>>>>,
+    /// The reserve uploads leave free, when one is kept.
+    space: Option<crate::space::SpaceGuard>,
 }
 
 /// How far a session's bytes are hashed.
@@ -51,13 +53,23 @@ pub struct VerifiedUpload {
     pub path: PathBuf,
 }
 
+/// How much of a refused upload is still read (and dropped) so that its
+/// client sees the answer.
+const DRAIN_MAX: u64 = 1 << 30;
+
 /// Buffer for reading a session back when its hasher must catch up.
 const CATCH_UP_BUFFER: usize = 256 << 10;
 
 impl Uploads {
     /// Sessions under `dir` (which must exist).
     pub fn new(dir: PathBuf) -> Uploads {
-        Uploads { dir, progress: Mutex::default() }
+        Uploads { dir, progress: Mutex::default(), space: None }
+    }
+
+    /// Uploads refused (and discarded) when they would cross `space`'s reserve.
+    pub fn with_space_guard(mut self, space: crate::space::SpaceGuard) -> Uploads {
+        self.space = Some(space);
+        self
     }
 
     fn session_dir(&self, id: Uuid) -> PathBuf {
@@ -120,7 +132,19 @@ impl Uploads {
         let data = self.data_path(repo, id).await?;
         let progress = self.progress_of(id);
         let mut progress = progress.lock().await;
-        append_locked(&mut progress, &data, id, start, chunk).await
+        let appended = append_locked(&mut progress, &data, id, start, chunk, self.space.as_ref()).await;
+        self.discard_if_no_space(id, appended).await
+    }
+
+    /// A full disk ends the session at once: its partial data is removed,
+    /// not left for a day.
+    async fn discard_if_no_space<T>(&self, id: Uuid, outcome: Result<T, RegistryError>) -> Result<T, RegistryError> {
+        if let Err(RegistryError::NoSpace(why)) = &outcome {
+            tracing::warn!(upload = %id, reason = why, "upload refused for want of space; discarded");
+            self.forget(id);
+            self.discard(id).await;
+        }
+        outcome
     }
 
     /// Appends the last chunk (possibly empty), checks the digest and seals
@@ -139,7 +163,8 @@ impl Uploads {
         let data = self.data_path(repo, id).await?;
         let progress = self.progress_of(id);
         let mut progress = progress.lock().await;
-        append_locked(&mut progress, &data, id, None, last_chunk).await?;
+        let appended = append_locked(&mut progress, &data, id, None, last_chunk, self.space.as_ref()).await;
+        self.discard_if_no_space(id, appended).await?;
         let actual = Digest::from_hasher(progress.hasher.clone());
         if actual != expected {
             self.forget(id);
@@ -206,6 +231,7 @@ async fn append_locked<S, E>(
     id: Uuid,
     start: Option<u64>,
     mut chunk: S,
+    space: Option<&crate::space::SpaceGuard>,
 ) -> Result<u64, RegistryError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -229,8 +255,23 @@ where
                 break;
             }
         };
+        if let Some(Err(no_space)) = space.map(|space| space.check(bytes.len() as u64)) {
+            outcome = Err(RegistryError::NoSpace(no_space.to_string()));
+            // Read the rest (up to a bound) so the client gets the 507, not
+            // a connection reset in the middle of its upload.
+            let mut drained = 0u64;
+            while drained < DRAIN_MAX
+                && let Some(Ok(more)) = chunk.next().await
+            {
+                drained += more.len() as u64;
+            }
+            break;
+        }
         if let Err(e) = file.write_all(&bytes).await {
-            outcome = Err(RegistryError::io("writing", data)(e));
+            outcome = Err(match e.raw_os_error() {
+                Some(28) => RegistryError::NoSpace(format!("the data volume is full ({e})")),
+                _ => RegistryError::io("writing", data)(e),
+            });
             break;
         }
         progress.hasher.update(&bytes);
@@ -240,7 +281,12 @@ where
     // tokio writes in the background: flush so the bytes are in the file
     // before anyone reads its length, also when the body broke off (what
     // arrived is kept, and the client may resume from there).
-    file.flush().await.map_err(RegistryError::io("writing", data))?;
+    if let Err(e) = file.flush().await {
+        return Err(match e.raw_os_error() {
+            Some(28) => RegistryError::NoSpace(format!("the data volume is full ({e})")),
+            _ => RegistryError::io("writing", data)(e),
+        });
+    }
     outcome.map(|()| size)
 }
 

@@ -357,6 +357,9 @@ pub enum StoreError {
     /// The database failed (disk full, I/O error, corruption).
     #[error("store: {0}")]
     Backend(String),
+    /// The data volume is full.
+    #[error("store: {0}")]
+    NoSpace(String),
 }
 
 /// The store the API and reconcilers use.
@@ -381,6 +384,14 @@ pub trait Store: Send + Sync + 'static {
     fn resource_version(&self) -> u64;
     /// Object count per kind (for metrics).
     fn counts(&self) -> Vec<(Kind, usize)>;
+    /// Why writes fail now (the last commit's disk error), if they do.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+    /// Commits that failed on the disk since start.
+    fn write_failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Most writes in one commit of [`commit_in_chunks`]: a pass that binds a

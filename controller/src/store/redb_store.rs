@@ -49,7 +49,13 @@ struct State {
 
 /// The embedded store.
 pub struct RedbStore {
-    db: Database,
+    /// `None` after a failed write: redb asks to be closed and opened
+    /// again after an I/O error, which the next commit does.
+    db: Mutex<Option<Database>>,
+    path: std::path::PathBuf,
+    /// Why the last commit failed on the disk, while writes fail.
+    failure: Mutex<Option<(String, std::time::Instant)>>,
+    failures: std::sync::atomic::AtomicU64,
     cipher: SecretCipher,
     /// Held by one commit at a time, for all of it (staging, disk, memory);
     /// `state` only for the moment memory changes, so readers never wait
@@ -63,15 +69,19 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    // Every object is held in memory already: redb's own cache (1 GiB by
+    // default) only needs the pages a commit rewrites.
+    redb::Builder::new()
+        .set_cache_size(REDB_CACHE)
+        .create(path)
+        .map_err(|e| backend(format!("opening {}: {e}", path.display())))
+}
+
 impl RedbStore {
     /// Opens (or creates) the database file and loads every object.
     pub fn open(path: &Path, cipher: SecretCipher) -> Result<Self, StoreError> {
-        // Every object is held in memory already: redb's own cache (1 GiB by
-        // default) only needs the pages a commit rewrites.
-        let db = redb::Builder::new()
-            .set_cache_size(REDB_CACHE)
-            .create(path)
-            .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
+        let db = open_database(path)?;
         let mut objects = Objects::default();
         let mut templates = crate::object::SharedTemplates::default();
         let mut resource_version = 0;
@@ -102,7 +112,73 @@ impl RedbStore {
         let (events, _) = broadcast::channel(4096);
         let state = State { objects, resource_version, history: VecDeque::new(), oldest: resource_version };
         tracing::info!(objects = state.objects.len(), resource_version, path = %path.display(), "store opened");
-        Ok(RedbStore { db, cipher, writer: Mutex::new(()), state: Mutex::new(state), events })
+        Ok(RedbStore {
+            db: Mutex::new(Some(db)),
+            path: path.to_owned(),
+            failure: Mutex::new(None),
+            failures: Default::default(),
+            cipher,
+            writer: Mutex::new(()),
+            state: Mutex::new(state),
+            events,
+        })
+    }
+
+    /// Writes `staged` at `rv` in one fsynced transaction, reopening the
+    /// database first if a failed write closed it.
+    fn write(&self, staged: &BTreeMap<ObjectKey, Option<Arc<ApiObject>>>, rv: u64) -> Result<(), StoreError> {
+        let mut db = self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if db.is_none() {
+            *db = Some(open_database(&self.path)?);
+            tracing::info!(path = %self.path.display(), "store reopened after a failed write");
+        }
+        let database = db.as_ref().expect("opened above");
+        let outcome = (|| {
+            let txn = database.begin_write().map_err(backend)?;
+            {
+                let mut table = txn.open_table(OBJECTS).map_err(backend)?;
+                for (key, object) in staged {
+                    match object {
+                        Some(object) => {
+                            let bytes = encode(&self.cipher, object)?;
+                            table.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
+                        }
+                        None => {
+                            table.remove(key.encode().as_str()).map_err(backend)?;
+                        }
+                    }
+                }
+                txn.open_table(META).map_err(backend)?.insert(RV_KEY, rv).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })();
+        let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &outcome {
+            Ok(()) => {
+                if let Some((error, since)) = failure.take() {
+                    tracing::warn!(
+                        failed_for_s = since.elapsed().as_secs(),
+                        last_error = error,
+                        "store writes work again"
+                    );
+                }
+            }
+            Err(e) => {
+                *db = None;
+                self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if failure.is_none() {
+                    tracing::error!(error = %e, path = %self.path.display(), "store writes fail (disk full?); each write retries, reopening the database");
+                }
+                let since = failure.as_ref().map_or_else(std::time::Instant::now, |(_, since)| *since);
+                *failure = Some((e.to_string(), since));
+            }
+        }
+        outcome.map_err(|e| match e {
+            StoreError::Backend(text) if text.contains("No space left") || text.contains("os error 28") => {
+                StoreError::NoSpace(format!("the data volume is full: {text}"))
+            }
+            other => other,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -177,23 +253,7 @@ impl Store for RedbStore {
             return Ok(outcomes); // nothing changed: no disk write
         }
         // Durable first: one transaction, fsynced on commit.
-        let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut table = txn.open_table(OBJECTS).map_err(backend)?;
-            for (key, object) in &staged {
-                match object {
-                    Some(object) => {
-                        let bytes = encode(&self.cipher, object)?;
-                        table.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
-                    }
-                    None => {
-                        table.remove(key.encode().as_str()).map_err(backend)?;
-                    }
-                }
-            }
-            txn.open_table(META).map_err(backend)?.insert(RV_KEY, rv).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)?;
+        self.write(&staged, rv)?;
         // Then memory and watchers, in resourceVersion order.
         let mut state = self.lock();
         state.resource_version = rv;
@@ -253,6 +313,14 @@ impl Store for RedbStore {
 
     fn resource_version(&self) -> u64 {
         self.lock().resource_version
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(error, _)| error.clone())
+    }
+
+    fn write_failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn counts(&self) -> Vec<(Kind, usize)> {
@@ -440,6 +508,57 @@ mod tests {
         let mut object = ApiObject::new(Kind::ConfigMap, "default", name);
         object.set_field("data", json!({ "k": value }));
         object
+    }
+
+    /// A full disk under the store: commits fail (and say why) while it is
+    /// full, and the store goes on by itself once space is freed, though
+    /// redb wants to be reopened after an I/O error. On a real 4 MiB tmpfs
+    /// (root, as CI runs).
+    #[test]
+    fn a_full_disk_fails_writes_until_space_is_freed_then_the_store_goes_on() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("small");
+        std::fs::create_dir_all(&mount).unwrap();
+        let flags = nix::mount::MsFlags::empty();
+        nix::mount::mount(Some("tmpfs"), &mount, Some("tmpfs"), flags, Some("size=4m")).unwrap();
+        struct Unmount<'p>(&'p Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _unmount = Unmount(&mount);
+        let store = open(&mount);
+        store.commit(vec![Op::Apply(config_map("first", "x"))]).unwrap();
+        let value = "v".repeat(64 << 10);
+        let mut failed = None;
+        for i in 0..200 {
+            if let Err(e) = store.commit(vec![Op::Apply(config_map(&format!("cm-{i}"), &value))]) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let failed = failed.expect("a 4 MiB volume fills up");
+        assert!(matches!(failed, StoreError::NoSpace(_) | StoreError::Backend(_)), "{failed}");
+        assert!(store.write_failure().is_some() && store.write_failures() >= 1);
+        // Still full: still refused, and the store still reads.
+        assert!(store.commit(vec![Op::Apply(config_map("again", &value))]).is_err());
+        assert!(store.get(&ObjectKey::new(Kind::ConfigMap, "default", "first")).is_some());
+        // Space freed (the volume grown, as an operator would clear it): the
+        // next write goes through, with no restart.
+        nix::mount::mount(Some("tmpfs"), &mount, Some("tmpfs"), nix::mount::MsFlags::MS_REMOUNT, Some("size=16m"))
+            .unwrap();
+        store.commit(vec![Op::Apply(config_map("after", "y"))]).unwrap();
+        assert_eq!(store.write_failure(), None);
+        let reopened = {
+            drop(store);
+            open(&mount)
+        };
+        assert!(reopened.get(&ObjectKey::new(Kind::ConfigMap, "default", "after")).is_some(), "durable");
     }
 
     #[test]
