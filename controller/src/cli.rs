@@ -574,7 +574,7 @@ pub struct TokenCreateArgs {
     /// How many devices the token may enrol.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub uses: u32,
-    /// How long the token stays valid (e.g. 10m, 24h). `--ttl` is the old name.
+    /// How long the token stays valid (e.g. 10m, 24h; at most 366 days). `--ttl` is the old name.
     #[arg(long, visible_alias = "ttl", default_value = "1h", value_parser = humantime::parse_duration)]
     pub expires: std::time::Duration,
     /// Labels of every node the token enrols: `k=v,k2=v2` (repeatable).

@@ -278,6 +278,12 @@ async fn readyz(State(state): State<Shared>) -> Response {
     }
 }
 
+/// The OpenAPI 3 document of the API (`openapi.json`; a test holds it to
+/// `routes.txt`).
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
 async fn route_table() -> Json<serde_json::Value> {
     let routes: Vec<&str> = include_str!("routes.txt").lines().filter(|l| !l.is_empty()).collect();
     let resources: Vec<&str> = crate::object::RESOURCES.iter().map(|(r, _)| *r).collect();

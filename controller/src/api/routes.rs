@@ -57,6 +57,7 @@ pub fn router(parts: Parts) -> Router {
     let mut routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(super::readyz))
+        .route("/openapi.json", get(super::openapi))
         .with_state(state.clone())
         .merge(with_token);
     // Enrolment checks the API token itself: `POST /api/v1/enrol` is
@@ -146,5 +147,21 @@ mod tests {
         for path in table().keys().filter(|p| !p.starts_with("/v2")) {
             assert!(docs.contains(&format!("`{path}`")), "docs/api.md does not list {path}");
         }
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_api_route_and_no_other() {
+        let document: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let described: BTreeMap<String, BTreeSet<String>> = document["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(path, operations)| {
+                (path.clone(), operations.as_object().unwrap().keys().map(|m| m.to_uppercase()).collect())
+            })
+            .collect();
+        let api: BTreeMap<String, BTreeSet<String>> =
+            table().into_iter().filter(|(p, _)| !p.starts_with("/v2")).collect();
+        assert_eq!(described, api, "openapi.json and routes.txt");
     }
 }

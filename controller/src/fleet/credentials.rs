@@ -61,6 +61,9 @@ pub const CONTROLLER_USER: &str = "flotilla-controller";
 /// A token that ended (expired) this long ago is dropped from the file
 /// when the next token is created; until then `node token ls` shows it.
 const TOKEN_KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// The longest a join token may live.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 86_400);
+
 /// Length of a token id (hex digits of its hash).
 const TOKEN_ID_LEN: usize = 8;
 
@@ -432,6 +435,10 @@ impl Enrolment {
         if spec.uses == 0 {
             return Err(EnrolError::BadTokenRequest("a token needs at least one use".into()));
         }
+        if spec.ttl > MAX_TOKEN_TTL {
+            let days = MAX_TOKEN_TTL.as_secs() / 86_400;
+            return Err(EnrolError::BadTokenRequest(format!("a token lives at most {days} days")));
+        }
         check_labels(&spec.labels)?;
         let io = |e: anyhow::Error| EnrolError::Io(format!("{e:#}"));
         let now = unix_now();
@@ -677,7 +684,9 @@ fn token_id(hash: &str) -> &str {
 }
 
 fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+    // humantime formats years up to 9999 only (and panics past them).
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix.min(LAST))).to_string()
 }
 
 fn unix_now() -> u64 {
@@ -721,6 +730,21 @@ mod tests {
         let again = Enrolment::load_or_create(dir.path()).unwrap();
         assert_eq!(again.node("edge-1"), Some(credential));
         assert_eq!(again.tokens()[0].used, 1);
+    }
+
+    /// Found by schemathesis: a ttl of ~2^63 s made a date humantime cannot
+    /// print, which panicked the writer thread, and every enrolment write
+    /// after it failed.
+    #[test]
+    fn a_token_living_for_ever_is_refused_and_far_dates_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let enrolment = Enrolment::load_or_create(dir.path()).unwrap();
+        let spec = TokenSpec { uses: 1, ttl: Duration::from_secs(u64::MAX / 2), ..TokenSpec::default() };
+        let refused = enrolment.create_join_token(&spec).unwrap_err();
+        assert!(matches!(refused, EnrolError::BadTokenRequest(_)), "{refused}");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        // The writer still works.
+        token(&enrolment, 1, Duration::from_secs(60));
     }
 
     #[test]
