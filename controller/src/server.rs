@@ -182,6 +182,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let reconciler =
         tokio::spawn(reconcile::run(store.clone(), move || eviction.policy(), config.fleet.default_registry.clone()));
     let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone()));
+    let store_failures = tokio::spawn(crate::space::report_store_failures(store.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         api = %format!("http://{}", listener.local_addr()?),
@@ -211,10 +212,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     // (a pass already running in the blocking pool ends with its commit
     // before the runtime is gone), and the inbox commits what it received.
     tracing::info!("API closed; stopping the reconcilers and the fleet channel");
-    for task in [&reconciler, &pinning, &gc] {
+    for task in [&reconciler, &pinning, &gc, &store_failures] {
         task.abort();
     }
-    for task in [reconciler, pinning, gc] {
+    for task in [reconciler, pinning, gc, store_failures] {
         let _ = task.await;
     }
     fleet.stop().await;

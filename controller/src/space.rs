@@ -5,6 +5,10 @@
 //! 507 naming the numbers instead of failing half way.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::store::Store;
 
 /// The reserve unless one is configured: 5 % of the volume, at most 256 MiB.
 pub fn default_reserve(total_bytes: u64) -> u64 {
@@ -67,9 +71,59 @@ impl SpaceGuard {
     }
 }
 
+/// How often [`report_store_failures`] looks.
+const STORE_CHECK: Duration = Duration::from_secs(2);
+
+/// Says with an Event (`flotilla get events`: `StoreWritesFailed` on
+/// Namespace `default`) when store writes failed and work again, with how
+/// long and the error; the metric and `/readyz` say so meanwhile. Runs
+/// until the runtime stops.
+pub async fn report_store_failures(store: Arc<dyn Store>) {
+    let mut tick = tokio::time::interval(STORE_CHECK);
+    let mut failing: Option<(SystemTime, String)> = None;
+    loop {
+        tick.tick().await;
+        failing = match (store.write_failure(), failing) {
+            (Some(error), None) => Some((SystemTime::now(), error)),
+            (Some(error), Some((since, _))) => Some((since, error)),
+            (None, Some((since, error))) => {
+                let store = store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.commit(vec![recovered_event(since, &error)])).await;
+                None
+            }
+            (None, None) => None,
+        };
+    }
+}
+
+/// The Event saying store writes failed from `since` with `error` and work
+/// again now.
+fn recovered_event(since: SystemTime, error: &str) -> crate::store::Op {
+    let now = SystemTime::now();
+    let seconds = now.duration_since(since).unwrap_or_default().as_secs();
+    let message = format!("store writes failed for about {seconds} s and work again; the last error: {error}");
+    // About the namespace `default`, and listed there: the controller has
+    // no object of its own to hang it on.
+    let mut namespace = crate::object::ApiObject::new(crate::manifest::Kind::Namespace, "", "default");
+    namespace.metadata.namespace = "default".into();
+    crate::events::warning(&namespace, "store-writes-failed", "StoreWritesFailed", &message, now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_is_an_event_with_how_long_and_the_error() {
+        let since = SystemTime::now() - Duration::from_secs(42);
+        let crate::store::Op::Apply(event) = recovered_event(since, "No space left on device (os error 28)") else {
+            panic!("an apply")
+        };
+        let fields = crate::events::fields(&event);
+        assert_eq!((fields.reason.as_str(), fields.event_type.as_str()), ("StoreWritesFailed", "Warning"));
+        assert!(fields.message.contains("about 42 s") && fields.message.contains("os error 28"), "{}", fields.message);
+        assert_eq!(event.metadata.namespace, "default");
+    }
 
     #[test]
     fn the_reserve_is_five_percent_at_most_256_mib_and_refuses_what_would_cross_it() {
