@@ -312,6 +312,11 @@ fn manifests_are_checked_before_they_are_stored() {
     let not_gzip = String::from_utf8(image(layer)).unwrap().replace("layer.v1.tar\"", "layer.v1.tar+gzip\"");
     assert!(not_gzip.contains("+gzip"));
     assert_eq!(error_code(put("v1", not_gzip.as_bytes())), "MANIFEST_INVALID");
+    // A config that is not JSON.
+    let not_json = upload(&server, "test/checks", b"not json");
+    let bad_config = String::from_utf8(image(layer)).unwrap().replace(&config.to_string(), &not_json.to_string());
+    let bad_config = bad_config.replace(r#""size":37"#, r#""size":8"#);
+    assert_eq!(error_code(put("v1", bad_config.as_bytes())), "MANIFEST_INVALID");
     let good = image(layer);
     assert_eq!(error_code(put(&missing.to_string(), &good)), "DIGEST_INVALID");
     assert_eq!(error_code(put("v1", b"{\"schemaVersion\": 2")), "MANIFEST_INVALID");

@@ -540,7 +540,7 @@ fn an_arm64_image_is_refused_on_an_amd64_node_with_a_clear_reason() {
 }
 
 #[test]
-fn a_full_disk_fails_the_pull_with_a_reason_and_nothing_crashes() {
+fn a_full_disk_fails_the_pull_with_a_reason_and_the_pull_succeeds_once_space_is_freed() {
     require_tools();
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(dir.path());
@@ -566,6 +566,23 @@ fn a_full_disk_fails_the_pull_with_a_reason_and_nothing_crashes() {
     assert!(
         events.iter().any(|e| matches!(e, EventKind::PullFailed { reason, .. } if reason.starts_with("disk full")))
     );
+
+    // Space freed (the volume grown): the pull is retried after its back-off
+    // and succeeds, with no restart.
+    nix::mount::mount(Some("tmpfs"), &data, Some("tmpfs"), nix::mount::MsFlags::MS_REMOUNT, Some("size=256m")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match images.availability(&image, now_ms()) {
+            Availability::Ready(ready) => {
+                assert!(matches!(ready, Ready::Pulled(_)));
+                break;
+            }
+            Availability::Failed(_) | Availability::Pulling => {}
+        }
+        images.take_events(now_ms());
+        assert!(Instant::now() < deadline, "the pull did not recover once space was freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 // --- the agent, with real containers ------------------------------------------------

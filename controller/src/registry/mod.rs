@@ -328,8 +328,8 @@ impl Registry {
     }
 }
 
-/// A stored blob against its descriptor: its size, and that a layer said
-/// to be gzip or zstd starts like one.
+/// A stored blob against its descriptor: its size, that a config is a JSON
+/// object, and that a layer said to be gzip or zstd starts like one.
 fn check_blob(path: &std::path::Path, described: &manifest::Described) -> Result<(), String> {
     use std::io::Read;
     let actual = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
@@ -339,6 +339,16 @@ fn check_blob(path: &std::path::Path, described: &manifest::Described) -> Result
         return Err(format!("the manifest says {size} bytes, the blob has {actual}"));
     }
     let Some(media_type) = described.media_type.as_deref() else { return Ok(()) };
+    // An image config is JSON (and small: a few KiB).
+    if media_type == "application/vnd.oci.image.config.v1+json"
+        || media_type == "application/vnd.docker.container.image.v1+json"
+    {
+        let bytes = if actual <= 4 << 20 { std::fs::read(path).map_err(|e| e.to_string())? } else { Vec::new() };
+        if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).is_err() {
+            return Err(format!("the manifest says {media_type}, the blob is not a JSON object of at most 4 MiB"));
+        }
+        return Ok(());
+    }
     let magic: &[u8] = if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
         &[0x1f, 0x8b]
     } else if media_type.ends_with("+zstd") {
