@@ -491,10 +491,10 @@ pub struct ServerArgs {
     /// Embedded broker: messages a second one device login may send, sustained (ten seconds'
     /// worth may come at once). A login over this or --node-bytes-per-sec is disconnected and
     /// refused for --node-cut-off. An agent sends far fewer.
-    #[arg(long, default_value = "20")]
+    #[arg(long, default_value_t = crate::fleet::gate::LoginLimits::default().messages_per_second)]
     pub node_messages_per_sec: std::num::NonZeroU32,
     /// Embedded broker: bytes a second one device login may send, sustained.
-    #[arg(long, default_value = "262144")]
+    #[arg(long, default_value_t = crate::fleet::gate::LoginLimits::default().bytes_per_second)]
     pub node_bytes_per_sec: std::num::NonZeroU32,
     /// Largest API request body, in MiB: an apply over it is refused (413) with this limit in
     /// the answer. Image uploads to the registry are not limited by it.

@@ -525,7 +525,9 @@ pub fn build(
             .push(PodVolume { name, source })
             .map_err(|_| format!("more than {} volumes", linux::LINUX_MAX_VOLUMES))?;
     }
-    let context = Context { pod, id: replica_id(pod), spec, refs, namespace, default_registry };
+    let id = replica_id(pod);
+    let replica = firmware_proto::ReplicaId::new(&id).map_err(|e| format!("replica id: {e}"))?;
+    let context = Context { pod, id, spec, refs, namespace, default_registry };
     let mut init_containers = List::new();
     for c in &spec.init_containers {
         let mut wire = context.container(c)?;
@@ -539,7 +541,7 @@ pub fn build(
             .map_err(|_| format!("more than {} containers", linux::MAX_CONTAINERS))?;
     }
     Ok(WirePod {
-        id: firmware_proto::ReplicaId::new(&replica_id(pod)).map_err(|e| format!("replica id: {e}"))?,
+        id: replica,
         init_containers,
         containers,
         volumes,
@@ -689,12 +691,16 @@ impl Context<'_> {
             return Ok(firmware_proto::heap::Blobs::new());
         }
         self.refs.sealing.check()?;
-        let key = self.refs.sealing.key();
         let context = firmware_proto::seal::env_context(&self.id, container);
         let mut sealed = firmware_proto::heap::Blobs::new();
         for entry in entries {
+            let bytes = match self.refs.sealing {
+                Sealing::For(key) => firmware_proto::seal::seal(&key, &context, entry.as_bytes()),
+                // Only its length counts: nothing is sealed to be measured.
+                Sealing::Sizing | Sealing::Unsealable => vec![0; entry.len() + firmware_proto::seal::SEAL_OVERHEAD],
+            };
             sealed
-                .push(&firmware_proto::seal::seal(&key, &context, entry.as_bytes()))
+                .push(&bytes)
                 .map_err(|_| format!("env: at most {I} items and {B} bytes in all (Secret values sealed)"))?;
         }
         Ok(sealed)

@@ -198,7 +198,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let registry = Arc::new(
         crate::registry::Registry::open(&registry_dir)
             .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?
-            .with_space_guard(crate::space::SpaceGuard::new(&config.data_dir, config.disk_reserve)),
+            .with_space_guard(state.space.clone()),
     );
     let gc = tokio::spawn(registry.clone().run_gc(Duration::from_secs(3600), std::future::pending()));
     let app = api::routes::router(api::routes::Parts {

@@ -116,21 +116,21 @@ pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenEr
 /// The context a sealed env var of container `container` in pod `pod` is
 /// sealed in.
 pub fn env_context(pod: &str, container: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(pod.len() + container.len() + 5);
-    aad.extend_from_slice(b"env:");
-    aad.extend_from_slice(pod.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(container.as_bytes());
-    aad
+    context(b"env:", pod, container)
 }
 
 /// The context a Secret's file `file` of object `object` is sealed in.
 pub fn file_context(object: &str, file: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(object.len() + file.len() + 6);
-    aad.extend_from_slice(b"file:");
-    aad.extend_from_slice(object.as_bytes());
+    context(b"file:", object, file)
+}
+
+/// `tag || first || 0 || second`: neither part can contain a NUL (names).
+fn context(tag: &[u8], first: &str, second: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(tag.len() + first.len() + second.len() + 1);
+    aad.extend_from_slice(tag);
+    aad.extend_from_slice(first.as_bytes());
     aad.push(0);
-    aad.extend_from_slice(file.as_bytes());
+    aad.extend_from_slice(second.as_bytes());
     aad
 }
 

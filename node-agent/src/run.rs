@@ -205,11 +205,7 @@ fn write_status(path: &Path, status: &firmware_proto::Status) {
 /// Removes the `config.json` of every bundle in `bundles` unless a tmpfs is
 /// mounted there already.
 fn remove_disk_bundles(bundles: &Path) {
-    let on_tmpfs = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
-        let Ok(dir) = bundles.canonicalize() else { return false };
-        info.lines().any(|line| line.split(' ').nth(4).is_some_and(|point| Path::new(point) == dir))
-    });
-    if on_tmpfs {
+    if bundles.canonicalize().is_ok_and(|dir| crate::volumes::is_mount_point(&dir)) {
         return;
     }
     for entry in std::fs::read_dir(bundles).into_iter().flatten().flatten() {

@@ -10,21 +10,26 @@ pub fn ensure_tmpfs(dir: &Path, size_limit_bytes: Option<u64>) -> std::io::Resul
 }
 
 /// [`ensure_tmpfs`] with the root directory's `mode`: what holds Secrets
-/// in clear lives only in memory. A tmpfs already there is resized to
-/// `size_limit_bytes` (a Secret grows with a new version).
+/// in clear lives only in memory. A tmpfs already there that is smaller
+/// than `size_limit_bytes` is grown (a Secret grows with a new version).
 pub fn ensure_tmpfs_with_mode(dir: &Path, size_limit_bytes: Option<u64>, mode: u32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let canonical = dir.canonicalize()?;
-    let mounted = mount_points().iter().any(|p| Path::new(p) == canonical);
-    let options = match size_limit_bytes {
-        Some(size) => format!("size={size},mode={mode:o}"),
-        None if mounted => return Ok(()),
-        None => format!("mode={mode:o}"),
-    };
     let mut flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
-    if mounted {
+    if is_mount_point(&canonical) {
+        let stat = nix::sys::statvfs::statvfs(&canonical).map_err(std::io::Error::from)?;
+        // The statvfs field types are u32 on some 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
+        let size = (stat.blocks() as u64).saturating_mul(stat.fragment_size() as u64);
+        if size_limit_bytes.is_none_or(|wanted| wanted <= size) {
+            return Ok(());
+        }
         flags |= nix::mount::MsFlags::MS_REMOUNT;
     }
+    let options = match size_limit_bytes {
+        Some(size) => format!("size={size},mode={mode:o}"),
+        None => format!("mode={mode:o}"),
+    };
     nix::mount::mount(Some("tmpfs"), &canonical, Some("tmpfs"), flags, Some(options.as_str()))
         .map_err(std::io::Error::from)
 }
@@ -39,6 +44,11 @@ pub fn release(dir: &Path) {
             tracing::warn!(mount = point, error = %e, "cannot unmount a pod volume");
         }
     }
+}
+
+/// Whether something is mounted on `dir` (already canonical).
+pub fn is_mount_point(dir: &Path) -> bool {
+    mount_points().iter().any(|p| Path::new(p) == dir)
 }
 
 fn mount_points() -> Vec<String> {

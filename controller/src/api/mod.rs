@@ -139,7 +139,7 @@ pub async fn json_errors(State(state): State<Shared>, request: Request, next: Ne
         _ => "BadRequest",
     };
     let error = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
-    let mut answer = (status, Json(ErrorBody { error, reason: reason.to_owned() })).into_response();
+    let mut answer = ApiError::new(status, reason, error).into_response();
     // Headers that say more than the body (Allow on a 405) are kept.
     if let Some(allow) = parts.headers.get(header::ALLOW) {
         answer.headers_mut().insert(header::ALLOW, allow.clone());

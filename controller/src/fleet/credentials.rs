@@ -550,6 +550,12 @@ impl Enrolment {
         self.read().nodes.get(node).cloned()
     }
 
+    /// An enrolled node's MAC key, read in place (no copy of its
+    /// credentials): the publisher asks once per document it builds.
+    pub fn mac_key(&self, node: &str) -> Option<[u8; 32]> {
+        self.read().nodes.get(node)?.mac_key_bytes()
+    }
+
     /// Enrolled nodes and their credentials.
     pub fn nodes(&self) -> BTreeMap<String, NodeCredential> {
         self.read().nodes.clone()

@@ -413,7 +413,7 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
         let profile =
             object.map_or(firmware_proto::Profile::Linux, |n| n.typed_status::<NodeStatus>().node_info.profile());
         // A node not enrolled (any more) gets no Secret at all.
-        let sealing = match enrolment.node(&node).and_then(|credential| credential.mac_key_bytes()) {
+        let sealing = match enrolment.mac_key(&node) {
             Some(mac_key) => Sealing::For(firmware_proto::seal::node_seal_key(&mac_key)),
             None => Sealing::Unsealable,
         };

@@ -114,7 +114,7 @@ impl Registry {
     /// Refuses (and discards at once) an upload that would cross `space`'s
     /// reserve or finds the volume full: 507.
     pub fn with_space_guard(mut self, space: crate::space::SpaceGuard) -> Registry {
-        self.uploads = Uploads::new(self.storage.uploads_dir()).with_space_guard(space);
+        self.uploads.set_space_guard(space);
         self
     }
 

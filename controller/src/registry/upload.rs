@@ -57,6 +57,9 @@ pub struct VerifiedUpload {
 /// client sees the answer.
 const DRAIN_MAX: u64 = 1 << 30;
 
+/// Bytes written between two looks at the volume's free space.
+const SPACE_CHECK_EVERY: u64 = 4 << 20;
+
 /// Buffer for reading a session back when its hasher must catch up.
 const CATCH_UP_BUFFER: usize = 256 << 10;
 
@@ -67,9 +70,8 @@ impl Uploads {
     }
 
     /// Uploads refused (and discarded) when they would cross `space`'s reserve.
-    pub fn with_space_guard(mut self, space: crate::space::SpaceGuard) -> Uploads {
+    pub fn set_space_guard(&mut self, space: crate::space::SpaceGuard) {
         self.space = Some(space);
-        self
     }
 
     fn session_dir(&self, id: Uuid) -> PathBuf {
@@ -247,6 +249,8 @@ where
     }
     catch_up(progress, data, size).await?;
     let mut outcome = Ok(());
+    // The volume is looked at every few MiB, not every chunk.
+    let (mut unchecked, mut looked) = (0u64, false);
     while let Some(next) = chunk.next().await {
         let bytes = match next {
             Ok(bytes) => bytes,
@@ -255,7 +259,11 @@ where
                 break;
             }
         };
-        if let Some(Err(no_space)) = space.map(|space| space.check(bytes.len() as u64)) {
+        unchecked += bytes.len() as u64;
+        // The first chunk, then every few MiB.
+        let check = unchecked >= SPACE_CHECK_EVERY || !looked;
+        looked |= check;
+        if let Some(Err(no_space)) = space.filter(|_| check).map(|space| space.check(std::mem::take(&mut unchecked))) {
             outcome = Err(RegistryError::NoSpace(no_space.to_string()));
             // Read the rest (up to a bound) so the client gets the 507, not
             // a connection reset in the middle of its upload.
@@ -268,10 +276,7 @@ where
             break;
         }
         if let Err(e) = file.write_all(&bytes).await {
-            outcome = Err(match e.raw_os_error() {
-                Some(28) => RegistryError::NoSpace(format!("the data volume is full ({e})")),
-                _ => RegistryError::io("writing", data)(e),
-            });
+            outcome = Err(write_error(e, data));
             break;
         }
         progress.hasher.update(&bytes);
@@ -282,12 +287,17 @@ where
     // before anyone reads its length, also when the body broke off (what
     // arrived is kept, and the client may resume from there).
     if let Err(e) = file.flush().await {
-        return Err(match e.raw_os_error() {
-            Some(28) => RegistryError::NoSpace(format!("the data volume is full ({e})")),
-            _ => RegistryError::io("writing", data)(e),
-        });
+        return Err(write_error(e, data));
     }
     outcome.map(|()| size)
+}
+
+/// A failed write to a session: a full volume is told apart (507).
+fn write_error(e: std::io::Error, data: &Path) -> RegistryError {
+    match e.raw_os_error() {
+        Some(28) => RegistryError::NoSpace(format!("the data volume is full ({e})")),
+        _ => RegistryError::io("writing", data)(e),
+    }
 }
 
 /// Hashes the part of the file the hasher has not seen (after a restart, or
