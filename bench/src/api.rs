@@ -52,7 +52,7 @@ impl Drop for Server {
 fn start(binary: &PathBuf, data: &std::path::Path) -> anyhow::Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(binary)
-        .args(["server", "--api-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["server", "--plain", "--api-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -78,6 +78,7 @@ fn measure(broker: &str, binaries: &Binaries, dir: &Path, n: usize, with_mosquit
         mqtt_listen: if with_mosquitto { free_addr()? } else { mqtt },
         advertise: "127.0.0.1".into(),
         extra_args,
+        tls: false,
     };
     eprintln!("connections: {broker}: starting the controller");
     let controller = Controller::start(binaries, &data, &options)?;

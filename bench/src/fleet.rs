@@ -69,6 +69,7 @@ impl Fleet {
             mqtt_listen: SocketAddr::from((host, free_port()?)),
             advertise: host.to_string(),
             extra_args: settings.extra_server_args.clone(),
+            tls: false,
         };
         let controller = Controller::start(binaries, &dir.path().join("controller"), &options)?;
         eprintln!("{bench}: controller at {} on bridge {host}", controller.url());

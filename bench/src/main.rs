@@ -8,6 +8,7 @@ mod connections;
 mod failover;
 mod fleet;
 mod footprint;
+mod handshake;
 mod msg_sizes;
 mod pack;
 mod passes;
@@ -31,6 +32,8 @@ struct Cli {
 enum Bench {
     /// Controller API: apply latency, bulk load and listing 10,000 objects, on a real server process.
     Api(api::ApiArgs),
+    /// Bytes a device pays per (re)connect to the broker: MQTT over TLS beside plain MQTT.
+    Handshake(handshake::HandshakeArgs),
     /// Broker memory per idle device connection: the embedded broker (gate + rumqttd) beside
     /// Mosquitto (and rumqttd alone, from an older build, with --baseline-bin-dir).
     Connections(connections::ConnectionsArgs),
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(args) => api::run(args),
         Bench::Connections(args) => connections::run(args),
+        Bench::Handshake(args) => handshake::run(args),
         Bench::Failover(args) => failover::run(args),
         Bench::Fleet(args) => scale::run(args),
         Bench::Footprint(args) => footprint::run(args),

@@ -20,7 +20,7 @@
 //! estimate, see [`proxy::Traffic::bytes_with_tcpip`]), the settings, and
 //! the raw counts.
 
-mod proxy;
+pub(crate) mod proxy;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -87,6 +87,7 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         mqtt_listen: broker,
         advertise: PROXY_HOST.to_string(),
         extra_args: Vec::new(),
+        tls: false,
     };
     let controller = Controller::start(&binaries, &dir.path().join("controller"), &options)?;
     eprintln!("wire: controller at {}, broker {broker}, proxy {}", controller.url(), proxy.local_addr());

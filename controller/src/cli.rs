@@ -53,6 +53,7 @@ impl Cli {
         let misplaced = [
             ("--server", "server", talks_to_server),
             ("--token-file", "token_file", talks_to_server),
+            ("--ca-file", "ca_file", talks_to_server),
             ("-n/--namespace", "namespace", takes_namespace),
         ]
         .into_iter()
@@ -131,6 +132,9 @@ pub struct LeadingArgs {
     /// File holding the API token (`--token-file` of the verb).
     #[arg(long, global = true, hide = true)]
     pub token_file: Option<PathBuf>,
+    /// The fleet CA certificate (`--ca-file` of the verb).
+    #[arg(long, global = true, hide = true)]
+    pub ca_file: Option<PathBuf>,
     /// Namespace (`-n` of the verb).
     #[arg(short = 'n', long, global = true, hide = true)]
     pub namespace: Option<String>,
@@ -200,18 +204,28 @@ impl Command {
 /// How client commands reach the server (also before the verb: see [`LeadingArgs`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The server's API URL.
-    #[arg(long, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:7440")]
+    /// The server's API URL (http:// for a server run with --plain).
+    #[arg(long, env = "FLOTILLA_SERVER", default_value = "https://127.0.0.1:7440")]
     pub server: String,
     /// File holding the API token [default: <data dir>/token, see `flotilla server --help`].
     #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The fleet CA certificate that https:// servers must be signed by (copy it from the
+    /// server's <data dir>/tls/ca.pem) [default: <data dir>/tls/ca.pem if it exists, else the
+    /// public roots].
+    #[arg(long, env = "FLOTILLA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ClientArgs {
     /// The token file to read.
     pub fn token_file(&self) -> PathBuf {
         self.token_file.clone().unwrap_or_else(|| crate::server::default_data_dir().join(crate::server::TOKEN_FILE))
+    }
+
+    /// The CA file to trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca_file.clone().unwrap_or_else(|| crate::tls::FleetCa::cert_path(&crate::server::default_data_dir()))
     }
 }
 
@@ -460,13 +474,25 @@ pub struct ServerArgs {
     /// ~/.local/share/flotilla].
     #[arg(long, env = "FLOTILLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address the HTTP API (and the image registry, /v2/) listens on. Use 0.0.0.0:7440 when
-    /// devices must enrol and pull images over the network.
+    /// Address the API (and the image registry, /v2/) listens on, over HTTPS (HTTP with
+    /// --plain). Use 0.0.0.0:7440 when devices must enrol and pull images over the network.
     #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:7440")]
     pub api_addr: SocketAddr,
-    /// Address the embedded MQTT broker listens on (ignored with --mqtt-url).
-    #[arg(long, env = "FLOTILLA_MQTT_LISTEN", default_value = "0.0.0.0:1883")]
-    pub mqtt_listen: SocketAddr,
+    /// Address the embedded MQTT broker listens on, MQTT over TLS [default: 0.0.0.0:8883, or
+    /// 0.0.0.0:1883 with --plain] (ignored with --mqtt-url).
+    #[arg(long, env = "FLOTILLA_MQTT_LISTEN")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Serve the API, the registry and the embedded broker without TLS (http://, mqtt://).
+    /// Only for a demo on one machine or a network you control: devices' broker passwords
+    /// and image contents then cross it in clear. Without it the controller makes a CA at
+    /// first start (<data dir>/tls/ca.pem) and serves TLS with a certificate from it.
+    #[arg(long, env = "FLOTILLA_PLAIN")]
+    pub plain: bool,
+    /// Another name (DNS name or IP address) devices may reach this controller by, for its TLS
+    /// certificate (repeatable). The certificate always names --advertise, this host's name
+    /// and loopback.
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
     /// Use this external MQTT broker (mqtt://host:port, e.g. Mosquitto for large fleets) instead
     /// of the embedded one. Create its password and ACL files with `flotilla mosquitto-config`.
     #[arg(long, env = "FLOTILLA_MQTT_URL")]

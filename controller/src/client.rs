@@ -27,8 +27,14 @@ pub struct Client {
 const BODY_LIMIT: u64 = 1 << 30;
 
 impl Client {
-    /// A client for `server`, with the token from `$FLOTILLA_TOKEN` or `token_file`.
-    pub fn new(server: &str, token_file: &PathBuf) -> anyhow::Result<Client> {
+    /// A client as the command line says: `--server`, `--token-file`, `--ca-file`.
+    pub fn from_args(args: &crate::cli::ClientArgs) -> anyhow::Result<Client> {
+        Client::new(&args.server, &args.token_file(), crate::tls::client_tls(Some(&args.ca_file()))?)
+    }
+
+    /// A client for `server`, with the token from `$FLOTILLA_TOKEN` or
+    /// `token_file`, trusting what `tls` says for `https://`.
+    pub fn new(server: &str, token_file: &PathBuf, tls: ureq::tls::TlsConfig) -> anyhow::Result<Client> {
         let (token, token_source) = match std::env::var("FLOTILLA_TOKEN") {
             Ok(token) if !token.trim().is_empty() => (token.trim().to_owned(), "$FLOTILLA_TOKEN".to_owned()),
             _ => {
@@ -43,7 +49,12 @@ impl Client {
             }
         };
         let build = |timeout: Option<Duration>| -> ureq::Agent {
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into()
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(timeout)
+                .tls_config(tls.clone())
+                .build()
+                .into()
         };
         Ok(Client {
             base: server.trim_end_matches('/').to_owned(),

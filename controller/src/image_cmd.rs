@@ -55,7 +55,8 @@ pub fn run_push(args: PushArgs) -> anyhow::Result<()> {
         (None, Some(tag)) => tag.parse().with_context(|| format!("the source tag {tag:?} is not a valid tag"))?,
         (None, None) => bail!("name a tag: `{}:<tag>`", args.destination),
     };
-    let registry = RegistryClient::new(&destination.base_url(&args.client.server), load_token(&args.client));
+    let tls = crate::tls::client_tls(Some(&args.client.ca_file()))?;
+    let registry = RegistryClient::new(&destination.base_url(&args.client.server), load_token(&args.client), tls);
     let digest = push_layout(&layout, source_tag, &registry, &destination.name, &tag)?;
     println!("{digest}");
     Ok(())
@@ -63,13 +64,14 @@ pub fn run_push(args: PushArgs) -> anyhow::Result<()> {
 
 /// Lists repositories, tags and the digest each tag points at.
 pub fn run_ls(args: LsArgs) -> anyhow::Result<()> {
+    let tls = crate::tls::client_tls(Some(&args.client.ca_file()))?;
     let (registry, repositories) = match &args.repository {
         Some(text) => {
             let image = ImageRef::parse(text)?;
-            (RegistryClient::new(&image.base_url(&args.client.server), None), vec![image.name])
+            (RegistryClient::new(&image.base_url(&args.client.server), None, tls), vec![image.name])
         }
         None => {
-            let registry = RegistryClient::new(&args.client.server, None);
+            let registry = RegistryClient::new(&args.client.server, None, tls);
             let repositories = registry.catalog()?;
             (registry, repositories)
         }
@@ -139,12 +141,15 @@ impl ImageRef {
         Ok(ImageRef { host: parts.registry.map(str::to_owned), name: parts.repository.parse()?, tag })
     }
 
-    /// The registry's base URL: `http://HOST` when a host is named (plain
-    /// HTTP, as the controller serves it), else the server's URL.
+    /// The registry's base URL: the server's URL when no host is named or
+    /// the host is the server's, else `http://HOST` (another registry, over
+    /// plain HTTP).
     pub fn base_url(&self, server: &str) -> String {
+        let server = server.trim_end_matches('/');
+        let server_host = server.split_once("://").map_or(server, |(_, host)| host);
         match &self.host {
-            Some(host) => format!("http://{host}"),
-            None => server.trim_end_matches('/').to_owned(),
+            Some(host) if host != server_host => format!("http://{host}"),
+            _ => server.to_owned(),
         }
     }
 }
@@ -165,11 +170,13 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, applic
 type HttpResponse = ureq::http::Response<ureq::Body>;
 
 impl RegistryClient {
-    /// A client of the registry at `base` (`http://host:port`), sending
-    /// `token` as a bearer token when given.
-    pub fn new(base: &str, token: Option<String>) -> RegistryClient {
+    /// A client of the registry at `base` (`http://host:port` or
+    /// `https://host:port`, trusted as `tls` says), sending `token` as a
+    /// bearer token when given.
+    pub fn new(base: &str, token: Option<String>, tls: ureq::tls::TlsConfig) -> RegistryClient {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .tls_config(tls)
             // No overall timeout: a large layer over a slow link takes long.
             .timeout_connect(Some(Duration::from_secs(10)))
             .build()
@@ -411,6 +418,7 @@ mod tests {
         assert_eq!(parsed.name.as_str(), "test/img");
         assert_eq!(parsed.tag.as_ref().map(Tag::as_str), Some("v1"));
         assert_eq!(parsed.base_url("http://server:1"), "http://127.0.0.1:7440");
+        assert_eq!(parsed.base_url("https://127.0.0.1:7440/"), "https://127.0.0.1:7440", "the server's own, over TLS");
 
         let local = ImageRef::parse("library/busybox").unwrap();
         assert_eq!((local.host, local.tag), (None, None));

@@ -39,3 +39,4 @@ pub mod server;
 pub mod space;
 pub mod status;
 pub mod store;
+pub mod tls;

@@ -43,7 +43,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 fn connect(client: &ClientArgs) -> anyhow::Result<Client> {
-    Client::new(&client.server, &client.token_file())
+    Client::from_args(client)
 }
 
 /// Prints the secret alone on stdout (for scripts), the how-to on stderr.
@@ -61,7 +61,7 @@ fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
         n => format!("join token for {n} devices"),
     };
     eprintln!(
-        "{uses} {}, valid {} (until {}){}; on each device run:\n  flotilla-agent run --join {} --token {}",
+        "{uses} {}, valid {} (until {}){}; on each device run:\n  flotilla-agent run --join {} --token {}{}",
         answer.info.id,
         humantime::format_duration(std::time::Duration::from_secs(answer.ttl_seconds)),
         answer.info.expires,
@@ -70,7 +70,8 @@ fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
             labels => format!(", labels {labels}"),
         },
         args.client.server,
-        answer.token
+        answer.token,
+        answer.ca_sha256.map(|pin| format!(" --ca-sha256 {pin}")).unwrap_or_default(),
     );
     Ok(())
 }

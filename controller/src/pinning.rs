@@ -17,7 +17,7 @@ use crate::manifest::Kind;
 use crate::store::Store;
 
 /// Pins replicas until the task is aborted.
-pub async fn run(store: Arc<dyn Store>, default_registry: String) {
+pub async fn run(store: Arc<dyn Store>, default_registry: String, tls: Option<ureq::tls::TlsConfig>) {
     let mut live = match store.subscribe(0) {
         Ok(subscription) => subscription.live,
         Err(e) => {
@@ -25,7 +25,7 @@ pub async fn run(store: Arc<dyn Store>, default_registry: String) {
             return;
         }
     };
-    let resolver = Arc::new(Resolver::new(&default_registry));
+    let resolver = Arc::new(Resolver::new(&default_registry, tls));
     loop {
         let (pass_store, pass_resolver) = (store.clone(), resolver.clone());
         let waiting = match tokio::task::spawn_blocking(move || pin_pass(pass_store.as_ref(), &pass_resolver)).await {
@@ -87,6 +87,8 @@ pub use crate::controllers::image_pinning::parse_digest;
 /// node runs the same bytes. Images named with `@sha256:` are taken as is.
 pub struct Resolver {
     default_registry: String,
+    /// The default registry speaks HTTPS (the controller's own, with TLS).
+    default_https: bool,
     agent: ureq::Agent,
     /// Recent failures per image: not asked again for a while, so an
     /// unreachable registry does not stall every pass on its timeout.
@@ -108,15 +110,18 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, applicati
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 impl Resolver {
-    /// A resolver using `default_registry` for names without a registry.
-    pub fn new(default_registry: &str) -> Self {
+    /// A resolver using `default_registry` for names without a registry,
+    /// over HTTPS with `tls` if given (other registries: plain HTTP).
+    pub fn new(default_registry: &str, tls: Option<ureq::tls::TlsConfig>) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(5)))
+            .tls_config(tls.clone().unwrap_or_default())
             .build()
             .into();
         Resolver {
             default_registry: default_registry.to_owned(),
+            default_https: tls.is_some(),
             agent,
             failures: Mutex::default(),
             resolved: Mutex::default(),
@@ -195,7 +200,8 @@ impl Resolver {
 
     /// GETs a JSON document under `/v2/`: its digest header and body.
     fn get_json(&self, registry: &str, path: &str) -> Result<(Option<[u8; 32]>, serde_json::Value), String> {
-        let url = format!("http://{registry}/v2/{path}");
+        let scheme = if self.default_https && registry == self.default_registry { "https" } else { "http" };
+        let url = format!("{scheme}://{registry}/v2/{path}");
         let mut response = self
             .agent
             .get(&url)
@@ -236,7 +242,7 @@ mod tests {
 
     #[test]
     fn pinned_images_need_no_registry() {
-        let resolver = Resolver::new("127.0.0.1:1");
+        let resolver = Resolver::new("127.0.0.1:1", None);
         let hex = "ab".repeat(32);
         assert_eq!(resolver.resolve(&format!("web:1@sha256:{hex}")).map(|p| p.digest), Ok([0xab; 32]));
         assert!(resolver.resolve("web:1@sha256:abc").is_err());

@@ -31,7 +31,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
 }
 
 fn connect(client: &ClientArgs) -> anyhow::Result<Client> {
-    Client::new(&client.server, &client.token_file())
+    Client::from_args(client)
 }
 
 /// `deployment/web`, `deploy/web` or `web` -> the Deployment's key.

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use firmware_proto::mqtt::parse_mqtt_url;
+use firmware_proto::mqtt::{DEFAULT_MQTT_PORT, DEFAULT_MQTTS_PORT, parse_mqtt_url};
 
 use crate::api::{self, ApiState, Metrics};
 use crate::fleet::credentials::{ControllerKey, Enrolment};
@@ -84,6 +84,8 @@ pub struct ServerConfig {
     /// Free bytes applies and uploads leave on the data volume (`None`:
     /// 5 %, at most 256 MiB).
     pub disk_reserve: Option<u64>,
+    /// The names of the TLS server certificate; `None`: no TLS (`--plain`).
+    pub tls_names: Option<Vec<String>>,
 }
 
 impl ServerConfig {
@@ -92,21 +94,30 @@ impl ServerConfig {
         let advertise = args.advertise.clone().unwrap_or_else(|| {
             if args.api_addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { args.api_addr.ip().to_string() }
         });
+        let tls = !args.plain;
         let (mqtt_listen, mqtt_host, mqtt_port, advertised_mqtt_url) = match &args.mqtt_url {
             Some(url) => {
-                let (host, port) = parse_mqtt_url(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+                let (host, port) = parse_mqtt_url(url).map_err(|e| {
+                    anyhow::anyhow!("{url}: {e} (the controller reaches an external broker over plain TCP only yet)")
+                })?;
                 (None, host.to_owned(), port, url.clone())
             }
             None => {
-                let port = args.mqtt_listen.port();
-                let host = if args.mqtt_listen.ip().is_unspecified() {
-                    "127.0.0.1".to_owned()
-                } else {
-                    args.mqtt_listen.ip().to_string()
-                };
-                (Some(args.mqtt_listen), host, port, format!("mqtt://{advertise}:{port}"))
+                let listen = args.mqtt_listen.unwrap_or_else(|| {
+                    let port = if tls { DEFAULT_MQTTS_PORT } else { DEFAULT_MQTT_PORT };
+                    SocketAddr::from(([0, 0, 0, 0], port))
+                });
+                let port = listen.port();
+                let host = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
+                let scheme = if tls { "mqtts" } else { "mqtt" };
+                (Some(listen), host, port, format!("{scheme}://{advertise}:{port}"))
             }
         };
+        let tls_names = tls.then(|| {
+            let listening: Vec<std::net::IpAddr> =
+                [Some(args.api_addr), mqtt_listen].into_iter().flatten().map(|a| a.ip()).collect();
+            crate::tls::server_names(&advertise, &listening, &args.tls_names)
+        });
         Ok(ServerConfig {
             data_dir: args.data_dir.unwrap_or_else(default_data_dir),
             api_addr: args.api_addr,
@@ -129,6 +140,7 @@ impl ServerConfig {
             },
             max_body: (args.max_request_body_mib as usize).saturating_mul(1 << 20),
             disk_reserve: args.disk_reserve_mib.map(|mib| mib.saturating_mul(1 << 20)),
+            tls_names,
         })
     }
 }
@@ -156,15 +168,28 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;
+    let tls = match &config.tls_names {
+        Some(names) => {
+            Some(crate::tls::ServerTls::start(crate::tls::FleetCa::load_or_create(&config.data_dir)?, names.clone())?)
+        }
+        None => None,
+    };
     let enrolment = Enrolment::load_or_create(&config.data_dir)?;
     let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
     crate::replica_spec::set_data_key_root(controller_key.derive_secret("flotilla/v1 secret data keys"));
     let mut fleet_config = config.fleet.clone();
     if let Some(listen) = config.mqtt_listen {
         let refusals = state.metrics.node_refusals();
-        let broker =
-            broker::start(listen, enrolment.clone(), 20_000, &fleet_config.prefix, config.login_limits, refusals)
-                .await?;
+        let broker = broker::start(
+            listen,
+            enrolment.clone(),
+            20_000,
+            &fleet_config.prefix,
+            config.login_limits,
+            refusals,
+            tls.as_ref().map(|tls| tls.acceptor.clone()),
+        )
+        .await?;
         // The controller's own connection skips the gate.
         fleet_config.mqtt_host = broker.internal.ip().to_string();
         fleet_config.mqtt_port = broker.internal.port();
@@ -175,17 +200,28 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         controller_key: controller_key.public_key(),
         mqtt_url: config.fleet.advertised_mqtt_url.clone(),
         prefix: config.fleet.prefix.clone(),
+        ca_pem: tls.as_ref().map(|tls| tls.ca.cert_pem().to_owned()),
+        tls_registry: tls.as_ref().map(|_| config.fleet.default_registry.clone()),
+        ca_sha256: tls.as_ref().map(|tls| tls.ca.fingerprint()),
     });
     let fleet = fleet::spawn(store.clone(), fleet_config, enrolment, controller_key, state.metrics.node_refusals())?;
     let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: fleet.log_requests.clone() };
     let eviction = fleet.eviction.clone();
     let reconciler =
         tokio::spawn(reconcile::run(store.clone(), move || eviction.policy(), config.fleet.default_registry.clone()));
-    let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone()));
+    let registry_tls = match &tls {
+        Some(tls) => Some(crate::tls::trusting(tls.ca.cert_pem().as_bytes())?),
+        None => None,
+    };
+    let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone(), registry_tls));
     let store_failures = tokio::spawn(crate::space::report_store_failures(store.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
-        api = %format!("http://{}", listener.local_addr()?),
+        api = %format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?),
+        ca = %match &tls {
+            Some(tls) => format!("{} ({})", crate::tls::FleetCa::cert_path(&config.data_dir).display(), tls.ca.fingerprint()),
+            None => "none: plain HTTP and MQTT (--plain)".to_owned(),
+        },
         data_dir = %config.data_dir.display(),
         token_file = %config.data_dir.join(TOKEN_FILE).display(),
         mqtt = %match config.mqtt_listen {
@@ -207,7 +243,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         logs: Some(logs_api),
         registry: Some(registry),
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+    match &tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls.acceptor.clone())?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?,
+    }
     // Drain: the API answered what it had; the loops stop between passes
     // (a pass already running in the blocking pool ends with its commit
     // before the runtime is gone), and the inbox commits what it received.

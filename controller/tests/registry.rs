@@ -486,7 +486,7 @@ fn flotilla_image_push_uploads_a_multi_platform_layout() {
         image_cmd::run_push(PushArgs {
             source,
             destination: destination.to_owned(),
-            client: ClientArgs { server: server.url(""), token_file: Some(token_file.clone()) },
+            client: ClientArgs { server: server.url(""), token_file: Some(token_file.clone()), ca_file: None },
         })
     };
     push(format!("{}:multi", layout.display()), "test/multi:v1").unwrap();
@@ -507,7 +507,7 @@ fn flotilla_image_push_uploads_a_multi_platform_layout() {
     assert_eq!(resolved.media_type, "application/vnd.oci.image.index.v1+json");
     assert_eq!(resolved.platforms, vec![("linux".to_owned(), "amd64".to_owned())]);
 
-    let client = RegistryClient::new(&server.url(""), None);
+    let client = RegistryClient::new(&server.url(""), None, Default::default());
     let repo = "test/multi".parse().unwrap();
     assert_eq!(client.catalog().unwrap(), vec![repo]);
     let repo = "test/multi".parse().unwrap();
@@ -517,7 +517,7 @@ fn flotilla_image_push_uploads_a_multi_platform_layout() {
     let no_token = image_cmd::run_push(PushArgs {
         source: format!("{}:multi", layout.display()),
         destination: "test/other:v1".to_owned(),
-        client: ClientArgs { server: server.url(""), token_file: Some(work.path().join("missing")) },
+        client: ClientArgs { server: server.url(""), token_file: Some(work.path().join("missing")), ca_file: None },
     });
     let message = format!("{:#}", no_token.unwrap_err());
     assert!(message.contains("401") && message.contains("token"), "{message}");
@@ -627,7 +627,7 @@ fn a_stock_docker_registry_works_as_a_source() {
     assert_eq!(Digest::of(raw.as_bytes()).to_string(), layout_digest(&source, "t"));
 
     // `flotilla image ls`'s client reads a foreign registry as well.
-    let client = RegistryClient::new(&format!("http://{}", stock.addr), None);
+    let client = RegistryClient::new(&format!("http://{}", stock.addr), None, Default::default());
     let repo = "stock/img".parse().unwrap();
     assert_eq!(client.manifest_digest(&repo, "t").unwrap(), Some(layout_digest(&source, "t")));
 }

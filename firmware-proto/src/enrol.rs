@@ -31,7 +31,8 @@ pub struct EnrolRequest {
 pub struct EnrolResponse {
     /// The node's name, its id on the wire.
     pub node_name: String,
-    /// `mqtt://host:port` (see [`parse_mqtt_url`](crate::mqtt::parse_mqtt_url)).
+    /// `mqtt://host:port` or `mqtts://host:port` (see
+    /// [`parse_broker_url`](crate::mqtt::parse_broker_url)).
     pub mqtt_url: String,
     /// Broker user (the node name).
     pub mqtt_username: String,
@@ -47,4 +48,13 @@ pub struct EnrolResponse {
     /// so agents that predate it parse the answer unchanged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The fleet's CA certificate (PEM) when the controller serves TLS:
+    /// the node trusts it, and only it, for `mqtts://`, the API and the
+    /// registry. Absent from a plain controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// `host:port` of the controller's image registry when it serves
+    /// HTTPS (with the CA above); images from it are pulled over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_registry: Option<String>,
 }

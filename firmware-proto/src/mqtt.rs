@@ -22,6 +22,8 @@ pub const DEFAULT_PREFIX: &str = "flotilla/v1";
 
 /// The broker port when a URL names none.
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
+/// The MQTT-over-TLS port, when a `mqtts://` URL names none.
+pub const DEFAULT_MQTTS_PORT: u16 = 8883;
 
 /// Topic names under a prefix: `{prefix}/nodes/{id}/{leaf}`, one leaf per
 /// [`MessageKind`] ([`MessageKind::topic_leaf`]).
@@ -77,8 +79,8 @@ impl Topics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MqttUrlError {
-    /// A scheme other than `mqtt://` or `tcp://` (TLS brokers are not
-    /// supported yet).
+    /// A scheme other than `mqtt://`, `tcp://` or `mqtts://`, or `mqtts://`
+    /// where only plain TCP is taken ([`parse_mqtt_url`]).
     UnsupportedScheme,
     /// The port is not a number from 0 to 65535.
     BadPort,
@@ -89,7 +91,9 @@ pub enum MqttUrlError {
 impl fmt::Display for MqttUrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            MqttUrlError::UnsupportedScheme => "only mqtt:// (plain TCP) brokers are supported yet",
+            MqttUrlError::UnsupportedScheme => {
+                "not an mqtt:// or mqtts:// URL (or mqtts:// where only plain TCP is supported)"
+            }
             MqttUrlError::BadPort => "bad port",
             MqttUrlError::NoHost => "no host",
         })
@@ -98,20 +102,45 @@ impl fmt::Display for MqttUrlError {
 
 impl core::error::Error for MqttUrlError {}
 
+/// A broker's address, from its URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerUrl<'a> {
+    /// Host name or address.
+    pub host: &'a str,
+    /// TCP port.
+    pub port: u16,
+    /// `mqtts://`: MQTT over TLS.
+    pub tls: bool,
+}
+
 /// `mqtt://host:port` (or `tcp://host:port`, or bare `host:port`; the port
-/// defaults to [`DEFAULT_MQTT_PORT`]) -> host and port.
-pub fn parse_mqtt_url(url: &str) -> Result<(&str, u16), MqttUrlError> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
+/// defaults to [`DEFAULT_MQTT_PORT`]) or `mqtts://host:port` (the port
+/// defaults to [`DEFAULT_MQTTS_PORT`]).
+pub fn parse_broker_url(url: &str) -> Result<BrokerUrl<'_>, MqttUrlError> {
+    let (rest, tls) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (rest, true),
+        None => (url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url), false),
+    };
     if rest.contains("://") {
         return Err(MqttUrlError::UnsupportedScheme);
     }
     let rest = rest.trim_end_matches('/');
+    let default_port = if tls { DEFAULT_MQTTS_PORT } else { DEFAULT_MQTT_PORT };
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) => (host, port.parse().map_err(|_| MqttUrlError::BadPort)?),
-        None => (rest, DEFAULT_MQTT_PORT),
+        None => (rest, default_port),
     };
     if host.is_empty() {
         return Err(MqttUrlError::NoHost);
     }
-    Ok((host, port))
+    Ok(BrokerUrl { host, port, tls })
+}
+
+/// A plain-TCP broker URL (see [`parse_broker_url`]) -> host and port;
+/// `mqtts://` is refused.
+pub fn parse_mqtt_url(url: &str) -> Result<(&str, u16), MqttUrlError> {
+    match parse_broker_url(url)? {
+        BrokerUrl { tls: true, .. } => Err(MqttUrlError::UnsupportedScheme),
+        BrokerUrl { host, port, .. } => Ok((host, port)),
+    }
 }

@@ -4,7 +4,10 @@
 
 use firmware_proto::image::{DEFAULT_TAG, ReferenceParts, is_registry, split_reference};
 use firmware_proto::mac::{node_mac, verify_node_mac};
-use firmware_proto::mqtt::{DEFAULT_MQTT_PORT, DEFAULT_PREFIX, MqttUrlError, Topics, parse_mqtt_url};
+use firmware_proto::mqtt::{
+    BrokerUrl, DEFAULT_MQTT_PORT, DEFAULT_MQTTS_PORT, DEFAULT_PREFIX, MqttUrlError, Topics, parse_broker_url,
+    parse_mqtt_url,
+};
 use firmware_proto::*;
 
 fn hex(bytes: &[u8]) -> String {
@@ -109,6 +112,12 @@ fn broker_urls_give_host_and_port() {
 #[test]
 fn unsupported_or_broken_broker_urls_are_refused() {
     assert_eq!(parse_mqtt_url("mqtts://broker:8883"), Err(MqttUrlError::UnsupportedScheme));
+    let tls = |host, port| Ok(BrokerUrl { host, port, tls: true });
+    assert_eq!(parse_broker_url("mqtts://broker:8884"), tls("broker", 8884));
+    assert_eq!(parse_broker_url("mqtts://broker"), tls("broker", DEFAULT_MQTTS_PORT));
+    assert_eq!(parse_broker_url("mqtts://[::1]:8883/"), tls("[::1]", 8883));
+    assert_eq!(parse_broker_url("mqtt://broker"), Ok(BrokerUrl { host: "broker", port: 1883, tls: false }));
+    assert_eq!(parse_broker_url("mqtts://:8883"), Err(MqttUrlError::NoHost));
     assert_eq!(parse_mqtt_url("ws://broker"), Err(MqttUrlError::UnsupportedScheme));
     assert_eq!(parse_mqtt_url("mqtt://broker:port"), Err(MqttUrlError::BadPort));
     assert_eq!(parse_mqtt_url("mqtt://broker:70000"), Err(MqttUrlError::BadPort));

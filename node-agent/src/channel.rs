@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use firmware_proto::mac::node_mac;
-use firmware_proto::mqtt::parse_mqtt_url;
+use firmware_proto::mqtt::{BrokerUrl, parse_broker_url};
 use firmware_proto::{Message, MessageKind, Presence, encode_node_to_vec, peek_kind};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
@@ -181,7 +181,7 @@ impl Channel {
         services: Arc<ServiceDirectory>,
     ) -> anyhow::Result<(Self, impl std::future::Future<Output = ()> + Send + 'static)> {
         let url = &enrolment.mqtt_url;
-        let (host, port) = parse_mqtt_url(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let BrokerUrl { host, port, tls } = parse_broker_url(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         let topics = Topics {
             scheme: firmware_proto::mqtt::Topics::new(&enrolment.topic_prefix),
             node: enrolment.node_name.clone(),
@@ -193,6 +193,12 @@ impl Channel {
         options.set_credentials(enrolment.mqtt_username.clone(), enrolment.mqtt_password.clone());
         options.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
         options.set_clean_session(true);
+        if tls {
+            let config = enrolment.tls_config()?.with_context(|| {
+                format!("{url}: the broker speaks TLS but the enrolment holds no fleet CA; enrol this device again")
+            })?;
+            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)));
+        }
         let (client, mut event_loop) = AsyncClient::new(options, 64);
         let (desired_tx, desired) = std::sync::mpsc::sync_channel::<Vec<u8>>(INCOMING_FRAMES);
         let hello: Arc<Mutex<Option<firmware_proto::Hello>>> = Arc::default();
@@ -277,6 +283,9 @@ impl Channel {
                             // Retried all the same: a cut-off ends, and a
                             // broker's password file may be reloaded late.
                             tracing::error!(%broker, node = topics.node, ?code, retry_in_ms, "the broker refused this node's login: if the node was revoked, enrol it again (remove enrolment.json, run with --join and a new token); workloads keep running");
+                        } else if let rumqttc::ConnectionError::Tls(tls) = &e {
+                            let error = crate::tls::explain(tls);
+                            tracing::error!(%broker, node = topics.node, error, retry_in_ms, "TLS with the controller's broker failed; workloads keep running");
                         } else {
                             tracing::warn!(%broker, node = topics.node, error = %e, retry_in_ms, "control channel down; workloads keep running");
                         }

@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// Run this node's workloads: apply signed desired documents, keep the
     /// containers running, bring them back after a reboot from local state.
-    Run(crate::run::RunArgs),
+    Run(Box<crate::run::RunArgs>),
     /// Print the wire protocol version and build facts, then exit.
     Info,
     /// Stop and remove every container of this agent (decommissioning a device, or

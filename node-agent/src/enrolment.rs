@@ -51,14 +51,30 @@ impl Enrolment {
     }
 
     /// Enrols with the controller at `server` (its API URL) using a join
-    /// token, and stores the credentials.
-    pub fn join(server: &str, token: &str, node_name: &str, data_dir: &Path) -> anyhow::Result<Self> {
+    /// token, and stores the credentials. An `https://` controller must
+    /// show a CA whose certificate hashes to `ca_pin`.
+    pub fn join(
+        server: &str,
+        token: &str,
+        node_name: &str,
+        data_dir: &Path,
+        ca_pin: Option<[u8; 32]>,
+    ) -> anyhow::Result<Self> {
         let url = format!("{}{ENROL_PATH}", server.trim_end_matches('/'));
-        anyhow::ensure!(url.starts_with("http://"), "{server}: only http:// controller URLs are supported yet");
+        let tls = match (url.starts_with("https://"), ca_pin) {
+            (true, Some(pin)) => Some(crate::tls::pinned(pin)?),
+            (true, None) => anyhow::bail!(
+                "{server}: an https:// controller needs --ca-sha256 (printed with the join token by \
+                 `flotilla node token create`), so that this device knows it is talking to its own controller"
+            ),
+            (false, _) if url.starts_with("http://") => None,
+            (false, _) => anyhow::bail!("{server}: not an http:// or https:// URL"),
+        };
         let body = serde_json::to_string(&EnrolRequest { token: token.to_owned(), node_name: node_name.to_owned() })?;
         let timeouts = Timeouts { connect: Duration::from_secs(10), read: Duration::from_secs(15) };
-        let mut response = http::post(&url, &[("Content-Type", "application/json")], body.as_bytes(), timeouts)
-            .with_context(|| format!("cannot reach the controller at {server}"))?;
+        let mut response =
+            http::post(&url, &[("Content-Type", "application/json")], body.as_bytes(), timeouts, tls.as_ref())
+                .with_context(|| format!("cannot reach the controller at {server}"))?;
         let bytes = http::read_limited(&mut response.body, 64 * 1024)
             .with_context(|| format!("reading the enrolment answer from {server}"))?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -73,6 +89,13 @@ impl Enrolment {
         anyhow::ensure!(enrolment.node_name == node_name, "the controller enrolled another name");
         enrolment.mac_key_bytes()?;
         enrolment.controller_key_bytes()?;
+        if let (Some(pin), Some(pem)) = (ca_pin, &enrolment.ca_pem) {
+            anyhow::ensure!(
+                crate::tls::pem_matches_pin(pem, &pin)?,
+                "the controller answered with a CA that does not match --ca-sha256"
+            );
+        }
+        enrolment.tls_config()?;
         enrolment.save(data_dir)?;
         Ok(enrolment)
     }
@@ -87,6 +110,19 @@ impl Enrolment {
     /// The MAC key.
     pub fn mac_key_bytes(&self) -> anyhow::Result<[u8; 32]> {
         hex32(&self.mac_key).context("the stored MAC key is not 64 hex characters")
+    }
+
+    /// TLS settings trusting the fleet CA, if the controller gave one.
+    pub fn tls_config(&self) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        self.ca_pem.as_deref().map(crate::tls::trusting).transpose()
+    }
+
+    /// The registry to pull from over HTTPS, with the fleet CA.
+    pub fn tls_registry(&self) -> anyhow::Result<Option<crate::image::TlsRegistry>> {
+        Ok(match (&self.tls_registry, self.tls_config()?) {
+            (Some(registry), Some(config)) => Some(crate::image::TlsRegistry { registry: registry.clone(), config }),
+            _ => None,
+        })
     }
 
     /// The pinned controller key.

@@ -33,5 +33,6 @@ pub mod runtime;
 pub mod services;
 pub mod signed;
 pub mod telemetry;
+pub mod tls;
 pub mod volumes;
 pub mod workload;

@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::RuntimeHelper(args)) => {
             flotilla_agent::runtime::helper::serve(&args.state_dir, &args.bundles_dir)
         }
-        Some(Command::Run(args)) => flotilla_agent::run::run(args),
+        Some(Command::Run(args)) => flotilla_agent::run::run(*args),
         Some(Command::StopAll(args)) => flotilla_agent::run::stop_all(&args.data_dir),
         None => anyhow::bail!("no command given; see `flotilla-agent --help`"),
     }

@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// One-time join token from `flotilla node token create`.
     #[arg(long, env = "FLOTILLA_JOIN_TOKEN")]
     pub token: Option<String>,
+    /// With an https:// --join URL: `sha256:<hex>` of the fleet CA's certificate, printed with
+    /// the join token by `flotilla node token create`. The device trusts that CA, and only it,
+    /// from then on (it comes with the enrolment).
+    #[arg(long, env = "FLOTILLA_CA_SHA256", value_name = "sha256:HEX")]
+    pub ca_sha256: Option<String>,
     /// A signed desired-state document to apply (re-read when it changes);
     /// or a directory of signed frames: the pod document and the config
     /// objects it names, as the controller publishes them (offline
@@ -225,7 +230,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let node_name = args.node_id.clone().unwrap_or_else(hostname);
     if let (None, Some(server), Some(token)) = (&enrolment, &args.join, &args.token) {
         tracing::info!(server, node = node_name, "enrolling");
-        enrolment = Some(Enrolment::join(server, token, &node_name, &args.data_dir)?);
+        let pin = args.ca_sha256.as_deref().map(crate::tls::parse_pin).transpose()?;
+        enrolment = Some(Enrolment::join(server, token, &node_name, &args.data_dir, pin)?);
     }
     let node_name = enrolment.as_ref().map_or(node_name, |e| e.node_name.clone());
     let node_id = firmware_proto::Name::new(&node_name).map_err(|e| anyhow::anyhow!("node id {node_name:?}: {e}"))?;
@@ -248,7 +254,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::volumes::ensure_tmpfs_with_mode(&paths.bundles(), Some(64 << 20), 0o700)
         .with_context(|| format!("mounting a tmpfs for container bundles on {}", paths.bundles().display()))?;
     let runtime = HelperRuntime::new(&program, &paths.runtime_state(), &paths.bundles());
-    let images = crate::image::ImageSettings { budget_mib: args.image_budget_mib, ..Default::default() };
+    let tls_registry = match &enrolment {
+        Some(enrolment) => enrolment.tls_registry()?,
+        None => None,
+    };
+    let images = crate::image::ImageSettings { budget_mib: args.image_budget_mib, tls_registry, ..Default::default() };
     let services =
         Arc::new(ServiceDirectory::new(node_id.clone(), verifier(key), crate::services::dir_in(&args.data_dir)));
     let mut agent = Agent::new(runtime, paths, node_id.clone(), verifier(key), Backoff::default())
@@ -277,8 +287,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let channel = Channel::start(enrolment, config, logs, services.clone())?;
             let mut labels = args.labels.clone();
             let address = args.address.or_else(|| {
-                let (host, port) = firmware_proto::mqtt::parse_mqtt_url(&enrolment.mqtt_url).ok()?;
-                crate::services::detect_address(host, port)
+                let broker = firmware_proto::mqtt::parse_broker_url(&enrolment.mqtt_url).ok()?;
+                crate::services::detect_address(broker.host, broker.port)
             });
             match address {
                 Some(address) => labels.push((crate::services::ADDRESS_LABEL.into(), address.to_string())),

@@ -53,6 +53,9 @@ impl AgentProcess {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap());
         if let Some(token) = token {
             command.args(["--join", &controller.url, "--token", &token]);
+            if controller.url.starts_with("https://") {
+                command.args(["--ca-sha256", &controller.ca_sha256().unwrap()]);
+            }
         }
         AgentProcess { child: Some(command.spawn().unwrap()), data: data.to_owned() }
     }
@@ -120,9 +123,19 @@ pub fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
         .status()
         .unwrap();
     assert!(status.success(), "building the test image");
-    let registry = controller.url.trim_start_matches("http://").to_owned();
+    let registry = controller.url.split_once("://").unwrap().1.to_owned();
+    // Over HTTPS, skopeo trusts the fleet CA (a directory of *.crt files).
+    let certs = dir.join("registry-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let tls = match controller.url.starts_with("https://") {
+        true => {
+            std::fs::copy(controller.ca_path(), certs.join("ca.crt")).unwrap();
+            format!("--dest-cert-dir={}", certs.display())
+        }
+        false => "--dest-tls-verify=false".to_owned(),
+    };
     let output = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds"])
+        .args(["copy", "--quiet", &tls, "--dest-creds"])
         .arg(format!("flotilla:{}", controller.token().unwrap()))
         .arg(format!("oci:{}:busybox:e2e", layout.display()))
         .arg(format!("docker://{registry}/e2e/busybox:1"))

@@ -44,9 +44,13 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// A `flotilla server` process on a free loopback port with its own data
 /// directory; stopped (SIGTERM, then waited for) when dropped.
+///
+/// It serves plain HTTP and MQTT (`--plain`) unless started with
+/// [`ControllerProcess::start_tls`]: TLS has its own tests
+/// (`tests/tests/tls.rs`), the others test what runs over it.
 pub struct ControllerProcess {
     child: std::process::Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub url: String,
     /// Port of its embedded MQTT broker (loopback).
     pub mqtt_port: u16,
@@ -62,6 +66,13 @@ impl ControllerProcess {
         Self::start_with(data_dir, &[])
     }
 
+    /// Starts a server serving TLS, as `flotilla server` does by default
+    /// (HTTPS and MQTT over TLS, with a CA of its own).
+    pub fn start_tls(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let (port, mqtt_port) = (free_port()?, free_port()?);
+        Self::start_at(data_dir, std::net::Ipv4Addr::LOCALHOST, port, mqtt_port, extra, true)
+    }
+
     /// Starts a server with extra `flotilla server` arguments.
     pub fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Self> {
         let port = free_port()?;
@@ -71,7 +82,7 @@ impl ControllerProcess {
 
     /// Starts a server on given ports (a restart keeps its ports).
     pub fn start_on(data_dir: &std::path::Path, port: u16, mqtt_port: u16, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_at(data_dir, std::net::Ipv4Addr::LOCALHOST, port, mqtt_port, extra)
+        Self::start_at(data_dir, std::net::Ipv4Addr::LOCALHOST, port, mqtt_port, extra, false)
     }
 
     /// Starts a server listening on `host` (e.g. a bridge that devices in
@@ -79,7 +90,7 @@ impl ControllerProcess {
     pub fn start_on_host(data_dir: &std::path::Path, host: std::net::Ipv4Addr) -> anyhow::Result<Self> {
         let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port()) };
         let (port, mqtt_port) = (free()?, free()?);
-        Self::start_at(data_dir, host, port, mqtt_port, &["--advertise", &host.to_string()])
+        Self::start_at(data_dir, host, port, mqtt_port, &["--advertise", &host.to_string()], false)
     }
 
     fn start_at(
@@ -88,12 +99,14 @@ impl ControllerProcess {
         port: u16,
         mqtt_port: u16,
         extra: &[&str],
+        tls: bool,
     ) -> anyhow::Result<Self> {
         let log = data_dir.with_extension(format!("{port}.log"));
         let child = std::process::Command::new(binary("flotilla")?)
             .args(["server", "--api-addr", &format!("{host}:{port}")])
             .args(["--mqtt-listen", &format!("{host}:{mqtt_port}"), "--data-dir"])
             .arg(data_dir)
+            .args(if tls { None } else { Some("--plain") })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -101,14 +114,23 @@ impl ControllerProcess {
             .spawn()?;
         let mut process = ControllerProcess {
             child,
-            url: format!("http://{host}:{port}"),
+            url: format!("{}://{host}:{port}", if tls { "https" } else { "http" }),
             mqtt_port,
             data_dir: data_dir.to_owned(),
             log,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if let Ok(mut stream) = std::net::TcpStream::connect((host, port)) {
+            if tls {
+                let ready = process
+                    .http()
+                    .ok()
+                    .and_then(|agent| agent.get(format!("{}/readyz", process.url)).call().ok())
+                    .is_some_and(|response| response.status() == 200);
+                if ready {
+                    return Ok(process);
+                }
+            } else if let Ok(mut stream) = std::net::TcpStream::connect((host, port)) {
                 use std::io::{Read, Write};
                 stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
                 let mut answer = String::new();
@@ -123,6 +145,40 @@ impl ControllerProcess {
             anyhow::ensure!(std::time::Instant::now() < deadline, "server not ready in 30 s: {}", process.log_text());
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// The fleet CA's certificate (PEM) of a server serving TLS.
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
+    }
+
+    /// `sha256:<hex>` of the fleet CA's certificate: what devices pin.
+    pub fn ca_sha256(&self) -> anyhow::Result<String> {
+        use sha2::Digest as _;
+        let pem = std::fs::read_to_string(self.ca_path())?;
+        let cert = flotilla_agent::tls::pem_certificates(&pem)?.remove(0);
+        let digest = sha2::Sha256::digest(&cert);
+        Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    }
+
+    /// An HTTP client for the API: trusting the fleet CA when the server
+    /// serves TLS.
+    pub fn http(&self) -> anyhow::Result<ureq::Agent> {
+        let mut config = ureq::Agent::config_builder();
+        if self.url.starts_with("https://") {
+            use rustls_pki_types::pem::PemObject as _;
+            let pem = std::fs::read(self.ca_path())?;
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .map(|c| c.map(|c| ureq::tls::Certificate::from_der(&c).to_owned()))
+                .collect::<Result<Vec<_>, _>>()?;
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+                    .build(),
+            );
+        }
+        Ok(config.build().into())
     }
 
     /// The server's process id.
@@ -142,7 +198,9 @@ impl ControllerProcess {
 
     /// `/metrics` as it is now.
     pub fn metrics(&self) -> anyhow::Result<String> {
-        Ok(ureq::get(format!("{}/metrics", self.url))
+        Ok(self
+            .http()?
+            .get(format!("{}/metrics", self.url))
             .header("Authorization", format!("Bearer {}", self.token()?))
             .call()?
             .body_mut()
@@ -167,6 +225,7 @@ impl ControllerProcess {
         command
             .env("FLOTILLA_SERVER", &self.url)
             .env("FLOTILLA_TOKEN_FILE", self.data_dir.join("token"))
+            .env("FLOTILLA_CA_FILE", self.ca_path())
             .env_remove("FLOTILLA_TOKEN");
         Ok(command)
     }

@@ -79,6 +79,9 @@ fn controller_starts_creates_its_data_dir_and_stops_on_sigint() {
     }
     assert!(seen.iter().any(|l| l.contains("flotilla controller ready")), "{seen:#?}");
     assert!(data_dir.is_dir());
+    // TLS by default: a CA of its own, and the API on https://.
+    assert!(data_dir.join("tls/ca.pem").is_file() && data_dir.join("tls/ca.key").is_file());
+    assert!(seen.iter().any(|l| l.contains("api=https://127.0.0.1:")), "{seen:#?}");
 
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

@@ -24,6 +24,9 @@ pub struct ControllerOptions {
     pub advertise: String,
     /// More `flotilla server` arguments (e.g. `--eviction-grace 1s`).
     pub extra_args: Vec<String>,
+    /// Serve TLS, as `flotilla server` does by default; otherwise `--plain`
+    /// (the simulated devices speak plain MQTT).
+    pub tls: bool,
 }
 
 /// One replica as the API reports it.
@@ -63,11 +66,7 @@ impl Controller {
     pub fn start(binaries: &Binaries, data_dir: &Path, options: &ControllerOptions) -> anyhow::Result<Self> {
         let log = data_dir.with_extension("log");
         let child = spawn(binaries, data_dir, options, &log)?;
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let http = http_agent(None)?;
         let mut controller = Controller {
             child,
             binaries: binaries.clone(),
@@ -94,8 +93,18 @@ impl Controller {
             if let Some(status) = self.child.try_wait()? {
                 bail!("flotilla server exited with {status}:\n{}", self.log_tail(20));
             }
+            if self.options.tls {
+                // The CA exists once the server made it.
+                let Ok(pem) = std::fs::read(self.ca_path()) else { return Ok(None) };
+                self.http = http_agent(Some(&pem))?;
+            }
             Ok(self.http.get(&ready_url).call().is_ok_and(|r| r.status() == 200).then_some(()))
         })
+    }
+
+    /// The fleet CA's certificate (with TLS).
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
     }
 
     /// kill -9, then starts it again on the same data and waits until it is ready.
@@ -184,6 +193,20 @@ impl Controller {
     }
 }
 
+/// The API client: trusting the fleet CA in `ca_pem` if given.
+fn http_agent(ca_pem: Option<&[u8]>) -> anyhow::Result<ureq::Agent> {
+    let tls = match ca_pem {
+        Some(pem) => flotilla_controller::tls::trusting(pem)?,
+        None => Default::default(),
+    };
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .tls_config(tls)
+        .build()
+        .into())
+}
+
 /// Starts `flotilla server` with its log in `log`.
 fn spawn(binaries: &Binaries, data_dir: &Path, options: &ControllerOptions, log: &Path) -> anyhow::Result<Child> {
     {
@@ -191,6 +214,9 @@ fn spawn(binaries: &Binaries, data_dir: &Path, options: &ControllerOptions, log:
             .args(["server", "--api-addr", &options.api_addr.to_string()])
             .args(["--mqtt-listen", &options.mqtt_listen.to_string()])
             .args(["--advertise", &options.advertise])
+            // The simulated devices speak plain MQTT, as the figures
+            // before TLS did: they measure the controller, not handshakes.
+            .args(if options.tls { None } else { Some("--plain") })
             .args(&options.extra_args)
             .arg("--data-dir")
             .arg(data_dir)
@@ -216,7 +242,7 @@ fn spawn(binaries: &Binaries, data_dir: &Path, options: &ControllerOptions, log:
 impl Controller {
     /// `http://<api address>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.api_addr)
+        format!("{}://{}", if self.options.tls { "https" } else { "http" }, self.api_addr)
     }
 
     /// The last `lines` lines of the server's log, for error messages.
@@ -230,6 +256,7 @@ impl Controller {
         command
             .env("FLOTILLA_SERVER", self.url())
             .env("FLOTILLA_TOKEN_FILE", self.data_dir.join("token"))
+            .env("FLOTILLA_CA_FILE", self.ca_path())
             .env_remove("FLOTILLA_TOKEN");
         command
     }

@@ -142,7 +142,7 @@ pub fn enrol(server: &str, token: &str, name: &str, data_dir: &Path) -> anyhow::
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     match Enrolment::load(data_dir)? {
         Some(enrolment) => Ok(enrolment),
-        None => Enrolment::join(server, token, name, data_dir),
+        None => Enrolment::join(server, token, name, data_dir, None),
     }
 }
 

@@ -231,6 +231,7 @@ impl SimulatedFleet {
             mqtt_listen: format!("127.0.0.1:{mqtt_port}").parse()?,
             advertise: "127.0.0.1".into(),
             extra_args,
+            tls: false,
         };
         eprintln!("fleet: starting flotilla server ({:?} broker)", args.broker);
         let controller = Controller::start(binaries, &data_dir, &options)?;

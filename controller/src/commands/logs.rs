@@ -6,7 +6,7 @@ use super::*;
 /// `-f`) what was written since, every second.
 pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let client = Client::new(&args.client.server, &args.client.token_file())?;
+    let client = Client::from_args(&args.client)?;
     let container = match &args.container {
         // Container names are DNS labels: nothing in one needs escaping.
         Some(name) if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {

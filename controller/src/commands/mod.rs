@@ -25,7 +25,7 @@ fn kind_arg(resource: &str) -> anyhow::Result<Kind> {
 }
 
 fn client_for(args: &crate::cli::ClientArgs) -> anyhow::Result<Client> {
-    Client::new(&args.server, &args.token_file())
+    Client::from_args(args)
 }
 
 mod apply;

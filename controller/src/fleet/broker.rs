@@ -41,6 +41,7 @@ pub struct EmbeddedBroker {
 
 /// Starts rumqttd on a loopback port and the gate in front of it on
 /// `listen`; device logins are checked against `enrolment` by the gate.
+/// With `tls`, devices speak MQTT over TLS to the gate.
 /// `prefix` is the topic prefix (`flotilla/v1`): the controller's filters
 /// under it get a longer log than a device's.
 pub async fn start(
@@ -50,6 +51,7 @@ pub async fn start(
     prefix: &str,
     limits: LoginLimits,
     refusals: RefusalCounter,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<EmbeddedBroker> {
     // rumqttd logs a bind failure on its own thread and carries on: it gets
     // a port that was free a moment ago, and is waited for below.
@@ -135,6 +137,7 @@ pub async fn start(
         limits,
         max_connections,
         max_packet: MAX_PAYLOAD,
+        tls,
     };
     let gate = Gate::start(settings, enrolment, refusals).await?;
     Ok(EmbeddedBroker { internal, gate })

@@ -42,6 +42,12 @@ pub struct EnrolState {
     pub mqtt_url: String,
     /// Topic prefix.
     pub prefix: String,
+    /// The fleet CA's certificate (PEM) when the controller serves TLS.
+    pub ca_pem: Option<String>,
+    /// `host:port` of the registry when it serves HTTPS.
+    pub tls_registry: Option<String>,
+    /// `sha256:<hex>` of the CA's certificate.
+    pub ca_sha256: Option<String>,
 }
 
 /// Body of `POST /api/v1/node-tokens`.
@@ -67,6 +73,11 @@ pub struct TokenResponse {
     pub token: String,
     /// Seconds it stays valid.
     pub ttl_seconds: u64,
+    /// `sha256:<hex>` of the fleet CA's certificate, for devices to pin at
+    /// enrolment (`flotilla-agent run --ca-sha256`); absent from a plain
+    /// controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sha256: Option<String>,
     /// The rest of what `GET /api/v1/node-tokens` shows of it (id, uses, ...).
     #[serde(flatten)]
     pub info: TokenInfo,
@@ -147,7 +158,7 @@ pub(crate) async fn create_token(
     let spec = TokenSpec { uses: request.uses.unwrap_or(1), ttl: Duration::from_secs(ttl), labels: request.labels };
     let (token, info) = blocking(&state, move |e| e.create_join_token(&spec)).await?;
     tracing::info!(id = info.id, uses = info.uses, expires = info.expires, "join token created");
-    Ok(Json(TokenResponse { token, ttl_seconds: ttl, info }))
+    Ok(Json(TokenResponse { token, ttl_seconds: ttl, ca_sha256: state.ca_sha256.clone(), info }))
 }
 
 pub(crate) async fn list_tokens(
@@ -191,6 +202,8 @@ pub(crate) async fn enrol(
         controller_key: hex::encode(state.controller_key),
         topic_prefix: state.prefix.clone(),
         labels: credential.labels,
+        ca_pem: state.ca_pem.clone(),
+        tls_registry: state.tls_registry.clone(),
     }))
 }
 
@@ -233,6 +246,9 @@ mod tests {
             controller_key: [1; 32],
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
             prefix: "flotilla/v1".into(),
+            ca_pem: None,
+            tls_registry: None,
+            ca_sha256: None,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -317,6 +333,8 @@ mod tests {
             controller_key: "11".into(),
             topic_prefix: "flotilla/v1".into(),
             labels: BTreeMap::new(),
+            ca_pem: None,
+            tls_registry: None,
         };
         assert_eq!(
             serde_json::to_string(&answer).unwrap(),

@@ -1,16 +1,18 @@
-//! A small HTTP/1.1 client for registry pulls, on `std::net::TcpStream`
-//! with `httparse` for response heads: GET only, one request per
-//! connection, bodies framed by `Content-Length`, chunked or the end of
-//! the connection, redirects to plain-HTTP locations, connect and
-//! per-read timeouts.
+//! A small HTTP/1.1 client for registry pulls and enrolment, on
+//! `std::net::TcpStream` (and rustls for `https://`, trusting the fleet
+//! CA: see [`crate::tls`]) with `httparse` for response heads: GET and
+//! POST, one request per connection, bodies framed by `Content-Length`,
+//! chunked or the end of the connection, redirects, connect and per-read
+//! timeouts.
 //!
 //! Why not a client crate: ureq 3 without TLS added 242 KB to a static
 //! aarch64 test binary, this one with httparse about 5 KB, and the agent's
-//! binary budget is 4 MB. Not supported: proxies, TLS (see
-//! [`super::registry`]), keep-alive, timeouts on name resolution.
+//! binary budget is tight. Not supported: proxies, keep-alive, timeouts on
+//! name resolution.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 
 use super::registry::Timeouts;
 
@@ -49,9 +51,43 @@ enum Framing {
 /// A response body; reading it past a cut connection is an
 /// `UnexpectedEof` error when the framing says more was due.
 pub struct Body {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Connection>,
     framing: Framing,
 }
+
+/// A connection to a server, plain or TLS.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.read(buf),
+            Connection::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.write(buf),
+            Connection::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(stream) => stream.flush(),
+            Connection::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// What `https://` URLs are trusted with; `None`: they are refused.
+pub type Tls<'a> = Option<&'a Arc<rustls::ClientConfig>>;
 
 fn eof(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("connection closed {what}"))
@@ -122,20 +158,24 @@ impl Read for Body {
 }
 
 /// `http://host:port/path` split into address and path.
-fn split_url(url: &str) -> std::io::Result<(&str, &str)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| invalid(format!("not a plain-HTTP URL: {url}")))?;
+/// `(scheme, host[:port], path)` of an `http://` or `https://` URL.
+fn split_url(url: &str) -> std::io::Result<(&str, &str, &str)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .ok_or_else(|| invalid(format!("not an http:// or https:// URL: {url}")))?;
     Ok(match rest.find('/') {
-        Some(slash) => (&rest[..slash], &rest[slash..]),
-        None => (rest, "/"),
+        Some(slash) => (scheme, &rest[..slash], &rest[slash..]),
+        None => (scheme, rest, "/"),
     })
 }
 
 /// GETs `url` (`http://...`) with extra request headers, following
 /// redirects. Any status is a response; only transport problems are errors.
-pub fn get(url: &str, headers: &[(&str, &str)], timeouts: Timeouts) -> std::io::Result<Response> {
+pub fn get(url: &str, headers: &[(&str, &str)], timeouts: Timeouts, tls: Tls) -> std::io::Result<Response> {
     let mut url = url.to_owned();
     for _ in 0..=REDIRECTS_MAX {
-        let response = get_once(&url, headers, timeouts)?;
+        let response = send_once("GET", &url, headers, &[], timeouts, tls)?;
         let location = match response.status {
             301 | 302 | 303 | 307 | 308 => response.header("location").map(str::to_owned),
             _ => None,
@@ -143,8 +183,8 @@ pub fn get(url: &str, headers: &[(&str, &str)], timeouts: Timeouts) -> std::io::
         match location {
             None => return Ok(response),
             Some(location) if location.starts_with('/') => {
-                let (host, _) = split_url(&url)?;
-                url = format!("http://{host}{location}");
+                let (scheme, host, _) = split_url(&url)?;
+                url = format!("{scheme}://{host}{location}");
             }
             Some(location) => url = location,
         }
@@ -153,12 +193,14 @@ pub fn get(url: &str, headers: &[(&str, &str)], timeouts: Timeouts) -> std::io::
 }
 
 /// POSTs `body` to `url` (no redirects): the agent's enrolment request.
-pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8], timeouts: Timeouts) -> std::io::Result<Response> {
-    send_once("POST", url, headers, body, timeouts)
-}
-
-fn get_once(url: &str, headers: &[(&str, &str)], timeouts: Timeouts) -> std::io::Result<Response> {
-    send_once("GET", url, headers, &[], timeouts)
+pub fn post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeouts: Timeouts,
+    tls: Tls,
+) -> std::io::Result<Response> {
+    send_once("POST", url, headers, body, timeouts, tls)
 }
 
 fn send_once(
@@ -167,8 +209,16 @@ fn send_once(
     headers: &[(&str, &str)],
     body: &[u8],
     timeouts: Timeouts,
+    tls: Tls,
 ) -> std::io::Result<Response> {
-    let (host, path) = split_url(url)?;
+    let (scheme, host, path) = split_url(url)?;
+    let tls = match (scheme, tls) {
+        ("https", Some(config)) => Some(config.clone()),
+        ("https", None) => {
+            return Err(invalid(format!("{url}: https:// here needs the fleet CA, which this device does not have")));
+        }
+        _ => None,
+    };
     let mut last_error = None;
     let mut connected = None;
     for address in host.to_socket_addrs()? {
@@ -180,10 +230,29 @@ fn send_once(
             Err(e) => last_error = Some(e),
         }
     }
-    let mut stream =
+    let stream =
         connected.ok_or_else(|| last_error.unwrap_or_else(|| invalid(format!("{host} resolves to no address"))))?;
     stream.set_read_timeout(Some(timeouts.read))?;
     stream.set_write_timeout(Some(timeouts.read))?;
+    let mut stream = match tls {
+        Some(config) => {
+            // The name checked in the certificate: the host without its port.
+            let name =
+                host.rsplit_once(':').map_or(host, |(name, _)| name).trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+                .map_err(|e| invalid(format!("{host}: not a name for TLS: {e}")))?;
+            let connection = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            // The handshake now, so that its failure reads as one.
+            while tls.conn.is_handshaking() {
+                tls.conn.complete_io(&mut tls.sock).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("TLS with {host}: {}", crate::tls::explain(&e)))
+                })?;
+            }
+            Connection::Tls(Box::new(tls))
+        }
+        None => Connection::Plain(stream),
+    };
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: flotilla-agent/{}\r\nConnection: close\r\n",
         env!("CARGO_PKG_VERSION")
@@ -280,10 +349,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\n",
             b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 3-4/5\r\nContent-Length: 2\r\n\r\nlo",
         ]);
-        let mut response = get(&format!("{base}/v2/x"), &[("Accept", "a/b")], timeouts()).unwrap();
+        let mut response = get(&format!("{base}/v2/x"), &[("Accept", "a/b")], timeouts(), None).unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(read_limited(&mut response.body, 100).unwrap(), b"hello world");
-        let mut response = get(&format!("{base}/blob"), &[("Range", "bytes=3-")], timeouts()).unwrap();
+        let mut response = get(&format!("{base}/blob"), &[("Range", "bytes=3-")], timeouts(), None).unwrap();
         assert_eq!((response.status, response.header("content-range")), (206, Some("bytes 3-4/5")));
         assert_eq!(read_limited(&mut response.body, 100).unwrap(), b"lo");
         let requests = server.join().unwrap();
@@ -299,14 +368,15 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nhal",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
         ]);
-        let mut cut = get(&base, &[], timeouts()).unwrap();
+        let mut cut = get(&base, &[], timeouts(), None).unwrap();
         let error = read_limited(&mut cut.body, 100).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof, "{error}");
-        let mut cut = get(&base, &[], timeouts()).unwrap();
+        let mut cut = get(&base, &[], timeouts(), None).unwrap();
         assert_eq!(read_limited(&mut cut.body, 100).unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
-        let mut big = get(&base, &[], timeouts()).unwrap();
+        let mut big = get(&base, &[], timeouts(), None).unwrap();
         assert!(read_limited(&mut big.body, 4).is_err());
         server.join().unwrap();
-        assert!(get("https://reg:5000/v2/", &[], timeouts()).is_err());
+        let error = get("https://reg:5000/v2/", &[], timeouts(), None).err().unwrap().to_string();
+        assert!(error.contains("needs the fleet CA"), "{error}");
     }
 }

@@ -61,6 +61,18 @@ pub struct ImageSettings {
     pub timeouts: Timeouts,
     /// The platform images must be built for (this node's).
     pub platform: Platform,
+    /// The controller's registry when it serves HTTPS: pulled from over
+    /// TLS trusting the fleet CA.
+    pub tls_registry: Option<TlsRegistry>,
+}
+
+/// A registry spoken to over HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsRegistry {
+    /// `host:port` as image references name it.
+    pub registry: String,
+    /// Trusting the fleet CA.
+    pub config: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Default for ImageSettings {
@@ -70,6 +82,7 @@ impl Default for ImageSettings {
             rootfs: RootfsMode::Auto,
             timeouts: Timeouts::default(),
             platform: Platform::of_this_node(),
+            tls_registry: None,
         }
     }
 }
@@ -129,6 +142,7 @@ impl Images {
         let worker = puller::WorkerSettings {
             platform: settings.platform.clone(),
             timeouts: settings.timeouts,
+            tls_registry: settings.tls_registry.clone(),
             budget_bytes: settings.budget_mib.saturating_mul(1 << 20),
         };
         let puller = puller::Puller::start(store.clone(), worker);

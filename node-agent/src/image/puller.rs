@@ -85,6 +85,8 @@ pub struct WorkerSettings {
     pub platform: Platform,
     /// Network timeouts.
     pub timeouts: Timeouts,
+    /// The registry spoken to over HTTPS, if any.
+    pub tls_registry: Option<super::TlsRegistry>,
     /// The disk budget of the store.
     pub budget_bytes: u64,
 }
@@ -188,7 +190,7 @@ fn next_job(shared: &Shared) -> Option<Job> {
 }
 
 fn work(store: &Store, settings: &WorkerSettings, shared: &Shared) {
-    let registry = Registry::new(settings.timeouts);
+    let registry = Registry::new(settings.timeouts).with_tls(settings.tls_registry.clone());
     let cx = pull::Context { registry: &registry, store, node: &settings.platform };
     while let Some(job) = next_job(shared) {
         let (reference, digest) = match job {

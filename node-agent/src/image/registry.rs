@@ -1,11 +1,10 @@
-//! A pull-only, anonymous client for the OCI distribution API over plain
-//! HTTP/1.1 (see [`super::http`]).
+//! A pull-only, anonymous client for the OCI distribution API over
+//! HTTP/1.1 (see [`super::http`]): HTTPS to the controller's registry when
+//! it serves TLS (trusting the fleet CA), plain HTTP to other registries.
 //!
-//! Why no HTTPS: TLS (rustls, its crypto provider and root certificates)
-//! would take the aarch64 agent past its 4 MB binary budget, and integrity
-//! does not need it: every manifest and blob is checked against the digest
-//! in the controller-signed desired document before it is used. What plain
-//! HTTP does not give is confidentiality of image contents on the wire.
+//! Integrity does not depend on the transport: every manifest and blob is
+//! checked against the digest in the controller-signed desired document
+//! before it is used. TLS adds confidentiality of image contents.
 
 use std::io::Read;
 use std::time::Duration;
@@ -37,6 +36,7 @@ impl Default for Timeouts {
 /// A registry client.
 pub struct Registry {
     timeouts: Timeouts,
+    tls: Option<super::TlsRegistry>,
 }
 
 /// A manifest or index as received: verified bytes and the type the
@@ -61,11 +61,22 @@ pub struct BlobBody {
 impl Registry {
     /// A client with these timeouts.
     pub fn new(timeouts: Timeouts) -> Self {
-        Registry { timeouts }
+        Registry { timeouts, tls: None }
     }
 
-    fn url(reference: &Reference, kind: &str, digest: &Sha256) -> String {
-        format!("http://{}/v2/{}/{kind}/{digest}", reference.registry, reference.repository)
+    /// Speaks HTTPS to `tls`'s registry.
+    pub fn with_tls(self, tls: Option<super::TlsRegistry>) -> Self {
+        Registry { tls, ..self }
+    }
+
+    /// The TLS settings for `reference`'s registry, if it speaks HTTPS.
+    fn tls_for(&self, reference: &Reference) -> Option<&std::sync::Arc<rustls::ClientConfig>> {
+        self.tls.as_ref().filter(|tls| tls.registry == reference.registry).map(|tls| &tls.config)
+    }
+
+    fn url(&self, reference: &Reference, kind: &str, digest: &Sha256) -> String {
+        let scheme = if self.tls_for(reference).is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/v2/{}/{kind}/{digest}", reference.registry, reference.repository)
     }
 
     fn failed(reference: &Reference, reason: impl std::fmt::Display) -> PullError {
@@ -75,9 +86,9 @@ impl Registry {
     /// `GET /v2/<name>/manifests/<digest>`, verified against `digest`.
     pub fn manifest(&self, reference: &Reference, digest: &Sha256) -> Result<FetchedManifest, PullError> {
         let accept = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", ");
-        let url = Self::url(reference, "manifests", digest);
-        let mut response =
-            http::get(&url, &[("Accept", &accept)], self.timeouts).map_err(|e| Self::failed(reference, e))?;
+        let url = self.url(reference, "manifests", digest);
+        let mut response = http::get(&url, &[("Accept", &accept)], self.timeouts, self.tls_for(reference))
+            .map_err(|e| Self::failed(reference, e))?;
         if response.status != 200 {
             return Err(Self::failed(
                 reference,
@@ -99,8 +110,9 @@ impl Registry {
     pub fn blob(&self, reference: &Reference, digest: &Sha256, offset: u64) -> Result<BlobBody, PullError> {
         let range = format!("bytes={offset}-");
         let headers: &[(&str, &str)] = if offset > 0 { &[("Range", &range)] } else { &[] };
-        let url = Self::url(reference, "blobs", digest);
-        let response = http::get(&url, headers, self.timeouts).map_err(|e| Self::failed(reference, e))?;
+        let url = self.url(reference, "blobs", digest);
+        let response =
+            http::get(&url, headers, self.timeouts, self.tls_for(reference)).map_err(|e| Self::failed(reference, e))?;
         let start = match response.status {
             200 => 0,
             206 => {

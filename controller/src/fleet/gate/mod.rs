@@ -37,7 +37,7 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::mqttbytes::{self, FixedHeader, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -96,7 +96,7 @@ impl Default for LoginLimits {
 }
 
 /// How the gate runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GateSettings {
     /// Where devices connect.
     pub listen: SocketAddr,
@@ -112,6 +112,8 @@ pub struct GateSettings {
     pub max_connections: usize,
     /// Largest MQTT packet, either way.
     pub max_packet: usize,
+    /// MQTT over TLS on `listen` (`None`: plain TCP, `--plain`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The running gate.
@@ -261,6 +263,10 @@ impl Gate {
     }
 }
 
+/// A device connection's halves, over TCP or TLS.
+type DeviceRx = Box<dyn AsyncRead + Send + Unpin>;
+type DeviceTx = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// What the device-bound half is asked to do by the broker-bound half.
 enum ToDevice {
     /// Write this packet (an acknowledgement the gate answers itself).
@@ -292,7 +298,20 @@ impl Shared {
 
     async fn serve(self: Arc<Self>, stream: TcpStream) -> anyhow::Result<()> {
         stream.set_nodelay(true).ok();
-        let (mut device_rx, mut device_tx) = stream.into_split();
+        let (mut device_rx, mut device_tx): (DeviceRx, DeviceTx) = match &self.settings.tls {
+            Some(acceptor) => {
+                let tls = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                    .await
+                    .context("no TLS handshake in time")?
+                    .context("TLS handshake")?;
+                let (rx, tx) = tokio::io::split(tls);
+                (Box::new(rx), Box::new(tx))
+            }
+            None => {
+                let (rx, tx) = stream.into_split();
+                (Box::new(rx), Box::new(tx))
+            }
+        };
         let mut from_device = BytesMut::with_capacity(1024);
         let (header, frame) =
             tokio::time::timeout(CONNECT_TIMEOUT, next_frame(&mut device_rx, &mut from_device, MAX_CONNECT))
@@ -344,9 +363,9 @@ impl Shared {
         &self,
         peer: &Peer,
         connect: &Connect,
-        mut device_rx: tokio::net::tcp::OwnedReadHalf,
+        mut device_rx: DeviceRx,
         from_device: BytesMut,
-        mut device_tx: tokio::net::tcp::OwnedWriteHalf,
+        mut device_tx: DeviceTx,
     ) -> anyhow::Result<()> {
         let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.settings.upstream))
             .await
@@ -403,7 +422,7 @@ impl Shared {
     async fn device_to_broker(
         &self,
         peer: &Peer,
-        device: &mut tokio::net::tcp::OwnedReadHalf,
+        device: &mut DeviceRx,
         mut buffer: BytesMut,
         broker: &mut tokio::net::tcp::OwnedWriteHalf,
         to_device: &mpsc::Sender<ToDevice>,
@@ -498,7 +517,7 @@ impl Shared {
     async fn broker_to_device(
         &self,
         broker: &mut tokio::net::tcp::OwnedReadHalf,
-        device: &mut tokio::net::tcp::OwnedWriteHalf,
+        device: &mut DeviceTx,
         mut asked: mpsc::Receiver<ToDevice>,
     ) -> anyhow::Result<()> {
         let mut buffer = BytesMut::with_capacity(1024);
@@ -548,7 +567,7 @@ impl Shared {
 }
 
 /// Writes to a device, which must read within [`DEVICE_WRITE_TIMEOUT`].
-async fn write_device(device: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> anyhow::Result<()> {
+async fn write_device(device: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> anyhow::Result<()> {
     tokio::time::timeout(DEVICE_WRITE_TIMEOUT, device.write_all(bytes))
         .await
         .context("the device stopped reading")?
@@ -558,7 +577,7 @@ async fn write_device(device: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]
 /// The next whole MQTT packet from `stream`, reading into `buffer` as
 /// needed: its fixed header and its bytes. `None` at a clean end.
 async fn next_frame(
-    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    stream: &mut (impl AsyncRead + Unpin),
     buffer: &mut BytesMut,
     max_packet: usize,
 ) -> anyhow::Result<Option<(FixedHeader, Bytes)>> {
@@ -586,7 +605,7 @@ fn encode(write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>) 
 }
 
 async fn write_packet(
-    stream: &mut tokio::net::tcp::OwnedWriteHalf,
+    stream: &mut (impl AsyncWrite + Unpin),
     write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>,
 ) -> anyhow::Result<()> {
     stream.write_all(&encode(write)?).await?;
