@@ -123,7 +123,10 @@ fn unsupported_or_broken_broker_urls_are_refused() {
     assert_eq!(parse_mqtt_url("mqtt://broker:70000"), Err(MqttUrlError::BadPort));
     assert_eq!(parse_mqtt_url("mqtt://:1883"), Err(MqttUrlError::NoHost));
     assert_eq!(parse_mqtt_url(""), Err(MqttUrlError::NoHost));
-    assert_eq!(MqttUrlError::UnsupportedScheme.to_string(), "only mqtt:// (plain TCP) brokers are supported yet");
+    assert_eq!(
+        MqttUrlError::UnsupportedScheme.to_string(),
+        "not an mqtt:// or mqtts:// URL (or mqtts:// where only plain TCP is supported)"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -92,3 +92,60 @@ fn a_device_enrols_runs_and_pulls_over_tls_with_the_pinned_ca() {
     });
     assert!(!agent.running().is_empty(), "the workload keeps running");
 }
+
+/// A board without a real-time clock boots in 1970: its agent still
+/// enrols and connects over TLS (the controller's certificates are valid
+/// from the epoch). A clock past the certificates' end is refused, and the
+/// agent says to look at the clock. The clock is skewed with libfaketime
+/// (the `faketime` package, installed by scripts/setup) for the agent only.
+#[test]
+fn a_device_clock_in_1970_connects_and_one_far_ahead_is_told_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start_tls(&dir.path().join("controller"), &[]).unwrap();
+    let pin = controller.ca_sha256().unwrap();
+    let skewed = |clock: &str, name: &str| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let log = data.with_extension("log");
+        let child = Command::new("faketime")
+            // Timers keep the real monotonic clock; only the date is wrong.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["-f", clock])
+            .arg(binary("flotilla-agent").unwrap())
+            .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--data-dir"])
+            .arg(&data)
+            .arg("--status-file")
+            .arg(data.join("status.json"))
+            .args(["--join", &controller.url, "--token", &join_token(&controller), "--ca-sha256", &pin])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log, data)
+    };
+    let stop = |mut child: std::process::Child, data: &std::path::Path| {
+        child.kill().ok();
+        child.wait().ok();
+        let _ = Command::new(binary("flotilla-agent").unwrap()).args(["stop-all", "--data-dir"]).arg(data).status();
+    };
+
+    let (child, log, data) = skewed("@1970-01-02 00:00:00", "edge-1970");
+    wait_until("the 1970 device connected over TLS", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!text.contains("TLS with"), "{text}");
+        text.contains("connected to the controller's broker").then_some(())
+    });
+    assert!(std::fs::read_to_string(&log).unwrap().contains("1970-01-02T"), "the agent's clock was not skewed");
+    flotilla_e2e::fleet::wait_for_ready_nodes(&controller, 1, Duration::from_secs(30));
+    stop(child, &data);
+
+    // 2099 is past the server certificate's 90 days: refused, with the hint.
+    let (child, log, data) = skewed("@2099-01-01 00:00:00", "edge-2099");
+    let text = wait_until("the 2099 device refusing the certificate", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("certificate expired").then_some(text)
+    });
+    assert!(text.contains("is this device's clock far ahead?"), "{text}");
+    stop(child, &data);
+}

@@ -171,7 +171,7 @@ pub fn explain(error: &dyn std::error::Error) -> String {
     } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         text += " (the server's certificate is not from the fleet CA this device pinned at enrolment: \
                  a different controller, or its CA was made again; enrol the device again)";
-    } else if text.contains("Expired") {
+    } else if text.contains("Expired") || text.contains("certificate expired") {
         text += " (is this device's clock far ahead?)";
     }
     text
