@@ -2,13 +2,16 @@
 //! broker. N enrolled logins connect (MQTT 3.1.1, keep-alive 10 min) and
 //! subscribe to their own pod document; the broker process's resident
 //! memory is read before and after. Side by side in one run: the embedded
-//! broker (the gate in front of rumqttd), optionally rumqttd alone (an
-//! older build without the gate, `--baseline-bin-dir`), and Mosquitto with
-//! the files `flotilla mosquitto-config` writes.
+//! broker (the gate in front of rumqttd) over plain MQTT and over TLS (as
+//! `flotilla server` serves it by default; the clients use the agent's TLS
+//! settings), optionally rumqttd alone (an older build without the gate,
+//! `--baseline-bin-dir`), and Mosquitto with the files `flotilla
+//! mosquitto-config` writes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -38,17 +41,18 @@ pub fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
     let binaries = Binaries::locate(args.bin_dir.as_deref())?;
     let work = tempfile::tempdir().context("a work directory")?;
     let n = args.connections;
-    measure("embedded (gate + rumqttd)", &binaries, &work.path().join("embedded"), n, false)?;
+    measure("embedded (gate + rumqttd)", &binaries, &work.path().join("embedded"), n, Broker::Embedded)?;
+    measure("embedded over TLS (gate + rumqttd)", &binaries, &work.path().join("tls"), n, Broker::EmbeddedTls)?;
     if let Some(dir) = &args.baseline_bin_dir {
         measure(
             "embedded (rumqttd alone, baseline build)",
             &Binaries::locate(Some(dir))?,
             &work.path().join("base"),
             n,
-            false,
+            Broker::Embedded,
         )?;
     }
-    measure("mosquitto", &binaries, &work.path().join("mosquitto"), n, true)?;
+    measure("mosquitto", &binaries, &work.path().join("mosquitto"), n, Broker::Mosquitto)?;
     Ok(())
 }
 
@@ -56,7 +60,20 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn measure(broker: &str, binaries: &Binaries, dir: &Path, n: usize, with_mosquitto: bool) -> anyhow::Result<()> {
+/// Which broker devices connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broker {
+    Embedded,
+    EmbeddedTls,
+    Mosquitto,
+}
+
+/// A device's connection, plain or TLS.
+trait Connection: Read + Write + Send {}
+impl<T: Read + Write + Send> Connection for T {}
+
+fn measure(broker: &str, binaries: &Binaries, dir: &Path, n: usize, kind: Broker) -> anyhow::Result<()> {
+    let with_mosquitto = kind == Broker::Mosquitto;
     std::fs::create_dir_all(dir)?;
     let data = dir.join("controller");
     let mqtt = free_addr()?;
@@ -78,13 +95,24 @@ fn measure(broker: &str, binaries: &Binaries, dir: &Path, n: usize, with_mosquit
         mqtt_listen: if with_mosquitto { free_addr()? } else { mqtt },
         advertise: "127.0.0.1".into(),
         extra_args,
-        tls: false,
+        tls: kind == Broker::EmbeddedTls,
     };
     eprintln!("connections: {broker}: starting the controller");
     let controller = Controller::start(binaries, &data, &options)?;
     eprintln!("connections: {broker}: enrolling {n} devices");
     let token = controller.fleet_token(n)?;
-    let http: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+    let ca_pem = match kind {
+        Broker::EmbeddedTls => Some(std::fs::read_to_string(controller.ca_path())?),
+        _ => None,
+    };
+    let http_tls = match &ca_pem {
+        Some(pem) => flotilla_controller::tls::trusting(pem.as_bytes())?,
+        None => Default::default(),
+    };
+    let http: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).tls_config(http_tls).build().into();
+    // The agent's own TLS settings (its crypto provider, the fleet CA only).
+    let device_tls = ca_pem.as_deref().map(flotilla_agent::tls::trusting).transpose()?;
     let mut logins = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("conn-{i:05}");
@@ -113,7 +141,7 @@ fn measure(broker: &str, binaries: &Binaries, dir: &Path, n: usize, with_mosquit
     eprintln!("connections: {broker}: connecting {n} devices");
     let mut streams = Vec::with_capacity(n);
     for (name, password) in &logins {
-        streams.push(connect(mqtt, name, password).with_context(|| format!("connecting {name}"))?);
+        streams.push(connect(mqtt, name, password, device_tls.as_ref()).with_context(|| format!("connecting {name}"))?);
     }
     std::thread::sleep(Duration::from_secs(5));
     let connected = crate::scale::rss_of(pid)?;
@@ -155,10 +183,22 @@ fn packet(first: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// CONNECT (keep-alive 10 min), then SUBSCRIBE to the device's own pod
-/// document; waits for CONNACK and SUBACK.
-fn connect(broker: SocketAddr, name: &str, password: &str) -> anyhow::Result<TcpStream> {
-    let mut stream = TcpStream::connect(broker)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// document; waits for CONNACK and SUBACK. Over TLS with `tls`.
+fn connect(
+    broker: SocketAddr,
+    name: &str,
+    password: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Box<dyn Connection>> {
+    let tcp = TcpStream::connect(broker)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream: Box<dyn Connection> = match tls {
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(broker.ip().to_string())?;
+            Box::new(rustls::StreamOwned::new(rustls::ClientConnection::new(config.clone(), name)?, tcp))
+        }
+        None => Box::new(tcp),
+    };
     let mut body = Vec::new();
     string("MQTT", &mut body);
     body.extend_from_slice(&[4, 0xC2, 0x02, 0x58]);
