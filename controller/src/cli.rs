@@ -470,8 +470,8 @@ pub struct CompletionArgs {
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
     /// Directory for the controller's durable state: the store (store.redb), the Secret key
-    /// (secrets.key) and the API token (token) [default: /var/lib/flotilla as root, else
-    /// ~/.local/share/flotilla].
+    /// (secrets.key), the API token (token) and the fleet's TLS CA (tls/: devices pin it, so back
+    /// it up with the rest) [default: /var/lib/flotilla as root, else ~/.local/share/flotilla].
     #[arg(long, env = "FLOTILLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address the API (and the image registry, /v2/) listens on, over HTTPS (HTTP with

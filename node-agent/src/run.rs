@@ -35,8 +35,8 @@ pub struct RunArgs {
     /// received at enrolment and need not give it.
     #[arg(long, env = "FLOTILLA_CONTROLLER_KEY")]
     pub controller_key: Option<PathBuf>,
-    /// Enrol with the controller at this API URL (e.g. http://10.0.0.1:7440) using
-    /// --token, then connect. Ignored once enrolled (credentials are kept in the data dir).
+    /// Enrol with the controller at this API URL (e.g. https://10.0.0.1:7440, with --ca-sha256;
+    /// http:// for a controller run with --plain) using --token, then connect. Ignored once enrolled (credentials are kept in the data dir).
     #[arg(long, env = "FLOTILLA_JOIN", requires = "token")]
     pub join: Option<String>,
     /// One-time join token from `flotilla node token create`.
