@@ -97,7 +97,7 @@ fn a_device_enrols_runs_and_pulls_over_tls_with_the_pinned_ca() {
 /// enrols and connects over TLS (the controller's certificates are valid
 /// from the epoch). A clock past the certificates' end is refused, and the
 /// agent says to look at the clock. The clock is skewed with libfaketime
-/// (the `faketime` package, installed by scripts/setup) for the agent only.
+/// (package `faketime`, installed by scripts/setup) for the agent only.
 #[test]
 fn a_device_clock_in_1970_connects_and_one_far_ahead_is_told_why_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,11 +107,15 @@ fn a_device_clock_in_1970_connects_and_one_far_ahead_is_told_why_not() {
         let data = dir.path().join(name);
         std::fs::create_dir_all(&data).unwrap();
         let log = data.with_extension("log");
-        let child = Command::new("faketime")
+        // libfaketime preloaded into the agent itself (the `faketime`
+        // wrapper would fork, and killing it would leave the agent running).
+        let libfaketime = format!("/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1", std::env::consts::ARCH);
+        assert!(std::path::Path::new(&libfaketime).exists(), "{libfaketime}: scripts/setup installs faketime");
+        let child = Command::new(binary("flotilla-agent").unwrap())
+            .env("LD_PRELOAD", &libfaketime)
+            .env("FAKETIME", clock)
             // Timers keep the real monotonic clock; only the date is wrong.
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-            .args(["-f", clock])
-            .arg(binary("flotilla-agent").unwrap())
             .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--data-dir"])
             .arg(&data)
             .arg("--status-file")
