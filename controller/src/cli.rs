@@ -534,6 +534,12 @@ pub struct ServerArgs {
     /// Embedded broker: how long a device login that went over its limits is refused.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub node_cut_off: std::time::Duration,
+    /// How long a device's credentials (MAC key and, on the embedded broker, its broker
+    /// password) live. Agents get new ones over the control channel once half of it has
+    /// passed, with no restart of their workloads; a device offline for longer enrols again
+    /// with a fresh join token. Judged on this controller's clock only, never the device's.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    pub node_credential_lifetime: std::time::Duration,
 }
 
 /// `flotilla node ...`.

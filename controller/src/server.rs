@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub disk_reserve: Option<u64>,
     /// The names of the TLS server certificate; `None`: no TLS (`--plain`).
     pub tls_names: Option<Vec<String>>,
+    /// How long node credentials live.
+    pub credential_lifetime: Duration,
 }
 
 impl ServerConfig {
@@ -141,6 +143,7 @@ impl ServerConfig {
             max_body: (args.max_request_body_mib as usize).saturating_mul(1 << 20),
             disk_reserve: args.disk_reserve_mib.map(|mib| mib.saturating_mul(1 << 20)),
             tls_names,
+            credential_lifetime: args.node_credential_lifetime,
         })
     }
 }
@@ -175,6 +178,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         None => None,
     };
     let enrolment = Enrolment::load_or_create(&config.data_dir)?;
+    enrolment.set_credential_lifetime(config.credential_lifetime);
+    // An external broker's password file holds one password per user, so
+    // a rotation there keeps the password (the MAC key still rotates).
+    enrolment.set_rotate_password(config.mqtt_listen.is_some());
     let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
     crate::replica_spec::set_data_key_root(controller_key.derive_secret("flotilla/v1 secret data keys"));
     let mut fleet_config = config.fleet.clone();

@@ -24,8 +24,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::msg::{
-    ConfigObject, DesiredHeader, DesiredRules, DesiredState, Event, Hello, LogChunk, LogRequest, MAX_CONFIG_OBJECTS,
-    MAX_REPLICAS, MacTag, NodeId, Presence, ReplicaSpec, ServiceTable, Signature, Status,
+    ConfigObject, CredentialGrant, CredentialRequest, DesiredHeader, DesiredRules, DesiredState, Event, Hello,
+    LogChunk, LogRequest, MAX_CONFIG_OBJECTS, MAX_REPLICAS, MacTag, NodeId, Presence, ReplicaSpec, ServiceTable,
+    Signature, Status,
 };
 
 /// The protocol version this crate speaks and writes in byte 0 of a frame.
@@ -71,15 +72,31 @@ pub enum MessageKind {
     Pods = 9,
     /// [`crate::pod::ConfigBlob`], controller to a Linux-profile node.
     Config = 10,
+    /// [`CredentialRequest`], node to controller.
+    CredentialRequest = 11,
+    /// [`CredentialGrant`], controller to node.
+    Credentials = 12,
 }
 
 impl MessageKind {
     /// Every kind a node sends, each on its own topic leaf.
-    pub const FROM_NODE: [MessageKind; 5] =
-        [MessageKind::Hello, MessageKind::Online, MessageKind::Status, MessageKind::Event, MessageKind::Logs];
+    pub const FROM_NODE: [MessageKind; 6] = [
+        MessageKind::Hello,
+        MessageKind::Online,
+        MessageKind::Status,
+        MessageKind::Event,
+        MessageKind::Logs,
+        MessageKind::CredentialRequest,
+    ];
     /// Every kind the controller sends.
-    pub const TO_NODE: [MessageKind; 5] =
-        [MessageKind::Desired, MessageKind::LogRequest, MessageKind::Services, MessageKind::Pods, MessageKind::Config];
+    pub const TO_NODE: [MessageKind; 6] = [
+        MessageKind::Desired,
+        MessageKind::LogRequest,
+        MessageKind::Services,
+        MessageKind::Pods,
+        MessageKind::Config,
+        MessageKind::Credentials,
+    ];
 
     /// The kind for a byte, if it names one.
     pub const fn from_byte(byte: u8) -> Option<MessageKind> {
@@ -94,6 +111,8 @@ impl MessageKind {
             8 => MessageKind::Services,
             9 => MessageKind::Pods,
             10 => MessageKind::Config,
+            11 => MessageKind::CredentialRequest,
+            12 => MessageKind::Credentials,
             _ => return None,
         })
     }
@@ -107,6 +126,7 @@ impl MessageKind {
                 | MessageKind::Services
                 | MessageKind::Pods
                 | MessageKind::Config
+                | MessageKind::Credentials
         )
     }
 
@@ -133,6 +153,8 @@ impl MessageKind {
             MessageKind::Pods => "pods",
             // One retained topic per object: `config/{hex digest}`.
             MessageKind::Config => "config",
+            MessageKind::CredentialRequest => "credreq",
+            MessageKind::Credentials => "credentials",
         }
     }
 }
@@ -220,6 +242,14 @@ impl Message for ServiceTable {
     const KIND: MessageKind = MessageKind::Services;
 }
 
+impl Message for CredentialRequest {
+    const KIND: MessageKind = MessageKind::CredentialRequest;
+}
+
+impl Message for CredentialGrant {
+    const KIND: MessageKind = MessageKind::Credentials;
+}
+
 /// A message a node sends.
 ///
 /// `Hello` makes this ~7 KB whatever the variant; boxing it would need an
@@ -237,6 +267,8 @@ pub enum NodeMessage {
     Event(Event),
     /// Part of an answer to a [`LogRequest`].
     Logs(LogChunk),
+    /// Asks for the next credentials.
+    CredentialRequest(CredentialRequest),
 }
 
 impl NodeMessage {
@@ -248,6 +280,7 @@ impl NodeMessage {
             NodeMessage::Status(_) => Status::KIND,
             NodeMessage::Event(_) => Event::KIND,
             NodeMessage::Logs(_) => LogChunk::KIND,
+            NodeMessage::CredentialRequest(_) => CredentialRequest::KIND,
         }
     }
 }
@@ -512,6 +545,7 @@ pub fn encode_node_frame<'b>(
         NodeMessage::Status(m) => encode_node(m, seq, mac, buf),
         NodeMessage::Event(m) => encode_node(m, seq, mac, buf),
         NodeMessage::Logs(m) => encode_node(m, seq, mac, buf),
+        NodeMessage::CredentialRequest(m) => encode_node(m, seq, mac, buf),
     }
 }
 
@@ -569,11 +603,13 @@ pub fn decode_node_frame(bytes: &[u8]) -> Result<Decoded<'_, NodeFrame>, DecodeE
         MessageKind::Status => read_message(body).map(|(m, r)| (NodeMessage::Status(m), r))?,
         MessageKind::Event => read_message(body).map(|(m, r)| (NodeMessage::Event(m), r))?,
         MessageKind::Logs => read_message(body).map(|(m, r)| (NodeMessage::Logs(m), r))?,
+        MessageKind::CredentialRequest => read_message(body).map(|(m, r)| (NodeMessage::CredentialRequest(m), r))?,
         MessageKind::Desired
         | MessageKind::LogRequest
         | MessageKind::Services
         | MessageKind::Pods
-        | MessageKind::Config => {
+        | MessageKind::Config
+        | MessageKind::Credentials => {
             return Err(DecodeError::UnexpectedKind { found: kind });
         }
     };
@@ -747,6 +783,7 @@ mod with_alloc {
             NodeMessage::Status(m) => encode_node_to_vec(m, seq, mac),
             NodeMessage::Event(m) => encode_node_to_vec(m, seq, mac),
             NodeMessage::Logs(m) => encode_node_to_vec(m, seq, mac),
+            NodeMessage::CredentialRequest(m) => encode_node_to_vec(m, seq, mac),
         }
     }
 

@@ -1010,3 +1010,44 @@ impl Status {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------
+// Credential rotation: a node asks, the controller answers with the next
+// credentials sealed under the current ones (`crate::seal::seal_credentials`)
+// or with when to ask again. Expiry is judged on the controller's clock
+// alone: the node only follows `ask_again_s`, a duration, so a board whose
+// clock says 1970 rotates like any other.
+
+/// Bytes of a node's credentials as a grant carries them: the MAC key (32)
+/// and the broker password's 24 random bytes (the password is their
+/// lowercase hex).
+pub const CREDENTIALS_LEN: usize = 32 + 24;
+/// Bytes of sealed credentials: [`CREDENTIALS_LEN`] plus a nonce and a tag.
+pub const SEALED_CREDENTIALS_LEN: usize = CREDENTIALS_LEN + 28;
+
+/// Node -> controller on `nodes/{id}/credreq` (not retained): "here is the
+/// generation of the credentials I use; have you newer ones for me?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CredentialRequest {
+    /// The generation of the credentials this frame's MAC was made with
+    /// (0: those of the enrolment).
+    pub generation: u32,
+}
+
+/// Controller -> node on `nodes/{id}/credentials` (not retained), signed:
+/// the answer to a [`CredentialRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CredentialGrant {
+    /// The node answered; a node refuses a grant for another.
+    pub node_id: NodeId,
+    /// With `sealed`: the generation of the credentials it holds (the
+    /// node's current one plus one). Without: the generation the
+    /// controller holds as the node's current one.
+    pub generation: u32,
+    /// Seconds until the node should ask again (a duration, not a date).
+    pub ask_again_s: u32,
+    /// The next credentials, sealed under the key of generation
+    /// `generation - 1` ([`crate::seal::seal_credentials`]); `None` when it
+    /// is not yet time to rotate.
+    pub sealed: Option<Bytes<SEALED_CREDENTIALS_LEN>>,
+}

@@ -355,3 +355,18 @@ pub fn pod_document(pods: usize, digest: Digest) -> crate::pod::PodDocument {
         .expect("fits"),
     }
 }
+
+/// A node asking for the credentials after its first rotation.
+pub fn credential_request() -> CredentialRequest {
+    CredentialRequest { generation: 1 }
+}
+
+/// A grant of generation 2 (its sealed bytes are a pattern, not a real seal).
+pub fn credential_grant() -> CredentialGrant {
+    CredentialGrant {
+        node_id: node_id(),
+        generation: 2,
+        ask_again_s: 3600,
+        sealed: Some(Bytes([0x5a; SEALED_CREDENTIALS_LEN])),
+    }
+}

@@ -124,6 +124,84 @@ pub fn file_context(object: &str, file: &str) -> Vec<u8> {
     context(b"file:", object, file)
 }
 
+/// The label the key that seals a node's next credentials is derived
+/// with, from its current MAC key.
+const CREDENTIALS_KEY_LABEL: &[u8] = b"flotilla/v1 credentials";
+
+const _: () = assert!(crate::msg::SEALED_CREDENTIALS_LEN == crate::msg::CREDENTIALS_LEN + SEAL_OVERHEAD);
+
+/// A node's credentials as a [`crate::CredentialGrant`] carries them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeCredentials {
+    /// The key of the node's MACs.
+    pub mac_key: [u8; 32],
+    /// The broker password's random bytes; the password is their lowercase
+    /// hex ([`NodeCredentials::password`]).
+    pub password: [u8; 24],
+}
+
+impl NodeCredentials {
+    /// The broker password: 48 lowercase hex digits.
+    pub fn password(&self) -> alloc::string::String {
+        use core::fmt::Write;
+        let mut text = alloc::string::String::with_capacity(48);
+        for byte in self.password {
+            let _ = write!(text, "{byte:02x}");
+        }
+        text
+    }
+}
+
+impl core::fmt::Debug for NodeCredentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("NodeCredentials { .. }")
+    }
+}
+
+/// `next` sealed for node `node` under its current MAC key `current`, as
+/// generation `generation` (the key of generation n seals generation n+1,
+/// so only the holder of the credentials being replaced opens them).
+pub fn seal_credentials(
+    current: &[u8; 32],
+    node: &str,
+    generation: u32,
+    next: &NodeCredentials,
+) -> crate::Bytes<{ crate::msg::SEALED_CREDENTIALS_LEN }> {
+    let mut value = [0u8; crate::msg::CREDENTIALS_LEN];
+    value[..32].copy_from_slice(&next.mac_key);
+    value[32..].copy_from_slice(&next.password);
+    let sealed = seal(&derive_key(current, &[CREDENTIALS_KEY_LABEL]), &credentials_context(node, generation), &value);
+    let mut out = crate::Bytes([0; crate::msg::SEALED_CREDENTIALS_LEN]);
+    out.0.copy_from_slice(&sealed);
+    out
+}
+
+/// The credentials [`seal_credentials`] sealed.
+pub fn open_credentials(
+    current: &[u8; 32],
+    node: &str,
+    generation: u32,
+    sealed: &[u8],
+) -> Result<NodeCredentials, OpenError> {
+    let value = open(&derive_key(current, &[CREDENTIALS_KEY_LABEL]), &credentials_context(node, generation), sealed)?;
+    if value.len() != crate::msg::CREDENTIALS_LEN {
+        return Err(OpenError::Forged);
+    }
+    let mut credentials = NodeCredentials { mac_key: [0; 32], password: [0; 24] };
+    credentials.mac_key.copy_from_slice(&value[..32]);
+    credentials.password.copy_from_slice(&value[32..]);
+    Ok(credentials)
+}
+
+fn credentials_context(node: &str, generation: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(node.len() + 16);
+    aad.extend_from_slice(b"credentials:");
+    aad.extend_from_slice(node.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&generation.to_be_bytes());
+    aad
+}
+
 /// `tag || first || 0 || second`: neither part can contain a NUL (names).
 fn context(tag: &[u8], first: &str, second: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(tag.len() + first.len() + second.len() + 1);
@@ -154,6 +232,18 @@ mod tests {
         assert_eq!(open(&key, b"env:pod\0app", &altered), Err(OpenError::Forged));
         assert_eq!(open(&key, b"", &sealed[..10]), Err(OpenError::TooShort));
         assert_ne!(seal(&key, b"env:pod\0app", b"PASSWORD=hunter3")[..12], sealed[..12], "a new value, a new nonce");
+    }
+
+    #[test]
+    fn credentials_open_only_for_their_node_generation_and_current_key() {
+        let next = NodeCredentials { mac_key: [3; 32], password: [0xab; 24] };
+        let sealed = seal_credentials(&[1; 32], "edge-1", 2, &next);
+        assert!(!sealed.0.windows(8).any(|w| w == [3; 8]), "the key is not in clear");
+        assert_eq!(open_credentials(&[1; 32], "edge-1", 2, &sealed.0), Ok(next.clone()));
+        assert_eq!(next.password(), "ab".repeat(24));
+        assert_eq!(open_credentials(&[2; 32], "edge-1", 2, &sealed.0), Err(OpenError::Forged), "another key");
+        assert_eq!(open_credentials(&[1; 32], "edge-2", 2, &sealed.0), Err(OpenError::Forged), "another node");
+        assert_eq!(open_credentials(&[1; 32], "edge-1", 3, &sealed.0), Err(OpenError::Forged), "a replayed grant");
     }
 
     #[test]

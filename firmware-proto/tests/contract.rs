@@ -65,6 +65,7 @@ fn the_controller_subscribes_to_what_nodes_send() {
             "flotilla/v1/nodes/+/status",
             "flotilla/v1/nodes/+/events",
             "flotilla/v1/nodes/+/logs",
+            "flotilla/v1/nodes/+/credreq",
         ]
     );
 }

@@ -119,6 +119,26 @@ fn log_request() {
 }
 
 #[test]
+fn credential_request_and_grant() {
+    // 02 0b | 01 generation 1 | e8 07 sequence 1000 | MAC
+    check_node(
+        NodeMessage::CredentialRequest(samples::credential_request()),
+        "020b01e80711111111111111111111111111111111",
+    );
+    // 02 0c | node id | 02 generation | 90 1c ask again in 3600 s | 01 Some | 84 sealed bytes | signature
+    let golden = format!(
+        "020c0b70692d6c696e65332d303702901c015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a{}",
+        "22".repeat(64)
+    );
+    let grant = samples::credential_grant();
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let encoded = encode_signed(&grant, |_| SIGNATURE, &mut buf).unwrap();
+    assert_eq!(hex(encoded), golden, "encoding of the credential grant changed");
+    let bytes = unhex(&golden);
+    assert_eq!(decode_signed::<CredentialGrant>(&bytes).unwrap().frame, (grant, SIGNATURE));
+}
+
+#[test]
 fn desired_document_with_one_replica() {
     // The same file the compact decoder reads on an emulated Cortex-M4
     // (`mcu-check/`).
@@ -147,6 +167,8 @@ fn message_kind_bytes_never_change() {
         (MessageKind::Services, 8),
         (MessageKind::Pods, 9),
         (MessageKind::Config, 10),
+        (MessageKind::CredentialRequest, 11),
+        (MessageKind::Credentials, 12),
     ];
     for (kind, byte) in kinds {
         assert_eq!(kind as u8, byte);

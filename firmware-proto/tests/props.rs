@@ -658,6 +658,7 @@ fn node_message() -> impl Strategy<Value = NodeMessage> {
         status().prop_map(NodeMessage::Status),
         event().prop_map(NodeMessage::Event),
         log_chunk().prop_map(NodeMessage::Logs),
+        any::<u32>().prop_map(|generation| NodeMessage::CredentialRequest(CredentialRequest { generation })),
     ]
 }
 

@@ -112,7 +112,14 @@ impl ControllerKey {
     }
 }
 
-/// What a node received at enrolment.
+/// How long node credentials live unless the server is told otherwise.
+pub const DEFAULT_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+
+/// Longest wait a node is told before it asks about rotation again: a
+/// controller whose lifetime setting shrinks is heard within a day.
+const MAX_ASK_AGAIN: u64 = 86_400;
+
+/// What a node received at enrolment, and what rotations made of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeCredential {
@@ -126,13 +133,120 @@ pub struct NodeCredential {
     /// Id of that join token (absent for nodes enrolled before tokens had ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// 0 for the credentials of the enrolment, one more per rotation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+    /// When these were issued (unix seconds, the controller's clock); they
+    /// expire a lifetime later. 0 in files of controllers that did not
+    /// expire credentials: the load sets it to the time of the load.
+    #[serde(default)]
+    pub issued: u64,
+    /// The node's seal key (hex), kept from its enrolment once a rotation
+    /// replaced the MAC key it was derived from: Secrets stay sealed the
+    /// same, so a rotation replaces no container. Absent: derived from
+    /// `mac_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<String>,
+    /// Credentials granted to the node and not yet used by it. Until it
+    /// uses them, both sets are accepted; its first frame MAC'd with the
+    /// new key makes them the current ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextCredential>,
+}
+
+/// Credentials granted by a rotation, not yet confirmed by the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextCredential {
+    /// Broker password.
+    pub password: String,
+    /// MAC key, hex.
+    pub mac_key: String,
+    /// When granted (unix seconds).
+    pub issued: u64,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 impl NodeCredential {
     /// The MAC key as bytes.
     pub fn mac_key_bytes(&self) -> Option<[u8; 32]> {
-        hex::decode(&self.mac_key).ok()?.try_into().ok()
+        hex32(&self.mac_key)
     }
+
+    /// The key the node's Secrets are sealed with.
+    pub fn seal_key_bytes(&self) -> Option<[u8; 32]> {
+        match &self.seal_key {
+            Some(key) => hex32(key),
+            None => self.mac_key_bytes().map(|key| firmware_proto::seal::node_seal_key(&key)),
+        }
+    }
+
+    /// Whether these credentials (not counting `next`) are past their end.
+    fn expired(&self, now: u64, lifetime: u64) -> bool {
+        now >= self.issued.saturating_add(lifetime)
+    }
+}
+
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
+/// The MAC keys a node's frames may carry, for the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeKeys {
+    /// Those of its current credentials; `None` once they expired.
+    pub current: Option<[u8; 32]>,
+    /// Those granted and not yet used, with their generation.
+    pub next: Option<(u32, [u8; 32])>,
+}
+
+/// Why the broker refuses a login.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginRefusal {
+    /// No such node, a wrong password, or a client id that is not the user's.
+    #[error("MQTT login refused (user {user:?})")]
+    Refused {
+        /// The user name given.
+        user: String,
+    },
+    /// The node's credentials expired while it was away.
+    #[error(
+        "node {node:?}: its credentials expired at {at} (it was offline past their lifetime): enrol it again with a fresh join token (`flotilla-agent run --join URL --token T`)"
+    )]
+    Expired {
+        /// The node.
+        node: String,
+        /// When (RFC 3339).
+        at: String,
+    },
+}
+
+/// The controller's answer to a node asking for new credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationAnswer {
+    /// The next credentials (generation, credentials), to be sealed for
+    /// the node under its current MAC key; ask again after `ask_again_s`.
+    Grant {
+        /// Their generation.
+        generation: u32,
+        /// The credentials.
+        next: firmware_proto::seal::NodeCredentials,
+        /// The current MAC key, which seals them.
+        current_mac_key: [u8; 32],
+        /// When to ask again, in seconds.
+        ask_again_s: u32,
+    },
+    /// Not yet: ask again after this many seconds. `generation` is the
+    /// node's current one, as the controller holds it.
+    NotYet {
+        /// The current generation.
+        generation: u32,
+        /// Seconds.
+        ask_again_s: u32,
+    },
 }
 
 /// What a new join token allows.
@@ -274,9 +388,17 @@ struct EnrolmentFile {
 }
 
 impl EnrolmentFile {
-    /// Moves one-time tokens of an old file into `tokens`.
-    fn migrate(&mut self) {
+    /// Moves one-time tokens of an old file into `tokens`, and starts the
+    /// lifetime of credentials issued before they had one. Says whether it
+    /// changed anything (then the file is written at once, so a restart
+    /// does not start their lifetime again).
+    fn migrate(&mut self) -> bool {
         let now = unix_now();
+        let mut changed = !self.join_tokens.is_empty();
+        for credential in self.nodes.values_mut().filter(|c| c.issued == 0) {
+            credential.issued = now;
+            changed = true;
+        }
         for (hash, expires) in std::mem::take(&mut self.join_tokens) {
             let token = JoinToken {
                 uses: 1,
@@ -289,6 +411,7 @@ impl EnrolmentFile {
             };
             self.tokens.entry(hash).or_insert(token);
         }
+        changed
     }
 
     /// The token whose id is `id`.
@@ -379,6 +502,12 @@ const REMOVED_QUEUE: usize = 256;
 
 struct Shared {
     path: PathBuf,
+    /// How long node credentials live, in seconds.
+    lifetime: std::sync::atomic::AtomicU64,
+    /// Whether a rotation gives a new broker password too: not with an
+    /// external broker, whose password file holds one password per user
+    /// (the MAC key still rotates).
+    rotate_password: std::sync::atomic::AtomicBool,
     /// What is on disk; only the writer thread changes it.
     state: RwLock<EnrolmentFile>,
     /// Names whose credentials were just removed, for whoever holds their
@@ -403,7 +532,9 @@ impl Enrolment {
             Ok(bytes) => {
                 let mut state: EnrolmentFile =
                     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-                state.migrate();
+                if state.migrate() {
+                    write_file(&path, &serde_json::to_vec(&state)?)?;
+                }
                 state
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -414,7 +545,13 @@ impl Enrolment {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let (removed, _) = tokio::sync::broadcast::channel(REMOVED_QUEUE);
-        let shared = Arc::new(Shared { path, state: RwLock::new(state), removed });
+        let shared = Arc::new(Shared {
+            path,
+            lifetime: std::sync::atomic::AtomicU64::new(DEFAULT_CREDENTIAL_LIFETIME.as_secs()),
+            rotate_password: std::sync::atomic::AtomicBool::new(true),
+            state: RwLock::new(state),
+            removed,
+        });
         let (changes, queued) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = shared.clone();
         std::thread::Builder::new()
@@ -501,20 +638,31 @@ impl Enrolment {
     pub fn enrol(&self, token: &str, node: &str) -> Result<NodeCredential, EnrolError> {
         check_node_name(node)?;
         let io = |e: anyhow::Error| EnrolError::Io(format!("{e:#}"));
+        let now = unix_now();
         let mut credential = NodeCredential {
             password: random_text().map_err(io)?,
             mac_key: hex::encode(random_bytes::<32>().map_err(io)?),
             labels: BTreeMap::new(),
             token_id: None,
+            generation: 0,
+            issued: now,
+            seal_key: None,
+            next: None,
         };
         let hash = sha256_hex(token.as_bytes());
         let node = node.to_owned();
+        let lifetime = self.lifetime_s();
         self.update(move |state| {
             // The token first: only its holder may learn whether a name is taken.
             let join = state.tokens.get_mut(&hash).ok_or(EnrolError::UnknownToken)?;
             let id = token_id(&hash);
-            join.refusal(id, unix_now())?;
-            if state.nodes.contains_key(&node) {
+            join.refusal(id, now)?;
+            // A node whose credentials expired (offline past their
+            // lifetime) enrols again with a fresh token, no operator step.
+            if let Some(enrolled) = state.nodes.get(&node)
+                && !(enrolled.expired(now, lifetime)
+                    && enrolled.next.as_ref().is_none_or(|n| n.issued + lifetime <= now))
+            {
                 return Err(EnrolError::AlreadyEnrolled { name: node });
             }
             join.used += 1;
@@ -550,12 +698,6 @@ impl Enrolment {
         self.read().nodes.get(node).cloned()
     }
 
-    /// An enrolled node's MAC key, read in place (no copy of its
-    /// credentials): the publisher asks once per document it builds.
-    pub fn mac_key(&self, node: &str) -> Option<[u8; 32]> {
-        self.read().nodes.get(node)?.mac_key_bytes()
-    }
-
     /// Enrolled nodes and their credentials.
     pub fn nodes(&self) -> BTreeMap<String, NodeCredential> {
         self.read().nodes.clone()
@@ -567,19 +709,142 @@ impl Enrolment {
     /// and only the controller may use client ids starting with
     /// `flotilla-controller`.
     pub fn check_broker_login(&self, client_id: &str, user: &str, password: &str) -> bool {
-        let state = self.read();
-        let expected = if user == CONTROLLER_USER {
-            Some(&state.controller_password)
-        } else if client_id.starts_with(CONTROLLER_USER) || user.starts_with(CONTROLLER_USER) {
-            // A node enrolled under such a name before names were checked.
-            None
-        } else {
-            state.nodes.get(user).map(|c| &c.password)
-        };
+        self.broker_login(client_id, user, password).is_ok()
+    }
+
+    /// [`Enrolment::check_broker_login`], saying why it refuses. A node's
+    /// current password is taken until it expires, and the password of a
+    /// rotation granted and not yet used until that one expires.
+    pub fn broker_login(&self, client_id: &str, user: &str, password: &str) -> Result<(), LoginRefusal> {
+        let refused = || LoginRefusal::Refused { user: user.to_owned() };
         let id_ok = client_id == user
             || client_id.strip_prefix(user).is_some_and(|rest| rest.starts_with(':'))
             || (user == CONTROLLER_USER && client_id.starts_with(CONTROLLER_USER));
-        id_ok && expected.is_some_and(|p| crate::api::constant_time_eq(p.as_bytes(), password.as_bytes()))
+        if !id_ok {
+            return Err(refused());
+        }
+        let matches = |expected: &str| crate::api::constant_time_eq(expected.as_bytes(), password.as_bytes());
+        let state = self.read();
+        if user == CONTROLLER_USER {
+            return if matches(&state.controller_password) { Ok(()) } else { Err(refused()) };
+        }
+        if client_id.starts_with(CONTROLLER_USER) || user.starts_with(CONTROLLER_USER) {
+            // A node enrolled under such a name before names were checked.
+            return Err(refused());
+        }
+        let credential = state.nodes.get(user).ok_or_else(refused)?;
+        let (now, lifetime) = (unix_now(), self.lifetime_s());
+        let next = credential.next.as_ref().filter(|next| matches(&next.password));
+        let (issued, known) = match next {
+            Some(next) => (next.issued, true),
+            None => (credential.issued, matches(&credential.password)),
+        };
+        match (known, now >= issued.saturating_add(lifetime)) {
+            (false, _) => Err(refused()),
+            (true, false) => Ok(()),
+            (true, true) => {
+                Err(LoginRefusal::Expired { node: user.to_owned(), at: rfc3339(issued.saturating_add(lifetime)) })
+            }
+        }
+    }
+
+    /// How long node credentials live from now on; a rotation is granted
+    /// once half of it has passed.
+    pub fn set_credential_lifetime(&self, lifetime: Duration) {
+        self.shared.lifetime.store(lifetime.as_secs().max(2), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether rotations give new broker passwords (see [`Shared`]).
+    pub fn set_rotate_password(&self, rotate: bool) {
+        self.shared.rotate_password.store(rotate, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lifetime_s(&self) -> u64 {
+        self.shared.lifetime.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The MAC keys a node's frames may be made with, read in place.
+    pub fn node_keys(&self, node: &str) -> Option<NodeKeys> {
+        let state = self.read();
+        let credential = state.nodes.get(node)?;
+        let (now, lifetime) = (unix_now(), self.lifetime_s());
+        Some(NodeKeys {
+            current: credential.mac_key_bytes().filter(|_| !credential.expired(now, lifetime)),
+            next: credential.next.as_ref().and_then(|next| {
+                let live = now < next.issued.saturating_add(lifetime);
+                hex32(&next.mac_key).filter(|_| live).map(|key| (credential.generation + 1, key))
+            }),
+        })
+    }
+
+    /// The key a node's Secrets are sealed with.
+    pub fn seal_key(&self, node: &str) -> Option<[u8; 32]> {
+        self.read().nodes.get(node)?.seal_key_bytes()
+    }
+
+    /// A node of generation `generation` asks for new credentials: `answer`
+    /// gets the grant once it is on disk (the same grant again while the
+    /// node has not used it), or when to ask again. A node whose credentials
+    /// expired, or that names a generation the controller does not hold,
+    /// gets no answer (logged). Never blocks on the disk: the inbox calls it.
+    pub fn rotate(&self, node: &str, generation: u32, answer: impl FnOnce(RotationAnswer) + Send + 'static) {
+        let fresh = match (random_bytes::<32>(), random_bytes::<24>()) {
+            (Ok(mac_key), Ok(password)) => firmware_proto::seal::NodeCredentials { mac_key, password },
+            (Err(e), _) | (_, Err(e)) => return tracing::error!(node, error = %e, "no randomness for new credentials"),
+        };
+        let (lifetime, rotate_password) =
+            (self.lifetime_s(), self.shared.rotate_password.load(std::sync::atomic::Ordering::Relaxed));
+        let node = node.to_owned();
+        let change: Change = Box::new(move |state| {
+            let now = unix_now();
+            let decided = decide_rotation(state, &node, generation, now, lifetime, rotate_password, fresh);
+            let changed = matches!(decided, Ok((_, true)));
+            let done: Done = Box::new(move |written| match (decided, written) {
+                (Ok((reply, _)), Ok(())) => answer(reply),
+                (Ok(_), Err(e)) => {
+                    tracing::warn!(node, error = %e, "a rotation could not be saved; the node asks again")
+                }
+                (Err(reason), _) => tracing::warn!(node, generation, reason, "credential request not answered"),
+            });
+            (changed, done)
+        });
+        if self.changes.send(change).is_err() {
+            tracing::error!("the enrolment writer stopped: credential requests go unanswered");
+        }
+    }
+
+    /// The node made a frame with the credentials of generation
+    /// `generation`, granted by a rotation: they become its current ones
+    /// and the previous ones stop working. Does not wait for the disk.
+    pub fn confirm_rotation(&self, node: &str, generation: u32) {
+        let node = node.to_owned();
+        let change: Change = Box::new(move |state| {
+            let promoted = state.nodes.get_mut(&node).is_some_and(|credential| {
+                if credential.generation + 1 != generation {
+                    return false;
+                }
+                let Some(next) = credential.next.take() else { return false };
+                if credential.seal_key.is_none() {
+                    credential.seal_key = credential.seal_key_bytes().map(hex::encode);
+                }
+                credential.password = next.password;
+                credential.mac_key = next.mac_key;
+                credential.issued = next.issued;
+                credential.generation = generation;
+                true
+            });
+            let done: Done = Box::new(move |written| match written {
+                Ok(()) if promoted => tracing::info!(node, generation, "node credentials rotated"),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "a confirmed rotation could not be saved; tried again on the node's next frame")
+                }
+            });
+            (promoted, done)
+        });
+        if self.changes.send(change).is_err() {
+            tracing::error!("the enrolment writer stopped: a rotation stays unconfirmed");
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, EnrolmentFile> {
@@ -605,6 +870,67 @@ impl Enrolment {
         self.changes.send(change).map_err(|_| stopped())?;
         rx.recv().unwrap_or_else(|_| Err(stopped()))
     }
+}
+
+/// What to answer a node of `generation` asking for new credentials, and
+/// whether the state changed (a grant made).
+fn decide_rotation(
+    state: &mut EnrolmentFile,
+    node: &str,
+    generation: u32,
+    now: u64,
+    lifetime: u64,
+    rotate_password: bool,
+    fresh: firmware_proto::seal::NodeCredentials,
+) -> Result<(RotationAnswer, bool), &'static str> {
+    let credential = state.nodes.get_mut(node).ok_or("the node is not enrolled")?;
+    if credential.generation != generation {
+        return Err("the node names a generation of credentials the controller does not hold");
+    }
+    let current_mac_key = credential.mac_key_bytes().ok_or("the node's stored MAC key is unreadable")?;
+    if credential.expired(now, lifetime) {
+        return Err("the node's credentials expired");
+    }
+    let renew_at = credential.issued.saturating_add(lifetime / 2);
+    let ask_again = |at: u64| at.saturating_sub(now).clamp(1, MAX_ASK_AGAIN) as u32;
+    if let Some(next) = &credential.next
+        && let Some(mac_key) = hex32(&next.mac_key)
+        && let Ok(password) = hex::decode(&next.password)
+        && let Ok(password) = <[u8; 24]>::try_from(password.as_slice())
+    {
+        // Granted before: the same again (the node may have missed it).
+        let next_credentials = firmware_proto::seal::NodeCredentials { mac_key, password };
+        let reply = RotationAnswer::Grant {
+            generation: generation + 1,
+            next: next_credentials,
+            current_mac_key,
+            ask_again_s: ask_again(next.issued.saturating_add(lifetime / 2)),
+        };
+        return Ok((reply, false));
+    }
+    if now < renew_at {
+        return Ok((RotationAnswer::NotYet { generation, ask_again_s: ask_again(renew_at) }, false));
+    }
+    let mut next_credentials = fresh;
+    if !rotate_password {
+        // The external broker's password file keeps the current one.
+        match hex::decode(&credential.password).ok().and_then(|p| <[u8; 24]>::try_from(p.as_slice()).ok()) {
+            Some(password) => next_credentials.password = password,
+            None => return Err("the node's broker password predates rotation and cannot be carried over"),
+        }
+    }
+    credential.next = Some(NextCredential {
+        password: next_credentials.password(),
+        mac_key: hex::encode(next_credentials.mac_key),
+        issued: now,
+    });
+    let reply = RotationAnswer::Grant {
+        generation: generation + 1,
+        next: next_credentials,
+        current_mac_key,
+        ask_again_s: ask_again(now.saturating_add(lifetime / 2)),
+    };
+    Ok((reply, true))
 }
 
 /// The writer thread: one write per batch of whatever queued meanwhile.
@@ -960,6 +1286,120 @@ mod tests {
         let elapsed = enrol_concurrently(dir.path(), 10_000, 32);
         println!("10,000 enrolments from 32 threads: {elapsed:?}");
         assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    }
+
+    /// Asks for a rotation and waits for the answer.
+    fn ask(enrolment: &Enrolment, node: &str, generation: u32) -> Option<RotationAnswer> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        enrolment.rotate(node, generation, move |answer| _ = tx.send(answer));
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    fn age(dir: &Path, node: &str, by: u64) -> Enrolment {
+        let path = dir.join(ENROLMENT_FILE);
+        let mut file: EnrolmentFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let credential = file.nodes.get_mut(node).unwrap();
+        credential.issued -= by;
+        if let Some(next) = &mut credential.next {
+            next.issued -= by;
+        }
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        Enrolment::load_or_create(dir).unwrap()
+    }
+
+    #[test]
+    fn credentials_rotate_at_half_life_with_both_sets_taken_until_the_new_one_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let enrolment = Enrolment::load_or_create(dir.path()).unwrap();
+        let (secret, _) = token(&enrolment, 1, Duration::from_secs(60));
+        let first = enrolment.enrol(&secret, "edge-1").unwrap();
+        enrolment.set_credential_lifetime(Duration::from_secs(100));
+        // Young credentials: not yet, ask again when half the lifetime is gone.
+        match ask(&enrolment, "edge-1", 0) {
+            Some(RotationAnswer::NotYet { generation: 0, ask_again_s }) => assert!((49..=50).contains(&ask_again_s)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ask(&enrolment, "edge-1", 7), None, "a generation the controller does not hold");
+        let enrolment = age(dir.path(), "edge-1", 60);
+        enrolment.set_credential_lifetime(Duration::from_secs(100));
+        let Some(RotationAnswer::Grant { generation: 1, next, current_mac_key, ask_again_s }) =
+            ask(&enrolment, "edge-1", 0)
+        else {
+            panic!("a grant expected")
+        };
+        assert_eq!(hex::encode(current_mac_key), first.mac_key);
+        assert!((49..=50).contains(&ask_again_s));
+        // The grant is on disk, and asking again gives the same one.
+        let again = Enrolment::load_or_create(dir.path()).unwrap();
+        let Some(RotationAnswer::Grant { next: same, .. }) = ask(&again, "edge-1", 0) else { panic!() };
+        assert_eq!(same, next);
+        // Both logins work, both keys are taken, until the new one is used.
+        assert!(enrolment.check_broker_login("edge-1", "edge-1", &first.password));
+        assert!(enrolment.check_broker_login("edge-1", "edge-1", &next.password()));
+        let keys = enrolment.node_keys("edge-1").unwrap();
+        assert_eq!(keys.current, first.mac_key_bytes());
+        assert_eq!(keys.next, Some((1, next.mac_key)));
+        let seal_key = enrolment.seal_key("edge-1").unwrap();
+        enrolment.confirm_rotation("edge-1", 1);
+        let wait = std::time::Instant::now();
+        while enrolment.node_keys("edge-1").unwrap().next.is_some() {
+            assert!(wait.elapsed() < Duration::from_secs(5), "the confirmation was not applied");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(enrolment.node_keys("edge-1").unwrap().current, Some(next.mac_key));
+        assert!(!enrolment.check_broker_login("edge-1", "edge-1", &first.password), "the old password stops");
+        assert!(enrolment.check_broker_login("edge-1", "edge-1", &next.password()));
+        assert_eq!(enrolment.seal_key("edge-1"), Some(seal_key), "Secrets stay sealed the same");
+        assert_eq!(Enrolment::load_or_create(dir.path()).unwrap().seal_key("edge-1"), Some(seal_key));
+        assert!(matches!(ask(&enrolment, "edge-1", 1), Some(RotationAnswer::NotYet { generation: 1, .. })));
+    }
+
+    #[test]
+    fn expired_credentials_are_refused_and_the_node_enrols_again_with_a_fresh_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let enrolment = Enrolment::load_or_create(dir.path()).unwrap();
+        let (secret, _) = token(&enrolment, 1, Duration::from_secs(60));
+        let first = enrolment.enrol(&secret, "edge-1").unwrap();
+        let enrolment = age(dir.path(), "edge-1", 200);
+        enrolment.set_credential_lifetime(Duration::from_secs(100));
+        match enrolment.broker_login("edge-1", "edge-1", &first.password) {
+            Err(LoginRefusal::Expired { node, .. }) => assert_eq!(node, "edge-1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(enrolment.node_keys("edge-1").unwrap().current, None);
+        assert_eq!(ask(&enrolment, "edge-1", 0), None, "no rotation past expiry");
+        let (fresh, _) = token(&enrolment, 1, Duration::from_secs(60));
+        let second = enrolment.enrol(&fresh, "edge-1").unwrap();
+        assert!(enrolment.check_broker_login("edge-1", "edge-1", &second.password));
+        // A live node's name is still not taken over.
+        let (third, _) = token(&enrolment, 1, Duration::from_secs(60));
+        assert!(matches!(enrolment.enrol(&third, "edge-1"), Err(EnrolError::AlreadyEnrolled { .. })));
+    }
+
+    #[test]
+    fn with_an_external_broker_a_rotation_keeps_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let enrolment = Enrolment::load_or_create(dir.path()).unwrap();
+        let (secret, _) = token(&enrolment, 1, Duration::from_secs(60));
+        let first = enrolment.enrol(&secret, "edge-1").unwrap();
+        let enrolment = age(dir.path(), "edge-1", 60);
+        enrolment.set_credential_lifetime(Duration::from_secs(100));
+        enrolment.set_rotate_password(false);
+        let Some(RotationAnswer::Grant { next, .. }) = ask(&enrolment, "edge-1", 0) else { panic!() };
+        assert_eq!(next.password(), first.password);
+        assert_ne!(hex::encode(next.mac_key), first.mac_key);
+    }
+
+    #[test]
+    fn credentials_of_older_files_start_their_lifetime_at_the_first_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = r#"{"controllerPassword":"c","nodes":{"old-1":{"password":"p","macKey":"00"}}}"#;
+        std::fs::write(dir.path().join(ENROLMENT_FILE), file).unwrap();
+        let before = unix_now();
+        Enrolment::load_or_create(dir.path()).unwrap();
+        let stored: EnrolmentFile =
+            serde_json::from_slice(&std::fs::read(dir.path().join(ENROLMENT_FILE)).unwrap()).unwrap();
+        assert!(stored.nodes["old-1"].issued >= before, "written at once, so a restart does not restart it");
     }
 
     #[test]

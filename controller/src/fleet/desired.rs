@@ -413,8 +413,8 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
         let profile =
             object.map_or(firmware_proto::Profile::Linux, |n| n.typed_status::<NodeStatus>().node_info.profile());
         // A node not enrolled (any more) gets no Secret at all.
-        let sealing = match enrolment.mac_key(&node) {
-            Some(mac_key) => Sealing::For(firmware_proto::seal::node_seal_key(&mac_key)),
+        let sealing = match enrolment.seal_key(&node) {
+            Some(seal_key) => Sealing::For(seal_key),
             None => Sealing::Unsealable,
         };
         let refs = References { config_maps: &config_maps, secrets: &secrets, node: object, claims: &claims, sealing };

@@ -120,6 +120,8 @@ pub struct Inbox {
     topics: Topics,
     published: PublishedDocuments,
     log_requests: Option<LogRequests>,
+    /// Answers credential requests; without, they are dropped.
+    rotation: Option<super::rotation::Rotation>,
     /// The controller's own broker connection; `None` (tests): always up.
     link: Option<super::channel::BrokerLink>,
     nodes: HashMap<String, NodeTrack>,
@@ -182,6 +184,7 @@ impl Inbox {
             topics,
             published,
             log_requests: None,
+            rotation: None,
             link: None,
             nodes: HashMap::new(),
             started: Instant::now(),
@@ -200,6 +203,12 @@ impl Inbox {
     /// Log chunks from nodes go to `requests`; without, they are dropped.
     pub fn with_log_requests(mut self, requests: LogRequests) -> Self {
         self.log_requests = Some(requests);
+        self
+    }
+
+    /// Credential requests go to `rotation`; without, they are dropped.
+    pub fn with_rotation(mut self, rotation: super::rotation::Rotation) -> Self {
+        self.rotation = Some(rotation);
         self
     }
 
@@ -224,8 +233,8 @@ impl Inbox {
         let (node, leaf) = self.topics.parse(topic).ok_or(Refusal::anonymous("topic", "not a node topic"))?;
         // Named in the refusal only once the controller knows it: a topic
         // names whatever its sender likes.
-        let credential = self.enrolment.node(node);
-        let enrolled = credential.is_some();
+        let keys = self.enrolment.node_keys(node);
+        let enrolled = keys.is_some();
         let refused = |reason: &'static str, detail: String| match enrolled {
             true => Refusal::of(node, reason, detail),
             false => Refusal::anonymous(reason, format!("{detail} (on {node}'s topic)")),
@@ -240,14 +249,25 @@ impl Inbox {
         if leaf != expected {
             return Err(refused("wrong-topic", format!("a {expected} message on the {leaf} topic")));
         }
-        let credential = credential.ok_or_else(|| refused("not-enrolled", format!("node {node:?} is not enrolled")))?;
-        let key = credential
-            .mac_key_bytes()
-            .ok_or_else(|| refused("key", "the node's stored MAC key is unreadable".into()))?;
-        if !verify_node_mac(&key, decoded.authenticated, &decoded.frame.mac) {
-            let detail = format!("bad MAC: not made with {node}'s key (forged, or another node's message)");
-            return Err(refused("mac", detail));
-        }
+        let keys = keys.ok_or_else(|| refused("not-enrolled", format!("node {node:?} is not enrolled")))?;
+        let verifies = |key: &[u8; 32]| verify_node_mac(key, decoded.authenticated, &decoded.frame.mac);
+        let key = match (keys.current, keys.next) {
+            (Some(current), _) if verifies(&current) => current,
+            // The first frame made with credentials a rotation granted
+            // confirms them; the previous ones stop working.
+            (_, Some((generation, next))) if verifies(&next) => {
+                self.enrolment.confirm_rotation(node, generation);
+                next
+            }
+            (None, _) => {
+                let detail = "its credentials expired: it must enrol again with a fresh join token".to_owned();
+                return Err(refused("expired", detail));
+            }
+            _ => {
+                let detail = format!("bad MAC: not made with {node}'s key (forged, or another node's message)");
+                return Err(refused("mac", detail));
+            }
+        };
         if let NodeMessage::Hello(hello) = &decoded.frame.message
             && hello.node_id.as_str() != node
         {
@@ -310,6 +330,10 @@ impl Inbox {
             NodeMessage::Logs(chunk) => match &self.log_requests {
                 Some(requests) => requests.deliver(node, chunk),
                 None => tracing::debug!(node, "log chunk with no log service; dropped"),
+            },
+            NodeMessage::CredentialRequest(request) => match &self.rotation {
+                Some(rotation) => rotation.ask(node, request.generation),
+                None => tracing::debug!(node, "credential request with no rotation service; dropped"),
             },
         }
     }

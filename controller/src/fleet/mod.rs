@@ -13,6 +13,7 @@
 //! - [`logs`]: `flotilla logs`, asked of the node over MQTT.
 //! - [`services`]: Services' ready endpoints, per node.
 //! - [`mosquitto`]: password and ACL files for an external Mosquitto.
+//! - [`rotation`]: nodes' credential requests answered.
 
 pub mod broker;
 pub mod channel;
@@ -24,6 +25,7 @@ pub mod inbox;
 pub mod logs;
 pub mod mosquitto;
 pub mod refusals;
+pub mod rotation;
 pub mod services;
 
 use std::sync::Arc;
@@ -136,8 +138,10 @@ pub fn spawn(
     let published = desired::PublishedDocuments::default();
     let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
     let seal_keys = enrolment.clone();
+    let rotation = rotation::Rotation::new(client.clone(), key.clone(), topics.clone(), enrolment.clone());
     let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
         .with_log_requests(log_requests.clone())
+        .with_rotation(rotation)
         .with_broker_link(link)
         .with_refusal_counter(refusals);
     let inbox = inbox::spawn(inbox, incoming_rx)?;

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use rules::NodeRules;
 
 use super::Topics;
-use super::credentials::{CONTROLLER_USER, Enrolment};
+use super::credentials::{CONTROLLER_USER, Enrolment, LoginRefusal};
 use super::refusals::{Refusal, RefusalCounter, Refusals};
 
 /// How long a new connection has to send its CONNECT.
@@ -387,8 +387,11 @@ impl Shared {
             self.refuse(&Refusal::anonymous("login", "a CONNECT without a user name"), "", 0);
             return Err(ConnectReturnCode::NotAuthorized);
         };
-        if !self.enrolment.check_broker_login(&connect.client_id, &login.username, &login.password) {
-            let refusal = Refusal::anonymous("login", format!("MQTT login refused (user {:?})", login.username));
+        if let Err(refused) = self.enrolment.broker_login(&connect.client_id, &login.username, &login.password) {
+            let refusal = match &refused {
+                LoginRefusal::Expired { node, .. } => Refusal::of(node, "expired", refused.to_string()),
+                LoginRefusal::Refused { .. } => Refusal::anonymous("login", refused.to_string()),
+            };
             self.refuse(&refusal, "", 0);
             return Err(ConnectReturnCode::BadUserNamePassword);
         }
