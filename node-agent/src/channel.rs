@@ -13,10 +13,12 @@
 //! sent on that connection and older than everything after it.
 //!
 //! Log requests (`flotilla logs`) are answered on this thread: reading a
-//! log file takes milliseconds and needs nothing from the main loop.
+//! log file takes milliseconds and needs nothing from the main loop. So is
+//! credential rotation ([`crate::rotation`]): new credentials change the
+//! MAC key and the broker login, both held here.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,9 +27,9 @@ use anyhow::Context;
 use firmware_proto::mac::node_mac;
 use firmware_proto::mqtt::{BrokerUrl, parse_broker_url};
 use firmware_proto::{Message, MessageKind, Presence, encode_node_to_vec, peek_kind};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 
-use crate::enrolment::Enrolment;
+use crate::enrolment::{Enrolment, Granted};
 use crate::logs::LogService;
 use crate::services::ServiceDirectory;
 
@@ -48,17 +50,34 @@ pub struct ChannelConfig {
     pub keep_alive: Duration,
     /// Where the sequence epoch is kept.
     pub epoch_file: PathBuf,
+    /// The agent's data directory, where rotated credentials are saved
+    /// (`enrolment.json`); `None`: kept in memory only (the simulator).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Sequence numbers and MACs of this node's frames.
 struct Signer {
-    key: [u8; 32],
+    /// The MAC key and its generation: a rotation replaces them.
+    key: Mutex<([u8; 32], u32)>,
     next: AtomicU64,
 }
 
 impl Signer {
+    fn new(key: [u8; 32], generation: u32, next: u64) -> Self {
+        Signer { key: Mutex::new((key, generation)), next: AtomicU64::new(next) }
+    }
+
+    fn key(&self) -> ([u8; 32], u32) {
+        *self.key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_key(&self, key: [u8; 32], generation: u32) {
+        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = (key, generation);
+    }
+
     fn seal<M: Message>(&self, message: &M, seq: u64) -> Option<Vec<u8>> {
-        let frame = encode_node_to_vec(message, seq, |bytes| node_mac(&self.key, bytes));
+        let (key, _) = self.key();
+        let frame = encode_node_to_vec(message, seq, |bytes| node_mac(&key, bytes));
         match frame {
             Ok(frame) => Some(frame),
             Err(e) => {
@@ -84,10 +103,15 @@ pub struct Channel {
     hello: Arc<Mutex<Option<firmware_proto::Hello>>>,
     /// Set when a connection came up: the main loop then sends full state.
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the broker refused this node's current login (revoked, or
+    /// its credentials expired while it was away).
+    login_refused: Arc<AtomicBool>,
     /// Woken on a desired document or a new connection.
     wake: Arc<tokio::sync::Notify>,
     /// The connection's task, when it runs on a shared runtime.
     task: Option<tokio::task::AbortHandle>,
+    /// Ends the connection's loop (a channel on a thread of its own).
+    shutdown: Arc<tokio::sync::Notify>,
 }
 
 /// This node's topics.
@@ -187,10 +211,28 @@ impl Channel {
             node: enrolment.node_name.clone(),
         };
         let epoch = read_epoch(&config.epoch_file);
-        let signer = Arc::new(Signer { key: enrolment.mac_key_bytes()?, next: AtomicU64::new(epoch << 32 | 1) });
+        // Credentials a rotation granted and no connection used yet are
+        // tried first (see `crate::rotation`).
+        let mut held = enrolment.clone();
+        let mut trying: Option<Granted> = held.next.clone();
+        let (password, key, generation) = match &trying {
+            Some(granted) => (
+                granted.mqtt_password.clone(),
+                crate::enrolment::hex32(&granted.mac_key).context("the granted MAC key is not 64 hex characters")?,
+                granted.generation,
+            ),
+            None => (held.mqtt_password.clone(), held.mac_key_bytes()?, held.generation),
+        };
+        let signer = Arc::new(Signer::new(key, generation, epoch << 32 | 1));
+        let controller_key = ed25519_dalek::VerifyingKey::from_bytes(&held.controller_key_bytes()?)
+            .map_err(|e| anyhow::anyhow!("the pinned controller key is not an Ed25519 key: {e}"))?;
+        let verify = crate::run::verifier(controller_key);
+        let node_id = firmware_proto::NodeId::new(&held.node_name).map_err(|e| anyhow::anyhow!("node id: {e}"))?;
+        let store = crate::rotation::Store { data_dir: config.data_dir.clone() };
+        let asking = Arc::new(crate::rotation::Asking::default());
         let mut options = MqttOptions::new(enrolment.node_name.clone(), host, port);
         options.set_keep_alive(config.keep_alive);
-        options.set_credentials(enrolment.mqtt_username.clone(), enrolment.mqtt_password.clone());
+        options.set_credentials(enrolment.mqtt_username.clone(), password);
         options.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
         options.set_clean_session(true);
         if tls {
@@ -203,7 +245,9 @@ impl Channel {
         let (desired_tx, desired) = std::sync::mpsc::sync_channel::<Vec<u8>>(INCOMING_FRAMES);
         let hello: Arc<Mutex<Option<firmware_proto::Hello>>> = Arc::default();
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let login_refused = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(tokio::sync::Notify::new());
+        let shutdown = Arc::new(tokio::sync::Notify::new());
         let channel = Channel {
             client: client.clone(),
             signer: signer.clone(),
@@ -211,13 +255,17 @@ impl Channel {
             desired,
             hello: hello.clone(),
             connected: connected.clone(),
+            login_refused: login_refused.clone(),
             wake: wake.clone(),
             task: None,
+            shutdown: shutdown.clone(),
         };
         let broker = format!("{host}:{port}");
         let connection = async move {
             let mut epoch = epoch;
             let mut failures = 0u32;
+            // A DISCONNECT of ours, to log in again with new credentials.
+            let mut switching = false;
             // `connection << 1`, plus 1 once a desired document came on it.
             let answered = Arc::new(AtomicU64::new(0));
             let mut connection = 0u64;
@@ -225,10 +273,29 @@ impl Channel {
             epoch = next_epoch(&config.epoch_file, epoch);
             arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
             loop {
-                match event_loop.poll().await {
+                // Cancelling a poll may lose its packet: only at shutdown.
+                let polled = tokio::select! {
+                    polled = event_loop.poll() => polled,
+                    () = shutdown.notified() => return,
+                };
+                match polled {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         failures = 0;
+                        login_refused.store(false, Ordering::Release);
                         tracing::info!(%broker, node = topics.node, "connected to the controller's broker");
+                        if let Some(granted) = trying.take() {
+                            // The grant said when to ask next: that stands.
+                            let generation = granted.generation;
+                            match held.promote(granted) {
+                                Ok(()) => {
+                                    store.save(&held);
+                                    tracing::info!(node = topics.node, generation, "now using rotated credentials");
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot take the rotated credentials"),
+                            }
+                        } else {
+                            asking.after(crate::rotation::jitter(crate::rotation::FIRST_ASK));
+                        }
                         on_connect(&client, &signer, &topics, &hello);
                         connection += 1;
                         answered.store(connection << 1, Ordering::Release);
@@ -237,6 +304,14 @@ impl Channel {
                             signer.clone(),
                             topics.clone(),
                             hello.clone(),
+                            answered.clone(),
+                            connection,
+                        ));
+                        tokio::spawn(ask_for_credentials(
+                            client.clone(),
+                            signer.clone(),
+                            topics.clone(),
+                            asking.clone(),
                             answered.clone(),
                             connection,
                         ));
@@ -267,6 +342,33 @@ impl Channel {
                             Ok(MessageKind::LogRequest) => {
                                 answer_logs(&logs, &publish.payload, &client, &signer, &topics);
                             }
+                            Ok(MessageKind::Credentials) => {
+                                match crate::rotation::read_grant(&publish.payload, &verify, &node_id, &held) {
+                                    Ok(crate::rotation::Answer::AskAgain(after)) => asking.after(after),
+                                    Ok(crate::rotation::Answer::Switch(granted, after)) => {
+                                        asking.after(after);
+                                        // Kept before used: a restart from here
+                                        // tries them, and falls back if refused.
+                                        held.next = Some(granted.clone());
+                                        if !store.save(&held) {
+                                            held.next = None;
+                                            continue;
+                                        }
+                                        tracing::info!(
+                                            node = topics.node,
+                                            generation = granted.generation,
+                                            "new credentials granted; logging in again with them"
+                                        );
+                                        use_credentials(&mut event_loop.mqtt_options, &signer, &held, Some(&granted));
+                                        trying = Some(granted);
+                                        switching = true;
+                                        if let Err(e) = client.try_disconnect() {
+                                            tracing::warn!(error = %e, "cannot queue the DISCONNECT; the new login waits for the next reconnection");
+                                        }
+                                    }
+                                    Err(reason) => tracing::warn!(reason, "credential grant refused"),
+                                }
+                            }
                             Ok(kind) => tracing::warn!(%kind, "no handler for this kind of message; ignored"),
                             Err(reason) => {
                                 let bytes = publish.payload.len();
@@ -274,15 +376,39 @@ impl Channel {
                             }
                         }
                     }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) if switching => {
+                        // Our own DISCONNECT: log in again at once with the
+                        // new credentials (no Last Will was published).
+                        switching = false;
+                        event_loop.clean();
+                        epoch = next_epoch(&config.epoch_file, epoch);
+                        arm(&mut event_loop.mqtt_options, &signer, &topics, epoch);
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         failures += 1;
+                        switching = false;
+                        let refused = matches!(e, rumqttc::ConnectionError::ConnectionRefused(_));
+                        if let (true, Some(granted)) = (refused, trying.take()) {
+                            // Still valid at the controller until the new
+                            // ones are used: back to them, and ask again later.
+                            tracing::warn!(
+                                node = topics.node,
+                                generation = granted.generation,
+                                "the broker refused the rotated credentials; back to the current ones"
+                            );
+                            held.next = None;
+                            store.save(&held);
+                            use_credentials(&mut event_loop.mqtt_options, &signer, &held, None);
+                        } else if refused {
+                            login_refused.store(true, Ordering::Release);
+                        }
                         let delay = backoff(failures);
                         let retry_in_ms = delay.as_millis() as u64;
                         if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
                             // Retried all the same: a cut-off ends, and a
                             // broker's password file may be reloaded late.
-                            tracing::error!(%broker, node = topics.node, ?code, retry_in_ms, "the broker refused this node's login: if the node was revoked, enrol it again (remove enrolment.json, run with --join and a new token); workloads keep running");
+                            tracing::error!(%broker, node = topics.node, ?code, retry_in_ms, "the broker refused this node's login: if the node was revoked, or offline past its credentials' lifetime, enrol it again (run with --join and a fresh token); workloads keep running");
                         } else if let rumqttc::ConnectionError::Tls(tls) = &e {
                             let error = crate::tls::explain(tls);
                             tracing::error!(%broker, node = topics.node, error, retry_in_ms, "TLS with the controller's broker failed; workloads keep running");
@@ -334,6 +460,12 @@ impl Channel {
         frames
     }
 
+    /// Whether the broker refused this node's login on the last attempt
+    /// (revoked, or credentials expired): enrolling again is the way back.
+    pub fn login_refused(&self) -> bool {
+        self.login_refused.load(Ordering::Acquire)
+    }
+
     /// Whether a connection came up since the last call: the caller then
     /// sends its full state (level-triggered, nothing is lost across a
     /// broker restart).
@@ -371,6 +503,7 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         self.close_abruptly();
+        self.shutdown.notify_one();
     }
 }
 
@@ -454,6 +587,48 @@ async fn announce_until_answered(
     }
 }
 
+/// Logs in with `granted`, or with `held`'s current credentials, from the
+/// next connection on; frames are MAC'd with their key from now on.
+fn use_credentials(options: &mut MqttOptions, signer: &Signer, held: &Enrolment, granted: Option<&Granted>) {
+    let key = match granted {
+        Some(granted) => crate::enrolment::hex32(&granted.mac_key).map(|key| (key, granted.generation)),
+        None => held.mac_key_bytes().ok().map(|key| (key, held.generation)),
+    };
+    let Some((key, generation)) = key else {
+        return tracing::error!("unreadable MAC key; credentials unchanged");
+    };
+    let password = granted.map_or(&held.mqtt_password, |granted| &granted.mqtt_password);
+    options.set_credentials(held.mqtt_username.clone(), password.clone());
+    signer.set_key(key, generation);
+}
+
+/// Sends a credential request whenever one is due ([`crate::rotation`]),
+/// for as long as connection `connection` is the live one.
+async fn ask_for_credentials(
+    client: AsyncClient,
+    signer: Arc<Signer>,
+    topics: Topics,
+    asking: Arc<crate::rotation::Asking>,
+    live: Arc<AtomicU64>,
+    connection: u64,
+) {
+    loop {
+        asking.wait().await;
+        if live.load(Ordering::Acquire) >> 1 != connection || Arc::strong_count(&live) == 1 {
+            return;
+        }
+        // Sent again if nobody answers; an answer moves this.
+        asking.after(crate::rotation::UNANSWERED);
+        let (_, generation) = signer.key();
+        let request = firmware_proto::CredentialRequest { generation };
+        let Some(frame) = signer.seal(&request, signer.next_seq()) else { continue };
+        let topic = topics.leaf(firmware_proto::CredentialRequest::KIND);
+        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, frame) {
+            tracing::debug!(error = %e, "credential request not sent; asked again later");
+        }
+    }
+}
+
 /// Sets the next connection's Last Will (sequence: the top of `epoch`) and
 /// moves the counter to the start of `epoch`.
 fn arm(options: &mut MqttOptions, signer: &Signer, topics: &Topics, epoch: u64) {
@@ -503,7 +678,7 @@ mod tests {
 
     #[test]
     fn the_will_outranks_its_connection_and_not_the_next() {
-        let signer = Signer { key: [1; 32], next: AtomicU64::new(0) };
+        let signer = Signer::new([1; 32], 0, 0);
         let topics = Topics { scheme: firmware_proto::mqtt::Topics::new("p"), node: "n".into() };
         let mut options = MqttOptions::new("n", "h", 1);
         arm(&mut options, &signer, &topics, 5);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use firmware_proto::enrol::{ENROL_PATH, EnrolRequest, EnrolResponse};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::image::http;
 use crate::image::registry::Timeouts;
@@ -16,19 +17,53 @@ pub const ENROLMENT_FILE: &str = "enrolment.json";
 
 /// What the controller handed out at enrolment ([`EnrolResponse`], whose
 /// fields it derefs to), as this node keeps it: the file holds the answer
-/// as the controller sent it.
+/// as the controller sent it, with the password and MAC key replaced by
+/// each credential rotation (see [`crate::channel`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Enrolment(
+#[serde(rename_all = "camelCase")]
+pub struct Enrolment {
     /// The controller's answer.
-    pub EnrolResponse,
-);
+    #[serde(flatten)]
+    pub answer: EnrolResponse,
+    /// Generation of the password and MAC key in `answer` (0: those of the
+    /// enrolment).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+    /// The seal key (hex) once a rotation replaced the MAC key it is
+    /// derived from: Secrets stay sealed under the enrolment's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<String>,
+    /// Credentials a rotation granted that no connection has used yet: a
+    /// restart tries them first, and falls back if the broker refuses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Granted>,
+    /// SHA-256 (hex) of the join token this node enrolled with: the agent
+    /// enrols again by itself only with another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+}
+
+/// Credentials granted by a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Granted {
+    /// Their generation.
+    pub generation: u32,
+    /// Broker password.
+    pub mqtt_password: String,
+    /// MAC key, hex.
+    pub mac_key: String,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
 
 impl std::ops::Deref for Enrolment {
     type Target = EnrolResponse;
 
     fn deref(&self) -> &EnrolResponse {
-        &self.0
+        &self.answer
     }
 }
 
@@ -85,7 +120,9 @@ impl Enrolment {
                 .unwrap_or(text);
             anyhow::bail!("enrolment refused ({}): {message}", response.status);
         }
-        let enrolment: Enrolment = serde_json::from_str(&text).context("unreadable enrolment answer")?;
+        let answer: EnrolResponse = serde_json::from_str(&text).context("unreadable enrolment answer")?;
+        let token_sha256 = Some(to_hex(&sha2::Sha256::digest(token.as_bytes())));
+        let enrolment = Enrolment { answer, generation: 0, seal_key: None, next: None, token_sha256 };
         anyhow::ensure!(enrolment.node_name == node_name, "the controller enrolled another name");
         enrolment.mac_key_bytes()?;
         enrolment.controller_key_bytes()?;
@@ -112,6 +149,33 @@ impl Enrolment {
         hex32(&self.mac_key).context("the stored MAC key is not 64 hex characters")
     }
 
+    /// The key this node's Secrets are sealed with: the one derived from
+    /// the enrolment's MAC key, kept across rotations.
+    pub fn seal_key_bytes(&self) -> anyhow::Result<[u8; 32]> {
+        match &self.seal_key {
+            Some(key) => hex32(key).context("the stored seal key is not 64 hex characters"),
+            None => Ok(firmware_proto::seal::node_seal_key(&self.mac_key_bytes()?)),
+        }
+    }
+
+    /// Whether this node enrolled with `token`.
+    pub fn enrolled_with(&self, token: &str) -> bool {
+        self.token_sha256.as_deref() == Some(to_hex(&sha2::Sha256::digest(token.as_bytes())).as_str())
+    }
+
+    /// Takes `granted` as this node's credentials (they connected): the
+    /// seal key stays the enrolment's.
+    pub fn promote(&mut self, granted: Granted) -> anyhow::Result<()> {
+        if self.seal_key.is_none() {
+            self.seal_key = Some(to_hex(&self.seal_key_bytes()?));
+        }
+        self.answer.mqtt_password = granted.mqtt_password;
+        self.answer.mac_key = granted.mac_key;
+        self.generation = granted.generation;
+        self.next = None;
+        Ok(())
+    }
+
     /// TLS settings trusting the fleet CA, if the controller gave one.
     pub fn tls_config(&self) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
         self.ca_pem.as_deref().map(crate::tls::trusting).transpose()
@@ -131,7 +195,17 @@ impl Enrolment {
     }
 }
 
-fn hex32(text: &str) -> Option<[u8; 32]> {
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    })
+}
+
+/// The 32 bytes `text` holds in hex.
+pub fn hex32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
         return None;
     }

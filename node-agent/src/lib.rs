@@ -28,6 +28,7 @@ pub mod logs;
 pub mod persist;
 pub mod pod;
 pub mod probe;
+pub mod rotation;
 pub mod run;
 pub mod runtime;
 pub mod services;

@@ -265,7 +265,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_image_settings(images)
         .with_services(services.clone());
     if let Some(enrolment) = &enrolment {
-        agent.set_seal_key(firmware_proto::seal::node_seal_key(&enrolment.mac_key_bytes()?));
+        agent.set_seal_key(enrolment.seal_key_bytes()?);
     }
     tracing::info!(
         node = %node_id,
@@ -278,36 +278,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !crate::runtime::SECCOMP_AVAILABLE {
         tracing::warn!("built without seccomp: workloads asking for a seccomp profile will be refused");
     }
-    let channel = match &enrolment {
-        Some(enrolment) => {
-            let config =
-                ChannelConfig { keep_alive: args.keep_alive, epoch_file: args.data_dir.join("sequence-epoch") };
-            let logs =
-                crate::logs::LogService::new(node_id.clone(), verifier(key), Paths { data_dir: args.data_dir.clone() });
-            let channel = Channel::start(enrolment, config, logs, services.clone())?;
-            let mut labels = args.labels.clone();
-            let address = args.address.or_else(|| {
-                let broker = firmware_proto::mqtt::parse_broker_url(&enrolment.mqtt_url).ok()?;
-                crate::services::detect_address(broker.host, broker.port)
-            });
-            match address {
-                Some(address) => labels.push((crate::services::ADDRESS_LABEL.into(), address.to_string())),
-                None => tracing::warn!(
-                    "cannot tell this device's address (give --address): its replicas cannot be Service endpoints"
-                ),
-            }
-            channel.set_hello(hello(&node_id, &labels)?);
-            tracing::info!(broker = enrolment.mqtt_url, "control channel starting");
-            Some(channel)
-        }
+    let mut channel = match &enrolment {
+        Some(enrolment) => Some(connect(enrolment, &args, &node_id, key, &services)?),
         None => None,
     };
+    let mut reenrol = Reenrol::default();
     let mut seen_file: Option<(SystemTime, u64)> = None;
     let mut cycle = Cycle::new(args.heartbeat, Some(args.status_file.clone()));
     loop {
-        if let Some(channel) = &channel {
-            let frames = channel.wait_desired(Duration::from_millis(args.tick_ms));
-            cycle.receive(&mut agent, channel, frames);
+        if let Some(current) = &channel {
+            let frames = current.wait_desired(Duration::from_millis(args.tick_ms));
+            cycle.receive(&mut agent, current, frames);
+            if current.login_refused()
+                && let Some(enrolled) = reenrol.attempt(&args, &node_name, enrolment.as_ref())
+            {
+                // The old channel goes first: one connection per node.
+                drop(channel.take());
+                agent.set_seal_key(enrolled.seal_key_bytes()?);
+                channel = Some(connect(&enrolled, &args, &node_id, key, &services)?);
+                enrolment = Some(enrolled);
+            }
         } else {
             std::thread::sleep(Duration::from_millis(args.tick_ms));
         }
@@ -334,6 +324,86 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         cycle.step(&mut agent, channel.as_ref(), now_ms());
+    }
+}
+
+/// Starts the control channel with `enrolment`'s credentials and this
+/// node's registration.
+fn connect(
+    enrolment: &Enrolment,
+    args: &RunArgs,
+    node_id: &firmware_proto::NodeId,
+    key: VerifyingKey,
+    services: &Arc<ServiceDirectory>,
+) -> anyhow::Result<Channel> {
+    let config = ChannelConfig {
+        keep_alive: args.keep_alive,
+        epoch_file: args.data_dir.join("sequence-epoch"),
+        data_dir: Some(args.data_dir.clone()),
+    };
+    let logs = crate::logs::LogService::new(node_id.clone(), verifier(key), Paths { data_dir: args.data_dir.clone() });
+    let channel = Channel::start(enrolment, config, logs, services.clone())?;
+    let mut labels = args.labels.clone();
+    let address = args.address.or_else(|| {
+        let broker = firmware_proto::mqtt::parse_broker_url(&enrolment.mqtt_url).ok()?;
+        crate::services::detect_address(broker.host, broker.port)
+    });
+    match address {
+        Some(address) => labels.push((crate::services::ADDRESS_LABEL.into(), address.to_string())),
+        None => tracing::warn!(
+            "cannot tell this device's address (give --address): its replicas cannot be Service endpoints"
+        ),
+    }
+    channel.set_hello(hello(node_id, &labels)?);
+    tracing::info!(broker = enrolment.mqtt_url, "control channel starting");
+    Ok(channel)
+}
+
+/// Enrolling again when the broker refuses this node's login (its
+/// credentials expired while it was offline, or it was revoked): only with
+/// a join token other than the one that enrolled it, so a revoked device
+/// restarted with its old command line stays out, and a device given a
+/// fresh token comes back without anyone deleting files.
+#[derive(Default)]
+struct Reenrol {
+    /// When the last attempt was made; attempts are a minute apart.
+    last: Option<std::time::Instant>,
+}
+
+impl Reenrol {
+    const INTERVAL: Duration = Duration::from_secs(60);
+
+    fn attempt(&mut self, args: &RunArgs, node_name: &str, current: Option<&Enrolment>) -> Option<Enrolment> {
+        let (Some(server), Some(token)) = (&args.join, &args.token) else { return None };
+        if current.is_some_and(|enrolment| enrolment.enrolled_with(token)) {
+            return None;
+        }
+        if self.last.is_some_and(|last| last.elapsed() < Self::INTERVAL) {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        tracing::info!(
+            server,
+            node = node_name,
+            "the broker refuses this node's login; enrolling again with the join token given"
+        );
+        let pin = match args.ca_sha256.as_deref().map(crate::tls::parse_pin).transpose() {
+            Ok(pin) => pin,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot enrol again");
+                return None;
+            }
+        };
+        match Enrolment::join(server, token, node_name, &args.data_dir, pin) {
+            Ok(enrolment) => {
+                tracing::info!(node = node_name, "enrolled again");
+                Some(enrolment)
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), retry_in_s = Self::INTERVAL.as_secs(), "enrolling again failed");
+                None
+            }
+        }
     }
 }
 

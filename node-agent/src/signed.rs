@@ -3,7 +3,7 @@
 //! controller's key, and refused unless it is addressed to this node, here,
 //! before any of it is used.
 
-use firmware_proto::{DecodeError, Decoded, DesiredView, LogRequest, NodeId, ServiceTable, Signature};
+use firmware_proto::{CredentialGrant, DecodeError, Decoded, DesiredView, LogRequest, NodeId, ServiceTable, Signature};
 
 /// Checks a controller signature over the authenticated bytes.
 pub type Verifier = Box<dyn Fn(&[u8], &Signature) -> bool + Send + Sync>;
@@ -47,6 +47,16 @@ impl Signed for (ServiceTable, Signature) {
 }
 
 impl Signed for (LogRequest, Signature) {
+    fn node_id(&self) -> &NodeId {
+        &self.0.node_id
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.1
+    }
+}
+
+impl Signed for (CredentialGrant, Signature) {
     fn node_id(&self) -> &NodeId {
         &self.0.node_id
     }

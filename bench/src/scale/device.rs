@@ -206,7 +206,11 @@ pub fn start(
         flotilla_agent::run::verifier(key),
         Paths { data_dir: data_dir.clone() },
     );
-    let config = ChannelConfig { keep_alive: settings.keep_alive, epoch_file: data_dir.join("sequence-epoch") };
+    let config = ChannelConfig {
+        keep_alive: settings.keep_alive,
+        epoch_file: data_dir.join("sequence-epoch"),
+        data_dir: Some(data_dir.clone()),
+    };
     let channel = Channel::start_on(runtime, enrolment, config, logs, services)?;
     let mut labels = profile.labels.clone();
     labels.push((flotilla_agent::services::ADDRESS_LABEL.into(), "127.0.0.1".into()));

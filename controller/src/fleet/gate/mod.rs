@@ -335,6 +335,9 @@ impl Shared {
             Ok(peer) => peer,
             Err(code) => {
                 write_packet(&mut device_tx, |b| ConnAck::new(code, false).write(b)).await.ok();
+                // Over TLS: close_notify after the refusal, so the device
+                // reads the CONNACK rather than a lost connection.
+                device_tx.shutdown().await.ok();
                 return Ok(());
             }
         };
@@ -612,5 +615,7 @@ async fn write_packet(
     write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>,
 ) -> anyhow::Result<()> {
     stream.write_all(&encode(write)?).await?;
+    // A TLS stream holds what it encrypted until flushed.
+    stream.flush().await?;
     Ok(())
 }
