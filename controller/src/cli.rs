@@ -497,6 +497,11 @@ pub struct ServerArgs {
     /// of the embedded one. Create its password and ACL files with `flotilla mosquitto-config`.
     #[arg(long, env = "FLOTILLA_MQTT_URL")]
     pub mqtt_url: Option<String>,
+    /// With --mqtt-url: the directory `flotilla mosquitto-config --out` wrote. The server keeps
+    /// its passwd and acl files in step with enrolments, revocations and rotations and sends
+    /// Mosquitto SIGHUP (the pid in its mosquitto.pid), so no operator step is needed.
+    #[arg(long, env = "FLOTILLA_MOSQUITTO_DIR", requires = "mqtt_url")]
+    pub mosquitto_dir: Option<PathBuf>,
     /// Host name or address devices use to reach this controller (broker and registry); it is
     /// handed to agents at enrolment [default: the API address, or 127.0.0.1 if that is 0.0.0.0].
     #[arg(long, env = "FLOTILLA_ADVERTISE")]

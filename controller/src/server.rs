@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub tls_names: Option<Vec<String>>,
     /// How long node credentials live.
     pub credential_lifetime: Duration,
+    /// An external Mosquitto's files to keep in step (`--mosquitto-dir`).
+    pub mosquitto_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -144,6 +146,7 @@ impl ServerConfig {
             disk_reserve: args.disk_reserve_mib.map(|mib| mib.saturating_mul(1 << 20)),
             tls_names,
             credential_lifetime: args.node_credential_lifetime,
+            mosquitto_dir: args.mosquitto_dir,
         })
     }
 }
@@ -182,6 +185,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     // An external broker's password file holds one password per user, so
     // a rotation there keeps the password (the MAC key still rotates).
     enrolment.set_rotate_password(config.mqtt_listen.is_some());
+    let mosquitto_sync = config
+        .mosquitto_dir
+        .clone()
+        .map(|dir| fleet::mosquitto::spawn_sync(dir, config.fleet.prefix.clone(), enrolment.clone()));
     let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
     crate::replica_spec::set_data_key_root(controller_key.derive_secret("flotilla/v1 secret data keys"));
     let mut fleet_config = config.fleet.clone();
@@ -266,6 +273,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     }
     for task in [reconciler, pinning, gc, store_failures] {
         let _ = task.await;
+    }
+    if let Some(task) = mosquitto_sync {
+        task.abort();
     }
     fleet.stop().await;
     tracing::info!("stopped");

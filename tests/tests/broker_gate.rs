@@ -136,6 +136,50 @@ fn on_mosquitto_a_node_login_reads_only_its_own_topics() {
     check_isolation(port, "mosqiso-a", "mosqiso-b", &mqtt_password(&a));
 }
 
+/// `flotilla server --mosquitto-dir`: the controller keeps Mosquitto's
+/// password file in step and signals it, so a device enrols, rotates its
+/// MAC key (the password stays: one per user in Mosquitto's file) and is
+/// revoked with no operator step on the broker.
+#[test]
+fn on_mosquitto_enrolment_rotation_and_revocation_need_no_operator_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("controller");
+    std::fs::create_dir_all(&data).unwrap();
+    let broker_dir = dir.path().join("mosquitto");
+    let port = flotilla_e2e::free_port().unwrap();
+    // Written once, before any device exists.
+    mosquitto_config(&data, &broker_dir, port);
+    let mosquitto = Mosquitto::start(&broker_dir);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let broker = broker_dir.to_str().unwrap();
+    let args = ["--mqtt-url", &url, "--mosquitto-dir", broker, "--node-credential-lifetime", "20s"];
+    let controller = ControllerProcess::start_with(&data, &args).unwrap();
+    let a = AgentProcess::start(&controller, "mosqsync-a", &dir.path().join("a"));
+    flotilla_e2e::fleet::wait_for_ready_nodes(&controller, 1, Duration::from_secs(60));
+    let first = mqtt_password(&a);
+
+    // A rotation through Mosquitto: a new MAC key, the same password.
+    let rotated: Value = wait_until("a rotation", Duration::from_secs(60), || {
+        let file: Value = serde_json::from_slice(&std::fs::read(a.data.join("enrolment.json")).ok()?).ok()?;
+        (file["generation"].as_u64()? >= 1 && file["next"].is_null()).then_some(file)
+    });
+    assert_eq!(rotated["mqttPassword"].as_str(), Some(first.as_str()));
+    flotilla_e2e::fleet::wait_for_ready_nodes(&controller, 1, Duration::from_secs(30));
+
+    // Revoked: Mosquitto refuses the login from then on, without anyone running a command there.
+    let output = controller.cli().unwrap().args(["node", "revoke", "mosqsync-a"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    wait_until("Mosquitto refusing the revoked login", Duration::from_secs(20), || {
+        let (_, code) = raw::connect(port, "mosqsync-a:probe", "mosqsync-a", &first).ok()?;
+        (code != 0).then_some(())
+    });
+    wait_until("the agent told it is refused", Duration::from_secs(30), || {
+        a.log().contains("the broker refused this node's login").then_some(())
+    });
+    assert!(controller.log_text().contains("Mosquitto's password and ACL files updated"));
+    drop(mosquitto);
+}
+
 /// A bare MQTT 3.1.1 client: enough to flood.
 mod raw {
     use super::*;

@@ -513,6 +513,8 @@ struct Shared {
     /// Names whose credentials were just removed, for whoever holds their
     /// connections open (the broker gate, the inbox).
     removed: tokio::sync::broadcast::Sender<String>,
+    /// Bumped after every write that changed the file.
+    written: tokio::sync::watch::Sender<u64>,
 }
 
 /// Join tokens and node credentials, shared by the API, the broker's auth
@@ -551,6 +553,7 @@ impl Enrolment {
             rotate_password: std::sync::atomic::AtomicBool::new(true),
             state: RwLock::new(state),
             removed,
+            written: tokio::sync::watch::Sender::new(0),
         });
         let (changes, queued) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = shared.clone();
@@ -686,6 +689,13 @@ impl Enrolment {
         // No receiver is fine: nothing is open to close.
         let _ = self.shared.removed.send(node.to_owned());
         Ok(())
+    }
+
+    /// Changes each time the file was written with a change (an
+    /// enrolment, a revocation, a rotation): what an external broker's
+    /// password file follows ([`super::mosquitto::spawn_sync`]).
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.written.subscribe()
     }
 
     /// Names of nodes as their credentials are removed ([`Enrolment::reset`]).
@@ -961,6 +971,7 @@ fn write_batches(shared: &Shared, queued: &Receiver<Change>) {
                 next = std::mem::replace(&mut *state, next);
                 drop(state);
                 drop(next); // The old state, freed outside the lock.
+                shared.written.send_modify(|count| *count += 1);
             }
             Ok(()) => {}
             Err(e) => {
