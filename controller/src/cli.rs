@@ -566,12 +566,13 @@ pub enum NodeCommand {
     /// its open connections are closed; anything it still sends (through an
     /// external broker) is refused by the controller, which no longer has its
     /// key. Its Node goes `Ready=False (Revoked)` and its replicas move as for
-    /// a lost node. With Mosquitto, run `flotilla mosquitto-config` again and
-    /// send Mosquitto SIGHUP: it then refuses the login and drops the
-    /// connection. The Node object stays until `flotilla delete node NAME`,
-    /// and the name may enrol again: remove `enrolment.json` from the
-    /// device's data directory and run the agent with `--join` and a join
-    /// token.
+    /// a lost node. With Mosquitto, a server run with --mosquitto-dir updates
+    /// its password file and signals it; otherwise run `flotilla
+    /// mosquitto-config` again and send Mosquitto SIGHUP: it then refuses the
+    /// login and drops the connection. The Node object stays until `flotilla
+    /// delete node NAME`, and the name may enrol again: run the agent with
+    /// `--join` and a new join token (revoke the token that enrolled it too,
+    /// if it has uses left).
     #[command(visible_alias = "reset")]
     Revoke(NodeResetArgs),
 }

@@ -36,10 +36,13 @@ pub struct RunArgs {
     #[arg(long, env = "FLOTILLA_CONTROLLER_KEY")]
     pub controller_key: Option<PathBuf>,
     /// Enrol with the controller at this API URL (e.g. https://10.0.0.1:7440, with --ca-sha256;
-    /// http:// for a controller run with --plain) using --token, then connect. Ignored once enrolled (credentials are kept in the data dir).
+    /// http:// for a controller run with --plain) using --token, then connect. Once enrolled the
+    /// credentials kept in the data dir are used (and rotated over the control channel); if the
+    /// broker refuses them (offline past their lifetime, or revoked) and --token is not the
+    /// token that enrolled this device, it enrols again with it.
     #[arg(long, env = "FLOTILLA_JOIN", requires = "token")]
     pub join: Option<String>,
-    /// One-time join token from `flotilla node token create`.
+    /// Join token from `flotilla node token create`.
     #[arg(long, env = "FLOTILLA_JOIN_TOKEN")]
     pub token: Option<String>,
     /// With an https:// --join URL: `sha256:<hex>` of the fleet CA's certificate, printed with
