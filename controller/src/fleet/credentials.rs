@@ -804,6 +804,28 @@ impl Enrolment {
         };
         let (lifetime, rotate_password) =
             (self.lifetime_s(), self.shared.rotate_password.load(std::sync::atomic::Ordering::Relaxed));
+        // Most requests change nothing ("not yet", or a grant made before):
+        // answered here from a copy of the one node, without the writer,
+        // which copies the whole file per batch. A fleet asks after every
+        // reconnection.
+        let mut node_only = {
+            let state = self.read();
+            let Some(credential) = state.nodes.get(node) else {
+                return tracing::warn!(
+                    node,
+                    generation,
+                    reason = "the node is not enrolled",
+                    "credential request not answered"
+                );
+            };
+            EnrolmentFile { nodes: BTreeMap::from([(node.to_owned(), credential.clone())]), ..EnrolmentFile::default() }
+        };
+        let now = unix_now();
+        match decide_rotation(&mut node_only, node, generation, now, lifetime, rotate_password, fresh.clone()) {
+            Ok((reply, false)) => return answer(reply),
+            Err(reason) => return tracing::warn!(node, generation, reason, "credential request not answered"),
+            Ok((_, true)) => {}
+        }
         let node = node.to_owned();
         let change: Change = Box::new(move |state| {
             let now = unix_now();
