@@ -51,8 +51,11 @@ pub struct ChannelConfig {
     /// Where the sequence epoch is kept.
     pub epoch_file: PathBuf,
     /// The agent's data directory, where rotated credentials are saved
-    /// (`enrolment.json`); `None`: kept in memory only (the simulator).
+    /// (`enrolment.json`); `None`: kept in memory only.
     pub data_dir: Option<PathBuf>,
+    /// After a connection, the first credential request goes out within
+    /// this ([`crate::rotation::FIRST_ASK_WITHIN`] by default).
+    pub first_credential_check_within: Duration,
 }
 
 /// Sequence numbers and MACs of this node's frames.
@@ -294,7 +297,7 @@ impl Channel {
                                 Err(e) => tracing::error!(error = %e, "cannot take the rotated credentials"),
                             }
                         } else {
-                            asking.after(crate::rotation::jitter(crate::rotation::FIRST_ASK));
+                            asking.after(crate::rotation::jitter(config.first_credential_check_within));
                         }
                         on_connect(&client, &signer, &topics, &hello);
                         connection += 1;

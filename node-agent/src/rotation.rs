@@ -4,8 +4,8 @@
 //! the monotonic clock. So a board whose date is wrong (no RTC, booted in
 //! 1970) rotates like any other.
 //!
-//! 1. A few seconds after each connection, and then whenever the last
-//!    answer said, the node sends a [`CredentialRequest`] MAC'd with its
+//! 1. A random while after each connection (up to
+//!    [`FIRST_ASK_WITHIN`]), and then whenever the last answer said, the node sends a [`CredentialRequest`] MAC'd with its
 //!    current key.
 //! 2. A [`CredentialGrant`] holding sealed credentials (signed by the
 //!    controller, for this node, of the next generation, and opening with
@@ -26,9 +26,11 @@ use firmware_proto::{CredentialGrant, NodeId, decode_signed};
 use crate::enrolment::{Enrolment, Granted, to_hex};
 use crate::signed::Verifier;
 
-/// When the first request of a connection goes out: a random delay in this
-/// range, so a fleet reconnecting at once does not ask at once.
-pub const FIRST_ASK: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
+/// The first request of a connection goes out after a random delay of up
+/// to this (`flotilla-agent run --credential-check-within`), so a fleet
+/// reconnecting at once (a controller restart) does not ask at once: 10,000
+/// devices ask ~33 times a second.
+pub const FIRST_ASK_WITHIN: Duration = Duration::from_secs(300);
 /// A request nobody answered is sent again after this long.
 pub const UNANSWERED: Duration = Duration::from_secs(60);
 
@@ -73,11 +75,12 @@ impl Asking {
     }
 }
 
-/// A random delay in `range`.
-pub fn jitter((low, high): (Duration, Duration)) -> Duration {
+/// A random delay between a tenth of `within` and `within`.
+pub fn jitter(within: Duration) -> Duration {
     let mut noise = [0u8; 4];
     let _ = getrandom::fill(&mut noise);
-    let span = high.saturating_sub(low).as_millis().max(1) as u64;
+    let low = within / 10;
+    let span = within.saturating_sub(low).as_millis().max(1) as u64;
     low + Duration::from_millis(u64::from(u32::from_le_bytes(noise)) % span)
 }
 

@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// How often the containers are compared with the desired state.
     #[arg(long, default_value_t = 500)]
     pub tick_ms: u64,
+    /// After each connection, the agent asks the controller about its credentials within this
+    /// (a random delay, so a fleet reconnecting at once does not ask at once), and then when
+    /// the controller says. Keep it far below the server's --node-credential-lifetime.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub credential_check_within: Duration,
 }
 
 /// Reads a public key file: 32 raw bytes, or 64 hex characters.
@@ -343,6 +348,7 @@ fn connect(
         keep_alive: args.keep_alive,
         epoch_file: args.data_dir.join("sequence-epoch"),
         data_dir: Some(args.data_dir.clone()),
+        first_credential_check_within: args.credential_check_within,
     };
     let logs = crate::logs::LogService::new(node_id.clone(), verifier(key), Paths { data_dir: args.data_dir.clone() });
     let channel = Channel::start(enrolment, config, logs, services.clone())?;

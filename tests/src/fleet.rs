@@ -44,6 +44,8 @@ impl AgentProcess {
         };
         command
             .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--heartbeat", "5s"])
+            // Tests run credential lifetimes of seconds.
+            .args(["--credential-check-within", "5s"])
             .arg("--data-dir")
             .arg(data)
             .arg("--status-file")

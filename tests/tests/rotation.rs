@@ -31,7 +31,8 @@ fn agent(controller: &ControllerProcess, name: &str, data: &Path, token: &str, c
         command.env("LD_PRELOAD", libfaketime).env("FAKETIME", clock).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     }
     command
-        .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--heartbeat", "5s", "--data-dir"])
+        .args(["run", "--node-id", name, "--tick-ms", "100", "--keep-alive", "5s", "--heartbeat", "5s"])
+        .args(["--credential-check-within", "5s", "--data-dir"])
         .arg(data)
         .arg("--status-file")
         .arg(data.join("status.json"))
@@ -98,7 +99,7 @@ stringData: {{token: r0tate-me}}
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: rotating}}
+metadata: {{name: line-3.rotating}}
 spec:
   replicas: 1
   selector: {{matchLabels: {{app: rotating}}}}

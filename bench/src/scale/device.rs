@@ -210,6 +210,7 @@ pub fn start(
         keep_alive: settings.keep_alive,
         epoch_file: data_dir.join("sequence-epoch"),
         data_dir: Some(data_dir.clone()),
+        first_credential_check_within: flotilla_agent::rotation::FIRST_ASK_WITHIN,
     };
     let channel = Channel::start_on(runtime, enrolment, config, logs, services)?;
     let mut labels = profile.labels.clone();
