@@ -171,6 +171,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         max_body: config.max_body,
         space: crate::space::SpaceGuard::new(&config.data_dir, config.disk_reserve),
     });
+    state.metrics.register_space(&state.space);
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;
@@ -228,7 +229,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         None => None,
     };
     let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone(), registry_tls));
-    let store_failures = tokio::spawn(crate::space::report_store_failures(store.clone()));
+    let store_failures = tokio::spawn(crate::space::report_disk_trouble(store.clone(), state.space.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         api = %format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?),

@@ -5,8 +5,10 @@
 //! 507 naming the numbers instead of failing half way.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
 
 use crate::store::Store;
 
@@ -46,17 +48,31 @@ pub struct SpaceGuard {
     dir: PathBuf,
     /// `None`: [`default_reserve`] of the volume.
     reserve: Option<u64>,
+    /// Writes refused for the reserve since start (the metric
+    /// `flotilla_writes_refused_for_space_total`).
+    refused: Counter,
+    /// Why the latest was refused.
+    last_refusal: Arc<Mutex<Option<NoSpace>>>,
 }
 
 impl SpaceGuard {
     /// A guard on `dir` keeping `reserve` bytes free (`None`: the default).
     pub fn new(dir: &Path, reserve: Option<u64>) -> Self {
-        SpaceGuard { dir: dir.to_owned(), reserve }
+        SpaceGuard { dir: dir.to_owned(), reserve, refused: Counter::default(), last_refusal: Arc::default() }
     }
 
-    /// Whether `incoming` more bytes leave the reserve free. A volume that
-    /// cannot be measured is not refused on that account.
+    /// Whether a write of `incoming` more bytes leaves the reserve free; a
+    /// refusal is counted. A volume that cannot be measured is not refused
+    /// on that account.
     pub fn check(&self, incoming: u64) -> Result<(), NoSpace> {
+        self.measure(incoming).inspect_err(|no_space| {
+            self.refused.inc();
+            *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(no_space.clone());
+        })
+    }
+
+    /// Whether the reserve is free now (`/readyz`): counts nothing.
+    pub fn measure(&self, incoming: u64) -> Result<(), NoSpace> {
         let Ok((free, total)) = usage(&self.dir) else { return Ok(()) };
         let reserve = self.reserve.unwrap_or_else(|| default_reserve(total));
         if free >= reserve.saturating_add(incoming) {
@@ -69,20 +85,54 @@ impl SpaceGuard {
             incoming_mib: incoming.div_ceil(1 << 20),
         })
     }
+
+    /// Free bytes and the reserve in bytes, when the volume can be measured.
+    pub fn figures(&self) -> Option<(u64, u64)> {
+        let (free, total) = usage(&self.dir).ok()?;
+        Some((free, self.reserve.unwrap_or_else(|| default_reserve(total))))
+    }
+
+    /// The counter of writes refused for the reserve, for the metrics.
+    pub fn refused_counter(&self) -> Counter {
+        self.refused.clone()
+    }
+
+    /// Writes refused so far, and why the latest was.
+    fn refusals(&self) -> (u64, Option<NoSpace>) {
+        (self.refused.get(), self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
 }
 
-/// How often [`report_store_failures`] looks.
+/// How often [`report_disk_trouble`] looks.
 const STORE_CHECK: Duration = Duration::from_secs(2);
 
-/// Says with an Event (`flotilla get events`: `StoreWritesFailed` on
-/// Namespace `default`) when store writes failed and work again, with how
-/// long and the error; the metric and `/readyz` say so meanwhile. Runs
-/// until the runtime stops.
-pub async fn report_store_failures(store: Arc<dyn Store>) {
+/// At most one `DiskReserveReached` event this often, however many writes
+/// are refused.
+const REFUSAL_EVENT_EVERY: Duration = Duration::from_secs(60);
+
+/// Says with Events (`flotilla get events`, on Namespace `default`) what
+/// the disk does to the controller: `DiskReserveReached` when applies or
+/// uploads were refused for the reserve (at most one a minute, with how
+/// many and why), and `StoreWritesFailed` when store writes failed and
+/// work again, with how long and the error. The metrics and `/readyz` say
+/// so meanwhile. Runs until the runtime stops.
+pub async fn report_disk_trouble(store: Arc<dyn Store>, space: SpaceGuard) {
     let mut tick = tokio::time::interval(STORE_CHECK);
     let mut failing: Option<(SystemTime, String)> = None;
+    let (mut reported, mut last_event) = (space.refused.get(), None::<std::time::Instant>);
     loop {
         tick.tick().await;
+        let (refused, why) = space.refusals();
+        if refused > reported
+            && last_event.is_none_or(|at| at.elapsed() >= REFUSAL_EVENT_EVERY)
+            && let Some(why) = why
+        {
+            let event = reserve_event(refused - reported, &why);
+            let store = store.clone();
+            if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || store.commit(vec![event])).await {
+                (reported, last_event) = (refused, Some(std::time::Instant::now()));
+            }
+        }
         failing = match (store.write_failure(), failing) {
             (Some(error), None) => Some((SystemTime::now(), error)),
             (Some(error), Some((since, _))) => Some((since, error)),
@@ -96,17 +146,28 @@ pub async fn report_store_failures(store: Arc<dyn Store>) {
     }
 }
 
+/// The Event saying `count` writes were refused for the reserve, the
+/// latest for `why`.
+fn reserve_event(count: u64, why: &NoSpace) -> crate::store::Op {
+    let message = format!("{count} apply or upload request(s) refused (507) for the disk reserve; the latest: {why}");
+    crate::events::warning(&default_namespace(), "disk-reserve", "DiskReserveReached", &message, SystemTime::now())
+}
+
+/// What the controller's own events are about: it has no object of its own
+/// to hang them on, so the namespace `default` (and listed there).
+fn default_namespace() -> crate::object::ApiObject {
+    let mut namespace = crate::object::ApiObject::new(crate::manifest::Kind::Namespace, "", "default");
+    namespace.metadata.namespace = "default".into();
+    namespace
+}
+
 /// The Event saying store writes failed from `since` with `error` and work
 /// again now.
 fn recovered_event(since: SystemTime, error: &str) -> crate::store::Op {
     let now = SystemTime::now();
     let seconds = now.duration_since(since).unwrap_or_default().as_secs();
     let message = format!("store writes failed for about {seconds} s and work again; the last error: {error}");
-    // About the namespace `default`, and listed there: the controller has
-    // no object of its own to hang it on.
-    let mut namespace = crate::object::ApiObject::new(crate::manifest::Kind::Namespace, "", "default");
-    namespace.metadata.namespace = "default".into();
-    crate::events::warning(&namespace, "store-writes-failed", "StoreWritesFailed", &message, now)
+    crate::events::warning(&default_namespace(), "store-writes-failed", "StoreWritesFailed", &message, now)
 }
 
 #[cfg(test)]
@@ -135,6 +196,18 @@ mod tests {
         assert!(guard.check(0).is_ok());
         let refused = guard.check(free + (1 << 20)).unwrap_err();
         assert!(refused.to_string().contains("--disk-reserve-mib"), "{refused}");
-        assert!(SpaceGuard::new(dir.path(), Some(free + 1)).check(0).is_err(), "the reserve alone");
+        let full = SpaceGuard::new(dir.path(), Some(free + (1 << 30)));
+        assert!(full.measure(0).is_err(), "the reserve alone");
+        assert_eq!(full.refusals().0, 0, "measuring refuses nothing");
+        let why = full.check(0).unwrap_err();
+        assert_eq!(full.refusals(), (1, Some(why.clone())));
+        let crate::store::Op::Apply(event) = reserve_event(3, &why) else { panic!("an apply") };
+        let fields = crate::events::fields(&event);
+        assert_eq!(fields.reason, "DiskReserveReached");
+        assert!(
+            fields.message.starts_with("3 apply or upload") && fields.message.contains("MiB free"),
+            "{}",
+            fields.message
+        );
     }
 }

@@ -117,6 +117,11 @@ fn names_are_dns_subdomains_where_kubernetes_takes_them() {
                     apiVersion: v1\nkind: Secret\nmetadata: {name: db.credentials.v2}\nstringData: {p: q}\n";
     let parsed = parse(accepted).unwrap();
     assert_eq!(parsed.objects.len(), 2);
+    // Workloads too, as Kubernetes takes them (at most 63: replica ids are made from them).
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: line-3.press}\nspec:\n  \
+                      selector: {matchLabels: {app: press}}\n  template:\n    metadata: {labels: {app: press}}\n    \
+                      spec: {containers: [{name: app, image: \"registry.local:7440/press:1\"}]}\n";
+    assert_eq!(parse(deployment).unwrap().objects.len(), 1);
     for (name, expected) in [
         ("line-3..calibration", "DNS subdomain"),
         ("-line-3.calibration", "DNS subdomain"),

@@ -112,12 +112,22 @@ fn a_full_data_volume_refuses_with_507_keeps_nothing_half_written_and_recovers_w
     let (status, why) = readyz(&controller);
     assert_eq!(status, 503, "{why}");
     assert!(why.contains("DiskFull") || why.contains("StoreWritesFailing"), "{why}");
+    // A metric says so (the 96 MiB upload and this apply).
+    assert!(controller.counter("flotilla_writes_refused_for_space").unwrap() >= 2.0);
+    let metrics = controller.metrics().unwrap();
+    assert!(metrics.contains("flotilla_data_volume_reserve_bytes"), "{metrics}");
 
     // Space freed: the next apply goes through, no restart.
     std::fs::remove_file(&filler).unwrap();
     let output = apply_config_map(&controller, "after");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     wait_until("/readyz 200 again", Duration::from_secs(10), || (readyz(&controller).0 == 200).then_some(()));
+    // And an event, written as soon as the store could write it.
+    wait_until("a DiskReserveReached event", Duration::from_secs(10), || {
+        let events = controller.cli().unwrap().args(["get", "events"]).output().unwrap();
+        let events = String::from_utf8_lossy(&events.stdout).into_owned();
+        events.contains("DiskReserveReached").then_some(())
+    });
     let listed = controller.cli().unwrap().args(["get", "configmaps"]).output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("before") && listed.contains("after") && !listed.contains("while-full"), "{listed}");

@@ -36,6 +36,8 @@ pub struct Metrics {
     objects: Family<KindLabels, Gauge>,
     resource_version: Gauge,
     store_write_failures: Gauge,
+    data_free_bytes: Gauge,
+    data_reserve_bytes: Gauge,
     node_refusals: crate::fleet::refusals::RefusalCounter,
 }
 
@@ -62,6 +64,14 @@ impl Default for Metrics {
             "Store commits that failed on the disk since start (a full disk, mostly); /readyz says why while they fail",
             store_write_failures.clone(),
         );
+        let data_free_bytes = Gauge::default();
+        registry.register("data_volume_free_bytes", "Free bytes on the data volume", data_free_bytes.clone());
+        let data_reserve_bytes = Gauge::default();
+        registry.register(
+            "data_volume_reserve_bytes",
+            "Free bytes applies and image uploads leave on the data volume (--disk-reserve-mib)",
+            data_reserve_bytes.clone(),
+        );
         let node_refusals = crate::fleet::refusals::RefusalCounter::default();
         registry.register(
             "node_messages_refused",
@@ -76,6 +86,8 @@ impl Default for Metrics {
             objects,
             resource_version,
             store_write_failures,
+            data_free_bytes,
+            data_reserve_bytes,
             node_refusals,
         }
     }
@@ -85,6 +97,15 @@ impl Metrics {
     /// The counter of refused node messages, for the fleet inbox.
     pub fn node_refusals(&self) -> crate::fleet::refusals::RefusalCounter {
         self.node_refusals.clone()
+    }
+
+    /// Registers the count of writes `space` refused.
+    pub fn register_space(&self, space: &crate::space::SpaceGuard) {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner()).register(
+            "writes_refused_for_space",
+            "Applies and image uploads refused (507) because they would cross the disk reserve",
+            space.refused_counter(),
+        );
     }
 
     pub(super) fn observe_request(&self, method: &str, route: &str, code: u16, elapsed: Duration) {
@@ -104,6 +125,10 @@ pub(super) async fn render(State(state): State<Shared>) -> Response {
     }
     state.metrics.resource_version.set(state.store.resource_version() as i64);
     state.metrics.store_write_failures.set(state.store.write_failures() as i64);
+    if let Some((free, reserve)) = state.space.figures() {
+        state.metrics.data_free_bytes.set(free.min(i64::MAX as u64) as i64);
+        state.metrics.data_reserve_bytes.set(reserve.min(i64::MAX as u64) as i64);
+    }
     let mut text = String::new();
     let registry = state.metrics.registry.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {

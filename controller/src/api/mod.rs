@@ -272,7 +272,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
     if let Some(error) = state.store.write_failure() {
         return unavailable("StoreWritesFailing", format!("the store cannot write: {error}"));
     }
-    match state.space.check(0) {
+    match state.space.measure(0) {
         Ok(()) => "ok".into_response(),
         Err(no_space) => unavailable("DiskFull", no_space.to_string()),
     }

@@ -182,7 +182,9 @@ fn object_name(object: &Object) -> Result {
             }
             Ok(())
         }
-        Kind::Deployment | Kind::DaemonSet | Kind::Job | Kind::StatefulSet | Kind::Pod => name(PATH, value, 63)
+        // DNS subdomains, as Kubernetes takes them, but of at most 63
+        // characters: replica ids (and so container ids) are made from them.
+        Kind::Deployment | Kind::DaemonSet | Kind::Job | Kind::StatefulSet | Kind::Pod => subdomain(PATH, value, 63)
             .map_err(|e| RuleError {
                 reason: format!("{} (Flotilla names replicas and containers after it)", e.reason),
                 ..e
