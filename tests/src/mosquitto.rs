@@ -66,3 +66,32 @@ pub fn mosquitto_config(controller_data: &Path, out: &Path, port: u16) {
     let text = std::fs::read_to_string(&conf).unwrap() + "log_type all\nlog_dest stderr\nuser root\n";
     std::fs::write(&conf, text).unwrap();
 }
+
+/// A Mosquitto for a controller whose data will be in `dir/controller`:
+/// its files written (the controller's own login exists before the
+/// controller runs) into `dir/mosquitto`, started on a free port.
+pub struct MosquittoBeside {
+    /// The controller's data directory (created, empty).
+    pub data: PathBuf,
+    /// Where `flotilla mosquitto-config` wrote.
+    pub dir: PathBuf,
+    /// Its port.
+    pub port: u16,
+    /// `mqtt://127.0.0.1:{port}`.
+    pub url: String,
+    /// The broker.
+    pub broker: Mosquitto,
+}
+
+impl MosquittoBeside {
+    /// Writes the files and starts Mosquitto.
+    pub fn start(dir: &Path) -> MosquittoBeside {
+        let data = dir.join("controller");
+        std::fs::create_dir_all(&data).unwrap();
+        let config = dir.join("mosquitto");
+        let port = crate::free_port().unwrap();
+        mosquitto_config(&data, &config, port);
+        let broker = Mosquitto::start(&config);
+        MosquittoBeside { data, dir: config, port, url: format!("mqtt://127.0.0.1:{port}"), broker }
+    }
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_e2e::ControllerProcess;
 use flotilla_e2e::fleet::{AgentProcess, all_running_on, apply, pods, push_busybox, shell_deployment, wait_until};
-use flotilla_e2e::mosquitto::{Mosquitto, mosquitto_config};
+use flotilla_e2e::mosquitto::{MosquittoBeside, mosquitto_config};
 use serde_json::Value;
 
 /// The MQTT password an agent was given at enrolment.
@@ -116,13 +116,7 @@ fn on_the_embedded_broker_a_node_login_reads_and_writes_only_its_own_topics() {
 #[test]
 fn on_mosquitto_a_node_login_reads_only_its_own_topics() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("controller");
-    std::fs::create_dir_all(&data).unwrap();
-    let broker_dir = dir.path().join("mosquitto");
-    let port = flotilla_e2e::free_port().unwrap();
-    mosquitto_config(&data, &broker_dir, port);
-    let mosquitto = Mosquitto::start(&broker_dir);
-    let url = format!("mqtt://127.0.0.1:{port}");
+    let MosquittoBeside { data, dir: broker_dir, port, url, broker: mosquitto } = MosquittoBeside::start(dir.path());
     let controller = ControllerProcess::start_with(&data, &["--mqtt-url", &url]).unwrap();
     let image = push_busybox(&controller, dir.path());
     let a = AgentProcess::start(&controller, "mosqiso-a", &dir.path().join("a"));
@@ -143,14 +137,8 @@ fn on_mosquitto_a_node_login_reads_only_its_own_topics() {
 #[test]
 fn on_mosquitto_enrolment_rotation_and_revocation_need_no_operator_step() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("controller");
-    std::fs::create_dir_all(&data).unwrap();
-    let broker_dir = dir.path().join("mosquitto");
-    let port = flotilla_e2e::free_port().unwrap();
-    // Written once, before any device exists.
-    mosquitto_config(&data, &broker_dir, port);
-    let mosquitto = Mosquitto::start(&broker_dir);
-    let url = format!("mqtt://127.0.0.1:{port}");
+    // The files are written once, before any device exists.
+    let MosquittoBeside { data, dir: broker_dir, port, url, broker: mosquitto } = MosquittoBeside::start(dir.path());
     let broker = broker_dir.to_str().unwrap();
     let args = ["--mqtt-url", &url, "--mosquitto-dir", broker, "--node-credential-lifetime", "20s"];
     let controller = ControllerProcess::start_with(&data, &args).unwrap();

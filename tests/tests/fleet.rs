@@ -20,7 +20,7 @@ use flotilla_e2e::ControllerProcess;
 use flotilla_e2e::fleet::{
     AgentProcess, all_running_on, apply, pods, push_busybox, shell_deployment, wait_for_ready_nodes, wait_until,
 };
-use flotilla_e2e::mosquitto::{Mosquitto, mosquitto_config};
+use flotilla_e2e::mosquitto::{MosquittoBeside, mosquitto_config};
 use serde_json::Value;
 
 #[test]
@@ -115,14 +115,8 @@ fn replicas_run_move_on_node_loss_and_survive_a_controller_restart() {
 #[test]
 fn with_mosquitto_and_its_acl_a_node_cannot_publish_for_another() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("controller");
-    std::fs::create_dir_all(&data).unwrap();
-    let broker_dir = dir.path().join("mosquitto");
-    let mqtt_port = flotilla_e2e::free_port().unwrap();
-    // The controller's own broker login exists before the controller runs.
-    mosquitto_config(&data, &broker_dir, mqtt_port);
-    let mosquitto = Mosquitto::start(&broker_dir);
-    let url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let MosquittoBeside { data, dir: broker_dir, port: mqtt_port, url, broker: mosquitto } =
+        MosquittoBeside::start(dir.path());
     let controller = ControllerProcess::start_with(&data, &["--mqtt-url", &url]).unwrap();
     let image = push_busybox(&controller, dir.path());
     let a = AgentProcess::start(&controller, "mosq-a", &dir.path().join("a"));
