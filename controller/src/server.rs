@@ -172,6 +172,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         space: crate::space::SpaceGuard::new(&config.data_dir, config.disk_reserve),
     });
     state.metrics.register_space(&state.space);
+    state.metrics.register_fleet(store.clone());
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::Shared;
+use super::{ApiState, Shared};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -99,6 +99,12 @@ impl Metrics {
         self.node_refusals.clone()
     }
 
+    /// Registers the fleet's metrics, read from `store` at each scrape.
+    pub fn register_fleet(&self, store: std::sync::Arc<dyn crate::store::Store>) {
+        let collector = super::fleet_metrics::FleetCollector::new(store);
+        self.registry.lock().unwrap_or_else(|p| p.into_inner()).register_collector(Box::new(collector));
+    }
+
     /// Registers the count of writes `space` refused.
     pub fn register_space(&self, space: &crate::space::SpaceGuard) {
         self.registry.lock().unwrap_or_else(|p| p.into_inner()).register(
@@ -119,7 +125,29 @@ impl Metrics {
     }
 }
 
-pub(super) async fn render(State(state): State<Shared>) -> Response {
+/// `/metrics`: OpenMetrics for a scraper that asks for it (Prometheus
+/// does), else the Prometheus text format 0.0.4 (what `promtool check
+/// metrics`, curl and older scrapers read). The fleet's series are read from
+/// the store, off the async threads.
+pub(super) async fn render(State(state): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    match tokio::task::spawn_blocking(move || encode(&state)).await {
+        Ok(Ok(text)) if openmetrics => {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+                .into_response()
+        }
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], prometheus_text(&text))
+            .into_response(),
+        Ok(Err(e)) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// OpenMetrics text of every metric.
+fn encode(state: &ApiState) -> Result<String, std::fmt::Error> {
     for (kind, count) in state.store.counts() {
         state.metrics.objects.get_or_create(&KindLabels { kind: kind.to_string() }).set(count as i64);
     }
@@ -131,8 +159,52 @@ pub(super) async fn render(State(state): State<Shared>) -> Response {
     }
     let mut text = String::new();
     let registry = state.metrics.registry.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
-        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's
+/// family is named with its `_total` there, and there is no `# EOF` or
+/// `# UNIT`. The samples are the same.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 12);
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let family = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let name = rest.split(' ').next()?;
+            counters.contains(name).then(|| (*tag, name, &rest[name.len()..]))
+        });
+        match family {
+            Some((tag, name, rest)) if !name.ends_with("_total") => {
+                out.push_str(tag);
+                out.push_str(name);
+                out.push_str("_total");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_in_the_prometheus_text_format() {
+        let openmetrics = "# HELP flotilla_x Things.\n# TYPE flotilla_x counter\nflotilla_x_total 3\n\
+                           # HELP flotilla_y Level.\n# TYPE flotilla_y gauge\n# UNIT flotilla_y bytes\nflotilla_y 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP flotilla_x_total Things.\n# TYPE flotilla_x_total counter\nflotilla_x_total 3\n\
+             # HELP flotilla_y Level.\n# TYPE flotilla_y gauge\nflotilla_y 1\n"
+        );
+    }
 }

@@ -19,6 +19,7 @@
 //! Errors are `{"error": "...", "reason": "NotFound"|"Conflict"|...}` with
 //! 400, 401, 404, 409, 410, 422 or 500.
 
+mod fleet_metrics;
 mod metrics;
 
 use std::sync::Arc;
