@@ -114,4 +114,15 @@ fn the_fleet_is_on_metrics_and_promtool_passes_them() {
         .read_to_string()
         .unwrap();
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    // Gzip for a scraper that takes it (megabytes at fleet scale).
+    let mut zipped = controller
+        .http()
+        .unwrap()
+        .get(format!("{}/metrics", controller.url))
+        .header("Authorization", format!("Bearer {}", controller.token().unwrap()))
+        .header("Accept-Encoding", "gzip")
+        .call()
+        .unwrap();
+    assert_eq!(zipped.headers().get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    assert!(zipped.body_mut().read_to_vec().unwrap().starts_with(&[0x1f, 0x8b]));
 }

@@ -471,12 +471,13 @@ impl SimulatedFleet {
         let elapsed = at.elapsed().as_secs_f64();
         let cpu = self.controller.cpu_seconds()? - cpu_before;
         let writes = self.controller.resource_version()?.saturating_sub(rv_before);
-        let (metrics_scrape_ms, metrics_bytes) = self.scrape_metrics()?;
+        let (metrics_scrape_ms, metrics_bytes, metrics_gzip_bytes) = self.scrape_metrics()?;
         Ok(json!({
             "nodes": self.profiles.len(),
             "seconds": round3(elapsed),
             "metrics_scrape_ms": metrics_scrape_ms,
             "metrics_bytes": metrics_bytes,
+            "metrics_gzip_bytes": metrics_gzip_bytes,
             "controller_cpu_pct": round3(cpu / elapsed * 100.0),
             "controller_rss_bytes": self.controller.rss_bytes()?,
             "broker_rss_bytes": self.broker_rss()?,
@@ -485,28 +486,32 @@ impl SimulatedFleet {
         }))
     }
 
-    /// `GET /metrics` (the fleet's series read from the store) three times:
-    /// the median time in milliseconds and the size of the answer.
-    fn scrape_metrics(&self) -> anyhow::Result<(f64, usize)> {
+    /// `GET /metrics` (the fleet's series read from the store) three times,
+    /// as Prometheus asks (gzip): the median time in milliseconds, the size
+    /// of the answer, and its size on the wire.
+    fn scrape_metrics(&self) -> anyhow::Result<(f64, usize, usize)> {
         let http: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
-        let mut times = Vec::new();
-        let mut bytes = 0;
-        for _ in 0..3 {
-            let at = Instant::now();
-            let body = http
+        let scrape = |encoding: &str| -> anyhow::Result<Vec<u8>> {
+            Ok(http
                 .get(format!("{}/metrics", self.controller.url()))
                 .header("Authorization", format!("Bearer {}", self.controller.token()))
+                .header("Accept-Encoding", encoding)
                 .call()?
                 .body_mut()
                 .with_config()
                 .limit(1 << 30)
-                .read_to_vec()?;
+                .read_to_vec()?)
+        };
+        let mut times = Vec::new();
+        let mut zipped = 0;
+        for _ in 0..3 {
+            let at = Instant::now();
+            zipped = scrape("gzip")?.len();
             times.push(at.elapsed().as_secs_f64() * 1000.0);
-            bytes = body.len();
         }
         times.sort_by(f64::total_cmp);
-        Ok((round3(times[1]), bytes))
+        Ok((round3(times[1]), scrape("identity")?.len(), zipped))
     }
 
     /// Kills `victims` at once; returns the seconds until every Deployment
