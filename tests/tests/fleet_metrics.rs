@@ -2,7 +2,7 @@
 //! devices by state and arch, replicas by phase, per-device and per-replica
 //! usage as the agents report it; `promtool check metrics` (Debian's
 //! `prometheus` package, installed by scripts/setup) passes on it, and a
-//! killed agent shows as an unreachable device.
+//! killed agent shows as an unreachable device, with a NodeNotReady event.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -101,6 +101,10 @@ fn the_fleet_is_on_metrics_and_promtool_passes_them() {
         (unreachable == Some(1.0)).then_some(())
     });
     promtool(&controller.metrics().unwrap()).unwrap();
+    // And an event says so (issue 21, item 3).
+    let events = controller.cli().unwrap().args(["get", "events"]).output().unwrap();
+    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    assert!(events.lines().any(|l| l.contains("NodeNotReady") && l.contains("metrics-a")), "{events}");
     // OpenMetrics for a scraper that asks for it.
     let openmetrics = controller
         .http()

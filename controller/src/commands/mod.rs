@@ -69,13 +69,27 @@ fn labels_text(value: Option<&Value>) -> String {
 
 /// `512Mi`-style binary size.
 fn bytes_text(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
     for (unit, size) in UNITS {
         if bytes >= size {
-            return format!("{}{unit}", bytes / size);
+            // One decimal while it says something: 23.5Gi, 512Mi, 128Gi.
+            let tenths = (bytes as u128 * 10 + size as u128 / 2) / size as u128;
+            return match tenths {
+                t if t % 10 == 0 || t >= 1000 => format!("{}{unit}", (t + 5) / 10),
+                t => format!("{}.{}{unit}", t / 10, t % 10),
+            };
         }
     }
     bytes.to_string()
+}
+
+/// A memory quantity as it is stored (`25276502016`, `16Gi`) in binary
+/// units (`23.5Gi`); the text itself when it does not parse.
+fn memory_text(quantity: &str) -> String {
+    match crate::manifest::Quantity::parse(quantity) {
+        Ok(q) => bytes_text(u64::try_from(q.as_units()).unwrap_or(u64::MAX)),
+        Err(_) => quantity.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +156,11 @@ mod tests {
         assert_eq!(bytes_text(512 << 20), "512Mi");
         assert_eq!(bytes_text(3 << 30), "3Gi");
         assert_eq!(bytes_text(100), "100");
+        assert_eq!(bytes_text(25_276_502_016), "23.5Gi");
+        assert_eq!(bytes_text(128 << 30), "128Gi");
+        assert_eq!(bytes_text((1 << 30) + (1 << 20)), "1Gi", "rounded to a tenth");
+        assert_eq!(memory_text("25276502016"), "23.5Gi");
+        assert_eq!(memory_text("16Gi"), "16Gi");
+        assert_eq!(memory_text("n/a"), "n/a");
     }
 }

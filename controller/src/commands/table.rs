@@ -205,7 +205,8 @@ impl Table {
                     state.push_str(",SchedulingDisabled");
                 }
                 let cap = |k: &str| s.capacity.get(k).cloned().unwrap_or_else(|| "-".into());
-                cells![name, state, or_dash(&s.node_info.architecture), cap("cpu"), cap("memory"), cap("pods"), age]
+                let memory = s.capacity.get("memory").map_or_else(|| "-".into(), |m| super::memory_text(m));
+                cells![name, state, or_dash(&s.node_info.architecture), cap("cpu"), memory, cap("pods"), age]
             }
             Kind::Deployment => {
                 let spec = spec_json();

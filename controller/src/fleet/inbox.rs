@@ -393,9 +393,15 @@ impl Inbox {
         if track.ready.as_ref().is_some_and(|r| r.says(ready, reason)) {
             return;
         }
+        // An event when a known state turns (not at a restart's first
+        // word from each node: that would be the whole fleet).
+        let turned = track.ready.as_ref().is_some_and(|r| r.ready != ready);
         // Believed at once, so the rest of the batch does not ask again; the
         // periodic resync corrects it if the write finds no Node.
         track.ready = Some(ReadyState { ready, reason: reason.to_owned() });
+        if turned {
+            self.node_event(node, ready, reason, message);
+        }
         if ready {
             tracing::info!(node, reason, "node ready");
         } else {
@@ -414,6 +420,28 @@ impl Inbox {
                 }
                 set_condition(&mut status.conditions, Condition::new(ConditionType::Ready, ready, &reason, &message));
                 object.set_status(&status);
+            }),
+        );
+    }
+
+    /// `NodeReady` (Normal) or `NodeNotReady` (Warning, with why) on the
+    /// Node, listed in `default`; one event of each kind per node, counted.
+    fn node_event(&mut self, node: &str, ready: bool, reason: &str, message: &str) {
+        let subject = ApiObject::new(Kind::Node, "", node);
+        let (key, event_type, event_reason, text) = match ready {
+            true => ("ready", "Normal", "NodeReady", format!("device {node} is back ({reason})")),
+            false => {
+                ("not-ready", "Warning", "NodeNotReady", format!("device {node} is not ready: {reason}: {message}"))
+            }
+        };
+        let now = std::time::SystemTime::now();
+        let event_key = ObjectKey::new(Kind::Event, "default", &format!("{node}.{key}"));
+        self.pending.push(
+            event_key,
+            Box::new(move |stored| {
+                let happening = crate::events::Happening { key, event_type, reason: event_reason, message: &text };
+                let event = crate::events::recorded(&subject, "default", &happening, now, stored.as_ref());
+                *stored = Some(event);
             }),
         );
     }
