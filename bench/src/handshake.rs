@@ -56,12 +56,7 @@ pub fn run(args: HandshakeArgs) -> anyhow::Result<()> {
         eprintln!("handshake: {transport}: starting the controller");
         let controller = Controller::start(&binaries, &dir.path().join("controller"), &options)?;
         let pin = match tls {
-            true => {
-                let pem = std::fs::read_to_string(controller.ca_path())?;
-                let cert = flotilla_agent::tls::pem_certificates(&pem)?.remove(0);
-                use sha2::Digest as _;
-                Some(sha2::Sha256::digest(&cert).into())
-            }
+            true => Some(flotilla_agent::tls::pem_pin(&std::fs::read_to_string(controller.ca_path())?)?),
             false => None,
         };
         let token = controller.join_token()?;

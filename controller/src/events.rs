@@ -19,20 +19,8 @@ pub const TTL: Duration = Duration::from_secs(24 * 3600);
 /// A `Warning` event about `object`, named `<object>.<key>` so that the
 /// same happening recorded twice is one event.
 pub fn warning(object: &ApiObject, key: &str, reason: &str, message: &str, now: SystemTime) -> Op {
-    let name = format!("{}.{key}", object.metadata.name);
-    let mut event = ApiObject::new(Kind::Event, &object.metadata.namespace, &name);
-    let at = humantime::format_rfc3339_seconds(now).to_string();
-    let fields = EventFields {
-        involved_object: InvolvedObject { kind: object.kind.to_string(), name: object.metadata.name.clone() },
-        event_type: "Warning".into(),
-        reason: reason.into(),
-        message: message.into(),
-        count: 1,
-        first_timestamp: at.clone(),
-        last_timestamp: at,
-    };
-    event.set_content(fields);
-    Op::Apply(event)
+    let happening = Happening { key, event_type: "Warning", reason, message };
+    Op::Apply(recorded(object, &object.metadata.namespace, &happening, now, None))
 }
 
 /// What happened, for [`recorded`].

@@ -154,11 +154,8 @@ impl ControllerProcess {
 
     /// `sha256:<hex>` of the fleet CA's certificate: what devices pin.
     pub fn ca_sha256(&self) -> anyhow::Result<String> {
-        use sha2::Digest as _;
-        let pem = std::fs::read_to_string(self.ca_path())?;
-        let cert = flotilla_agent::tls::pem_certificates(&pem)?.remove(0);
-        let digest = sha2::Sha256::digest(&cert);
-        Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+        let pin = flotilla_agent::tls::pem_pin(&std::fs::read_to_string(self.ca_path())?)?;
+        Ok(flotilla_agent::tls::pin_text(&pin))
     }
 
     /// An HTTP client for the API: trusting the fleet CA when the server

@@ -54,6 +54,17 @@ pub fn pem_certificates(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
+/// The pin of the (first) CA certificate in `pem`: its SHA-256, what
+/// `--ca-sha256` gives as `sha256:<hex>` ([`pin_text`]).
+pub fn pem_pin(pem: &str) -> anyhow::Result<[u8; 32]> {
+    Ok(sha2::Sha256::digest(&pem_certificates(pem)?[0]).into())
+}
+
+/// A pin as `--ca-sha256` takes it: `sha256:<64 hex digits>`.
+pub fn pin_text(pin: &[u8; 32]) -> String {
+    format!("sha256:{}", crate::enrolment::to_hex(pin))
+}
+
 /// Whether the CA certificates in `pem` include one hashing to `pin`.
 pub fn pem_matches_pin(pem: &str, pin: &[u8; 32]) -> anyhow::Result<bool> {
     Ok(pem_certificates(pem)?.iter().any(|cert| sha2::Sha256::digest(cert).as_slice() == pin))
