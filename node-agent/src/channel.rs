@@ -217,16 +217,9 @@ impl Channel {
         // Credentials a rotation granted and no connection used yet are
         // tried first (see `crate::rotation`).
         let mut held = enrolment.clone();
-        let mut trying: Option<Granted> = held.next.clone();
-        let (password, key, generation) = match &trying {
-            Some(granted) => (
-                granted.mqtt_password.clone(),
-                crate::enrolment::hex32(&granted.mac_key).context("the granted MAC key is not 64 hex characters")?,
-                granted.generation,
-            ),
-            None => (held.mqtt_password.clone(), held.mac_key_bytes()?, held.generation),
-        };
-        let signer = Arc::new(Signer::new(key, generation, epoch << 32 | 1));
+        let mut trying: Option<Granted> =
+            held.next.clone().filter(|granted| crate::enrolment::hex32(&granted.mac_key).is_some());
+        let signer = Arc::new(Signer::new(held.mac_key_bytes()?, held.generation, epoch << 32 | 1));
         let controller_key = ed25519_dalek::VerifyingKey::from_bytes(&held.controller_key_bytes()?)
             .map_err(|e| anyhow::anyhow!("the pinned controller key is not an Ed25519 key: {e}"))?;
         let verify = crate::run::verifier(controller_key);
@@ -235,7 +228,7 @@ impl Channel {
         let asking = Arc::new(crate::rotation::Asking::default());
         let mut options = MqttOptions::new(enrolment.node_name.clone(), host, port);
         options.set_keep_alive(config.keep_alive);
-        options.set_credentials(enrolment.mqtt_username.clone(), password);
+        use_credentials(&mut options, &signer, &held, trying.as_ref());
         options.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
         options.set_clean_session(true);
         if tls {

@@ -190,6 +190,11 @@ impl NodeCredential {
     }
 }
 
+/// The 24 random bytes a broker password is the hex of.
+fn password_bytes(text: &str) -> Option<[u8; 24]> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
 fn hex32(text: &str) -> Option<[u8; 32]> {
     hex::decode(text).ok()?.try_into().ok()
 }
@@ -927,8 +932,7 @@ fn decide_rotation(
     let ask_again = |at: u64| at.saturating_sub(now).clamp(1, MAX_ASK_AGAIN) as u32;
     if let Some(next) = &credential.next
         && let Some(mac_key) = hex32(&next.mac_key)
-        && let Ok(password) = hex::decode(&next.password)
-        && let Ok(password) = <[u8; 24]>::try_from(password.as_slice())
+        && let Some(password) = password_bytes(&next.password)
     {
         // Granted before: the same again (the node may have missed it).
         let next_credentials = firmware_proto::seal::NodeCredentials { mac_key, password };
@@ -946,7 +950,7 @@ fn decide_rotation(
     let mut next_credentials = fresh;
     if !rotate_password {
         // The external broker's password file keeps the current one.
-        match hex::decode(&credential.password).ok().and_then(|p| <[u8; 24]>::try_from(p.as_slice()).ok()) {
+        match password_bytes(&credential.password) {
             Some(password) => next_credentials.password = password,
             None => return Err("the node's broker password predates rotation and cannot be carried over"),
         }
