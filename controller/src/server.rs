@@ -221,7 +221,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         ca_sha256: tls.as_ref().map(|tls| tls.ca.fingerprint()),
     });
     let fleet = fleet::spawn(store.clone(), fleet_config, enrolment, controller_key, state.metrics.node_refusals())?;
-    let logs_api = fleet::logs::LogsApi { store: store.clone(), requests: fleet.log_requests.clone() };
+    let logs_api = fleet::logs::LogsApi {
+        store: store.clone(),
+        requests: fleet.log_requests.clone(),
+        last_heard: fleet.last_heard.clone(),
+    };
     let eviction = fleet.eviction.clone();
     let reconciler =
         tokio::spawn(reconcile::run(store.clone(), move || eviction.policy(), config.fleet.default_registry.clone()));

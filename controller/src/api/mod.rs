@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use metrics::Metrics;
 
 pub mod routes;
+mod ui;
 
 use crate::manifest::{self, Kind, ManifestError};
 use crate::object::{ApiObject, ObjectKey, kind_from_resource, resource_of};
@@ -547,47 +548,105 @@ fn watch(state: Shared, kind: Kind, ns: Option<String>, selector: Selector, from
             && ns.as_ref().is_none_or(|ns| &event.object.metadata.namespace == ns)
             && selector.matches(&event.object.metadata.labels)
     };
-    let line = |event: &WatchEvent| {
-        let event_type = match event.event_type {
-            EventType::Added => "ADDED",
-            EventType::Modified => "MODIFIED",
-            EventType::Deleted => "DELETED",
-        };
-        let object = event.object.json();
-        let mut bytes = Vec::with_capacity(object.len() + 32);
-        bytes.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
-        bytes.extend_from_slice(&object);
-        bytes.extend_from_slice(b"}\n");
-        Ok::<_, std::convert::Infallible>(bytes)
+    let backlog: Vec<_> = subscription.backlog.iter().filter(|e| matches(e)).map(|e| event_line(e)).collect();
+    Ok(watch_stream(backlog, subscription.live, subscription.after, matches))
+}
+
+/// Query of `GET /api/v1/watch`.
+#[derive(Debug, Deserialize)]
+pub struct WatchKindsQuery {
+    /// Comma-separated resources, `nodes,pods,deployments`.
+    #[serde(default)]
+    pub resources: String,
+}
+
+/// Several kinds in one stream (what the dashboard shows, over one
+/// connection: a browser keeps six per server): every current object as
+/// `ADDED`, a `BOOKMARK` with the store's resourceVersion, then the changes
+/// after it. A watcher that falls behind gets `ERROR` and starts again.
+pub(crate) async fn watch_kinds(
+    State(state): State<Shared>,
+    Query(query): Query<WatchKindsQuery>,
+) -> Result<Response, ApiError> {
+    let kinds = query.resources.split(',').map(str::trim).filter(|r| !r.is_empty());
+    let kinds = kinds.map(|r| kind_of(r).map_err(|e| ApiError::bad_request(e.message)));
+    let kinds: Vec<Kind> = kinds.collect::<Result<_, _>>()?;
+    if kinds.is_empty() {
+        return Err(ApiError::bad_request("`resources=` names what to watch, e.g. `resources=nodes,pods`"));
+    }
+    // Subscribed before the snapshot: a change committed in between is in
+    // both, and its copy in the live stream is skipped by version.
+    let subscription = state.store.subscribe(0)?;
+    let store = state.store.clone();
+    let wanted = kinds.clone();
+    let (initial, version) = blocking(move || {
+        let view = store.view();
+        let mut lines: Vec<Result<Vec<u8>, std::convert::Infallible>> = Vec::new();
+        for kind in wanted {
+            lines.extend(view.list(kind, None).map(|object| object_line("ADDED", object)));
+        }
+        let version = view.resource_version;
+        let bookmark = serde_json::json!({
+            "type": "BOOKMARK",
+            "object": {"metadata": {"resourceVersion": version.to_string()}},
+        });
+        lines.push(Ok(format!("{bookmark}\n").into_bytes()));
+        (lines, version)
+    })
+    .await?;
+    let matches = move |event: &WatchEvent| kinds.contains(&event.object.kind);
+    Ok(watch_stream(initial, subscription.live, version, matches))
+}
+
+/// One watch event's line.
+fn event_line(event: &WatchEvent) -> Result<Vec<u8>, std::convert::Infallible> {
+    let event_type = match event.event_type {
+        EventType::Added => "ADDED",
+        EventType::Modified => "MODIFIED",
+        EventType::Deleted => "DELETED",
     };
-    let backlog: Vec<_> = subscription.backlog.iter().filter(|e| matches(e)).map(|e| line(e)).collect();
-    let after = subscription.after;
-    let live = futures_util::stream::unfold(
-        (subscription.live, matches, false),
-        move |(mut live, matches, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                match live.recv().await {
-                    Ok(event) if event.resource_version() <= after || !matches(&event) => continue,
-                    Ok(event) => return Some((line(&event), (live, matches, false))),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let message = format!("watch fell {n} changes behind; list again");
-                        let error = serde_json::json!({"type": "ERROR", "object": {"message": message}});
-                        let mut bytes = error.to_string().into_bytes();
-                        bytes.push(b'\n');
-                        return Some((Ok(bytes), (live, matches, true)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+    object_line(event_type, &event.object)
+}
+
+fn object_line(event_type: &str, object: &ApiObject) -> Result<Vec<u8>, std::convert::Infallible> {
+    let object = object.json();
+    let mut bytes = Vec::with_capacity(object.len() + 32);
+    bytes.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
+    bytes.extend_from_slice(&object);
+    bytes.extend_from_slice(b"}\n");
+    Ok(bytes)
+}
+
+/// `first` lines, then the live events after version `after` that match.
+fn watch_stream(
+    first: Vec<Result<Vec<u8>, std::convert::Infallible>>,
+    live: tokio::sync::broadcast::Receiver<Arc<WatchEvent>>,
+    after: u64,
+    matches: impl Fn(&WatchEvent) -> bool + Send + 'static,
+) -> Response {
+    let live = futures_util::stream::unfold((live, matches, false), move |(mut live, matches, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match live.recv().await {
+                Ok(event) if event.resource_version() <= after || !matches(&event) => continue,
+                Ok(event) => return Some((event_line(&event), (live, matches, false))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let message = format!("watch fell {n} changes behind; list again");
+                    let error = serde_json::json!({"type": "ERROR", "object": {"message": message}});
+                    let mut bytes = error.to_string().into_bytes();
+                    bytes.push(b'\n');
+                    return Some((Ok(bytes), (live, matches, true)));
                 }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
-        },
-    );
-    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(backlog), live);
+        }
+    });
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(first), live);
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, "application/x-ndjson".parse().expect("static header"));
-    Ok((headers, Body::from_stream(stream)).into_response())
+    (headers, Body::from_stream(stream)).into_response()
 }
 
 async fn get_one(state: Shared, key: ObjectKey) -> Result<Json<ApiObject>, ApiError> {

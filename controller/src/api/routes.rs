@@ -34,6 +34,7 @@ pub fn router(parts: Parts) -> Router {
     let mut with_token = Router::new()
         .route("/api/v1", get(super::route_table))
         .route("/api/v1/apply", post(super::apply))
+        .route("/api/v1/watch", get(super::watch_kinds))
         .route("/api/v1/namespaces/{ns}/{resource}", get(super::list_namespaced))
         .route(
             "/api/v1/namespaces/{ns}/{resource}/{name}",
@@ -51,8 +52,12 @@ pub fn router(parts: Parts) -> Router {
         .route("/metrics", get(metrics::render).layer(tower_http::compression::CompressionLayer::new().gzip(true)))
         .with_state(state.clone());
     if let Some(logs) = parts.logs {
-        with_token = with_token
-            .merge(Router::new().route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::pod_log)).with_state(logs));
+        with_token = with_token.merge(
+            Router::new()
+                .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::pod_log))
+                .route("/api/v1/node-heartbeats", get(logs::heartbeats))
+                .with_state(logs),
+        );
     }
     let with_token = with_token.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let max_body = state.max_body;
@@ -85,7 +90,14 @@ pub fn router(parts: Parts) -> Router {
         // `/v2/` and the distribution API's paths, dispatched by the registry.
         routes = routes.merge(crate::registry::router(registry, state.token.clone()));
     }
+    // The dashboard: its files need no token (the page asks for one).
+    let ui = Router::new()
+        .route("/ui", get(super::ui::to_index))
+        .route("/ui/", get(super::ui::index))
+        .route("/ui/{*path}", get(super::ui::file))
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true));
     routes
+        .merge(ui)
         .route_layer(middleware::from_fn_with_state(state, count_requests))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route; see GET /api/v1") })
 }
@@ -163,7 +175,7 @@ mod tests {
             })
             .collect();
         let api: BTreeMap<String, BTreeSet<String>> =
-            table().into_iter().filter(|(p, _)| !p.starts_with("/v2")).collect();
+            table().into_iter().filter(|(p, _)| !p.starts_with("/v2") && !p.starts_with("/ui")).collect();
         assert_eq!(described, api, "openapi.json and routes.txt");
     }
 }

@@ -129,6 +129,8 @@ pub struct Inbox {
     pending: Pending,
     last_resync: Option<Instant>,
     refusals: Refusals,
+    /// Shown on the dashboard; without, not kept.
+    last_heard: Option<super::LastHeard>,
     /// Nodes whose credentials were removed: lost at once.
     removed: tokio::sync::broadcast::Receiver<String>,
 }
@@ -191,12 +193,19 @@ impl Inbox {
             pending: Pending::default(),
             last_resync: None,
             refusals: Refusals::default(),
+            last_heard: None,
         }
     }
 
     /// Refusals counted into `counter` (the metrics registry's).
     pub fn with_refusal_counter(mut self, counter: RefusalCounter) -> Self {
         self.refusals = Refusals::with_counter(counter);
+        self
+    }
+
+    /// When each node was last heard from is kept in `last_heard`.
+    pub fn with_last_heard(mut self, last_heard: super::LastHeard) -> Self {
+        self.last_heard = Some(last_heard);
         self
     }
 
@@ -341,6 +350,9 @@ impl Inbox {
     fn seen(&mut self, node: &str, now: Instant) {
         let track = self.track(node);
         track.last_seen = now;
+        if let Some(last_heard) = &self.last_heard {
+            last_heard.heard(node, std::time::SystemTime::now());
+        }
     }
 
     fn register(&mut self, node: &str, hello: &firmware_proto::Hello) {

@@ -193,6 +193,27 @@ pub struct LogsApi {
     pub store: Arc<dyn Store>,
     /// Sends requests.
     pub requests: LogRequests,
+    /// When each node was last heard from.
+    pub last_heard: super::LastHeard,
+}
+
+/// `GET /api/v1/node-heartbeats`: when each node's last message arrived
+/// (kept in memory, so only since this controller started).
+pub(crate) async fn heartbeats(State(api): State<LogsApi>) -> axum::Json<serde_json::Value> {
+    let mut nodes = api.last_heard.all();
+    nodes.sort();
+    let now = std::time::SystemTime::now();
+    let items: Vec<serde_json::Value> = nodes
+        .into_iter()
+        .map(|(node, at)| {
+            serde_json::json!({
+                "node": node,
+                "lastHeartbeatTime": humantime::format_rfc3339_millis(at).to_string(),
+                "secondsAgo": now.duration_since(at).unwrap_or_default().as_secs_f64(),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "items": items }))
 }
 
 /// Query of the log route (Kubernetes' names where they exist).

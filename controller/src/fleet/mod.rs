@@ -64,10 +64,37 @@ pub struct FleetConfig {
     pub lease: Duration,
 }
 
+/// When each node's last message arrived, kept in memory by the inbox (a
+/// heartbeat is not written to the store: 10,000 devices every few seconds
+/// would be thousands of writes a second for a field only a screen reads).
+#[derive(Debug, Clone, Default)]
+pub struct LastHeard(Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::SystemTime>>>);
+
+impl LastHeard {
+    /// `node` was heard from now.
+    pub fn heard(&self, node: &str, at: std::time::SystemTime) {
+        let mut nodes = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match nodes.get_mut(node) {
+            Some(last) => *last = at,
+            None => {
+                nodes.insert(node.to_owned(), at);
+            }
+        }
+    }
+
+    /// Every node heard from since the controller started, with when.
+    pub fn all(&self) -> Vec<(String, std::time::SystemTime)> {
+        let nodes = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        nodes.iter().map(|(node, at)| (node.clone(), *at)).collect()
+    }
+}
+
 /// The running control channel.
 pub struct Fleet {
     /// What asks nodes for container logs.
     pub log_requests: logs::LogRequests,
+    /// When each node was last heard from.
+    pub last_heard: LastHeard,
     /// The MQTT connection's task and the publisher's.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The inbox's thread.
@@ -137,15 +164,17 @@ pub fn spawn(
         channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone(), link.clone());
     let published = desired::PublishedDocuments::default();
     let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
+    let last_heard = LastHeard::default();
     let seal_keys = enrolment.clone();
     let rotation = rotation::Rotation::new(client.clone(), key.clone(), topics.clone(), enrolment.clone());
     let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
         .with_log_requests(log_requests.clone())
         .with_rotation(rotation)
         .with_broker_link(link)
-        .with_refusal_counter(refusals);
+        .with_refusal_counter(refusals)
+        .with_last_heard(last_heard.clone());
     let inbox = inbox::spawn(inbox, incoming_rx)?;
     let keys = desired::Keys { controller: key, enrolment: seal_keys };
     let publisher = tokio::spawn(desired::run(store, config, keys, topics, client, published, republish));
-    Ok(Fleet { log_requests, tasks: vec![connection, publisher], inbox, eviction })
+    Ok(Fleet { log_requests, last_heard, tasks: vec![connection, publisher], inbox, eviction })
 }
