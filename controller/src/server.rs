@@ -178,7 +178,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         .with_context(|| format!("listening on {} (is another server running?)", config.api_addr))?;
     let tls = match &config.tls_names {
         Some(names) => {
-            Some(crate::tls::ServerTls::start(crate::tls::FleetCa::load_or_create(&config.data_dir)?, names.clone())?)
+            let fleet_ca = crate::tls::FleetCa::load_or_create(&config.data_dir)?;
+            let browser_ca = crate::tls::FleetCa::load_or_create_kind(&config.data_dir, crate::tls::BROWSER)?;
+            Some(crate::tls::ServerTls::start(fleet_ca, browser_ca, names.clone())?)
         }
         None => None,
     };
@@ -244,6 +246,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         },
         data_dir = %config.data_dir.display(),
         token_file = %config.data_dir.join(TOKEN_FILE).display(),
+        dashboard = %format!(
+            "{}://{}/ui/{}",
+            if tls.is_some() { "https" } else { "http" },
+            listener.local_addr()?,
+            match &tls {
+                Some(tls) => format!(
+                    " (import {} ({}) into the browser to trust it)",
+                    config.data_dir.join(crate::tls::TLS_DIR).join(crate::tls::BROWSER_CA_CERT_FILE).display(),
+                    tls.browser_ca.fingerprint()
+                ),
+                None => String::new(),
+            }
+        ),
         mqtt = %match config.mqtt_listen {
             Some(listen) => format!("embedded broker on {listen}"),
             None => config.fleet.advertised_mqtt_url.clone(),

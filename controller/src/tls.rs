@@ -31,12 +31,46 @@ pub const TLS_DIR: &str = "tls";
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA's private key (PEM, 0600).
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The browsers' CA certificate (PEM): operators import it to open the
+/// dashboard over HTTPS.
+pub const BROWSER_CA_CERT_FILE: &str = "browser-ca.pem";
+/// Its private key (PEM, 0600).
+pub const BROWSER_CA_KEY_FILE: &str = "browser-ca.key";
 
-/// The keys of the CA and of server certificates: Ed25519. The agent then
-/// needs no P-256 code (ring's P-256 tables alone are 150 KB of its 4.5 MB
-/// budget), and OpenSSL, Go and rustls clients (curl, skopeo, the CLI)
-/// accept it. Browsers do not, yet.
-static KEY_ALGORITHM: &rcgen::SignatureAlgorithm = &rcgen::PKCS_ED25519;
+/// One of the server's two CAs: what it is called and signs with.
+#[derive(Debug, Clone, Copy)]
+pub struct CaKind {
+    cert_file: &'static str,
+    key_file: &'static str,
+    algorithm: &'static rcgen::SignatureAlgorithm,
+    common_name: &'static str,
+    /// Only browsers trust it: a new one costs an import, not a re-enrolment.
+    browsers_only: bool,
+}
+
+/// The fleet CA, which devices pin: Ed25519, for it and its server
+/// certificates. The agent then needs no P-256 code (ring's P-256 tables
+/// alone are 150 KB of its 4.5 MB budget), and OpenSSL, Go and rustls
+/// clients (curl, skopeo, the CLI) accept it.
+pub const FLEET: CaKind = CaKind {
+    cert_file: CA_CERT_FILE,
+    key_file: CA_KEY_FILE,
+    algorithm: &rcgen::PKCS_ED25519,
+    common_name: "Flotilla fleet CA",
+    browsers_only: false,
+};
+
+/// The browsers' CA: ECDSA P-256, because browsers take no Ed25519
+/// certificate. The server hands its chain to a client that does not offer
+/// Ed25519 signatures (browsers); devices and the CLI offer them and get
+/// the fleet CA's, so devices never see this one.
+pub const BROWSER: CaKind = CaKind {
+    cert_file: BROWSER_CA_CERT_FILE,
+    key_file: BROWSER_CA_KEY_FILE,
+    algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
+    common_name: "Flotilla browser CA",
+    browsers_only: true,
+};
 
 /// How long the CA is valid: long, since every device pins it.
 const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 86_400);
@@ -56,8 +90,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The fleet's CA: it signs the controller's server certificates.
+/// A CA of the server's ([`FLEET`] or [`BROWSER`]): it signs the
+/// controller's server certificates.
 pub struct FleetCa {
+    kind: CaKind,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
@@ -70,15 +106,21 @@ impl std::fmt::Debug for FleetCa {
 }
 
 impl FleetCa {
-    /// The CA certificate's path under `data_dir`.
+    /// The fleet CA certificate's path under `data_dir`.
     pub fn cert_path(data_dir: &Path) -> PathBuf {
         data_dir.join(TLS_DIR).join(CA_CERT_FILE)
     }
 
-    /// Loads the CA from `data_dir`, or makes one (first start).
+    /// Loads the fleet CA from `data_dir`, or makes one (first start).
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<FleetCa> {
+        Self::load_or_create_kind(data_dir, FLEET)
+    }
+
+    /// Loads the CA of `kind` from `data_dir`, or makes one (first start,
+    /// or the first start of a version that has it).
+    pub fn load_or_create_kind(data_dir: &Path, kind: CaKind) -> anyhow::Result<FleetCa> {
         let dir = data_dir.join(TLS_DIR);
-        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+        let (cert_path, key_path) = (dir.join(kind.cert_file), dir.join(kind.key_file));
         match (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
             (Ok(cert_pem), Ok(key_pem)) => {
                 let key = KeyPair::from_pem(&key_pem)
@@ -90,16 +132,26 @@ impl FleetCa {
                     .with_context(|| format!("{}: no certificate in it", cert_path.display()))?;
                 let issuer = Issuer::from_ca_cert_der(&cert_der, key)
                     .with_context(|| format!("{}: not a CA certificate rcgen can sign with", cert_path.display()))?;
-                Ok(FleetCa { cert_der, cert_pem, issuer })
+                Ok(FleetCa { kind, cert_der, cert_pem, issuer })
             }
             (Err(a), Err(b)) if a.kind() == std::io::ErrorKind::NotFound && b.kind() == a.kind() => {
-                let ca = FleetCa::generate()?;
+                let ca = FleetCa::generate(kind)?;
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 crate::store::write_private(&key_path, ca.issuer.key().serialize_pem().as_bytes())
                     .with_context(|| format!("writing {}", key_path.display()))?;
                 std::fs::write(&cert_path, &ca.cert_pem).with_context(|| format!("writing {}", cert_path.display()))?;
-                tracing::info!(path = %cert_path.display(), sha256 = ca.fingerprint(), "made the fleet's TLS CA");
+                tracing::info!(path = %cert_path.display(), sha256 = ca.fingerprint(), "made the {}", kind.common_name);
                 Ok(ca)
+            }
+            (cert, _) if kind.browsers_only => {
+                let missing = if cert.is_err() { &cert_path } else { &key_path };
+                anyhow::bail!(
+                    "{} is missing or unreadable while its pair is there: restore it from a backup, or remove both \
+                     {} and {} to make a new one (and import it into the browsers again)",
+                    missing.display(),
+                    cert_path.display(),
+                    key_path.display()
+                )
             }
             (cert, _) => {
                 let missing = if cert.is_err() { &cert_path } else { &key_path };
@@ -113,13 +165,13 @@ impl FleetCa {
         }
     }
 
-    fn generate() -> anyhow::Result<FleetCa> {
-        let key = KeyPair::generate_for(KEY_ALGORITHM).context("generating the CA key")?;
+    fn generate(kind: CaKind) -> anyhow::Result<FleetCa> {
+        let key = KeyPair::generate_for(kind.algorithm).context("generating the CA key")?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         let id = hex::encode(crate::store::random_bytes::<4>()?);
         name.push(DnType::OrganizationName, "Flotilla");
-        name.push(DnType::CommonName, format!("Flotilla fleet CA {id}"));
+        name.push(DnType::CommonName, format!("{} {id}", kind.common_name));
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -127,7 +179,7 @@ impl FleetCa {
         params.not_before = VALID_FROM;
         params.not_after = now + CA_VALIDITY;
         let cert = params.self_signed(&key).context("signing the CA certificate")?;
-        Ok(FleetCa { cert_der: cert.der().clone(), cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+        Ok(FleetCa { kind, cert_der: cert.der().clone(), cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
     /// The CA certificate, PEM.
@@ -153,7 +205,7 @@ impl FleetCa {
         let now = time::OffsetDateTime::now_utc();
         params.not_before = VALID_FROM;
         params.not_after = now + SERVER_VALIDITY;
-        let key = KeyPair::generate_for(KEY_ALGORITHM).context("generating the server key")?;
+        let key = KeyPair::generate_for(self.kind.algorithm).context("generating the server key")?;
         let cert = params.signed_by(&key, &self.issuer).context("signing the server certificate")?;
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signing = provider().key_provider.load_private_key(private).context("loading the server key")?;
@@ -189,15 +241,29 @@ pub fn server_names(advertise: &str, listen: &[IpAddr], extra: &[String]) -> Vec
     names
 }
 
-/// The server certificate in use, renewed in place.
+/// The server certificates in use (the fleet CA's and the browsers'),
+/// renewed in place.
 #[derive(Debug)]
 pub struct ServerCertificate {
-    current: RwLock<Arc<CertifiedKey>>,
+    fleet: RwLock<Arc<CertifiedKey>>,
+    browser: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    fn issue(fleet: &FleetCa, browser: &FleetCa, names: &[String]) -> anyhow::Result<(CertifiedKey, CertifiedKey)> {
+        Ok((fleet.issue_server(names)?, browser.issue_server(names)?))
+    }
 }
 
 impl ResolvesServerCert for ServerCertificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // Devices and the CLI offer Ed25519 and pin or trust the fleet CA;
+        // browsers offer no Ed25519 and get the P-256 chain.
+        let chain = match hello.signature_schemes().contains(&rustls::SignatureScheme::ED25519) {
+            true => &self.fleet,
+            false => &self.browser,
+        };
+        Some(chain.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
 }
 
@@ -208,33 +274,42 @@ pub struct ServerTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// The CA (its PEM goes to devices at enrolment).
     pub ca: Arc<FleetCa>,
+    /// The browsers' CA (operators import it to open the dashboard).
+    pub browser_ca: Arc<FleetCa>,
 }
 
 impl ServerTls {
     /// Issues a certificate for `names` and renews it every day while the
     /// runtime lives.
-    pub fn start(ca: FleetCa, names: Vec<String>) -> anyhow::Result<ServerTls> {
-        let ca = Arc::new(ca);
-        let certificate = Arc::new(ServerCertificate { current: RwLock::new(Arc::new(ca.issue_server(&names)?)) });
+    pub fn start(ca: FleetCa, browser_ca: FleetCa, names: Vec<String>) -> anyhow::Result<ServerTls> {
+        let (ca, browser_ca) = (Arc::new(ca), Arc::new(browser_ca));
+        let (fleet, browser) = ServerCertificate::issue(&ca, &browser_ca, &names)?;
+        let certificate = Arc::new(ServerCertificate {
+            fleet: RwLock::new(Arc::new(fleet)),
+            browser: RwLock::new(Arc::new(browser)),
+        });
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .context("TLS versions")?
             .with_no_client_auth()
             .with_cert_resolver(certificate.clone());
         tracing::info!(names = ?names, ca_sha256 = ca.fingerprint(), "TLS server certificate issued");
-        let renewing = ca.clone();
+        let (renewing, renewing_browser) = (ca.clone(), browser_ca.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(SERVER_RENEW_EVERY);
             every.tick().await;
             loop {
                 every.tick().await;
-                match renewing.issue_server(&names) {
-                    Ok(key) => *certificate.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key),
+                match ServerCertificate::issue(&renewing, &renewing_browser, &names) {
+                    Ok((fleet, browser)) => {
+                        *certificate.fleet.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fleet);
+                        *certificate.browser.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(browser);
+                    }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "renewing the TLS server certificate failed"),
                 }
             }
         });
-        Ok(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca })
+        Ok(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca, browser_ca })
     }
 }
 
@@ -367,6 +442,47 @@ mod tests {
         }
         let other = rustls::pki_types::ServerName::try_from("elsewhere.example").unwrap();
         assert!(verifier.verify_server_cert(&key.cert[0], &key.cert[1..], &other, &[], now).is_err());
+    }
+
+    /// The chain a client with `verify` (its signature algorithms, which
+    /// its hello offers) and trusting `ca` gets from the server, verified.
+    async fn handshake(server: &ServerTls, ca: &FleetCa, verify: rustls::crypto::WebPkiSupportedAlgorithms) -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem_certificates(ca.cert_pem().as_bytes()).unwrap().remove(0)).unwrap();
+        let provider =
+            rustls::crypto::CryptoProvider { signature_verification_algorithms: verify, ..(*provider()).clone() };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (client_end, server_end) = tokio::io::duplex(64 << 10);
+        let acceptor = server.acceptor.clone();
+        let accepting = tokio::spawn(async move { acceptor.accept(server_end).await.map(|_| ()) });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let stream = connector.connect(name, client_end).await.expect("handshake");
+        accepting.await.unwrap().unwrap();
+        stream.get_ref().1.peer_certificates().unwrap()[1].to_vec()
+    }
+
+    #[tokio::test]
+    async fn browsers_get_the_p256_chain_and_devices_the_fleet_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = FleetCa::load_or_create(dir.path()).unwrap();
+        let browser = FleetCa::load_or_create_kind(dir.path(), BROWSER).unwrap();
+        let (fleet_der, browser_der) = (fleet.cert_der.to_vec(), browser.cert_der.to_vec());
+        let again = FleetCa::load_or_create_kind(dir.path(), BROWSER).unwrap();
+        assert_eq!(again.fingerprint(), browser.fingerprint(), "kept, not made again");
+        let server = ServerTls::start(fleet, browser, vec!["127.0.0.1".into()]).unwrap();
+        // A rustls client offers Ed25519 (as the agent and the CLI do).
+        let all = provider().signature_verification_algorithms;
+        assert_eq!(handshake(&server, &server.ca, all).await, fleet_der);
+        // A browser offers ECDSA and RSA, no Ed25519.
+        let offered: Vec<_> =
+            all.mapping.iter().filter(|(scheme, _)| *scheme != rustls::SignatureScheme::ED25519).copied().collect();
+        let no_ed25519 = rustls::crypto::WebPkiSupportedAlgorithms { all: all.all, mapping: Vec::leak(offered) };
+        assert_eq!(handshake(&server, &server.browser_ca, no_ed25519).await, browser_der);
     }
 
     #[test]

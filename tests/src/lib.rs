@@ -93,6 +93,13 @@ impl ControllerProcess {
         Self::start_at(data_dir, host, port, mqtt_port, &["--advertise", &host.to_string()], false)
     }
 
+    /// [`ControllerProcess::start_on_host`], serving TLS as by default.
+    pub fn start_tls_on_host(data_dir: &std::path::Path, host: std::net::Ipv4Addr) -> anyhow::Result<Self> {
+        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port()) };
+        let (port, mqtt_port) = (free()?, free()?);
+        Self::start_at(data_dir, host, port, mqtt_port, &["--advertise", &host.to_string()], true)
+    }
+
     fn start_at(
         data_dir: &std::path::Path,
         host: std::net::Ipv4Addr,

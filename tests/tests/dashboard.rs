@@ -5,8 +5,10 @@
 //! unreachable and its replicas reappear on the other devices, with no
 //! reload; the pod's logs are fetched from its device; a rollout restarted
 //! from the Workloads page completes; a bad manifest pasted into Apply shows
-//! the field path of the error. A screenshot of every page is written to
-//! `target/artefacts/dashboard/`.
+//! the field path of the error. Served over HTTPS, as by default: the
+//! browser trusts the server's browser CA (P-256) imported into its
+//! certificate store, the agents pin the fleet CA. A screenshot of every
+//! page is written to `target/artefacts/dashboard/`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,13 +37,28 @@ struct Browser {
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
     driver: Child,
+    /// Its home, where its certificate store is.
+    _home: tempfile::TempDir,
 }
 
 impl Browser {
-    fn start() -> Browser {
+    /// A browser that trusts the CA in `ca_pem`, as an operator's does once
+    /// the CA is imported: in the NSS store of its (scratch) home.
+    fn start(ca_pem: &std::path::Path) -> Browser {
+        let home = tempfile::tempdir().unwrap();
+        let store = home.path().join(".pki/nssdb");
+        std::fs::create_dir_all(&store).unwrap();
+        let store = format!("sql:{}", store.display());
+        let certutil = |args: &[&str]| {
+            let output = Command::new("certutil").args(args).output().expect("certutil (libnss3-tools, scripts/setup)");
+            assert!(output.status.success(), "certutil {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        certutil(&["-N", "-d", &store, "--empty-password"]);
+        certutil(&["-A", "-d", &store, "-t", "C,,", "-n", "flotilla browser CA", "-i", ca_pem.to_str().unwrap()]);
         let port = flotilla_e2e::free_port().unwrap();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("HOME", home.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -69,7 +86,7 @@ impl Browser {
                 Err(e) => panic!("no WebDriver session with chromium in 20 s: {e}"),
             }
         };
-        Browser { runtime, client: Some(client), driver }
+        Browser { runtime, client: Some(client), driver, _home: home }
     }
 
     fn client(&self) -> &Client {
@@ -162,7 +179,9 @@ const TICKER: &str = "trap 'exit 0' TERM; while true; do echo tick; sleep 1; don
 fn an_operator_watches_the_fleet_moves_replicas_rolls_out_and_applies_in_a_browser() {
     let network = Network::create(3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let controller = ControllerProcess::start_on_host(&dir.path().join("controller"), network.host_ip()).unwrap();
+    // Over HTTPS, as served by default: the browser trusts the server's
+    // browser CA (P-256), the agents pin the fleet CA (Ed25519).
+    let controller = ControllerProcess::start_tls_on_host(&dir.path().join("controller"), network.host_ip()).unwrap();
     let image = push_busybox(&controller, dir.path());
     let names = ["ui-a", "ui-b", "ui-c"];
     let mut agents: Vec<AgentProcess> = names
@@ -178,8 +197,9 @@ fn an_operator_watches_the_fleet_moves_replicas_rolls_out_and_applies_in_a_brows
         (pods(&controller).iter().filter(|(_, phase, _)| phase == "Running").count() == 3).then_some(())
     });
 
-    let browser = Browser::start();
+    let browser = Browser::start(&dir.path().join("controller/tls/browser-ca.pem"));
     let page = format!("{}/ui/", controller.url);
+    assert!(page.starts_with("https://"), "{page}");
 
     // Log in: a wrong token is refused in words, the right one opens the fleet.
     browser.goto(&page);
