@@ -300,10 +300,18 @@ fn an_operator_watches_the_fleet_moves_replicas_rolls_out_and_applies_in_a_brows
     let history = String::from_utf8_lossy(&revisions.stdout);
     assert!(history.lines().any(|l| l.starts_with('2') && l.contains("Complete (current)")), "{history}");
 
-    // The device loss is on the Events page.
+    // The device loss is on the Events page, and where its replicas went.
     browser.click("nav a[href='#/events']");
     browser.wait_for("the NodeNotReady event", "tr[data-event=NodeNotReady]", 1, Duration::from_secs(10));
-    assert!(browser.text("table").contains(victim), "{}", browser.text("table"));
+    browser.wait_for("the ReplicasMoved event", "tr[data-event=ReplicasMoved]", 1, Duration::from_secs(10));
+    let moved = browser.text("tr[data-event=ReplicasMoved]");
+    assert!(moved.contains(&format!("node {victim} lost")) && moved.contains("deployment/ticker"), "{moved}");
+    assert!(survivors.iter().any(|n| moved.contains(&format!(" to {n}"))), "{moved}");
+    // A replica over its memory limit: OOMKilled, then backing off, as Warnings.
+    apply(&controller, &shell_deployment("hog", &image, 1, "exec dd if=/dev/zero of=/dev/null bs=256M count=1"));
+    browser.wait_for("the OOMKilled event", "tr[data-event=OOMKilled]", 1, Duration::from_secs(60));
+    browser.wait_for("the BackOff event", "tr[data-event=BackOff]", 1, Duration::from_secs(60));
+    assert!(browser.text("tr[data-event=OOMKilled]").contains("pod/hog-"), "{}", browser.text("table"));
     browser.screenshot("events");
 
     // A bad manifest pasted into Apply: refused with the field's path; nothing stored.

@@ -256,6 +256,23 @@ mod tests {
         for untouched in ["web-3", "web-4"] {
             assert!(written(&ops, untouched).is_none(), "{untouched} was written: not ready is not lost");
         }
+        // One Warning per workload and lost node says where its replicas went.
+        let moved: Vec<_> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Apply(o) if o.kind == Kind::Event => Some(crate::events::fields(o)),
+                _ => None,
+            })
+            .collect();
+        assert!(!moved.is_empty(), "no ReplicasMoved event");
+        assert!(
+            moved.iter().all(|e| e.reason == "ReplicasMoved" && e.involved_object.kind == "Deployment"),
+            "{moved:?}"
+        );
+        assert!(
+            moved.iter().any(|e| e.message.contains("web-1 nowhere yet") && e.message.contains("lost-1")),
+            "{moved:?}"
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use flotilla_scheduler::model as sched;
 
-use crate::manifest::Quantity;
 use crate::manifest::types::{NodeSpec, PodSpec};
+use crate::manifest::{Kind, Quantity};
 use crate::object::{ApiObject, ObjectKey};
 use crate::status::{Condition, ConditionType, NodeStatus, PodPhase, PodStatus, condition, set_condition};
 use crate::store::Op;
@@ -217,6 +217,8 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     let mut unbinds: Vec<(&ApiObject, &str, &str, String)> = Vec::new();
     let mut created_bound: Vec<(&ApiObject, &str)> = Vec::new();
     let claims = Claims::new(snapshot, evictions.lost.iter().copied());
+    let mut moved = MovedReplicas::default();
+    let now = snapshot.now.unwrap_or_else(std::time::SystemTime::now);
     // Claims bound this pass: by the first replica placed that mounts one.
     let mut binding: BTreeSet<ObjectKey> = BTreeSet::new();
     // A placed replica whose claim is not bound yet (bound at creation, or
@@ -302,7 +304,10 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                 };
                 match (waiting, leaving) {
                     // Leaving a lost node for a wait: off the node first.
-                    (Some((reason, message)), Some(why)) => unbinds.push((pod, reason, why.as_str(), message)),
+                    (Some((reason, message)), Some(why)) => {
+                        moved.note(pod, why, format!("{} nowhere yet ({reason}: {message})", pod.metadata.name));
+                        unbinds.push((pod, reason, why.as_str(), message))
+                    }
                     (Some(("ImageNotPinned", message)), None) => unpinned.push((pod, replica(), message)),
                     (Some((reason, message)), None) => blocked.push((pod, reason, message)),
                     (None, Some(why)) => {
@@ -345,6 +350,7 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
         unbind(pod, reason, why, &message, &mut ops);
     }
     if pending.is_empty() && unpinned.is_empty() && moving.is_empty() {
+        moved.record(now, &mut ops);
         return ops;
     }
     // A slice at a time (see `PASS_SLICE`), highest priority first; those
@@ -365,12 +371,17 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
                 placing.push(candidate)
             }
             Err(why) => match candidate.leaving {
-                Some(leaving) => unbind(candidate.pod, why.reason, leaving, &why.message, &mut ops),
+                Some(leaving) => {
+                    let line = format!("{} nowhere ({}: {})", candidate.pod.metadata.name, why.reason, why.message);
+                    moved.note(candidate.pod, leaving, line);
+                    unbind(candidate.pod, why.reason, leaving, &why.message, &mut ops)
+                }
                 None => pending_status(candidate.pod, why.reason, &why.message, &mut ops),
             },
         }
     }
     if placing.is_empty() && unpinned.is_empty() {
+        moved.record(now, &mut ops);
         return ops;
     }
     // Each node's model is kept with the stored node and shared with the
@@ -416,6 +427,9 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
     for placement in &plan.placements {
         let Some(placing) = by_id.get(placement.replica.as_str()) else { continue };
         let pod = placing.pod;
+        if let Some(why) = placing.leaving {
+            moved.note(pod, why, format!("{} to {}", pod.metadata.name, placement.node));
+        }
         let mut bound = pod.clone();
         bound.set_node_name(Some(placement.node.as_str()));
         let mut status: PodStatus = pod.status();
@@ -449,10 +463,14 @@ pub fn reconcile(snapshot: &Snapshot, earlier: &[Op], evictions: &Evictions<'_>)
             None => unplaced.reason.to_string(),
         };
         match placing.leaving {
-            Some(why) => unbind(placing.pod, "Unschedulable", why, &reason, &mut ops),
+            Some(why) => {
+                moved.note(placing.pod, why, format!("{} nowhere ({reason})", placing.pod.metadata.name));
+                unbind(placing.pod, "Unschedulable", why, &reason, &mut ops)
+            }
             None => pending_status(placing.pod, "Unschedulable", &reason, &mut ops),
         }
     }
+    moved.record(now, &mut ops);
     if !unpinned.is_empty() {
         // Replicas still waiting for their image are not placed, but an
         // operator should hear first what no pin would mend: whether any
@@ -534,6 +552,46 @@ fn left_out_of_documents<'s>(
 }
 
 /// A replica the scheduler is asked to place this pass.
+/// Where the replicas leaving lost nodes went, per workload and node, for
+/// one `ReplicasMoved` Warning on the workload each (not one per replica:
+/// a site loss moves thousands).
+#[derive(Default)]
+struct MovedReplicas<'s> {
+    /// Why they left, and a "pod to node" line each.
+    by_workload: BTreeMap<WorkloadOnNode<'s>, (&'s str, Vec<String>)>,
+}
+
+/// The owner's kind, namespace and name, and the lost node.
+type WorkloadOnNode<'s> = (Kind, &'s str, &'s str, &'s str);
+
+/// Most replicas an event names; the rest are counted.
+const MOVED_NAMED: usize = 20;
+
+impl<'s> MovedReplicas<'s> {
+    fn note(&mut self, pod: &'s ApiObject, why: &'s str, line: String) {
+        let (kind, name) = match pod.metadata.owner_references.first() {
+            Some(owner) => (owner.kind, owner.name.as_str()),
+            None => (Kind::Pod, pod.metadata.name.as_str()),
+        };
+        let node = pod.node_name().unwrap_or_default();
+        let entry = self.by_workload.entry((kind, &pod.metadata.namespace, name, node)).or_insert((why, Vec::new()));
+        entry.1.push(line);
+    }
+
+    fn record(self, now: std::time::SystemTime, ops: &mut Vec<Op>) {
+        for ((kind, namespace, name, node), (why, mut lines)) in self.by_workload {
+            let more = lines.len().saturating_sub(MOVED_NAMED);
+            lines.truncate(MOVED_NAMED);
+            let mut message = format!("{why}: moved {}", lines.join(", "));
+            if more > 0 {
+                message.push_str(&format!(" and {more} more"));
+            }
+            let subject = ApiObject::new(kind, namespace, name);
+            ops.push(crate::events::warning(&subject, &format!("moved-from-{node}"), "ReplicasMoved", &message, now));
+        }
+    }
+}
+
 struct Placing<'s> {
     pod: &'s ApiObject,
     replica: sched::Replica,

@@ -486,6 +486,7 @@ impl Inbox {
                 }
             }
         }
+        let mut warnings = Vec::new();
         for (entry, replica) in status.replicas.iter().enumerate() {
             let position = match &replica.replica {
                 // Slots index the document the node applied: only the one
@@ -497,7 +498,18 @@ impl Inbox {
             // A replica the node no longer holds (moved, deleted) is not its
             // to report on.
             let Some(position) = position else { continue };
-            let key = &document.replicas[position].1;
+            let key = document.replicas[position].1.clone();
+            let key = &key;
+            if replica.phase == Phase::CrashLoopBackOff {
+                let exit = replica.last_exit.map(|e| format!(", last exit code {}", e.code)).unwrap_or_default();
+                let message = format!("back-off restarting a failed container (restarts: {}{exit})", replica.restarts);
+                warnings.push((key.clone(), "backoff", "BackOff", message));
+            }
+            if let Some(Exit { reason: ExitReason::OomKilled, .. }) = replica.last_exit {
+                let message =
+                    format!("a container went over its memory limit and was killed (restarts: {})", replica.restarts);
+                warnings.push((key.clone(), "oom-killed", "OOMKilled", message));
+            }
             let shapes = document.containers.get(position).map_or(&[][..], Vec::as_slice);
             let entries: Vec<&firmware_proto::ContainerStatus> =
                 status.containers.iter().filter(|c| usize::from(c.replica) == entry).collect();
@@ -518,6 +530,9 @@ impl Inbox {
                     }
                 }),
             );
+        }
+        for (key, event_key, reason, message) in warnings {
+            self.pod_warning(&key, event_key, reason, message);
         }
         let usage = Usage {
             cpu_millis: u64::from(status.usage.cpu_millis),
@@ -566,13 +581,38 @@ impl Inbox {
         }
     }
 
+    /// A Warning about a replica (`OOMKilled`, `BackOff`, a failed pull),
+    /// named `<pod>.<key>`: written when its message changes, so a device
+    /// saying the same thing in every heartbeat costs no write; counted
+    /// when it happens again.
+    fn pod_warning(&mut self, pod: &ObjectKey, key: &'static str, reason: &'static str, message: String) {
+        let subject = ApiObject::new(Kind::Pod, &pod.namespace, &pod.name);
+        let event_key = ObjectKey::new(Kind::Event, &pod.namespace, &format!("{}.{key}", pod.name));
+        let now = std::time::SystemTime::now();
+        self.pending.push(
+            event_key,
+            Box::new(move |stored| {
+                if stored.as_ref().is_some_and(|event| crate::events::fields(event).message == message) {
+                    return;
+                }
+                let happening = crate::events::Happening { key, event_type: "Warning", reason, message: &message };
+                let namespace = subject.metadata.namespace.clone();
+                *stored = Some(crate::events::recorded(&subject, &namespace, &happening, now, stored.as_ref()));
+            }),
+        );
+    }
+
     /// Puts a pull's progress or failure on the replicas it concerns: the
     /// one named, or every replica of the node using that image.
     fn pod_message(&mut self, node: &str, replica: &str, image: &[u8; 32], reason: &str, message: &str) {
         let Some(document) = self.published.get(node) else { return };
+        let mut failed_pulls = Vec::new();
         for ((id, key), digests) in document.replicas.iter().zip(&document.images) {
             if !(id == replica || (replica.is_empty() && digests.contains(image))) {
                 continue;
+            }
+            if reason == "ImagePullFailed" {
+                failed_pulls.push(key.clone());
             }
             let (reason, message) = (reason.to_owned(), message.to_owned());
             self.pending.push(
@@ -590,6 +630,9 @@ impl Inbox {
                     pod.set_status(&status);
                 }),
             );
+        }
+        for key in failed_pulls {
+            self.pod_warning(&key, "pull-failed", "Failed", format!("pulling its image failed: {message}"));
         }
     }
 
@@ -1073,6 +1116,31 @@ mod tests {
         let refused = store.commit(vec![Op::Retire { key: key.clone(), uid: stale.metadata.uid.clone() }]);
         assert!(matches!(refused, Err(crate::store::StoreError::Conflict { .. })), "{refused:?}");
         assert!(!store.get(&key).unwrap().is_retired());
+    }
+
+    #[test]
+    fn a_replica_warning_is_written_once_per_message_and_counted_when_it_happens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut inbox, store) = inbox(dir.path());
+        store.commit(pod("web-1", "edge-1", Kind::Deployment)).unwrap();
+        let key = ObjectKey::new(Kind::Pod, "default", "web-1");
+        let event = ObjectKey::new(Kind::Event, "default", "web-1.oom-killed");
+        let said =
+            |restarts: u32| format!("a container went over its memory limit and was killed (restarts: {restarts})");
+        inbox.pod_warning(&key, "oom-killed", "OOMKilled", said(1));
+        inbox.flush();
+        let first = store.get(&event).unwrap();
+        // Every heartbeat says it again: no write.
+        inbox.pod_warning(&key, "oom-killed", "OOMKilled", said(1));
+        inbox.flush();
+        assert_eq!(store.get(&event).unwrap().metadata.resource_version, first.metadata.resource_version);
+        // Killed again: counted.
+        inbox.pod_warning(&key, "oom-killed", "OOMKilled", said(2));
+        inbox.flush();
+        let fields = crate::events::fields(&store.get(&event).unwrap());
+        assert_eq!((fields.reason.as_str(), fields.event_type.as_str(), fields.count), ("OOMKilled", "Warning", 2));
+        assert_eq!((fields.involved_object.kind.as_str(), fields.involved_object.name.as_str()), ("Pod", "web-1"));
+        assert!(fields.message.ends_with("(restarts: 2)"), "{}", fields.message);
     }
 
     #[test]
