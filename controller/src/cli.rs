@@ -253,6 +253,14 @@ pub struct ApplyArgs {
     /// Print the result as JSON (warnings and one entry per object).
     #[arg(short = 'o', long = "output", value_enum)]
     pub output: Option<ApplyOutput>,
+    /// Then wait until the applied Deployments, DaemonSets and StatefulSets are available and
+    /// the Jobs complete, with a live line each (plain lines when stderr is not a terminal);
+    /// exit non-zero if one fails (a rollout rolled back, a Job given up) or at --timeout.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, requires = "wait")]
+    pub timeout: std::time::Duration,
     /// Server and token.
     #[command(flatten)]
     pub client: ClientArgs,

@@ -220,7 +220,14 @@ impl RegistryClient {
 
     /// Uploads a blob from a file: open a session, send it whole, finish
     /// with its digest (every registry supports this pair of requests).
-    pub fn upload_blob(&self, repo: &RepoName, digest: &Digest, file: &Path) -> anyhow::Result<()> {
+    /// The bytes sent are counted on `line`.
+    pub fn upload_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        file: &Path,
+        line: &crate::progress::Line,
+    ) -> anyhow::Result<()> {
         let what = format!("uploading blob {digest}");
         let start = self.with_auth(self.agent.post(self.url(&format!("/v2/{repo}/blobs/uploads/"))));
         let response = start.send_empty().map_err(|e| self.unreachable(e))?;
@@ -233,8 +240,13 @@ impl RegistryClient {
         let separator = if location.contains('?') { '&' } else { '?' };
         let finish_url = self.url(&format!("{location}{separator}digest={digest}"));
         let content = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-        let finish = self.with_auth(self.agent.put(finish_url)).header("Content-Type", "application/octet-stream");
-        let response = finish.send(content).map_err(|e| self.unreachable(e))?;
+        let size = content.metadata().with_context(|| format!("reading {}", file.display()))?.len();
+        let mut counted = crate::progress::Counted { inner: content, line };
+        let finish = self
+            .with_auth(self.agent.put(finish_url))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", size.to_string());
+        let response = finish.send(ureq::SendBody::from_reader(&mut counted)).map_err(|e| self.unreachable(e))?;
         expect_status(response, 201, &what)?;
         Ok(())
     }
@@ -344,7 +356,8 @@ pub fn push_layout(
             },
         };
     let root_digest: Digest = root.digest().to_string().parse()?;
-    let mut push = Push { layout, registry, repo, pushed: HashSet::new() };
+    let progress = crate::progress::Progress::new();
+    let mut push = Push { layout, registry, repo, pushed: HashSet::new(), progress: &progress };
     push.manifest(&root_digest, Some(root.media_type().as_ref()), &dest_tag.to_string())?;
     eprintln!("pushed {repo}:{dest_tag} ({root_digest})");
     Ok(root_digest)
@@ -357,6 +370,8 @@ struct Push<'a> {
     repo: &'a RepoName,
     /// Blobs and manifests already handled (layers are shared between platforms).
     pushed: HashSet<Digest>,
+    /// A bar per blob on a terminal, a line per blob otherwise.
+    progress: &'a crate::progress::Progress,
 }
 
 impl Push<'_> {
@@ -384,7 +399,7 @@ impl Push<'_> {
             }
         }
         self.registry.put_manifest(self.repo, reference, &parsed.media_type, &bytes)?;
-        eprintln!("  manifest {digest}: stored");
+        self.progress.say(&format!("  manifest {digest}: stored"));
         Ok(())
     }
 
@@ -396,13 +411,18 @@ impl Push<'_> {
         let size = std::fs::metadata(&path).with_context(|| format!("reading blob {}", path.display()))?.len();
         let mib = size as f64 / (1 << 20) as f64;
         if self.registry.has_blob(self.repo, digest)? {
-            eprintln!("  blob {digest} ({mib:.1} MiB): already there");
+            self.progress.say(&format!("  blob {digest} ({mib:.1} MiB): already there"));
             return Ok(());
         }
         let started = Instant::now();
-        self.registry.upload_blob(self.repo, digest, &path)?;
+        let hex = digest.hex();
+        let mut line = self.progress.bytes(&format!("  blob {}", hex.get(..12).unwrap_or_default()), size);
+        self.registry.upload_blob(self.repo, digest, &path, &line)?;
         let rate = mib / started.elapsed().as_secs_f64().max(1e-6);
-        eprintln!("  blob {digest} ({mib:.1} MiB): pushed at {rate:.0} MiB/s");
+        match self.progress.is_live() {
+            true => line.finish(&format!("pushed at {rate:.0} MiB/s")),
+            false => eprintln!("  blob {digest} ({mib:.1} MiB): pushed at {rate:.0} MiB/s"),
+        }
         Ok(())
     }
 }

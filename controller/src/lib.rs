@@ -30,6 +30,7 @@ pub mod manifest;
 pub mod node_cmd;
 pub mod object;
 pub mod pinning;
+pub mod progress;
 pub mod reconcile;
 pub mod registry;
 pub mod replica_spec;

@@ -8,11 +8,13 @@ use anyhow::{Context, bail};
 
 use crate::cli::{ClientArgs, RolloutArgs, RolloutCommand};
 use crate::client::Client;
+use crate::commands::wait;
 use crate::controllers::deployment::{COMPLETE, FAILED};
 use crate::manifest::Kind;
 use crate::manifest::types::DeploymentSpec;
 use crate::object::{ApiObject, ObjectKey, now_rfc3339};
-use crate::status::{ConditionType, DeploymentStatus, condition};
+use crate::progress::Progress;
+use crate::status::DeploymentStatus;
 
 /// Template annotation `rollout restart` sets: a new template, so a new
 /// revision of the same containers (also how a failed revision is retried).
@@ -53,37 +55,39 @@ fn fetch(client: &Client, target: &crate::cli::RolloutTarget) -> anyhow::Result<
 }
 
 /// Follows the rollout until it completes (exit 0) or fails (an error
-/// saying why).
+/// saying why): a bar of updated available replicas on a terminal, a line
+/// per change otherwise.
 fn status(client: &Client, target: &crate::cli::RolloutTarget, timeout: Option<Duration>) -> anyhow::Result<()> {
     let started = Instant::now();
+    let key = key_of(target)?;
+    let progress = Progress::new();
+    let mut line = progress.counter(&wait::label(&key), 0);
     let mut last_line = String::new();
     loop {
-        let (key, object) = fetch(client, target)?;
-        let spec: DeploymentSpec = object.spec().context("the deployment's spec is unreadable")?;
-        let status: DeploymentStatus = object.status();
-        let wanted = spec.replicas.unwrap_or(1).max(0) as u32;
-        let spec_hash = crate::controllers::workload::template_hash(&spec.template);
-        let spec_revision = status.history.iter().find(|r| r.hash == spec_hash);
-        let line = if status.observed_generation < object.metadata.generation || spec_revision.is_none() {
-            "Waiting for the deployment spec update to be observed...".to_owned()
-        } else if let Some(failed) = spec_revision.filter(|r| r.state == FAILED) {
-            let why = condition(&status.conditions, ConditionType::Progressing)
-                .map_or(failed.reason.clone(), |c| c.message.clone());
-            bail!("deployment {:?} rollout of revision {} failed: {why}", key.name, failed.revision);
-        } else if spec.paused {
-            format!("deployment {:?} is paused (flotilla rollout resume to continue)", key.name)
-        } else if spec_revision.is_some_and(|r| r.state == COMPLETE) && status.replicas == wanted {
-            println!("deployment {:?} successfully rolled out (revision {})", key.name, status.revision);
-            return Ok(());
-        } else {
-            format!(
-                "Waiting for deployment {:?} rollout to finish: {} of {wanted} updated replicas are available...",
-                key.name, status.updated_available_replicas
-            )
-        };
-        if line != last_line {
-            println!("{line}");
-            last_line = line;
+        let object = client.get(&key)?;
+        let now = wait::readiness(&object);
+        match &now.state {
+            wait::State::Failed(why) => {
+                line.finish(&now.text);
+                bail!("deployment {:?} {why}", key.name);
+            }
+            wait::State::Done => {
+                line.set(now.done, now.of, "");
+                line.finish(&now.text);
+                println!("deployment {:?} {}", key.name, now.text);
+                return Ok(());
+            }
+            wait::State::Waiting if progress.is_live() => line.set(now.done, now.of, &now.text),
+            wait::State::Waiting => {
+                let text = format!(
+                    "Waiting for deployment {:?} rollout to finish: {}/{} {}...",
+                    key.name, now.done, now.of, now.text
+                );
+                if text != last_line {
+                    println!("{text}");
+                    last_line = text;
+                }
+            }
         }
         if let Some(timeout) = timeout
             && started.elapsed() > timeout

@@ -45,7 +45,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     };
     if args.output == Some(ApplyOutput::Json) {
         println!("{}", serde_json::to_string_pretty(&response)?);
-        return Ok(());
+        return wait_for(&args, &response);
     }
     let note = match args.dry_run {
         Some(DryRun::Server) => " (server dry run)",
@@ -59,5 +59,22 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         let key = ObjectKey::new(result.kind, &result.namespace, &result.name);
         println!("{} {}{note}", display_key(&key), result.action);
     }
-    Ok(())
+    wait_for(&args, &response)
+}
+
+/// `--wait`: until the applied workloads are available.
+fn wait_for(args: &ApplyArgs, response: &ApplyResponse) -> anyhow::Result<()> {
+    if !args.wait {
+        return Ok(());
+    }
+    let keys: Vec<ObjectKey> = response
+        .results
+        .iter()
+        .filter(|r| wait::is_workload(r.kind))
+        .map(|r| ObjectKey::new(r.kind, &r.namespace, &r.name))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    wait::until_available(&client_for(&args.client)?, &keys, args.timeout)
 }

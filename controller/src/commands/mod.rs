@@ -34,6 +34,7 @@ mod describe;
 mod get;
 mod logs;
 pub mod table;
+pub mod wait;
 
 pub use apply::apply;
 pub use delete::delete;
