@@ -27,6 +27,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     eviction: impl Fn() -> EvictionPolicy + Send + Sync + 'static,
     default_registry: String,
+    counters: crate::fleet::counters::FleetCounters,
 ) {
     let mut live = match store.subscribe(0) {
         Ok(subscription) => subscription.live,
@@ -57,6 +58,8 @@ pub async fn run(
             .await
         {
             Ok(Ok(pass)) => {
+                counters.pass(started.elapsed().as_secs_f64());
+                counters.placed(pass.placements);
                 if pass.writes > 0 {
                     tracing::debug!(writes = pass.writes, "reconcile pass");
                 }
@@ -135,8 +138,23 @@ pub fn reconcile_once(store: &dyn Store) -> Result<usize, crate::store::StoreErr
 /// What a pass did.
 struct Pass {
     writes: usize,
+    /// Replicas bound to a node by this pass.
+    placements: u64,
     /// When the controllers want the next pass if nothing changes.
     requeue: Requeue,
+}
+
+/// Replicas `ops` bind to a node that were on none (or did not exist: a
+/// DaemonSet's, bound at creation).
+fn placements(snapshot: &Snapshot, ops: &[crate::store::Op]) -> u64 {
+    let Some(view) = &snapshot.view else { return 0 };
+    let bound = |op: &crate::store::Op| match op {
+        crate::store::Op::Apply(pod) if pod.kind == crate::manifest::Kind::Pod && pod.node_name().is_some() => {
+            view.get(&pod.key()).is_none_or(|stored| stored.node_name().is_none())
+        }
+        _ => false,
+    };
+    ops.iter().filter(|op| bound(op)).count() as u64
 }
 
 fn reconcile_pass(
@@ -150,7 +168,7 @@ fn reconcile_pass(
     snapshot.default_registry = default_registry;
     snapshot.scope = scope;
     let (ops, requeue) = controllers::plan(&snapshot);
-    let pass = Pass { writes: ops.len(), requeue };
+    let pass = Pass { writes: ops.len(), placements: placements(&snapshot, &ops), requeue };
     if ops.is_empty() {
         return Ok(pass);
     }

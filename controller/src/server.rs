@@ -222,15 +222,26 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         tls_registry: tls.as_ref().map(|_| config.fleet.default_registry.clone()),
         ca_sha256: tls.as_ref().map(|tls| tls.ca.fingerprint()),
     });
-    let fleet = fleet::spawn(store.clone(), fleet_config, enrolment, controller_key, state.metrics.node_refusals())?;
+    let fleet = fleet::spawn(
+        store.clone(),
+        fleet_config,
+        enrolment,
+        controller_key,
+        state.metrics.node_refusals(),
+        state.metrics.fleet_counters(),
+    )?;
     let logs_api = fleet::logs::LogsApi {
         store: store.clone(),
         requests: fleet.log_requests.clone(),
         last_heard: fleet.last_heard.clone(),
     };
     let eviction = fleet.eviction.clone();
-    let reconciler =
-        tokio::spawn(reconcile::run(store.clone(), move || eviction.policy(), config.fleet.default_registry.clone()));
+    let reconciler = tokio::spawn(reconcile::run(
+        store.clone(),
+        move || eviction.policy(),
+        config.fleet.default_registry.clone(),
+        state.metrics.fleet_counters(),
+    ));
     let registry_tls = match &tls {
         Some(tls) => Some(crate::tls::trusting(tls.ca.cert_pem().as_bytes())?),
         None => None,

@@ -79,6 +79,22 @@ fn the_fleet_is_on_metrics_and_promtool_passes_them() {
     assert!(metrics.contains("flotilla_node_memory_usage_bytes{node=\"metrics-a\"}"), "{metrics}");
     assert!(metrics.contains("flotilla_node_cpu_allocatable_cores{node=\"metrics-a\"}"), "{metrics}");
     assert_eq!(metrics.lines().filter(|l| l.starts_with("flotilla_pod_restarts_total{")).count(), 2, "{metrics}");
+    // The control channel's and the reconciler's counts.
+    assert!(
+        value(&metrics, "flotilla_mqtt_messages_received_total{kind=\"status\"}").is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+    assert!(value(&metrics, "flotilla_mqtt_messages_sent_total{kind=\"pods\"}").is_some_and(|n| n >= 2.0), "{metrics}");
+    assert!(value(&metrics, "flotilla_scheduler_placements_total").is_some_and(|n| n >= 2.0), "{metrics}");
+    assert!(value(&metrics, "flotilla_reconcile_pass_duration_seconds_count").is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(value(&metrics, "flotilla_pod_oom_kills_total"), Some(0.0), "{metrics}");
+    assert_eq!(value(&metrics, "flotilla_image_pull_failures_total"), Some(0.0), "{metrics}");
+    assert!(value(&metrics, "flotilla_image_pull_bytes_total").is_some_and(|n| n > 0.0), "{metrics}");
+    let rollout = "flotilla_deployment_rollout_state{namespace=\"default\",deployment=\"metered\",state=\"complete\"}";
+    assert_eq!(value(&metrics, rollout), Some(1.0), "{metrics}");
+    let available =
+        "flotilla_workload_replicas_available{namespace=\"default\",kind=\"Deployment\",workload=\"metered\"}";
+    assert_eq!(value(&metrics, available), Some(2.0), "{metrics}");
 
     // The Grafana dashboard shipped in deploy/ asks only for series the server has.
     let dashboard =
@@ -89,7 +105,12 @@ fn the_fleet_is_on_metrics_and_promtool_passes_them() {
         for name in
             expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("flotilla_"))
         {
-            assert!(metrics.contains(&format!("# TYPE {name} ")), "the dashboard asks for {name}, not on /metrics");
+            // A histogram's series are named after it with a suffix.
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")) || metrics.contains(&format!("# TYPE {family} histogram")),
+                "the dashboard asks for {name}, not on /metrics"
+            );
         }
     }
 

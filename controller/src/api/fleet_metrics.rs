@@ -52,6 +52,25 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    namespace: String,
+    kind: String,
+    workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    namespace: String,
+    deployment: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PodLabels {
     namespace: String,
     pod: String,
@@ -132,6 +151,7 @@ impl Collector for FleetCollector {
         let pod_cpu = Family::<PodLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let pod_memory = Family::<PodLabels, Gauge>::default();
         let mut restarts: Vec<(PodLabels, u64)> = Vec::new();
+        let unschedulable = Family::<ReasonLabels, Gauge>::default();
         for pod in view.list(Kind::Pod, None) {
             let status = pod.typed_status::<PodStatus>();
             pods.get_or_create(&PhaseLabels { phase: status.phase.as_str().to_owned() }).inc();
@@ -146,6 +166,44 @@ impl Collector for FleetCollector {
                 pod_memory.get_or_create(&labels).set(usage.memory_bytes.min(i64::MAX as u64) as i64);
             }
             restarts.push((labels, u64::from(status.restart_count)));
+            if status.phase == crate::status::PodPhase::Pending && pod.node_name().is_none() {
+                let reason = if status.reason.is_empty() { "Pending".to_owned() } else { status.reason.clone() };
+                unschedulable.get_or_create(&ReasonLabels { reason }).inc();
+            }
+        }
+        // Workloads: desired and available replicas, and where each
+        // Deployment's rollout is (the states `rollout status` reads).
+        let desired = Family::<WorkloadLabels, Gauge>::default();
+        let available = Family::<WorkloadLabels, Gauge>::default();
+        let rollouts = Family::<RolloutLabels, Gauge>::default();
+        let revisions = Family::<WorkloadLabels, Gauge>::default();
+        for kind in [Kind::Deployment, Kind::DaemonSet, Kind::StatefulSet] {
+            for workload in view.list(kind, None) {
+                let now = crate::commands::wait::readiness(workload);
+                let labels = WorkloadLabels {
+                    namespace: workload.metadata.namespace.clone(),
+                    kind: kind.to_string(),
+                    workload: workload.metadata.name.clone(),
+                };
+                desired.get_or_create(&labels).set(now.of as i64);
+                available.get_or_create(&labels).set(now.done as i64);
+                if kind != Kind::Deployment {
+                    continue;
+                }
+                let paused =
+                    workload.typed_spec::<crate::manifest::types::DeploymentSpec>().is_some_and(|spec| spec.paused);
+                let state = match now.state {
+                    crate::commands::wait::State::Done => "complete",
+                    crate::commands::wait::State::Failed(_) => "failed",
+                    crate::commands::wait::State::Waiting if paused => "paused",
+                    crate::commands::wait::State::Waiting => "progressing",
+                };
+                let status: crate::status::DeploymentStatus = workload.status();
+                revisions.get_or_create(&labels).set(status.revision as i64);
+                let rollout =
+                    RolloutLabels { namespace: labels.namespace, deployment: labels.workload, state: state.to_owned() };
+                rollouts.get_or_create(&rollout).set(1);
+            }
         }
         encode_family(&mut encoder, "fleet_nodes", "Devices by state (ready, or why not) and arch", &nodes)?;
         encode_family(&mut encoder, "node_cpu_usage_cores", "CPU a device uses, as its agent reports", &node_cpu)?;
@@ -175,6 +233,26 @@ impl Collector for FleetCollector {
             "Memory (working set) a replica uses, as its agent reports",
             &pod_memory,
         )?;
+        encode_family(
+            &mut encoder,
+            "pods_unschedulable",
+            "Replicas waiting for a node, by why (Unschedulable, ImageNotPinned, MissingReference, ...)",
+            &unschedulable,
+        )?;
+        encode_family(&mut encoder, "workload_replicas_desired", "Replicas a workload wants", &desired)?;
+        encode_family(
+            &mut encoder,
+            "workload_replicas_available",
+            "A workload's updated replicas that are available",
+            &available,
+        )?;
+        encode_family(
+            &mut encoder,
+            "deployment_rollout_state",
+            "1 for the state of a Deployment's rollout: progressing, complete, failed (rolled back) or paused",
+            &rollouts,
+        )?;
+        encode_family(&mut encoder, "deployment_revision", "A Deployment's current revision", &revisions)?;
         let mut descriptor = encoder.encode_descriptor(
             "pod_restarts",
             "Container restarts of a replica on its device",

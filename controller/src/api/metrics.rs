@@ -39,6 +39,7 @@ pub struct Metrics {
     data_free_bytes: Gauge,
     data_reserve_bytes: Gauge,
     node_refusals: crate::fleet::refusals::RefusalCounter,
+    fleet_counters: crate::fleet::counters::FleetCounters,
 }
 
 impl Default for Metrics {
@@ -78,6 +79,8 @@ impl Default for Metrics {
             "Messages from nodes refused, by enrolled node (or unknown) and reason",
             node_refusals.clone(),
         );
+        let fleet_counters = crate::fleet::counters::FleetCounters::default();
+        fleet_counters.register(&mut registry);
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -89,6 +92,7 @@ impl Default for Metrics {
             data_free_bytes,
             data_reserve_bytes,
             node_refusals,
+            fleet_counters,
         }
     }
 }
@@ -97,6 +101,11 @@ impl Metrics {
     /// The counter of refused node messages, for the fleet inbox.
     pub fn node_refusals(&self) -> crate::fleet::refusals::RefusalCounter {
         self.node_refusals.clone()
+    }
+
+    /// The fleet's counters, for the channel, the inbox and the reconciler.
+    pub fn fleet_counters(&self) -> crate::fleet::counters::FleetCounters {
+        self.fleet_counters.clone()
     }
 
     /// Registers the fleet's metrics, read from `store` at each scrape.

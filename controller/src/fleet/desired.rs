@@ -206,16 +206,25 @@ pub struct Keys {
     pub enrolment: Enrolment,
 }
 
+/// How documents go out: the MQTT client, and what counts them.
+pub struct Outbox {
+    /// The controller's connection.
+    pub client: AsyncClient,
+    /// Messages sent, by kind.
+    pub counters: super::counters::FleetCounters,
+}
+
 /// Runs the publisher until the runtime stops.
 pub async fn run(
     store: Arc<dyn Store>,
     config: FleetConfig,
     keys: Keys,
     topics: Topics,
-    client: AsyncClient,
+    outbox: Outbox,
     published: PublishedDocuments,
     republish: Arc<tokio::sync::Notify>,
 ) {
+    let Outbox { client, counters } = outbox;
     let Keys { controller: key, enrolment } = keys;
     let mut live = match store.subscribe(0) {
         Ok(subscription) => subscription.live,
@@ -263,8 +272,11 @@ pub async fn run(
                         };
                         // `publish` waits for room in the client's queue rather
                         // than dropping a document.
-                        if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, frame).await {
-                            tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect");
+                        match client.publish(topic, QoS::AtLeastOnce, true, frame).await {
+                            Ok(()) => counters.sent(kind),
+                            Err(e) => {
+                                tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect")
+                            }
                         }
                     }
                 }

@@ -131,6 +131,12 @@ pub struct Inbox {
     refusals: Refusals,
     /// Shown on the dashboard; without, not kept.
     last_heard: Option<super::LastHeard>,
+    /// Messages, OOM kills and pulls, for /metrics.
+    counters: super::counters::FleetCounters,
+    /// The restart count at which each replica's OOM kill was counted.
+    oom_counted: HashMap<String, u32>,
+    /// Bytes of each pull in progress counted so far, per node and image.
+    pulled: HashMap<(String, [u8; 32]), u64>,
     /// Nodes whose credentials were removed: lost at once.
     removed: tokio::sync::broadcast::Receiver<String>,
 }
@@ -194,12 +200,21 @@ impl Inbox {
             last_resync: None,
             refusals: Refusals::default(),
             last_heard: None,
+            counters: Default::default(),
+            oom_counted: HashMap::new(),
+            pulled: HashMap::new(),
         }
     }
 
     /// Refusals counted into `counter` (the metrics registry's).
     pub fn with_refusal_counter(mut self, counter: RefusalCounter) -> Self {
         self.refusals = Refusals::with_counter(counter);
+        self
+    }
+
+    /// Counts messages, OOM kills and pulls on `counters`.
+    pub fn with_counters(mut self, counters: super::counters::FleetCounters) -> Self {
+        self.counters = counters;
         self
     }
 
@@ -233,7 +248,10 @@ impl Inbox {
     pub fn handle(&mut self, topic: &str, payload: &[u8], retained: bool) {
         self.pending.messages += 1;
         match self.check(topic, payload, retained) {
-            Ok((node, message)) => self.apply(&node, message),
+            Ok((node, message)) => {
+                self.counters.received(message.kind());
+                self.apply(&node, message)
+            }
             Err(refusal) => _ = self.refusals.record(&refusal, topic, payload.len(), Instant::now()),
         }
     }
@@ -506,6 +524,11 @@ impl Inbox {
                 warnings.push((key.clone(), "backoff", "BackOff", message));
             }
             if let Some(Exit { reason: ExitReason::OomKilled, .. }) = replica.last_exit {
+                let id = &document.replicas[position].0;
+                if self.oom_counted.get(id.as_str()) != Some(&replica.restarts) {
+                    self.counters.oom_killed();
+                    self.oom_counted.insert(id.clone(), replica.restarts);
+                }
                 let message =
                     format!("a container went over its memory limit and was killed (restarts: {})", replica.restarts);
                 warnings.push((key.clone(), "oom-killed", "OOMKilled", message));
@@ -556,11 +579,21 @@ impl Inbox {
         let replica = event.replica.as_ref().map(|r| r.as_str().to_owned()).unwrap_or_default();
         match &event.kind {
             EventKind::PullProgress { image, done_bytes, total_bytes } => {
+                // Counted as it goes: what this pull added since its last report.
+                let pull = (node.to_owned(), image.0);
+                let before = self.pulled.get(&pull).copied().unwrap_or(0);
+                self.counters.pulled(done_bytes.saturating_sub(before));
+                match *done_bytes >= *total_bytes {
+                    true => _ = self.pulled.remove(&pull),
+                    false => _ = self.pulled.insert(pull, *done_bytes),
+                }
                 let percent = if *total_bytes > 0 { done_bytes * 100 / total_bytes } else { 0 };
                 let message = format!("pulling: {percent}% ({done_bytes} of {total_bytes} bytes)");
                 self.pod_message(node, &replica, &image.0, "Pulling", &message);
             }
             EventKind::PullFailed { image, reason } => {
+                self.counters.pull_failed();
+                self.pulled.remove(&(node.to_owned(), image.0));
                 tracing::warn!(node, replica, reason = %reason, "image pull failed");
                 self.pod_message(node, &replica, &image.0, "ImagePullFailed", reason);
             }

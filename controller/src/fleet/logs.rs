@@ -53,6 +53,7 @@ struct Inner {
     topics: Topics,
     next_id: AtomicU64,
     waiting: Mutex<HashMap<(String, u64), mpsc::UnboundedSender<LogChunk>>>,
+    counters: super::counters::FleetCounters,
 }
 
 /// A node's answer, reassembled.
@@ -98,7 +99,12 @@ pub enum LogError {
 
 impl LogRequests {
     /// Requests go out through `client`, signed with `key`.
-    pub fn new(client: AsyncClient, key: Arc<ControllerKey>, topics: Topics) -> Self {
+    pub fn new(
+        client: AsyncClient,
+        key: Arc<ControllerKey>,
+        topics: Topics,
+        counters: super::counters::FleetCounters,
+    ) -> Self {
         // Ids start at the clock so that a restarted controller does not
         // reuse the ids of answers still in flight.
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis());
@@ -109,6 +115,7 @@ impl LogRequests {
                 topics,
                 next_id: AtomicU64::new(start as u64),
                 waiting: Mutex::default(),
+                counters,
             }),
         }
     }
@@ -151,6 +158,7 @@ impl LogRequests {
             .publish(self.inner.topics.node(node, MessageKind::LogRequest), QoS::AtLeastOnce, false, frame)
             .await
             .map_err(|e| send_error(e.to_string()))?;
+        self.inner.counters.sent(MessageKind::LogRequest);
         let mut answer = LogAnswer { data: Vec::new(), next_offset: 0 };
         let mut expected = 0u32;
         let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;

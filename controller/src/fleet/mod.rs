@@ -17,6 +17,7 @@
 
 pub mod broker;
 pub mod channel;
+pub mod counters;
 pub mod credentials;
 pub mod desired;
 pub mod enrol_api;
@@ -154,6 +155,7 @@ pub fn spawn(
     enrolment: credentials::Enrolment,
     key: Arc<credentials::ControllerKey>,
     refusals: refusals::RefusalCounter,
+    counters: counters::FleetCounters,
 ) -> anyhow::Result<Fleet> {
     let topics = Topics::new(&config.prefix);
     let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel(INCOMING_QUEUE);
@@ -163,18 +165,21 @@ pub fn spawn(
     let (client, connection) =
         channel::spawn(&config, &enrolment, topics.clone(), incoming_tx, republish.clone(), link.clone());
     let published = desired::PublishedDocuments::default();
-    let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone());
+    let log_requests = logs::LogRequests::new(client.clone(), key.clone(), topics.clone(), counters.clone());
     let last_heard = LastHeard::default();
     let seal_keys = enrolment.clone();
-    let rotation = rotation::Rotation::new(client.clone(), key.clone(), topics.clone(), enrolment.clone());
+    let rotation =
+        rotation::Rotation::new(client.clone(), key.clone(), topics.clone(), enrolment.clone(), counters.clone());
     let inbox = inbox::Inbox::new(store.clone(), config.clone(), enrolment, topics.clone(), published.clone())
         .with_log_requests(log_requests.clone())
         .with_rotation(rotation)
         .with_broker_link(link)
         .with_refusal_counter(refusals)
-        .with_last_heard(last_heard.clone());
+        .with_last_heard(last_heard.clone())
+        .with_counters(counters.clone());
     let inbox = inbox::spawn(inbox, incoming_rx)?;
     let keys = desired::Keys { controller: key, enrolment: seal_keys };
-    let publisher = tokio::spawn(desired::run(store, config, keys, topics, client, published, republish));
+    let outbox = desired::Outbox { client, counters };
+    let publisher = tokio::spawn(desired::run(store, config, keys, topics, outbox, published, republish));
     Ok(Fleet { log_requests, last_heard, tasks: vec![connection, publisher], inbox, eviction })
 }

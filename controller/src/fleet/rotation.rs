@@ -24,12 +24,19 @@ pub struct Rotation {
     key: Arc<ControllerKey>,
     topics: Topics,
     enrolment: Enrolment,
+    counters: super::counters::FleetCounters,
 }
 
 impl Rotation {
     /// Answers go out through `client`, signed with `key`.
-    pub fn new(client: AsyncClient, key: Arc<ControllerKey>, topics: Topics, enrolment: Enrolment) -> Self {
-        Rotation { client, key, topics, enrolment }
+    pub fn new(
+        client: AsyncClient,
+        key: Arc<ControllerKey>,
+        topics: Topics,
+        enrolment: Enrolment,
+        counters: super::counters::FleetCounters,
+    ) -> Self {
+        Rotation { client, key, topics, enrolment, counters }
     }
 
     /// Node `node`, whose frame was MAC'd with generation `generation`,
@@ -37,7 +44,7 @@ impl Rotation {
     /// when decided (and a grant once it is on disk).
     pub fn ask(&self, node: &str, generation: u32) {
         let Ok(node_id) = NodeId::new(node) else { return };
-        let (client, key) = (self.client.clone(), self.key.clone());
+        let (client, key, counters) = (self.client.clone(), self.key.clone(), self.counters.clone());
         let topic = self.topics.node(node, MessageKind::Credentials);
         let name = node.to_owned();
         self.enrolment.rotate(node, generation, move |answer| {
@@ -49,8 +56,9 @@ impl Rotation {
             if grant.sealed.is_some() {
                 tracing::info!(node = name, generation = grant.generation, "new credentials granted");
             }
-            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, frame) {
-                tracing::warn!(node = name, error = %e, "credential answer not sent; the node asks again");
+            match client.try_publish(topic, QoS::AtLeastOnce, false, frame) {
+                Ok(()) => counters.sent(MessageKind::Credentials),
+                Err(e) => tracing::warn!(node = name, error = %e, "credential answer not sent; the node asks again"),
             }
         });
     }
