@@ -8,7 +8,9 @@
 //! trait for an HA controller later.
 
 mod cipher;
+mod mirror;
 mod redb_store;
+mod staging;
 
 use std::sync::Arc;
 
@@ -174,6 +176,11 @@ impl Objects {
     /// Every key, in order.
     pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
         self.by_key.keys()
+    }
+
+    /// Every object with its key, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<ApiObject>)> {
+        self.by_key.iter()
     }
 
     /// Stores `object` under `key`, replacing what was there.

@@ -9,17 +9,18 @@
 //! before them (or from before a restart) gets `Gone` and lists again,
 //! exactly like a Kubernetes watch cache.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
-use tokio::sync::broadcast;
 
-use super::{EventType, Objects, Op, Outcome, SecretCipher, Store, StoreError, Subscription, View, WatchEvent};
+use super::mirror::{Mirror, changes_of};
+use super::staging::stage;
+use super::{Objects, Op, Outcome, SecretCipher, Store, StoreError, Subscription, View};
 use crate::manifest::Kind;
-use crate::object::{ApiObject, ObjectKey, now_rfc3339};
+use crate::object::{ApiObject, ObjectKey};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -32,21 +33,6 @@ const SEALED: u8 = 1;
 /// redb's page cache.
 const REDB_CACHE: usize = 64 << 20;
 
-/// Changes remembered for watches (a watch from an older resourceVersion is
-/// told 410 Gone and lists again, as Kubernetes'). Each holds an object
-/// version alive: 20,000 of them kept gigabytes of old pod versions at
-/// 10,000 devices.
-const HISTORY: usize = 4096;
-
-struct State {
-    /// Shared with every [`View`] taken since it last changed.
-    objects: Objects,
-    resource_version: u64,
-    history: VecDeque<Arc<WatchEvent>>,
-    /// The oldest version a watch may start from.
-    oldest: u64,
-}
-
 /// The embedded store.
 pub struct RedbStore {
     /// `None` after a failed write: redb asks to be closed and opened
@@ -58,11 +44,10 @@ pub struct RedbStore {
     failures: std::sync::atomic::AtomicU64,
     cipher: SecretCipher,
     /// Held by one commit at a time, for all of it (staging, disk, memory);
-    /// `state` only for the moment memory changes, so readers never wait
-    /// for a disk write.
+    /// the mirror's lock only for the moment memory changes, so readers
+    /// never wait for a disk write.
     writer: Mutex<()>,
-    state: Mutex<State>,
-    events: broadcast::Sender<Arc<WatchEvent>>,
+    mirror: Mirror,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -109,9 +94,7 @@ impl RedbStore {
             objects.insert(object.key(), Arc::new(object));
         }
         drop(txn);
-        let (events, _) = broadcast::channel(4096);
-        let state = State { objects, resource_version, history: VecDeque::new(), oldest: resource_version };
-        tracing::info!(objects = state.objects.len(), resource_version, path = %path.display(), "store opened");
+        tracing::info!(objects = objects.len(), resource_version, path = %path.display(), "store opened");
         Ok(RedbStore {
             db: Mutex::new(Some(db)),
             path: path.to_owned(),
@@ -119,8 +102,7 @@ impl RedbStore {
             failures: Default::default(),
             cipher,
             writer: Mutex::new(()),
-            state: Mutex::new(state),
-            events,
+            mirror: Mirror::new(objects, resource_version),
         })
     }
 
@@ -180,12 +162,6 @@ impl RedbStore {
             other => other,
         })
     }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave memory ahead of the
-        // disk (memory is changed only after the commit), so go on.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 fn encode(cipher: &SecretCipher, object: &ApiObject) -> Result<Vec<u8>, StoreError> {
@@ -210,44 +186,20 @@ fn decode(cipher: &SecretCipher, bytes: &[u8]) -> anyhow::Result<ApiObject> {
     }
 }
 
-fn check_precondition(key: &ObjectKey, requested: u64, current: Option<&ApiObject>) -> Result<(), StoreError> {
-    match current {
-        Some(current) if requested != 0 && requested != current.resource_version() => {
-            Err(StoreError::Conflict { key: key.clone(), current: current.resource_version(), requested })
-        }
-        None if requested != 0 => Err(StoreError::NotFound(key.clone())),
-        _ => Ok(()),
-    }
-}
-
-fn validate(object: &ApiObject) -> Result<(), StoreError> {
-    if object.metadata.name.is_empty() {
-        return Err(StoreError::Invalid(format!("a {} needs metadata.name", object.kind)));
-    }
-    if object.kind.is_namespaced() && object.metadata.namespace.is_empty() {
-        return Err(StoreError::Invalid(format!("{} {} needs a namespace", object.kind, object.metadata.name)));
-    }
-    Ok(())
-}
-
 impl Store for RedbStore {
     fn get(&self, key: &ObjectKey) -> Option<ApiObject> {
-        self.lock().objects.get(key).map(|o| ApiObject::clone(o))
+        self.mirror.get(key).map(|o| ApiObject::clone(&o))
     }
 
     fn view(&self) -> View {
-        let state = self.lock();
-        View::new(state.objects.clone(), state.resource_version)
+        self.mirror.view()
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Only commits change the objects, and they hold `writer`: this copy
         // (shared, not copied) stays current until this commit changes it.
-        let (objects, base_rv) = {
-            let state = self.lock();
-            (state.objects.clone(), state.resource_version)
-        };
+        let (objects, base_rv) = self.mirror.objects();
         let (staged, outcomes, rv) = stage(&objects, base_rv, ops)?;
         if rv == base_rv {
             return Ok(outcomes); // nothing changed: no disk write
@@ -255,64 +207,21 @@ impl Store for RedbStore {
         // Durable first: one transaction, fsynced on commit.
         self.write(&staged, rv)?;
         // Then memory and watchers, in resourceVersion order.
-        let mut state = self.lock();
-        state.resource_version = rv;
-        for (key, object) in staged {
-            match object {
-                Some(object) => state.objects.insert(key, object),
-                None => state.objects.remove(&key),
-            }
-        }
-        // Outcomes are in op order, which is resourceVersion order.
-        let changes: Vec<Arc<WatchEvent>> = outcomes
-            .iter()
-            .filter_map(|outcome| {
-                let event_type = match outcome {
-                    Outcome::Created(_) => EventType::Added,
-                    Outcome::Configured(_) => EventType::Modified,
-                    Outcome::Deleted(_) => EventType::Deleted,
-                    Outcome::Unchanged(_) => return None,
-                };
-                Some(Arc::new(WatchEvent { event_type, object: outcome.shared().clone() }))
-            })
-            .collect();
-        for event in changes {
-            if state.history.len() == HISTORY
-                && let Some(old) = state.history.pop_front()
-            {
-                state.oldest = old.resource_version();
-            }
-            state.history.push_back(event.clone());
-            let _ = self.events.send(event); // no watcher is fine
-        }
+        self.mirror.apply(changes_of(&outcomes), rv);
         Ok(outcomes)
     }
 
     fn dry_run(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
-        let (objects, base_rv) = {
-            let state = self.lock();
-            (state.objects.clone(), state.resource_version)
-        };
+        let (objects, base_rv) = self.mirror.objects();
         stage(&objects, base_rv, ops).map(|(_, outcomes, _)| outcomes)
     }
 
     fn subscribe(&self, resource_version: u64) -> Result<Subscription, StoreError> {
-        let state = self.lock();
-        // Subscribe under the lock: no commit can slip between backlog and live.
-        let live = self.events.subscribe();
-        if resource_version == 0 {
-            return Ok(Subscription { backlog: Vec::new(), live, after: state.resource_version });
-        }
-        if resource_version < state.oldest {
-            return Err(StoreError::Gone { requested: resource_version, oldest: state.oldest });
-        }
-        let backlog: Vec<_> =
-            state.history.iter().filter(|e| e.resource_version() > resource_version).cloned().collect();
-        Ok(Subscription { backlog, live, after: state.resource_version.max(resource_version) })
+        self.mirror.subscribe(resource_version)
     }
 
     fn resource_version(&self) -> u64 {
-        self.lock().resource_version
+        self.mirror.resource_version()
     }
 
     fn write_failure(&self) -> Option<String> {
@@ -324,109 +233,8 @@ impl Store for RedbStore {
     }
 
     fn counts(&self) -> Vec<(Kind, usize)> {
-        let state = self.lock();
-        let mut counts: BTreeMap<Kind, usize> = BTreeMap::new();
-        for key in state.objects.keys() {
-            *counts.entry(key.kind).or_default() += 1;
-        }
-        counts.into_iter().collect()
+        self.mirror.counts()
     }
-}
-
-/// What a batch writes (`None`: deletes), each op's outcome, and the
-/// resourceVersion after it.
-type Staged = (BTreeMap<ObjectKey, Option<Arc<ApiObject>>>, Vec<Outcome>, u64);
-
-/// Runs a batch against `objects` (as of `base_rv`) in memory, writing
-/// nothing: the first op that is refused refuses the batch.
-fn stage(objects: &Objects, base_rv: u64, ops: Vec<Op>) -> Result<Staged, StoreError> {
-    let now = now_rfc3339();
-    let mut rv = base_rv;
-    // Work on a copy of what the batch touches, so that a failing op
-    // leaves nothing behind.
-    // Objects are shared, never copied, unless a write changes them.
-    let mut staged: BTreeMap<ObjectKey, Option<Arc<ApiObject>>> = BTreeMap::new();
-    let mut outcomes = Vec::with_capacity(ops.len());
-    for op in ops {
-        let current = |key: &ObjectKey, staged: &BTreeMap<ObjectKey, Option<Arc<ApiObject>>>| match staged.get(key) {
-            Some(v) => v.clone(),
-            None => objects.get(key).cloned(),
-        };
-        match op {
-            Op::Create(object) if !object.metadata.uid.is_empty() => {
-                return Err(StoreError::Invalid(format!("{} carries a uid; uids are set by the server", object.key())));
-            }
-            Op::Create(object) if current(&object.key(), &staged).is_some() => {
-                return Err(StoreError::AlreadyExists(object.key()));
-            }
-            Op::Apply(object) | Op::Create(object) => {
-                validate(&object)?;
-                let key = object.key();
-                let existing = current(&key, &staged);
-                check_precondition(&key, object.resource_version(), existing.as_deref())?;
-                // A uid, when given, must be the stored one: a re-created
-                // object is another object.
-                if !object.metadata.uid.is_empty()
-                    && existing.as_ref().is_none_or(|e| e.metadata.uid != object.metadata.uid)
-                {
-                    return Err(StoreError::Conflict {
-                        key,
-                        current: existing.map_or(0, |e| e.resource_version()),
-                        requested: object.resource_version(),
-                    });
-                }
-                let outcome = apply_one(object, existing, &mut rv, &now);
-                if !matches!(outcome, Outcome::Unchanged(_)) {
-                    staged.insert(key, Some(outcome.shared().clone()));
-                }
-                outcomes.push(outcome);
-            }
-            Op::UpdateStatus(object) => {
-                let key = object.key();
-                let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                check_precondition(&key, object.resource_version(), Some(&existing))?;
-                if existing.same_status(&object) {
-                    outcomes.push(Outcome::Unchanged(existing));
-                    continue;
-                }
-                let mut new = ApiObject::clone(&existing);
-                let mut object = object;
-                new.take_status_of(&mut object);
-                rv += 1;
-                new.metadata.resource_version = rv.to_string();
-                let new = Arc::new(new);
-                staged.insert(key, Some(new.clone()));
-                outcomes.push(Outcome::Configured(new));
-            }
-            Op::Retire { key, uid } => {
-                let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                if existing.metadata.uid != uid {
-                    return Err(StoreError::Conflict { key, current: existing.resource_version(), requested: 0 });
-                }
-                if existing.is_retired() {
-                    outcomes.push(Outcome::Unchanged(existing));
-                    continue;
-                }
-                let mut new = ApiObject::clone(&existing);
-                new.metadata.deletion_timestamp = now.clone();
-                rv += 1;
-                new.metadata.resource_version = rv.to_string();
-                let new = Arc::new(new);
-                staged.insert(key, Some(new.clone()));
-                outcomes.push(Outcome::Configured(new));
-            }
-            Op::Delete(key, precondition) => {
-                let existing = current(&key, &staged).ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                check_precondition(&key, precondition.unwrap_or(0), Some(&existing))?;
-                let mut gone = ApiObject::clone(&existing);
-                rv += 1;
-                gone.metadata.resource_version = rv.to_string();
-                staged.insert(key, None);
-                outcomes.push(Outcome::Deleted(Arc::new(gone)));
-            }
-        }
-    }
-    Ok((staged, outcomes, rv))
 }
 
 /// Replicas retired before retirement moved into metadata carried
@@ -445,59 +253,10 @@ fn migrate_retirement(object: &mut ApiObject) -> bool {
     true
 }
 
-/// Server-side apply of one object onto what is stored.
-fn apply_one(mut object: ApiObject, existing: Option<Arc<ApiObject>>, rv: &mut u64, now: &str) -> Outcome {
-    let Some(old) = existing else {
-        *rv += 1;
-        object.metadata.uid = uuid::Uuid::new_v4().to_string();
-        object.metadata.resource_version = rv.to_string();
-        object.metadata.generation = 1;
-        object.metadata.creation_timestamp = now.to_owned();
-        object.metadata.deletion_timestamp.clear();
-        object.api_version = object.kind.api_version().to_owned();
-        return Outcome::Created(Arc::new(object));
-    };
-    let content_changed = !old.same_content_but_status(&object);
-    // What the server wrote into annotations (image pins) stays when an
-    // apply that names none of them leaves the content as it was:
-    // re-applying a bare Pod keeps its pin. A changed spec may name another
-    // image, so then they go; the server's own writes name them.
-    if !content_changed && !object.metadata.annotations.keys().any(|k| crate::object::is_server_annotation(k)) {
-        for (key, value) in old.metadata.annotations.iter().filter(|(k, _)| crate::object::is_server_annotation(k)) {
-            object.metadata.annotations.entry(key.clone()).or_insert_with(|| value.clone());
-        }
-    }
-    let owners_changed = !object.metadata.owner_references.is_empty()
-        && object.metadata.owner_references != old.metadata.owner_references;
-    let metadata_changed =
-        old.metadata.labels != object.metadata.labels || old.metadata.annotations != object.metadata.annotations;
-    if !content_changed && !owners_changed && !metadata_changed {
-        return Outcome::Unchanged(old);
-    }
-    // The applied object with the stored identity and status: apply never
-    // writes status, that belongs to the controller and agents.
-    let mut metadata = old.metadata.clone();
-    metadata.labels = std::mem::take(&mut object.metadata.labels);
-    metadata.annotations = std::mem::take(&mut object.metadata.annotations);
-    if owners_changed {
-        metadata.owner_references = std::mem::take(&mut object.metadata.owner_references);
-    }
-    let mut new = ApiObject::new(old.kind, &old.metadata.namespace, &old.metadata.name);
-    new.api_version = old.api_version.clone();
-    new.metadata = metadata;
-    new.take_content_of(&mut object);
-    new.copy_status_of(&old);
-    *rv += 1;
-    new.metadata.resource_version = rv.to_string();
-    if content_changed {
-        new.metadata.generation += 1;
-    }
-    Outcome::Configured(Arc::new(new))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EventType;
     use serde_json::json;
 
     fn open(dir: &Path) -> RedbStore {
