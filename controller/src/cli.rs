@@ -482,6 +482,12 @@ pub struct ServerArgs {
     /// it up with the rest) [default: /var/lib/flotilla as root, else ~/.local/share/flotilla].
     #[arg(long, env = "FLOTILLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where objects are stored: `redb` (the embedded store, <data dir>/store.redb) or
+    /// `etcd://host1:2379,host2:2379,host3:2379[/prefix]` (etcd v3, replicated; run etcd with
+    /// --max-txn-ops 4096 --max-request-bytes 33554432). On etcd, Secrets are sealed with
+    /// <data dir>/secrets.key: every controller on one cluster needs the same file.
+    #[arg(long, env = "FLOTILLA_STORE", default_value = "redb", value_parser = parse_store)]
+    pub store: crate::server::StoreChoice,
     /// Address the API (and the image registry, /v2/) listens on, over HTTPS (HTTP with
     /// --plain). Use 0.0.0.0:7440 when devices must enrol and pull images over the network.
     #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:7440")]
@@ -704,6 +710,14 @@ pub enum ImageCommand {
     Push(crate::image_cmd::PushArgs),
     /// List a registry's repositories, tags and digests.
     Ls(crate::image_cmd::LsArgs),
+}
+
+fn parse_store(text: &str) -> Result<crate::server::StoreChoice, String> {
+    match text {
+        "redb" => Ok(crate::server::StoreChoice::Redb),
+        url if url.starts_with("etcd://") => crate::store::EtcdTarget::parse(url).map(crate::server::StoreChoice::Etcd),
+        other => Err(format!("{other:?}: `redb` or `etcd://host1:2379,host2:2379`")),
+    }
 }
 
 #[cfg(test)]

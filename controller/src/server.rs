@@ -66,11 +66,22 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// Where the objects are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded store in the data directory.
+    Redb,
+    /// etcd v3.
+    Etcd(crate::store::EtcdTarget),
+}
+
 /// Options of a running server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Durable state.
     pub data_dir: PathBuf,
+    /// Where the objects are.
+    pub store: StoreChoice,
     /// API listen address.
     pub api_addr: SocketAddr,
     /// Where the embedded broker listens; `None` with an external broker.
@@ -124,6 +135,7 @@ impl ServerConfig {
         });
         Ok(ServerConfig {
             data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+            store: args.store,
             api_addr: args.api_addr,
             mqtt_listen,
             fleet: FleetConfig {
@@ -157,11 +169,15 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let token = load_or_create_token(&config.data_dir.join(TOKEN_FILE))?;
     let cipher = SecretCipher::load_or_create(&config.data_dir.join(SECRETS_KEY_FILE))?;
     let store_path = config.data_dir.join(STORE_FILE);
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || RedbStore::open(&store_path, cipher))
-            .await
-            .context("opening the store")??,
-    );
+    let choice = config.store.clone();
+    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match choice {
+            StoreChoice::Redb => Arc::new(RedbStore::open(&store_path, cipher)?),
+            StoreChoice::Etcd(target) => Arc::new(crate::store::EtcdStore::open(target, cipher)?),
+        })
+    })
+    .await
+    .context("opening the store")??;
     let state = Arc::new(ApiState {
         store: store.clone(),
         token,

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+pub mod etcd;
 pub mod fleet;
 pub mod mosquitto;
 pub mod netns;

@@ -10,6 +10,7 @@ use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 const NONCE_LEN: usize = 24;
 
 /// Seals and opens stored Secret records.
+#[derive(Clone)]
 pub struct SecretCipher {
     cipher: XChaCha20Poly1305,
 }

@@ -184,3 +184,45 @@ pub(super) fn changes_of(outcomes: &[Outcome]) -> Vec<Arc<WatchEvent>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, rv: u64) -> Arc<ApiObject> {
+        let mut object = ApiObject::new(Kind::ConfigMap, "default", name);
+        object.metadata.resource_version = rv.to_string();
+        Arc::new(object)
+    }
+
+    #[test]
+    fn a_relist_tells_watchers_the_differences_and_refuses_older_watches() {
+        let mut before = Objects::default();
+        for (name, rv) in [("kept", 1), ("changed", 2), ("gone", 3)] {
+            before.insert(object(name, rv).key(), object(name, rv));
+        }
+        let mirror = Mirror::new(before, 3);
+        let mut watching = mirror.subscribe(0).unwrap();
+        let mut after = Objects::default();
+        for (name, rv) in [("kept", 1), ("changed", 9), ("new", 10)] {
+            after.insert(object(name, rv).key(), object(name, rv));
+        }
+        mirror.reset(after, 12);
+        let mut told = Vec::new();
+        while let Ok(event) = watching.live.try_recv() {
+            told.push((event.event_type.clone(), event.object.metadata.name.clone()));
+        }
+        told.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            told,
+            [
+                (EventType::Modified, "changed".to_owned()),
+                (EventType::Deleted, "gone".to_owned()),
+                (EventType::Added, "new".to_owned()),
+            ]
+        );
+        assert_eq!(mirror.resource_version(), 12);
+        assert!(matches!(mirror.subscribe(5), Err(StoreError::Gone { .. })));
+        assert!(mirror.wait_for(12, std::time::Duration::ZERO));
+    }
+}

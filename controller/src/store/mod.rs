@@ -8,6 +8,7 @@
 //! trait for an HA controller later.
 
 mod cipher;
+mod etcd_store;
 mod mirror;
 mod redb_store;
 mod staging;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use cipher::{SecretCipher, random_bytes, write_private};
+pub use etcd_store::{EtcdStore, EtcdTarget};
 pub use redb_store::RedbStore;
 
 use crate::manifest::Kind;

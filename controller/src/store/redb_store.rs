@@ -164,7 +164,7 @@ impl RedbStore {
     }
 }
 
-fn encode(cipher: &SecretCipher, object: &ApiObject) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode(cipher: &SecretCipher, object: &ApiObject) -> Result<Vec<u8>, StoreError> {
     let json = serde_json::to_vec(object).map_err(backend)?;
     if object.kind == Kind::Secret {
         let mut out = vec![SEALED];
@@ -178,7 +178,7 @@ fn encode(cipher: &SecretCipher, object: &ApiObject) -> Result<Vec<u8>, StoreErr
     }
 }
 
-fn decode(cipher: &SecretCipher, bytes: &[u8]) -> anyhow::Result<ApiObject> {
+pub(super) fn decode(cipher: &SecretCipher, bytes: &[u8]) -> anyhow::Result<ApiObject> {
     match bytes.split_first() {
         Some((&PLAIN, json)) => Ok(serde_json::from_slice(json)?),
         Some((&SEALED, sealed)) => Ok(serde_json::from_slice(&cipher.open(sealed)?)?),
