@@ -36,7 +36,7 @@ pub struct ApiArgs {
     pub server_bin: Option<PathBuf>,
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     url: String,
     token: String,
@@ -50,10 +50,18 @@ impl Drop for Server {
 }
 
 fn start(binary: &PathBuf, data: &std::path::Path) -> anyhow::Result<Server> {
+    start_with(binary, data, &[])
+}
+
+/// A `flotilla server --plain` on free ports, with `extra` arguments.
+pub(crate) fn start_with(binary: &PathBuf, data: &std::path::Path, extra: &[&str]) -> anyhow::Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mqtt_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(binary)
-        .args(["server", "--plain", "--api-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["server", "--plain", "--api-addr", &format!("127.0.0.1:{port}")])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}"), "--data-dir"])
         .arg(data)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -70,11 +78,11 @@ fn start(binary: &PathBuf, data: &std::path::Path) -> anyhow::Result<Server> {
     Ok(Server { child, url, token })
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
 }
 
-fn config_map(i: usize, namespace: &str) -> String {
+pub(crate) fn config_map(i: usize, namespace: &str) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench-{i:06}\n  namespace: {namespace}\n  labels: {{app: bench, shard: \"{}\"}}\n\
          data:\n  interval: \"{}s\"\n  endpoint: mqtt://broker.line-{}.local:1883\n",
@@ -84,7 +92,7 @@ fn config_map(i: usize, namespace: &str) -> String {
     )
 }
 
-fn apply(agent: &ureq::Agent, server: &Server, text: String) -> anyhow::Result<()> {
+pub(crate) fn apply(agent: &ureq::Agent, server: &Server, text: String) -> anyhow::Result<()> {
     let body = json!({ "documents": [{ "source": "bench.yaml", "text": text }] });
     let mut response = agent
         .post(format!("{}/api/v1/apply", server.url))
@@ -94,14 +102,14 @@ fn apply(agent: &ureq::Agent, server: &Server, text: String) -> anyhow::Result<(
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 

@@ -8,6 +8,7 @@ mod connections;
 mod failover;
 mod fleet;
 mod footprint;
+mod ha;
 mod handshake;
 mod msg_sizes;
 mod pack;
@@ -34,6 +35,9 @@ enum Bench {
     Api(api::ApiArgs),
     /// Bytes a device pays per (re)connect to the broker: MQTT over TLS beside plain MQTT.
     Handshake(handshake::HandshakeArgs),
+    /// The store's apply latency on a three-member etcd cluster beside the embedded redb store
+    /// (leader and broker failover figures: not supported yet).
+    Ha(ha::HaArgs),
     /// Broker memory per idle device connection: the embedded broker (gate + rumqttd) beside
     /// Mosquitto (and rumqttd alone, from an older build, with --baseline-bin-dir).
     Connections(connections::ConnectionsArgs),
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Api(args) => api::run(args),
         Bench::Connections(args) => connections::run(args),
         Bench::Handshake(args) => handshake::run(args),
+        Bench::Ha(args) => ha::run(args),
         Bench::Failover(args) => failover::run(args),
         Bench::Fleet(args) => scale::run(args),
         Bench::Footprint(args) => footprint::run(args),
