@@ -170,10 +170,17 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let cipher = SecretCipher::load_or_create(&config.data_dir.join(SECRETS_KEY_FILE))?;
     let store_path = config.data_dir.join(STORE_FILE);
     let choice = config.store.clone();
+    let api_addr = config.api_addr;
     let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn Store>> {
         Ok(match choice {
             StoreChoice::Redb => Arc::new(RedbStore::open(&store_path, cipher)?),
-            StoreChoice::Etcd(target) => Arc::new(crate::store::EtcdStore::open(target, cipher)?),
+            StoreChoice::Etcd(target) => {
+                let store = crate::store::EtcdStore::open(target, cipher)?;
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let identity = format!("{} pid {} api {}", host.trim(), std::process::id(), api_addr);
+                store.hold_controller_lease(&identity)?;
+                Arc::new(store)
+            }
         })
     })
     .await

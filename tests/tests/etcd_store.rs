@@ -133,6 +133,23 @@ fn the_etcd_store_answers_as_the_embedded_one_and_two_controllers_share_it() {
     }
     assert!(names.contains(&"after-compaction".to_owned()), "{names:?}");
     assert_eq!(c.get(&key("churn")).unwrap().field("data"), Some(json!({"k": "19"})));
+
+    // One controller per cluster: a holds the controller lease, b is told
+    // who holds it; once a's lease is gone a writes nothing more (fenced),
+    // and b takes over.
+    a.hold_controller_lease("controller a").unwrap();
+    a.commit(vec![Op::Apply(config_map("by-a", "1"))]).unwrap();
+    let refused = b.hold_controller_lease("controller b").unwrap_err().to_string();
+    assert!(refused.contains("controller a") && refused.contains("not supported yet"), "{refused}");
+    let leases = cluster.etcdctl(&["lease", "list"]).unwrap();
+    for lease in leases.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()) {
+        cluster.etcdctl(&["lease", "revoke", lease]).unwrap();
+    }
+    let fenced = a.commit(vec![Op::Apply(config_map("by-a", "2"))]).unwrap_err().to_string();
+    assert!(fenced.contains("fenced"), "{fenced}");
+    b.hold_controller_lease("controller b").unwrap();
+    b.commit(vec![Op::Apply(config_map("by-b", "1"))]).unwrap();
+    assert_eq!(b.get(&key("by-a")).unwrap().field("data"), Some(json!({"k": "1"})), "a's fenced write is not there");
 }
 
 /// `flotilla server --store etcd://...` runs a fleet on etcd: a workload
@@ -168,6 +185,13 @@ fn a_controller_on_etcd_runs_a_fleet_through_a_member_loss_and_a_restart() {
     // The objects are etcd's.
     let keys = cluster.etcdctl(&["get", "--prefix", "--keys-only", "/flotilla/objects/Deployment/"]).unwrap();
     assert!(keys.contains("/flotilla/objects/Deployment/default/on-etcd"), "{keys}");
+
+    // A second controller on the same etcd is refused, naming the first
+    // (one elected leader among several is not built yet).
+    let refused =
+        ControllerProcess::start_with(&dir.path().join("second"), &["--store", &url]).err().map(|e| e.to_string());
+    let refused = refused.expect("a second controller on the same etcd started");
+    assert!(refused.contains("not supported yet") && refused.contains("is running on this etcd"), "{refused}");
 
     // One member lost: a scale-up still goes through.
     cluster.kill(1);

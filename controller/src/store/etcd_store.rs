@@ -42,6 +42,10 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 /// An etcd request's deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the controller lease outlives its holder: a controller that
+/// died is replaced after at most this long.
+pub const CONTROLLER_LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// Where the store is: etcd's endpoints and the key prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdTarget {
@@ -78,6 +82,21 @@ impl EtcdTarget {
     fn objects(&self) -> String {
         format!("{}objects/", self.prefix)
     }
+
+    fn controller_key(&self) -> String {
+        format!("{}controller", self.prefix)
+    }
+}
+
+/// The controller lease this store's writes are fenced by: the holder
+/// key's create revision (it changes when another controller takes it).
+#[derive(Debug, Clone)]
+struct Fence {
+    key: String,
+    create_revision: i64,
+    lease: i64,
+    /// Set when the keep-alive learns the lease is gone.
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The etcd store.
@@ -93,6 +112,8 @@ pub struct EtcdStore {
     mirror: Arc<Mirror>,
     failure: Mutex<Option<String>>,
     failures: std::sync::atomic::AtomicU64,
+    /// Held while this store is the controller's (see [`EtcdStore::hold_controller_lease`]).
+    fence: Mutex<Option<Fence>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -136,7 +157,85 @@ impl EtcdStore {
             mirror,
             failure: Mutex::new(None),
             failures: Default::default(),
+            fence: Mutex::new(None),
         })
+    }
+
+    /// Makes this store the one controller's on the cluster: holds the key
+    /// `<prefix>controller` under a lease kept alive while the process
+    /// lives (`CONTROLLER_LEASE_TTL`), and guards every later commit by it,
+    /// so a controller that lost its lease (stalled, cut off from etcd)
+    /// writes nothing once another holds the key. Waits up to the lease's
+    /// length for a holder that died to let go; a live one is an error
+    /// naming it. (Several controllers, one elected and the others
+    /// waiting, are not built yet: issue 20.)
+    pub fn hold_controller_lease(&self, identity: &str) -> Result<(), StoreError> {
+        let key = self.target.controller_key();
+        let client = self.client.clone();
+        let (who, what) = (identity.to_owned(), key.clone());
+        type Held = Result<(i64, i64), String>;
+        let acquired: Result<Held, etcd_client::Error> = self.run(async move {
+            let mut leases = client.lease_client();
+            let lease = retrying(|| {
+                let mut leases = leases.clone();
+                async move { leases.grant(CONTROLLER_LEASE_TTL.as_secs() as i64, None).await }
+            })
+            .await?
+            .id();
+            let deadline = tokio::time::Instant::now() + CONTROLLER_LEASE_TTL + Duration::from_secs(5);
+            loop {
+                let take = Txn::new()
+                    .when(vec![Compare::create_revision(what.clone(), CompareOp::Equal, 0)])
+                    .and_then(vec![TxnOp::put(
+                        what.clone(),
+                        who.clone(),
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else(vec![TxnOp::get(what.clone(), None)]);
+                let answer = retrying(|| {
+                    let (mut kv, take) = (client.kv_client(), take.clone());
+                    async move { kv.txn(take).await }
+                })
+                .await?;
+                if answer.succeeded() {
+                    let revision = answer.header().map_or(0, |h| h.revision());
+                    return Ok(Ok((lease, revision)));
+                }
+                let holder = answer.op_responses().into_iter().find_map(|op| match op {
+                    etcd_client::TxnOpResponse::Get(get) => {
+                        get.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    }
+                    _ => None,
+                });
+                if tokio::time::Instant::now() > deadline {
+                    let _ = leases.revoke(lease).await;
+                    return Ok(Err(holder.unwrap_or_default()));
+                }
+                tracing::info!(
+                    holder = holder.as_deref().unwrap_or("?"),
+                    "another controller holds this etcd; waiting for its lease to end"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let (lease, create_revision) = match acquired.map_err(|e| backend(format!("etcd: {e}")))? {
+            Ok(held) => held,
+            Err(holder) => {
+                return Err(backend(format!(
+                    "another controller ({holder}) is running on this etcd ({key} is held); several controllers with \
+                     one elected leader are not supported yet (issue 20): stop it first"
+                )));
+            }
+        };
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.runtime.as_ref().expect("the runtime lives as long as the store").spawn(keep_alive(
+            self.client.clone(),
+            lease,
+            lost.clone(),
+        ));
+        tracing::info!(key, lease, identity, "this controller holds the etcd controller lease");
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fence { key, create_revision, lease, lost });
+        Ok(())
     }
 
     fn run<T: Send + 'static>(&self, work: impl std::future::Future<Output = T> + Send + 'static) -> T {
@@ -173,8 +272,15 @@ impl EtcdStore {
         objects: &Objects,
         staged: &BTreeMap<ObjectKey, Option<Arc<ApiObject>>>,
     ) -> Result<Option<u64>, StoreError> {
-        let mut guards = Vec::with_capacity(staged.len());
+        let mut guards = Vec::with_capacity(staged.len() + 1);
         let mut writes = Vec::with_capacity(staged.len());
+        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(fence) = &fence {
+            if fence.lost.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(fenced(&fence.key));
+            }
+            guards.push(Compare::create_revision(fence.key.clone(), CompareOp::Equal, fence.create_revision));
+        }
         let mut bytes = 0;
         for (key, object) in staged {
             let etcd_key = self.key_of(key);
@@ -190,15 +296,31 @@ impl EtcdStore {
             });
         }
         let count = writes.len();
-        let client = self.client.clone();
-        let answer = self.run(async move {
-            let txn = Txn::new().when(guards).and_then(writes);
-            retrying(|| {
-                let (mut kv, txn) = (client.kv_client(), txn.clone());
-                async move { kv.txn(txn).await }
-            })
-            .await
-        });
+        let txn = Txn::new().when(guards).and_then(writes);
+        // Sent again while etcd answers "unavailable" (a member lost, a
+        // leader being elected): such an attempt may have been applied,
+        // so a later attempt whose guard fails first checks whether the
+        // write is already there.
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT * 2;
+        let mut uncertain = false;
+        let answer = loop {
+            let (client, attempt) = (self.client.clone(), txn.clone());
+            let answer = self.run(async move {
+                retrying(|| {
+                    let (mut kv, attempt) = (client.kv_client(), attempt.clone());
+                    async move { kv.txn(attempt).await }
+                })
+                .await
+            });
+            match answer {
+                Err(e) if in_doubt(&e) && std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "etcd did not answer a write; sending it again");
+                    uncertain = true;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => break other,
+            }
+        };
         let answer = answer.map_err(|e| {
             let text = e.to_string();
             if text.contains("too many operations") || text.contains("request is too large") {
@@ -214,14 +336,97 @@ impl EtcdStore {
         if answer.succeeded() {
             return Ok(Some(revision));
         }
+        if uncertain {
+            // Did an attempt that went unanswered land? Then its keys hold
+            // exactly what was staged.
+            self.mirror.wait_for(revision, ECHO_TIMEOUT);
+            let (now, _) = self.mirror.objects();
+            let landed = staged.iter().all(|(key, object)| match (object, now.get(key)) {
+                (None, None) => true,
+                (Some(staged), Some(stored)) => same_but_version(staged, stored),
+                _ => false,
+            });
+            if landed {
+                let written = staged.keys().filter_map(|key| now.get(key)).map(|o| o.resource_version()).max();
+                return Ok(Some(written.unwrap_or(revision)));
+            }
+        }
+        if let Some(fence) = &fence {
+            let (client, key) = (self.client.clone(), fence.key.clone());
+            let holder = self.run(async move { client.kv_client().get(key, None).await });
+            let still_ours = holder
+                .ok()
+                .and_then(|answer| answer.kvs().first().map(|kv| kv.create_revision()))
+                .is_some_and(|created| created == fence.create_revision);
+            if !still_ours {
+                fence.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(fenced(&fence.key));
+            }
+        }
         // Someone else wrote first: read it before the caller retries.
         self.mirror.wait_for(revision, ECHO_TIMEOUT);
         Ok(None)
     }
 }
 
+/// A write refused because this controller no longer holds its lease.
+fn fenced(key: &str) -> StoreError {
+    backend(format!(
+        "fenced: this controller lost its etcd lease ({key}) and writes nothing more; restart it (another \
+         controller may be running)"
+    ))
+}
+
+/// Keeps `lease` alive; marks it lost when etcd says it ended.
+async fn keep_alive(client: Client, lease: i64, lost: Arc<std::sync::atomic::AtomicBool>) {
+    let every = CONTROLLER_LEASE_TTL / 4;
+    loop {
+        let mut leases = client.lease_client();
+        let (mut keeper, mut answers) = match leases.keep_alive(lease).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep the controller lease alive; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            if let Err(e) = keeper.keep_alive().await {
+                tracing::warn!(error = %e, "controller lease keep-alive failed; retrying");
+                break;
+            }
+            match answers.message().await {
+                Ok(Some(answer)) if answer.ttl() <= 0 => {
+                    tracing::error!(
+                        lease,
+                        "the controller lease ended: this controller is fenced and writes nothing more"
+                    );
+                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                Ok(Some(_)) => tokio::time::sleep(every).await,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl Drop for EtcdStore {
     fn drop(&mut self) {
+        // A controller that stops lets go of its lease at once, so the
+        // next one need not wait for it to run out.
+        if let Some(fence) = self.fence.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let client = self.client.clone();
+            if let Some(runtime) = &self.runtime {
+                let revoke = async move { client.lease_client().revoke(fence.lease).await };
+                let (done, wait) = std::sync::mpsc::sync_channel(1);
+                runtime.spawn(async move {
+                    let _ = done.send(tokio::time::timeout(Duration::from_secs(2), revoke).await);
+                });
+                let _ = wait.recv_timeout(Duration::from_secs(3));
+            }
+        }
         // Not joined: the store may be dropped on an async thread.
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
@@ -267,6 +472,23 @@ where
             answer => return answer,
         }
     }
+}
+
+/// Whether `error` leaves it unknown if a write was applied: etcd timed
+/// out or was electing a leader, so the write may land or may not.
+fn in_doubt(error: &etcd_client::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Unavailable") || text.contains("timed out") || text.contains("leader")
+}
+
+/// Whether two versions of an object are the same but for their resourceVersion.
+fn same_but_version(a: &ApiObject, b: &ApiObject) -> bool {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    a.metadata.resource_version.clear();
+    b.metadata.resource_version.clear();
+    // As stored: the same JSON (in memory a spec may be typed in one and
+    // kept as JSON in the other).
+    serde_json::to_value(&a).ok() == serde_json::to_value(&b).ok()
 }
 
 /// A stored value as an object at `revision`.
