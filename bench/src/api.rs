@@ -118,9 +118,10 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// Runs the benchmark.
-pub fn run(args: ApiArgs) -> anyhow::Result<()> {
-    let binary = match args.server_bin {
+/// The `flotilla` binary (`given`, or the one next to this benchmark) and
+/// the profile it was built with.
+pub(crate) fn server_binary(given: Option<PathBuf>) -> anyhow::Result<(PathBuf, &'static str)> {
+    let binary = match given {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("flotilla"),
     };
@@ -130,6 +131,12 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
         binary.display()
     );
     let profile = if binary.components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" };
+    Ok((binary, profile))
+}
+
+/// Runs the benchmark.
+pub fn run(args: ApiArgs) -> anyhow::Result<()> {
+    let (binary, profile) = server_binary(args.server_bin)?;
     let dir = tempfile::tempdir()?;
     let server = start(&binary, &dir.path().join("data"))?;
     let agent = agent();

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::api::{agent, apply, config_map, ms, percentile, start_with};
+use crate::api::{agent, apply, config_map, ms, percentile, server_binary, start_with};
 
 /// Options of `flotilla-bench ha`.
 #[derive(Debug, clap::Args)]
@@ -26,16 +26,7 @@ pub struct HaArgs {
 
 /// Runs the benchmark.
 pub fn run(args: HaArgs) -> anyhow::Result<()> {
-    let binary = match args.server_bin {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("flotilla"),
-    };
-    anyhow::ensure!(
-        binary.is_file(),
-        "{} not found: build it (cargo build --release -p flotilla-controller)",
-        binary.display()
-    );
-    let profile = if binary.components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" };
+    let (binary, profile) = server_binary(args.server_bin)?;
     let dir = tempfile::tempdir()?;
     eprintln!("starting a three-member etcd cluster");
     let cluster = flotilla_e2e::etcd::EtcdCluster::start(3, dir.path())?;

@@ -15,6 +15,24 @@ export function Bar({ used, total, text, label }) {
   );
 }
 
+/** A scrolling table with `headers` and the rows given as children. */
+export function Table({ headers, children }) {
+  return (
+    <div class="scroll">
+      <table>
+        <thead>
+          <tr>
+            {headers.map((h) => (
+              <th>{h}</th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>{children}</tbody>
+      </table>
+    </div>
+  );
+}
+
 /** Re-renders every `ms` (ages, "seconds ago"). */
 export function useTick(ms) {
   const [, setTick] = useState(0);

@@ -1,7 +1,7 @@
 import { useState } from 'preact/hooks';
 import { list } from '../fleet.js';
 import { age } from '../quantity.js';
-import { useTick } from './common.jsx';
+import { Table, useTick } from './common.jsx';
 
 export function Events({ fleet }) {
   useTick(5000);
@@ -21,36 +21,22 @@ export function Events({ fleet }) {
       {events.length === 0 ? (
         <p class="hint">No events in the last day.</p>
       ) : (
-        <div class="scroll">
-          <table>
-            <thead>
-              <tr>
-                <th>Last seen</th>
-                <th>Type</th>
-                <th>Reason</th>
-                <th>Object</th>
-                <th>Message</th>
-                <th>Count</th>
-              </tr>
-            </thead>
-            <tbody>
-              {events.map((e) => (
-                <tr data-event={e.reason}>
-                  <td>{age(e.lastTimestamp)}</td>
-                  <td>
-                    <span class={`badge ${e.type === 'Warning' ? 'warning' : 'normal'}`}>{e.type}</span>
-                  </td>
-                  <td>{e.reason}</td>
-                  <td>
-                    {e.involvedObject?.kind?.toLowerCase()}/{e.involvedObject?.name}
-                  </td>
-                  <td class="message">{e.message}</td>
-                  <td>{e.count}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table headers={['Last seen', 'Type', 'Reason', 'Object', 'Message', 'Count']}>
+          {events.map((e) => (
+            <tr data-event={e.reason}>
+              <td>{age(e.lastTimestamp)}</td>
+              <td>
+                <span class={`badge ${e.type === 'Warning' ? 'warning' : 'normal'}`}>{e.type}</span>
+              </td>
+              <td>{e.reason}</td>
+              <td>
+                {e.involvedObject?.kind?.toLowerCase()}/{e.involvedObject?.name}
+              </td>
+              <td class="message">{e.message}</td>
+              <td>{e.count}</td>
+            </tr>
+          ))}
+        </Table>
       )}
     </section>
   );

@@ -2,7 +2,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { objectPath, text } from '../api.js';
 import { keyOf, list, matchesSelector, nodeOf, podPhase, workloadOf } from '../fleet.js';
 import { age, bytes, cores } from '../quantity.js';
-import { useQueryParam, useTick } from './common.jsx';
+import { Table, useQueryParam, useTick } from './common.jsx';
 
 const MOST_ROWS = 1000;
 
@@ -37,48 +37,32 @@ export function Pods({ fleet, query }) {
         />
       </div>
       {opened && <Logs pod={opened} onClose={() => setOpen('')} />}
-      <div class="scroll">
-        <table>
-          <thead>
-            <tr>
-              <th>Name</th>
-              <th>Phase</th>
-              <th>Node</th>
-              <th>Restarts</th>
-              <th>CPU</th>
-              <th>Memory</th>
-              <th>Message</th>
-              <th>Age</th>
+      <Table headers={['Name', 'Phase', 'Node', 'Restarts', 'CPU', 'Memory', 'Message', 'Age']}>
+        {pods.slice(0, MOST_ROWS).map((pod) => {
+          const s = pod.status || {};
+          const phase = podPhase(pod);
+          return (
+            <tr data-pod={pod.metadata.name} data-node={nodeOf(pod)} data-phase={phase} class={keyOf(pod) === open ? 'chosen' : ''}>
+              <td>
+                <a href="#" onClick={(e) => (e.preventDefault(), setOpen(keyOf(pod)))} title="logs">
+                  {pod.metadata.namespace !== 'default' ? `${pod.metadata.namespace}/` : ''}
+                  {pod.metadata.name}
+                </a>
+                {workloadOf(pod) && <div class="hint">{workloadOf(pod)}</div>}
+              </td>
+              <td>
+                <span class={`badge phase-${phase}`}>{phase}</span>
+              </td>
+              <td>{nodeOf(pod) || <span class="hint">unscheduled</span>}</td>
+              <td>{s.restartCount || 0}</td>
+              <td>{s.usage ? cores(s.usage.cpuMillis / 1000) : '-'}</td>
+              <td>{s.usage ? bytes(s.usage.memoryBytes) : '-'}</td>
+              <td class="message">{s.message || ''}</td>
+              <td>{age(pod.metadata.creationTimestamp)}</td>
             </tr>
-          </thead>
-          <tbody>
-            {pods.slice(0, MOST_ROWS).map((pod) => {
-              const s = pod.status || {};
-              const phase = podPhase(pod);
-              return (
-                <tr data-pod={pod.metadata.name} data-node={nodeOf(pod)} data-phase={phase} class={keyOf(pod) === open ? 'chosen' : ''}>
-                  <td>
-                    <a href="#" onClick={(e) => (e.preventDefault(), setOpen(keyOf(pod)))} title="logs">
-                      {pod.metadata.namespace !== 'default' ? `${pod.metadata.namespace}/` : ''}
-                      {pod.metadata.name}
-                    </a>
-                    {workloadOf(pod) && <div class="hint">{workloadOf(pod)}</div>}
-                  </td>
-                  <td>
-                    <span class={`badge phase-${phase}`}>{phase}</span>
-                  </td>
-                  <td>{nodeOf(pod) || <span class="hint">unscheduled</span>}</td>
-                  <td>{s.restartCount || 0}</td>
-                  <td>{s.usage ? cores(s.usage.cpuMillis / 1000) : '-'}</td>
-                  <td>{s.usage ? bytes(s.usage.memoryBytes) : '-'}</td>
-                  <td class="message">{s.message || ''}</td>
-                  <td>{age(pod.metadata.creationTimestamp)}</td>
-                </tr>
-              );
-            })}
-          </tbody>
-        </table>
-      </div>
+          );
+        })}
+      </Table>
       {pods.length > MOST_ROWS && <p class="hint">Showing {MOST_ROWS} of {pods.length} pods: filter to see the others.</p>}
     </section>
   );

@@ -2,7 +2,7 @@ import { useState } from 'preact/hooks';
 import { modify } from '../api.js';
 import { condition, keyOf, list } from '../fleet.js';
 import { age } from '../quantity.js';
-import { useTick } from './common.jsx';
+import { Table, useTick } from './common.jsx';
 
 /** Template annotation `flotilla rollout restart` sets (rollout_cmd.rs). */
 const RESTARTED_AT = 'flotilla.io/restartedAt';
@@ -55,98 +55,56 @@ export function Workloads({ fleet }) {
       {deployments.length === 0 ? (
         <p class="hint">None yet: apply one on the Apply page.</p>
       ) : (
-        <div class="scroll">
-          <table>
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Ready</th>
-                <th>Rollout</th>
-                <th>Progress</th>
-                <th>Age</th>
-                <th>Actions</th>
-              </tr>
-            </thead>
-            <tbody>
-              {deployments.map((d) => (
-                <DeploymentRow deployment={d} said={said[keyOf(d)]} act={act} />
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table headers={['Name', 'Ready', 'Rollout', 'Progress', 'Age', 'Actions']}>
+          {deployments.map((d) => (
+            <DeploymentRow deployment={d} said={said[keyOf(d)]} act={act} />
+          ))}
+        </Table>
       )}
       <h2>DaemonSets</h2>
       {daemonSets.length === 0 ? (
         <p class="hint">None.</p>
       ) : (
-        <div class="scroll">
-          <table>
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Ready</th>
-                <th>Desired</th>
-                <th>Updated</th>
-                <th>Available</th>
-                <th>Age</th>
+        <Table headers={['Name', 'Ready', 'Desired', 'Updated', 'Available', 'Age']}>
+          {daemonSets.map((d) => {
+            const s = d.status || {};
+            return (
+              <tr data-daemonset={d.metadata.name}>
+                <td>{qualified(d)}</td>
+                <td>
+                  {s.numberReady || 0}/{s.desiredNumberScheduled || 0}
+                </td>
+                <td>{s.desiredNumberScheduled || 0}</td>
+                <td>{s.updatedNumberScheduled || 0}</td>
+                <td>{s.numberAvailable || 0}</td>
+                <td>{age(d.metadata.creationTimestamp)}</td>
               </tr>
-            </thead>
-            <tbody>
-              {daemonSets.map((d) => {
-                const s = d.status || {};
-                return (
-                  <tr data-daemonset={d.metadata.name}>
-                    <td>{qualified(d)}</td>
-                    <td>
-                      {s.numberReady || 0}/{s.desiredNumberScheduled || 0}
-                    </td>
-                    <td>{s.desiredNumberScheduled || 0}</td>
-                    <td>{s.updatedNumberScheduled || 0}</td>
-                    <td>{s.numberAvailable || 0}</td>
-                    <td>{age(d.metadata.creationTimestamp)}</td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+        </Table>
       )}
       <h2>Jobs</h2>
       {jobs.length === 0 ? (
         <p class="hint">None.</p>
       ) : (
-        <div class="scroll">
-          <table>
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Completions</th>
-                <th>Active</th>
-                <th>Failed</th>
-                <th>State</th>
-                <th>Age</th>
+        <Table headers={['Name', 'Completions', 'Active', 'Failed', 'State', 'Age']}>
+          {jobs.map((j) => {
+            const s = j.status || {};
+            const done = (s.conditions || []).find((c) => c.status === 'True');
+            return (
+              <tr data-job={j.metadata.name}>
+                <td>{qualified(j)}</td>
+                <td>
+                  {s.succeeded || 0}/{j.spec?.completions ?? 1}
+                </td>
+                <td>{s.active || 0}</td>
+                <td>{s.failed || 0}</td>
+                <td title={done?.message}>{done ? done.type : s.active ? 'Running' : 'Pending'}</td>
+                <td>{age(j.metadata.creationTimestamp)}</td>
               </tr>
-            </thead>
-            <tbody>
-              {jobs.map((j) => {
-                const s = j.status || {};
-                const done = (s.conditions || []).find((c) => c.status === 'True');
-                return (
-                  <tr data-job={j.metadata.name}>
-                    <td>{qualified(j)}</td>
-                    <td>
-                      {s.succeeded || 0}/{j.spec?.completions ?? 1}
-                    </td>
-                    <td>{s.active || 0}</td>
-                    <td>{s.failed || 0}</td>
-                    <td title={done?.message}>{done ? done.type : s.active ? 'Running' : 'Pending'}</td>
-                    <td>{age(j.metadata.creationTimestamp)}</td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+        </Table>
       )}
     </section>
   );
