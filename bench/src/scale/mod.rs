@@ -472,9 +472,12 @@ impl SimulatedFleet {
         let cpu = self.controller.cpu_seconds()? - cpu_before;
         let writes = self.controller.resource_version()?.saturating_sub(rv_before);
         let (metrics_scrape_ms, metrics_bytes, metrics_gzip_bytes) = self.scrape_metrics()?;
+        let (dashboard_snapshot_ms, dashboard_snapshot_bytes) = self.dashboard_snapshot()?;
         Ok(json!({
             "nodes": self.profiles.len(),
             "seconds": round3(elapsed),
+            "dashboard_snapshot_ms": dashboard_snapshot_ms,
+            "dashboard_snapshot_bytes": dashboard_snapshot_bytes,
             "metrics_scrape_ms": metrics_scrape_ms,
             "metrics_bytes": metrics_bytes,
             "metrics_gzip_bytes": metrics_gzip_bytes,
@@ -512,6 +515,35 @@ impl SimulatedFleet {
         }
         times.sort_by(f64::total_cmp);
         Ok((round3(times[1]), scrape("identity")?.len(), zipped))
+    }
+
+    /// What the dashboard loads when it opens: its watch of the fleet
+    /// (`GET /api/v1/watch`, the kinds its pages show) up to the BOOKMARK
+    /// that ends the snapshot: milliseconds and bytes.
+    fn dashboard_snapshot(&self) -> anyhow::Result<(f64, usize)> {
+        use std::io::BufRead as _;
+        let http: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).build().into();
+        let at = Instant::now();
+        let response = http
+            .get(format!(
+                "{}/api/v1/watch?resources=nodes,pods,deployments,daemonsets,jobs,events",
+                self.controller.url()
+            ))
+            .header("Authorization", format!("Bearer {}", self.controller.token()))
+            .call()?;
+        let mut reader = std::io::BufReader::new(response.into_body().into_reader());
+        let (mut bytes, mut line) = (0, String::new());
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line)?;
+            anyhow::ensure!(n > 0, "the watch ended before its BOOKMARK");
+            bytes += n;
+            if line.starts_with("{\"object\":{\"metadata\":{\"resourceVersion\"") && line.contains("\"BOOKMARK\"") {
+                break;
+            }
+        }
+        Ok((round3(at.elapsed().as_secs_f64() * 1000.0), bytes))
     }
 
     /// Kills `victims` at once; returns the seconds until every Deployment
