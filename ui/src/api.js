@@ -57,7 +57,8 @@ export async function text(path) {
  * every kind: a browser keeps six per server.
  */
 export async function watch(resources, onEvent, signal) {
-  const response = await fetch(`/api/v1/watch?resources=${resources.join(',')}`, {
+  // Replicas come without their spec but nodeName: most of their bytes, never shown.
+  const response = await fetch(`/api/v1/watch?resources=${resources.join(',')}&summary=true`, {
     headers: headers(false),
     signal,
   });

@@ -527,7 +527,7 @@ impl SimulatedFleet {
         let at = Instant::now();
         let response = http
             .get(format!(
-                "{}/api/v1/watch?resources=nodes,pods,deployments,daemonsets,jobs,events",
+                "{}/api/v1/watch?resources=nodes,pods,deployments,daemonsets,jobs,events&summary=true",
                 self.controller.url()
             ))
             .header("Authorization", format!("Bearer {}", self.controller.token()))

@@ -548,8 +548,9 @@ fn watch(state: Shared, kind: Kind, ns: Option<String>, selector: Selector, from
             && ns.as_ref().is_none_or(|ns| &event.object.metadata.namespace == ns)
             && selector.matches(&event.object.metadata.labels)
     };
-    let backlog: Vec<_> = subscription.backlog.iter().filter(|e| matches(e)).map(|e| event_line(e)).collect();
-    Ok(watch_stream(backlog, subscription.live, subscription.after, matches))
+    let backlog: Vec<_> =
+        subscription.backlog.iter().filter(|e| matches(e)).map(|e| event_line(e, Detail::Whole)).collect();
+    Ok(watch_stream(backlog, subscription.live, subscription.after, matches, Detail::Whole))
 }
 
 /// Query of `GET /api/v1/watch`.
@@ -558,6 +559,18 @@ pub struct WatchKindsQuery {
     /// Comma-separated resources, `nodes,pods,deployments`.
     #[serde(default)]
     pub resources: String,
+    /// Replicas without their spec but `nodeName` (what a screen shows;
+    /// the spec is most of a replica's bytes).
+    #[serde(default)]
+    pub summary: bool,
+}
+
+/// How much of an object a watch line carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    Whole,
+    /// Replicas' spec cut to `nodeName`.
+    Summary,
 }
 
 /// Several kinds in one stream (what the dashboard shows, over one
@@ -576,6 +589,7 @@ pub(crate) async fn watch_kinds(
     }
     // Subscribed before the snapshot: a change committed in between is in
     // both, and its copy in the live stream is skipped by version.
+    let detail = if query.summary { Detail::Summary } else { Detail::Whole };
     let subscription = state.store.subscribe(0)?;
     let store = state.store.clone();
     let wanted = kinds.clone();
@@ -583,7 +597,7 @@ pub(crate) async fn watch_kinds(
         let view = store.view();
         let mut lines: Vec<Result<Vec<u8>, std::convert::Infallible>> = Vec::new();
         for kind in wanted {
-            lines.extend(view.list(kind, None).map(|object| object_line("ADDED", object)));
+            lines.extend(view.list(kind, None).map(|object| object_line("ADDED", object, detail)));
         }
         let version = view.resource_version;
         let bookmark = serde_json::json!({
@@ -595,21 +609,29 @@ pub(crate) async fn watch_kinds(
     })
     .await?;
     let matches = move |event: &WatchEvent| kinds.contains(&event.object.kind);
-    Ok(watch_stream(initial, subscription.live, version, matches))
+    Ok(watch_stream(initial, subscription.live, version, matches, detail))
 }
 
 /// One watch event's line.
-fn event_line(event: &WatchEvent) -> Result<Vec<u8>, std::convert::Infallible> {
+fn event_line(event: &WatchEvent, detail: Detail) -> Result<Vec<u8>, std::convert::Infallible> {
     let event_type = match event.event_type {
         EventType::Added => "ADDED",
         EventType::Modified => "MODIFIED",
         EventType::Deleted => "DELETED",
     };
-    object_line(event_type, &event.object)
+    object_line(event_type, &event.object, detail)
 }
 
-fn object_line(event_type: &str, object: &ApiObject) -> Result<Vec<u8>, std::convert::Infallible> {
-    let object = object.json();
+fn object_line(event_type: &str, object: &ApiObject, detail: Detail) -> Result<Vec<u8>, std::convert::Infallible> {
+    let object = match (detail, object.kind) {
+        (Detail::Summary, Kind::Pod) => {
+            let mut summary = object.clone();
+            let node = object.node_name().map(str::to_owned);
+            summary.set_field("spec", serde_json::json!({ "nodeName": node }));
+            summary.json()
+        }
+        _ => object.json(),
+    };
     let mut bytes = Vec::with_capacity(object.len() + 32);
     bytes.extend_from_slice(format!(r#"{{"type":"{event_type}","object":"#).as_bytes());
     bytes.extend_from_slice(&object);
@@ -623,6 +645,7 @@ fn watch_stream(
     live: tokio::sync::broadcast::Receiver<Arc<WatchEvent>>,
     after: u64,
     matches: impl Fn(&WatchEvent) -> bool + Send + 'static,
+    detail: Detail,
 ) -> Response {
     let live = futures_util::stream::unfold((live, matches, false), move |(mut live, matches, done)| async move {
         if done {
@@ -631,7 +654,7 @@ fn watch_stream(
         loop {
             match live.recv().await {
                 Ok(event) if event.resource_version() <= after || !matches(&event) => continue,
-                Ok(event) => return Some((event_line(&event), (live, matches, false))),
+                Ok(event) => return Some((event_line(&event, detail), (live, matches, false))),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let message = format!("watch fell {n} changes behind; list again");
                     let error = serde_json::json!({"type": "ERROR", "object": {"message": message}});
