@@ -236,6 +236,17 @@ fn an_operator_watches_the_fleet_moves_replicas_rolls_out_and_applies_in_a_brows
         vec![],
     );
     let transferred = transferred.as_u64().unwrap();
+    // Its watch comes gzipped (flushed per event) to a client that takes it.
+    let watch = controller
+        .http()
+        .unwrap()
+        .get(format!("{}/api/v1/watch?resources=nodes&summary=true", controller.url))
+        .header("Authorization", format!("Bearer {}", controller.token().unwrap()))
+        .header("Accept-Encoding", "gzip")
+        .call()
+        .unwrap();
+    assert_eq!(watch.headers().get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    drop(watch);
     eprintln!("dashboard first load: {transferred} bytes transferred");
     assert!(transferred > 0 && transferred < 300 * 1024, "first load {transferred} bytes");
 

@@ -472,12 +472,14 @@ impl SimulatedFleet {
         let cpu = self.controller.cpu_seconds()? - cpu_before;
         let writes = self.controller.resource_version()?.saturating_sub(rv_before);
         let (metrics_scrape_ms, metrics_bytes, metrics_gzip_bytes) = self.scrape_metrics()?;
-        let (dashboard_snapshot_ms, dashboard_snapshot_bytes) = self.dashboard_snapshot()?;
+        let (dashboard_snapshot_ms, dashboard_snapshot_gzip_bytes, dashboard_snapshot_bytes) =
+            self.dashboard_snapshot()?;
         Ok(json!({
             "nodes": self.profiles.len(),
             "seconds": round3(elapsed),
             "dashboard_snapshot_ms": dashboard_snapshot_ms,
             "dashboard_snapshot_bytes": dashboard_snapshot_bytes,
+            "dashboard_snapshot_gzip_bytes": dashboard_snapshot_gzip_bytes,
             "metrics_scrape_ms": metrics_scrape_ms,
             "metrics_bytes": metrics_bytes,
             "metrics_gzip_bytes": metrics_gzip_bytes,
@@ -518,10 +520,20 @@ impl SimulatedFleet {
     }
 
     /// What the dashboard loads when it opens: its watch of the fleet
-    /// (`GET /api/v1/watch`, the kinds its pages show) up to the BOOKMARK
-    /// that ends the snapshot: milliseconds and bytes.
-    fn dashboard_snapshot(&self) -> anyhow::Result<(f64, usize)> {
+    /// (`GET /api/v1/watch`, the kinds its pages show, gzip as a browser
+    /// asks) up to the BOOKMARK that ends the snapshot: milliseconds, bytes
+    /// on the wire and bytes of JSON.
+    fn dashboard_snapshot(&self) -> anyhow::Result<(f64, usize, usize)> {
         use std::io::BufRead as _;
+        /// Counts the bytes read through it (the compressed stream).
+        struct Counted<R>(R, std::rc::Rc<std::cell::Cell<usize>>);
+        impl<R: std::io::Read> std::io::Read for Counted<R> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1.set(self.1.get() + n);
+                Ok(n)
+            }
+        }
         let http: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).build().into();
         let at = Instant::now();
@@ -531,8 +543,13 @@ impl SimulatedFleet {
                 self.controller.url()
             ))
             .header("Authorization", format!("Bearer {}", self.controller.token()))
+            .header("Accept-Encoding", "gzip")
             .call()?;
-        let mut reader = std::io::BufReader::new(response.into_body().into_reader());
+        let gzipped = response.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+        anyhow::ensure!(gzipped, "the dashboard's watch came without gzip");
+        let wire = std::rc::Rc::new(std::cell::Cell::new(0));
+        let body = Counted(response.into_body().into_reader(), wire.clone());
+        let mut reader = std::io::BufReader::new(flate2::read::GzDecoder::new(body));
         let (mut bytes, mut line) = (0, String::new());
         loop {
             line.clear();
@@ -543,7 +560,7 @@ impl SimulatedFleet {
                 break;
             }
         }
-        Ok((round3(at.elapsed().as_secs_f64() * 1000.0), bytes))
+        Ok((round3(at.elapsed().as_secs_f64() * 1000.0), wire.get(), bytes))
     }
 
     /// Kills `victims` at once; returns the seconds until every Deployment
