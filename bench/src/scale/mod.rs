@@ -524,16 +524,6 @@ impl SimulatedFleet {
     /// asks) up to the BOOKMARK that ends the snapshot: milliseconds, bytes
     /// on the wire and bytes of JSON.
     fn dashboard_snapshot(&self) -> anyhow::Result<(f64, usize, usize)> {
-        use std::io::BufRead as _;
-        /// Counts the bytes read through it (the compressed stream).
-        struct Counted<R>(R, std::rc::Rc<std::cell::Cell<usize>>);
-        impl<R: std::io::Read> std::io::Read for Counted<R> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = self.0.read(buf)?;
-                self.1.set(self.1.get() + n);
-                Ok(n)
-            }
-        }
         let http: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).build().into();
         let at = Instant::now();
@@ -547,20 +537,26 @@ impl SimulatedFleet {
             .call()?;
         let gzipped = response.headers().get("content-encoding").is_some_and(|v| v == "gzip");
         anyhow::ensure!(gzipped, "the dashboard's watch came without gzip");
-        let wire = std::rc::Rc::new(std::cell::Cell::new(0));
-        let body = Counted(response.into_body().into_reader(), wire.clone());
-        let mut reader = std::io::BufReader::new(flate2::read::GzDecoder::new(body));
-        let (mut bytes, mut line) = (0, String::new());
+        // Fed as the bytes arrive, as a browser decodes: a reading decoder
+        // would wait for more input than a live stream has.
+        let mut body = response.into_body().into_reader();
+        let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+        let (mut wire, mut buffer) = (0, vec![0u8; 64 << 10]);
+        let bookmark = "{\"object\":{\"metadata\":{\"resourceVersion\"";
         loop {
-            line.clear();
-            let n = reader.read_line(&mut line)?;
+            let n = std::io::Read::read(&mut body, &mut buffer)?;
             anyhow::ensure!(n > 0, "the watch ended before its BOOKMARK");
-            bytes += n;
-            if line.starts_with("{\"object\":{\"metadata\":{\"resourceVersion\"") && line.contains("\"BOOKMARK\"") {
+            wire += n;
+            std::io::Write::write_all(&mut decoder, &buffer[..n])?;
+            std::io::Write::flush(&mut decoder)?;
+            let text = decoder.get_ref();
+            let last_line = text.strip_suffix(b"\n").and_then(|t| t.rsplit(|b| *b == b'\n').next());
+            if last_line.is_some_and(|l| l.starts_with(bookmark.as_bytes()) && l.ends_with(b"\"BOOKMARK\"}")) {
                 break;
             }
         }
-        Ok((round3(at.elapsed().as_secs_f64() * 1000.0), wire.get(), bytes))
+        let bytes = decoder.get_ref().len();
+        Ok((round3(at.elapsed().as_secs_f64() * 1000.0), wire, bytes))
     }
 
     /// Kills `victims` at once; returns the seconds until every Deployment
