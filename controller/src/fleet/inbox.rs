@@ -516,19 +516,21 @@ impl Inbox {
             // A replica the node no longer holds (moved, deleted) is not its
             // to report on.
             let Some(position) = position else { continue };
-            let key = document.replicas[position].1.clone();
-            let key = &key;
+            let key = &document.replicas[position].1;
             if replica.phase == Phase::CrashLoopBackOff {
                 let exit = replica.last_exit.map(|e| format!(", last exit code {}", e.code)).unwrap_or_default();
                 let message = format!("back-off restarting a failed container (restarts: {}{exit})", replica.restarts);
                 warnings.push((key.clone(), "backoff", "BackOff", message));
             }
-            if let Some(Exit { reason: ExitReason::OomKilled, .. }) = replica.last_exit {
-                let id = &document.replicas[position].0;
-                if self.oom_counted.get(id.as_str()) != Some(&replica.restarts) {
-                    self.counters.oom_killed();
-                    self.oom_counted.insert(id.clone(), replica.restarts);
-                }
+            // An OOM kill stays the last exit while the replica runs on:
+            // counted, and said, once per restart count (the event is
+            // idempotent, so a controller restart says it again harmlessly).
+            let id = &document.replicas[position].0;
+            if let Some(Exit { reason: ExitReason::OomKilled, .. }) = replica.last_exit
+                && self.oom_counted.get(id.as_str()) != Some(&replica.restarts)
+            {
+                self.counters.oom_killed();
+                self.oom_counted.insert(id.clone(), replica.restarts);
                 let message =
                     format!("a container went over its memory limit and was killed (restarts: {})", replica.restarts);
                 warnings.push((key.clone(), "oom-killed", "OOMKilled", message));

@@ -31,16 +31,16 @@ struct State {
 pub(super) struct Mirror {
     state: Mutex<State>,
     events: broadcast::Sender<Arc<WatchEvent>>,
-    /// Told each resourceVersion the mirror reaches (a commit waits here
-    /// for its own write to come back through etcd's watch).
-    reached: tokio::sync::watch::Sender<u64>,
+    /// The resourceVersion the mirror has reached, and its waiters (a
+    /// commit waits here for its own write to come back through etcd's watch).
+    reached: (Mutex<u64>, std::sync::Condvar),
 }
 
 impl Mirror {
     /// `objects` as of `resource_version`.
     pub(super) fn new(objects: Objects, resource_version: u64) -> Mirror {
         let (events, _) = broadcast::channel(4096);
-        let (reached, _) = tokio::sync::watch::channel(resource_version);
+        let reached = (Mutex::new(resource_version), std::sync::Condvar::new());
         let state = State { objects, resource_version, history: VecDeque::new(), oldest: resource_version };
         Mirror { state: Mutex::new(state), events, reached }
     }
@@ -73,24 +73,12 @@ impl Mirror {
     /// Waits (blocking) until the mirror is at `resource_version` or past it,
     /// or `timeout` passes; whether it got there.
     pub(super) fn wait_for(&self, resource_version: u64, timeout: std::time::Duration) -> bool {
-        let mut reached = self.reached.subscribe();
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if *reached.borrow_and_update() >= resource_version {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            // A small runtime of its own: callers are blocking threads.
-            let changed = futures_util::FutureExt::now_or_never(reached.changed());
-            match changed {
-                Some(Err(_)) => return false,
-                Some(Ok(())) => continue,
-                None => std::thread::sleep(left.min(std::time::Duration::from_millis(1))),
-            }
-        }
+        let (reached, changed) = &self.reached;
+        let reached = reached.lock().unwrap_or_else(|p| p.into_inner());
+        let (reached, _) = changed
+            .wait_timeout_while(reached, timeout, |at| *at < resource_version)
+            .unwrap_or_else(|p| p.into_inner());
+        *reached >= resource_version
     }
 
     pub(super) fn counts(&self) -> Vec<(Kind, usize)> {
@@ -136,7 +124,10 @@ impl Mirror {
         }
         state.resource_version = state.resource_version.max(resource_version);
         drop(state);
-        self.reached.send_replace(resource_version);
+        let (reached, changed) = &self.reached;
+        let mut at = reached.lock().unwrap_or_else(|p| p.into_inner());
+        *at = (*at).max(resource_version);
+        changed.notify_all();
     }
 
     /// Starts again from `objects` (a relist after the backend lost track,
