@@ -147,7 +147,7 @@ pub struct LeadingArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller: store, API, scheduler and reconcilers.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Apply manifests (Kubernetes-style YAML or JSON), atomically.
     ///
     /// Every document is checked first; fields Flotilla does not support are
@@ -484,10 +484,24 @@ pub struct ServerArgs {
     pub data_dir: Option<PathBuf>,
     /// Where objects are stored: `redb` (the embedded store, <data dir>/store.redb) or
     /// `etcd://host1:2379,host2:2379,host3:2379[/prefix]` (etcd v3, replicated; run etcd with
-    /// --max-txn-ops 4096 --max-request-bytes 33554432). On etcd, Secrets are sealed with
-    /// <data dir>/secrets.key: every controller on one cluster needs the same file.
+    /// --max-txn-ops 4096 --max-request-bytes 33554432). Several controllers may share one
+    /// etcd: one leads (runs the reconcilers, the scheduler and the publisher), the others stand
+    /// by and serve the API, and one of them takes over when the leader is lost. They need the
+    /// same token, secrets.key, controller.key, controller.pub and tls/ (copy them from the first
+    /// controller's data directory; a controller with other keys is refused) and an external
+    /// broker (--mqtt-url). The enrolment (join tokens, node credentials) is kept on etcd.
     #[arg(long, env = "FLOTILLA_STORE", default_value = "redb", value_parser = parse_store)]
     pub store: crate::server::StoreChoice,
+    /// With --store etcd: how long the leader's lease lasts; a lost leader is replaced within
+    /// it. Shorter fails over sooner, and makes a leader that misses etcd for two thirds of it
+    /// give up leading.
+    #[arg(long, env = "FLOTILLA_LEADER_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub leader_lease: std::time::Duration,
+    /// Where the image registry keeps its blobs and manifests [default: <data dir>/registry].
+    /// With several controllers, a directory they share (NFS or similar), so any of them
+    /// serves what was pushed through another.
+    #[arg(long, env = "FLOTILLA_REGISTRY_DIR")]
+    pub registry_dir: Option<PathBuf>,
     /// Address the API (and the image registry, /v2/) listens on, over HTTPS (HTTP with
     /// --plain). Use 0.0.0.0:7440 when devices must enrol and pull images over the network.
     #[arg(long, env = "FLOTILLA_API_ADDR", default_value = "127.0.0.1:7440")]

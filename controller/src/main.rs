@@ -13,7 +13,7 @@ fn main() {
         .init();
     let cli = Cli::parse_args();
     let result = match cli.command {
-        Command::Server(args) => run_server(args),
+        Command::Server(args) => run_server(*args),
         Command::Apply(args) => commands::apply(args),
         Command::Get(args) => commands::get(args),
         Command::Describe(args) => commands::describe(args),

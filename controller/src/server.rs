@@ -15,7 +15,7 @@ use crate::fleet::credentials::{ControllerKey, Enrolment};
 use crate::fleet::enrol_api::EnrolState;
 use crate::fleet::{self, FleetConfig, broker};
 use crate::reconcile;
-use crate::store::{RedbStore, SecretCipher, Store};
+use crate::store::{EtcdStore, RedbStore, SecretCipher, Store};
 
 /// File names inside the data directory.
 pub const TOKEN_FILE: &str = "token";
@@ -101,6 +101,10 @@ pub struct ServerConfig {
     pub credential_lifetime: Duration,
     /// An external Mosquitto's files to keep in step (`--mosquitto-dir`).
     pub mosquitto_dir: Option<PathBuf>,
+    /// How long the leader's lease lasts on etcd.
+    pub leader_lease: Duration,
+    /// Where the registry keeps its files (`None`: `<data dir>/registry`).
+    pub registry_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -159,8 +163,16 @@ impl ServerConfig {
             tls_names,
             credential_lifetime: args.node_credential_lifetime,
             mosquitto_dir: args.mosquitto_dir,
+            leader_lease: args.leader_lease,
+            registry_dir: args.registry_dir,
         })
     }
+}
+
+/// The opened store: the embedded one, or etcd with its election.
+enum Opened {
+    Redb(Arc<RedbStore>),
+    Etcd(Arc<EtcdStore>),
 }
 
 /// Runs until `shutdown` completes.
@@ -170,21 +182,18 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
     let cipher = SecretCipher::load_or_create(&config.data_dir.join(SECRETS_KEY_FILE))?;
     let store_path = config.data_dir.join(STORE_FILE);
     let choice = config.store.clone();
-    let api_addr = config.api_addr;
-    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn Store>> {
+    let opened = tokio::task::spawn_blocking(move || -> anyhow::Result<Opened> {
         Ok(match choice {
-            StoreChoice::Redb => Arc::new(RedbStore::open(&store_path, cipher)?),
-            StoreChoice::Etcd(target) => {
-                let store = crate::store::EtcdStore::open(target, cipher)?;
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                let identity = format!("{} pid {} api {}", host.trim(), std::process::id(), api_addr);
-                store.hold_controller_lease(&identity)?;
-                Arc::new(store)
-            }
+            StoreChoice::Redb => Opened::Redb(Arc::new(RedbStore::open(&store_path, cipher)?)),
+            StoreChoice::Etcd(target) => Opened::Etcd(Arc::new(EtcdStore::open(target, cipher)?)),
         })
     })
     .await
     .context("opening the store")??;
+    let (store, etcd): (Arc<dyn Store>, Option<Arc<EtcdStore>>) = match &opened {
+        Opened::Redb(redb) => (redb.clone(), None),
+        Opened::Etcd(etcd) => (etcd.clone(), Some(etcd.clone())),
+    };
     let state = Arc::new(ApiState {
         store: store.clone(),
         token,
@@ -207,19 +216,32 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         }
         None => None,
     };
-    let enrolment = Enrolment::load_or_create(&config.data_dir)?;
+    let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
+    crate::replica_spec::set_data_key_root(controller_key.derive_secret("flotilla/v1 secret data keys"));
+    let enrolment = match &etcd {
+        None => Enrolment::load_or_create(&config.data_dir)?,
+        Some(etcd) => {
+            let (etcd, data_dir) = (etcd.clone(), config.data_dir.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Enrolment> {
+                check_shared_keys(&etcd, &data_dir)?;
+                Enrolment::load_or_create_shared(etcd.enrolment_document(), &data_dir)
+            })
+            .await
+            .context("reading the shared enrolment")??
+        }
+    };
     enrolment.set_credential_lifetime(config.credential_lifetime);
     // An external broker's password file holds one password per user, so
     // a rotation there keeps the password (the MAC key still rotates).
     enrolment.set_rotate_password(config.mqtt_listen.is_some());
-    let mosquitto_sync = config
-        .mosquitto_dir
-        .clone()
-        .map(|dir| fleet::mosquitto::spawn_sync(dir, config.fleet.prefix.clone(), enrolment.clone()));
-    let controller_key = Arc::new(ControllerKey::load_or_create(&config.data_dir)?);
-    crate::replica_spec::set_data_key_root(controller_key.derive_secret("flotilla/v1 secret data keys"));
     let mut fleet_config = config.fleet.clone();
     if let Some(listen) = config.mqtt_listen {
+        if etcd.is_some() {
+            tracing::warn!(
+                "the embedded broker serves only the devices connected to this controller: several controllers \
+                 on one etcd need an external broker (--mqtt-url) to take over each other's devices"
+            );
+        }
         let refusals = state.metrics.node_refusals();
         let broker = broker::start(
             listen,
@@ -245,35 +267,24 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         tls_registry: tls.as_ref().map(|_| config.fleet.default_registry.clone()),
         ca_sha256: tls.as_ref().map(|tls| tls.ca.fingerprint()),
     });
-    let fleet = fleet::spawn(
-        store.clone(),
-        fleet_config,
-        enrolment,
-        controller_key,
-        state.metrics.node_refusals(),
-        state.metrics.fleet_counters(),
-    )?;
-    let logs_api = fleet::logs::LogsApi {
-        store: store.clone(),
-        requests: fleet.log_requests.clone(),
-        last_heard: fleet.last_heard.clone(),
-    };
-    let eviction = fleet.eviction.clone();
-    let reconciler = tokio::spawn(reconcile::run(
-        store.clone(),
-        move || eviction.policy(),
-        config.fleet.default_registry.clone(),
-        state.metrics.fleet_counters(),
-    ));
+    let link = fleet::logs::FleetLink::absent(|| "this controller is starting".to_owned());
+    let logs_api = fleet::logs::LogsApi { store: store.clone(), link: link.clone() };
+    let registry_dir = config.registry_dir.clone().unwrap_or_else(|| config.data_dir.join("registry"));
+    let registry = Arc::new(
+        crate::registry::Registry::open(&registry_dir)
+            .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?
+            .with_space_guard(state.space.clone()),
+    );
     let registry_tls = match &tls {
         Some(tls) => Some(crate::tls::trusting(tls.ca.cert_pem().as_bytes())?),
         None => None,
     };
-    let pinning = tokio::spawn(crate::pinning::run(store.clone(), config.fleet.default_registry.clone(), registry_tls));
     let store_failures = tokio::spawn(crate::space::report_disk_trouble(store.clone(), state.space.clone()));
     state.ready.store(true, std::sync::atomic::Ordering::Release);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let api_url = format!("{scheme}://{}", listener.local_addr()?);
     tracing::info!(
-        api = %format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?),
+        api = %api_url,
         ca = %match &tls {
             Some(tls) => format!("{} ({})", crate::tls::FleetCa::cert_path(&config.data_dir).display(), tls.ca.fingerprint()),
             None => "none: plain HTTP and MQTT (--plain)".to_owned(),
@@ -281,9 +292,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         data_dir = %config.data_dir.display(),
         token_file = %config.data_dir.join(TOKEN_FILE).display(),
         dashboard = %format!(
-            "{}://{}/ui/{}",
-            if tls.is_some() { "https" } else { "http" },
-            listener.local_addr()?,
+            "{api_url}/ui/{}",
             match &tls {
                 Some(tls) => format!(
                     " (import {} ({}) into the browser to trust it)",
@@ -299,42 +308,230 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         },
         "flotilla controller ready"
     );
-    let registry_dir = config.data_dir.join("registry");
-    let registry = Arc::new(
-        crate::registry::Registry::open(&registry_dir)
-            .with_context(|| format!("opening the image registry in {}", registry_dir.display()))?
-            .with_space_guard(state.space.clone()),
-    );
-    let gc = tokio::spawn(registry.clone().run_gc(Duration::from_secs(3600), std::future::pending()));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let leading = LeaderWork {
+        store: store.clone(),
+        etcd,
+        identity: format!("{} pid {} api {api_url}", host.trim(), std::process::id()),
+        leader_lease: config.leader_lease,
+        fleet: fleet_config,
+        default_registry: config.fleet.default_registry.clone(),
+        enrolment,
+        controller_key,
+        metrics_refusals: state.metrics.node_refusals(),
+        counters: state.metrics.fleet_counters(),
+        link,
+        registry: registry.clone(),
+        registry_tls,
+        mosquitto_dir: config.mosquitto_dir.clone(),
+    };
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let leader = tokio::spawn(leading.run(stopping));
     let app = api::routes::router(api::routes::Parts {
         api: state,
         enrol: Some(enrol_state),
         logs: Some(logs_api),
         registry: Some(registry),
     });
-    match &tls {
+    let stop_on_shutdown = stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop_on_shutdown.send_replace(true);
+    };
+    let served = match &tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, tls.acceptor.clone())?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")?,
-    }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    };
     // Drain: the API answered what it had; the loops stop between passes
     // (a pass already running in the blocking pool ends with its commit
     // before the runtime is gone), and the inbox commits what it received.
     tracing::info!("API closed; stopping the reconcilers and the fleet channel");
-    for task in [&reconciler, &pinning, &gc, &store_failures] {
-        task.abort();
-    }
-    for task in [reconciler, pinning, gc, store_failures] {
-        let _ = task.await;
-    }
-    if let Some(task) = mosquitto_sync {
-        task.abort();
-    }
-    fleet.stop().await;
+    stop.send_replace(true);
+    let _ = leader.await;
+    store_failures.abort();
+    let _ = store_failures.await;
     tracing::info!("stopped");
+    served.context("serving the API")
+}
+
+/// The fingerprints of what every controller on one etcd must share: the
+/// API token, the Secrets key (objects and the enrolment are sealed with
+/// it), the signing key (agents pin it) and the CAs (agents and browsers
+/// trust them).
+fn check_shared_keys(etcd: &EtcdStore, data_dir: &Path) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let files = [
+        TOKEN_FILE.to_owned(),
+        SECRETS_KEY_FILE.to_owned(),
+        crate::fleet::credentials::CONTROLLER_KEY_FILE.to_owned(),
+        format!("{}/{}", crate::tls::TLS_DIR, crate::tls::CA_CERT_FILE),
+        format!("{}/{}", crate::tls::TLS_DIR, crate::tls::BROWSER_CA_CERT_FILE),
+    ];
+    let mut ours = std::collections::BTreeMap::new();
+    for file in files {
+        // The CAs exist only with TLS; a missing file is "none" on both sides.
+        let digest = match std::fs::read(data_dir.join(&file)) {
+            Ok(bytes) => hex::encode(sha2::Sha256::digest(&bytes)),
+            Err(_) => "none".to_owned(),
+        };
+        ours.insert(file, digest);
+    }
+    let text = serde_json::to_string(&ours)?;
+    let recorded = etcd.agree_on_keys(&text)?;
+    let theirs: std::collections::BTreeMap<String, String> = serde_json::from_str(&recorded).unwrap_or_default();
+    let differing: Vec<&str> =
+        ours.iter().filter(|(file, digest)| theirs.get(*file) != Some(digest)).map(|(file, _)| file.as_str()).collect();
+    anyhow::ensure!(
+        differing.is_empty(),
+        "this controller's {} differ from the other controllers' on this etcd: stop it, copy token, secrets.key, \
+         controller.key, controller.pub and tls/ from the data directory of the first controller into {}, and \
+         start it again",
+        differing.join(", "),
+        data_dir.display()
+    );
     Ok(())
+}
+
+/// What only the leader runs: the fleet channel (inbox, publisher), the
+/// reconcilers and scheduler, image pinning, the registry's garbage
+/// collection and an external Mosquitto's files. With the embedded store
+/// this controller always leads; on etcd it campaigns, runs them for its
+/// term, stops them when the term ends and stands by again.
+struct LeaderWork {
+    store: Arc<dyn Store>,
+    etcd: Option<Arc<EtcdStore>>,
+    identity: String,
+    leader_lease: Duration,
+    fleet: FleetConfig,
+    default_registry: String,
+    enrolment: Enrolment,
+    controller_key: Arc<ControllerKey>,
+    metrics_refusals: fleet::refusals::RefusalCounter,
+    counters: fleet::counters::FleetCounters,
+    link: fleet::logs::FleetLink,
+    registry: Arc<crate::registry::Registry>,
+    registry_tls: Option<ureq::tls::TlsConfig>,
+    mosquitto_dir: Option<PathBuf>,
+}
+
+/// Resolves once `stopping` says stop.
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// The leader's loops of one term.
+struct Running {
+    fleet: fleet::Fleet,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.fleet.stop().await;
+    }
+}
+
+impl LeaderWork {
+    async fn run(self, mut stopping: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let (store, term) = match &self.etcd {
+                None => (self.store.clone(), None),
+                Some(etcd) => {
+                    let who = etcd.clone();
+                    self.link.clear(move || match who.leader() {
+                        Some(leader) => format!("this controller stands by; the leader is {leader}: ask it"),
+                        None => "this controller stands by and no controller leads yet".to_owned(),
+                    });
+                    let mut campaign = etcd.campaign(self.identity.clone(), self.leader_lease);
+                    tokio::select! {
+                        elected = &mut campaign => match elected {
+                            Ok(Ok(term)) => (term.clone() as Arc<dyn Store>, Some(term)),
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "campaigning to lead failed; trying again");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "campaigning to lead stopped");
+                                return;
+                            }
+                        },
+                        _ = stopped(&mut stopping) => {
+                            campaign.abort();
+                            return;
+                        }
+                    }
+                }
+            };
+            let running = match self.start(store) {
+                Ok(running) => running,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot start the controller's loops");
+                    if let Some(term) = term {
+                        let _ = tokio::task::spawn_blocking(move || term.resign()).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let ended = async {
+                match &term {
+                    Some(term) => term.ended().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stopped(&mut stopping) => {
+                    running.stop().await;
+                    if let Some(term) = term {
+                        let _ = tokio::task::spawn_blocking(move || term.resign()).await;
+                    }
+                    return;
+                }
+                _ = ended => {
+                    self.link.clear(|| "this controller's term as leader just ended".to_owned());
+                    running.stop().await;
+                    tracing::warn!("the controller's loops stopped at the end of its term; standing by");
+                }
+            }
+        }
+    }
+
+    fn start(&self, store: Arc<dyn Store>) -> anyhow::Result<Running> {
+        let fleet = fleet::spawn(
+            store.clone(),
+            self.fleet.clone(),
+            self.enrolment.clone(),
+            self.controller_key.clone(),
+            self.metrics_refusals.clone(),
+            self.counters.clone(),
+        )?;
+        self.link.set(fleet.log_requests.clone(), fleet.last_heard.clone());
+        let eviction = fleet.eviction.clone();
+        let mut tasks = vec![
+            tokio::spawn(reconcile::run(
+                store.clone(),
+                move || eviction.policy(),
+                self.default_registry.clone(),
+                self.counters.clone(),
+            )),
+            tokio::spawn(crate::pinning::run(store, self.default_registry.clone(), self.registry_tls.clone())),
+            tokio::spawn(self.registry.clone().run_gc(Duration::from_secs(3600), std::future::pending())),
+        ];
+        if let Some(dir) = self.mosquitto_dir.clone() {
+            tasks.push(fleet::mosquitto::spawn_sync(dir, self.fleet.prefix.clone(), self.enrolment.clone()));
+        }
+        Ok(Running { fleet, tasks })
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -134,22 +134,38 @@ fn the_etcd_store_answers_as_the_embedded_one_and_two_controllers_share_it() {
     assert!(names.contains(&"after-compaction".to_owned()), "{names:?}");
     assert_eq!(c.get(&key("churn")).unwrap().field("data"), Some(json!({"k": "19"})));
 
-    // One controller per cluster: a holds the controller lease, b is told
-    // who holds it; once a's lease is gone a writes nothing more (fenced),
-    // and b takes over.
-    a.hold_controller_lease("controller a").unwrap();
-    a.commit(vec![Op::Apply(config_map("by-a", "1"))]).unwrap();
-    let refused = b.hold_controller_lease("controller b").unwrap_err().to_string();
-    assert!(refused.contains("controller a") && refused.contains("not supported yet"), "{refused}");
+    // One leader: a's term leads, b campaigns and stands by naming a; once
+    // a's lease is gone its term writes nothing more (fenced) and b leads.
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let lease = Duration::from_secs(3);
+    let term_a = runtime.block_on(a.campaign("controller a".into(), lease)).unwrap().unwrap();
+    term_a.commit(vec![Op::Apply(config_map("by-a", "1"))]).unwrap();
+    let campaign_b = b.campaign("controller b".into(), lease);
+    wait_until("b names the leader", || b.leader().as_deref() == Some("controller a"));
+    std::thread::sleep(lease + Duration::from_secs(1));
+    assert!(!campaign_b.is_finished(), "b leads while a keeps its lease alive");
+    // A standby's own writes (its API's) are not fenced.
+    b.commit(vec![Op::Apply(config_map("through-standby", "1"))]).unwrap();
     let leases = cluster.etcdctl(&["lease", "list"]).unwrap();
     for lease in leases.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()) {
         cluster.etcdctl(&["lease", "revoke", lease]).unwrap();
     }
-    let fenced = a.commit(vec![Op::Apply(config_map("by-a", "2"))]).unwrap_err().to_string();
+    let term_b = runtime.block_on(campaign_b).unwrap().unwrap();
+    wait_until("a's term ends", || term_a.is_over());
+    let fenced = term_a.commit(vec![Op::Apply(config_map("by-a", "2"))]).unwrap_err().to_string();
     assert!(fenced.contains("fenced"), "{fenced}");
-    b.hold_controller_lease("controller b").unwrap();
-    b.commit(vec![Op::Apply(config_map("by-b", "1"))]).unwrap();
+    term_b.commit(vec![Op::Apply(config_map("by-b", "1"))]).unwrap();
     assert_eq!(b.get(&key("by-a")).unwrap().field("data"), Some(json!({"k": "1"})), "a's fenced write is not there");
+    // A leader that resigns (stops) hands over at once, not after its lease.
+    let campaign_a = a.campaign("controller a".into(), lease);
+    wait_until("a names b", || a.leader().as_deref() == Some("controller b"));
+    let resigned = Instant::now();
+    term_b.resign();
+    let term_a = runtime.block_on(campaign_a).unwrap().unwrap();
+    assert!(resigned.elapsed() < Duration::from_secs(2), "took {:?}", resigned.elapsed());
+    term_a.commit(vec![Op::Apply(config_map("by-a", "3"))]).unwrap();
+    assert!(term_b.commit(vec![Op::Apply(config_map("by-b", "2"))]).is_err(), "a resigned term writes");
 }
 
 /// `flotilla server --store etcd://...` runs a fleet on etcd: a workload
@@ -186,12 +202,12 @@ fn a_controller_on_etcd_runs_a_fleet_through_a_member_loss_and_a_restart() {
     let keys = cluster.etcdctl(&["get", "--prefix", "--keys-only", "/flotilla/objects/Deployment/"]).unwrap();
     assert!(keys.contains("/flotilla/objects/Deployment/default/on-etcd"), "{keys}");
 
-    // A second controller on the same etcd is refused, naming the first
-    // (one elected leader among several is not built yet).
+    // A second controller with keys of its own is refused, naming them
+    // (one with the same keys stands by: tests/tests/failover.rs).
     let refused =
         ControllerProcess::start_with(&dir.path().join("second"), &["--store", &url]).err().map(|e| e.to_string());
-    let refused = refused.expect("a second controller on the same etcd started");
-    assert!(refused.contains("not supported yet") && refused.contains("is running on this etcd"), "{refused}");
+    let refused = refused.expect("a controller with other keys started on the same etcd");
+    assert!(refused.contains("differ from the other controllers'"), "{refused}");
 
     // One member lost: a scale-up still goes through.
     cluster.kill(1);

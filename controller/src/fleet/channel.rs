@@ -56,7 +56,10 @@ pub fn spawn(
     republish: Arc<tokio::sync::Notify>,
     link: BrokerLink,
 ) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let client_id = format!("{CONTROLLER_USER}-{}", std::process::id());
+    // Unique per connection: controllers on several machines may share a
+    // pid, and a broker drops the older of two sessions with one id.
+    let nonce = crate::store::random_bytes::<4>().map(hex::encode).unwrap_or_default();
+    let client_id = format!("{CONTROLLER_USER}-{}-{nonce}", std::process::id());
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
     options.set_keep_alive(config.keep_alive);
     options.set_credentials(CONTROLLER_USER, enrolment.controller_password());

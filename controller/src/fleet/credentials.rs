@@ -55,7 +55,7 @@ pub const CONTROLLER_PUBLIC_KEY_FILE: &str = "controller.pub";
 /// Enrolled nodes and join tokens.
 pub const ENROLMENT_FILE: &str = "enrolment.json";
 /// The broker user name the controller itself connects as. Its client ids
-/// are `flotilla-controller-<pid>`, so no node name (nor a node's client
+/// are `flotilla-controller-<pid>-<random>`, so no node name (nor a node's client
 /// id) may start with it.
 pub const CONTROLLER_USER: &str = "flotilla-controller";
 /// A token that ended (expired) this long ago is dropped from the file
@@ -495,9 +495,39 @@ pub enum EnrolError {
 
 /// Called with the write's outcome once the batch holding a change is on disk (or failed).
 type Done = Box<dyn FnOnce(Result<(), EnrolError>) + Send>;
-/// A queued change: applied to the state being written, it tells whether it
-/// changed anything and what to do once the write ended.
-type Change = Box<dyn FnOnce(&mut EnrolmentFile) -> (bool, Done) + Send>;
+
+/// A queued change. `apply` tells whether it changed the state; it may run
+/// more than once, each time on a fresh copy (a shared enrolment another
+/// controller wrote meanwhile is read again and the batch applied anew),
+/// and what the last run decided is what `done` reports.
+struct Change {
+    apply: Box<dyn FnMut(&mut EnrolmentFile) -> bool + Send>,
+    done: Done,
+}
+
+impl Change {
+    /// A change whose every run leaves a `T` for `finish`, which gets the
+    /// last one with the write's outcome.
+    fn new<T: Send + 'static>(
+        mut apply: impl FnMut(&mut EnrolmentFile) -> (bool, T) + Send + 'static,
+        finish: impl FnOnce(T, Result<(), EnrolError>) + Send + 'static,
+    ) -> Change {
+        let decided = Arc::new(std::sync::Mutex::new(None));
+        let last = decided.clone();
+        Change {
+            apply: Box::new(move |state| {
+                let (changed, value) = apply(state);
+                *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+                changed
+            }),
+            done: Box::new(move |written| {
+                if let Some(value) = last.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    finish(value, written);
+                }
+            }),
+        }
+    }
+}
 
 /// Changes waiting for the writer. Bounded: callers wait when it is full.
 const QUEUE: usize = 1024;
@@ -505,8 +535,48 @@ const QUEUE: usize = 1024;
 /// Removals a slow watcher may fall behind by before it rescans.
 const REMOVED_QUEUE: usize = 256;
 
+/// Where the enrolment is kept besides memory.
+enum Home {
+    /// `enrolment.json` in the data directory: this controller's alone.
+    File(PathBuf),
+    /// A document every controller on the same etcd shares.
+    Shared(Arc<dyn SharedDocument>),
+}
+
+impl Home {
+    fn describe(&self) -> String {
+        match self {
+            Home::File(path) => path.display().to_string(),
+            Home::Shared(doc) => doc.describe(),
+        }
+    }
+}
+
+/// One document several controllers share (the enrolment on etcd): read
+/// whole, replaced whole only if nobody replaced it since it was read, and
+/// followed for what the others write.
+pub trait SharedDocument: Send + Sync {
+    /// Its bytes and revision; `None` while it does not exist.
+    fn load(&self) -> anyhow::Result<Option<(Vec<u8>, u64)>>;
+    /// Replaces it if its revision is still `expected` (0: it does not
+    /// exist yet): `Some(revision)` written, `None` someone wrote first.
+    fn replace(&self, bytes: &[u8], expected: u64) -> anyhow::Result<Option<u64>>;
+    /// Calls `changed` with every version written after revision `after`
+    /// (by anyone, this controller included), until the process ends.
+    fn follow(&self, after: u64, changed: Box<dyn Fn(Vec<u8>, u64) + Send + Sync>);
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A shared enrolment replaced by others this many times in a row fails
+/// the batch (the callers' requests are refused; they try again).
+const SHARED_WRITE_ATTEMPTS: usize = 20;
+
 struct Shared {
-    path: PathBuf,
+    home: Home,
+    /// The revision `state` is at: the document's on etcd, a count of
+    /// writes for the file. Changed only with `state`'s write lock held.
+    revision: std::sync::atomic::AtomicU64,
     /// How long node credentials live, in seconds.
     lifetime: std::sync::atomic::AtomicU64,
     /// Whether a rotation gives a new broker password too: not with an
@@ -551,9 +621,72 @@ impl Enrolment {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        Self::start(Home::File(path), state, 0)
+    }
+
+    /// Loads (or creates) the enrolment every controller on one etcd
+    /// shares, and follows what the others write to it. The first
+    /// controller starts it from `<seed_dir>/enrolment.json` when there is
+    /// one (what `flotilla mosquitto-config` or a single controller wrote).
+    pub fn load_or_create_shared(doc: Arc<dyn SharedDocument>, seed_dir: &Path) -> anyhow::Result<Self> {
+        let where_ = doc.describe();
+        let (state, revision) = loop {
+            match doc.load().with_context(|| format!("reading the enrolment {where_}"))? {
+                Some((bytes, revision)) => {
+                    let mut state: EnrolmentFile =
+                        serde_json::from_slice(&bytes).with_context(|| format!("parsing the enrolment {where_}"))?;
+                    // Kept in memory; the next change writes it.
+                    state.migrate();
+                    break (state, revision);
+                }
+                None => {
+                    let seed = seed_dir.join(ENROLMENT_FILE);
+                    let state = match std::fs::read(&seed) {
+                        Ok(bytes) => {
+                            let mut state: EnrolmentFile = serde_json::from_slice(&bytes)
+                                .with_context(|| format!("parsing {}", seed.display()))?;
+                            state.migrate();
+                            tracing::info!(from = %seed.display(), "starting the shared enrolment from this file");
+                            state
+                        }
+                        Err(_) => EnrolmentFile { controller_password: random_text()?, ..EnrolmentFile::default() },
+                    };
+                    let created = doc
+                        .replace(&serde_json::to_vec(&state)?, 0)
+                        .with_context(|| format!("creating the enrolment {where_}"))?;
+                    if let Some(revision) = created {
+                        tracing::info!(at = where_, "created the shared enrolment");
+                        break (state, revision);
+                    }
+                    // Another controller created it first: read theirs.
+                }
+            }
+        };
+        let enrolment = Self::start(Home::Shared(doc.clone()), state, revision)?;
+        let shared = Arc::downgrade(&enrolment.shared);
+        doc.follow(
+            revision,
+            Box::new(move |bytes, revision| {
+                let Some(shared) = shared.upgrade() else { return };
+                match serde_json::from_slice::<EnrolmentFile>(&bytes) {
+                    Ok(state) => install(&shared, state, revision),
+                    Err(e) => tracing::error!(
+                        at = shared.home.describe(),
+                        revision,
+                        error = %e,
+                        "another controller wrote an enrolment this one cannot read; keeping the previous one"
+                    ),
+                }
+            }),
+        );
+        Ok(enrolment)
+    }
+
+    fn start(home: Home, state: EnrolmentFile, revision: u64) -> anyhow::Result<Self> {
         let (removed, _) = tokio::sync::broadcast::channel(REMOVED_QUEUE);
         let shared = Arc::new(Shared {
-            path,
+            home,
+            revision: std::sync::atomic::AtomicU64::new(revision),
             lifetime: std::sync::atomic::AtomicU64::new(DEFAULT_CREDENTIAL_LIFETIME.as_secs()),
             rotate_password: std::sync::atomic::AtomicBool::new(true),
             state: RwLock::new(state),
@@ -600,15 +733,16 @@ impl Enrolment {
         for _ in 0..8 {
             let secret = random_text().map_err(io)?;
             let hash = sha256_hex(secret.as_bytes());
-            let mut token = token.clone();
+            let token = token.clone();
             let created = self.update(move |state| {
                 state.tokens.retain(|_, t| t.expires.saturating_add(TOKEN_KEPT_AFTER_EXPIRY.as_secs()) > now);
                 if state.tokens.keys().any(|h| token_id(h) == token_id(&hash)) {
                     return Ok(None);
                 }
+                let mut token = token.clone();
                 token.serial = state.tokens.values().map(|t| t.serial).max().unwrap_or(0) + 1;
                 let info = token.info(&hash, now);
-                state.tokens.insert(hash, token);
+                state.tokens.insert(hash.clone(), token);
                 Ok(Some(info))
             })?;
             if let Some(info) = created {
@@ -647,7 +781,7 @@ impl Enrolment {
         check_node_name(node)?;
         let io = |e: anyhow::Error| EnrolError::Io(format!("{e:#}"));
         let now = unix_now();
-        let mut credential = NodeCredential {
+        let credential = NodeCredential {
             password: random_text().map_err(io)?,
             mac_key: hex::encode(random_bytes::<32>().map_err(io)?),
             labels: BTreeMap::new(),
@@ -671,12 +805,13 @@ impl Enrolment {
                 && !(enrolled.expired(now, lifetime)
                     && enrolled.next.as_ref().is_none_or(|n| n.issued + lifetime <= now))
             {
-                return Err(EnrolError::AlreadyEnrolled { name: node });
+                return Err(EnrolError::AlreadyEnrolled { name: node.clone() });
             }
             join.used += 1;
+            let mut credential = credential.clone();
             credential.labels = join.labels.clone();
             credential.token_id = Some(id.to_owned());
-            state.nodes.insert(node, credential.clone());
+            state.nodes.insert(node.clone(), credential.clone());
             Ok(credential)
         })
     }
@@ -687,13 +822,11 @@ impl Enrolment {
     /// believed), and the name may enrol again.
     pub fn reset(&self, node: &str) -> Result<(), EnrolError> {
         let name = node.to_owned();
+        // The writer tells `watch_removed` once the removal is saved.
         self.update(move |state| match state.nodes.remove(&name) {
             Some(_) => Ok(()),
-            None => Err(EnrolError::NotEnrolled { name }),
-        })?;
-        // No receiver is fine: nothing is open to close.
-        let _ = self.shared.removed.send(node.to_owned());
-        Ok(())
+            None => Err(EnrolError::NotEnrolled { name: name.clone() }),
+        })
     }
 
     /// Changes each time the file was written with a change (an
@@ -832,19 +965,20 @@ impl Enrolment {
             Ok((_, true)) => {}
         }
         let node = node.to_owned();
-        let change: Change = Box::new(move |state| {
-            let now = unix_now();
-            let decided = decide_rotation(state, &node, generation, now, lifetime, rotate_password, fresh);
-            let changed = matches!(decided, Ok((_, true)));
-            let done: Done = Box::new(move |written| match (decided, written) {
+        let change = Change::new(
+            move |state| {
+                let now = unix_now();
+                let decided = decide_rotation(state, &node, generation, now, lifetime, rotate_password, fresh.clone());
+                (matches!(decided, Ok((_, true))), (decided, node.clone()))
+            },
+            move |(decided, node), written| match (decided, written) {
                 (Ok((reply, _)), Ok(())) => answer(reply),
                 (Ok(_), Err(e)) => {
                     tracing::warn!(node, error = %e, "a rotation could not be saved; the node asks again")
                 }
                 (Err(reason), _) => tracing::warn!(node, generation, reason, "credential request not answered"),
-            });
-            (changed, done)
-        });
+            },
+        );
         if self.changes.send(change).is_err() {
             tracing::error!("the enrolment writer stopped: credential requests go unanswered");
         }
@@ -855,30 +989,32 @@ impl Enrolment {
     /// and the previous ones stop working. Does not wait for the disk.
     pub fn confirm_rotation(&self, node: &str, generation: u32) {
         let node = node.to_owned();
-        let change: Change = Box::new(move |state| {
-            let promoted = state.nodes.get_mut(&node).is_some_and(|credential| {
-                if credential.generation + 1 != generation {
-                    return false;
-                }
-                let Some(next) = credential.next.take() else { return false };
-                if credential.seal_key.is_none() {
-                    credential.seal_key = credential.seal_key_bytes().map(hex::encode);
-                }
-                credential.password = next.password;
-                credential.mac_key = next.mac_key;
-                credential.issued = next.issued;
-                credential.generation = generation;
-                true
-            });
-            let done: Done = Box::new(move |written| match written {
+        let change = Change::new(
+            move |state| {
+                let promoted = state.nodes.get_mut(&node).is_some_and(|credential| {
+                    if credential.generation + 1 != generation {
+                        return false;
+                    }
+                    let Some(next) = credential.next.take() else { return false };
+                    if credential.seal_key.is_none() {
+                        credential.seal_key = credential.seal_key_bytes().map(hex::encode);
+                    }
+                    credential.password = next.password;
+                    credential.mac_key = next.mac_key;
+                    credential.issued = next.issued;
+                    credential.generation = generation;
+                    true
+                });
+                (promoted, (promoted, node.clone()))
+            },
+            move |(promoted, node), written| match written {
                 Ok(()) if promoted => tracing::info!(node, generation, "node credentials rotated"),
                 Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(node, error = %e, "a confirmed rotation could not be saved; tried again on the node's next frame")
                 }
-            });
-            (promoted, done)
-        });
+            },
+        );
         if self.changes.send(change).is_err() {
             tracing::error!("the enrolment writer stopped: a rotation stays unconfirmed");
         }
@@ -892,17 +1028,18 @@ impl Enrolment {
     /// `change` must leave the state as it was. See the module doc.
     fn update<R: Send + 'static>(
         &self,
-        change: impl FnOnce(&mut EnrolmentFile) -> Result<R, EnrolError> + Send + 'static,
+        mut change: impl FnMut(&mut EnrolmentFile) -> Result<R, EnrolError> + Send + 'static,
     ) -> Result<R, EnrolError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let change: Change = Box::new(move |state| {
-            let outcome = change(state);
-            let changed = outcome.is_ok();
-            let done: Done = Box::new(move |written| {
+        let change = Change::new(
+            move |state| {
+                let outcome = change(state);
+                (outcome.is_ok(), outcome)
+            },
+            move |outcome, written| {
                 let _ = tx.send(outcome.and_then(|value| written.map(|()| value)));
-            });
-            (changed, done)
-        });
+            },
+        );
         let stopped = || EnrolError::Io("the enrolment writer stopped".into());
         self.changes.send(change).map_err(|_| stopped())?;
         rx.recv().unwrap_or_else(|_| Err(stopped()))
@@ -969,43 +1106,80 @@ fn decide_rotation(
     Ok((reply, true))
 }
 
+/// Makes `next`, at `revision`, what readers see, unless memory is at a
+/// later revision already (the write came back through the follower after
+/// the writer installed it, or the other way round). Tells the removal
+/// watchers which names it dropped.
+fn install(shared: &Shared, next: EnrolmentFile, revision: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut state = shared.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if revision <= shared.revision.load(Relaxed) {
+        return;
+    }
+    let gone: Vec<String> = state.nodes.keys().filter(|name| !next.nodes.contains_key(*name)).cloned().collect();
+    let old = std::mem::replace(&mut *state, next);
+    shared.revision.store(revision, Relaxed);
+    drop(state);
+    drop(old); // Freed outside the lock.
+    for name in gone {
+        // No receiver is fine: nothing is open to close.
+        let _ = shared.removed.send(name);
+    }
+    shared.written.send_modify(|count| *count += 1);
+}
+
+/// Applies `batch` to a copy of memory and saves it: in the file, or on the
+/// shared document if no other controller replaced it since (else reads
+/// theirs and applies the batch again).
+fn save_batch(shared: &Shared, batch: &mut [Change]) -> Result<(), EnrolError> {
+    let io = |e: anyhow::Error| EnrolError::Io(format!("{e:#}"));
+    for _ in 0..SHARED_WRITE_ATTEMPTS {
+        let (mut next, revision) = {
+            let state = shared.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            (state.clone(), shared.revision.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        // Every change runs (no short circuit): each leaves its outcome.
+        let changed = batch.iter_mut().map(|change| (change.apply)(&mut next)).fold(false, |a, b| a | b);
+        if !changed {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&next).map_err(|e| io(e.into()))?;
+        match &shared.home {
+            Home::File(path) => {
+                write_file(path, &bytes).map_err(io)?;
+                install(shared, next, revision + 1);
+                return Ok(());
+            }
+            Home::Shared(doc) => match doc.replace(&bytes, revision).map_err(io)? {
+                Some(written) => {
+                    install(shared, next, written);
+                    return Ok(());
+                }
+                None => {
+                    tracing::debug!("another controller changed the enrolment first; applying the batch again");
+                    if let Some((bytes, revision)) = doc.load().map_err(io)? {
+                        let theirs = serde_json::from_slice(&bytes).map_err(|e| io(e.into()))?;
+                        install(shared, theirs, revision);
+                    }
+                }
+            },
+        }
+    }
+    Err(EnrolError::Io(format!(
+        "other controllers changed the enrolment {SHARED_WRITE_ATTEMPTS} times while this one tried to; try again"
+    )))
+}
+
 /// The writer thread: one write per batch of whatever queued meanwhile.
 fn write_batches(shared: &Shared, queued: &Receiver<Change>) {
     while let Ok(first) = queued.recv() {
-        let batch: Vec<Change> = std::iter::once(first).chain(queued.try_iter()).collect();
-        let mut next = shared.state.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let mut changed = false;
-        let done: Vec<Done> = batch
-            .into_iter()
-            .map(|change| {
-                let (did, done) = change(&mut next);
-                changed |= did;
-                done
-            })
-            .collect();
-        let written = if changed {
-            serde_json::to_vec(&next)
-                .map_err(anyhow::Error::from)
-                .and_then(|bytes| write_file(&shared.path, &bytes))
-                .map_err(|e| EnrolError::Io(format!("{e:#}")))
-        } else {
-            Ok(())
-        };
-        match &written {
-            Ok(()) if changed => {
-                let mut state = shared.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-                next = std::mem::replace(&mut *state, next);
-                drop(state);
-                drop(next); // The old state, freed outside the lock.
-                shared.written.send_modify(|count| *count += 1);
-            }
-            Ok(()) => {}
-            Err(e) => {
-                tracing::error!(error = %e, path = %shared.path.display(), "cannot save the enrolment; a batch of changes is refused")
-            }
+        let mut batch: Vec<Change> = std::iter::once(first).chain(queued.try_iter()).collect();
+        let written = save_batch(shared, &mut batch);
+        if let Err(e) = &written {
+            tracing::error!(error = %e, at = shared.home.describe(), "cannot save the enrolment; a batch of changes is refused")
         }
-        for done in done {
-            done(written.clone());
+        for change in batch {
+            (change.done)(written.clone());
         }
     }
 }
@@ -1446,5 +1620,94 @@ mod tests {
         let b = ControllerKey::load_or_create(dir.path()).unwrap();
         assert_eq!(a.public_key(), b.public_key());
         assert_eq!(std::fs::read(dir.path().join(CONTROLLER_PUBLIC_KEY_FILE)).unwrap(), a.public_key());
+    }
+
+    type Follower = Box<dyn Fn(Vec<u8>, u64) + Send + Sync>;
+
+    /// A document in memory with etcd's rules: replaced only at the
+    /// revision it was read at; followers told of every version (here at
+    /// once, on the writer's thread; on etcd by a watch).
+    #[derive(Default)]
+    struct MemoryDocument {
+        inner: std::sync::Mutex<(Vec<u8>, u64)>,
+        followers: std::sync::Mutex<Vec<Follower>>,
+        /// Replacements refused for a stale revision.
+        refused: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SharedDocument for MemoryDocument {
+        fn load(&self) -> anyhow::Result<Option<(Vec<u8>, u64)>> {
+            let inner = self.inner.lock().unwrap();
+            Ok((inner.1 > 0).then(|| inner.clone()))
+        }
+
+        fn replace(&self, bytes: &[u8], expected: u64) -> anyhow::Result<Option<u64>> {
+            let written = {
+                let mut inner = self.inner.lock().unwrap();
+                if inner.1 != expected {
+                    self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(None);
+                }
+                *inner = (bytes.to_vec(), inner.1 + 1);
+                inner.clone()
+            };
+            for follower in self.followers.lock().unwrap().iter() {
+                follower(written.0.clone(), written.1);
+            }
+            Ok(Some(written.1))
+        }
+
+        fn follow(&self, _after: u64, changed: Box<dyn Fn(Vec<u8>, u64) + Send + Sync>) {
+            self.followers.lock().unwrap().push(changed);
+        }
+
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    #[test]
+    fn controllers_sharing_an_enrolment_see_each_others_changes_and_lose_none() {
+        let doc = Arc::new(MemoryDocument::default());
+        let seed = tempfile::tempdir().unwrap();
+        let a = Enrolment::load_or_create_shared(doc.clone(), seed.path()).unwrap();
+        let b = Enrolment::load_or_create_shared(doc.clone(), seed.path()).unwrap();
+        assert_eq!(a.controller_password(), b.controller_password(), "the second reads what the first created");
+        let (token, _) = a.create_join_token(&TokenSpec { uses: 40, ..TokenSpec::default() }).unwrap();
+        // Both enrol at once with the one token: every enrolment lands, and
+        // each spends its own use (a stale write is read again and redone).
+        let enrolled: Vec<NodeCredential> = std::thread::scope(|scope| {
+            let joins: Vec<_> = (0..40)
+                .map(|i| {
+                    let (side, token) = (if i % 2 == 0 { &a } else { &b }, &token);
+                    scope.spawn(move || side.enrol(token, &format!("edge-{i}")).unwrap())
+                })
+                .collect();
+            joins.into_iter().map(|join| join.join().unwrap()).collect()
+        });
+        assert!(doc.refused.load(std::sync::atomic::Ordering::Relaxed) > 0, "the two never raced");
+        for (i, credential) in enrolled.iter().enumerate() {
+            let name = format!("edge-{i}");
+            assert_eq!(a.node(&name).as_ref(), Some(credential), "{name} on a");
+            assert_eq!(b.node(&name).as_ref(), Some(credential), "{name} on b");
+        }
+        assert_eq!(a.tokens()[0].used, 40);
+        assert!(matches!(b.enrol(&token, "edge-41"), Err(EnrolError::TokenUsedUp { .. })));
+        // A revocation on one closes connections held by the other.
+        let mut removed = a.watch_removed();
+        b.reset("edge-3").unwrap();
+        assert_eq!(removed.try_recv().unwrap(), "edge-3");
+        assert!(!a.check_broker_login("edge-3", "edge-3", &enrolled[3].password));
+    }
+
+    #[test]
+    fn the_first_controller_on_etcd_starts_from_the_local_enrolment() {
+        let seed = tempfile::tempdir().unwrap();
+        let local = Enrolment::load_or_create(seed.path()).unwrap();
+        let password = local.controller_password();
+        drop(local);
+        let doc = Arc::new(MemoryDocument::default());
+        let shared = Enrolment::load_or_create_shared(doc, seed.path()).unwrap();
+        assert_eq!(shared.controller_password(), password, "what mosquitto-config wrote for the broker");
     }
 }

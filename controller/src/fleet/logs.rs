@@ -199,16 +199,48 @@ impl Drop for Pending<'_> {
 pub struct LogsApi {
     /// The store, to find the pod's node.
     pub store: Arc<dyn Store>,
-    /// Sends requests.
-    pub requests: LogRequests,
-    /// When each node was last heard from.
-    pub last_heard: super::LastHeard,
+    /// The fleet channel while this controller leads; else why not.
+    pub link: FleetLink,
+}
+
+/// The leader's channel to the devices, which the log routes ask through:
+/// set while this controller leads; a standby says who does.
+#[derive(Clone)]
+pub struct FleetLink(Arc<std::sync::RwLock<Result<(LogRequests, super::LastHeard), Reason>>>);
+
+/// Why there is no channel, worded when asked (who leads changes).
+type Reason = Arc<dyn Fn() -> String + Send + Sync>;
+
+impl FleetLink {
+    /// No channel yet, saying why.
+    pub fn absent(why: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        FleetLink(Arc::new(std::sync::RwLock::new(Err(Arc::new(why)))))
+    }
+
+    /// This controller's channel (it leads now).
+    pub fn set(&self, requests: LogRequests, last_heard: super::LastHeard) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Ok((requests, last_heard));
+    }
+
+    /// No channel any more, saying why.
+    pub fn clear(&self, why: impl Fn() -> String + Send + Sync + 'static) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Err(Arc::new(why));
+    }
+
+    fn current(&self) -> Result<(LogRequests, super::LastHeard), ApiError> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotLeader", why()))
+    }
 }
 
 /// `GET /api/v1/node-heartbeats`: when each node's last message arrived
 /// (kept in memory, so only since this controller started).
-pub(crate) async fn heartbeats(State(api): State<LogsApi>) -> axum::Json<serde_json::Value> {
-    let mut nodes = api.last_heard.all();
+pub(crate) async fn heartbeats(State(api): State<LogsApi>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (_, last_heard) = api.link.current()?;
+    let mut nodes = last_heard.all();
     nodes.sort();
     let now = std::time::SystemTime::now();
     let items: Vec<serde_json::Value> = nodes
@@ -221,7 +253,7 @@ pub(crate) async fn heartbeats(State(api): State<LogsApi>) -> axum::Json<serde_j
             })
         })
         .collect();
-    axum::Json(serde_json::json!({ "items": items }))
+    Ok(axum::Json(serde_json::json!({ "items": items })))
 }
 
 /// Query of the log route (Kubernetes' names where they exist).
@@ -299,7 +331,8 @@ pub(crate) async fn pod_log(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadContainerName", e.to_string()))?;
     let tail_lines = query.tail_lines.unwrap_or(0);
     let limit = query.limit_bytes.unwrap_or(DEFAULT_LIMIT_BYTES);
-    match api.requests.fetch(node, replica, Some(container_id), query.offset, tail_lines, limit).await {
+    let (requests, _) = api.link.current()?;
+    match requests.fetch(node, replica, Some(container_id), query.offset, tail_lines, limit).await {
         Ok(answer) => {
             let mut response = answer.data.into_response();
             let headers = response.headers_mut();

@@ -42,10 +42,6 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 /// An etcd request's deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the controller lease outlives its holder: a controller that
-/// died is replaced after at most this long.
-pub const CONTROLLER_LEASE_TTL: Duration = Duration::from_secs(10);
-
 /// Where the store is: etcd's endpoints and the key prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdTarget {
@@ -83,20 +79,19 @@ impl EtcdTarget {
         format!("{}objects/", self.prefix)
     }
 
-    fn controller_key(&self) -> String {
+    pub(super) fn controller_key(&self) -> String {
         format!("{}controller", self.prefix)
     }
 }
 
-/// The controller lease this store's writes are fenced by: the holder
-/// key's create revision (it changes when another controller takes it).
+/// The controller lease a leader's writes are fenced by: the holder key's
+/// create revision (it changes when another controller takes it).
 #[derive(Debug, Clone)]
-struct Fence {
-    key: String,
-    create_revision: i64,
-    lease: i64,
-    /// Set when the keep-alive learns the lease is gone.
-    lost: Arc<std::sync::atomic::AtomicBool>,
+pub(super) struct Fence {
+    pub(super) key: String,
+    pub(super) create_revision: i64,
+    /// Set once this term ended (the lease lost or given up): for good.
+    pub(super) lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The etcd store.
@@ -112,8 +107,8 @@ pub struct EtcdStore {
     mirror: Arc<Mirror>,
     failure: Mutex<Option<String>>,
     failures: std::sync::atomic::AtomicU64,
-    /// Held while this store is the controller's (see [`EtcdStore::hold_controller_lease`]).
-    fence: Mutex<Option<Fence>>,
+    /// Who holds the controller lease, as last seen (`campaign`).
+    pub(super) holder: Mutex<Option<String>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -157,89 +152,38 @@ impl EtcdStore {
             mirror,
             failure: Mutex::new(None),
             failures: Default::default(),
-            fence: Mutex::new(None),
+            holder: Mutex::new(None),
         })
     }
 
-    /// Makes this store the one controller's on the cluster: holds the key
-    /// `<prefix>controller` under a lease kept alive while the process
-    /// lives (`CONTROLLER_LEASE_TTL`), and guards every later commit by it,
-    /// so a controller that lost its lease (stalled, cut off from etcd)
-    /// writes nothing once another holds the key. Waits up to the lease's
-    /// length for a holder that died to let go; a live one is an error
-    /// naming it. (Several controllers, one elected and the others
-    /// waiting, are not built yet: issue 20.)
-    pub fn hold_controller_lease(&self, identity: &str) -> Result<(), StoreError> {
-        let key = self.target.controller_key();
-        let client = self.client.clone();
-        let (who, what) = (identity.to_owned(), key.clone());
-        type Held = Result<(i64, i64), String>;
-        let acquired: Result<Held, etcd_client::Error> = self.run(async move {
-            let mut leases = client.lease_client();
-            let lease = retrying(|| {
-                let mut leases = leases.clone();
-                async move { leases.grant(CONTROLLER_LEASE_TTL.as_secs() as i64, None).await }
-            })
-            .await?
-            .id();
-            let deadline = tokio::time::Instant::now() + CONTROLLER_LEASE_TTL + Duration::from_secs(5);
-            loop {
-                let take = Txn::new()
-                    .when(vec![Compare::create_revision(what.clone(), CompareOp::Equal, 0)])
-                    .and_then(vec![TxnOp::put(
-                        what.clone(),
-                        who.clone(),
-                        Some(etcd_client::PutOptions::new().with_lease(lease)),
-                    )])
-                    .or_else(vec![TxnOp::get(what.clone(), None)]);
-                let answer = retrying(|| {
-                    let (mut kv, take) = (client.kv_client(), take.clone());
-                    async move { kv.txn(take).await }
-                })
-                .await?;
-                if answer.succeeded() {
-                    let revision = answer.header().map_or(0, |h| h.revision());
-                    return Ok(Ok((lease, revision)));
-                }
-                let holder = answer.op_responses().into_iter().find_map(|op| match op {
-                    etcd_client::TxnOpResponse::Get(get) => {
-                        get.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-                    }
-                    _ => None,
-                });
-                if tokio::time::Instant::now() > deadline {
-                    let _ = leases.revoke(lease).await;
-                    return Ok(Err(holder.unwrap_or_default()));
-                }
-                tracing::info!(
-                    holder = holder.as_deref().unwrap_or("?"),
-                    "another controller holds this etcd; waiting for its lease to end"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        let (lease, create_revision) = match acquired.map_err(|e| backend(format!("etcd: {e}")))? {
-            Ok(held) => held,
-            Err(holder) => {
-                return Err(backend(format!(
-                    "another controller ({holder}) is running on this etcd ({key} is held); several controllers with \
-                     one elected leader are not supported yet (issue 20): stop it first"
-                )));
-            }
-        };
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.runtime.as_ref().expect("the runtime lives as long as the store").spawn(keep_alive(
-            self.client.clone(),
-            lease,
-            lost.clone(),
-        ));
-        tracing::info!(key, lease, identity, "this controller holds the etcd controller lease");
-        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fence { key, create_revision, lease, lost });
-        Ok(())
+    pub(super) fn run<T: Send + 'static>(&self, work: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        run_on(self.runtime.as_ref().expect("the runtime lives as long as the store"), work)
     }
 
-    fn run<T: Send + 'static>(&self, work: impl std::future::Future<Output = T> + Send + 'static) -> T {
-        run_on(self.runtime.as_ref().expect("the runtime lives as long as the store"), work)
+    pub(super) fn spawn<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.runtime.as_ref().expect("the runtime lives as long as the store").spawn(work)
+    }
+
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(super) fn target(&self) -> &EtcdTarget {
+        &self.target
+    }
+
+    /// The enrolment every controller on this etcd shares (sealed with the
+    /// Secrets key), at `<prefix>enrolment`.
+    pub fn enrolment_document(&self) -> Arc<dyn crate::fleet::credentials::SharedDocument> {
+        Arc::new(super::etcd_document::EtcdDocument {
+            runtime: self.runtime.as_ref().expect("the runtime lives as long as the store").handle().clone(),
+            client: self.client.clone(),
+            key: format!("{}enrolment", self.target.prefix),
+            cipher: self.cipher.clone(),
+        })
     }
 
     fn key_of(&self, key: &ObjectKey) -> String {
@@ -271,11 +215,11 @@ impl EtcdStore {
         &self,
         objects: &Objects,
         staged: &BTreeMap<ObjectKey, Option<Arc<ApiObject>>>,
+        fence: Option<&Fence>,
     ) -> Result<Option<u64>, StoreError> {
         let mut guards = Vec::with_capacity(staged.len() + 1);
         let mut writes = Vec::with_capacity(staged.len());
-        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(fence) = &fence {
+        if let Some(fence) = fence {
             if fence.lost.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(fenced(&fence.key));
             }
@@ -351,7 +295,7 @@ impl EtcdStore {
                 return Ok(Some(written.unwrap_or(revision)));
             }
         }
-        if let Some(fence) = &fence {
+        if let Some(fence) = fence {
             let (client, key) = (self.client.clone(), fence.key.clone());
             let holder = self.run(async move { client.kv_client().get(key, None).await });
             let still_ours = holder
@@ -370,63 +314,15 @@ impl EtcdStore {
 }
 
 /// A write refused because this controller no longer holds its lease.
-fn fenced(key: &str) -> StoreError {
+pub(super) fn fenced(key: &str) -> StoreError {
     backend(format!(
-        "fenced: this controller lost its etcd lease ({key}) and writes nothing more; restart it (another \
-         controller may be running)"
+        "fenced: this controller's term as leader ended ({key} lost or given up); its reconcilers write nothing \
+         more (another controller may lead now)"
     ))
-}
-
-/// Keeps `lease` alive; marks it lost when etcd says it ended.
-async fn keep_alive(client: Client, lease: i64, lost: Arc<std::sync::atomic::AtomicBool>) {
-    let every = CONTROLLER_LEASE_TTL / 4;
-    loop {
-        let mut leases = client.lease_client();
-        let (mut keeper, mut answers) = match leases.keep_alive(lease).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot keep the controller lease alive; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        loop {
-            if let Err(e) = keeper.keep_alive().await {
-                tracing::warn!(error = %e, "controller lease keep-alive failed; retrying");
-                break;
-            }
-            match answers.message().await {
-                Ok(Some(answer)) if answer.ttl() <= 0 => {
-                    tracing::error!(
-                        lease,
-                        "the controller lease ended: this controller is fenced and writes nothing more"
-                    );
-                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
-                    return;
-                }
-                Ok(Some(_)) => tokio::time::sleep(every).await,
-                Ok(None) | Err(_) => break,
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
-        // A controller that stops lets go of its lease at once, so the
-        // next one need not wait for it to run out.
-        if let Some(fence) = self.fence.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let client = self.client.clone();
-            if let Some(runtime) = &self.runtime {
-                let revoke = async move { client.lease_client().revoke(fence.lease).await };
-                let (done, wait) = std::sync::mpsc::sync_channel(1);
-                runtime.spawn(async move {
-                    let _ = done.send(tokio::time::timeout(Duration::from_secs(2), revoke).await);
-                });
-                let _ = wait.recv_timeout(Duration::from_secs(3));
-            }
-        }
         // Not joined: the store may be dropped on an async thread.
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
@@ -458,7 +354,7 @@ fn never_sent(error: &etcd_client::Error) -> bool {
 /// `request` again while it never reached a member, for up to the request
 /// deadline: the client spreads requests over the members, and one that
 /// went to a member that is down fails at once.
-async fn retrying<T, F, Fut>(mut request: F) -> Result<T, etcd_client::Error>
+pub(super) async fn retrying<T, F, Fut>(mut request: F) -> Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -613,23 +509,16 @@ async fn follow(client: Client, prefix: String, cipher: SecretCipher, mirror: Ar
     }
 }
 
-impl Store for EtcdStore {
-    fn get(&self, key: &ObjectKey) -> Option<ApiObject> {
-        self.mirror.get(key).map(|o| ApiObject::clone(&o))
-    }
-
-    fn view(&self) -> View {
-        self.mirror.view()
-    }
-
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+impl EtcdStore {
+    /// A commit, guarded by `fence` when a leader's loop makes it.
+    pub(super) fn commit_as(&self, ops: Vec<Op>, fence: Option<&Fence>) -> Result<Vec<Outcome>, StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let (objects, base_rv) = self.mirror.objects();
         let (staged, outcomes, rv) = stage(&objects, base_rv, ops)?;
         if rv == base_rv {
             return Ok(outcomes);
         }
-        let written = self.write(&objects, &staged);
+        let written = self.write(&objects, &staged, fence);
         self.note(&written.as_ref().map(|_| ()).map_err(backend));
         let Some(revision) = written? else {
             // Name what changed, as a redb conflict does.
@@ -660,6 +549,20 @@ impl Store for EtcdStore {
                 unchanged @ Outcome::Unchanged(_) => unchanged,
             })
             .collect())
+    }
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &ObjectKey) -> Option<ApiObject> {
+        self.mirror.get(key).map(|o| ApiObject::clone(&o))
+    }
+
+    fn view(&self) -> View {
+        self.mirror.view()
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+        self.commit_as(ops, None)
     }
 
     fn dry_run(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {

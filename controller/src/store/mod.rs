@@ -4,10 +4,12 @@
 //! batch atomically with optimistic concurrency, and watch from a
 //! resourceVersion. [`RedbStore`] implements it on redb (an embedded,
 //! crash-safe, copy-on-write B-tree database: one file, fsync on commit, no
-//! C dependency). A replicated backend such as etcd can implement the same
-//! trait for an HA controller later.
+//! C dependency). [`EtcdStore`] implements it on etcd for several
+//! controllers, one of them leading ([`Term`]).
 
 mod cipher;
+mod etcd_document;
+mod etcd_leader;
 mod etcd_store;
 mod mirror;
 mod redb_store;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use cipher::{SecretCipher, random_bytes, write_private};
+pub use etcd_leader::{DEFAULT_LEADER_LEASE, Term};
 pub use etcd_store::{EtcdStore, EtcdTarget};
 pub use redb_store::RedbStore;
 
