@@ -324,6 +324,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send
         registry: registry.clone(),
         registry_tls,
         mosquitto_dir: config.mosquitto_dir.clone(),
+        leading: state.metrics.register_leading(),
     };
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let leader = tokio::spawn(leading.run(stopping));
@@ -415,6 +416,8 @@ struct LeaderWork {
     registry: Arc<crate::registry::Registry>,
     registry_tls: Option<ureq::tls::TlsConfig>,
     mosquitto_dir: Option<PathBuf>,
+    /// The `flotilla_controller_leading` gauge.
+    leading: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Resolves once `stopping` says stop.
@@ -483,6 +486,7 @@ impl LeaderWork {
                     continue;
                 }
             };
+            self.leading.set(1);
             let ended = async {
                 match &term {
                     Some(term) => term.ended().await,
@@ -498,6 +502,7 @@ impl LeaderWork {
                     return;
                 }
                 _ = ended => {
+                    self.leading.set(0);
                     self.link.clear(|| "this controller's term as leader just ended".to_owned());
                     running.stop().await;
                     tracing::warn!("the controller's loops stopped at the end of its term; standing by");

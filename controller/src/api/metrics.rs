@@ -114,6 +114,18 @@ impl Metrics {
         self.registry.lock().unwrap_or_else(|p| p.into_inner()).register_collector(Box::new(collector));
     }
 
+    /// Registers `leading`: 1 while this controller leads (runs the
+    /// reconcilers and the fleet channel), 0 while it stands by.
+    pub fn register_leading(&self) -> Gauge {
+        let leading = Gauge::default();
+        self.registry.lock().unwrap_or_else(|p| p.into_inner()).register(
+            "controller_leading",
+            "1 while this controller leads (runs the reconcilers, scheduler and fleet channel), 0 while it stands by",
+            leading.clone(),
+        );
+        leading
+    }
+
     /// Registers the count of writes `space` refused.
     pub fn register_space(&self, space: &crate::space::SpaceGuard) {
         self.registry.lock().unwrap_or_else(|p| p.into_inner()).register(
