@@ -134,6 +134,21 @@ fn the_etcd_store_answers_as_the_embedded_one_and_two_controllers_share_it() {
     assert!(names.contains(&"after-compaction".to_owned()), "{names:?}");
     assert_eq!(c.get(&key("churn")).unwrap().field("data"), Some(json!({"k": "19"})));
 
+    // More than gRPC's default 4 MiB in one transaction, one watch answer
+    // and one listing (7 MB at 1,000 devices stopped a controller from
+    // starting): written, followed by b, and loaded by a new store.
+    let bulk: Vec<Op> = (0..3000)
+        .map(|i| {
+            let mut object = ApiObject::new(Kind::ConfigMap, "bulk", &format!("bulk-{i:04}"));
+            object.set_field("data", json!({ "k": "x".repeat(2048) }));
+            Op::Apply(object)
+        })
+        .collect();
+    a.commit(bulk).unwrap();
+    let bulk_count = |store: &EtcdStore| store.list(Kind::ConfigMap, Some("bulk")).items.len();
+    wait_until("b follows a 6 MB transaction", || bulk_count(&b) == 3000);
+    assert_eq!(bulk_count(&open(&cluster)), 3000, "a new store lists 6 MB of objects");
+
     // One leader: a's term leads, b campaigns and stands by naming a; once
     // a's lease is gone its term writes nothing more (fenced) and b leads.
     let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));

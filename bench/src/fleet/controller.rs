@@ -109,10 +109,25 @@ impl Controller {
 
     /// kill -9, then starts it again on the same data and waits until it is ready.
     pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.restart()
+    }
+
+    /// kill -9 (a power cut): its data stays.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same data and waits until it is ready.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
         self.child = spawn(&self.binaries, &self.data_dir, &self.options, &self.log)?;
         self.wait_ready()
+    }
+
+    /// How many lines of its log (every run's) contain `text`.
+    pub fn log_lines_with(&self, text: &str) -> usize {
+        std::fs::read_to_string(&self.log).map_or(0, |log| log.lines().filter(|l| l.contains(text)).count())
     }
 
     /// The server's log file.
@@ -316,6 +331,18 @@ impl Controller {
             return Ok(Value::Null);
         }
         serde_json::from_str(&text).with_context(|| format!("{what}: the answer is not JSON: {text}"))
+    }
+
+    /// Whether it leads now (`flotilla_controller_leading` on /metrics).
+    pub fn leading(&self) -> anyhow::Result<bool> {
+        let mut response = self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .context("GET /metrics")?;
+        let text = response.body_mut().with_config().limit(1 << 30).read_to_string()?;
+        Ok(text.lines().any(|l| l.trim() == "flotilla_controller_leading 1"))
     }
 
     /// GET an API path as JSON.

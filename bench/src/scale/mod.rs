@@ -14,6 +14,7 @@
 //! - this file: the fleet's set-up and the scenarios.
 
 pub mod device;
+mod leader_kill;
 pub mod mosquitto;
 pub mod workloads;
 
@@ -49,6 +50,19 @@ pub enum Scenario {
     ReconnectStorm,
     /// Every scenario above in turn, on one fleet.
     All,
+    /// kill -9 the leading controller again and again (`--controllers 2
+    /// --store etcd --broker mosquitto`), with applies running and etcd
+    /// members killed between; not part of `all`.
+    LeaderKill,
+}
+
+/// Where the controllers keep their objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded store (redb) in the data directory.
+    Redb,
+    /// A three-member etcd cluster started for the run (Debian's etcd-server).
+    Etcd,
 }
 
 /// Which broker carries the fleet.
@@ -74,6 +88,19 @@ pub struct FleetArgs {
     /// The broker.
     #[arg(long, value_enum, default_value = "embedded")]
     pub broker: BrokerKind,
+    /// Where the objects are.
+    #[arg(long, value_enum, default_value = "redb")]
+    pub store: StoreKind,
+    /// Controllers (more than one needs --store etcd and --broker mosquitto: one leads, the
+    /// others stand by).
+    #[arg(long, default_value_t = 1)]
+    pub controllers: usize,
+    /// How many times `leader-kill` kills the leader.
+    #[arg(long, default_value_t = 10)]
+    pub leader_kills: usize,
+    /// etcd members `leader-kill` kills (one at a time, between leader kills).
+    #[arg(long, default_value_t = 5)]
+    pub etcd_member_kills: usize,
     /// How long a simulated container start takes.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub start_delay: Duration,
@@ -143,12 +170,15 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
             Scenario::SiteLoss => fleet.site_loss(&args)?,
             Scenario::ControllerRestart => fleet.controller_restart(&args)?,
             Scenario::ReconnectStorm => fleet.reconnect_storm(&args)?,
+            Scenario::LeaderKill => fleet.leader_kill(&args)?,
             Scenario::All => unreachable!("expanded above"),
         };
         let api = sampler.stop();
         let scenario_name = format!("{scenario:?}");
         line["scenario"] = json!(kebab(&scenario_name));
         line["broker"] = json!(format!("{:?}", args.broker).to_lowercase());
+        line["store"] = json!(format!("{:?}", args.store).to_lowercase());
+        line["controllers"] = json!(args.controllers);
         line["runtime"] = json!("simulated");
         line["api_p99_ms"] = if matches!(scenario, Scenario::Converge) { converged["api_p99_ms"].clone() } else { api };
         println!("{line}");
@@ -179,10 +209,14 @@ fn raise_open_files() -> anyhow::Result<()> {
 
 /// The controller, the broker and the devices.
 struct SimulatedFleet {
-    // Fields drop in order: devices, then the controller, then the broker.
+    // Fields drop in order: devices, then the controllers, then the
+    // broker, then etcd.
     devices: BTreeMap<String, DeviceHandle>,
     controller: Controller,
+    /// Controllers beside the first, on the same etcd (`--controllers`).
+    standbys: Vec<Controller>,
     mosquitto: Option<mosquitto::Mosquitto>,
+    etcd: Option<flotilla_e2e::etcd::EtcdCluster>,
     runtime: tokio::runtime::Handle,
     profiles: Vec<Profile>,
     workloads: Vec<Workload>,
@@ -215,7 +249,23 @@ impl SimulatedFleet {
         std::fs::create_dir_all(&data_dir)?;
         let api_addr: SocketAddr = format!("127.0.0.1:{}", flotilla_e2e::free_port()?).parse()?;
         let mqtt_port = flotilla_e2e::free_port()?;
+        ensure!(
+            args.controllers == 1 || (args.store == StoreKind::Etcd && args.broker == BrokerKind::Mosquitto),
+            "--controllers {} needs --store etcd and --broker mosquitto (standbys share the store and the broker)",
+            args.controllers
+        );
         let mut extra_args = Vec::new();
+        let etcd = match args.store {
+            StoreKind::Redb => None,
+            StoreKind::Etcd => {
+                eprintln!("fleet: starting a three-member etcd cluster");
+                let etcd_dir = work.path().join("etcd");
+                std::fs::create_dir_all(&etcd_dir)?;
+                let cluster = flotilla_e2e::etcd::EtcdCluster::start(3, &etcd_dir)?;
+                extra_args.extend(["--store".to_owned(), cluster.url(), "--leader-lease".to_owned(), "3s".to_owned()]);
+                Some(cluster)
+            }
+        };
         let mosquitto = match args.broker {
             BrokerKind::Embedded => None,
             BrokerKind::Mosquitto => {
@@ -223,6 +273,11 @@ impl SimulatedFleet {
                 mosquitto::configure(&binaries.flotilla, &data_dir, &dir, mqtt_port)?;
                 let broker = mosquitto::Mosquitto::start(&dir)?;
                 extra_args.extend(["--mqtt-url".to_owned(), format!("mqtt://127.0.0.1:{mqtt_port}")]);
+                if etcd.is_some() {
+                    // The enrolment lives on etcd: the leader keeps
+                    // Mosquitto's files in step itself.
+                    extra_args.extend(["--mosquitto-dir".to_owned(), dir.display().to_string()]);
+                }
                 Some(broker)
             }
         };
@@ -235,6 +290,21 @@ impl SimulatedFleet {
         };
         eprintln!("fleet: starting flotilla server ({:?} broker)", args.broker);
         let controller = Controller::start(binaries, &data_dir, &options)?;
+        let mut standbys = Vec::new();
+        for i in 1..args.controllers {
+            let data = work.path().join(format!("controller-{i}"));
+            std::fs::create_dir_all(&data)?;
+            for file in ["token", "secrets.key", "controller.key", "controller.pub"] {
+                std::fs::copy(data_dir.join(file), data.join(file)).with_context(|| format!("copying {file}"))?;
+            }
+            let options = ControllerOptions {
+                api_addr: format!("127.0.0.1:{}", flotilla_e2e::free_port()?).parse()?,
+                mqtt_listen: format!("127.0.0.1:{}", flotilla_e2e::free_port()?).parse()?,
+                ..options.clone()
+            };
+            eprintln!("fleet: starting standby controller {i}");
+            standbys.push(Controller::start(binaries, &data, &options)?);
+        }
         let image = controller.push_busybox(binaries, work.path(), "127.0.0.1")?;
         let site_size = args.site_size.unwrap_or_else(|| (args.nodes / 10).clamp(1, 1000));
         let profiles = workloads::profiles(args.nodes, site_size);
@@ -247,7 +317,9 @@ impl SimulatedFleet {
         let mut fleet = SimulatedFleet {
             devices: BTreeMap::new(),
             controller,
+            standbys,
             mosquitto,
+            etcd,
             runtime: runtime.clone(),
             profiles,
             workloads: Vec::new(),
@@ -313,10 +385,28 @@ impl SimulatedFleet {
         }
         let enrolments = std::mem::take(&mut *enrolments.lock().unwrap());
         eprintln!("\rfleet: enrolled {total} devices in {:.1} s with one token", started.elapsed().as_secs_f64());
-        if let Some(broker) = &self.mosquitto {
-            // New logins: write the password file again and reload.
-            mosquitto::configure(&binaries.flotilla, data_dir, broker.dir(), broker.port())?;
-            broker.reload()?;
+        match (&self.mosquitto, &self.etcd) {
+            (Some(broker), None) => {
+                // New logins: write the password file again and reload.
+                mosquitto::configure(&binaries.flotilla, data_dir, broker.dir(), broker.port())?;
+                broker.reload()?;
+            }
+            (Some(broker), Some(_)) => {
+                // The leader rewrites the files and reloads Mosquitto.
+                let passwd = broker.dir().join("passwd");
+                wait_until(
+                    "the leader to write every login to Mosquitto",
+                    args.timeout,
+                    Duration::from_millis(200),
+                    || {
+                        let text = std::fs::read_to_string(&passwd).unwrap_or_default();
+                        let users: HashSet<&str> = text.lines().filter_map(|l| l.split(':').next()).collect();
+                        Ok(self.profiles.iter().all(|p| users.contains(p.name.as_str())).then_some(()))
+                    },
+                )?;
+                crate::fleet::pause(Duration::from_secs(1))?;
+            }
+            (None, _) => {}
         }
         let started = Instant::now();
         let pause = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate.max(1)));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 
 use super::SecretCipher;
+use super::etcd_store::{kv, watcher};
 use crate::fleet::credentials::SharedDocument;
 
 /// A sealed document at one etcd key.
@@ -36,7 +37,7 @@ impl SharedDocument for EtcdDocument {
     fn load(&self) -> anyhow::Result<Option<(Vec<u8>, u64)>> {
         let (client, key) = (self.client.clone(), self.key.clone());
         let answer = self.run(super::etcd_store::retrying(move || {
-            let (mut kv, key) = (client.kv_client(), key.clone());
+            let (mut kv, key) = (kv(&client), key.clone());
             async move { kv.get(key, None).await }
         }))?;
         match answer.kvs().first() {
@@ -52,7 +53,7 @@ impl SharedDocument for EtcdDocument {
             .and_then(vec![TxnOp::put(self.key.clone(), sealed.clone(), None)]);
         let client = self.client.clone();
         let answer = self.run(super::etcd_store::retrying(move || {
-            let (mut kv, txn) = (client.kv_client(), txn.clone());
+            let (mut kv, txn) = (kv(&client), txn.clone());
             async move { kv.txn(txn).await }
         }));
         let answer = match answer {
@@ -62,7 +63,7 @@ impl SharedDocument for EtcdDocument {
                 // did if the key holds exactly these sealed bytes (the
                 // nonce makes them unique).
                 let (client, key) = (self.client.clone(), self.key.clone());
-                let now = self.run(async move { client.kv_client().get(key, None).await })?;
+                let now = self.run(async move { kv(&client).get(key, None).await })?;
                 return match now.kvs().first() {
                     Some(kv) if kv.value() == sealed.as_slice() => Ok(Some(kv.mod_revision().max(0) as u64)),
                     _ => Err(e),
@@ -78,7 +79,7 @@ impl SharedDocument for EtcdDocument {
             let mut seen = after;
             loop {
                 let options = WatchOptions::new().with_start_revision(seen as i64 + 1);
-                let mut stream = match client.watch_client().watch(key.clone(), Some(options)).await {
+                let mut stream = match watcher(&client).watch(key.clone(), Some(options)).await {
                     Ok((_watcher, stream)) => stream,
                     Err(e) => {
                         tracing::warn!(key, error = %e, "cannot watch the shared document; trying again");
@@ -93,7 +94,7 @@ impl SharedDocument for EtcdDocument {
                     };
                     if answer.compact_revision() > 0 || answer.canceled() {
                         // Fell behind compaction: read what is there now.
-                        if let Ok(now) = client.kv_client().get(key.clone(), None).await
+                        if let Ok(now) = kv(&client).get(key.clone(), None).await
                             && let Some(kv) = now.kvs().first()
                         {
                             seen = seen.max(kv.mod_revision().max(0) as u64);

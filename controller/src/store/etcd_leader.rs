@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
-use super::etcd_store::{EtcdStore, Fence, fenced, retrying};
+use super::etcd_store::{EtcdStore, Fence, fenced, kv, retrying};
 use super::{Op, Outcome, Store, StoreError, Subscription, View};
 use crate::manifest::Kind;
 use crate::object::{ApiObject, ObjectKey};
@@ -60,7 +60,7 @@ impl EtcdStore {
             let mut last_holder: Option<String> = None;
             loop {
                 let current = retrying(|| {
-                    let (mut kv, key) = (client.kv_client(), key.clone());
+                    let (mut kv, key) = (kv(&client), key.clone());
                     async move { kv.get(key, None).await }
                 })
                 .await;
@@ -100,7 +100,7 @@ impl EtcdStore {
                             Some(etcd_client::PutOptions::new().with_lease(lease)),
                         ),
                     ]);
-                match client.kv_client().txn(take).await {
+                match kv(&client).txn(take).await {
                     Ok(answer) if answer.succeeded() => {
                         let create_revision = answer.header().map_or(0, |h| h.revision());
                         let lost = Arc::new(AtomicBool::new(false));
@@ -137,7 +137,7 @@ impl EtcdStore {
                 .and_then(vec![TxnOp::put(record.clone(), value, None)])
                 .or_else(vec![TxnOp::get(record, None)]);
             retrying(|| {
-                let (mut kv, first) = (client.kv_client(), first.clone());
+                let (mut kv, first) = (kv(&client), first.clone());
                 async move { kv.txn(first).await }
             })
             .await

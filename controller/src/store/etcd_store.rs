@@ -39,6 +39,23 @@ use crate::object::{ApiObject, ObjectKey};
 /// before it answers anyway (the write is durable either way).
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest answer (a fleet's objects listed at once: 7 MB at 1,000
+/// devices) and request (a reconcile pass's transaction) the client takes;
+/// gRPC's default of 4 MiB stopped a controller from starting on a few
+/// hundred devices.
+const MESSAGE_LIMIT: usize = 1 << 30;
+
+/// The KV client, with [`MESSAGE_LIMIT`].
+pub(super) fn kv(client: &Client) -> etcd_client::KvClient {
+    client.kv_client().max_decoding_message_size(MESSAGE_LIMIT).max_encoding_message_size(MESSAGE_LIMIT)
+}
+
+/// The watch client, with [`MESSAGE_LIMIT`] (one transaction's events
+/// arrive in one answer).
+pub(super) fn watcher(client: &Client) -> etcd_client::WatchClient {
+    client.watch_client().max_decoding_message_size(MESSAGE_LIMIT)
+}
+
 /// An etcd request's deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -251,7 +268,7 @@ impl EtcdStore {
             let (client, attempt) = (self.client.clone(), txn.clone());
             let answer = self.run(async move {
                 retrying(|| {
-                    let (mut kv, attempt) = (client.kv_client(), attempt.clone());
+                    let (mut kv, attempt) = (kv(&client), attempt.clone());
                     async move { kv.txn(attempt).await }
                 })
                 .await
@@ -297,7 +314,7 @@ impl EtcdStore {
         }
         if let Some(fence) = fence {
             let (client, key) = (self.client.clone(), fence.key.clone());
-            let holder = self.run(async move { client.kv_client().get(key, None).await });
+            let holder = self.run(async move { kv(&client).get(key, None).await });
             let still_ours = holder
                 .ok()
                 .and_then(|answer| answer.kvs().first().map(|kv| kv.create_revision()))
@@ -397,7 +414,7 @@ fn object_of(cipher: &SecretCipher, value: &[u8], revision: i64) -> anyhow::Resu
 /// Every object under `prefix`, and etcd's revision then.
 async fn load(client: Client, prefix: String, cipher: SecretCipher) -> Result<(Objects, u64), StoreError> {
     let answer = retrying(|| {
-        let (mut kv, prefix) = (client.kv_client(), prefix.clone());
+        let (mut kv, prefix) = (kv(&client), prefix.clone());
         async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
     })
     .await
@@ -434,7 +451,7 @@ async fn follow(client: Client, prefix: String, cipher: SecretCipher, mirror: Ar
     loop {
         let from = mirror.resource_version() + 1;
         let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(from as i64);
-        let mut watch = client.watch_client();
+        let mut watch = watcher(&client);
         let mut stream = match watch.watch(prefix.clone(), Some(options)).await {
             Ok((_watcher, stream)) => stream,
             Err(e) => {
