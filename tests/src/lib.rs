@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 pub mod etcd;
 pub mod fleet;
+pub mod history;
 pub mod mosquitto;
 pub mod netns;
 
