@@ -114,12 +114,22 @@ impl ServerConfig {
             if args.api_addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { args.api_addr.ip().to_string() }
         });
         let tls = !args.plain;
+        let mut mqtt_more = Vec::new();
         let (mqtt_listen, mqtt_host, mqtt_port, advertised_mqtt_url) = match &args.mqtt_url {
-            Some(url) => {
-                let (host, port) = parse_mqtt_url(url).map_err(|e| {
-                    anyhow::anyhow!("{url}: {e} (the controller reaches an external broker over plain TCP only yet)")
-                })?;
-                (None, host.to_owned(), port, url.clone())
+            Some(urls) => {
+                let mut brokers = Vec::new();
+                for url in firmware_proto::mqtt::broker_list(urls) {
+                    let (host, port) = parse_mqtt_url(url).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{url}: {e} (the controller reaches an external broker over plain TCP only yet)"
+                        )
+                    })?;
+                    brokers.push((host.to_owned(), port));
+                }
+                anyhow::ensure!(!brokers.is_empty(), "--mqtt-url {urls:?} names no broker");
+                let (host, port) = brokers.remove(0);
+                mqtt_more = brokers;
+                (None, host, port, urls.clone())
             }
             None => {
                 let listen = args.mqtt_listen.unwrap_or_else(|| {
@@ -146,6 +156,7 @@ impl ServerConfig {
                 prefix: args.mqtt_prefix,
                 mqtt_host,
                 mqtt_port,
+                mqtt_more,
                 advertised_mqtt_url,
                 default_registry: format!("{advertise}:{}", args.api_addr.port()),
                 keep_alive: Duration::from_secs(30),

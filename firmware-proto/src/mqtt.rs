@@ -113,6 +113,12 @@ pub struct BrokerUrl<'a> {
     pub tls: bool,
 }
 
+/// The brokers of a list `mqtt://a:1883,mqtt://b:1883` (one URL is a list of
+/// one), in order: a device or controller moves to the next when one is lost.
+pub fn broker_list(urls: &str) -> impl Iterator<Item = &str> {
+    urls.split(',').map(str::trim).filter(|url| !url.is_empty())
+}
+
 /// `mqtt://host:port` (or `tcp://host:port`, or bare `host:port`; the port
 /// defaults to [`DEFAULT_MQTT_PORT`]) or `mqtts://host:port` (the port
 /// defaults to [`DEFAULT_MQTTS_PORT`]).

@@ -207,8 +207,26 @@ impl Channel {
         logs: LogService,
         services: Arc<ServiceDirectory>,
     ) -> anyhow::Result<(Self, impl std::future::Future<Output = ()> + Send + 'static)> {
-        let url = &enrolment.mqtt_url;
-        let BrokerUrl { host, port, tls } = parse_broker_url(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        // One broker, or the brokers of a cluster in order: the next is
+        // tried when the one in use is lost.
+        let mut brokers = Vec::new();
+        for url in firmware_proto::mqtt::broker_list(&enrolment.mqtt_url) {
+            let BrokerUrl { host, port, tls } = parse_broker_url(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            let transport = match tls {
+                true => {
+                    let config = enrolment.tls_config()?.with_context(|| {
+                        format!(
+                            "{url}: the broker speaks TLS but the enrolment holds no fleet CA; enrol this device again"
+                        )
+                    })?;
+                    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config))
+                }
+                false => rumqttc::Transport::tcp(),
+            };
+            brokers.push((host.to_owned(), port, transport));
+        }
+        anyhow::ensure!(!brokers.is_empty(), "the enrolment names no broker ({:?})", enrolment.mqtt_url);
+        let (host, port, transport) = brokers[0].clone();
         let topics = Topics {
             scheme: firmware_proto::mqtt::Topics::new(&enrolment.topic_prefix),
             node: enrolment.node_name.clone(),
@@ -226,17 +244,12 @@ impl Channel {
         let node_id = firmware_proto::NodeId::new(&held.node_name).map_err(|e| anyhow::anyhow!("node id: {e}"))?;
         let store = crate::rotation::Store { data_dir: config.data_dir.clone() };
         let asking = Arc::new(crate::rotation::Asking::default());
-        let mut options = MqttOptions::new(enrolment.node_name.clone(), host, port);
+        let mut options = MqttOptions::new(enrolment.node_name.clone(), host.clone(), port);
         options.set_keep_alive(config.keep_alive);
         use_credentials(&mut options, &signer, &held, trying.as_ref());
         options.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
         options.set_clean_session(true);
-        if tls {
-            let config = enrolment.tls_config()?.with_context(|| {
-                format!("{url}: the broker speaks TLS but the enrolment holds no fleet CA; enrol this device again")
-            })?;
-            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)));
-        }
+        options.set_transport(transport);
         let (client, mut event_loop) = AsyncClient::new(options, 64);
         let (desired_tx, desired) = std::sync::mpsc::sync_channel::<Vec<u8>>(INCOMING_FRAMES);
         let hello: Arc<Mutex<Option<firmware_proto::Hello>>> = Arc::default();
@@ -256,10 +269,11 @@ impl Channel {
             task: None,
             shutdown: shutdown.clone(),
         };
-        let broker = format!("{host}:{port}");
+        let mut broker = format!("{host}:{port}");
         let connection = async move {
             let mut epoch = epoch;
             let mut failures = 0u32;
+            let mut using = 0;
             // A DISCONNECT of ours, to log in again with new credentials.
             let mut switching = false;
             // `connection << 1`, plus 1 once a desired document came on it.
@@ -372,6 +386,16 @@ impl Channel {
                             }
                         }
                     }
+                    Ok(Event::Incoming(Packet::SubAck(ack)))
+                        if ack.return_codes.contains(&rumqttc::SubscribeReasonCode::Failure) =>
+                    {
+                        // A clustered broker refuses subscriptions while it
+                        // recovers (NATS electing a JetStream leader): a
+                        // connection without them would wait for documents
+                        // for ever. Connect again, which subscribes again.
+                        tracing::warn!(%broker, node = topics.node, "the broker refused a subscription; connecting again");
+                        let _ = client.try_disconnect();
+                    }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) if switching => {
                         // Our own DISCONNECT: log in again at once with the
                         // new credentials (no Last Will was published).
@@ -399,7 +423,11 @@ impl Channel {
                         } else if refused {
                             login_refused.store(true, Ordering::Release);
                         }
-                        let delay = backoff(failures);
+                        // Each broker of a cluster once at once, then backing off.
+                        let delay = match failures as usize <= brokers.len() {
+                            true if brokers.len() > 1 => Duration::from_millis(100),
+                            _ => backoff(failures.saturating_sub(brokers.len() as u32 - 1)),
+                        };
                         let retry_in_ms = delay.as_millis() as u64;
                         if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
                             // Retried all the same: a cut-off ends, and a
@@ -410,6 +438,14 @@ impl Channel {
                             tracing::error!(%broker, node = topics.node, error, retry_in_ms, "TLS with the controller's broker failed; workloads keep running");
                         } else {
                             tracing::warn!(%broker, node = topics.node, error = %e, retry_in_ms, "control channel down; workloads keep running");
+                        }
+                        if brokers.len() > 1 {
+                            using = (using + 1) % brokers.len();
+                            let (host, port, transport) = &brokers[using];
+                            event_loop.mqtt_options =
+                                moved_to(&event_loop.mqtt_options, host, *port, transport.clone());
+                            broker = format!("{host}:{port}");
+                            tracing::info!(%broker, node = topics.node, "trying the next broker of the cluster");
                         }
                         // The broker published (or will publish) this
                         // connection's will: the next one is a new epoch.
@@ -627,6 +663,20 @@ async fn ask_for_credentials(
 
 /// Sets the next connection's Last Will (sequence: the top of `epoch`) and
 /// moves the counter to the start of `epoch`.
+/// `old`'s options (client id, login, keep-alive, limits) for another broker
+/// of the same cluster; the will is armed afresh by the caller.
+fn moved_to(old: &MqttOptions, host: &str, port: u16, transport: rumqttc::Transport) -> MqttOptions {
+    let mut options = MqttOptions::new(old.client_id(), host, port);
+    options.set_keep_alive(old.keep_alive());
+    if let Some(login) = old.credentials() {
+        options.set_credentials(login.username, login.password);
+    }
+    options.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
+    options.set_clean_session(old.clean_session());
+    options.set_transport(transport);
+    options
+}
+
 fn arm(options: &mut MqttOptions, signer: &Signer, topics: &Topics, epoch: u64) {
     signer.next.store(epoch << 32 | 1, Ordering::Relaxed);
     if let Some(will) = signer.seal(&Presence::Offline, epoch << 32 | 0xFFFF_FFFF) {

@@ -354,7 +354,8 @@ fn connect(
     let channel = Channel::start(enrolment, config, logs, services.clone())?;
     let mut labels = args.labels.clone();
     let address = args.address.or_else(|| {
-        let broker = firmware_proto::mqtt::parse_broker_url(&enrolment.mqtt_url).ok()?;
+        let first = firmware_proto::mqtt::broker_list(&enrolment.mqtt_url).next()?;
+        let broker = firmware_proto::mqtt::parse_broker_url(first).ok()?;
         crate::services::detect_address(broker.host, broker.port)
     });
     match address {

@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod history;
 pub mod mosquitto;
+pub mod nats;
 pub mod netns;
 
 /// Path of a workspace binary (`flotilla`, `flotilla-agent`, `flotilla-bench`)

@@ -60,6 +60,8 @@ pub fn spawn(
     // pid, and a broker drops the older of two sessions with one id.
     let nonce = crate::store::random_bytes::<4>().map(hex::encode).unwrap_or_default();
     let client_id = format!("{CONTROLLER_USER}-{}-{nonce}", std::process::id());
+    let brokers: Vec<(String, u16)> =
+        std::iter::once((config.mqtt_host.clone(), config.mqtt_port)).chain(config.mqtt_more.iter().cloned()).collect();
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
     options.set_keep_alive(config.keep_alive);
     options.set_credentials(CONTROLLER_USER, enrolment.controller_password());
@@ -70,9 +72,10 @@ pub fn spawn(
     options.set_clean_session(true);
     let (client, mut event_loop) = AsyncClient::new(options, 1024);
     let subscriber = client.clone();
-    let broker = format!("{}:{}", config.mqtt_host, config.mqtt_port);
+    let mut broker = format!("{}:{}", config.mqtt_host, config.mqtt_port);
     let task = tokio::spawn(async move {
         let mut failures = 0u32;
+        let mut using = 0;
         loop {
             match event_loop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -85,6 +88,15 @@ pub fn spawn(
                     }
                     republish.notify_one();
                     link.set(Some(std::time::Instant::now()));
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack)))
+                    if ack.return_codes.contains(&rumqttc::SubscribeReasonCode::Failure) =>
+                {
+                    // A clustered broker refuses subscriptions while it
+                    // recovers (NATS electing a JetStream leader): connect
+                    // again, which subscribes again.
+                    tracing::warn!(%broker, "the broker refused a subscription; connecting again");
+                    let _ = subscriber.try_disconnect();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let mut message =
@@ -112,14 +124,37 @@ pub fn spawn(
                 Err(e) => {
                     link.set(None);
                     failures += 1;
-                    let delay = backoff(failures);
+                    // Each broker of a cluster once at once, then backing off.
+                    let delay = match failures as usize <= brokers.len() {
+                        true if brokers.len() > 1 => Duration::from_millis(100),
+                        _ => backoff(failures.saturating_sub(brokers.len() as u32 - 1)),
+                    };
                     tracing::warn!(%broker, error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
+                    if brokers.len() > 1 {
+                        using = (using + 1) % brokers.len();
+                        let (host, port) = &brokers[using];
+                        event_loop.mqtt_options = moved_to(&event_loop.mqtt_options, host, *port);
+                        broker = format!("{host}:{port}");
+                        tracing::info!(%broker, "trying the next broker of the cluster");
+                    }
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     });
     (client, task)
+}
+
+/// `old`'s options for another broker of the same cluster.
+fn moved_to(old: &MqttOptions, host: &str, port: u16) -> MqttOptions {
+    let mut options = MqttOptions::new(old.client_id(), host, port);
+    options.set_keep_alive(old.keep_alive());
+    if let Some(login) = old.credentials() {
+        options.set_credentials(login.username, login.password);
+    }
+    options.set_max_packet_size(super::broker::MAX_PAYLOAD, super::broker::MAX_PAYLOAD);
+    options.set_clean_session(old.clean_session());
+    options
 }
 
 /// Exponential back-off with jitter, 100 ms doubling to 10 s, so a fleet

@@ -1046,6 +1046,7 @@ mod tests {
             prefix: super::super::DEFAULT_PREFIX.into(),
             mqtt_host: "127.0.0.1".into(),
             mqtt_port: 1883,
+            mqtt_more: Vec::new(),
             advertised_mqtt_url: "mqtt://127.0.0.1:1883".into(),
             default_registry: "127.0.0.1:7440".into(),
             keep_alive: Duration::from_secs(30),

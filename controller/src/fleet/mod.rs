@@ -51,6 +51,9 @@ pub struct FleetConfig {
     pub mqtt_host: String,
     /// Broker port.
     pub mqtt_port: u16,
+    /// More brokers of the same cluster, tried in turn when the one in use
+    /// is lost (`--mqtt-url a,b,c`).
+    pub mqtt_more: Vec<(String, u16)>,
     /// The URL agents are told at enrolment (`mqtt://host:port`).
     pub advertised_mqtt_url: String,
     /// Registry used for images named without one (`busybox:1.35`).
