@@ -5,9 +5,8 @@
 //! leader-kill`: two controllers on that etcd, Mosquitto, kill -9 of the
 //! leader `--leader-kills` times, etcd members killed between, applies
 //! running throughout and checked afterwards).
-//!
-//! Broker failover (agents with several broker URLs, a NATS cluster) is
-//! not built yet: the benchmark says so.
+//! Then broker failover (`flotilla-bench fleet broker-kill --broker
+//! nats`): the NATS server the devices use is killed under the fleet.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -73,13 +72,13 @@ pub fn run(args: HaArgs) -> anyhow::Result<()> {
     }
     drop((redb, etcd, cluster));
     if args.nodes > 0 {
-        crate::scale::run(crate::scale::FleetArgs {
-            scenario: crate::scale::Scenario::LeaderKill,
+        let fleet = |scenario, broker, store, controllers| crate::scale::FleetArgs {
+            scenario,
             nodes: args.nodes,
             replicas: None,
-            broker: crate::scale::BrokerKind::Mosquitto,
-            store: crate::scale::StoreKind::Etcd,
-            controllers: 2,
+            broker,
+            store,
+            controllers,
             leader_kills: args.leader_kills,
             etcd_member_kills: args.etcd_member_kills,
             start_delay: Duration::from_millis(50),
@@ -91,13 +90,12 @@ pub fn run(args: HaArgs) -> anyhow::Result<()> {
             tick: Duration::from_millis(500),
             connect_rate: 1000,
             timeout: Duration::from_secs(600),
-            bin_dir: args.bin_dir,
+            bin_dir: args.bin_dir.clone(),
             keep: false,
-        })?;
+        };
+        use crate::scale::{BrokerKind, Scenario, StoreKind};
+        crate::scale::run(fleet(Scenario::LeaderKill, BrokerKind::Mosquitto, StoreKind::Etcd, 2))?;
+        crate::scale::run(fleet(Scenario::BrokerKill, BrokerKind::Nats, StoreKind::Redb, 1))?;
     }
-    eprintln!(
-        "broker failover (agents with several broker URLs, a NATS cluster): not supported yet (issue 20); \
-         no figures printed for it"
-    );
     Ok(())
 }

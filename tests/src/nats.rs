@@ -2,6 +2,14 @@
 //! scripts/setup) serving MQTT: three servers routed to each other, with
 //! JetStream (where NATS keeps MQTT sessions and retained messages,
 //! replicated three times). For the broker-failover tests (issue 20).
+//!
+//! Each MQTT subscription is a JetStream consumer: replicated three times
+//! (NATS's default), a fleet reconnecting after a server loss made the
+//! cluster time out creating and deleting hundreds of them, and devices
+//! never got back. Consumers are kept on one server, in memory
+//! (`consumer_replicas: 1`, `consumer_memory_storage`): a device whose
+//! server dies subscribes again on another (Flotilla's sessions are clean
+//! anyway); retained documents stay replicated.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,7 +48,7 @@ impl NatsCluster {
                     "server_name: n{i}\nlisten: 127.0.0.1:{client}\n\
                      jetstream {{ store_dir: \"{}\" }}\n\
                      cluster {{ name: flotilla, listen: 127.0.0.1:{route}, routes: [{}] }}\n\
-                     mqtt {{ listen: 127.0.0.1:{mqtt}, stream_replicas: 3 }}\n",
+                     mqtt {{ listen: 127.0.0.1:{mqtt}, stream_replicas: 3, consumer_replicas: 1, consumer_memory_storage: true }}\n",
                     data.display(),
                     routes.join(", ")
                 ),

@@ -22,25 +22,39 @@ use flotilla_e2e::ControllerProcess;
 use flotilla_e2e::fleet::{AgentProcess, SLEEPER, apply, pods, push_busybox, shell_deployment, wait_until};
 use flotilla_e2e::nats::NatsCluster;
 
+/// A client process, killed when dropped (a failed assertion included).
+struct Client(Child);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `mosquitto_sub` on server `port` printing `topic payload` lines to `out`.
-fn subscribe(port: u16, id: &str, filter: &str, out: &std::path::Path) -> Child {
-    Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", id, "-q", "1", "-v", "-t", filter])
-        .stdout(std::fs::File::create(out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn subscribe(port: u16, id: &str, filter: &str, out: &std::path::Path) -> Client {
+    Client(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", id, "-q", "1", "-v", "-t", filter])
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A client on `port` holding a Last Will on `topic`, doing nothing else.
-fn with_will(port: u16, id: &str, topic: &str) -> Child {
-    Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", id, "-q", "1", "-k", "5", "-t", "idle/none"])
-        .args(["--will-topic", topic, "--will-payload", "gone", "--will-qos", "1", "--will-retain"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn with_will(port: u16, id: &str, topic: &str) -> Client {
+    Client(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", id, "-q", "1", "-k", "5", "-t", "idle/none"])
+            .args(["--will-topic", topic, "--will-payload", "gone", "--will-qos", "1", "--will-retain"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn publish(port: u16, topic: &str, payload: &str, retained: bool) {
@@ -64,9 +78,9 @@ fn read_retained(port: u16, filter: &str) -> Option<String> {
     (output.status.success() && !text.is_empty()).then_some(text)
 }
 
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn kill(client: &mut Client) {
+    let _ = client.0.kill();
+    let _ = client.0.wait();
 }
 
 #[test]

@@ -127,6 +127,35 @@ impl SimulatedFleet {
     }
 }
 
+impl SimulatedFleet {
+    /// kill -9 of the NATS server every device uses (the first of their
+    /// list); until every device is connected to another and holds its
+    /// document again, and how many replicas restarted.
+    pub(super) fn broker_kill(&mut self, args: &FleetArgs) -> anyhow::Result<Value> {
+        if self.nats.is_none() {
+            return Ok(json!({ "nodes": self.profiles.len(), "skipped": "needs --broker nats" }));
+        }
+        let starts_before = self.total_starts();
+        eprintln!("fleet: kill -9 NATS server 0 under {} devices", self.profiles.len());
+        let at = Instant::now();
+        self.nats.as_mut().expect("checked above").kill(0);
+        self.wait_every_device("to reconnect to another server", at, args.timeout, |o| o.last_connect)?;
+        let reconnected_s = at.elapsed().as_secs_f64();
+        self.wait_every_device("to hold its document again", at, args.timeout, |o| o.last_frame)?;
+        let documents_s = at.elapsed().as_secs_f64();
+        crate::fleet::pause(Duration::from_secs(5))?;
+        let version = std::process::Command::new("nats-server").arg("--version").output()?;
+        Ok(json!({
+            "nodes": self.profiles.len(),
+            "nats": String::from_utf8_lossy(&version.stdout).trim(),
+            "servers": 3,
+            "reconnected_s": round3(reconnected_s),
+            "documents_s": round3(documents_s),
+            "replicas_restarted": self.total_starts() - starts_before,
+        }))
+    }
+}
+
 /// Applies one new ConfigMap after another through whichever controller
 /// answers, remembering which were acknowledged (HTTP 200).
 struct Writer {

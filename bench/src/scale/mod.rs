@@ -54,6 +54,10 @@ pub enum Scenario {
     /// --store etcd --broker mosquitto`), with applies running and etcd
     /// members killed between; not part of `all`.
     LeaderKill,
+    /// kill -9 the NATS server the devices use (`--broker nats`); time until
+    /// every device is connected to another and holds its document; not
+    /// part of `all`.
+    BrokerKill,
 }
 
 /// Where the controllers keep their objects.
@@ -72,6 +76,11 @@ pub enum BrokerKind {
     Embedded,
     /// Mosquitto, with the files `flotilla mosquitto-config` writes.
     Mosquitto,
+    /// Three NATS servers in one cluster (MQTT over JetStream, replicated
+    /// three times); every device and the controller get the three URLs.
+    /// No broker logins: NATS takes any (Flotilla's frames are still MAC'd
+    /// and its documents signed).
+    Nats,
 }
 
 /// Options of `flotilla-bench fleet`.
@@ -171,6 +180,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
             Scenario::ControllerRestart => fleet.controller_restart(&args)?,
             Scenario::ReconnectStorm => fleet.reconnect_storm(&args)?,
             Scenario::LeaderKill => fleet.leader_kill(&args)?,
+            Scenario::BrokerKill => fleet.broker_kill(&args)?,
             Scenario::All => unreachable!("expanded above"),
         };
         let api = sampler.stop();
@@ -216,6 +226,7 @@ struct SimulatedFleet {
     /// Controllers beside the first, on the same etcd (`--controllers`).
     standbys: Vec<Controller>,
     mosquitto: Option<mosquitto::Mosquitto>,
+    nats: Option<flotilla_e2e::nats::NatsCluster>,
     etcd: Option<flotilla_e2e::etcd::EtcdCluster>,
     runtime: tokio::runtime::Handle,
     profiles: Vec<Profile>,
@@ -266,8 +277,19 @@ impl SimulatedFleet {
                 Some(cluster)
             }
         };
+        let nats = match args.broker {
+            BrokerKind::Nats => {
+                eprintln!("fleet: starting a three-server NATS cluster");
+                let nats_dir = work.path().join("nats");
+                std::fs::create_dir_all(&nats_dir)?;
+                let cluster = flotilla_e2e::nats::NatsCluster::start(&nats_dir)?;
+                extra_args.extend(["--mqtt-url".to_owned(), cluster.mqtt_urls()]);
+                Some(cluster)
+            }
+            _ => None,
+        };
         let mosquitto = match args.broker {
-            BrokerKind::Embedded => None,
+            BrokerKind::Embedded | BrokerKind::Nats => None,
             BrokerKind::Mosquitto => {
                 let dir = work.path().join("mosquitto");
                 mosquitto::configure(&binaries.flotilla, &data_dir, &dir, mqtt_port)?;
@@ -319,6 +341,7 @@ impl SimulatedFleet {
             controller,
             standbys,
             mosquitto,
+            nats,
             etcd,
             runtime: runtime.clone(),
             profiles,
