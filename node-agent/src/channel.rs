@@ -274,6 +274,9 @@ impl Channel {
             let mut epoch = epoch;
             let mut failures = 0u32;
             let mut using = 0;
+            // Subscriptions refused in a row: a broker that never takes them
+            // (NATS refuses topics with '.') is not asked every 100 ms.
+            let mut refusals = 0u32;
             // A DISCONNECT of ours, to log in again with new credentials.
             let mut switching = false;
             // `connection << 1`, plus 1 once a desired document came on it.
@@ -393,9 +396,11 @@ impl Channel {
                         // recovers (NATS electing a JetStream leader): a
                         // connection without them would wait for documents
                         // for ever. Connect again, which subscribes again.
-                        tracing::warn!(%broker, node = topics.node, "the broker refused a subscription; connecting again");
+                        refusals += 1;
+                        tracing::warn!(%broker, node = topics.node, refusals, "the broker refused a subscription; connecting again");
                         let _ = client.try_disconnect();
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => refusals = 0,
                     Ok(Event::Outgoing(Outgoing::Disconnect)) if switching => {
                         // Our own DISCONNECT: log in again at once with the
                         // new credentials (no Last Will was published).
@@ -428,6 +433,7 @@ impl Channel {
                             true if brokers.len() > 1 => Duration::from_millis(100),
                             _ => backoff(failures.saturating_sub(brokers.len() as u32 - 1)),
                         };
+                        let delay = if refusals > 0 { delay.max(backoff(refusals)) } else { delay };
                         let retry_in_ms = delay.as_millis() as u64;
                         if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
                             // Retried all the same: a cut-off ends, and a
