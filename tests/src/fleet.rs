@@ -252,6 +252,27 @@ pub fn pods(controller: &ControllerProcess) -> Vec<(String, String, String)> {
     out
 }
 
+/// How many replicas whose names start with `prefix` the API shows Running.
+pub fn running_count(controller: &ControllerProcess, prefix: &str) -> usize {
+    pods(controller).iter().filter(|(name, phase, _)| name.starts_with(prefix) && phase == "Running").count()
+}
+
+/// [`push_busybox`], named by digest: replicas of it need no registry once
+/// the controller that holds it is gone (the registry is per controller in
+/// the HA tests).
+pub fn push_busybox_pinned(controller: &ControllerProcess, dir: &Path) -> String {
+    let pushed = push_busybox(controller, dir);
+    let output = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", "--creds"])
+        .arg(format!("flotilla:{}", controller.token().unwrap()))
+        .arg(format!("docker://{pushed}"))
+        .output()
+        .expect("skopeo is installed by scripts/setup");
+    assert!(output.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&output.stderr));
+    let digest = String::from_utf8(output.stdout).unwrap();
+    format!("{}@{}", pushed.rsplit_once(':').unwrap().0, digest.trim())
+}
+
 /// Polls `check` every 100 ms until it gives a value; panics after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_e2e::ControllerProcess;
 use flotilla_e2e::etcd::EtcdCluster;
-use flotilla_e2e::fleet::{AgentProcess, SLEEPER, apply, pods, push_busybox, shell_deployment, wait_until};
+use flotilla_e2e::fleet::{
+    AgentProcess, SLEEPER, apply, pods, push_busybox_pinned, running_count as running, shell_deployment, wait_until,
+};
 use flotilla_e2e::history::{self, Clients, Endpoint};
 use flotilla_e2e::mosquitto::{Mosquitto, MosquittoBeside};
 
@@ -114,23 +116,6 @@ impl Site {
     }
 }
 
-fn running(controller: &ControllerProcess, prefix: &str) -> usize {
-    pods(controller).iter().filter(|(name, phase, _)| name.starts_with(prefix) && phase == "Running").count()
-}
-
-/// The image by digest (the registry is per controller in these tests).
-fn pinned_busybox(controller: &ControllerProcess, dir: &Path) -> String {
-    let pushed = push_busybox(controller, dir);
-    let output = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", "--creds"])
-        .arg(format!("flotilla:{}", controller.token().unwrap()))
-        .arg(format!("docker://{pushed}"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&output.stderr));
-    format!("{}@{}", pushed.rsplit_once(':').unwrap().0, String::from_utf8(output.stdout).unwrap().trim())
-}
-
 fn check_history(site: &Site, clients: Clients, leader: usize) -> history::Report {
     let operations = clients.stop();
     // Both controllers' mirrors have caught up by now.
@@ -157,7 +142,7 @@ fn check_history(site: &Site, clients: Clients, leader: usize) -> history::Repor
 #[test]
 fn stalled_and_killed_leaders_and_lost_etcd_members_lose_no_acknowledged_write() {
     let mut site = Site::start();
-    let image = pinned_busybox(site.controller(0), site.dir());
+    let image = push_busybox_pinned(site.controller(0), site.dir());
     let agent = AgentProcess::start(site.controller(0), "chaos-a", &site.dir().join("agent-a"));
     flotilla_e2e::fleet::wait_for_ready_nodes(site.controller(0), 1, Duration::from_secs(60));
     apply(site.controller(0), &shell_deployment("steady", &image, 2, SLEEPER));
@@ -221,7 +206,7 @@ fn stalled_and_killed_leaders_and_lost_etcd_members_lose_no_acknowledged_write()
 #[test]
 fn a_power_cut_of_the_whole_site_brings_back_the_same_workloads() {
     let mut site = Site::start();
-    let image = pinned_busybox(site.controller(0), site.dir());
+    let image = push_busybox_pinned(site.controller(0), site.dir());
     let agent_dir = site.dir().join("agent-a");
     let mut agent = AgentProcess::start(site.controller(0), "cut-a", &agent_dir);
     flotilla_e2e::fleet::wait_for_ready_nodes(site.controller(0), 1, Duration::from_secs(60));

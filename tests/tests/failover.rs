@@ -9,12 +9,13 @@
 //! (scripts/setup).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_e2e::ControllerProcess;
 use flotilla_e2e::etcd::EtcdCluster;
-use flotilla_e2e::fleet::{AgentProcess, SLEEPER, apply, pods, push_busybox, shell_deployment, wait_until};
+use flotilla_e2e::fleet::{
+    AgentProcess, SLEEPER, apply, pods, push_busybox_pinned, running_count as running, shell_deployment, wait_until,
+};
 use flotilla_e2e::mosquitto::MosquittoBeside;
 
 /// Copies what controllers on one etcd share from `from` into `to`.
@@ -27,22 +28,6 @@ fn copy_shared_keys(from: &Path, to: &Path) {
 
 fn leads(controller: &ControllerProcess) -> bool {
     controller.log_text().matches("this controller leads").count() > 0
-}
-
-/// The digest `reference` resolves to in the controller's registry.
-fn digest_of(controller: &ControllerProcess, reference: &str) -> String {
-    let output = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", "--creds"])
-        .arg(format!("flotilla:{}", controller.token().unwrap()))
-        .arg(format!("docker://{reference}"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-fn running(controller: &ControllerProcess, prefix: &str) -> usize {
-    pods(controller).iter().filter(|(name, phase, _)| name.starts_with(prefix) && phase == "Running").count()
 }
 
 #[test]
@@ -66,10 +51,9 @@ fn the_standby_takes_over_a_rollout_when_the_leader_is_killed() {
     wait_until("b stands by", Duration::from_secs(20), || b.log_text().contains("standing by").then_some(()));
     assert!(!leads(&b), "two leaders: {}", b.log_text());
 
-    let pushed = push_busybox(&a, dir.path());
     // By digest: the replicas need no registry after the leader is gone
     // (the registry is per controller here; see the README's HA section).
-    let image = format!("{}@{}", pushed.rsplit_once(':').unwrap().0, digest_of(&a, &pushed));
+    let image = push_busybox_pinned(&a, dir.path());
     let agent = AgentProcess::start(&a, "ha-a", &dir.path().join("agent-a"));
     flotilla_e2e::fleet::wait_for_ready_nodes(&a, 1, Duration::from_secs(60));
     apply(&a, &shell_deployment("steady", &image, 2, SLEEPER));

@@ -19,7 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_e2e::ControllerProcess;
-use flotilla_e2e::fleet::{AgentProcess, SLEEPER, apply, pods, push_busybox, shell_deployment, wait_until};
+use flotilla_e2e::fleet::{
+    AgentProcess, SLEEPER, apply, push_busybox, running_count as running, shell_deployment, wait_until,
+};
 use flotilla_e2e::nats::NatsCluster;
 
 /// A client process, killed when dropped (a failed assertion included).
@@ -159,10 +161,6 @@ fn connected_port(agent: &AgentProcess) -> Option<u16> {
     let at = line.find("broker=")? + "broker=".len();
     let address: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
     address.trim_matches('"').rsplit_once(':')?.1.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()
-}
-
-fn running(controller: &ControllerProcess, prefix: &str) -> usize {
-    pods(controller).iter().filter(|(name, phase, _)| name.starts_with(prefix) && phase == "Running").count()
 }
 
 #[test]

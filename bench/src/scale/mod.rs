@@ -492,12 +492,14 @@ impl SimulatedFleet {
         timeout: Duration,
         when: impl Fn(&device::Observed) -> Option<Instant>,
     ) -> anyhow::Result<()> {
-        wait_until(&format!("every device {what}"), timeout, Duration::from_millis(100), || {
+        let waiting = || {
             let view = self.view.observed.lock().unwrap_or_else(|p| p.into_inner());
-            let waiting =
-                self.devices.keys().filter(|n| view.get(*n).and_then(&when).is_none_or(|t| t < since)).count();
-            Ok((waiting == 0).then_some(()))
+            self.devices.keys().filter(|n| view.get(*n).and_then(&when).is_none_or(|t| t < since)).count()
+        };
+        wait_until(&format!("every device {what}"), timeout, Duration::from_millis(100), || {
+            Ok((waiting() == 0).then_some(()))
         })
+        .map_err(|e| e.context(format!("{} of {} devices still waiting", waiting(), self.devices.len())))
     }
 
     fn total_starts(&self) -> u64 {
