@@ -116,15 +116,24 @@ pub fn join_token(controller: &ControllerProcess) -> String {
 /// Builds a busybox image (the host's static busybox) and pushes it into
 /// the controller's registry as `e2e/busybox:1`; returns its reference.
 pub fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
-    let layout = dir.join("oci");
+    push_built(controller, dir, "busybox", &[])
+}
+
+/// Builds a busybox image named `name` with `flotilla-image` (`extra`: more
+/// of its arguments, such as `--file /PATH=FILE`) and pushes it to the
+/// controller's registry as `e2e/<name>:1`; returns its reference.
+pub fn push_built(controller: &ControllerProcess, dir: &Path, name: &str, extra: &[&str]) -> String {
+    let layout = dir.join(format!("oci-{name}"));
     let status = Command::new(binary("flotilla-image").unwrap())
-        .args(["--tag", "busybox:e2e", "--binary", "amd64=/bin/busybox", "--path", "/bin/busybox"])
-        .args(["--entrypoint", "/bin/busybox", "--output"])
+        .args(["--tag", &format!("{name}:e2e"), "--binary", "amd64=/bin/busybox", "--path", "/bin/busybox"])
+        .args(["--entrypoint", "/bin/busybox"])
+        .args(extra)
+        .arg("--output")
         .arg(&layout)
         .stdout(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "building the test image");
+    assert!(status.success(), "building the test image {name}");
     let registry = controller.url.split_once("://").unwrap().1.to_owned();
     // Over HTTPS, skopeo trusts the fleet CA (a directory of *.crt files).
     let certs = dir.join("registry-certs");
@@ -139,12 +148,12 @@ pub fn push_busybox(controller: &ControllerProcess, dir: &Path) -> String {
     let output = Command::new("skopeo")
         .args(["copy", "--quiet", &tls, "--dest-creds"])
         .arg(format!("flotilla:{}", controller.token().unwrap()))
-        .arg(format!("oci:{}:busybox:e2e", layout.display()))
-        .arg(format!("docker://{registry}/e2e/busybox:1"))
+        .arg(format!("oci:{}:{name}:e2e", layout.display()))
+        .arg(format!("docker://{registry}/e2e/{name}:1"))
         .output()
         .expect("skopeo is installed by scripts/setup");
     assert!(output.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
-    format!("{registry}/e2e/busybox:1")
+    format!("{registry}/e2e/{name}:1")
 }
 
 /// Builds the example images (`images/build-examples`) and pushes each of

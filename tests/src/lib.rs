@@ -91,9 +91,20 @@ impl ControllerProcess {
     /// Starts a server listening on `host` (e.g. a bridge that devices in
     /// network namespaces reach), free ports, telling agents that address.
     pub fn start_on_host(data_dir: &std::path::Path, host: std::net::Ipv4Addr) -> anyhow::Result<Self> {
+        Self::start_on_host_with(data_dir, host, &[])
+    }
+
+    /// [`ControllerProcess::start_on_host`] with extra `flotilla server` arguments.
+    pub fn start_on_host_with(
+        data_dir: &std::path::Path,
+        host: std::net::Ipv4Addr,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port()) };
         let (port, mqtt_port) = (free()?, free()?);
-        Self::start_at(data_dir, host, port, mqtt_port, &["--advertise", &host.to_string()], false)
+        let host_name = host.to_string();
+        let args: Vec<&str> = ["--advertise", host_name.as_str()].into_iter().chain(extra.iter().copied()).collect();
+        Self::start_at(data_dir, host, port, mqtt_port, &args, false)
     }
 
     /// [`ControllerProcess::start_on_host`], serving TLS as by default.

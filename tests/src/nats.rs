@@ -80,6 +80,16 @@ impl NatsCluster {
         self.servers[i].mqtt_port
     }
 
+    /// How many servers the cluster has.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether the cluster has no server (never: it starts three).
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
     /// kill -9 of server `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.servers[i].child.take() {

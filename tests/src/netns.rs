@@ -99,6 +99,24 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Limits what the host sends to device `device` to `kbit_per_s` (a
+    /// token bucket on the host end of its veth): a slow link, so that an
+    /// image pull takes seconds and can be cut in the middle.
+    pub fn limit_rate(&self, device: usize, kbit_per_s: u32) -> anyhow::Result<()> {
+        let veth = self.veth_name(device);
+        let rate = format!("{kbit_per_s}kbit");
+        let output = Command::new("tc")
+            .args([
+                "qdisc", "replace", "dev", &veth, "root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms",
+            ])
+            .output()
+            .context("running tc (iproute2, installed by scripts/setup)")?;
+        ensure!(output.status.success(), "tc on {veth}: {}", String::from_utf8_lossy(&output.stderr).trim());
+        Ok(())
+    }
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         for (i, namespace) in self.namespaces.iter().enumerate() {

@@ -128,31 +128,76 @@ impl SimulatedFleet {
 }
 
 impl SimulatedFleet {
-    /// kill -9 of the NATS server every device uses (the first of their
-    /// list); until every device is connected to another and holds its
-    /// document again, and how many replicas restarted.
+    /// kill -9 of one NATS server of three under the fleet: devices spread
+    /// over the servers by name, so a third move (and the controller, which
+    /// uses the first server). Until every moved device is connected to
+    /// another server and holds its document again, until a workload
+    /// applied after the loss runs on every device and the controller sees
+    /// it Running everywhere, and how many replicas restarted.
     pub(super) fn broker_kill(&mut self, args: &FleetArgs) -> anyhow::Result<Value> {
-        if self.nats.is_none() {
+        let Some(servers) = self.nats.as_ref().map(|nats| nats.len()) else {
             return Ok(json!({ "nodes": self.profiles.len(), "skipped": "needs --broker nats" }));
-        }
+        };
+        let killed = 0;
+        let moved: Vec<String> = self
+            .devices
+            .keys()
+            .filter(|name| flotilla_agent::channel::first_broker(name, servers) == killed)
+            .cloned()
+            .collect();
+        // The same round trip before the loss, to compare.
+        let before_s = self.new_workload_everywhere("before-broker-kill", Instant::now(), args.timeout)?;
         let starts_before = self.total_starts();
-        eprintln!("fleet: kill -9 NATS server 0 under {} devices", self.profiles.len());
+        eprintln!("fleet: kill -9 NATS server {killed} under {} devices ({} on it)", self.profiles.len(), moved.len());
         let at = Instant::now();
-        self.nats.as_mut().expect("checked above").kill(0);
-        self.wait_every_device("to reconnect to another server", at, args.timeout, |o| o.last_connect)?;
+        self.nats.as_mut().expect("checked above").kill(killed);
+        self.wait_devices(&moved, "to reconnect to another server", at, args.timeout, |o| o.last_connect)?;
         let reconnected_s = at.elapsed().as_secs_f64();
-        self.wait_every_device("to hold its document again", at, args.timeout, |o| o.last_frame)?;
+        self.wait_devices(&moved, "to hold its document again", at, args.timeout, |o| o.last_frame)?;
         let documents_s = at.elapsed().as_secs_f64();
+        // Both ways through the cluster after the loss (the controller moved
+        // too): a new DaemonSet reaches every device, and every device's
+        // report of it reaches the controller.
+        let round_trip_s = self.new_workload_everywhere("after-broker-kill", at, args.timeout)?;
         crate::fleet::pause(Duration::from_secs(5))?;
         let version = std::process::Command::new("nats-server").arg("--version").output()?;
         Ok(json!({
             "nodes": self.profiles.len(),
             "nats": String::from_utf8_lossy(&version.stdout).trim(),
-            "servers": 3,
+            "servers": servers,
+            "devices_moved": moved.len(),
             "reconnected_s": round3(reconnected_s),
             "documents_s": round3(documents_s),
-            "replicas_restarted": self.total_starts() - starts_before,
+            "new_workload_everywhere_before_kill_s": round3(before_s),
+            "new_workload_everywhere_s": round3(round_trip_s),
+            // Each device started the one replica applied after the loss.
+            "replicas_restarted": (self.total_starts() - starts_before).saturating_sub(self.devices.len() as u64),
         }))
+    }
+
+    /// Applies a DaemonSet named `name` (one tiny replica on every device)
+    /// and waits until every device runs it and the controller shows each
+    /// Running: seconds from `since`.
+    fn new_workload_everywhere(&self, name: &str, since: Instant, timeout: Duration) -> anyhow::Result<f64> {
+        let tolerate = "      tolerations: [{operator: Exists}]\n";
+        self.controller.apply(&super::workloads::daemon_set(name, &self.image, "1m", "1Mi", "", tolerate))?;
+        self.wait_every_device(&format!("to run {name}"), since, timeout, |o| {
+            o.running.iter().any(|r| r.starts_with(name)).then(Instant::now)
+        })?;
+        let total = self.devices.len();
+        wait_until(
+            &format!("the controller to see {name} Running everywhere"),
+            timeout,
+            Duration::from_millis(500),
+            || {
+                let pods = self.controller.get(&format!("/api/v1/pods?labelSelector=app={name}"))?;
+                let running = pods["items"]
+                    .as_array()
+                    .map_or(0, |items| items.iter().filter(|p| p["status"]["phase"] == "Running").count());
+                Ok((running >= total).then_some(()))
+            },
+        )?;
+        Ok(since.elapsed().as_secs_f64())
     }
 }
 

@@ -54,9 +54,11 @@ pub enum Scenario {
     /// --store etcd --broker mosquitto`), with applies running and etcd
     /// members killed between; not part of `all`.
     LeaderKill,
-    /// kill -9 the NATS server the devices use (`--broker nats`); time until
-    /// every device is connected to another and holds its document; not
-    /// part of `all`.
+    /// kill -9 one of three NATS servers (`--broker nats`; devices spread
+    /// over them by name, the controller on the first): time until the
+    /// devices that used it are connected to another and hold their
+    /// document, and until a workload applied afterwards runs on every
+    /// device and shows Running; not part of `all`.
     BrokerKill,
 }
 
@@ -492,14 +494,27 @@ impl SimulatedFleet {
         timeout: Duration,
         when: impl Fn(&device::Observed) -> Option<Instant>,
     ) -> anyhow::Result<()> {
+        let all: Vec<String> = self.devices.keys().cloned().collect();
+        self.wait_devices(&all, what, since, timeout, when)
+    }
+
+    /// Waits until `when` of each of `names` is at or after `since`.
+    fn wait_devices(
+        &self,
+        names: &[String],
+        what: &str,
+        since: Instant,
+        timeout: Duration,
+        when: impl Fn(&device::Observed) -> Option<Instant>,
+    ) -> anyhow::Result<()> {
         let waiting = || {
             let view = self.view.observed.lock().unwrap_or_else(|p| p.into_inner());
-            self.devices.keys().filter(|n| view.get(*n).and_then(&when).is_none_or(|t| t < since)).count()
+            names.iter().filter(|n| view.get(*n).and_then(&when).is_none_or(|t| t < since)).count()
         };
         wait_until(&format!("every device {what}"), timeout, Duration::from_millis(100), || {
             Ok((waiting() == 0).then_some(()))
         })
-        .map_err(|e| e.context(format!("{} of {} devices still waiting", waiting(), self.devices.len())))
+        .map_err(|e| e.context(format!("{} of {} devices still waiting", waiting(), names.len())))
     }
 
     fn total_starts(&self) -> u64 {

@@ -111,7 +111,14 @@ fn container(image: &str, cpu: &str, memory: &str, probe: bool) -> String {
     )
 }
 
-fn daemon_set(name: &str, image: &str, cpu: &str, memory: &str, selector: &str, tolerations: &str) -> String {
+pub(super) fn daemon_set(
+    name: &str,
+    image: &str,
+    cpu: &str,
+    memory: &str,
+    selector: &str,
+    tolerations: &str,
+) -> String {
     format!(
         "---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\nspec:\n\
          \x20 selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n\

@@ -81,10 +81,18 @@ pub fn spawn(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
                     tracing::info!(%broker, "connected to the MQTT broker");
-                    for filter in topics.controller_filters() {
-                        if let Err(e) = subscriber.try_subscribe(filter, QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, "cannot queue a subscription");
-                        }
+                    // One SUBSCRIBE at QoS 0: the session is clean, so QoS 1
+                    // redelivers nothing across connections; on NATS each
+                    // QoS 1 subscription is a JetStream consumer, and
+                    // creating them timed out while the cluster took in a
+                    // server's devices, which made this connection refused
+                    // and made again, republishing every document each time.
+                    let filters = topics
+                        .controller_filters()
+                        .into_iter()
+                        .map(|filter| rumqttc::SubscribeFilter::new(filter, QoS::AtMostOnce));
+                    if let Err(e) = subscriber.try_subscribe_many(filters) {
+                        tracing::error!(error = %e, "cannot queue the subscriptions");
                     }
                     republish.notify_one();
                     link.set(Some(std::time::Instant::now()));

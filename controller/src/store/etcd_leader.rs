@@ -240,24 +240,32 @@ impl Term {
     /// Ends the term and gives the lease back, so a standby takes over at
     /// once instead of after the lease (a controller that stops).
     pub fn resign(&self) {
+        if let Some(give_back) = self.give_back() {
+            self.store.run(give_back);
+        }
+    }
+
+    /// Ends the term; the first time, the revocation of its lease to run.
+    fn give_back(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let first = !self.fence.lost.swap(true, Ordering::Relaxed);
         self.ended.send_replace(true);
-        if first {
-            let (client, lease) = (self.store.client(), self.lease);
-            let revoked = self.store.run(async move {
-                tokio::time::timeout(Duration::from_secs(2), client.lease_client().revoke(lease)).await
-            });
-            match revoked {
+        let (client, lease) = (self.store.client(), self.lease);
+        first.then_some(async move {
+            match tokio::time::timeout(Duration::from_secs(2), client.lease_client().revoke(lease)).await {
                 Ok(Ok(_)) => tracing::info!(lease, "gave up leading"),
                 _ => tracing::warn!(lease, "could not give the leader lease back; it ends by itself"),
             }
-        }
+        })
     }
 }
 
 impl Drop for Term {
+    /// A term dropped without [`Term::resign`] gives its lease back in the
+    /// background: dropping must not block a thread for etcd's answer.
     fn drop(&mut self) {
-        self.resign();
+        if let Some(give_back) = self.give_back() {
+            drop(self.store.spawn(give_back));
+        }
     }
 }
 

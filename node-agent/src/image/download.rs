@@ -52,6 +52,13 @@ pub fn fetch(registry: &Registry, store: &Store, wanted: Wanted, progress: Progr
     if let Some(dir) = partial.parent() {
         std::fs::create_dir_all(dir).map_err(|e| PullError::io(dir, "creating", e))?;
     }
+    if let Ok(held) = std::fs::metadata(&partial).map(|m| m.len())
+        && held > 0
+        && held <= wanted.size
+    {
+        // A pull cut short earlier (a lost link, the agent killed).
+        tracing::info!(blob = %wanted.digest, have = held, size = wanted.size, "resuming a blob download");
+    }
     let mut failures = 0;
     loop {
         let mut file = std::fs::File::options()
