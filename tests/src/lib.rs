@@ -14,6 +14,7 @@ pub mod history;
 pub mod mosquitto;
 pub mod nats;
 pub mod netns;
+pub mod partition;
 
 /// Path of a workspace binary (`flotilla`, `flotilla-agent`, `flotilla-bench`)
 /// built into the same target directory and profile as the running test.

@@ -30,6 +30,7 @@ use flotilla_e2e::fleet::{
 use flotilla_e2e::history::{self, Clients, Endpoint};
 use flotilla_e2e::mosquitto::{Mosquitto, MosquittoBeside};
 use flotilla_e2e::netns::Network;
+use flotilla_e2e::partition::Relay;
 
 /// Two controllers on one etcd and one Mosquitto, and what restarts them.
 struct Site {
@@ -39,31 +40,50 @@ struct Site {
     broker_dir: PathBuf,
     data: [PathBuf; 2],
     ports: [u16; 2],
+    /// Each controller's `--store`.
+    stores: [String; 2],
     args: Vec<String>,
     controllers: [Option<ControllerProcess>; 2],
+    /// With [`Site::start_partitionable`]: controller 0's links to the etcd
+    /// members.
+    relays: Vec<Relay>,
 }
 
 impl Site {
     fn start() -> Site {
+        Self::start_with(false)
+    }
+
+    /// A site whose controller 0 reaches etcd through relays that
+    /// [`Site::partition`] cuts.
+    fn start_partitionable() -> Site {
+        Self::start_with(true)
+    }
+
+    fn start_with(relayed: bool) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let cluster = EtcdCluster::start(3, dir.path()).unwrap();
         let MosquittoBeside { data, dir: broker_dir, url, broker, .. } = MosquittoBeside::start(dir.path());
-        let args: Vec<String> = [
-            "--store",
-            &cluster.url(),
-            "--mqtt-url",
-            &url,
-            "--mosquitto-dir",
-            broker_dir.to_str().unwrap(),
-            "--leader-lease",
-            "3s",
-        ]
-        .map(String::from)
-        .to_vec();
+        let args: Vec<String> =
+            ["--mqtt-url", &url, "--mosquitto-dir", broker_dir.to_str().unwrap(), "--leader-lease", "3s"]
+                .map(String::from)
+                .to_vec();
+        let relays: Vec<Relay> = match relayed {
+            true => cluster.endpoints().iter().map(|e| Relay::start(e.parse().unwrap()).unwrap()).collect(),
+            false => Vec::new(),
+        };
+        let first_store = match relayed {
+            true => format!(
+                "etcd://{}",
+                relays.iter().map(|r| format!("127.0.0.1:{}", r.port())).collect::<Vec<_>>().join(",")
+            ),
+            false => cluster.url(),
+        };
         let second = dir.path().join("controller-b");
         let ports = [flotilla_e2e::free_port().unwrap(), flotilla_e2e::free_port().unwrap()];
         let mut site = Site {
             _dir: dir,
+            stores: [first_store, cluster.url()],
             cluster,
             broker: Some(broker),
             broker_dir,
@@ -71,6 +91,7 @@ impl Site {
             ports,
             args,
             controllers: [None, None],
+            relays,
         };
         site.start_controller(0);
         wait_until("a leads", Duration::from_secs(20), || site.leader());
@@ -86,8 +107,30 @@ impl Site {
         self._dir.path()
     }
 
+    /// Controller `i`'s `/readyz`: status and body.
+    fn readyz(&self, i: usize) -> (u16, String) {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        match http.get(format!("http://127.0.0.1:{}/readyz", self.ports[i])).call() {
+            Ok(mut answer) => (answer.status().as_u16(), answer.body_mut().read_to_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// Cuts (or heals) controller 0 off from every etcd member.
+    fn partition(&self, cut: bool) {
+        assert!(!self.relays.is_empty(), "a site started with start_partitionable");
+        for relay in &self.relays {
+            relay.set_cut(cut);
+        }
+    }
+
     fn start_controller(&mut self, i: usize) {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let args: Vec<&str> =
+            ["--store", self.stores[i].as_str()].into_iter().chain(self.args.iter().map(String::as_str)).collect();
         let mqtt = flotilla_e2e::free_port().unwrap();
         self.controllers[i] = Some(ControllerProcess::start_on(&self.data[i], self.ports[i], mqtt, &args).unwrap());
     }
@@ -266,6 +309,63 @@ fn a_power_cut_of_the_whole_site_brings_back_the_same_workloads() {
     let stored = history::stored(&site.endpoints()[leader]).unwrap();
     let report = history::check(&operations_before_cut, &stored);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+/// The leader cut off from every etcd member by the network while it
+/// keeps its broker connection and its API: within its lease it stops
+/// acting (its loops and its fleet channel stop, `controller_leading` 0)
+/// and the other controller leads; healed, it stands by. Clients write
+/// throughout; the history holds and the device's replicas never restart.
+#[test]
+fn a_leader_partitioned_from_etcd_stops_acting_and_loses_no_acknowledged_write() {
+    let site = Site::start_partitionable();
+    assert_eq!(site.wait_leader(None), 0, "controller 0 starts first and leads");
+    let image = push_busybox_pinned(site.controller(0), site.dir());
+    let agent = AgentProcess::start(site.controller(0), "part-leader-a", &site.dir().join("agent-a"));
+    wait_for_ready_nodes(site.controller(0), 1, Duration::from_secs(60));
+    apply(site.controller(0), &shell_deployment("steady", &image, 2, SLEEPER));
+    wait_until("two replicas", Duration::from_secs(90), || (running(site.controller(0), "steady") == 2).then_some(()));
+    let containers = agent.running();
+    let clients = Clients::start(site.endpoints(), 3, 6);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let stood_by = site.controller(0).log_text().matches("standing by").count();
+    let cut = Instant::now();
+    site.partition(true);
+    wait_until("the cut-off leader ends its term", Duration::from_secs(10), || {
+        site.controller(0).log_text().contains("term as leader ended").then_some(())
+    });
+    let stopped = cut.elapsed();
+    wait_until("controller 1 leads", Duration::from_secs(20), || (site.leader() == Some(1)).then_some(()));
+    eprintln!("partition: leader's term over {stopped:?} after the cut, the other leads {:?} after", cut.elapsed());
+    // Its lease is 3 s: it stopped before etcd could hand the key on.
+    assert!(stopped < Duration::from_secs(3), "the cut-off leader acted for {stopped:?}, past its lease");
+    // Out of etcd's reach, it says so to a load balancer: what it serves
+    // from memory may be stale.
+    wait_until("the cut-off controller unready", Duration::from_secs(10), || (site.readyz(0).0 == 503).then_some(()));
+    assert!(site.readyz(0).1.contains("StoreUnreachable"), "{:?}", site.readyz(0));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(site.leader(), Some(1), "two leaders while cut off");
+    assert_eq!(site.readyz(1).0, 200, "the leading controller is ready");
+
+    site.partition(false);
+    wait_until("the healed controller stands by", Duration::from_secs(20), || {
+        (site.controller(0).log_text().matches("standing by").count() > stood_by).then_some(())
+    });
+    wait_until("the healed controller ready again", Duration::from_secs(10), || {
+        (site.readyz(0).0 == 200).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(site.leader(), Some(1), "after the heal, one leader");
+    check_history(&site, clients, 1);
+    assert_eq!(agent.running(), containers, "a replica restarted");
+    apply(site.controller(0), &shell_deployment("steady", &image, 3, SLEEPER));
+    wait_until("three replicas", Duration::from_secs(60), || {
+        (running(site.controller(1), "steady") == 3).then_some(())
+    });
+    for container in &containers {
+        assert!(agent.running().contains(container), "{container:?} restarted");
+    }
 }
 
 /// What a power cut does to a device's containers: they are gone.

@@ -6,7 +6,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/healthz` | process is up (no token) |
-//! | GET | `/readyz` | store open and reconcilers running (no token) |
+//! | GET | `/readyz` | store open and reconcilers running, etcd in reach (no token) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | POST | `/api/v1/apply` | server-side apply of manifest documents, atomic |
 //! | GET | `/api/v1/{resource}` | list in all namespaces (`?labelSelector=`, `?watch=true&resourceVersion=N`, `?as=table[&wide=true]`: the rows `flotilla get` prints) |
@@ -273,6 +273,9 @@ async fn readyz(State(state): State<Shared>) -> Response {
     }
     if let Some(error) = state.store.write_failure() {
         return unavailable("StoreWritesFailing", format!("the store cannot write: {error}"));
+    }
+    if let Some(error) = state.store.read_failure() {
+        return unavailable("StoreUnreachable", error);
     }
     match state.space.measure(0) {
         Ok(()) => "ok".into_response(),

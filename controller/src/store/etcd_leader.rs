@@ -44,6 +44,11 @@ pub struct Term {
 }
 
 impl EtcdStore {
+    /// etcd answered just now (see [`Store::read_failure`]).
+    fn touch(&self) {
+        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
     /// Stands by until this controller holds the leader key, then returns
     /// its term (kept alive from then on). `identity` is what the others
     /// show as the leader.
@@ -65,7 +70,10 @@ impl EtcdStore {
                 })
                 .await;
                 let holder = match current {
-                    Ok(answer) => answer.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                    Ok(answer) => {
+                        store.touch();
+                        answer.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read who leads; trying again");
                         tokio::time::sleep(STANDBY_POLL).await;
@@ -109,6 +117,7 @@ impl EtcdStore {
                         let term = Arc::new(Term { store: store.clone(), fence, lease, ended });
                         *store.holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.clone());
                         tracing::info!(key, lease, identity, "this controller leads");
+                        store.touch();
                         tokio::spawn(keep_alive(Arc::downgrade(&term), client.clone(), lease, lease_ttl, sent));
                         return Ok(term);
                     }
@@ -210,6 +219,9 @@ async fn keep_alive(
             match tokio::time::timeout_at(confirmed + trust, step).await {
                 Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                     confirmed = sent;
+                    if let Some(term) = term.upgrade() {
+                        term.store.touch();
+                    }
                     tokio::time::sleep(every).await;
                 }
                 Ok(Ok(Some(_))) => return end("etcd says the lease expired"),
@@ -304,6 +316,10 @@ impl Store for Term {
 
     fn write_failure(&self) -> Option<String> {
         self.store.write_failure()
+    }
+
+    fn read_failure(&self) -> Option<String> {
+        self.store.read_failure()
     }
 
     fn write_failures(&self) -> u64 {

@@ -126,7 +126,14 @@ pub struct EtcdStore {
     failures: std::sync::atomic::AtomicU64,
     /// Who holds the controller lease, as last seen (`campaign`).
     pub(super) holder: Mutex<Option<String>>,
+    /// When etcd last answered the campaign's poll or the leader's
+    /// keep-alive; `None` until a campaign starts (a store opened without
+    /// one makes no claim).
+    pub(super) last_contact: Mutex<Option<std::time::Instant>>,
 }
+
+/// No answer from etcd for this long: reads from memory may be stale.
+pub const OUT_OF_TOUCH_AFTER: Duration = Duration::from_secs(3);
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -170,6 +177,7 @@ impl EtcdStore {
             failure: Mutex::new(None),
             failures: Default::default(),
             holder: Mutex::new(None),
+            last_contact: Mutex::new(None),
         })
     }
 
@@ -601,6 +609,18 @@ impl Store for EtcdStore {
 
     fn write_failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn read_failure(&self) -> Option<String> {
+        let last = (*self.last_contact.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let silent = last.elapsed();
+        (silent > OUT_OF_TOUCH_AFTER).then(|| {
+            format!(
+                "no answer from etcd ({}) for {:.1} s: what this controller serves from memory may be stale",
+                self.target.endpoints.join(","),
+                silent.as_secs_f64()
+            )
+        })
     }
 
     fn write_failures(&self) -> u64 {

@@ -404,6 +404,10 @@ pub trait Store: Send + Sync + 'static {
     fn write_failures(&self) -> u64 {
         0
     }
+    /// Why reads may be stale now (a replicated store out of reach), if so.
+    fn read_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Most writes in one commit of [`commit_in_chunks`]: a pass that binds a
