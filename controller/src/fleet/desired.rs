@@ -56,6 +56,10 @@ pub struct Published {
     /// Replicas a rollout retired from this node (not in the document): the
     /// inbox deletes each once the node stops reporting it.
     pub retired: Vec<(String, ObjectKey)>,
+    /// When this generation was first published.
+    pub published_at: std::time::Instant,
+    /// Its topic's kind (by the node's profile).
+    kind: MessageKind,
 }
 
 /// One container of a published replica: what its heartbeat entry means.
@@ -69,9 +73,20 @@ pub struct ContainerShape {
     pub sidecar: bool,
 }
 
-/// The documents last published, shared with the inbox.
+/// The documents last published, shared with the inbox; and the nodes the
+/// inbox found running an older document than published, for the
+/// publisher to publish again.
 #[derive(Debug, Clone, Default)]
-pub struct PublishedDocuments(Arc<Mutex<HashMap<String, Arc<Published>>>>);
+pub struct PublishedDocuments {
+    documents: Arc<Mutex<HashMap<String, Arc<Published>>>>,
+    resend: Arc<Resend>,
+}
+
+#[derive(Debug, Default)]
+struct Resend {
+    nodes: Mutex<HashSet<String>>,
+    wake: tokio::sync::Notify,
+}
 
 /// The service tables last published: content fingerprint and frame.
 #[derive(Debug, Default)]
@@ -80,11 +95,58 @@ struct PublishedTables(Mutex<HashMap<String, (u64, Vec<u8>)>>);
 impl PublishedDocuments {
     /// The document last published for `node`.
     pub fn get(&self, node: &str) -> Option<Arc<Published>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+        self.lock().get(node).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Published>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.documents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the publisher to publish `node`'s document (and its config
+    /// objects) again, unchanged.
+    pub fn resend(&self, node: &str) {
+        self.resend.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_owned());
+        self.resend.wake.notify_one();
+    }
+
+    /// The nodes asked for by [`PublishedDocuments::resend`] since last taken.
+    pub fn take_resends(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.resend.nodes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A document as if published `at` (tests of the inbox).
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&self, node: &str, generation: u64, at: std::time::Instant) {
+        let published = Published {
+            generation,
+            fingerprint: 0,
+            frame: vec![generation as u8],
+            replicas: Vec::new(),
+            images: Vec::new(),
+            containers: Vec::new(),
+            config: Vec::new(),
+            retired: Vec::new(),
+            published_at: at,
+            kind: MessageKind::Pods,
+        };
+        self.lock().insert(node.to_owned(), Arc::new(published));
+    }
+
+    /// The frames of `nodes`' documents as last published, config objects
+    /// first (`blobs`: the signed config frames by digest).
+    fn frames_of(&self, nodes: &HashSet<String>, blobs: &BlobFrames) -> Frames {
+        let documents = self.lock();
+        let config = blobs.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut frames = Frames::new();
+        for (node, document) in nodes.iter().filter_map(|n| Some((n, documents.get(n)?))) {
+            for digest in &document.config {
+                if let Some(frame) = config.get(digest) {
+                    frames.push((node.clone(), MessageKind::Config, Some(*digest), (**frame).clone()));
+                }
+            }
+            frames.push((node.clone(), document.kind, None, document.frame.clone()));
+        }
+        frames
     }
 }
 
@@ -264,22 +326,7 @@ pub async fn run(
                 })
             };
             match pass.await {
-                Ok(frames) => {
-                    for (node, kind, digest, frame) in frames {
-                        let topic = match digest {
-                            Some(digest) => topics.config(&node, &digest),
-                            None => topics.node(&node, kind),
-                        };
-                        // `publish` waits for room in the client's queue rather
-                        // than dropping a document.
-                        match client.publish(topic, QoS::AtLeastOnce, true, frame).await {
-                            Ok(()) => counters.sent(kind),
-                            Err(e) => {
-                                tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect")
-                            }
-                        }
-                    }
-                }
+                Ok(frames) => send(&client, &topics, &counters, frames).await,
                 Err(e) => {
                     tracing::error!(error = %e, "desired-state pass panicked");
                     changes.dirty = Dirty::everything();
@@ -290,6 +337,11 @@ pub async fn run(
         let wait = FULL_PASS_EVERY.saturating_sub(last_full.elapsed());
         tokio::select! {
             _ = republish.notified() => publish_all = true,
+            _ = published.resend.wake.notified() => {
+                let nodes = published.take_resends();
+                send(&client, &topics, &counters, published.frames_of(&nodes, &blobs)).await;
+                continue;
+            }
             event = live.recv() => match event {
                 Ok(event) => changes.note(&event),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changes.dirty = Dirty::everything(),
@@ -305,6 +357,21 @@ pub async fn run(
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => changes.dirty = Dirty::everything(),
                 Err(_) => break,
             }
+        }
+    }
+}
+
+/// Publishes `frames`, retained. `publish` waits for room in the client's
+/// queue rather than dropping a document.
+async fn send(client: &AsyncClient, topics: &Topics, counters: &super::counters::FleetCounters, frames: Frames) {
+    for (node, kind, digest, frame) in frames {
+        let topic = match digest {
+            Some(digest) => topics.config(&node, &digest),
+            None => topics.node(&node, kind),
+        };
+        match client.publish(topic, QoS::AtLeastOnce, true, frame).await {
+            Ok(()) => counters.sent(kind),
+            Err(e) => tracing::warn!(node, error = %e, "cannot queue a desired document; retried on reconnect"),
         }
     }
 }
@@ -550,6 +617,8 @@ fn build_all(store: &dyn Store, sources: &Sources<'_>, default_registry: &str, d
                         containers,
                         config,
                         retired,
+                        published_at: std::time::Instant::now(),
+                        kind,
                     }),
                 );
             }
@@ -609,4 +678,23 @@ fn service_tables(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resent_document_is_the_frame_last_published_on_its_kind() {
+        let published = PublishedDocuments::default();
+        published.insert_for_test("edge-1", 7, std::time::Instant::now());
+        published.resend("edge-1");
+        published.resend("gone");
+        let nodes = published.take_resends();
+        assert_eq!(nodes.len(), 2);
+        let frames = published.frames_of(&nodes, &BlobFrames::default());
+        // Only documents that exist; the same bytes, on the same topic kind.
+        assert_eq!(frames, vec![("edge-1".to_owned(), MessageKind::Pods, None, vec![7])]);
+        assert!(published.take_resends().is_empty(), "taken once");
+    }
 }

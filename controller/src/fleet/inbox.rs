@@ -43,6 +43,11 @@ use crate::store::{Op, Store, StoreError, View};
 /// is not a node loss); a node that really died meanwhile moves 30 s late.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(30);
 
+/// How long after a document was published a node may still report an
+/// older one before it is published again (a status crossing the new
+/// document on its way is not a lost delivery).
+pub const BEHIND_FOR: Duration = Duration::from_secs(30);
+
 /// Messages handled into one store commit at most (group commit: while one
 /// commit is on disk, the next batch queues up).
 const MAX_BATCH: usize = 2048;
@@ -128,6 +133,9 @@ pub struct Inbox {
     started: Instant,
     pending: Pending,
     last_resync: Option<Instant>,
+    /// The generation last published again per node because the node ran
+    /// an older one ([`BEHIND_FOR`]): once per generation.
+    resent: HashMap<String, u64>,
     refusals: Refusals,
     /// Shown on the dashboard; without, not kept.
     last_heard: Option<super::LastHeard>,
@@ -198,6 +206,7 @@ impl Inbox {
             started: Instant::now(),
             pending: Pending::default(),
             last_resync: None,
+            resent: HashMap::new(),
             refusals: Refusals::default(),
             last_heard: None,
             counters: Default::default(),
@@ -478,6 +487,23 @@ impl Inbox {
 
     fn update_replicas(&mut self, node: &str, status: &firmware_proto::Status) {
         let Some(document) = self.published.get(node) else { return };
+        // Still on an older document long after this one went out: its
+        // delivery was lost (a dropped connection, or a clustered broker
+        // that did not keep it as the retained one while electing a
+        // leader): publish it again, once per generation.
+        if status.generation < document.generation
+            && document.published_at.elapsed() >= BEHIND_FOR
+            && self.resent.get(node) != Some(&document.generation)
+        {
+            tracing::warn!(
+                node,
+                running = status.generation,
+                published = document.generation,
+                "the node runs an older document than was published to it; publishing it again"
+            );
+            self.resent.insert(node.to_owned(), document.generation);
+            self.published.resend(node);
+        }
         // Retired replicas the node no longer reports have stopped: delete
         // them. Only once the node applied the document without them; before
         // that, slot numbers of an older document cannot be resolved.
@@ -1038,6 +1064,7 @@ mod tests {
     use super::*;
     use crate::object::OwnerReference;
     use crate::store::{RedbStore, SecretCipher};
+    use std::collections::HashSet;
 
     fn inbox(dir: &std::path::Path) -> (Inbox, Arc<dyn Store>) {
         let store: Arc<dyn Store> =
@@ -1077,6 +1104,31 @@ mod tests {
         let pod = store.get(&ObjectKey::new(Kind::Pod, "default", name))?;
         let node = pod.node_name().map(str::to_owned);
         Some((node, pod.status()))
+    }
+
+    #[test]
+    fn a_node_long_behind_its_published_document_gets_it_again_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut inbox, _store) = inbox(dir.path());
+        let long_ago = Instant::now().checked_sub(BEHIND_FOR + Duration::from_secs(1)).unwrap();
+        inbox.published.insert_for_test("edge-1", 7, long_ago);
+        inbox.published.insert_for_test("edge-2", 7, Instant::now());
+        let mut status = firmware_proto::samples::status(0);
+        status.generation = 5;
+        inbox.update_replicas("edge-1", &status);
+        assert_eq!(inbox.published.take_resends(), HashSet::from(["edge-1".to_owned()]));
+        inbox.update_replicas("edge-1", &status);
+        assert!(inbox.published.take_resends().is_empty(), "once per generation");
+        // Published just now: a status that crossed it on the way.
+        inbox.update_replicas("edge-2", &status);
+        assert!(inbox.published.take_resends().is_empty());
+        // A newer generation, still not taken: once more.
+        inbox.published.insert_for_test("edge-1", 8, long_ago);
+        inbox.update_replicas("edge-1", &status);
+        assert_eq!(inbox.published.take_resends().len(), 1);
+        status.generation = 8;
+        inbox.update_replicas("edge-1", &status);
+        assert!(inbox.published.take_resends().is_empty(), "up to date");
     }
 
     #[test]
